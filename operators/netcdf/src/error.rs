@@ -1,0 +1,128 @@
+//! Errors of the NetCDF operator. Every variant names the file and the field
+//! (variable, attribute or dimension) so a user can act on the one-line message.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = NetcdfError> = std::result::Result<T, E>;
+
+/// What went wrong while finding, opening, decoding or writing ERA5 NetCDF files.
+#[derive(Debug, thiserror::Error)]
+pub enum NetcdfError {
+    #[error("{path}: no such file, directory or glob match")]
+    NotFound { path: String },
+
+    #[error("{path}: no NetCDF files (*.nc) in this directory or glob")]
+    NoFiles { path: String },
+
+    #[error("{path}: cannot list: {source}")]
+    List {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: cannot open as NetCDF (corrupt, truncated or not NetCDF?): {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: netcdf::Error,
+    },
+
+    #[error("{}: cannot read variable '{variable}' (file truncated or corrupt?): {source}", path.display())]
+    Read {
+        path: PathBuf,
+        variable: String,
+        #[source]
+        source: netcdf::Error,
+    },
+
+    #[error("{}: variable '{variable}' not found{}", path.display(), hint_available(available))]
+    MissingVariable {
+        path: PathBuf,
+        variable: String,
+        available: Vec<String>,
+    },
+
+    #[error("{}: no {axis} dimension (looked for {candidates})", path.display())]
+    MissingAxis {
+        path: PathBuf,
+        axis: &'static str,
+        candidates: &'static str,
+    },
+
+    #[error("{}: variable '{variable}' has dimensions ({found}); expected ({expected})", path.display())]
+    Dimensions {
+        path: PathBuf,
+        variable: String,
+        expected: String,
+        found: String,
+    },
+
+    #[error("{}: variable '{variable}' has type {found}, which uqcast cannot decode ({expected})", path.display())]
+    UnsupportedType {
+        path: PathBuf,
+        variable: String,
+        expected: &'static str,
+        found: String,
+    },
+
+    #[error("{}: attribute '{variable}:{attribute}': {problem}", path.display())]
+    Attribute {
+        path: PathBuf,
+        variable: String,
+        attribute: String,
+        problem: String,
+    },
+
+    #[error("{}: coordinate '{variable}' is not strictly monotonic at index {index}", path.display())]
+    NotMonotonic {
+        path: PathBuf,
+        variable: String,
+        index: usize,
+    },
+
+    #[error("{}: grid differs from {}: coordinate '{variable}' {detail}", path.display(), reference.display())]
+    GridMismatch {
+        path: PathBuf,
+        reference: PathBuf,
+        variable: String,
+        detail: String,
+    },
+
+    #[error("{}: valid_time {time} also occurs in {} (duplicate step)", path.display(), other.display())]
+    DuplicateStep {
+        path: PathBuf,
+        other: PathBuf,
+        time: String,
+    },
+
+    #[error("{}: cannot write variable '{variable}': {source}", path.display())]
+    Write {
+        path: PathBuf,
+        variable: String,
+        #[source]
+        source: netcdf::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn hint_available(available: &[String]) -> String {
+    if available.is_empty() {
+        String::new()
+    } else {
+        format!(" (gridded variables present: {})", available.join(", "))
+    }
+}
+
+impl From<NetcdfError> for datafusion::error::DataFusionError {
+    fn from(e: NetcdfError) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}

@@ -1,0 +1,39 @@
+//! ERA5 NetCDF as a streaming DataFusion table.
+//!
+//! Both encodings the Copernicus Climate Data Store serves read to the same
+//! rows: legacy NetCDF3 (`time` in hours since 1900, packed int16) and
+//! NetCDF4/HDF5 (`valid_time` in seconds since 1970, zlib float32). The table
+//! streams one step at a time and pushes projection, time and lat/lon filters
+//! and limits into the read.
+//!
+//! ```no_run
+//! # async fn demo() -> datafusion::error::Result<()> {
+//! use std::sync::Arc;
+//! use datafusion::prelude::SessionContext;
+//! use uqcast_netcdf::Era5TableProvider;
+//!
+//! let table = Era5TableProvider::try_new(&["data/*.nc".to_string()], None)?;
+//! let ctx = SessionContext::new();
+//! ctx.register_table("era5", Arc::new(table))?;
+//! ctx.sql("SELECT max(t2m) FROM era5 WHERE latitude > 60").await?.show().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod catalog;
+pub mod cf;
+pub mod error;
+pub mod exec;
+pub mod inspect;
+pub mod provider;
+pub mod pushdown;
+pub mod reader;
+pub mod schema;
+pub mod stream;
+pub mod writer;
+
+pub use catalog::Catalog;
+pub use error::{NetcdfError, Result};
+pub use exec::NetcdfExec;
+pub use provider::Era5TableProvider;
+pub use schema::era5_schema;
+pub use writer::{Encoding, Grid, GridVariable, write_era5};

@@ -1,0 +1,78 @@
+//! `Era5TableProvider`: ERA5 NetCDF files registered as a SQL table.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::catalog::Catalog;
+use crate::exec::NetcdfExec;
+use crate::pushdown::{Selection, support};
+use crate::schema::era5_schema;
+
+/// A table over one file, a directory or a glob of ERA5 NetCDF files, in
+/// either CDS encoding. Columns: `valid_time`, `latitude`, `longitude`, `t2m`,
+/// then the files' other (time, latitude, longitude) variables.
+#[derive(Debug, Clone)]
+pub struct Era5TableProvider {
+    catalog: Arc<Catalog>,
+    schema: SchemaRef,
+}
+
+impl Era5TableProvider {
+    /// Opens every file's metadata (blocking I/O; call via `spawn_blocking`
+    /// from async code). `variables`: `None` = `t2m` plus all gridded variables.
+    pub fn try_new(locations: &[String], variables: Option<&[String]>) -> crate::Result<Self> {
+        let catalog = Catalog::open(locations, variables)?;
+        let schema = era5_schema(&catalog.variables);
+        Ok(Self { catalog: Arc::new(catalog), schema })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+}
+
+#[async_trait]
+impl TableProvider for Era5TableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let exec = NetcdfExec::new(
+            self.catalog.clone(),
+            self.schema.clone(),
+            projection,
+            Selection::from_filters(filters),
+            limit,
+            state.config().target_partitions(),
+        )?;
+        Ok(Arc::new(exec))
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters.iter().map(|f| support(f)).collect())
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        let exec = NetcdfExec::new(self.catalog.clone(), self.schema.clone(), None, Selection::default(), None, 1).ok()?;
+        let stats = exec.statistics_from_inputs(&[], &datafusion::physical_plan::StatisticsArgs::new()).ok()?;
+        Some(stats.as_ref().clone())
+    }
+}

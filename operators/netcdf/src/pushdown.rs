@@ -1,0 +1,267 @@
+//! Filter pushdown: comparisons of `valid_time`, `latitude` or `longitude`
+//! with a literal choose which steps are read and which hyperslab of each.
+//!
+//! Such filters are applied exactly (the step's time and every coordinate are
+//! known before reading), so they are reported `Exact` and DataFusion drops
+//! them from its own `FilterExec`. Everything else is `Unsupported`.
+
+use std::fmt;
+use std::ops::Range;
+
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::scalar::ScalarValue;
+
+use crate::schema::{LATITUDE, LONGITUDE, VALID_TIME};
+
+/// A one-sided or two-sided interval; bounds carry their inclusiveness.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval<T> {
+    lower: Option<(T, bool)>,
+    upper: Option<(T, bool)>,
+}
+
+impl<T> Default for Interval<T> {
+    fn default() -> Self {
+        Self { lower: None, upper: None }
+    }
+}
+
+impl<T: PartialOrd + Copy> Interval<T> {
+    pub fn contains(&self, v: T) -> bool {
+        let above = match self.lower {
+            None => true,
+            Some((b, inclusive)) => v > b || (inclusive && v == b),
+        };
+        let below = match self.upper {
+            None => true,
+            Some((b, inclusive)) => v < b || (inclusive && v == b),
+        };
+        above && below
+    }
+
+    fn is_unbounded(&self) -> bool {
+        self.lower.is_none() && self.upper.is_none()
+    }
+
+    /// Narrows the interval by `column <op> v`.
+    fn tighten(&mut self, op: Operator, v: T) {
+        let raise = |cur: &mut Option<(T, bool)>, new: (T, bool)| {
+            if cur.is_none_or(|(b, inc)| new.0 > b || (new.0 == b && inc && !new.1)) {
+                *cur = Some(new);
+            }
+        };
+        let lower_to = |cur: &mut Option<(T, bool)>, new: (T, bool)| {
+            if cur.is_none_or(|(b, inc)| new.0 < b || (new.0 == b && inc && !new.1)) {
+                *cur = Some(new);
+            }
+        };
+        match op {
+            Operator::Gt => raise(&mut self.lower, (v, false)),
+            Operator::GtEq => raise(&mut self.lower, (v, true)),
+            Operator::Lt => lower_to(&mut self.upper, (v, false)),
+            Operator::LtEq => lower_to(&mut self.upper, (v, true)),
+            Operator::Eq => {
+                raise(&mut self.lower, (v, true));
+                lower_to(&mut self.upper, (v, true));
+            }
+            _ => {}
+        }
+    }
+
+    /// The index range of a monotonic axis whose values lie in the interval.
+    pub fn index_range(&self, values: &[f64]) -> Range<usize>
+    where
+        T: Into<f64>,
+    {
+        let as_f64 = Interval::<f64> {
+            lower: self.lower.map(|(b, i)| (b.into(), i)),
+            upper: self.upper.map(|(b, i)| (b.into(), i)),
+        };
+        // Monotonic axes make the selected indices contiguous.
+        let first = values.iter().position(|&v| as_f64.contains(v));
+        match first {
+            None => 0..0,
+            Some(start) => {
+                let len = values[start..].iter().take_while(|&&v| as_f64.contains(v)).count();
+                start..start + len
+            }
+        }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Interval<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.lower {
+            Some((b, true)) => write!(f, "[{b}, ")?,
+            Some((b, false)) => write!(f, "({b}, ")?,
+            None => write!(f, "(-inf, ")?,
+        }
+        match &self.upper {
+            Some((b, true)) => write!(f, "{b}]"),
+            Some((b, false)) => write!(f, "{b})"),
+            None => write!(f, "+inf)"),
+        }
+    }
+}
+
+/// What the pushed-down filters select.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// Nanoseconds since 1970-01-01 UTC (i128: exact for every timestamp unit).
+    pub time: Interval<i128>,
+    pub latitude: Interval<f64>,
+    pub longitude: Interval<f64>,
+}
+
+enum Constraint {
+    Time(Operator, i128),
+    Latitude(Operator, f64),
+    Longitude(Operator, f64),
+}
+
+impl Selection {
+    /// Folds every filter this scan can apply exactly; others are ignored here.
+    pub fn from_filters(filters: &[Expr]) -> Self {
+        let mut selection = Self::default();
+        for constraint in filters.iter().filter_map(constraints).flatten() {
+            match constraint {
+                Constraint::Time(op, v) => selection.time.tighten(op, v),
+                Constraint::Latitude(op, v) => selection.latitude.tighten(op, v),
+                Constraint::Longitude(op, v) => selection.longitude.tighten(op, v),
+            }
+        }
+        selection
+    }
+
+    pub fn time_contains_micros(&self, micros: i64) -> bool {
+        self.time.contains(i128::from(micros) * 1_000)
+    }
+
+    pub fn is_unbounded(&self) -> bool {
+        self.time.is_unbounded() && self.latitude.is_unbounded() && self.longitude.is_unbounded()
+    }
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if !self.time.is_unbounded() {
+            let t = |b: Option<(i128, bool)>| b.map(|(v, i)| (crate::cf::time::format_micros((v / 1000) as i64), i));
+            parts.push(format!("valid_time in {}", Interval { lower: t(self.time.lower), upper: t(self.time.upper) }));
+        }
+        if !self.latitude.is_unbounded() {
+            parts.push(format!("latitude in {}", self.latitude));
+        }
+        if !self.longitude.is_unbounded() {
+            parts.push(format!("longitude in {}", self.longitude));
+        }
+        write!(f, "{}", parts.join(" AND "))
+    }
+}
+
+/// Whether a filter can be applied exactly by the scan.
+pub fn support(expr: &Expr) -> TableProviderFilterPushDown {
+    if constraints(expr).is_some() {
+        TableProviderFilterPushDown::Exact
+    } else {
+        TableProviderFilterPushDown::Unsupported
+    }
+}
+
+fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (column, op, literal) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+                (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
+                _ => return None,
+            };
+            Some(vec![constraint(&column.name, op, literal)?])
+        }
+        Expr::Between(Between { expr, negated: false, low, high }) => match (expr.as_ref(), low.as_ref(), high.as_ref()) {
+            (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) => Some(vec![
+                constraint(&c.name, Operator::GtEq, lo)?,
+                constraint(&c.name, Operator::LtEq, hi)?,
+            ]),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn constraint(column: &str, op: Operator, literal: &ScalarValue) -> Option<Constraint> {
+    if !matches!(op, Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq) {
+        return None;
+    }
+    match column {
+        VALID_TIME => Some(Constraint::Time(op, nanos(literal)?)),
+        LATITUDE => Some(Constraint::Latitude(op, number(literal)?)),
+        LONGITUDE => Some(Constraint::Longitude(op, number(literal)?)),
+        _ => None,
+    }
+}
+
+fn nanos(v: &ScalarValue) -> Option<i128> {
+    Some(match v {
+        ScalarValue::TimestampSecond(Some(x), _) => i128::from(*x) * 1_000_000_000,
+        ScalarValue::TimestampMillisecond(Some(x), _) => i128::from(*x) * 1_000_000,
+        ScalarValue::TimestampMicrosecond(Some(x), _) => i128::from(*x) * 1_000,
+        ScalarValue::TimestampNanosecond(Some(x), _) => i128::from(*x),
+        _ => return None,
+    })
+}
+
+fn number(v: &ScalarValue) -> Option<f64> {
+    Some(match v {
+        ScalarValue::Float64(Some(x)) => *x,
+        ScalarValue::Float32(Some(x)) => f64::from(*x),
+        ScalarValue::Int64(Some(x)) => *x as f64,
+        ScalarValue::Int32(Some(x)) => f64::from(*x),
+        ScalarValue::Int16(Some(x)) => f64::from(*x),
+        ScalarValue::Int8(Some(x)) => f64::from(*x),
+        ScalarValue::UInt64(Some(x)) => *x as f64,
+        ScalarValue::UInt32(Some(x)) => f64::from(*x),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn folds_bounds_and_reversed_comparisons() {
+        let filters = vec![
+            col(LATITUDE).gt_eq(lit(10.0)),
+            lit(50.0).gt(col(LATITUDE)),
+            col(LATITUDE).lt_eq(lit(60.0)),
+            col(LONGITUDE).between(lit(200.0), lit(210.0)),
+        ];
+        let s = Selection::from_filters(&filters);
+        assert!(s.latitude.contains(10.0) && s.latitude.contains(49.99));
+        assert!(!s.latitude.contains(50.0) && !s.latitude.contains(9.99));
+        assert!(s.longitude.contains(200.0) && s.longitude.contains(210.0) && !s.longitude.contains(210.5));
+        assert_eq!(s.latitude.to_string(), "[10, 50)");
+    }
+
+    #[test]
+    fn index_range_on_descending_axis() {
+        let lat = [80.0, 70.0, 60.0, 50.0, 40.0];
+        let mut i = Interval::default();
+        i.tighten(Operator::Lt, 75.0);
+        i.tighten(Operator::GtEq, 50.0);
+        assert_eq!(i.index_range(&lat), 1..4);
+        i.tighten(Operator::Gt, 100.0);
+        assert_eq!(i.index_range(&lat), 0..0);
+    }
+
+    #[test]
+    fn only_simple_coordinate_comparisons_are_exact() {
+        assert_eq!(support(&col(LATITUDE).gt(lit(1.0))), TableProviderFilterPushDown::Exact);
+        assert_eq!(support(&col("t2m").gt(lit(1.0))), TableProviderFilterPushDown::Unsupported);
+        assert_eq!(support(&(col(LATITUDE) % lit(1.0)).eq(lit(0.0))), TableProviderFilterPushDown::Unsupported);
+        assert_eq!(support(&col(LATITUDE).not_eq(lit(1.0))), TableProviderFilterPushDown::Unsupported);
+        assert_eq!(support(&col(VALID_TIME).gt(lit(1.0))), TableProviderFilterPushDown::Unsupported);
+    }
+}
