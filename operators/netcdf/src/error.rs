@@ -29,6 +29,12 @@ pub enum NetcdfError {
         source: netcdf::Error,
     },
 
+    #[error("{}: corrupt or truncated NetCDF header: {problem}", path.display())]
+    CorruptHeader { path: PathBuf, problem: String },
+
+    #[error("{}: truncated: the header needs {expected} bytes of data, the file has {found}", path.display())]
+    Truncated { path: PathBuf, expected: u64, found: u64 },
+
     #[error("{}: cannot read variable '{variable}' (file truncated or corrupt?): {source}", path.display())]
     Read {
         path: PathBuf,

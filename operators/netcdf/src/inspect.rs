@@ -77,6 +77,12 @@ impl FileInfo {
     /// Opens `path` and reads its axes and variable descriptions (no data).
     #[tracing::instrument(level = "debug")]
     pub fn inspect(path: &Path) -> Result<Self> {
+        let owned = path.to_path_buf();
+        crate::io_thread::run(move || Self::inspect_here(&owned))
+    }
+
+    fn inspect_here(path: &Path) -> Result<Self> {
+        crate::classic::check_complete(path)?;
         let file = open(path)?;
         let dim_names: Vec<String> = file.dimensions().map(|d| d.name()).collect();
         let find = |names: &[&str], axis: &'static str, candidates: &'static str| {
@@ -121,19 +127,20 @@ pub fn open(path: &Path) -> Result<netcdf::File> {
 
 /// Explains why `name` is not a usable (time, latitude, longitude) variable.
 pub fn explain_layout(path: &Path, name: &str, info: &FileInfo) -> Result<NetcdfError> {
-    let file = open(path)?;
-    Ok(match file.variable(name) {
-        Some(var) => NetcdfError::Dimensions {
-            path: path.to_path_buf(),
-            variable: name.to_string(),
-            expected: format!("{}, {}, {}", info.time_name, info.latitude.name, info.longitude.name),
-            found: var.dimensions().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
-        },
-        None => NetcdfError::MissingVariable {
-            path: path.to_path_buf(),
-            variable: name.to_string(),
-            available: info.variables.iter().map(|v| v.name.clone()).collect(),
-        },
+    let (owned, name) = (path.to_path_buf(), name.to_string());
+    let expected = format!("{}, {}, {}", info.time_name, info.latitude.name, info.longitude.name);
+    let available: Vec<String> = info.variables.iter().map(|v| v.name.clone()).collect();
+    crate::io_thread::run(move || {
+        let file = open(&owned)?;
+        Ok(match file.variable(&name) {
+            Some(var) => NetcdfError::Dimensions {
+                found: var.dimensions().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
+                path: owned,
+                variable: name,
+                expected,
+            },
+            None => NetcdfError::MissingVariable { path: owned, variable: name, available },
+        })
     })
 }
 

@@ -20,10 +20,12 @@
 //! ```
 
 pub mod catalog;
+pub mod classic;
 pub mod cf;
 pub mod error;
 pub mod exec;
 pub mod inspect;
+pub mod io_thread;
 pub mod provider;
 pub mod pushdown;
 pub mod reader;

@@ -14,11 +14,12 @@ use datafusion::physical_plan::metrics::Time;
 use crate::cf::RawSample;
 use crate::error::{NetcdfError, Result};
 use crate::inspect::{FileInfo, StoredType, VariableInfo};
+use crate::io_thread::RemoteFile;
 
 /// An open file positioned for step reads.
 #[derive(Debug)]
 pub struct StepReader {
-    file: netcdf::File,
+    file: RemoteFile,
 }
 
 /// Which cells of a step to read: latitude and longitude index ranges.
@@ -36,7 +37,7 @@ impl Hyperslab {
 
 impl StepReader {
     pub fn open(info: &FileInfo) -> Result<Self> {
-        Ok(Self { file: crate::inspect::open(&info.path)? })
+        Ok(Self { file: RemoteFile::open(&info.path)? })
     }
 
     /// Reads step `index` of `variable` over `slab`, decoded with the file's
@@ -49,19 +50,12 @@ impl StepReader {
         slab: &Hyperslab,
         read_time: &Time,
     ) -> Result<Float32Array> {
-        let var = self.file.variable(&variable.name).ok_or_else(|| NetcdfError::MissingVariable {
-            path: path.to_path_buf(),
-            variable: variable.name.clone(),
-            available: vec![],
-        })?;
         let extents = [index..index + 1, slab.latitude.clone(), slab.longitude.clone()];
-        let n = slab.cells();
-        let read_err = |source| NetcdfError::Read { path: path.to_path_buf(), variable: variable.name.clone(), source };
         macro_rules! decode {
             ($t:ty) => {{
                 let raw = {
                     let _timer = read_time.timer();
-                    read_raw::<$t>(&var, extents, n).map_err(read_err)?
+                    self.read_raw::<$t>(path, &variable.name, extents)?
                 };
                 Ok(variable.packing.decode(&raw))
             }};
@@ -79,9 +73,21 @@ impl StepReader {
     }
 }
 
-fn read_raw<T: RawSample>(var: &netcdf::Variable<'_>, extents: [Range<usize>; 3], n: usize) -> netcdf::Result<Vec<T>> {
-    let _span = tracing::trace_span!("netcdf_read", variable = %var.name(), cells = n).entered();
-    let mut raw = vec![T::default(); n];
-    var.get_values_into(&mut raw, extents)?;
-    Ok(raw)
+impl StepReader {
+    /// The stored values of one hyperslab, read on the NetCDF I/O thread.
+    fn read_raw<T: RawSample>(&self, path: &Path, name: &str, extents: [Range<usize>; 3]) -> Result<Vec<T>> {
+        let _span = tracing::trace_span!("netcdf_read", variable = name).entered();
+        let (path, name) = (path.to_path_buf(), name.to_string());
+        self.file.with(move |file| {
+            let var = file.variable(&name).ok_or_else(|| NetcdfError::MissingVariable {
+                path: path.clone(),
+                variable: name.clone(),
+                available: vec![],
+            })?;
+            let mut raw = vec![T::default(); extents.iter().map(|r| r.len()).product()];
+            var.get_values_into(&mut raw, extents)
+                .map_err(|source| NetcdfError::Read { path, variable: name, source })?;
+            Ok(raw)
+        })
+    }
 }

@@ -42,25 +42,36 @@ impl std::str::FromStr for Encoding {
 
 /// One gridded variable to write: `values` is (time, latitude, longitude)
 /// row-major; NaN marks missing cells.
-#[derive(Debug, Clone, Copy)]
-pub struct GridVariable<'a> {
-    pub name: &'a str,
-    pub units: &'a str,
-    pub long_name: &'a str,
-    pub values: &'a [f32],
+#[derive(Debug, Clone)]
+pub struct GridVariable {
+    pub name: String,
+    pub units: String,
+    pub long_name: String,
+    pub values: Vec<f32>,
+}
+
+impl GridVariable {
+    pub fn new(name: &str, units: &str, long_name: &str, values: Vec<f32>) -> Self {
+        Self { name: name.into(), units: units.into(), long_name: long_name.into(), values }
+    }
 }
 
 /// The coordinates of a file to write.
-#[derive(Debug, Clone, Copy)]
-pub struct Grid<'a> {
-    pub latitude: &'a [f64],
-    pub longitude: &'a [f64],
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub latitude: Vec<f64>,
+    pub longitude: Vec<f64>,
     /// UTC microseconds since 1970-01-01.
-    pub times: &'a [i64],
+    pub times: Vec<i64>,
 }
 
-/// Writes one ERA5-like file atomically.
-pub fn write_era5(path: &Path, encoding: Encoding, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Result<()> {
+/// Writes one ERA5-like file atomically (on the NetCDF I/O thread).
+pub fn write_era5(path: &Path, encoding: Encoding, grid: Grid, variables: Vec<GridVariable>) -> Result<()> {
+    let path = path.to_path_buf();
+    crate::io_thread::run(move || write_here(&path, encoding, &grid, &variables))
+}
+
+fn write_here(path: &Path, encoding: Encoding, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
     let cells = grid.times.len() * grid.latitude.len() * grid.longitude.len();
     for v in variables {
         if v.values.len() != cells {
@@ -102,14 +113,14 @@ pub fn packing_for(values: &[f32]) -> Packing {
     Packing::new(scale, (hi + lo) / 2.0, &[f64::from(NC3_FILL)])
 }
 
-fn write_nc3(path: &Path, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Result<()> {
+fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
     let werr = |variable: &str| {
         let path = path.to_path_buf();
         let variable = variable.to_string();
         move |source| NetcdfError::Write { path: path.clone(), variable: variable.clone(), source }
     };
     let mut hours = Vec::with_capacity(grid.times.len());
-    for &t in grid.times {
+    for &t in &grid.times {
         if t % 3_600_000_000 != 0 {
             return Err(NetcdfError::Io {
                 path: path.to_path_buf(),
@@ -144,15 +155,15 @@ fn write_nc3(path: &Path, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Res
         v.put_attribute("long_name", "time").map_err(werr("time"))?;
         v.put_attribute("calendar", "gregorian").map_err(werr("time"))?;
     }
-    let packings: Vec<Packing> = variables.iter().map(|v| packing_for(v.values)).collect();
+    let packings: Vec<Packing> = variables.iter().map(|v| packing_for(&v.values)).collect();
     for (var, packing) in variables.iter().zip(&packings) {
-        let mut v = file.add_variable::<i16>(var.name, &["time", "latitude", "longitude"]).map_err(werr(var.name))?;
-        v.put_attribute("scale_factor", packing.scale()).map_err(werr(var.name))?;
-        v.put_attribute("add_offset", packing.offset()).map_err(werr(var.name))?;
-        v.put_attribute("_FillValue", NC3_FILL).map_err(werr(var.name))?;
-        v.put_attribute("missing_value", NC3_FILL).map_err(werr(var.name))?;
-        v.put_attribute("units", var.units).map_err(werr(var.name))?;
-        v.put_attribute("long_name", var.long_name).map_err(werr(var.name))?;
+        let mut v = file.add_variable::<i16>(&var.name, &["time", "latitude", "longitude"]).map_err(werr(&var.name))?;
+        v.put_attribute("scale_factor", packing.scale()).map_err(werr(&var.name))?;
+        v.put_attribute("add_offset", packing.offset()).map_err(werr(&var.name))?;
+        v.put_attribute("_FillValue", NC3_FILL).map_err(werr(&var.name))?;
+        v.put_attribute("missing_value", NC3_FILL).map_err(werr(&var.name))?;
+        v.put_attribute("units", var.units.as_str()).map_err(werr(&var.name))?;
+        v.put_attribute("long_name", var.long_name.as_str()).map_err(werr(&var.name))?;
     }
     file.enddef().map_err(werr("file"))?;
     let lon: Vec<f32> = grid.longitude.iter().map(|&x| x as f32).collect();
@@ -163,12 +174,12 @@ fn write_nc3(path: &Path, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Res
     for (var, packing) in variables.iter().zip(&packings) {
         let packed: Vec<i16> =
             var.values.iter().map(|&x| if x.is_nan() { NC3_FILL } else { packing.pack_i16(f64::from(x)) }).collect();
-        put(&mut file, var.name, &packed, path)?;
+        put(&mut file, &var.name, &packed, path)?;
     }
     file.close().map_err(werr("file"))
 }
 
-fn write_nc4(path: &Path, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Result<()> {
+fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
     let werr = |variable: &str| {
         let path = path.to_path_buf();
         let variable = variable.to_string();
@@ -195,20 +206,20 @@ fn write_nc4(path: &Path, grid: Grid<'_>, variables: &[GridVariable<'_>]) -> Res
     }
     for var in variables {
         let mut v =
-            file.add_variable::<f32>(var.name, &["valid_time", "latitude", "longitude"]).map_err(werr(var.name))?;
-        v.set_chunking(&[1, ny.max(1), nx.max(1)]).map_err(werr(var.name))?;
-        v.set_compression(1, true).map_err(werr(var.name))?;
-        v.set_fill_value(f32::NAN).map_err(werr(var.name))?;
-        v.put_attribute("units", var.units).map_err(werr(var.name))?;
-        v.put_attribute("long_name", var.long_name).map_err(werr(var.name))?;
+            file.add_variable::<f32>(&var.name, &["valid_time", "latitude", "longitude"]).map_err(werr(&var.name))?;
+        v.set_chunking(&[1, ny.max(1), nx.max(1)]).map_err(werr(&var.name))?;
+        v.set_compression(1, true).map_err(werr(&var.name))?;
+        v.set_fill_value(f32::NAN).map_err(werr(&var.name))?;
+        v.put_attribute("units", var.units.as_str()).map_err(werr(&var.name))?;
+        v.put_attribute("long_name", var.long_name.as_str()).map_err(werr(&var.name))?;
     }
     let seconds: Vec<i64> = grid.times.iter().map(|t| t.div_euclid(1_000_000)).collect();
     put(&mut file, "number", &[0i64], path)?;
     put(&mut file, "valid_time", &seconds, path)?;
-    put(&mut file, "latitude", grid.latitude, path)?;
-    put(&mut file, "longitude", grid.longitude, path)?;
+    put(&mut file, "latitude", &grid.latitude, path)?;
+    put(&mut file, "longitude", &grid.longitude, path)?;
     for var in variables {
-        put(&mut file, var.name, var.values, path)?;
+        put(&mut file, &var.name, &var.values, path)?;
     }
     file.close().map_err(werr("file"))
 }

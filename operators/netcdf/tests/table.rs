@@ -42,11 +42,10 @@ impl Fixture {
     }
 
     fn write(&self, path: &Path, encoding: Encoding) {
-        let grid = Grid { latitude: &self.latitude, longitude: &self.longitude, times: &self.times };
-        let t2m = GridVariable { name: "t2m", units: "K", long_name: "2 metre temperature", values: &self.t2m };
-        let u10: Vec<f32> = self.t2m.iter().map(|v| v - 250.0).collect();
-        let u10 = GridVariable { name: "u10", units: "m s**-1", long_name: "10 metre U wind", values: &u10 };
-        write_era5(path, encoding, grid, &[t2m, u10]).expect("write fixture");
+        let grid = Grid { latitude: self.latitude.clone(), longitude: self.longitude.clone(), times: self.times.clone() };
+        let t2m = GridVariable::new("t2m", "K", "2 metre temperature", self.t2m.clone());
+        let u10 = GridVariable::new("u10", "m s**-1", "10 metre U wind", self.t2m.iter().map(|v| v - 250.0).collect());
+        write_era5(path, encoding, grid, vec![t2m, u10]).expect("write fixture");
     }
 }
 

@@ -89,28 +89,26 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
             model.advance();
         }
         let path = out.join(file_name(group, config.files_per_day));
-        let grid = Grid { latitude: &config.grid.latitude, longitude: &config.grid.longitude, times: group };
-        let t2m = GridVariable { name: "t2m", units: "K", long_name: "2 metre temperature", values: &values };
-        write_era5(&path, config.encoding, grid, &[t2m])?;
+        let t2m = GridVariable::new("t2m", "K", "2 metre temperature", values);
+        write_era5(&path, config.encoding, grid_at(&config.grid, group), vec![t2m])?;
         files.push(path);
     }
 
     let truth = truth_dir.join("innovation_variance.nc");
     let variance: Vec<f32> = model.innovation_variance().iter().map(|&v| v as f32).collect();
     let land: Vec<f32> = model.land().iter().map(|&v| v as f32).collect();
-    let grid = Grid { latitude: &config.grid.latitude, longitude: &config.grid.longitude, times: &times[..1] };
     write_era5(
         &truth,
         Encoding::Nc4,
-        grid,
-        &[
-            GridVariable {
-                name: "innovation_variance",
-                units: "K**2",
-                long_name: "variance of the 6-hour innovation (true aleatoric uncertainty)",
-                values: &variance,
-            },
-            GridVariable { name: "land_fraction", units: "1", long_name: "land fraction", values: &land },
+        grid_at(&config.grid, &times[..1]),
+        vec![
+            GridVariable::new(
+                "innovation_variance",
+                "K**2",
+                "variance of the 6-hour innovation (true aleatoric uncertainty)",
+                variance,
+            ),
+            GridVariable::new("land_fraction", "1", "land fraction", land),
         ],
     )?;
     let ood = truth_dir.join("ood.json");
@@ -119,6 +117,10 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
         .map_err(|e| SynthError::Config { field: "ood", problem: e.to_string() })?;
     std::fs::write(&ood, text).map_err(|source| SynthError::Io { path: ood.display().to_string(), source })?;
     Ok(SynthReport { files, truth, ood, ood_cells })
+}
+
+fn grid_at(grid: &LatLonGrid, times: &[i64]) -> Grid {
+    Grid { latitude: grid.latitude.clone(), longitude: grid.longitude.clone(), times: times.to_vec() }
 }
 
 fn file_groups(times: &[i64], per_day: bool) -> Vec<&[i64]> {

@@ -1,0 +1,35 @@
+//! The command line: one subcommand per file.
+
+mod demo;
+mod output;
+mod sql;
+mod synth;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// ERA5 forecasts with aleatoric and epistemic uncertainty, as SQL tables and Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "uqcast", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL over NetCDF and Parquet tables.
+    Sql(sql::SqlArgs),
+    /// Write ERA5-like synthetic data with a known noise map and optional OOD inputs.
+    Synth(synth::SynthArgs),
+    /// The embedded default job: synthesise data and summarise it with SQL.
+    Demo(demo::DemoArgs),
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sql(args) => sql::run(args).await,
+        Command::Synth(args) => synth::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

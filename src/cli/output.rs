@@ -1,0 +1,70 @@
+//! Writing query results: a pretty table, CSV, JSON lines, or a Parquet file.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::csv::WriterBuilder;
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+
+/// How `uqcast sql` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table with a header.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row.
+    Json,
+}
+
+/// Streams the result to stdout in `format` (CSV and JSON never hold more
+/// than one batch; the table needs all rows to size its columns).
+pub async fn print(df: DataFrame, format: Format) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Table => {
+            let batches = df.collect().await?;
+            writeln!(out, "{}", pretty_format_batches(&batches)?)?;
+        }
+        Format::Csv => {
+            let mut stream = df.execute_stream().await?;
+            let mut writer = WriterBuilder::new().with_header(true).build(&mut out);
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch?)?;
+            }
+        }
+        Format::Json => {
+            let mut stream = df.execute_stream().await?;
+            let mut writer = LineDelimitedWriter::new(&mut out);
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch?)?;
+            }
+            writer.finish()?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes the result to one Parquet file, atomically: a temporary file in
+/// the same directory is renamed over `path` only once complete.
+pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        anyhow::bail!("{}: output directory does not exist", dir.display());
+    }
+    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp.parquet", std::process::id()));
+    let options = DataFrameWriteOptions::new().with_single_file_output(true);
+    let written = df.write_parquet(&tmp.display().to_string(), options, None).await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: writing Parquet", path.display()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished file into place", path.display()))
+}
