@@ -1,1 +1,32 @@
+//! End-to-end tests: the real `uqcast` binary on real files.
 
+mod errors;
+mod sql;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `uqcast` with `args`.
+pub fn uqcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uqcast")).args(args).output().expect("run uqcast")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Synthesises `steps` steps on a small grid into `dir`; panics on failure.
+pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
+    let steps = steps.to_string();
+    let mut args = vec![
+        "synth", "--out", dir.to_str().unwrap(), "--start", "2020-01-01T00:00Z", "--steps", &steps,
+        "--res", "2", "--encoding", encoding, "--seed", "7",
+    ];
+    args.extend_from_slice(extra);
+    let o = uqcast(&args);
+    assert!(o.status.success(), "synth failed: {}", stderr(&o));
+}

@@ -1,0 +1,75 @@
+//! `uqcast sql` and `uqcast synth` through the binary.
+
+use crate::{stderr, stdout, synth, uqcast};
+
+#[test]
+fn formats_and_encodings_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    synth(&a, 4, "nc3", &[]);
+    synth(&b, 4, "nc4", &["--files-per-day"]);
+    let query = "SELECT valid_time, latitude, longitude, t2m AS t FROM era5 ORDER BY valid_time, latitude DESC, longitude";
+    let csv = |d: &std::path::Path| {
+        let table = format!("era5={}", d.display());
+        let o = uqcast(&["sql", query, "--table", &table, "--format", "csv"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let (x, y) = (csv(&a), csv(&b));
+    assert!(x.starts_with("valid_time,latitude,longitude,t\n"), "{x}");
+    assert_eq!(x.lines().count(), 1 + 4 * 39 * 68);
+    // Same coordinates; values within the int16 packing precision: the field
+    // spans < 80 K over 65,532 steps, so half a step is < 0.61 mK.
+    for (p, q) in x.lines().zip(y.lines()).skip(1) {
+        let (pk, pv) = p.rsplit_once(',').unwrap();
+        let (qk, qv) = q.rsplit_once(',').unwrap();
+        assert_eq!(pk, qk);
+        let (pv, qv): (f64, f64) = (pv.parse().unwrap(), qv.parse().unwrap());
+        assert!((pv - qv).abs() < 0.61e-3 + 3e-5, "{p} vs {q}");
+    }
+
+    let table = format!("era5={}", a.display());
+    let o = uqcast(&["sql", "SELECT latitude, count(*) AS n FROM era5 WHERE latitude > 80 GROUP BY latitude ORDER BY latitude", "--table", &table, "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows, vec![serde_json::json!({"latitude": 81.0, "n": 4 * 68}), serde_json::json!({"latitude": 83.0, "n": 4 * 68})]);
+
+    let o = uqcast(&["sql", "SELECT count(*) AS n FROM era5", "--table", &table]);
+    assert!(stdout(&o).contains("| 10608 |"), "{}", stdout(&o));
+}
+
+#[test]
+fn parquet_output_reads_back_as_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 2, "nc4", &[]);
+    let out = dir.path().join("north.parquet");
+    let table = format!("era5={}", data.display());
+    let o = uqcast(&["sql", "SELECT * FROM era5 WHERE latitude >= 60", "--table", &table, "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = format!("north={}", out.display());
+    let o = uqcast(&["sql", "SELECT count(*) AS n, min(latitude) AS lo FROM north", "--table", &back, "--format", "csv"]);
+    assert_eq!(stdout(&o), "n,lo\n1632,61.0\n", "{}", stderr(&o));
+    // No temporary files are left beside the output.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn synth_is_reproducible_and_records_ood_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let ood = ["--ood", "disk:2020-01-01T06:00Z,45,260,8,30"];
+    synth(&dir.path().join("x"), 3, "nc4", &ood);
+    synth(&dir.path().join("y"), 3, "nc4", &ood);
+    let file = "era5_t2m_2020010100_2020010112.nc";
+    let read = |d: &str| std::fs::read(dir.path().join(d).join(file)).unwrap();
+    assert_eq!(read("x"), read("y"));
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("x/truth/ood.json")).unwrap()).unwrap();
+    assert_eq!(truth["steps"][0][0], "2020-01-01T06:00:00Z");
+    // The disk shows in the data: +30 K at 45°N, 260°E only at 06 UTC.
+    let table = format!("era5={}", dir.path().join("x").display());
+    let o = uqcast(&["sql", "SELECT valid_time, round(t2m) AS t FROM era5 WHERE latitude = 45 AND longitude = 259 ORDER BY valid_time", "--table", &table, "--format", "csv"]);
+    let t: Vec<f64> = stdout(&o).lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(t[1] - t[0] > 20.0 && t[1] - t[2] > 20.0, "{t:?}");
+}
