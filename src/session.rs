@@ -17,32 +17,45 @@ pub struct TableArg {
 impl std::str::FromStr for TableArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, location) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=PATH"))?;
+        let (name, location) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not NAME=PATH"))?;
         let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid || location.is_empty() {
-            return Err(format!("'{s}': NAME must be letters, digits or _ and PATH non-empty"));
+            return Err(format!(
+                "'{s}': NAME must be letters, digits or _ and PATH non-empty"
+            ));
         }
-        Ok(Self { name: name.to_string(), location: location.to_string() })
+        Ok(Self {
+            name: name.to_string(),
+            location: location.to_string(),
+        })
     }
 }
 
 /// Whether a location is Parquet (a `.parquet` file, or a directory holding some).
 fn is_parquet(location: &str) -> bool {
     let path = Path::new(location);
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
         return true;
     }
     path.is_dir() && contains_parquet(path, 4)
 }
 
 fn contains_parquet(dir: &Path, depth: usize) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
     entries.filter_map(|e| e.ok()).any(|e| {
         let p = e.path();
         if p.is_dir() {
             depth > 0 && contains_parquet(&p, depth - 1)
         } else {
-            p.extension().is_some_and(|x| x.eq_ignore_ascii_case("parquet"))
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("parquet"))
         }
     })
 }
@@ -53,17 +66,22 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
     for t in tables {
         if is_parquet(&t.location) {
             if !Path::new(&t.location).exists() {
-                bail!("table '{}': {}: no such file or directory", t.name, t.location);
+                bail!(
+                    "table '{}': {}: no such file or directory",
+                    t.name,
+                    t.location
+                );
             }
             ctx.register_parquet(&t.name, &t.location, ParquetReadOptions::default())
                 .await
                 .with_context(|| format!("table '{}': {}", t.name, t.location))?;
         } else {
             let location = t.location.clone();
-            let provider = tokio::task::spawn_blocking(move || Era5TableProvider::try_new(&[location], None))
-                .await
-                .context("NetCDF inspection task failed")?
-                .with_context(|| format!("table '{}'", t.name))?;
+            let provider =
+                tokio::task::spawn_blocking(move || Era5TableProvider::try_new(&[location], None))
+                    .await
+                    .context("NetCDF inspection task failed")?
+                    .with_context(|| format!("table '{}'", t.name))?;
             ctx.register_table(&t.name, Arc::new(provider))?;
         }
     }

@@ -10,13 +10,25 @@ pub fn parse_utc(s: &str) -> Option<i64> {
     }
     let s = s.trim_end_matches(['Z', 'z']);
     // chrono needs minutes: `2020-01-01T06` → `2020-01-01T06:00`.
-    let s = if s.len() == 13 { format!("{s}:00") } else { s.to_string() };
-    for format in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+    let s = if s.len() == 13 {
+        format!("{s}:00")
+    } else {
+        s.to_string()
+    };
+    for format in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(&s, format) {
             return Some(t.and_utc().timestamp_micros());
         }
     }
-    NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros())
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+        .ok()?
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_micros())
 }
 
 #[cfg(test)]
@@ -26,7 +38,14 @@ mod tests {
     #[test]
     fn accepted_forms() {
         let midnight = 1_577_836_800_000_000;
-        for s in ["2020-01-01", "2020-01-01T00:00Z", "2020-01-01T00:00:00Z", "2020-01-01 00:00", "2020-01-01T00", "2020-01-01T01:00:00+01:00"] {
+        for s in [
+            "2020-01-01",
+            "2020-01-01T00:00Z",
+            "2020-01-01T00:00:00Z",
+            "2020-01-01 00:00",
+            "2020-01-01T00",
+            "2020-01-01T01:00:00+01:00",
+        ] {
             assert_eq!(parse_utc(s), Some(midnight), "{s}");
         }
         assert_eq!(parse_utc("yesterday"), None);

@@ -36,19 +36,42 @@ ORDER BY valid_time";
 pub async fn run(args: DemoArgs) -> Result<()> {
     let data = args.out.join("era5");
     let ood = vec!["disk:2020-01-03T12:00Z,45,260,6,30".to_string()];
-    let report = generate(&SynthArgs::new(data.clone(), "2020-01-01T00:00Z", 12, 0, ood)).await?;
+    let report = generate(&SynthArgs::new(
+        data.clone(),
+        "2020-01-01T00:00Z",
+        12,
+        0,
+        ood,
+    ))
+    .await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "synthesised {} files under {} (truth: {})", report.files.len(), data.display(), report.truth.display())?;
+    writeln!(
+        out,
+        "synthesised {} files under {} (truth: {})",
+        report.files.len(),
+        data.display(),
+        report.truth.display()
+    )?;
     writeln!(out, "\n{SUMMARY_SQL};\n")?;
     drop(out);
 
     let ctx = SessionContext::new();
-    let table = TableArg { name: "era5".into(), location: data.display().to_string() };
+    let table = TableArg {
+        name: "era5".into(),
+        location: data.display().to_string(),
+    };
     register_tables(&ctx, &[table]).await?;
     print(ctx.sql(SUMMARY_SQL).await?, Format::Table).await?;
 
     let mut out = std::io::stdout().lock();
-    writeln!(out, "The out-of-distribution hot disk (+30 K at 45°N 260°E, 2020-01-03T12:00Z) is the only step with hot cells north of 40°N.")?;
-    writeln!(out, "Query it yourself: uqcast sql \"SELECT * FROM era5 LIMIT 5\" --table era5={}", data.display())?;
+    writeln!(
+        out,
+        "The out-of-distribution hot disk (+30 K at 45°N 260°E, 2020-01-03T12:00Z) is the only step with hot cells north of 40°N."
+    )?;
+    writeln!(
+        out,
+        "Query it yourself: uqcast sql \"SELECT * FROM era5 LIMIT 5\" --table era5={}",
+        data.display()
+    )?;
     Ok(())
 }

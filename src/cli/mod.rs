@@ -4,6 +4,7 @@ mod demo;
 mod output;
 mod sql;
 mod synth;
+mod toy;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// The embedded default job: synthesise data and summarise it with SQL.
     Demo(demo::DemoArgs),
+    /// The HyperDM paper's toy experiment: AU vs noise, EU vs data size, EU in a data gap.
+    Toy(toy::ToyArgs),
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -31,5 +34,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sql(args) => sql::run(args).await,
         Command::Synth(args) => synth::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Toy(args) => toy::run_toy(args).await,
     }
 }

@@ -54,17 +54,30 @@ pub async fn print(df: DataFrame, format: Format) -> Result<()> {
 /// Writes the result to one Parquet file, atomically: a temporary file in
 /// the same directory is renamed over `path` only once complete.
 pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
         anyhow::bail!("{}: output directory does not exist", dir.display());
     }
-    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    let name = path
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp.parquet", std::process::id()));
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
-    let written = df.write_parquet(&tmp.display().to_string(), options, None).await;
+    let written = df
+        .write_parquet(&tmp.display().to_string(), options, None)
+        .await;
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{}: writing Parquet", path.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished file into place", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "{}: cannot move the finished file into place",
+            path.display()
+        )
+    })
 }

@@ -62,7 +62,8 @@ impl SynthArgs {
     }
 
     fn config(&self) -> Result<SynthConfig> {
-        let start = parse_utc(&self.start).ok_or_else(|| anyhow!("synth option 'start': '{}' is not a UTC time", self.start))?;
+        let start = parse_utc(&self.start)
+            .ok_or_else(|| anyhow!("synth option 'start': '{}' is not a UTC time", self.start))?;
         let bbox = BoundingBox::parse(&self.bbox)?;
         let grid = match &self.grid {
             Some(shape) => {
@@ -71,7 +72,11 @@ impl SynthArgs {
             }
             None => LatLonGrid::with_resolution(bbox, self.res)?,
         };
-        let ood = self.ood.iter().map(|s| OodEvent::parse(s, parse_utc)).collect::<Result<Vec<_>, _>>()?;
+        let ood = self
+            .ood
+            .iter()
+            .map(|s| OodEvent::parse(s, parse_utc))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SynthConfig {
             start,
             steps: self.steps,
@@ -100,6 +105,12 @@ pub async fn run(args: SynthArgs) -> Result<()> {
     for f in &report.files {
         writeln!(out, "wrote {}", f.display())?;
     }
-    writeln!(out, "truth {} (innovation variance, K²) and {} ({} OOD cells)", report.truth.display(), report.ood.display(), report.ood_cells)?;
+    writeln!(
+        out,
+        "truth {} (innovation variance, K²) and {} ({} OOD cells)",
+        report.truth.display(),
+        report.ood.display(),
+        report.ood_cells
+    )?;
     Ok(())
 }

@@ -8,9 +8,17 @@ use crate::{stderr, synth, uqcast};
 fn fails_with(args: &[&str], needles: &[&str]) {
     let o = uqcast(args);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1 for {args:?}; stderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1 for {args:?}; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "'{n}' missing from: {err}");
     }
@@ -33,19 +41,36 @@ fn write_nc3(path: &Path, time_units: Option<&str>, var: &str, units: &str) {
     if let Some(u) = time_units {
         t.put_attribute("units", u).unwrap();
     }
-    let mut v = f.add_variable::<f32>(var, &["time", "latitude", "longitude"]).unwrap();
+    let mut v = f
+        .add_variable::<f32>(var, &["time", "latitude", "longitude"])
+        .unwrap();
     v.put_attribute("units", units).unwrap();
     f.enddef().unwrap();
-    f.variable_mut("latitude").unwrap().put_values(&[1.0f32, 0.0], ..).unwrap();
-    f.variable_mut("longitude").unwrap().put_values(&[0.0f32, 1.0], ..).unwrap();
-    f.variable_mut("time").unwrap().put_values(&[1_051_896i32], ..).unwrap();
-    f.variable_mut(var).unwrap().put_values(&[280.0f32; 4], ..).unwrap();
+    f.variable_mut("latitude")
+        .unwrap()
+        .put_values(&[1.0f32, 0.0], ..)
+        .unwrap();
+    f.variable_mut("longitude")
+        .unwrap()
+        .put_values(&[0.0f32, 1.0], ..)
+        .unwrap();
+    f.variable_mut("time")
+        .unwrap()
+        .put_values(&[1_051_896i32], ..)
+        .unwrap();
+    f.variable_mut(var)
+        .unwrap()
+        .put_values(&[280.0f32; 4], ..)
+        .unwrap();
     f.close().unwrap();
 }
 
 #[test]
 fn missing_path() {
-    fails_with(&["sql", "SELECT 1", "--table", "era5=/no/such/dir/x.nc"], &["/no/such/dir/x.nc", "no such file"]);
+    fails_with(
+        &["sql", "SELECT 1", "--table", "era5=/no/such/dir/x.nc"],
+        &["/no/such/dir/x.nc", "no such file"],
+    );
 }
 
 #[test]
@@ -58,7 +83,11 @@ fn truncated_files_in_both_encodings() {
         let bytes = std::fs::read(&file).unwrap();
         let cut = dir.path().join(format!("cut_{enc}.nc"));
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        sql_over(&cut, "SELECT avg(t2m) FROM era5", &[&format!("cut_{enc}.nc"), "truncated"]);
+        sql_over(
+            &cut,
+            "SELECT avg(t2m) FROM era5",
+            &[&format!("cut_{enc}.nc"), "truncated"],
+        );
     }
 }
 
@@ -75,13 +104,20 @@ fn missing_variable() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("msl_only.nc");
     write_nc3(&f, Some("hours since 1900-01-01"), "msl", "Pa");
-    sql_over(&f, "SELECT 1", &["msl_only.nc", "variable 't2m' not found", "msl"]);
+    sql_over(
+        &f,
+        "SELECT 1",
+        &["msl_only.nc", "variable 't2m' not found", "msl"],
+    );
 }
 
 #[test]
 fn time_axis_without_cf_units() {
     let dir = tempfile::tempdir().unwrap();
-    let (none, bad) = (dir.path().join("no_units.nc"), dir.path().join("bad_units.nc"));
+    let (none, bad) = (
+        dir.path().join("no_units.nc"),
+        dir.path().join("bad_units.nc"),
+    );
     write_nc3(&none, None, "t2m", "K");
     write_nc3(&bad, Some("hours"), "t2m", "K");
     sql_over(&none, "SELECT 1", &["no_units.nc", "time:units", "missing"]);
@@ -102,21 +138,72 @@ fn bad_sql() {
     synth(dir.path(), 1, "nc4", &[]);
     sql_over(dir.path(), "SELEKT * FROM era5", &["query", "SELEKT"]);
     sql_over(dir.path(), "SELECT wind FROM era5", &["wind"]);
-    sql_over(dir.path(), "SELECT * FROM missing_table", &["missing_table"]);
+    sql_over(
+        dir.path(),
+        "SELECT * FROM missing_table",
+        &["missing_table"],
+    );
 }
 
 #[test]
 fn bad_synth_options_and_existing_output_survives() {
     let dir = tempfile::tempdir().unwrap();
-    fails_with(&["synth", "--out", dir.path().to_str().unwrap(), "--start", "soon", "--steps", "2"], &["start", "soon"]);
-    fails_with(&["synth", "--out", dir.path().to_str().unwrap(), "--start", "2020-01-01", "--steps", "2", "--grid", "3by4"], &["grid", "3by4"]);
-    fails_with(&["synth", "--out", dir.path().to_str().unwrap(), "--start", "2020-01-01", "--steps", "2", "--ood", "blob:1"], &["ood", "blob:1"]);
+    fails_with(
+        &[
+            "synth",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--start",
+            "soon",
+            "--steps",
+            "2",
+        ],
+        &["start", "soon"],
+    );
+    fails_with(
+        &[
+            "synth",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--start",
+            "2020-01-01",
+            "--steps",
+            "2",
+            "--grid",
+            "3by4",
+        ],
+        &["grid", "3by4"],
+    );
+    fails_with(
+        &[
+            "synth",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--start",
+            "2020-01-01",
+            "--steps",
+            "2",
+            "--ood",
+            "blob:1",
+        ],
+        &["ood", "blob:1"],
+    );
     // A failed Parquet write leaves an existing file untouched.
     let data = dir.path().join("data");
     synth(&data, 1, "nc4", &[]);
     let out = dir.path().join("keep.parquet");
     std::fs::write(&out, b"precious").unwrap();
     let table = format!("era5={}", data.display());
-    fails_with(&["sql", "SELECT nope FROM era5", "--table", &table, "--output", out.to_str().unwrap()], &["nope"]);
+    fails_with(
+        &[
+            "sql",
+            "SELECT nope FROM era5",
+            "--table",
+            &table,
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &["nope"],
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 }

@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `uqcast` binary on real files.
 
+#![allow(clippy::unwrap_used)]
+
 mod errors;
 mod sql;
 
@@ -8,7 +10,10 @@ use std::process::{Command, Output};
 
 /// Runs `uqcast` with `args`.
 pub fn uqcast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_uqcast")).args(args).output().expect("run uqcast")
+    Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .args(args)
+        .output()
+        .expect("run uqcast")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -23,8 +28,19 @@ pub fn stderr(o: &Output) -> String {
 pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
     let steps = steps.to_string();
     let mut args = vec![
-        "synth", "--out", dir.to_str().unwrap(), "--start", "2020-01-01T00:00Z", "--steps", &steps,
-        "--res", "2", "--encoding", encoding, "--seed", "7",
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        &steps,
+        "--res",
+        "2",
+        "--encoding",
+        encoding,
+        "--seed",
+        "7",
     ];
     args.extend_from_slice(extra);
     let o = uqcast(&args);

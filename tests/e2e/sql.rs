@@ -29,10 +29,26 @@ fn formats_and_encodings_agree() {
     }
 
     let table = format!("era5={}", a.display());
-    let o = uqcast(&["sql", "SELECT latitude, count(*) AS n FROM era5 WHERE latitude > 80 GROUP BY latitude ORDER BY latitude", "--table", &table, "--format", "json"]);
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, count(*) AS n FROM era5 WHERE latitude > 80 GROUP BY latitude ORDER BY latitude",
+        "--table",
+        &table,
+        "--format",
+        "json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows, vec![serde_json::json!({"latitude": 81.0, "n": 4 * 68}), serde_json::json!({"latitude": 83.0, "n": 4 * 68})]);
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"latitude": 81.0, "n": 4 * 68}),
+            serde_json::json!({"latitude": 83.0, "n": 4 * 68})
+        ]
+    );
 
     let o = uqcast(&["sql", "SELECT count(*) AS n FROM era5", "--table", &table]);
     assert!(stdout(&o).contains("| 10608 |"), "{}", stdout(&o));
@@ -45,13 +61,30 @@ fn parquet_output_reads_back_as_a_table() {
     synth(&data, 2, "nc4", &[]);
     let out = dir.path().join("north.parquet");
     let table = format!("era5={}", data.display());
-    let o = uqcast(&["sql", "SELECT * FROM era5 WHERE latitude >= 60", "--table", &table, "--output", out.to_str().unwrap()]);
+    let o = uqcast(&[
+        "sql",
+        "SELECT * FROM era5 WHERE latitude >= 60",
+        "--table",
+        &table,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let back = format!("north={}", out.display());
-    let o = uqcast(&["sql", "SELECT count(*) AS n, min(latitude) AS lo FROM north", "--table", &back, "--format", "csv"]);
+    let o = uqcast(&[
+        "sql",
+        "SELECT count(*) AS n, min(latitude) AS lo FROM north",
+        "--table",
+        &back,
+        "--format",
+        "csv",
+    ]);
     assert_eq!(stdout(&o), "n,lo\n1632,61.0\n", "{}", stderr(&o));
     // No temporary files are left beside the output.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -64,12 +97,25 @@ fn synth_is_reproducible_and_records_ood_truth() {
     let file = "era5_t2m_2020010100_2020010112.nc";
     let read = |d: &str| std::fs::read(dir.path().join(d).join(file)).unwrap();
     assert_eq!(read("x"), read("y"));
-    let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("x/truth/ood.json")).unwrap()).unwrap();
+    let truth: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("x/truth/ood.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(truth["steps"][0][0], "2020-01-01T06:00:00Z");
     // The disk shows in the data: +30 K at 45°N, 260°E only at 06 UTC.
     let table = format!("era5={}", dir.path().join("x").display());
-    let o = uqcast(&["sql", "SELECT valid_time, round(t2m) AS t FROM era5 WHERE latitude = 45 AND longitude = 259 ORDER BY valid_time", "--table", &table, "--format", "csv"]);
-    let t: Vec<f64> = stdout(&o).lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+    let o = uqcast(&[
+        "sql",
+        "SELECT valid_time, round(t2m) AS t FROM era5 WHERE latitude = 45 AND longitude = 259 ORDER BY valid_time",
+        "--table",
+        &table,
+        "--format",
+        "csv",
+    ]);
+    let t: Vec<f64> = stdout(&o)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert!(t[1] - t[0] > 20.0 && t[1] - t[2] > 20.0, "{t:?}");
 }

@@ -1,1 +1,106 @@
-fn main() {}
+//! Sampling throughput (predictions per second) of HyperDM on this device,
+//! beside the float32 matmul rate measured the same way, so the fraction of
+//! the machine's ceiling is visible.
+//!
+//! - toy MLP: M = 10 draws × N = 1,000 samples of one condition (10,000
+//!   predictions; the paper made these in 0.7 s on a GPU), DDIM-100;
+//! - U-Net (base 16, multipliers 1,2,4,8): M = 2 × N = 8 at 32×32 and 64×64, DDIM-25.
+//!
+//! Run: `cargo bench -p uqcast-hyperdm --bench sampling --profile dev`
+//! (add `--features cuda` on a GPU machine).
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use uqcast_hyperdm::{
+    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryMlp, PrimaryUnet, Sampler, UnetConfig,
+    default_device,
+};
+
+fn sync(device: &Device) {
+    device.synchronize().expect("synchronize");
+}
+
+fn matmul(c: &mut Criterion, device: &Device) {
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), device).expect("a");
+    let b = Tensor::randn(0f32, 1.0, (n, n), device).expect("b");
+    let mut group = c.benchmark_group("ceiling");
+    group.throughput(Throughput::Elements(2 * (n * n * n) as u64)); // FLOP
+    group.bench_function("matmul_f32_1024", |bench| {
+        bench.iter(|| {
+            let _ = a.matmul(&b).expect("matmul");
+            sync(device);
+        })
+    });
+    group.finish();
+}
+
+fn toy(c: &mut Criterion, device: &Device) {
+    let diffusion = DiffusionConfig::default();
+    let model = HyperDm::new(
+        PrimaryMlp::new(&MlpConfig::default()),
+        &HyperConfig::default(),
+        &diffusion,
+        device,
+        0,
+    )
+    .expect("model");
+    let cond = Tensor::zeros((1, 1), DType::F32, device).expect("cond");
+    let mut group = c.benchmark_group("hyperdm_toy_mlp");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(10 * 1000));
+    group.bench_function("m10_n1000_ddim100", |b| {
+        b.iter(|| {
+            model
+                .predict(&cond, 10, 1000, Sampler::Ddim { steps: 100 }, 0)
+                .expect("predict");
+            sync(device);
+        })
+    });
+    group.finish();
+}
+
+fn unet(c: &mut Criterion, device: &Device) {
+    let config = UnetConfig {
+        base: 16,
+        mults: vec![1, 2, 4, 8],
+        ..UnetConfig::default()
+    };
+    let hyper = HyperConfig {
+        z_dim: 8,
+        hidden: vec![24; 5],
+    };
+    let model = HyperDm::new(
+        PrimaryUnet::new(&config).expect("unet"),
+        &hyper,
+        &DiffusionConfig::default(),
+        device,
+        0,
+    )
+    .expect("model");
+    let mut group = c.benchmark_group("hyperdm_unet16");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(2 * 8));
+    for size in [32, 64] {
+        let cond = Tensor::randn(0f32, 1.0, (1, 1, size, size), device).expect("cond");
+        group.bench_function(format!("{size}x{size}_m2_n8_ddim25"), |b| {
+            b.iter(|| {
+                model
+                    .predict(&cond, 2, 8, Sampler::Ddim { steps: 25 }, 0)
+                    .expect("predict");
+                sync(device);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let device = default_device();
+    matmul(c, &device);
+    toy(c, &device);
+    unet(c, &device);
+}
+
+criterion_group!(sampling, benches);
+criterion_main!(sampling);

@@ -1,1 +1,37 @@
+//! HyperDM (Chan, Molina, Metzler, NeurIPS 2024) in candle: a Bayesian
+//! hyper-network generates the weights of a conditional diffusion model, so
+//! one trained model yields both aleatoric (AU = E_i[Var_j]) and epistemic
+//! (EU = Var_i[E_j]) uncertainty from M weight draws × N samples.
+//!
+//! Choices (see the crate README for the reasoning):
+//! - ε-prediction with T = 100 by default (the paper); x₀-prediction optional;
+//! - linear β (paper) or log-SNR-uniform schedules; DDPM and DDIM (η = 0);
+//! - AdamW; one fresh z per minibatch by default; no KL term;
+//! - population variances (ddof = 0) so AU + EU is the total variance exactly.
 
+pub mod checkpoint;
+pub mod embedding;
+pub mod error;
+pub mod hyper;
+pub mod layout;
+pub mod model;
+pub mod moments;
+pub mod optim;
+pub mod primary;
+pub mod sampler;
+pub mod schedule;
+pub mod toy;
+
+pub use error::{HyperdmError, Result};
+pub use hyper::HyperConfig;
+pub use model::{HyperDm, Progress, TrainConfig, TrainingData};
+pub use moments::Moments;
+pub use primary::{MlpConfig, PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig};
+pub use sampler::Sampler;
+pub use schedule::{DiffusionConfig, Prediction, ScheduleKind};
+
+/// The compute device: the first CUDA GPU when built with `cuda` and one is
+/// present, the CPU otherwise.
+pub fn default_device() -> candle_core::Device {
+    candle_core::Device::cuda_if_available(0).unwrap_or(candle_core::Device::Cpu)
+}

@@ -45,8 +45,13 @@ impl Catalog {
         }
         paths.sort();
         paths.dedup();
-        let files = paths.iter().map(|p| FileInfo::inspect(p).map(Arc::new)).collect::<Result<Vec<_>>>()?;
-        let first = files.first().ok_or_else(|| NetcdfError::NoFiles { path: locations.join(", ") })?;
+        let files = paths
+            .iter()
+            .map(|p| FileInfo::inspect(p).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        let first = files.first().ok_or_else(|| NetcdfError::NoFiles {
+            path: locations.join(", "),
+        })?;
         let names = choose_variables(first, variables)?;
         let mut chosen = Vec::with_capacity(names.len());
         for name in &names {
@@ -59,7 +64,11 @@ impl Catalog {
             }
         }
         let steps = order_steps(&files)?;
-        Ok(Self { files, steps, variables: chosen })
+        Ok(Self {
+            files,
+            steps,
+            variables: chosen,
+        })
     }
 
     pub fn latitude(&self) -> &Axis {
@@ -82,7 +91,13 @@ fn choose_variables(first: &FileInfo, requested: Option<&[String]>) -> Result<Ve
         None => {
             first.variable(T2M)?;
             let mut names = vec![T2M.to_string()];
-            names.extend(first.variables.iter().map(|v| v.name.clone()).filter(|n| n != T2M));
+            names.extend(
+                first
+                    .variables
+                    .iter()
+                    .map(|v| v.name.clone())
+                    .filter(|n| n != T2M),
+            );
             Ok(names)
         }
     }
@@ -99,7 +114,10 @@ fn describe_or_explain(file: &FileInfo, name: &str) -> Result<VariableInfo> {
             path: file.path.clone(),
             variable: name.to_string(),
             attribute: "units".to_string(),
-            problem: format!("is {:?}, expected \"K\"", v.units.as_deref().unwrap_or("missing")),
+            problem: format!(
+                "is {:?}, expected \"K\"",
+                v.units.as_deref().unwrap_or("missing")
+            ),
         });
     }
     Ok(v)
@@ -113,15 +131,25 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
             path: location.to_string(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         })?;
-        entries.filter_map(|e| e.ok()).filter(|p| p.is_file()).collect::<Vec<_>>()
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|p| p.is_file())
+            .collect::<Vec<_>>()
     } else {
         let path = Path::new(location);
         if path.is_dir() {
-            let list_err = |source| NetcdfError::List { path: location.to_string(), source };
+            let list_err = |source| NetcdfError::List {
+                path: location.to_string(),
+                source,
+            };
             let mut files = Vec::new();
             for entry in std::fs::read_dir(path).map_err(list_err)? {
                 let p = entry.map_err(list_err)?.path();
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+                let ext = p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
                 if p.is_file() && NETCDF_EXTENSIONS.contains(&ext.as_str()) {
                     files.push(p);
                 }
@@ -130,14 +158,20 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
         } else if path.exists() {
             vec![path.to_path_buf()]
         } else {
-            return Err(NetcdfError::NotFound { path: location.to_string() });
+            return Err(NetcdfError::NotFound {
+                path: location.to_string(),
+            });
         }
     };
     if found.is_empty() {
         return Err(if is_glob {
-            NetcdfError::NotFound { path: location.to_string() }
+            NetcdfError::NotFound {
+                path: location.to_string(),
+            }
         } else {
-            NetcdfError::NoFiles { path: location.to_string() }
+            NetcdfError::NoFiles {
+                path: location.to_string(),
+            }
         });
     }
     found.sort();
@@ -145,9 +179,16 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn check_same_grid(reference: &FileInfo, file: &FileInfo) -> Result<()> {
-    for (a, b) in [(&reference.latitude, &file.latitude), (&reference.longitude, &file.longitude)] {
+    for (a, b) in [
+        (&reference.latitude, &file.latitude),
+        (&reference.longitude, &file.longitude),
+    ] {
         let detail = if a.values.len() != b.values.len() {
-            Some(format!("has {} values, expected {}", b.values.len(), a.values.len()))
+            Some(format!(
+                "has {} values, expected {}",
+                b.values.len(),
+                a.values.len()
+            ))
         } else {
             a.values
                 .iter()
@@ -171,7 +212,12 @@ fn order_steps(files: &[Arc<FileInfo>]) -> Result<Vec<Step>> {
     let mut steps: Vec<Step> = files
         .iter()
         .enumerate()
-        .flat_map(|(file, info)| info.times.iter().enumerate().map(move |(index, &time)| Step { file, index, time }))
+        .flat_map(|(file, info)| {
+            info.times
+                .iter()
+                .enumerate()
+                .map(move |(index, &time)| Step { file, index, time })
+        })
         .collect();
     steps.sort_by_key(|s| (s.time, s.file, s.index));
     if let Some(pair) = steps.windows(2).find(|w| w[0].time == w[1].time) {

@@ -34,11 +34,19 @@ impl<R: Read> Header<R> {
     }
     /// NON_NEG: 4 bytes, 8 in CDF-5.
     fn count(&mut self) -> std::io::Result<u64> {
-        if self.version == 5 { self.u64() } else { self.u32().map(u64::from) }
+        if self.version == 5 {
+            self.u64()
+        } else {
+            self.u32().map(u64::from)
+        }
     }
     /// OFFSET: 4 bytes in CDF-1, 8 otherwise.
     fn offset(&mut self) -> std::io::Result<u64> {
-        if self.version == 1 { self.u32().map(u64::from) } else { self.u64() }
+        if self.version == 1 {
+            self.u32().map(u64::from)
+        } else {
+            self.u64()
+        }
     }
     fn skip_padded(&mut self, n: u64) -> std::io::Result<()> {
         let padded = n.div_ceil(4) * 4;
@@ -55,7 +63,10 @@ impl<R: Read> Header<R> {
         if found == 0 || found == tag {
             Ok(n)
         } else {
-            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected header tag {found:#x}")))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected header tag {found:#x}"),
+            ))
         }
     }
     fn attributes(&mut self) -> std::io::Result<()> {
@@ -75,7 +86,12 @@ fn type_size(nc_type: u32) -> std::io::Result<u64> {
         3 | 8 => 2,
         4 | 5 | 9 => 4,
         6 | 10 | 11 => 8,
-        other => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown type {other}"))),
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unknown type {other}"),
+            ));
+        }
     })
 }
 
@@ -84,10 +100,16 @@ fn type_size(nc_type: u32) -> std::io::Result<u64> {
 fn data_end(path: &Path) -> std::io::Result<Option<u64>> {
     let mut input = BufReader::new(std::fs::File::open(path)?);
     let mut magic = [0u8; 4];
-    if input.read_exact(&mut magic).is_err() || &magic[..3] != b"CDF" || !matches!(magic[3], 1 | 2 | 5) {
+    if input.read_exact(&mut magic).is_err()
+        || &magic[..3] != b"CDF"
+        || !matches!(magic[3], 1 | 2 | 5)
+    {
         return Ok(None);
     }
-    let mut h = Header { input, version: magic[3] };
+    let mut h = Header {
+        input,
+        version: magic[3],
+    };
     let numrecs = h.count()?;
     let mut dims = Vec::new();
     for _ in 0..h.list_len(NC_DIMENSION)? {
@@ -103,7 +125,9 @@ fn data_end(path: &Path) -> std::io::Result<Option<u64>> {
         let mut shape = Vec::new();
         for _ in 0..ndims {
             let id = h.count()? as usize;
-            shape.push(*dims.get(id).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad dimension id"))?);
+            shape.push(*dims.get(id).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad dimension id")
+            })?);
         }
         h.attributes()?;
         let size = type_size(h.u32()?)?;
@@ -137,14 +161,27 @@ fn data_end(path: &Path) -> std::io::Result<Option<u64>> {
 pub fn check_complete(path: &Path) -> Result<()> {
     let Some(end) = data_end(path).map_err(|e| NetcdfError::CorruptHeader {
         path: path.to_path_buf(),
-        problem: if e.kind() == std::io::ErrorKind::UnexpectedEof { "ends inside the header".into() } else { e.to_string() },
+        problem: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "ends inside the header".into()
+        } else {
+            e.to_string()
+        },
     })?
     else {
         return Ok(());
     };
-    let len = std::fs::metadata(path).map_err(|source| NetcdfError::Io { path: path.to_path_buf(), source })?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|source| NetcdfError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     if len < end {
-        return Err(NetcdfError::Truncated { path: path.to_path_buf(), expected: end, found: len });
+        return Err(NetcdfError::Truncated {
+            path: path.to_path_buf(),
+            expected: end,
+            found: len,
+        });
     }
     Ok(())
 }

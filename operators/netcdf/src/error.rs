@@ -33,7 +33,11 @@ pub enum NetcdfError {
     CorruptHeader { path: PathBuf, problem: String },
 
     #[error("{}: truncated: the header needs {expected} bytes of data, the file has {found}", path.display())]
-    Truncated { path: PathBuf, expected: u64, found: u64 },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
 
     #[error("{}: cannot read variable '{variable}' (file truncated or corrupt?): {source}", path.display())]
     Read {

@@ -12,11 +12,13 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
 };
 
 use crate::catalog::{Catalog, Step};
@@ -58,7 +60,9 @@ impl NetcdfExec {
         limit: Option<usize>,
         target_partitions: usize,
     ) -> Result<Self> {
-        let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..full_schema.fields().len()).collect());
+        let projection: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..full_schema.fields().len()).collect());
         let schema = Arc::new(full_schema.project(&projection)?);
         let slab = Hyperslab {
             latitude: selection.latitude.index_range(&catalog.latitude().values),
@@ -67,24 +71,41 @@ impl NetcdfExec {
         let mut steps: Vec<Step> = if slab.cells() == 0 {
             vec![]
         } else {
-            catalog.steps.iter().copied().filter(|s| selection.time_contains_micros(s.time)).collect()
+            catalog
+                .steps
+                .iter()
+                .copied()
+                .filter(|s| selection.time_contains_micros(s.time))
+                .collect()
         };
         if let Some(limit) = limit {
             steps.truncate(limit.div_ceil(slab.cells().max(1)));
         }
         let n = target_partitions.clamp(1, steps.len().max(1));
-        let partitions: Vec<Vec<Step>> =
-            (0..n).map(|i| steps[i * steps.len() / n..(i + 1) * steps.len() / n].to_vec()).collect();
+        let partitions: Vec<Vec<Step>> = (0..n)
+            .map(|i| steps[i * steps.len() / n..(i + 1) * steps.len() / n].to_vec())
+            .collect();
         let properties = Arc::new(Self::compute_properties(&schema, n));
-        Ok(Self { catalog, schema, projection, selection, slab, partitions, properties, metrics: Default::default() })
+        Ok(Self {
+            catalog,
+            schema,
+            projection,
+            selection,
+            slab,
+            partitions,
+            properties,
+            metrics: Default::default(),
+        })
     }
 
     /// Each partition emits its steps in time order, so it is sorted by `valid_time`.
     fn compute_properties(schema: &SchemaRef, partitions: usize) -> PlanProperties {
-        let orderings = schema
-            .index_of(crate::schema::VALID_TIME)
-            .ok()
-            .map(|i| vec![PhysicalSortExpr::new_default(Arc::new(Column::new(crate::schema::VALID_TIME, i)))]);
+        let orderings = schema.index_of(crate::schema::VALID_TIME).ok().map(|i| {
+            vec![PhysicalSortExpr::new_default(Arc::new(Column::new(
+                crate::schema::VALID_TIME,
+                i,
+            )))]
+        });
         PlanProperties::new(
             EquivalenceProperties::new_with_orderings(schema.clone(), orderings),
             Partitioning::UnknownPartitioning(partitions),
@@ -105,15 +126,23 @@ impl NetcdfExec {
         let range = |v: &[f64]| -> (Precision<ScalarValue>, Precision<ScalarValue>) {
             let lo = v.iter().copied().reduce(f64::min);
             let hi = v.iter().copied().reduce(f64::max);
-            let p = |x: Option<f64>| x.map_or(Precision::Absent, |x| Precision::Exact(ScalarValue::Float64(Some(x))));
+            let p = |x: Option<f64>| {
+                x.map_or(Precision::Absent, |x| {
+                    Precision::Exact(ScalarValue::Float64(Some(x)))
+                })
+            };
             (p(lo), p(hi))
         };
         let time = |t: Option<&Step>| {
             t.map_or(Precision::Absent, |s| {
-                Precision::Exact(ScalarValue::TimestampMicrosecond(Some(s.time), Some("UTC".into())))
+                Precision::Exact(ScalarValue::TimestampMicrosecond(
+                    Some(s.time),
+                    Some("UTC".into()),
+                ))
             })
         };
-        let mut stats = Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(steps.len() * cells));
+        let mut stats = Statistics::new_unknown(&self.schema)
+            .with_num_rows(Precision::Exact(steps.len() * cells));
         for (out, &index) in self.projection.iter().enumerate() {
             let column = &mut stats.column_statistics[out];
             let (min, max) = match index {
@@ -122,7 +151,12 @@ impl NetcdfExec {
                 2 => range(lon),
                 _ => continue,
             };
-            *column = ColumnStatistics { null_count: Precision::Exact(0), min_value: min, max_value: max, ..ColumnStatistics::new_unknown() };
+            *column = ColumnStatistics {
+                null_count: Precision::Exact(0),
+                min_value: min,
+                max_value: max,
+                ..ColumnStatistics::new_unknown()
+            };
         }
         stats
     }
@@ -130,13 +164,26 @@ impl NetcdfExec {
 
 impl DisplayAs for NetcdfExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let (ny, nx) = (self.catalog.latitude().values.len(), self.catalog.longitude().values.len());
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let (ny, nx) = (
+            self.catalog.latitude().values.len(),
+            self.catalog.longitude().values.len(),
+        );
         let pushed = self.selection.to_string();
         match t {
             DisplayFormatType::TreeRender => {
                 writeln!(f, "files={}", self.catalog.files.len())?;
-                writeln!(f, "steps={}/{}", self.step_count(), self.catalog.steps.len())?;
+                writeln!(
+                    f,
+                    "steps={}/{}",
+                    self.step_count(),
+                    self.catalog.steps.len()
+                )?;
                 writeln!(f, "projection=[{}]", names.join(", "))?;
                 if !pushed.is_empty() {
                     writeln!(f, "pushed={pushed}")?;
@@ -193,15 +240,27 @@ impl ExecutionPlan for NetcdfExec {
         Ok(self)
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let steps = self
             .partitions
             .get(partition)
-            .ok_or_else(|| DataFusionError::Internal(format!("NetcdfExec has no partition {partition}")))?
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!("NetcdfExec has no partition {partition}"))
+            })?
             .clone();
         let scan = PartitionScan {
             catalog: self.catalog.clone(),
@@ -211,7 +270,8 @@ impl ExecutionPlan for NetcdfExec {
             steps,
             metrics: ScanMetrics {
                 baseline: BaselineMetrics::new(&self.metrics, partition),
-                read_time: MetricBuilder::new(&self.metrics).subset_time("netcdf_read_time", partition),
+                read_time: MetricBuilder::new(&self.metrics)
+                    .subset_time("netcdf_read_time", partition),
                 steps_read: MetricBuilder::new(&self.metrics).counter("steps_read", partition),
             },
         };
@@ -225,9 +285,18 @@ impl ExecutionPlan for NetcdfExec {
         Some(self.metrics.clone_inner())
     }
 
-    fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+    fn statistics_from_inputs(
+        &self,
+        _inputs: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
         let stats = match args.partition() {
-            Some(p) => self.statistics_for(self.partitions.get(p).map(Vec::as_slice).unwrap_or_default()),
+            Some(p) => self.statistics_for(
+                self.partitions
+                    .get(p)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            ),
             None => self.statistics_for(&self.partitions.concat()),
         };
         Ok(Arc::new(stats))

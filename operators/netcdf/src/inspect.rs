@@ -90,7 +90,11 @@ impl FileInfo {
                 .iter()
                 .find(|n| dim_names.iter().any(|d| d == *n))
                 .map(|n| n.to_string())
-                .ok_or_else(|| NetcdfError::MissingAxis { path: path.to_path_buf(), axis, candidates })
+                .ok_or_else(|| NetcdfError::MissingAxis {
+                    path: path.to_path_buf(),
+                    axis,
+                    candidates,
+                })
         };
         let time_name = find(TIME_NAMES, "time", "valid_time, time")?;
         let lat_name = find(LATITUDE_NAMES, "latitude", "latitude, lat")?;
@@ -107,55 +111,87 @@ impl FileInfo {
                 variables.push(describe(&var, path)?);
             }
         }
-        Ok(Self { path: path.to_path_buf(), time_name, times, latitude, longitude, variables })
+        Ok(Self {
+            path: path.to_path_buf(),
+            time_name,
+            times,
+            latitude,
+            longitude,
+            variables,
+        })
     }
 
     /// The gridded variable `name`, or an error listing what the file has.
     pub fn variable(&self, name: &str) -> Result<&VariableInfo> {
-        self.variables.iter().find(|v| v.name == name).ok_or_else(|| NetcdfError::MissingVariable {
-            path: self.path.clone(),
-            variable: name.to_string(),
-            available: self.variables.iter().map(|v| v.name.clone()).collect(),
-        })
+        self.variables
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| NetcdfError::MissingVariable {
+                path: self.path.clone(),
+                variable: name.to_string(),
+                available: self.variables.iter().map(|v| v.name.clone()).collect(),
+            })
     }
 }
 
 /// Opens a NetCDF file, mapping failure to an error naming the file.
 pub fn open(path: &Path) -> Result<netcdf::File> {
-    netcdf::open(path).map_err(|source| NetcdfError::Open { path: path.to_path_buf(), source })
+    netcdf::open(path).map_err(|source| NetcdfError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Explains why `name` is not a usable (time, latitude, longitude) variable.
 pub fn explain_layout(path: &Path, name: &str, info: &FileInfo) -> Result<NetcdfError> {
     let (owned, name) = (path.to_path_buf(), name.to_string());
-    let expected = format!("{}, {}, {}", info.time_name, info.latitude.name, info.longitude.name);
+    let expected = format!(
+        "{}, {}, {}",
+        info.time_name, info.latitude.name, info.longitude.name
+    );
     let available: Vec<String> = info.variables.iter().map(|v| v.name.clone()).collect();
     crate::io_thread::run(move || {
         let file = open(&owned)?;
         Ok(match file.variable(&name) {
             Some(var) => NetcdfError::Dimensions {
-                found: var.dimensions().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
+                found: var
+                    .dimensions()
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 path: owned,
                 variable: name,
                 expected,
             },
-            None => NetcdfError::MissingVariable { path: owned, variable: name, available },
+            None => NetcdfError::MissingVariable {
+                path: owned,
+                variable: name,
+                available,
+            },
         })
     })
 }
 
 fn coordinate<'f>(file: &'f netcdf::File, path: &Path, name: &str) -> Result<Variable<'f>> {
-    let var = file.variable(name).ok_or_else(|| NetcdfError::MissingVariable {
-        path: path.to_path_buf(),
-        variable: name.to_string(),
-        available: vec![],
-    })?;
+    let var = file
+        .variable(name)
+        .ok_or_else(|| NetcdfError::MissingVariable {
+            path: path.to_path_buf(),
+            variable: name.to_string(),
+            available: vec![],
+        })?;
     if var.dimensions().len() != 1 {
         return Err(NetcdfError::Dimensions {
             path: path.to_path_buf(),
             variable: name.to_string(),
             expected: name.to_string(),
-            found: var.dimensions().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
+            found: var
+                .dimensions()
+                .iter()
+                .map(|d| d.name())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     Ok(var)
@@ -163,7 +199,11 @@ fn coordinate<'f>(file: &'f netcdf::File, path: &Path, name: &str) -> Result<Var
 
 fn read_values(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
     var.get_values::<f64, _>(..)
-        .map_err(|source| NetcdfError::Read { path: path.to_path_buf(), variable: var.name(), source })
+        .map_err(|source| NetcdfError::Read {
+            path: path.to_path_buf(),
+            variable: var.name(),
+            source,
+        })
 }
 
 fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> {
@@ -174,7 +214,12 @@ fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> 
         attribute: attribute.to_string(),
         problem,
     };
-    let units = string_attr(&var, "units").ok_or_else(|| attr_err("units", "missing; CF time needs '<unit> since <date>'".into()))?;
+    let units = string_attr(&var, "units").ok_or_else(|| {
+        attr_err(
+            "units",
+            "missing; CF time needs '<unit> since <date>'".into(),
+        )
+    })?;
     let calendar = string_attr(&var, "calendar");
     let axis = TimeAxis::parse(&units, calendar.as_deref()).map_err(|p| attr_err("units", p))?;
     read_values(&var, path)?
@@ -188,22 +233,34 @@ fn read_axis(file: &netcdf::File, path: &Path, name: &str) -> Result<Axis> {
     let values = read_values(&var, path)?;
     let increasing = values.len() < 2 || values[1] > values[0];
     for i in 1..values.len() {
-        let ok = if increasing { values[i] > values[i - 1] } else { values[i] < values[i - 1] };
+        let ok = if increasing {
+            values[i] > values[i - 1]
+        } else {
+            values[i] < values[i - 1]
+        };
         if !ok {
-            return Err(NetcdfError::NotMonotonic { path: path.to_path_buf(), variable: name.to_string(), index: i });
+            return Err(NetcdfError::NotMonotonic {
+                path: path.to_path_buf(),
+                variable: name.to_string(),
+                index: i,
+            });
         }
     }
-    Ok(Axis { name: name.to_string(), values })
+    Ok(Axis {
+        name: name.to_string(),
+        values,
+    })
 }
 
 fn describe(var: &Variable<'_>, path: &Path) -> Result<VariableInfo> {
     let name = var.name();
-    let stored = StoredType::from_nc(&var.vartype()).ok_or_else(|| NetcdfError::UnsupportedType {
-        path: path.to_path_buf(),
-        variable: name.clone(),
-        expected: "8/16/32-bit integers or 32/64-bit floats",
-        found: format!("{:?}", var.vartype()),
-    })?;
+    let stored =
+        StoredType::from_nc(&var.vartype()).ok_or_else(|| NetcdfError::UnsupportedType {
+            path: path.to_path_buf(),
+            variable: name.clone(),
+            expected: "8/16/32-bit integers or 32/64-bit floats",
+            found: format!("{:?}", var.vartype()),
+        })?;
     let number = |attribute: &str| -> Result<Option<Vec<f64>>> {
         match var.attribute_value(attribute) {
             None => Ok(None),
@@ -213,17 +270,21 @@ fn describe(var: &Variable<'_>, path: &Path) -> Result<VariableInfo> {
                     variable: format!("{name}:{attribute}"),
                     source,
                 })?;
-                numbers(value).map(Some).ok_or_else(|| NetcdfError::Attribute {
-                    path: path.to_path_buf(),
-                    variable: name.clone(),
-                    attribute: attribute.to_string(),
-                    problem: "is not numeric".to_string(),
-                })
+                numbers(value)
+                    .map(Some)
+                    .ok_or_else(|| NetcdfError::Attribute {
+                        path: path.to_path_buf(),
+                        variable: name.clone(),
+                        attribute: attribute.to_string(),
+                        problem: "is not numeric".to_string(),
+                    })
             }
         }
     };
     let single = |attribute: &str, default: f64| -> Result<f64> {
-        Ok(number(attribute)?.and_then(|v| v.first().copied()).unwrap_or(default))
+        Ok(number(attribute)?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(default))
     };
     let scale = single("scale_factor", 1.0)?;
     let offset = single("add_offset", 0.0)?;

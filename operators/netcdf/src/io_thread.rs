@@ -31,12 +31,14 @@ fn sender() -> &'static Mutex<Sender<Job>> {
     static SENDER: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
     SENDER.get_or_init(|| {
         let (tx, rx) = channel::<Job>();
-        let spawned = std::thread::Builder::new().name("uqcast-netcdf-io".into()).spawn(move || {
-            ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
-            while let Ok(job) = rx.recv() {
-                job();
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("uqcast-netcdf-io".into())
+            .spawn(move || {
+                ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start the NetCDF I/O thread: {e}");
         }
@@ -83,11 +85,17 @@ impl RemoteFile {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let owned = path.to_path_buf();
         run(move || {
-            let file = netcdf::open(&owned).map_err(|source| NetcdfError::Open { path: owned.clone(), source })?;
+            let file = netcdf::open(&owned).map_err(|source| NetcdfError::Open {
+                path: owned.clone(),
+                source,
+            })?;
             FILES.with(|files| files.borrow_mut().insert(id, file));
             Ok::<_, NetcdfError>(())
         })?;
-        Ok(Self { id, path: path.to_path_buf() })
+        Ok(Self {
+            id,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,7 +103,10 @@ impl RemoteFile {
     }
 
     /// Runs `f` with the open file on the I/O thread.
-    pub fn with<R: Send + 'static>(&self, f: impl FnOnce(&netcdf::File) -> Result<R> + Send + 'static) -> Result<R> {
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&netcdf::File) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
         let (id, path) = (self.id, self.path.clone());
         run(move || {
             FILES.with(|files| match files.borrow().get(&id) {

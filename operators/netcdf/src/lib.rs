@@ -20,8 +20,8 @@
 //! ```
 
 pub mod catalog;
-pub mod classic;
 pub mod cf;
+pub mod classic;
 pub mod error;
 pub mod exec;
 pub mod inspect;

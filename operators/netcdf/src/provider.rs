@@ -30,7 +30,10 @@ impl Era5TableProvider {
     pub fn try_new(locations: &[String], variables: Option<&[String]>) -> crate::Result<Self> {
         let catalog = Catalog::open(locations, variables)?;
         let schema = era5_schema(&catalog.variables);
-        Ok(Self { catalog: Arc::new(catalog), schema })
+        Ok(Self {
+            catalog: Arc::new(catalog),
+            schema,
+        })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -66,13 +69,26 @@ impl TableProvider for Era5TableProvider {
         Ok(Arc::new(exec))
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters.iter().map(|f| support(f)).collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        let exec = NetcdfExec::new(self.catalog.clone(), self.schema.clone(), None, Selection::default(), None, 1).ok()?;
-        let stats = exec.statistics_from_inputs(&[], &datafusion::physical_plan::StatisticsArgs::new()).ok()?;
+        let exec = NetcdfExec::new(
+            self.catalog.clone(),
+            self.schema.clone(),
+            None,
+            Selection::default(),
+            None,
+            1,
+        )
+        .ok()?;
+        let stats = exec
+            .statistics_from_inputs(&[], &datafusion::physical_plan::StatisticsArgs::new())
+            .ok()?;
         Some(stats.as_ref().clone())
     }
 }

@@ -22,7 +22,10 @@ pub struct Interval<T> {
 
 impl<T> Default for Interval<T> {
     fn default() -> Self {
-        Self { lower: None, upper: None }
+        Self {
+            lower: None,
+            upper: None,
+        }
     }
 }
 
@@ -82,7 +85,10 @@ impl<T: PartialOrd + Copy> Interval<T> {
         match first {
             None => 0..0,
             Some(start) => {
-                let len = values[start..].iter().take_while(|&&v| as_f64.contains(v)).count();
+                let len = values[start..]
+                    .iter()
+                    .take_while(|&&v| as_f64.contains(v))
+                    .count();
                 start..start + len
             }
         }
@@ -146,8 +152,16 @@ impl fmt::Display for Selection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
         if !self.time.is_unbounded() {
-            let t = |b: Option<(i128, bool)>| b.map(|(v, i)| (crate::cf::time::format_micros((v / 1000) as i64), i));
-            parts.push(format!("valid_time in {}", Interval { lower: t(self.time.lower), upper: t(self.time.upper) }));
+            let t = |b: Option<(i128, bool)>| {
+                b.map(|(v, i)| (crate::cf::time::format_micros((v / 1000) as i64), i))
+            };
+            parts.push(format!(
+                "valid_time in {}",
+                Interval {
+                    lower: t(self.time.lower),
+                    upper: t(self.time.upper)
+                }
+            ));
         }
         if !self.latitude.is_unbounded() {
             parts.push(format!("latitude in {}", self.latitude));
@@ -178,7 +192,12 @@ fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
             };
             Some(vec![constraint(&column.name, op, literal)?])
         }
-        Expr::Between(Between { expr, negated: false, low, high }) => match (expr.as_ref(), low.as_ref(), high.as_ref()) {
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) => match (expr.as_ref(), low.as_ref(), high.as_ref()) {
             (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) => Some(vec![
                 constraint(&c.name, Operator::GtEq, lo)?,
                 constraint(&c.name, Operator::LtEq, hi)?,
@@ -190,7 +209,10 @@ fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
 }
 
 fn constraint(column: &str, op: Operator, literal: &ScalarValue) -> Option<Constraint> {
-    if !matches!(op, Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq) {
+    if !matches!(
+        op,
+        Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) {
         return None;
     }
     match column {
@@ -241,7 +263,11 @@ mod tests {
         let s = Selection::from_filters(&filters);
         assert!(s.latitude.contains(10.0) && s.latitude.contains(49.99));
         assert!(!s.latitude.contains(50.0) && !s.latitude.contains(9.99));
-        assert!(s.longitude.contains(200.0) && s.longitude.contains(210.0) && !s.longitude.contains(210.5));
+        assert!(
+            s.longitude.contains(200.0)
+                && s.longitude.contains(210.0)
+                && !s.longitude.contains(210.5)
+        );
         assert_eq!(s.latitude.to_string(), "[10, 50)");
     }
 
@@ -258,10 +284,25 @@ mod tests {
 
     #[test]
     fn only_simple_coordinate_comparisons_are_exact() {
-        assert_eq!(support(&col(LATITUDE).gt(lit(1.0))), TableProviderFilterPushDown::Exact);
-        assert_eq!(support(&col("t2m").gt(lit(1.0))), TableProviderFilterPushDown::Unsupported);
-        assert_eq!(support(&(col(LATITUDE) % lit(1.0)).eq(lit(0.0))), TableProviderFilterPushDown::Unsupported);
-        assert_eq!(support(&col(LATITUDE).not_eq(lit(1.0))), TableProviderFilterPushDown::Unsupported);
-        assert_eq!(support(&col(VALID_TIME).gt(lit(1.0))), TableProviderFilterPushDown::Unsupported);
+        assert_eq!(
+            support(&col(LATITUDE).gt(lit(1.0))),
+            TableProviderFilterPushDown::Exact
+        );
+        assert_eq!(
+            support(&col("t2m").gt(lit(1.0))),
+            TableProviderFilterPushDown::Unsupported
+        );
+        assert_eq!(
+            support(&(col(LATITUDE) % lit(1.0)).eq(lit(0.0))),
+            TableProviderFilterPushDown::Unsupported
+        );
+        assert_eq!(
+            support(&col(LATITUDE).not_eq(lit(1.0))),
+            TableProviderFilterPushDown::Unsupported
+        );
+        assert_eq!(
+            support(&col(VALID_TIME).gt(lit(1.0))),
+            TableProviderFilterPushDown::Unsupported
+        );
     }
 }

@@ -37,7 +37,9 @@ impl Hyperslab {
 
 impl StepReader {
     pub fn open(info: &FileInfo) -> Result<Self> {
-        Ok(Self { file: RemoteFile::open(&info.path)? })
+        Ok(Self {
+            file: RemoteFile::open(&info.path)?,
+        })
     }
 
     /// Reads step `index` of `variable` over `slab`, decoded with the file's
@@ -50,7 +52,11 @@ impl StepReader {
         slab: &Hyperslab,
         read_time: &Time,
     ) -> Result<Float32Array> {
-        let extents = [index..index + 1, slab.latitude.clone(), slab.longitude.clone()];
+        let extents = [
+            index..index + 1,
+            slab.latitude.clone(),
+            slab.longitude.clone(),
+        ];
         macro_rules! decode {
             ($t:ty) => {{
                 let raw = {
@@ -75,18 +81,29 @@ impl StepReader {
 
 impl StepReader {
     /// The stored values of one hyperslab, read on the NetCDF I/O thread.
-    fn read_raw<T: RawSample>(&self, path: &Path, name: &str, extents: [Range<usize>; 3]) -> Result<Vec<T>> {
+    fn read_raw<T: RawSample>(
+        &self,
+        path: &Path,
+        name: &str,
+        extents: [Range<usize>; 3],
+    ) -> Result<Vec<T>> {
         let _span = tracing::trace_span!("netcdf_read", variable = name).entered();
         let (path, name) = (path.to_path_buf(), name.to_string());
         self.file.with(move |file| {
-            let var = file.variable(&name).ok_or_else(|| NetcdfError::MissingVariable {
-                path: path.clone(),
-                variable: name.clone(),
-                available: vec![],
-            })?;
+            let var = file
+                .variable(&name)
+                .ok_or_else(|| NetcdfError::MissingVariable {
+                    path: path.clone(),
+                    variable: name.clone(),
+                    available: vec![],
+                })?;
             let mut raw = vec![T::default(); extents.iter().map(|r| r.len()).product()];
             var.get_values_into(&mut raw, extents)
-                .map_err(|source| NetcdfError::Read { path, variable: name, source })?;
+                .map_err(|source| NetcdfError::Read {
+                    path,
+                    variable: name,
+                    source,
+                })?;
             Ok(raw)
         })
     }

@@ -20,7 +20,13 @@ pub fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn field(name: &str, data_type: DataType, nullable: bool, units: Option<&str>, long_name: Option<&str>) -> Field {
+fn field(
+    name: &str,
+    data_type: DataType,
+    nullable: bool,
+    units: Option<&str>,
+    long_name: Option<&str>,
+) -> Field {
     let mut metadata = HashMap::new();
     if let Some(u) = units {
         metadata.insert("units".to_string(), u.to_string());
@@ -36,14 +42,38 @@ fn field(name: &str, data_type: DataType, nullable: bool, units: Option<&str>, l
 pub fn era5_schema(variables: &[VariableInfo]) -> SchemaRef {
     let mut fields = vec![
         field(VALID_TIME, time_type(), false, None, Some("time")),
-        field(LATITUDE, DataType::Float64, false, Some("degrees_north"), Some("latitude")),
-        field(LONGITUDE, DataType::Float64, false, Some("degrees_east"), Some("longitude")),
+        field(
+            LATITUDE,
+            DataType::Float64,
+            false,
+            Some("degrees_north"),
+            Some("latitude"),
+        ),
+        field(
+            LONGITUDE,
+            DataType::Float64,
+            false,
+            Some("degrees_east"),
+            Some("longitude"),
+        ),
     ];
     for v in variables {
         fields.push(if v.name == T2M {
-            field(T2M, DataType::Float32, true, Some("K"), Some("2 metre temperature"))
+            field(
+                T2M,
+                DataType::Float32,
+                true,
+                Some("K"),
+                Some("2 metre temperature"),
+            )
         } else {
-            field(&v.name, DataType::Float32, true, v.units.as_deref(), v.long_name.as_deref())
+            field(
+                &v.name,
+                DataType::Float32,
+                true,
+                v.units.as_deref(),
+                v.long_name.as_deref(),
+            )
         });
     }
     Arc::new(Schema::new(fields))
@@ -51,7 +81,10 @@ pub fn era5_schema(variables: &[VariableInfo]) -> SchemaRef {
 
 /// Whether a CF units string means kelvin.
 pub fn is_kelvin(units: Option<&str>) -> bool {
-    matches!(units.map(str::trim), Some("K" | "k" | "kelvin" | "Kelvin" | "degK" | "deg_K"))
+    matches!(
+        units.map(str::trim),
+        Some("K" | "k" | "kelvin" | "Kelvin" | "degK" | "deg_K")
+    )
 }
 
 #[cfg(test)]
@@ -62,7 +95,8 @@ mod tests {
 
     fn contract() -> Schema {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/era5.json");
-        let text = std::fs::read_to_string(path).expect("schemas/era5.json is part of the repository");
+        let text =
+            std::fs::read_to_string(path).expect("schemas/era5.json is part of the repository");
         serde_json::from_str(&text).expect("schemas/era5.json is an Arrow schema")
     }
 

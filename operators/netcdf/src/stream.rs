@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::metrics::{BaselineMetrics, Count, Time};
@@ -69,24 +71,36 @@ impl PartitionScan {
         let lon = &self.catalog.longitude().values[self.slab.longitude.clone()];
         let wants = |i: usize| self.projection.contains(&i);
         let latitude = wants(1).then(|| {
-            let v: Vec<f64> = lat.iter().flat_map(|&y| std::iter::repeat_n(y, lon.len())).collect();
+            let v: Vec<f64> = lat
+                .iter()
+                .flat_map(|&y| std::iter::repeat_n(y, lon.len()))
+                .collect();
             Arc::new(Float64Array::from(v)) as ArrayRef
         });
         let longitude = wants(2).then(|| {
-            let v: Vec<f64> = std::iter::repeat_n(lon, lat.len()).flatten().copied().collect();
+            let v: Vec<f64> = std::iter::repeat_n(lon, lat.len())
+                .flatten()
+                .copied()
+                .collect();
             Arc::new(Float64Array::from(v)) as ArrayRef
         });
         [latitude, longitude]
     }
 
-    fn batch(&self, reader: &StepReader, step: &Step, coordinates: &[Option<ArrayRef>; 2]) -> Result<RecordBatch> {
+    fn batch(
+        &self,
+        reader: &StepReader,
+        step: &Step,
+        coordinates: &[Option<ArrayRef>; 2],
+    ) -> Result<RecordBatch> {
         let rows = self.slab.cells();
         let path = &self.catalog.files[step.file].path;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.projection.len());
         for &index in &self.projection {
             let column = match index {
                 0 => {
-                    let time = TimestampMicrosecondArray::from_value(step.time, rows).with_timezone("UTC");
+                    let time =
+                        TimestampMicrosecondArray::from_value(step.time, rows).with_timezone("UTC");
                     Arc::new(time) as ArrayRef
                 }
                 1 | 2 => coordinates[index - 1].clone().ok_or_else(|| {
@@ -95,12 +109,22 @@ impl PartitionScan {
                 _ => {
                     let name = &self.catalog.variables[index - COORDINATES].name;
                     let variable = self.catalog.variable_in(step.file, name)?;
-                    Arc::new(reader.read(path, variable, step.index, &self.slab, &self.metrics.read_time)?) as ArrayRef
+                    Arc::new(reader.read(
+                        path,
+                        variable,
+                        step.index,
+                        &self.slab,
+                        &self.metrics.read_time,
+                    )?) as ArrayRef
                 }
             };
             columns.push(column);
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
-        Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?)
     }
 }

@@ -52,7 +52,12 @@ pub struct GridVariable {
 
 impl GridVariable {
     pub fn new(name: &str, units: &str, long_name: &str, values: Vec<f32>) -> Self {
-        Self { name: name.into(), units: units.into(), long_name: long_name.into(), values }
+        Self {
+            name: name.into(),
+            units: units.into(),
+            long_name: long_name.into(),
+            values,
+        }
     }
 }
 
@@ -66,12 +71,22 @@ pub struct Grid {
 }
 
 /// Writes one ERA5-like file atomically (on the NetCDF I/O thread).
-pub fn write_era5(path: &Path, encoding: Encoding, grid: Grid, variables: Vec<GridVariable>) -> Result<()> {
+pub fn write_era5(
+    path: &Path,
+    encoding: Encoding,
+    grid: Grid,
+    variables: Vec<GridVariable>,
+) -> Result<()> {
     let path = path.to_path_buf();
     crate::io_thread::run(move || write_here(&path, encoding, &grid, &variables))
 }
 
-fn write_here(path: &Path, encoding: Encoding, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
+fn write_here(
+    path: &Path,
+    encoding: Encoding,
+    grid: &Grid,
+    variables: &[GridVariable],
+) -> Result<()> {
     let cells = grid.times.len() * grid.latitude.len() * grid.longitude.len();
     for v in variables {
         if v.values.len() != cells {
@@ -79,7 +94,11 @@ fn write_here(path: &Path, encoding: Encoding, grid: &Grid, variables: &[GridVar
                 path: path.to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("variable '{}' has {} values, grid needs {cells}", v.name, v.values.len()),
+                    format!(
+                        "variable '{}' has {} values, grid needs {cells}",
+                        v.name,
+                        v.values.len()
+                    ),
                 ),
             });
         }
@@ -93,7 +112,10 @@ fn write_here(path: &Path, encoding: Encoding, grid: &Grid, variables: &[GridVar
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path).map_err(|source| NetcdfError::Io { path: path.to_path_buf(), source })
+    std::fs::rename(&tmp, path).map_err(|source| NetcdfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
@@ -107,7 +129,9 @@ pub fn packing_for(values: &[f32]) -> Packing {
     let (lo, hi) = values
         .iter()
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v as f64), hi.max(v as f64))
+        });
     let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
     let scale = if hi > lo { (hi - lo) / 65532.0 } else { 1.0 };
     Packing::new(scale, (hi + lo) / 2.0, &[f64::from(NC3_FILL)])
@@ -117,53 +141,87 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     let werr = |variable: &str| {
         let path = path.to_path_buf();
         let variable = variable.to_string();
-        move |source| NetcdfError::Write { path: path.clone(), variable: variable.clone(), source }
+        move |source| NetcdfError::Write {
+            path: path.clone(),
+            variable: variable.clone(),
+            source,
+        }
     };
     let mut hours = Vec::with_capacity(grid.times.len());
     for &t in &grid.times {
         if t % 3_600_000_000 != 0 {
             return Err(NetcdfError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "NetCDF3 CDS time axis needs whole hours"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "NetCDF3 CDS time axis needs whole hours",
+                ),
             });
         }
         let h = t / 3_600_000_000 + HOURS_1900_TO_1970;
         hours.push(i32::try_from(h).map_err(|_| NetcdfError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "time out of int32 hours range"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "time out of int32 hours range",
+            ),
         })?);
     }
     let mut file = netcdf::create_with(path, Options::_64BIT_OFFSET).map_err(werr("file"))?;
-    file.add_dimension("longitude", grid.longitude.len()).map_err(werr("longitude"))?;
-    file.add_dimension("latitude", grid.latitude.len()).map_err(werr("latitude"))?;
+    file.add_dimension("longitude", grid.longitude.len())
+        .map_err(werr("longitude"))?;
+    file.add_dimension("latitude", grid.latitude.len())
+        .map_err(werr("latitude"))?;
     file.add_unlimited_dimension("time").map_err(werr("time"))?;
-    file.add_attribute("Conventions", "CF-1.6").map_err(werr("Conventions"))?;
-    file.add_attribute("history", "written by uqcast").map_err(werr("history"))?;
+    file.add_attribute("Conventions", "CF-1.6")
+        .map_err(werr("Conventions"))?;
+    file.add_attribute("history", "written by uqcast")
+        .map_err(werr("history"))?;
     {
-        let mut v = file.add_variable::<f32>("longitude", &["longitude"]).map_err(werr("longitude"))?;
-        v.put_attribute("units", "degrees_east").map_err(werr("longitude"))?;
-        v.put_attribute("long_name", "longitude").map_err(werr("longitude"))?;
+        let mut v = file
+            .add_variable::<f32>("longitude", &["longitude"])
+            .map_err(werr("longitude"))?;
+        v.put_attribute("units", "degrees_east")
+            .map_err(werr("longitude"))?;
+        v.put_attribute("long_name", "longitude")
+            .map_err(werr("longitude"))?;
     }
     {
-        let mut v = file.add_variable::<f32>("latitude", &["latitude"]).map_err(werr("latitude"))?;
-        v.put_attribute("units", "degrees_north").map_err(werr("latitude"))?;
-        v.put_attribute("long_name", "latitude").map_err(werr("latitude"))?;
+        let mut v = file
+            .add_variable::<f32>("latitude", &["latitude"])
+            .map_err(werr("latitude"))?;
+        v.put_attribute("units", "degrees_north")
+            .map_err(werr("latitude"))?;
+        v.put_attribute("long_name", "latitude")
+            .map_err(werr("latitude"))?;
     }
     {
-        let mut v = file.add_variable::<i32>("time", &["time"]).map_err(werr("time"))?;
-        v.put_attribute("units", "hours since 1900-01-01 00:00:00.0").map_err(werr("time"))?;
+        let mut v = file
+            .add_variable::<i32>("time", &["time"])
+            .map_err(werr("time"))?;
+        v.put_attribute("units", "hours since 1900-01-01 00:00:00.0")
+            .map_err(werr("time"))?;
         v.put_attribute("long_name", "time").map_err(werr("time"))?;
-        v.put_attribute("calendar", "gregorian").map_err(werr("time"))?;
+        v.put_attribute("calendar", "gregorian")
+            .map_err(werr("time"))?;
     }
     let packings: Vec<Packing> = variables.iter().map(|v| packing_for(&v.values)).collect();
     for (var, packing) in variables.iter().zip(&packings) {
-        let mut v = file.add_variable::<i16>(&var.name, &["time", "latitude", "longitude"]).map_err(werr(&var.name))?;
-        v.put_attribute("scale_factor", packing.scale()).map_err(werr(&var.name))?;
-        v.put_attribute("add_offset", packing.offset()).map_err(werr(&var.name))?;
-        v.put_attribute("_FillValue", NC3_FILL).map_err(werr(&var.name))?;
-        v.put_attribute("missing_value", NC3_FILL).map_err(werr(&var.name))?;
-        v.put_attribute("units", var.units.as_str()).map_err(werr(&var.name))?;
-        v.put_attribute("long_name", var.long_name.as_str()).map_err(werr(&var.name))?;
+        let mut v = file
+            .add_variable::<i16>(&var.name, &["time", "latitude", "longitude"])
+            .map_err(werr(&var.name))?;
+        v.put_attribute("scale_factor", packing.scale())
+            .map_err(werr(&var.name))?;
+        v.put_attribute("add_offset", packing.offset())
+            .map_err(werr(&var.name))?;
+        v.put_attribute("_FillValue", NC3_FILL)
+            .map_err(werr(&var.name))?;
+        v.put_attribute("missing_value", NC3_FILL)
+            .map_err(werr(&var.name))?;
+        v.put_attribute("units", var.units.as_str())
+            .map_err(werr(&var.name))?;
+        v.put_attribute("long_name", var.long_name.as_str())
+            .map_err(werr(&var.name))?;
     }
     file.enddef().map_err(werr("file"))?;
     let lon: Vec<f32> = grid.longitude.iter().map(|&x| x as f32).collect();
@@ -172,8 +230,17 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     put(&mut file, "latitude", &lat, path)?;
     put(&mut file, "time", &hours, path)?;
     for (var, packing) in variables.iter().zip(&packings) {
-        let packed: Vec<i16> =
-            var.values.iter().map(|&x| if x.is_nan() { NC3_FILL } else { packing.pack_i16(f64::from(x)) }).collect();
+        let packed: Vec<i16> = var
+            .values
+            .iter()
+            .map(|&x| {
+                if x.is_nan() {
+                    NC3_FILL
+                } else {
+                    packing.pack_i16(f64::from(x))
+                }
+            })
+            .collect();
         put(&mut file, &var.name, &packed, path)?;
     }
     file.close().map_err(werr("file"))
@@ -183,35 +250,56 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     let werr = |variable: &str| {
         let path = path.to_path_buf();
         let variable = variable.to_string();
-        move |source| NetcdfError::Write { path: path.clone(), variable: variable.clone(), source }
+        move |source| NetcdfError::Write {
+            path: path.clone(),
+            variable: variable.clone(),
+            source,
+        }
     };
     let (ny, nx) = (grid.latitude.len(), grid.longitude.len());
     let mut file = netcdf::create_with(path, Options::NETCDF4).map_err(werr("file"))?;
-    file.add_dimension("valid_time", grid.times.len()).map_err(werr("valid_time"))?;
-    file.add_dimension("latitude", ny).map_err(werr("latitude"))?;
-    file.add_dimension("longitude", nx).map_err(werr("longitude"))?;
-    file.add_attribute("Conventions", "CF-1.7").map_err(werr("Conventions"))?;
-    file.add_attribute("history", "written by uqcast").map_err(werr("history"))?;
-    file.add_variable::<i64>("number", &[]).map_err(werr("number"))?;
+    file.add_dimension("valid_time", grid.times.len())
+        .map_err(werr("valid_time"))?;
+    file.add_dimension("latitude", ny)
+        .map_err(werr("latitude"))?;
+    file.add_dimension("longitude", nx)
+        .map_err(werr("longitude"))?;
+    file.add_attribute("Conventions", "CF-1.7")
+        .map_err(werr("Conventions"))?;
+    file.add_attribute("history", "written by uqcast")
+        .map_err(werr("history"))?;
+    file.add_variable::<i64>("number", &[])
+        .map_err(werr("number"))?;
     {
-        let mut v = file.add_variable::<i64>("valid_time", &["valid_time"]).map_err(werr("valid_time"))?;
-        v.put_attribute("units", "seconds since 1970-01-01").map_err(werr("valid_time"))?;
-        v.put_attribute("calendar", "proleptic_gregorian").map_err(werr("valid_time"))?;
-        v.put_attribute("standard_name", "time").map_err(werr("valid_time"))?;
+        let mut v = file
+            .add_variable::<i64>("valid_time", &["valid_time"])
+            .map_err(werr("valid_time"))?;
+        v.put_attribute("units", "seconds since 1970-01-01")
+            .map_err(werr("valid_time"))?;
+        v.put_attribute("calendar", "proleptic_gregorian")
+            .map_err(werr("valid_time"))?;
+        v.put_attribute("standard_name", "time")
+            .map_err(werr("valid_time"))?;
     }
     for (name, units) in [("latitude", "degrees_north"), ("longitude", "degrees_east")] {
-        let mut v = file.add_variable::<f64>(name, &[name]).map_err(werr(name))?;
+        let mut v = file
+            .add_variable::<f64>(name, &[name])
+            .map_err(werr(name))?;
         v.put_attribute("units", units).map_err(werr(name))?;
         v.put_attribute("standard_name", name).map_err(werr(name))?;
     }
     for var in variables {
-        let mut v =
-            file.add_variable::<f32>(&var.name, &["valid_time", "latitude", "longitude"]).map_err(werr(&var.name))?;
-        v.set_chunking(&[1, ny.max(1), nx.max(1)]).map_err(werr(&var.name))?;
+        let mut v = file
+            .add_variable::<f32>(&var.name, &["valid_time", "latitude", "longitude"])
+            .map_err(werr(&var.name))?;
+        v.set_chunking(&[1, ny.max(1), nx.max(1)])
+            .map_err(werr(&var.name))?;
         v.set_compression(1, true).map_err(werr(&var.name))?;
         v.set_fill_value(f32::NAN).map_err(werr(&var.name))?;
-        v.put_attribute("units", var.units.as_str()).map_err(werr(&var.name))?;
-        v.put_attribute("long_name", var.long_name.as_str()).map_err(werr(&var.name))?;
+        v.put_attribute("units", var.units.as_str())
+            .map_err(werr(&var.name))?;
+        v.put_attribute("long_name", var.long_name.as_str())
+            .map_err(werr(&var.name))?;
     }
     let seconds: Vec<i64> = grid.times.iter().map(|t| t.div_euclid(1_000_000)).collect();
     put(&mut file, "number", &[0i64], path)?;
@@ -224,12 +312,23 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     file.close().map_err(werr("file"))
 }
 
-fn put<T: netcdf::NcTypeDescriptor>(file: &mut netcdf::FileMut, name: &str, values: &[T], path: &Path) -> Result<()> {
-    let werr = |source| NetcdfError::Write { path: path.to_path_buf(), variable: name.to_string(), source };
-    let mut var = file.variable_mut(name).ok_or_else(|| NetcdfError::MissingVariable {
+fn put<T: netcdf::NcTypeDescriptor>(
+    file: &mut netcdf::FileMut,
+    name: &str,
+    values: &[T],
+    path: &Path,
+) -> Result<()> {
+    let werr = |source| NetcdfError::Write {
         path: path.to_path_buf(),
         variable: name.to_string(),
-        available: vec![],
-    })?;
+        source,
+    };
+    let mut var = file
+        .variable_mut(name)
+        .ok_or_else(|| NetcdfError::MissingVariable {
+            path: path.to_path_buf(),
+            variable: name.to_string(),
+            available: vec![],
+        })?;
     var.put_values(values, ..).map_err(werr)
 }

@@ -1,5 +1,7 @@
 //! The NetCDF table against real files written by libnetcdf.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,12 +26,17 @@ impl Fixture {
     fn new(steps: usize, first_step: usize) -> Self {
         let latitude = vec![60.0, 57.5, 55.0, 52.5];
         let longitude = vec![350.0, 352.5, 355.0, 357.5, 359.0];
-        let times: Vec<i64> = (0..steps).map(|s| T0 + (first_step + s) as i64 * 6 * HOUR).collect();
+        let times: Vec<i64> = (0..steps)
+            .map(|s| T0 + (first_step + s) as i64 * 6 * HOUR)
+            .collect();
         let mut t2m = Vec::new();
         for s in 0..steps {
             for (i, lat) in latitude.iter().enumerate() {
                 for (j, _) in longitude.iter().enumerate() {
-                    t2m.push(250.0 + (first_step + s) as f32 + 0.5 * i as f32 + 0.1 * j as f32 - (*lat as f32 - 55.0));
+                    t2m.push(
+                        250.0 + (first_step + s) as f32 + 0.5 * i as f32 + 0.1 * j as f32
+                            - (*lat as f32 - 55.0),
+                    );
                 }
             }
         }
@@ -38,13 +45,27 @@ impl Fixture {
         if steps > 1 {
             t2m[cells + 7] = f32::NAN; // step 1, lat 57.5, lon 355
         }
-        Self { latitude, longitude, times, t2m }
+        Self {
+            latitude,
+            longitude,
+            times,
+            t2m,
+        }
     }
 
     fn write(&self, path: &Path, encoding: Encoding) {
-        let grid = Grid { latitude: self.latitude.clone(), longitude: self.longitude.clone(), times: self.times.clone() };
+        let grid = Grid {
+            latitude: self.latitude.clone(),
+            longitude: self.longitude.clone(),
+            times: self.times.clone(),
+        };
         let t2m = GridVariable::new("t2m", "K", "2 metre temperature", self.t2m.clone());
-        let u10 = GridVariable::new("u10", "m s**-1", "10 metre U wind", self.t2m.iter().map(|v| v - 250.0).collect());
+        let u10 = GridVariable::new(
+            "u10",
+            "m s**-1",
+            "10 metre U wind",
+            self.t2m.iter().map(|v| v - 250.0).collect(),
+        );
         write_era5(path, encoding, grid, vec![t2m, u10]).expect("write fixture");
     }
 }
@@ -52,7 +73,8 @@ impl Fixture {
 fn table(ctx: &SessionContext, name: &str, paths: &[PathBuf]) {
     let locations: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let provider = Era5TableProvider::try_new(&locations, None).expect("open table");
-    ctx.register_table(name, Arc::new(provider)).expect("register");
+    ctx.register_table(name, Arc::new(provider))
+        .expect("register");
 }
 
 fn context(partitions: usize) -> SessionContext {
@@ -60,7 +82,13 @@ fn context(partitions: usize) -> SessionContext {
 }
 
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64, f64, Option<f32>)> {
-    let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
     let mut out = Vec::new();
     for b in &batches {
         let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
@@ -68,16 +96,28 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64, f64, Option<f32
         let lon = b.column(2).as_primitive::<Float64Type>();
         let v = b.column(3).as_primitive::<Float32Type>();
         for i in 0..b.num_rows() {
-            out.push((t.value(i), lat.value(i), lon.value(i), v.is_valid(i).then(|| v.value(i))));
+            out.push((
+                t.value(i),
+                lat.value(i),
+                lon.value(i),
+                v.is_valid(i).then(|| v.value(i)),
+            ));
         }
     }
     out
 }
 
 async fn explain(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx.sql(&format!("EXPLAIN {sql}")).await.expect("plan").collect().await.expect("explain");
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
-    text
+    let batches = ctx
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("explain");
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
 }
 
 #[tokio::test]
@@ -90,7 +130,9 @@ async fn both_encodings_read_to_the_same_rows() {
     let ctx = context(2);
     table(&ctx, "nc3", &[nc3]);
     table(&ctx, "nc4", &[nc4]);
-    let sql = |t: &str| format!("SELECT valid_time, latitude, longitude, t2m FROM {t} ORDER BY valid_time");
+    let sql = |t: &str| {
+        format!("SELECT valid_time, latitude, longitude, t2m FROM {t} ORDER BY valid_time")
+    };
     let (a, b) = (rows(&ctx, &sql("nc3")).await, rows(&ctx, &sql("nc4")).await);
     assert_eq!(a.len(), fx.t2m.len());
     assert_eq!(b.len(), fx.t2m.len());
@@ -98,7 +140,11 @@ async fn both_encodings_read_to_the_same_rows() {
     let ncell = fx.latitude.len() * fx.longitude.len();
     for (k, (x, y)) in a.iter().zip(&b).enumerate() {
         let (s, cell) = (k / ncell, k % ncell);
-        let expect = (fx.times[s], fx.latitude[cell / fx.longitude.len()], fx.longitude[cell % fx.longitude.len()]);
+        let expect = (
+            fx.times[s],
+            fx.latitude[cell / fx.longitude.len()],
+            fx.longitude[cell % fx.longitude.len()],
+        );
         assert_eq!((x.0, x.1, x.2), expect, "row {k} coordinates (NetCDF3)");
         assert_eq!((y.0, y.1, y.2), expect, "row {k} coordinates (NetCDF4)");
         let truth = fx.t2m[k];
@@ -128,27 +174,59 @@ async fn hand_built_netcdf3_decodes_to_known_values() {
         f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
         f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
         let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
-        t.put_attribute("units", "hours since 1900-01-01 00:00:00.0").unwrap();
+        t.put_attribute("units", "hours since 1900-01-01 00:00:00.0")
+            .unwrap();
         t.put_attribute("calendar", "gregorian").unwrap();
-        let mut v = f.add_variable::<i16>("t2m", &["time", "latitude", "longitude"]).unwrap();
+        let mut v = f
+            .add_variable::<i16>("t2m", &["time", "latitude", "longitude"])
+            .unwrap();
         v.put_attribute("scale_factor", 0.002_f64).unwrap();
         v.put_attribute("add_offset", 270.0_f64).unwrap();
         v.put_attribute("_FillValue", -32767_i16).unwrap();
         v.put_attribute("missing_value", -32768_i16).unwrap();
         v.put_attribute("units", "K").unwrap();
         f.enddef().unwrap();
-        f.variable_mut("longitude").unwrap().put_values(&[0.0f32, 0.25, 0.5], ..).unwrap();
-        f.variable_mut("latitude").unwrap().put_values(&[10.0f32, 9.75], ..).unwrap();
-        f.variable_mut("time").unwrap().put_values(&[1_051_902i32, 1_051_896], ..).unwrap();
+        f.variable_mut("longitude")
+            .unwrap()
+            .put_values(&[0.0f32, 0.25, 0.5], ..)
+            .unwrap();
+        f.variable_mut("latitude")
+            .unwrap()
+            .put_values(&[10.0f32, 9.75], ..)
+            .unwrap();
+        f.variable_mut("time")
+            .unwrap()
+            .put_values(&[1_051_902i32, 1_051_896], ..)
+            .unwrap();
         let packed: [i16; 12] = [0, 1000, -1000, -32767, 32000, 5, 7, -32768, 9, 10, 11, 12];
-        f.variable_mut("t2m").unwrap().put_values(&packed, ..).unwrap();
+        f.variable_mut("t2m")
+            .unwrap()
+            .put_values(&packed, ..)
+            .unwrap();
         f.close().unwrap();
     }
     let ctx = context(1);
     table(&ctx, "era5", &[path]);
-    let got = rows(&ctx, "SELECT valid_time, latitude, longitude, t2m FROM era5 ORDER BY valid_time").await;
+    let got = rows(
+        &ctx,
+        "SELECT valid_time, latitude, longitude, t2m FROM era5 ORDER BY valid_time",
+    )
+    .await;
     // The file stores 06:00 first, then 00:00: the table orders steps by time.
-    let expect_values = [Some(7), None, Some(9), Some(10), Some(11), Some(12), Some(0), Some(1000), Some(-1000), None, Some(32000), Some(5)];
+    let expect_values = [
+        Some(7),
+        None,
+        Some(9),
+        Some(10),
+        Some(11),
+        Some(12),
+        Some(0),
+        Some(1000),
+        Some(-1000),
+        None,
+        Some(32000),
+        Some(5),
+    ];
     let expect_lat = [10.0, 10.0, 10.0, 9.75, 9.75, 9.75];
     for (k, row) in got.iter().enumerate() {
         assert_eq!(row.0, T0 + if k < 6 { 0 } else { 6 * HOUR }, "row {k} time");
@@ -174,17 +252,34 @@ async fn multi_file_tables_order_steps_across_files() {
         .collect()
         .await
         .unwrap();
-    let times: Vec<i64> = batches.iter().flat_map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>().values().to_vec()).collect();
+    let times: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect();
     assert_eq!(times, (0..4).map(|s| T0 + s * 6 * HOUR).collect::<Vec<_>>());
 
     // A glob works the same; the unordered stream never mixes steps in one batch.
     let ctx = context(2);
     table(&ctx, "era5", &[dir.path().join("*.nc")]);
-    let batches = ctx.sql("SELECT valid_time, t2m FROM era5").await.unwrap().collect().await.unwrap();
+    let batches = ctx
+        .sql("SELECT valid_time, t2m FROM era5")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert_eq!(batches.len(), 4, "one batch per step");
     for b in &batches {
         let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
-        assert!(t.values().iter().all(|&v| v == t.value(0)), "a batch mixes steps");
+        assert!(
+            t.values().iter().all(|&v| v == t.value(0)),
+            "a batch mixes steps"
+        );
         assert_eq!(b.num_rows(), 20);
     }
 }
@@ -196,7 +291,10 @@ fn duplicate_steps_across_files_are_an_error() {
     Fixture::new(2, 1).write(&dir.path().join("two.nc"), Encoding::Nc4);
     let err = Era5TableProvider::try_new(&[dir.path().display().to_string()], None).unwrap_err();
     assert!(matches!(err, NetcdfError::DuplicateStep { .. }), "{err}");
-    assert!(err.to_string().contains("2020-01-01T06:00:00Z") && err.to_string().contains("two.nc"), "{err}");
+    assert!(
+        err.to_string().contains("2020-01-01T06:00:00Z") && err.to_string().contains("two.nc"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -212,12 +310,19 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
     assert!(plan.contains("steps=2/4"), "{plan}");
     assert!(plan.contains("hyperslab=lat[1..3]/4 lon[1..5]/5"), "{plan}");
     assert!(plan.contains("pushed=[valid_time in [2020-01-01T06:00:00Z, 2020-01-01T18:00:00Z) AND latitude in [53, 58] AND longitude in (352, +inf)]"), "{plan}");
-    assert!(!plan.contains("FilterExec"), "exact filters need no FilterExec: {plan}");
+    assert!(
+        !plan.contains("FilterExec"),
+        "exact filters need no FilterExec: {plan}"
+    );
 
     // The same rows as filtering an unfiltered scan (the filter hidden behind arithmetic).
     let all = ctx.sql("SELECT * FROM era5").await.unwrap();
     let schema = all.schema().as_arrow().clone();
-    let mem = datafusion::datasource::MemTable::try_new(Arc::new(schema), vec![all.collect().await.unwrap()]).unwrap();
+    let mem = datafusion::datasource::MemTable::try_new(
+        Arc::new(schema),
+        vec![all.collect().await.unwrap()],
+    )
+    .unwrap();
     ctx.register_table("everything", Arc::new(mem)).unwrap();
     let reference = filtered.replace("FROM era5", "FROM everything");
     let (got, want) = (rows(&ctx, filtered).await, rows(&ctx, &reference).await);
@@ -227,8 +332,19 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
     // Unsupported predicates stay in DataFusion and still work.
     let plan = explain(&ctx, "SELECT t2m FROM era5 WHERE latitude % 5 = 0").await;
     assert!(plan.contains("FilterExec"), "{plan}");
-    let n = ctx.sql("SELECT count(*) FROM era5 WHERE latitude % 5 = 0").await.unwrap().collect().await.unwrap();
-    assert_eq!(n[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 2 * 5 * 4);
+    let n = ctx
+        .sql("SELECT count(*) FROM era5 WHERE latitude % 5 = 0")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        n[0].column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0),
+        2 * 5 * 4
+    );
 }
 
 #[tokio::test]
@@ -241,13 +357,37 @@ async fn projection_and_statistics() {
     assert!(plan.contains("projection=[latitude, u10]"), "{plan}");
     // Exact row-count statistics answer count(*) without a scan.
     let plan = explain(&ctx, "SELECT count(*) FROM era5").await;
-    assert!(!plan.contains("NetcdfExec"), "count(*) should come from statistics: {plan}");
-    let batches: Vec<RecordBatch> = ctx.sql("SELECT count(*) FROM era5").await.unwrap().collect().await.unwrap();
-    assert_eq!(batches[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 60);
+    assert!(
+        !plan.contains("NetcdfExec"),
+        "count(*) should come from statistics: {plan}"
+    );
+    let batches: Vec<RecordBatch> = ctx
+        .sql("SELECT count(*) FROM era5")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        batches[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0),
+        60
+    );
     // Extra variables are columns; units survive as metadata.
     let schema = ctx.table("era5").await.unwrap().schema().as_arrow().clone();
-    assert_eq!(schema.field_with_name("u10").unwrap().metadata()["units"], "m s**-1");
-    let u10 = ctx.sql("SELECT sum(u10) FROM era5").await.unwrap().collect().await.unwrap();
+    assert_eq!(
+        schema.field_with_name("u10").unwrap().metadata()["units"],
+        "m s**-1"
+    );
+    let u10 = ctx
+        .sql("SELECT sum(u10) FROM era5")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert!(u10[0].column(0).as_primitive::<Float64Type>().value(0) > 0.0);
     // LIMIT reads only the steps it needs.
     let plan = explain(&ctx, "SELECT t2m FROM era5 LIMIT 21").await;
@@ -261,8 +401,11 @@ fn bad_inputs_name_the_file_and_field() {
     Fixture::new(2, 0).write(&good, Encoding::Nc4);
 
     let missing = dir.path().join("nope.nc").display().to_string();
-    let err = Era5TableProvider::try_new(&[missing.clone()], None).unwrap_err();
-    assert_eq!(err.to_string(), format!("{missing}: no such file, directory or glob match"));
+    let err = Era5TableProvider::try_new(std::slice::from_ref(&missing), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{missing}: no such file, directory or glob match")
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let err = Era5TableProvider::try_new(&[empty.path().display().to_string()], None).unwrap_err();
@@ -271,9 +414,17 @@ fn bad_inputs_name_the_file_and_field() {
     let garbage = dir.path().join("garbage.nc");
     std::fs::write(&garbage, b"this is not netcdf").unwrap();
     let err = Era5TableProvider::try_new(&[garbage.display().to_string()], None).unwrap_err();
-    assert!(matches!(err, NetcdfError::Open { .. }) && err.to_string().contains("garbage.nc"), "{err}");
+    assert!(
+        matches!(err, NetcdfError::Open { .. }) && err.to_string().contains("garbage.nc"),
+        "{err}"
+    );
 
-    let err = Era5TableProvider::try_new(&[good.display().to_string()], Some(&["msl".to_string()])).unwrap_err();
-    assert!(err.to_string().contains("good.nc: variable 'msl' not found"), "{err}");
+    let err = Era5TableProvider::try_new(&[good.display().to_string()], Some(&["msl".to_string()]))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("good.nc: variable 'msl' not found"),
+        "{err}"
+    );
     assert!(err.to_string().contains("t2m, u10"), "{err}");
 }

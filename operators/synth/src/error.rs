@@ -4,7 +4,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
     #[error("synth option '{field}': {problem}")]
-    Config { field: &'static str, problem: String },
+    Config {
+        field: &'static str,
+        problem: String,
+    },
 
     #[error(transparent)]
     Netcdf(#[from] uqcast_netcdf::NetcdfError),

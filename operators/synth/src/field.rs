@@ -44,7 +44,8 @@ pub struct FieldModel {
 /// "continents" are the same in every data set).
 pub fn land_fraction(lat: f64, lon: f64) -> f64 {
     let (phi, lambda) = (lat.to_radians(), lon.to_radians());
-    let s = (3.0 * lambda + 0.5).sin() * (4.0 * phi).cos() + 0.6 * (7.0 * lambda - 1.3).sin() * (5.0 * phi + 0.7).sin();
+    let s = (3.0 * lambda + 0.5).sin() * (4.0 * phi).cos()
+        + 0.6 * (7.0 * lambda - 1.3).sin() * (5.0 * phi + 0.7).sin();
     1.0 / (1.0 + (-4.0 * s).exp())
 }
 
@@ -132,7 +133,11 @@ impl FieldModel {
 
     /// The field at `time` given the current anomalies.
     pub fn field(&self, time: i64) -> Vec<f64> {
-        self.expected(time).iter().zip(&self.anomaly).map(|(e, a)| e + a).collect()
+        self.expected(time)
+            .iter()
+            .zip(&self.anomaly)
+            .map(|(e, a)| e + a)
+            .collect()
     }
 
     /// The best 6-hour forecast of the next step from the current one
@@ -157,15 +162,23 @@ mod tests {
     use crate::grid::BoundingBox;
 
     fn model(seed: u64) -> FieldModel {
-        FieldModel::new(LatLonGrid::with_resolution(BoundingBox::NORTH_AMERICA, 2.0).unwrap(), seed)
+        FieldModel::new(
+            LatLonGrid::with_resolution(BoundingBox::NORTH_AMERICA, 2.0).unwrap(),
+            seed,
+        )
     }
 
     #[test]
     fn temperatures_are_plausible() {
         let m = model(1);
         let f = m.field(0);
-        let (lo, hi) = f.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        assert!(lo > 215.0 && hi < 313.0, "range {lo}..{hi} must stay in the paper's [210, 313] K");
+        let (lo, hi) = f
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        assert!(
+            lo > 215.0 && hi < 313.0,
+            "range {lo}..{hi} must stay in the paper's [210, 313] K"
+        );
     }
 
     /// The oracle's one-step errors have exactly the innovation variance:
@@ -180,7 +193,11 @@ mod tests {
             let t = k as i64 * SIX_HOURS_MICROS;
             let forecast = m.oracle_forecast(t);
             m.advance();
-            for (c, (f, x)) in forecast.iter().zip(m.field(t + SIX_HOURS_MICROS)).enumerate() {
+            for (c, (f, x)) in forecast
+                .iter()
+                .zip(m.field(t + SIX_HOURS_MICROS))
+                .enumerate()
+            {
                 sum2[c] += (x - f).powi(2);
             }
         }
@@ -188,7 +205,11 @@ mod tests {
         // Relative standard error of a variance from 1500 draws ≈ sqrt(2/1500) ≈ 3.7%; allow 15%.
         for c in 0..cells {
             let est = sum2[c] / steps as f64;
-            assert!((est / truth[c] - 1.0).abs() < 0.15, "cell {c}: {est} vs {}", truth[c]);
+            assert!(
+                (est / truth[c] - 1.0).abs() < 0.15,
+                "cell {c}: {est} vs {}",
+                truth[c]
+            );
         }
     }
 

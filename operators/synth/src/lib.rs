@@ -62,16 +62,27 @@ struct OodTruth<'a> {
 /// Writes the data set under `out` (created if needed).
 pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, SynthError> {
     if config.steps == 0 {
-        return Err(SynthError::Config { field: "steps", problem: "must be at least 1".into() });
+        return Err(SynthError::Config {
+            field: "steps",
+            problem: "must be at least 1".into(),
+        });
     }
     if config.start.rem_euclid(SIX_HOURS_MICROS) != 0 {
-        return Err(SynthError::Config { field: "start", problem: "must fall on 00, 06, 12 or 18 UTC".into() });
+        return Err(SynthError::Config {
+            field: "start",
+            problem: "must fall on 00, 06, 12 or 18 UTC".into(),
+        });
     }
     let truth_dir = out.join("truth");
-    std::fs::create_dir_all(&truth_dir).map_err(|source| SynthError::Io { path: truth_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&truth_dir).map_err(|source| SynthError::Io {
+        path: truth_dir.display().to_string(),
+        source,
+    })?;
 
     let mut model = FieldModel::new(config.grid.clone(), config.seed);
-    let times: Vec<i64> = (0..config.steps as i64).map(|k| config.start + k * SIX_HOURS_MICROS).collect();
+    let times: Vec<i64> = (0..config.steps as i64)
+        .map(|k| config.start + k * SIX_HOURS_MICROS)
+        .collect();
     let mut files = Vec::new();
     let mut ood_steps = Vec::new();
     for group in file_groups(&times, config.files_per_day) {
@@ -80,7 +91,11 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
             let mut field = model.field(t);
             let mut touched = 0;
             for event in &config.ood {
-                touched += event.apply(&config.grid, t, &mut field).iter().filter(|m| **m).count();
+                touched += event
+                    .apply(&config.grid, t, &mut field)
+                    .iter()
+                    .filter(|m| **m)
+                    .count();
             }
             if touched > 0 {
                 ood_steps.push((iso(t), touched));
@@ -90,12 +105,21 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
         }
         let path = out.join(file_name(group, config.files_per_day));
         let t2m = GridVariable::new("t2m", "K", "2 metre temperature", values);
-        write_era5(&path, config.encoding, grid_at(&config.grid, group), vec![t2m])?;
+        write_era5(
+            &path,
+            config.encoding,
+            grid_at(&config.grid, group),
+            vec![t2m],
+        )?;
         files.push(path);
     }
 
     let truth = truth_dir.join("innovation_variance.nc");
-    let variance: Vec<f32> = model.innovation_variance().iter().map(|&v| v as f32).collect();
+    let variance: Vec<f32> = model
+        .innovation_variance()
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     let land: Vec<f32> = model.land().iter().map(|&v| v as f32).collect();
     write_era5(
         &truth,
@@ -113,34 +137,62 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
     )?;
     let ood = truth_dir.join("ood.json");
     let ood_cells = ood_steps.iter().map(|(_, n)| n).sum();
-    let text = serde_json::to_string_pretty(&OodTruth { events: &config.ood, steps: ood_steps })
-        .map_err(|e| SynthError::Config { field: "ood", problem: e.to_string() })?;
-    std::fs::write(&ood, text).map_err(|source| SynthError::Io { path: ood.display().to_string(), source })?;
-    Ok(SynthReport { files, truth, ood, ood_cells })
+    let text = serde_json::to_string_pretty(&OodTruth {
+        events: &config.ood,
+        steps: ood_steps,
+    })
+    .map_err(|e| SynthError::Config {
+        field: "ood",
+        problem: e.to_string(),
+    })?;
+    std::fs::write(&ood, text).map_err(|source| SynthError::Io {
+        path: ood.display().to_string(),
+        source,
+    })?;
+    Ok(SynthReport {
+        files,
+        truth,
+        ood,
+        ood_cells,
+    })
 }
 
 fn grid_at(grid: &LatLonGrid, times: &[i64]) -> Grid {
-    Grid { latitude: grid.latitude.clone(), longitude: grid.longitude.clone(), times: times.to_vec() }
+    Grid {
+        latitude: grid.latitude.clone(),
+        longitude: grid.longitude.clone(),
+        times: times.to_vec(),
+    }
 }
 
 fn file_groups(times: &[i64], per_day: bool) -> Vec<&[i64]> {
     if !per_day {
         return vec![times];
     }
-    times.chunk_by(|a, b| a.div_euclid(86_400_000_000) == b.div_euclid(86_400_000_000)).collect()
+    times
+        .chunk_by(|a, b| a.div_euclid(86_400_000_000) == b.div_euclid(86_400_000_000))
+        .collect()
 }
 
 fn file_name(group: &[i64], per_day: bool) -> String {
-    let fmt = |t: i64, f: &str| DateTime::from_timestamp_micros(t).map(|d| d.format(f).to_string()).unwrap_or_default();
+    let fmt = |t: i64, f: &str| {
+        DateTime::from_timestamp_micros(t)
+            .map(|d| d.format(f).to_string())
+            .unwrap_or_default()
+    };
     match (per_day, group.first(), group.last()) {
         (true, Some(&t), _) => format!("era5_t2m_{}.nc", fmt(t, "%Y%m%d")),
-        (false, Some(&a), Some(&b)) => format!("era5_t2m_{}_{}.nc", fmt(a, "%Y%m%d%H"), fmt(b, "%Y%m%d%H")),
+        (false, Some(&a), Some(&b)) => {
+            format!("era5_t2m_{}_{}.nc", fmt(a, "%Y%m%d%H"), fmt(b, "%Y%m%d%H"))
+        }
         _ => "era5_t2m.nc".to_string(),
     }
 }
 
 fn iso(t: i64) -> String {
-    DateTime::from_timestamp_micros(t).map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+    DateTime::from_timestamp_micros(t)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -172,10 +224,24 @@ mod tests {
             let ra = write_dataset(&config(encoding, true), a.path()).unwrap();
             let rb = write_dataset(&config(encoding, true), b.path()).unwrap();
             assert_eq!(ra.files.len(), 2, "6 steps from 00 UTC span two days");
-            for (x, y) in ra.files.iter().zip(&rb.files).chain([(&ra.truth, &rb.truth), (&ra.ood, &rb.ood)]) {
-                assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap(), "{encoding:?}: {}", x.display());
+            for (x, y) in ra
+                .files
+                .iter()
+                .zip(&rb.files)
+                .chain([(&ra.truth, &rb.truth), (&ra.ood, &rb.ood)])
+            {
+                assert_eq!(
+                    std::fs::read(x).unwrap(),
+                    std::fs::read(y).unwrap(),
+                    "{encoding:?}: {}",
+                    x.display()
+                );
             }
-            assert!(ra.ood_cells > 5, "the disk must touch cells, got {}", ra.ood_cells);
+            assert!(
+                ra.ood_cells > 5,
+                "the disk must touch cells, got {}",
+                ra.ood_cells
+            );
         }
     }
 
@@ -184,6 +250,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(Encoding::Nc4, false);
         c.start += 3_600_000_000;
-        assert!(write_dataset(&c, dir.path()).unwrap_err().to_string().contains("'start'"));
+        assert!(
+            write_dataset(&c, dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("'start'")
+        );
     }
 }

@@ -39,13 +39,21 @@ impl SmoothNoise {
                 })
                 .collect()
         };
-        Self { rows, cols, row_norm: norms(rows), col_norm: norms(cols), kernel }
+        Self {
+            rows,
+            cols,
+            row_norm: norms(rows),
+            col_norm: norms(cols),
+            kernel,
+        }
     }
 
     /// One field of smooth unit-variance noise, row-major.
     pub fn sample(&self, rng: &mut impl Rng) -> Vec<f64> {
         let (rows, cols) = (self.rows, self.cols);
-        let white: Vec<f64> = (0..rows * cols).map(|_| rng.sample(StandardNormal)).collect();
+        let white: Vec<f64> = (0..rows * cols)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
         let r = self.kernel.len() / 2;
         let mut along = vec![0.0; rows * cols];
         for i in 0..rows {

@@ -14,18 +14,35 @@ use crate::grid::LatLonGrid;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OodEvent {
-    Disk { time: i64, latitude: f64, longitude: f64, radius_degrees: f64, delta_kelvin: f64 },
-    Regime { from: i64, delta_kelvin: f64 },
+    Disk {
+        time: i64,
+        latitude: f64,
+        longitude: f64,
+        radius_degrees: f64,
+        delta_kelvin: f64,
+    },
+    Regime {
+        from: i64,
+        delta_kelvin: f64,
+    },
 }
 
 impl OodEvent {
     /// Parses one `--ood` value; `parse_time` turns text into UTC microseconds.
     pub fn parse(s: &str, parse_time: impl Fn(&str) -> Option<i64>) -> Result<Self, SynthError> {
-        let err = |problem: String| SynthError::Config { field: "ood", problem };
-        let (kind, args) = s.split_once(':').ok_or_else(|| err(format!("'{s}' is not KIND:ARGS")))?;
+        let err = |problem: String| SynthError::Config {
+            field: "ood",
+            problem,
+        };
+        let (kind, args) = s
+            .split_once(':')
+            .ok_or_else(|| err(format!("'{s}' is not KIND:ARGS")))?;
         let parts: Vec<&str> = args.split(',').map(str::trim).collect();
         let time = |t: &str| parse_time(t).ok_or_else(|| err(format!("'{t}' is not a time")));
-        let num = |x: &str| x.parse::<f64>().map_err(|_| err(format!("'{x}' is not a number")));
+        let num = |x: &str| {
+            x.parse::<f64>()
+                .map_err(|_| err(format!("'{x}' is not a number")))
+        };
         match (kind, parts.as_slice()) {
             ("disk", [t, lat, lon, r, d]) => Ok(Self::Disk {
                 time: time(t)?,
@@ -34,8 +51,13 @@ impl OodEvent {
                 radius_degrees: num(r)?,
                 delta_kelvin: num(d)?,
             }),
-            ("regime", [t, d]) => Ok(Self::Regime { from: time(t)?, delta_kelvin: num(d)? }),
-            _ => Err(err(format!("'{s}': expected disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K or regime:FROM_TIME,DELTA_K"))),
+            ("regime", [t, d]) => Ok(Self::Regime {
+                from: time(t)?,
+                delta_kelvin: num(d)?,
+            }),
+            _ => Err(err(format!(
+                "'{s}': expected disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K or regime:FROM_TIME,DELTA_K"
+            ))),
         }
     }
 
@@ -45,7 +67,13 @@ impl OodEvent {
         let cols = grid.longitude.len();
         let mut mask = vec![false; field.len()];
         match *self {
-            Self::Disk { time: t, latitude, longitude, radius_degrees, delta_kelvin } if t == time => {
+            Self::Disk {
+                time: t,
+                latitude,
+                longitude,
+                radius_degrees,
+                delta_kelvin,
+            } if t == time => {
                 for (c, v) in field.iter_mut().enumerate() {
                     let (lat, lon) = (grid.latitude[c / cols], grid.longitude[c % cols]);
                     let dlon = (lon - longitude) * latitude.to_radians().cos();

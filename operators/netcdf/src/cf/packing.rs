@@ -54,7 +54,12 @@ impl Packing {
         let first = distinct.first().copied().unwrap_or(f64::NAN);
         let second = distinct.get(1).copied().unwrap_or(first);
         let extra_fills = distinct.iter().skip(2).copied().collect();
-        Self { scale, offset, fills: [first, second], extra_fills }
+        Self {
+            scale,
+            offset,
+            fills: [first, second],
+            extra_fills,
+        }
     }
 
     pub fn scale(&self) -> f64 {
@@ -72,7 +77,7 @@ impl Packing {
     #[inline(always)]
     fn is_valid(&self, v: f64) -> bool {
         // NaN compares unequal to everything, so unused fill slots never match.
-        v == v && v != self.fills[0] && v != self.fills[1]
+        !v.is_nan() && v != self.fills[0] && v != self.fills[1]
     }
 
     /// Decodes stored values into a Float32 column (NULL where missing).
@@ -81,7 +86,9 @@ impl Packing {
             raw.iter().map(|&r| r.to_f64() as f32).collect()
         } else {
             let (scale, offset) = (self.scale, self.offset);
-            raw.iter().map(|&r| (r.to_f64() * scale + offset) as f32).collect()
+            raw.iter()
+                .map(|&r| (r.to_f64() * scale + offset) as f32)
+                .collect()
         };
         let valid = BooleanBuffer::collect_bool(raw.len(), |i| {
             let v = raw[i].to_f64();
@@ -95,7 +102,9 @@ impl Packing {
     /// Packs a physical value for writing (inverse of [`Packing::decode`]),
     /// rounding to the nearest representable packed integer.
     pub fn pack_i16(&self, value: f64) -> i16 {
-        ((value - self.offset) / self.scale).round().clamp(i16::MIN as f64, i16::MAX as f64) as i16
+        ((value - self.offset) / self.scale)
+            .round()
+            .clamp(i16::MIN as f64, i16::MAX as f64) as i16
     }
 }
 
@@ -109,7 +118,7 @@ mod tests {
     fn reference(raw: &[i16], scale: f64, offset: f64, fills: &[f64]) -> Vec<Option<f32>> {
         raw.iter()
             .map(|&r| {
-                if fills.iter().any(|&f| f == r as f64) {
+                if fills.contains(&(r as f64)) {
                     None
                 } else {
                     Some((r as f64 * scale + offset) as f32)
@@ -119,7 +128,9 @@ mod tests {
     }
 
     fn as_options(a: &Float32Array) -> Vec<Option<f32>> {
-        (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+        (0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i)))
+            .collect()
     }
 
     proptest! {

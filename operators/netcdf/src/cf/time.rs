@@ -62,13 +62,18 @@ impl TimeAxis {
             "microseconds" | "microsecond" | "usec" | "us" => 1e-6,
             other => return Err(format!("unknown time unit '{other}' in '{units}'")),
         };
-        let epoch = parse_epoch(epoch.trim()).ok_or_else(|| format!("cannot parse the date in '{units}'"))?;
+        let epoch = parse_epoch(epoch.trim())
+            .ok_or_else(|| format!("cannot parse the date in '{units}'"))?;
         if calendar == Calendar::Standard && epoch.date() < gregorian_reform() {
             return Err(format!(
                 "epoch {epoch} is before the 1582 Gregorian reform; the mixed 'standard' calendar is not supported there"
             ));
         }
-        Ok(Self { unit_seconds, epoch, calendar })
+        Ok(Self {
+            unit_seconds,
+            epoch,
+            calendar,
+        })
     }
 
     /// Converts one stored value to UTC microseconds since 1970-01-01.
@@ -82,7 +87,9 @@ impl TimeAxis {
         }
         let offset = TimeDelta::microseconds(offset_micros as i64);
         let when = match self.calendar {
-            Calendar::Standard | Calendar::ProlepticGregorian => self.epoch.checked_add_signed(offset),
+            Calendar::Standard | Calendar::ProlepticGregorian => {
+                self.epoch.checked_add_signed(offset)
+            }
             Calendar::NoLeap => noleap_add(self.epoch, offset),
         }
         .ok_or_else(|| format!("time value {value} is out of range"))?;
@@ -97,7 +104,7 @@ fn gregorian_reform() -> NaiveDate {
 /// Accepts `YYYY-M-D`, optionally followed by ` ` or `T` and `h:m[:s[.frac]]`,
 /// optionally followed by `Z`, `UTC` or a `+00:00`-style offset.
 fn parse_epoch(s: &str) -> Option<NaiveDateTime> {
-    let s = s.trim_end_matches(|c: char| c == 'z').trim();
+    let s = s.trim_end_matches('z').trim();
     let s = s.strip_suffix("utc").unwrap_or(s).trim();
     let (date, rest) = match s.find([' ', 't']) {
         Some(i) => (&s[..i], s[i + 1..].trim()),
@@ -118,12 +125,19 @@ fn parse_epoch(s: &str) -> Option<NaiveDateTime> {
     };
     let mut hms = clock.split(':');
     let h: u32 = hms.next()?.trim().parse().ok()?;
-    let m: u32 = hms.next().map(|m| m.trim().parse().ok()).unwrap_or(Some(0))?;
-    let secs: f64 = hms.next().map(|s| s.trim().parse().ok()).unwrap_or(Some(0.0))?;
+    let m: u32 = hms
+        .next()
+        .map(|m| m.trim().parse().ok())
+        .unwrap_or(Some(0))?;
+    let secs: f64 = hms
+        .next()
+        .map(|s| s.trim().parse().ok())
+        .unwrap_or(Some(0.0))?;
     let whole = secs.trunc() as u32;
     let micro = ((secs - secs.trunc()) * 1e6).round() as u32;
     let time = NaiveTime::from_hms_micro_opt(h, m, whole, micro)?;
-    date.and_time(time).checked_sub_signed(TimeDelta::minutes(offset_minutes))
+    date.and_time(time)
+        .checked_sub_signed(TimeDelta::minutes(offset_minutes))
 }
 
 fn parse_offset_minutes(s: &str) -> Option<i64> {
@@ -131,7 +145,10 @@ fn parse_offset_minutes(s: &str) -> Option<i64> {
     let digits = s[1..].replace(':', "");
     let (h, m) = match digits.len() {
         1 | 2 => (digits.parse::<i64>().ok()?, 0),
-        4 => (digits[..2].parse::<i64>().ok()?, digits[2..].parse::<i64>().ok()?),
+        4 => (
+            digits[..2].parse::<i64>().ok()?,
+            digits[2..].parse::<i64>().ok()?,
+        ),
         _ => return None,
     };
     Some(sign * (h * 60 + m))
@@ -182,21 +199,32 @@ mod tests {
     use super::*;
 
     fn micros(s: &str) -> i64 {
-        DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros()).unwrap_or(i64::MIN)
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_micros())
+            .unwrap_or(i64::MIN)
     }
 
     #[test]
     fn legacy_cds_hours_since_1900() {
         let axis = TimeAxis::parse("hours since 1900-01-01 00:00:00.0", Some("gregorian")).unwrap();
         // 2020-01-01T00:00Z is 43,829 days = 1,051,896 hours after 1900-01-01.
-        assert_eq!(axis.to_micros(1_051_896.0).unwrap(), micros("2020-01-01T00:00:00Z"));
-        assert_eq!(axis.to_micros(1_051_902.0).unwrap(), micros("2020-01-01T06:00:00Z"));
+        assert_eq!(
+            axis.to_micros(1_051_896.0).unwrap(),
+            micros("2020-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            axis.to_micros(1_051_902.0).unwrap(),
+            micros("2020-01-01T06:00:00Z")
+        );
     }
 
     #[test]
     fn current_cds_seconds_since_1970() {
         let axis = TimeAxis::parse("seconds since 1970-01-01", None).unwrap();
-        assert_eq!(axis.to_micros(1_577_836_800.0).unwrap(), micros("2020-01-01T00:00:00Z"));
+        assert_eq!(
+            axis.to_micros(1_577_836_800.0).unwrap(),
+            micros("2020-01-01T00:00:00Z")
+        );
     }
 
     #[test]
@@ -209,7 +237,11 @@ mod tests {
             "DAYS SINCE 2000-01-01T00:00",
         ] {
             let axis = TimeAxis::parse(units, None).unwrap();
-            assert_eq!(axis.to_micros(1.5).unwrap(), micros("2000-01-02T12:00:00Z"), "{units}");
+            assert_eq!(
+                axis.to_micros(1.5).unwrap(),
+                micros("2000-01-02T12:00:00Z"),
+                "{units}"
+            );
         }
     }
 
@@ -217,9 +249,18 @@ mod tests {
     fn noleap_skips_february_29() {
         let axis = TimeAxis::parse("days since 2000-01-01", Some("noleap")).unwrap();
         // Day 59 after 1 Jan in a 365-day calendar is 1 March, even in a leap year.
-        assert_eq!(axis.to_micros(59.0).unwrap(), micros("2000-03-01T00:00:00Z"));
-        assert_eq!(axis.to_micros(365.0).unwrap(), micros("2001-01-01T00:00:00Z"));
-        assert_eq!(axis.to_micros(-1.0).unwrap(), micros("1999-12-31T00:00:00Z"));
+        assert_eq!(
+            axis.to_micros(59.0).unwrap(),
+            micros("2000-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            axis.to_micros(365.0).unwrap(),
+            micros("2001-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            axis.to_micros(-1.0).unwrap(),
+            micros("1999-12-31T00:00:00Z")
+        );
     }
 
     #[test]

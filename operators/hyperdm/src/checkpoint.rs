@@ -1,0 +1,149 @@
+//! Checkpoints: `NAME.safetensors` (hyper-network weights and AdamW moments)
+//! beside `NAME.json` (every config, the training step, the seed and a free
+//! description of the data: normalisation, grid, time span). Both files are
+//! written to temporaries and renamed, so a crash never leaves half a model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CandleContext, HyperdmError, Result};
+use crate::hyper::HyperConfig;
+use crate::model::{HyperDm, TrainConfig, named_vars};
+use crate::optim::AdamW;
+use crate::primary::{PrimaryConfig, PrimaryNetwork};
+use crate::schedule::DiffusionConfig;
+
+pub const FORMAT: &str = "uqcast-hyperdm/1";
+
+/// The JSON half of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub primary: PrimaryConfig,
+    pub hyper: HyperConfig,
+    pub diffusion: DiffusionConfig,
+    pub train: TrainConfig,
+    /// Optimiser updates applied.
+    pub step: u64,
+    /// Free description of the training data (normalisation, grid, span).
+    pub data: serde_json::Value,
+}
+
+fn json_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+fn tmp(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Saves model, optimiser and metadata; `path` is the `.safetensors` file.
+pub fn save<P: PrimaryNetwork>(
+    path: &Path,
+    model: &HyperDm<P>,
+    optimizer: &AdamW,
+    train: &TrainConfig,
+    data: serde_json::Value,
+) -> Result<()> {
+    let meta = CheckpointMeta {
+        format: FORMAT.into(),
+        primary: model.primary.config(),
+        hyper: model.hyper_config.clone(),
+        diffusion: model.diffusion.clone(),
+        train: train.clone(),
+        step: optimizer.step,
+        data,
+    };
+    let mut tensors: HashMap<String, Tensor> = named_vars(&model.varmap)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    tensors.extend(optimizer.state());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HyperdmError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let (weights_tmp, meta_path) = (tmp(path), json_path(path));
+    let meta_tmp = tmp(&meta_path);
+    candle_core::safetensors::save(&tensors, &weights_tmp).ctx("writing safetensors")?;
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| HyperdmError::Checkpoint {
+        path: meta_path.clone(),
+        problem: e.to_string(),
+    })?;
+    std::fs::write(&meta_tmp, text).map_err(io(&meta_tmp))?;
+    std::fs::rename(&weights_tmp, path).map_err(io(path))?;
+    std::fs::rename(&meta_tmp, &meta_path).map_err(io(&meta_path))?;
+    Ok(())
+}
+
+/// Reads a checkpoint's metadata.
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
+    let meta_path = json_path(path);
+    let text = std::fs::read_to_string(&meta_path).map_err(|source| HyperdmError::Io {
+        path: meta_path.clone(),
+        source,
+    })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&text).map_err(|e| HyperdmError::Checkpoint {
+            path: meta_path.clone(),
+            problem: format!("metadata is invalid: {e}"),
+        })?;
+    if meta.format != FORMAT {
+        return Err(HyperdmError::Checkpoint {
+            path: meta_path,
+            problem: format!("format '{}', expected '{FORMAT}'", meta.format),
+        });
+    }
+    Ok(meta)
+}
+
+/// Loads a model (and optimiser state) from `path`, rebuilding the primary
+/// network with `build` from the stored config.
+pub fn load<P: PrimaryNetwork>(
+    path: &Path,
+    device: &Device,
+    build: impl FnOnce(&PrimaryConfig) -> Result<P>,
+) -> Result<(HyperDm<P>, AdamW, CheckpointMeta)> {
+    let meta = read_meta(path)?;
+    let model = HyperDm::new(
+        build(&meta.primary)?,
+        &meta.hyper,
+        &meta.diffusion,
+        device,
+        0,
+    )?;
+    let tensors =
+        candle_core::safetensors::load(path, device).map_err(|e| HyperdmError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!("weights unreadable: {e}"),
+        })?;
+    for (name, var) in named_vars(&model.varmap) {
+        let t = tensors.get(&name).ok_or_else(|| HyperdmError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!("tensor '{name}' missing"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(HyperdmError::Checkpoint {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "tensor '{name}' has shape {:?}, the config needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            });
+        }
+        var.set(t).ctx("loading weights")?;
+    }
+    let mut optimizer = model.optimizer(&meta.train.optimizer);
+    optimizer.restore(&tensors, meta.step);
+    Ok((model, optimizer, meta))
+}

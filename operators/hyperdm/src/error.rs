@@ -1,0 +1,51 @@
+//! Errors of the HyperDM model crate.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = HyperdmError> = std::result::Result<T, E>;
+
+/// What went wrong while building, training, sampling or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum HyperdmError {
+    #[error("tensor operation failed in {context}: {source}")]
+    Candle {
+        context: &'static str,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    #[error("model config '{field}': {problem}")]
+    Config {
+        field: &'static str,
+        problem: String,
+    },
+
+    #[error("input '{what}': expected {expected}, found {found}")]
+    Shape {
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
+
+    #[error("{}: checkpoint {problem}", path.display())]
+    Checkpoint { path: PathBuf, problem: String },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Attaches a context name to candle errors.
+pub trait CandleContext<T> {
+    fn ctx(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> CandleContext<T> for candle_core::Result<T> {
+    fn ctx(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| HyperdmError::Candle { context, source })
+    }
+}

@@ -1,0 +1,70 @@
+//! The Bayesian hyper-network h_θ: z ~ N(0, I) → every parameter of the
+//! primary network. Drawing z draws a network; only θ is trained.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CandleContext, Result};
+
+/// Shape of the hyper-network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HyperConfig {
+    /// Dimension of z (paper: 8; reference code: 1).
+    pub z_dim: usize,
+    /// Hidden widths (paper: 8 8 8 8 8 for the toy, 24 ×5 for ERA5).
+    pub hidden: Vec<usize>,
+}
+
+impl Default for HyperConfig {
+    fn default() -> Self {
+        Self {
+            z_dim: 8,
+            hidden: vec![8; 5],
+        }
+    }
+}
+
+/// An MLP (ReLU) whose last Linear emits the flat primary-parameter vector.
+#[derive(Debug, Clone)]
+pub struct HyperNetwork {
+    hidden: Vec<Linear>,
+    out: Linear,
+    z_dim: usize,
+}
+
+impl HyperNetwork {
+    pub fn new(vb: VarBuilder, config: &HyperConfig, outputs: usize) -> Result<Self> {
+        let mut hidden = Vec::with_capacity(config.hidden.len());
+        let mut width = config.z_dim;
+        for (i, &h) in config.hidden.iter().enumerate() {
+            hidden.push(
+                linear(width, h, vb.pp(format!("hidden{i}"))).ctx("building the hyper-network")?,
+            );
+            width = h;
+        }
+        let out = linear(width, outputs, vb.pp("out")).ctx("building the hyper-network")?;
+        Ok(Self {
+            hidden,
+            out,
+            z_dim: config.z_dim,
+        })
+    }
+
+    pub fn z_dim(&self) -> usize {
+        self.z_dim
+    }
+
+    /// `z`: `[members, z_dim]` → `[members, parameters]`.
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let mut h = z.clone();
+        for layer in &self.hidden {
+            h = layer
+                .forward(&h)
+                .and_then(|x| x.relu())
+                .ctx("hyper-network forward")?;
+        }
+        self.out.forward(&h).ctx("hyper-network forward")
+    }
+}

@@ -1,0 +1,183 @@
+//! The primary network's parameters as one flat vector.
+//!
+//! A primary network declares its tensors once, in a fixed order; the
+//! hyper-network emits one vector of `total()` numbers, which is sliced into
+//! those tensors (every element used exactly once). A per-tensor gain keeps
+//! generated weights at a fan-in-scaled magnitude from the first step.
+
+use candle_core::Tensor;
+
+use crate::error::{CandleContext, Result};
+
+/// One declared tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    /// Multiplies the generated values (1/sqrt(fan_in) for weights).
+    pub gain: f64,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The ordered list of a network's tensors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamLayout {
+    specs: Vec<ParamSpec>,
+    total: usize,
+}
+
+/// Handle to a declared tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamId(usize);
+
+impl ParamLayout {
+    /// Declares a weight; its gain is 1/sqrt(fan_in), fan_in = numel / shape[0].
+    pub fn weight(&mut self, name: impl Into<String>, shape: &[usize]) -> ParamId {
+        let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+        self.push(name.into(), shape, 1.0 / (fan_in as f64).sqrt())
+    }
+
+    /// Declares a bias or normalisation offset (gain 0.1: starts near zero).
+    pub fn bias(&mut self, name: impl Into<String>, shape: &[usize]) -> ParamId {
+        self.push(name.into(), shape, 0.1)
+    }
+
+    /// Declares a normalisation scale, generated as 1 + 0.1·h so it starts near one.
+    pub fn scale(&mut self, name: impl Into<String>, shape: &[usize]) -> ParamId {
+        self.push(format!("{}#plus_one", name.into()), shape, 0.1)
+    }
+
+    fn push(&mut self, name: String, shape: &[usize], gain: f64) -> ParamId {
+        let spec = ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            offset: self.total,
+            gain,
+        };
+        self.total += spec.numel();
+        self.specs.push(spec);
+        ParamId(self.specs.len() - 1)
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Slices one member's flat vector `[total]` into its tensors.
+    pub fn slice(&self, flat: &Tensor) -> Result<Params> {
+        let tensors = self
+            .specs
+            .iter()
+            .map(|s| {
+                let t = flat
+                    .narrow(0, s.offset, s.numel())?
+                    .reshape(s.shape.as_slice())?;
+                let t = (t * s.gain)?;
+                if s.name.ends_with("#plus_one") {
+                    t + 1.0
+                } else {
+                    Ok(t)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("slicing generated parameters")?;
+        Ok(Params(tensors))
+    }
+
+    /// Slices `[members, total]` into tensors with a leading member axis.
+    pub fn slice_batched(&self, flat: &Tensor) -> Result<Params> {
+        let members = flat.dim(0).ctx("slicing generated parameters")?;
+        let tensors = self
+            .specs
+            .iter()
+            .map(|s| {
+                let mut shape = vec![members];
+                shape.extend_from_slice(&s.shape);
+                let t = flat
+                    .narrow(1, s.offset, s.numel())?
+                    .contiguous()?
+                    .reshape(shape)?;
+                let t = (t * s.gain)?;
+                if s.name.ends_with("#plus_one") {
+                    t + 1.0
+                } else {
+                    Ok(t)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("slicing generated parameters")?;
+        Ok(Params(tensors))
+    }
+}
+
+/// A member's generated tensors, indexed by [`ParamId`].
+#[derive(Debug, Clone)]
+pub struct Params(Vec<Tensor>);
+
+impl Params {
+    pub fn get(&self, id: ParamId) -> &Tensor {
+        &self.0[id.0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn every_element_is_used_exactly_once() {
+        let mut layout = ParamLayout::default();
+        let w = layout.weight("w", &[3, 4]);
+        let b = layout.bias("b", &[3]);
+        let g = layout.scale("g", &[2, 1]);
+        assert_eq!(layout.total(), 12 + 3 + 2);
+        // Offsets tile [0, total) with no gap or overlap.
+        let mut covered = vec![0u8; layout.total()];
+        for s in layout.specs() {
+            covered[s.offset..s.offset + s.numel()]
+                .iter_mut()
+                .for_each(|c| *c += 1);
+        }
+        assert!(covered.iter().all(|&c| c == 1));
+        // The values land where the layout says, with their gains.
+        let flat = Tensor::arange(0f32, layout.total() as f32, &Device::Cpu).unwrap();
+        let p = layout.slice(&flat).unwrap();
+        assert_eq!(
+            p.get(w)
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[5],
+            5.0 / 2.0
+        );
+        assert_eq!(
+            p.get(b).to_vec1::<f32>().unwrap(),
+            vec![1.2000000476837158, 1.3000000715255737, 1.399999976158142]
+        );
+        assert_eq!(
+            p.get(g).flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0 + 1.5, 1.0 + 1.6]
+        );
+        // Batched slicing agrees with per-member slicing.
+        let two = Tensor::stack(&[&flat, &(&flat * 2.0).unwrap()], 0).unwrap();
+        let pb = layout.slice_batched(&two).unwrap();
+        let m1 = layout.slice(&(&flat * 2.0).unwrap()).unwrap();
+        assert_eq!(
+            pb.get(w).get(1).unwrap().to_vec2::<f32>().unwrap(),
+            m1.get(w).to_vec2::<f32>().unwrap()
+        );
+    }
+}

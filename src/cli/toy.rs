@@ -1,0 +1,214 @@
+//! `uqcast toy au|eu|gap`: the HyperDM paper's toy experiment
+//! (x = sin(y) + η, y ~ U(−5, 5)), printed as a table or, with `--json`, as
+//! `{"experiment":…,"rows":[…],"seconds":…}`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use uqcast_hyperdm::toy::{ToyData, ToySettings, grid, run};
+use uqcast_hyperdm::{Prediction, Progress, Sampler, default_device};
+
+#[derive(Debug, Args)]
+pub struct ToyArgs {
+    #[command(subcommand)]
+    experiment: Experiment,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+enum Experiment {
+    /// Aleatoric uncertainty against known noise levels.
+    Au {
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.04,0.16,0.64")]
+        sigma2: Vec<f64>,
+        #[arg(long, default_value_t = 500)]
+        train_size: usize,
+    },
+    /// Epistemic uncertainty as the training set grows.
+    Eu {
+        #[arg(long, value_delimiter = ',', default_value = "100,200,400,800")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 0.01)]
+        sigma2: f64,
+    },
+    /// Epistemic uncertainty inside the data and inside a band left out of it.
+    Gap {
+        /// The band of y left out of training.
+        #[arg(long, value_delimiter = ',', default_value = "-1.5,1.5")]
+        band: Vec<f64>,
+        #[arg(long, default_value_t = 500)]
+        train_size: usize,
+        #[arg(long, default_value_t = 0.01)]
+        sigma2: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Weight draws M.
+    #[arg(long, global = true, default_value_t = 10)]
+    m: usize,
+    /// Samples per draw N.
+    #[arg(long, global = true, default_value_t = 1000)]
+    n: usize,
+    /// Training iterations.
+    #[arg(long, global = true)]
+    iterations: Option<u64>,
+    /// Learning rate.
+    #[arg(long, global = true)]
+    lr: Option<f64>,
+    /// ddpm or ddim-K.
+    #[arg(long, global = true)]
+    sampler: Option<Sampler>,
+    /// What the network predicts: epsilon (the paper), x0 (the reference code) or v.
+    #[arg(long, global = true, value_parser = ["epsilon", "x0", "v"])]
+    prediction: Option<String>,
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Common {
+    fn settings(&self) -> ToySettings {
+        let mut s = ToySettings {
+            members: self.m,
+            samples: self.n,
+            ..ToySettings::default()
+        };
+        if let Some(i) = self.iterations {
+            s.train.iterations = i;
+        }
+        if let Some(lr) = self.lr {
+            s.train.optimizer.lr = lr;
+        }
+        if let Some(sampler) = self.sampler {
+            s.sampler = sampler;
+        }
+        if let Some(p) = &self.prediction {
+            s.diffusion.prediction = match p.as_str() {
+                "x0" => Prediction::X0,
+                "v" => Prediction::V,
+                _ => Prediction::Epsilon,
+            };
+        }
+        s.train.seed = self.seed;
+        s
+    }
+}
+
+fn progress(label: String, quiet: bool) -> impl FnMut(Progress) {
+    move |p: Progress| {
+        if !quiet {
+            eprint!(
+                "\r{label}: iteration {}/{} loss {:.4} ({:.0} s)   ",
+                p.iteration, p.iterations, p.loss, p.elapsed_seconds
+            );
+            if p.iteration == p.iterations {
+                eprintln!();
+            }
+        }
+    }
+}
+
+pub async fn run_toy(args: ToyArgs) -> Result<()> {
+    tokio::task::spawn_blocking(move || experiment(args)).await?
+}
+
+fn experiment(args: ToyArgs) -> Result<()> {
+    let settings = args.common.settings();
+    let (device, seed, quiet) = (default_device(), args.common.seed, false);
+    let started = Instant::now();
+    let (name, rows): (&str, Vec<Value>) = match &args.experiment {
+        Experiment::Au { sigma2, train_size } => {
+            let test_y = grid(-4.5, 4.5, 32);
+            let mut rows = Vec::new();
+            for &s2 in sigma2 {
+                let data = ToyData::generate(*train_size, s2, None, seed);
+                let out = run(
+                    &data,
+                    &settings,
+                    &test_y,
+                    &device,
+                    progress(format!("σ²={s2}"), quiet),
+                )?;
+                rows.push(json!({"sigma2": s2, "au": out.average(&out.au, |_| true), "eu": out.average(&out.eu, |_| true),
+                    "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}));
+            }
+            ("au", rows)
+        }
+        Experiment::Eu { sizes, sigma2 } => {
+            let test_y = grid(-4.5, 4.5, 32);
+            let mut rows = Vec::new();
+            for &size in sizes {
+                let data = ToyData::generate(size, *sigma2, None, seed);
+                let out = run(
+                    &data,
+                    &settings,
+                    &test_y,
+                    &device,
+                    progress(format!("|D|={size}"), quiet),
+                )?;
+                rows.push(json!({"train_size": size, "au": out.average(&out.au, |_| true), "eu": out.average(&out.eu, |_| true),
+                    "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}));
+            }
+            ("eu", rows)
+        }
+        Experiment::Gap {
+            band,
+            train_size,
+            sigma2,
+        } => {
+            let [lo, hi] = band[..] else {
+                bail!("toy gap option 'band': expected LOW,HIGH, got {band:?}")
+            };
+            if !(-5.0..5.0).contains(&lo) || !(lo < hi && hi <= 5.0) {
+                bail!("toy gap option 'band': {lo},{hi} must be an interval inside (-5, 5)");
+            }
+            let data = ToyData::generate(*train_size, *sigma2, Some((lo, hi)), seed);
+            let test_y = grid(-4.5, 4.5, 37);
+            let out = run(
+                &data,
+                &settings,
+                &test_y,
+                &device,
+                progress("gap".into(), quiet),
+            )?;
+            let margin = 0.5;
+            let inside = out.average(&out.eu, |y| y < lo - margin || y > hi + margin);
+            let gap = out.average(&out.eu, |y| y > lo + margin && y < hi - margin);
+            (
+                "gap",
+                vec![
+                    json!({"band": [lo, hi], "eu_inside": inside, "eu_gap": gap, "ratio": gap / inside,
+                "au_inside": out.average(&out.au, |y| y < lo - margin || y > hi + margin),
+                "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}),
+                ],
+            )
+        }
+    };
+    let report = json!({"experiment": name, "rows": rows, "seconds": started.elapsed().as_secs_f64(),
+        "m": settings.members, "n": settings.samples, "sampler": settings.sampler.to_string()});
+    let mut out = std::io::stdout().lock();
+    if args.common.json {
+        writeln!(out, "{report}")?;
+    } else {
+        for row in &rows {
+            writeln!(out, "{row}")?;
+        }
+        writeln!(
+            out,
+            "{name}: {:.1} s in all (M = {}, N = {}, {})",
+            report["seconds"].as_f64().unwrap_or(0.0),
+            settings.members,
+            settings.samples,
+            settings.sampler
+        )?;
+    }
+    Ok(())
+}
