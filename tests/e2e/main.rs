@@ -4,6 +4,7 @@
 
 mod errors;
 mod sql;
+mod toy;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -147,3 +147,129 @@ pub fn load<P: PrimaryNetwork>(
     optimizer.restore(&tensors, meta.step);
     Ok((model, optimizer, meta))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::{MlpConfig, PrimaryMlp};
+    use crate::toy::ToyData;
+
+    fn build(config: &PrimaryConfig) -> Result<PrimaryMlp> {
+        match config {
+            PrimaryConfig::Mlp(c) => Ok(PrimaryMlp::new(c)),
+            other => Err(HyperdmError::Config {
+                field: "primary",
+                problem: format!("expected mlp, got {other:?}"),
+            }),
+        }
+    }
+
+    fn weights(model: &HyperDm<PrimaryMlp>) -> Vec<Vec<f32>> {
+        named_vars(&model.varmap)
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    /// Training 2k steps straight equals k steps, save, load, k more steps.
+    #[test]
+    fn resuming_continues_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toy.safetensors");
+        let data = ToyData::generate(128, 0.04, None, 5);
+        let mlp = MlpConfig {
+            hidden: vec![8, 8],
+            ..MlpConfig::default()
+        };
+        let fresh = || {
+            HyperDm::new(
+                PrimaryMlp::new(&mlp),
+                &HyperConfig::default(),
+                &DiffusionConfig::default(),
+                &Device::Cpu,
+                9,
+            )
+            .unwrap()
+        };
+        let full = TrainConfig {
+            iterations: 40,
+            batch_size: 32,
+            ..TrainConfig::default()
+        };
+
+        let straight = fresh();
+        let mut opt = straight.optimizer(&full.optimizer);
+        straight.fit(&data, &full, &mut opt, |_| {}).unwrap();
+
+        let first = fresh();
+        let mut opt = first.optimizer(&full.optimizer);
+        first.fit_until(&data, &full, &mut opt, 20, |_| {}).unwrap();
+        save(
+            &path,
+            &first,
+            &opt,
+            &full,
+            serde_json::json!({"normalisation": "none", "train_size": 128}),
+        )
+        .unwrap();
+
+        let (resumed, mut opt, meta) = load(&path, &Device::Cpu, build).unwrap();
+        assert_eq!(
+            (meta.step, meta.data["train_size"].as_u64()),
+            (20, Some(128))
+        );
+        assert!(
+            weights(&resumed) == weights(&first),
+            "loading changed the weights"
+        );
+        resumed.fit(&data, &full, &mut opt, |_| {}).unwrap();
+        let largest_difference = weights(&resumed)
+            .iter()
+            .flatten()
+            .zip(weights(&straight).iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(largest_difference, 0.0, "resumed training diverged");
+    }
+
+    #[test]
+    fn refuses_mismatched_or_damaged_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mlp = MlpConfig::default();
+        let model = HyperDm::new(
+            PrimaryMlp::new(&mlp),
+            &HyperConfig::default(),
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            1,
+        )
+        .unwrap();
+        let opt = model.optimizer(&Default::default());
+        save(
+            &path,
+            &model,
+            &opt,
+            &TrainConfig::default(),
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        // A config whose hyper-network is wider than the stored weights.
+        let mut meta = read_meta(&path).unwrap();
+        meta.hyper.hidden[0] = 16;
+        std::fs::write(
+            path.with_extension("json"),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(
+            err.contains("m.safetensors") && err.contains("shape"),
+            "{err}"
+        );
+        // Damaged metadata.
+        std::fs::write(path.with_extension("json"), "{").unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(err.contains("m.json") && err.contains("invalid"), "{err}");
+    }
+}

@@ -8,6 +8,13 @@
 //! Inference: M draws of z, each generating its weights once, each running N
 //! samples of every condition as one batch; moments are accumulated member by
 //! member ([`crate::moments`]).
+//!
+//! Members share their diffusion noise (common random numbers): member i and
+//! member k start from the same x_T and see the same sampler noise; only z
+//! differs. Each member's mean still converges to its own, but the Monte
+//! Carlo error common to all members cancels in Var_i[E_j]. With independent
+//! noise EU cannot fall below AU/N (≈ 1e-5 for the toy at N = 1,000), which
+//! hides the actual disagreement between networks.
 
 use std::time::Instant;
 
@@ -221,6 +228,19 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         data: &dyn TrainingData,
         config: &TrainConfig,
         optimizer: &mut AdamW,
+        progress: impl FnMut(Progress),
+    ) -> Result<()> {
+        self.fit_until(data, config, optimizer, config.iterations, progress)
+    }
+
+    /// As [`HyperDm::fit`], but stops after update `stop` (for checkpointing
+    /// part-way: the learning-rate schedule still follows `config.iterations`).
+    pub fn fit_until(
+        &self,
+        data: &dyn TrainingData,
+        config: &TrainConfig,
+        optimizer: &mut AdamW,
+        stop: u64,
         mut progress: impl FnMut(Progress),
     ) -> Result<()> {
         if data.is_empty() || config.batch_size == 0 {
@@ -231,7 +251,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         }
         let started = Instant::now();
         let report_every = (config.iterations / 20).max(1);
-        while optimizer.step < config.iterations {
+        while optimizer.step < config.iterations.min(stop) {
             let k = optimizer.step;
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
             rng.set_stream(k);
@@ -275,10 +295,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let sample_shape = self.sample_shape(cond)?;
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
         let mut acc = MomentAccumulator::default();
+        let mut shared_noise = ChaCha8Rng::seed_from_u64(seed);
+        shared_noise.set_stream(u64::MAX);
         for member in 0..members {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(member as u64);
-            let z = gaussian(&mut rng, &[1, self.hyper.z_dim()], &self.device)?;
+            let mut z_rng = ChaCha8Rng::seed_from_u64(seed);
+            z_rng.set_stream(member as u64);
+            let z = gaussian(&mut z_rng, &[1, self.hyper.z_dim()], &self.device)?;
+            let mut rng = shared_noise.clone();
             // Weights are generated once per member and detached: no graph is kept.
             let flat = self.hyper.forward(&z)?.detach().squeeze(0).ctx("predict")?;
             let params = self.primary.layout().slice(&flat)?;
@@ -386,6 +409,28 @@ mod tests {
         model.fit(&data, &config, &mut opt, |_| {}).unwrap();
         let after = eval(&model);
         assert!(after < 0.7 * before, "loss {before} → {after}");
+    }
+
+    /// Identical members give EU = 0 exactly: with shared noise nothing but
+    /// the weights can make members differ.
+    #[test]
+    fn eu_measures_weights_not_monte_carlo_noise() {
+        let model = toy_model();
+        let cond = Tensor::new(&[[0.1f32], [-0.5]], &Device::Cpu).unwrap();
+        // Zero z-weights: every draw of z generates the same network.
+        for (name, var) in named_vars(&model.varmap) {
+            if name.starts_with("hyper.hidden0.weight") {
+                var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+            }
+        }
+        let m = model.predict(&cond, 4, 50, Sampler::Ddpm, 7).unwrap();
+        let eu: Vec<f32> = m.eu.flatten_all().unwrap().to_vec1().unwrap();
+        let au: Vec<f32> = m.au.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            eu.iter().all(|&e| e < 1e-10),
+            "EU {eu:?} for identical members"
+        );
+        assert!(au.iter().all(|&a| a > 1e-4), "AU {au:?}");
     }
 
     /// The U-Net keeps any input size, odd ones included (padding inside).
