@@ -56,8 +56,12 @@ struct Common {
     #[arg(long, global = true, default_value_t = 1000)]
     n: usize,
     /// Training iterations.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "epochs")]
     iterations: Option<u64>,
+    /// Train for this many passes over the data instead (the paper's protocol:
+    /// smaller data sets get fewer updates).
+    #[arg(long, global = true)]
+    epochs: Option<u64>,
     /// Learning rate.
     #[arg(long, global = true)]
     lr: Option<f64>,
@@ -75,6 +79,15 @@ struct Common {
 }
 
 impl Common {
+    /// Settings for a training set of `size` pairs.
+    fn settings_for(&self, size: usize) -> ToySettings {
+        let mut s = self.settings();
+        if let Some(epochs) = self.epochs {
+            s.train.iterations = (epochs * size as u64).div_ceil(s.train.batch_size as u64).max(1);
+        }
+        s
+    }
+
     fn settings(&self) -> ToySettings {
         let mut s = ToySettings {
             members: self.m,
@@ -132,7 +145,7 @@ fn experiment(args: ToyArgs) -> Result<()> {
                 let data = ToyData::generate(*train_size, s2, None, seed);
                 let out = run(
                     &data,
-                    &settings,
+                    &args.common.settings_for(*train_size),
                     &test_y,
                     &device,
                     progress(format!("σ²={s2}"), quiet),
@@ -149,7 +162,7 @@ fn experiment(args: ToyArgs) -> Result<()> {
                 let data = ToyData::generate(size, *sigma2, None, seed);
                 let out = run(
                     &data,
-                    &settings,
+                    &args.common.settings_for(size),
                     &test_y,
                     &device,
                     progress(format!("|D|={size}"), quiet),
@@ -174,7 +187,7 @@ fn experiment(args: ToyArgs) -> Result<()> {
             let test_y = grid(-4.5, 4.5, 37);
             let out = run(
                 &data,
-                &settings,
+                &args.common.settings_for(*train_size),
                 &test_y,
                 &device,
                 progress("gap".into(), quiet),
