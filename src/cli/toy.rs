@@ -83,7 +83,9 @@ impl Common {
     fn settings_for(&self, size: usize) -> ToySettings {
         let mut s = self.settings();
         if let Some(epochs) = self.epochs {
-            s.train.iterations = (epochs * size as u64).div_ceil(s.train.batch_size as u64).max(1);
+            s.train.iterations = (epochs * size as u64)
+                .div_ceil(s.train.batch_size as u64)
+                .max(1);
         }
         s
     }
