@@ -182,7 +182,7 @@ fn experiment(args: ToyArgs) -> Result<()> {
             let [lo, hi] = band[..] else {
                 bail!("toy gap option 'band': expected LOW,HIGH, got {band:?}")
             };
-            if !(-5.0..5.0).contains(&lo) || !(lo < hi && hi <= 5.0) {
+            if !((-5.0..5.0).contains(&lo) && lo < hi && hi <= 5.0) {
                 bail!("toy gap option 'band': {lo},{hi} must be an interval inside (-5, 5)");
             }
             let data = ToyData::generate(*train_size, *sigma2, Some((lo, hi)), seed);

@@ -165,7 +165,7 @@ mod tests {
         );
         assert_eq!(
             p.get(b).to_vec1::<f32>().unwrap(),
-            vec![1.2000000476837158, 1.3000000715255737, 1.399999976158142]
+            vec![12.0f32 * 0.1, 13.0 * 0.1, 14.0 * 0.1]
         );
         assert_eq!(
             p.get(g).flatten_all().unwrap().to_vec1::<f32>().unwrap(),

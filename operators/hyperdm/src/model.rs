@@ -268,7 +268,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                         * 0.5
                         * (1.0 + (std::f64::consts::PI * progress_fraction).cos()));
             optimizer.step(&loss, lr)?;
-            if optimizer.step % report_every == 0 || optimizer.step == config.iterations {
+            if optimizer.step.is_multiple_of(report_every) || optimizer.step == config.iterations {
                 progress(Progress {
                     iteration: optimizer.step,
                     iterations: config.iterations,
