@@ -99,7 +99,10 @@ pub struct PrimaryUnet {
 }
 
 fn groups_for(c: usize) -> usize {
-    [8, 4, 2, 1].into_iter().find(|g| c.is_multiple_of(*g)).unwrap_or(1)
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|g| c.is_multiple_of(*g))
+        .unwrap_or(1)
 }
 
 struct Builder {
