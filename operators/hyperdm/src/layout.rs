@@ -23,6 +23,16 @@ impl ParamSpec {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Applies the gain (and the +1 of normalisation scales) to raw values.
+    fn finish(&self, raw: Tensor) -> candle_core::Result<Tensor> {
+        let t = (raw * self.gain)?;
+        if self.name.ends_with("#plus_one") {
+            t + 1.0
+        } else {
+            Ok(t)
+        }
+    }
 }
 
 /// The ordered list of a network's tensors.
@@ -79,40 +89,10 @@ impl ParamLayout {
             .specs
             .iter()
             .map(|s| {
-                let t = flat
-                    .narrow(0, s.offset, s.numel())?
-                    .reshape(s.shape.as_slice())?;
-                let t = (t * s.gain)?;
-                if s.name.ends_with("#plus_one") {
-                    t + 1.0
-                } else {
-                    Ok(t)
-                }
-            })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .ctx("slicing generated parameters")?;
-        Ok(Params(tensors))
-    }
-
-    /// Slices `[members, total]` into tensors with a leading member axis.
-    pub fn slice_batched(&self, flat: &Tensor) -> Result<Params> {
-        let members = flat.dim(0).ctx("slicing generated parameters")?;
-        let tensors = self
-            .specs
-            .iter()
-            .map(|s| {
-                let mut shape = vec![members];
-                shape.extend_from_slice(&s.shape);
-                let t = flat
-                    .narrow(1, s.offset, s.numel())?
-                    .contiguous()?
-                    .reshape(shape)?;
-                let t = (t * s.gain)?;
-                if s.name.ends_with("#plus_one") {
-                    t + 1.0
-                } else {
-                    Ok(t)
-                }
+                s.finish(
+                    flat.narrow(0, s.offset, s.numel())?
+                        .reshape(s.shape.as_slice())?,
+                )
             })
             .collect::<candle_core::Result<Vec<_>>>()
             .ctx("slicing generated parameters")?;
@@ -170,14 +150,6 @@ mod tests {
         assert_eq!(
             p.get(g).flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             vec![1.0 + 1.5, 1.0 + 1.6]
-        );
-        // Batched slicing agrees with per-member slicing.
-        let two = Tensor::stack(&[&flat, &(&flat * 2.0).unwrap()], 0).unwrap();
-        let pb = layout.slice_batched(&two).unwrap();
-        let m1 = layout.slice(&(&flat * 2.0).unwrap()).unwrap();
-        assert_eq!(
-            pb.get(w).get(1).unwrap().to_vec2::<f32>().unwrap(),
-            m1.get(w).to_vec2::<f32>().unwrap()
         );
     }
 }

@@ -138,15 +138,7 @@ pub fn packing_for(values: &[f32]) -> Packing {
 }
 
 fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
-    let werr = |variable: &str| {
-        let path = path.to_path_buf();
-        let variable = variable.to_string();
-        move |source| NetcdfError::Write {
-            path: path.clone(),
-            variable: variable.clone(),
-            source,
-        }
-    };
+    let werr = |variable: &str| write_error(path, variable);
     let mut hours = Vec::with_capacity(grid.times.len());
     for &t in &grid.times {
         if t % 3_600_000_000 != 0 {
@@ -247,15 +239,7 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
 }
 
 fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()> {
-    let werr = |variable: &str| {
-        let path = path.to_path_buf();
-        let variable = variable.to_string();
-        move |source| NetcdfError::Write {
-            path: path.clone(),
-            variable: variable.clone(),
-            source,
-        }
-    };
+    let werr = |variable: &str| write_error(path, variable);
     let (ny, nx) = (grid.latitude.len(), grid.longitude.len());
     let mut file = netcdf::create_with(path, Options::NETCDF4).map_err(werr("file"))?;
     file.add_dimension("valid_time", grid.times.len())
@@ -312,17 +296,22 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     file.close().map_err(werr("file"))
 }
 
+/// Maps a libnetcdf failure on `variable` to an error naming the file.
+fn write_error(path: &Path, variable: &str) -> impl Fn(netcdf::Error) -> NetcdfError + use<> {
+    let (path, variable) = (path.to_path_buf(), variable.to_string());
+    move |source| NetcdfError::Write {
+        path: path.clone(),
+        variable: variable.clone(),
+        source,
+    }
+}
+
 fn put<T: netcdf::NcTypeDescriptor>(
     file: &mut netcdf::FileMut,
     name: &str,
     values: &[T],
     path: &Path,
 ) -> Result<()> {
-    let werr = |source| NetcdfError::Write {
-        path: path.to_path_buf(),
-        variable: name.to_string(),
-        source,
-    };
     let mut var = file
         .variable_mut(name)
         .ok_or_else(|| NetcdfError::MissingVariable {
@@ -330,5 +319,5 @@ fn put<T: netcdf::NcTypeDescriptor>(
             variable: name.to_string(),
             available: vec![],
         })?;
-    var.put_values(values, ..).map_err(werr)
+    var.put_values(values, ..).map_err(write_error(path, name))
 }
