@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench -p uqcast-netcdf --bench scan --profile dev`
 //! (the dev profile optimises this crate; see the workspace Cargo.toml).
+//! With `UQCAST_SCAN_DIR=DIR`, the bench writes its inputs to DIR/nc3.nc and
+//! DIR/nc4.nc (or reuses them), so `benches/peer_netcdf4.py DIR` can time
+//! netCDF4-python on the very same files.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,8 +57,13 @@ fn write_inputs(dir: &Path) {
 }
 
 fn scan(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_inputs(dir.path());
+    let temporary = tempfile::tempdir().expect("tempdir");
+    let dir = std::env::var_os("UQCAST_SCAN_DIR").map(std::path::PathBuf::from);
+    let dir = dir.as_deref().unwrap_or(temporary.path());
+    if !dir.join("nc4.nc").exists() {
+        std::fs::create_dir_all(dir).expect("bench input directory");
+        write_inputs(dir);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,7 +73,7 @@ fn scan(c: &mut Criterion) {
     group.throughput(Throughput::Elements((STEPS * ROWS * COLS) as u64));
     group.sample_size(10);
     for file in ["nc3", "nc4"] {
-        let location = dir.path().join(format!("{file}.nc")).display().to_string();
+        let location = dir.join(format!("{file}.nc")).display().to_string();
         let provider = Arc::new(Era5TableProvider::try_new(&[location], None).expect("open"));
         for partitions in [1, 2] {
             let ctx = SessionContext::new_with_config(
