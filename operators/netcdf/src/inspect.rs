@@ -154,12 +154,7 @@ pub fn explain_layout(path: &Path, name: &str, info: &FileInfo) -> Result<Netcdf
         let file = open(&owned)?;
         Ok(match file.variable(&name) {
             Some(var) => NetcdfError::Dimensions {
-                found: var
-                    .dimensions()
-                    .iter()
-                    .map(|d| d.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                found: dimension_list(&var),
                 path: owned,
                 variable: name,
                 expected,
@@ -186,15 +181,19 @@ fn coordinate<'f>(file: &'f netcdf::File, path: &Path, name: &str) -> Result<Var
             path: path.to_path_buf(),
             variable: name.to_string(),
             expected: name.to_string(),
-            found: var
-                .dimensions()
-                .iter()
-                .map(|d| d.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            found: dimension_list(&var),
         });
     }
     Ok(var)
+}
+
+/// A variable's dimension names, for messages: `time, latitude, longitude`.
+fn dimension_list(var: &Variable<'_>) -> String {
+    var.dimensions()
+        .iter()
+        .map(|d| d.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn read_values(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
