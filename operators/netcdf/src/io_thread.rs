@@ -85,10 +85,7 @@ impl RemoteFile {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let owned = path.to_path_buf();
         run(move || {
-            let file = netcdf::open(&owned).map_err(|source| NetcdfError::Open {
-                path: owned.clone(),
-                source,
-            })?;
+            let file = crate::inspect::open(&owned)?;
             FILES.with(|files| files.borrow_mut().insert(id, file));
             Ok::<_, NetcdfError>(())
         })?;

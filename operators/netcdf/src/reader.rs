@@ -6,7 +6,6 @@
 //! with each other's reads.
 
 use std::ops::Range;
-use std::path::Path;
 
 use datafusion::arrow::array::Float32Array;
 use datafusion::physical_plan::metrics::Time;
@@ -46,7 +45,6 @@ impl StepReader {
     /// packing; `read_time` measures only the libnetcdf call.
     pub fn read(
         &self,
-        path: &Path,
         variable: &VariableInfo,
         index: usize,
         slab: &Hyperslab,
@@ -61,7 +59,7 @@ impl StepReader {
             ($t:ty) => {{
                 let raw = {
                     let _timer = read_time.timer();
-                    self.read_raw::<$t>(path, &variable.name, extents)?
+                    self.read_raw::<$t>(&variable.name, extents)?
                 };
                 Ok(variable.packing.decode(&raw))
             }};
@@ -81,14 +79,9 @@ impl StepReader {
 
 impl StepReader {
     /// The stored values of one hyperslab, read on the NetCDF I/O thread.
-    fn read_raw<T: RawSample>(
-        &self,
-        path: &Path,
-        name: &str,
-        extents: [Range<usize>; 3],
-    ) -> Result<Vec<T>> {
+    fn read_raw<T: RawSample>(&self, name: &str, extents: [Range<usize>; 3]) -> Result<Vec<T>> {
         let _span = tracing::trace_span!("netcdf_read", variable = name).entered();
-        let (path, name) = (path.to_path_buf(), name.to_string());
+        let (path, name) = (self.file.path().to_path_buf(), name.to_string());
         self.file.with(move |file| {
             let var = file
                 .variable(&name)

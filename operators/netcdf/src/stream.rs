@@ -94,7 +94,6 @@ impl PartitionScan {
         coordinates: &[Option<ArrayRef>; 2],
     ) -> Result<RecordBatch> {
         let rows = self.slab.cells();
-        let path = &self.catalog.files[step.file].path;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.projection.len());
         for &index in &self.projection {
             let column = match index {
@@ -110,7 +109,6 @@ impl PartitionScan {
                     let name = &self.catalog.variables[index - COORDINATES].name;
                     let variable = self.catalog.variable_in(step.file, name)?;
                     Arc::new(reader.read(
-                        path,
                         variable,
                         step.index,
                         &self.slab,
