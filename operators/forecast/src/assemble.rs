@@ -1,0 +1,207 @@
+//! Gathers source rows into whole steps on the model grid.
+//!
+//! Rows may arrive in any order and batches may hold several steps or part
+//! of one: each row goes to its step's cell by coordinate, and a step is
+//! complete once every cell is filled. A row off the grid, a repeated cell,
+//! a missing t2m, or a step still incomplete at the end of the input is an
+//! error that says which step and what is wrong.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
+
+use crate::error::{ForecastError, Result, iso};
+use crate::grid::ModelGrid;
+use crate::pairs::StepField;
+
+/// The source columns the operator needs.
+pub const NEEDED: [&str; 4] = ["valid_time", "latitude", "longitude", "t2m"];
+
+#[derive(Debug)]
+struct Partial {
+    values: Vec<f32>,
+    filled: Vec<bool>,
+    count: usize,
+}
+
+/// Collects rows until steps are complete.
+#[derive(Debug)]
+pub struct StepAssembler {
+    grid: ModelGrid,
+    open: BTreeMap<i64, Partial>,
+}
+
+/// Checks the source schema has the needed columns (types are cast).
+pub fn check_source_columns(schema: &datafusion::arrow::datatypes::Schema) -> Result<()> {
+    let found: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    for name in NEEDED {
+        if !found.contains(&name) {
+            return Err(ForecastError::Source(format!(
+                "column '{name}' is missing (the query returns {}); it must return {}",
+                if found.is_empty() { "no columns".to_string() } else { found.join(", ") },
+                NEEDED.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl StepAssembler {
+    pub fn new(grid: ModelGrid) -> Self {
+        Self {
+            grid,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a batch; returns the steps it completed, in time order.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<Vec<StepField>> {
+        let column = |name: &str, to: &DataType| -> Result<_> {
+            let array = batch
+                .column_by_name(name)
+                .ok_or_else(|| ForecastError::Source(format!("column '{name}' is missing")))?;
+            cast(array, to).map_err(|e| ForecastError::Source(format!("column '{name}': {e}")))
+        };
+        let time = column("valid_time", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let lat = column("latitude", &DataType::Float64)?;
+        let lon = column("longitude", &DataType::Float64)?;
+        let t2m = column("t2m", &DataType::Float32)?;
+        let (time, lat, lon, t2m) = (
+            time.as_primitive::<TimestampMicrosecondType>(),
+            lat.as_primitive::<Float64Type>(),
+            lon.as_primitive::<Float64Type>(),
+            t2m.as_primitive::<Float32Type>(),
+        );
+        let cells = self.grid.cells();
+        let mut completed = Vec::new();
+        for row in 0..batch.num_rows() {
+            if time.is_null(row) || lat.is_null(row) || lon.is_null(row) {
+                return Err(ForecastError::Source(
+                    "valid_time, latitude and longitude must not be NULL".into(),
+                ));
+            }
+            let (t, y, x) = (time.value(row), lat.value(row), lon.value(row));
+            let Some(cell) = self.grid.cell(y, x) else {
+                return Err(ForecastError::Grid(format!(
+                    "step {}: the cell at latitude {y}, longitude {x} is not on the model's grid {}; crop or coarsen the source query to that grid",
+                    iso(t),
+                    self.grid.describe()
+                )));
+            };
+            if t2m.is_null(row) || !t2m.value(row).is_finite() {
+                return Err(ForecastError::Step {
+                    time: iso(t),
+                    problem: format!(
+                        "t2m is missing at latitude {y}, longitude {x}; the model needs complete fields"
+                    ),
+                });
+            }
+            let partial = self.open.entry(t).or_insert_with(|| Partial {
+                values: vec![f32::NAN; cells],
+                filled: vec![false; cells],
+                count: 0,
+            });
+            if std::mem::replace(&mut partial.filled[cell], true) {
+                return Err(ForecastError::Grid(format!(
+                    "step {}: the cell at latitude {y}, longitude {x} appears twice",
+                    iso(t)
+                )));
+            }
+            partial.values[cell] = t2m.value(row);
+            partial.count += 1;
+            if partial.count == cells
+                && let Some(done) = self.open.remove(&t)
+            {
+                completed.push(StepField {
+                    time: t,
+                    values: done.values,
+                });
+            }
+        }
+        completed.sort_by_key(|s| s.time);
+        Ok(completed)
+    }
+
+    /// Ends the input: any step still incomplete is an error.
+    pub fn finish(self) -> Result<()> {
+        match self.open.iter().next() {
+            None => Ok(()),
+            Some((t, partial)) => Err(ForecastError::Grid(format!(
+                "step {} has {} of the {} cells of the model's grid {}; the source query must return the whole grid for each step",
+                iso(*t),
+                partial.count,
+                self.grid.cells(),
+                self.grid.describe()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float32Array, Float64Array, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn batch(rows: &[(i64, f64, f64, Option<f32>)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("valid_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("latitude", DataType::Float64, false),
+            Field::new("longitude", DataType::Float64, false),
+            Field::new("t2m", DataType::Float32, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0)).with_timezone("UTC")),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(rows.iter().map(|r| r.3).collect::<Float32Array>()),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn grid() -> ModelGrid {
+        ModelGrid::new(vec![1.0, 0.0], vec![10.0, 11.0])
+    }
+
+    #[test]
+    fn steps_complete_in_any_row_order_and_across_batches() {
+        let mut a = StepAssembler::new(grid());
+        let first = a
+            .push(&batch(&[(1, 0.0, 11.0, Some(4.0)), (2, 1.0, 10.0, Some(9.0)), (1, 1.0, 10.0, Some(1.0))]))
+            .unwrap();
+        assert!(first.is_empty());
+        let done = a
+            .push(&batch(&[(1, 1.0, 11.0, Some(2.0)), (1, 0.0, 10.0, Some(3.0))]))
+            .unwrap();
+        assert_eq!(done, vec![StepField { time: 1, values: vec![1.0, 2.0, 3.0, 4.0] }]);
+        let err = a.finish().unwrap_err().to_string();
+        assert!(err.contains("has 1 of the 4 cells"), "{err}");
+    }
+
+    #[test]
+    fn off_grid_duplicate_and_missing_cells_are_errors() {
+        let err = StepAssembler::new(grid())
+            .push(&batch(&[(0, 0.5, 10.0, Some(1.0))]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("latitude 0.5") && err.contains("2×2"), "{err}");
+        let err = StepAssembler::new(grid())
+            .push(&batch(&[(0, 0.0, 10.0, Some(1.0)), (0, 0.0, 10.0, Some(1.0))]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("appears twice"), "{err}");
+        let err = StepAssembler::new(grid())
+            .push(&batch(&[(0, 0.0, 10.0, None)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t2m is missing"), "{err}");
+    }
+}

@@ -1,0 +1,27 @@
+//! ERA5 2 m temperature forecasts with HyperDM uncertainty.
+//!
+//! - [`features`]: what the U-Net sees (normalised t2m, position, local
+//!   solar time) and predicts (the 6-hour change);
+//! - [`pairs`]: training pairs exactly one lead apart;
+//! - [`model`]: training and loading a field checkpoint, sampling a step;
+//! - [`assemble`]: source rows → whole steps on the model grid;
+//! - [`exec`] / [`table`]: the DataFusion operator, the table provider and
+//!   the `hyperdm_forecast` SQL table function.
+
+pub mod assemble;
+pub mod error;
+pub mod exec;
+pub mod features;
+pub mod grid;
+pub mod model;
+pub mod pairs;
+pub mod schema;
+pub mod table;
+
+pub use error::{ForecastError, Result};
+pub use exec::HyperdmExec;
+pub use grid::ModelGrid;
+pub use model::{FieldMeta, FieldTraining, ForecastModel, InferenceSettings, StepForecast};
+pub use pairs::StepField;
+pub use schema::forecast_schema;
+pub use table::{ForecastTable, HyperdmForecastFunction};

@@ -1,0 +1,277 @@
+//! `ForecastModel`: a HyperDM U-Net checkpoint that forecasts a t2m field one
+//! lead time ahead, with the grid and normalisation it was trained on.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use uqcast_hyperdm::checkpoint::{self, CheckpointMeta};
+use uqcast_hyperdm::error::CandleContext;
+use uqcast_hyperdm::optim::AdamW;
+use uqcast_hyperdm::{
+    DiffusionConfig, HyperConfig, HyperDm, PrimaryConfig, PrimaryUnet, Progress, Sampler,
+    TrainConfig, UnetConfig,
+};
+
+use crate::error::{ForecastError, Result, iso};
+use crate::features::{COND_CHANNELS, Normalisation, conditioning};
+use crate::grid::ModelGrid;
+use crate::pairs::{PairData, StepField};
+
+/// What a field checkpoint records about its data (the checkpoint's `data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMeta {
+    pub variable: String,
+    pub lead_hours: u32,
+    pub grid: ModelGrid,
+    pub normalisation: Normalisation,
+    pub training: TrainingSpan,
+}
+
+/// The training data, for provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpan {
+    pub first: String,
+    pub last: String,
+    pub steps: usize,
+    pub pairs: usize,
+    /// Steps without a partner exactly one lead later (skipped).
+    pub unpaired: usize,
+    pub source: String,
+    pub seconds: f64,
+}
+
+/// Architecture and optimisation of a field model.
+#[derive(Debug, Clone)]
+pub struct FieldTraining {
+    pub unet: UnetConfig,
+    pub hyper: HyperConfig,
+    pub diffusion: DiffusionConfig,
+    pub train: TrainConfig,
+    pub normalisation: Normalisation,
+    pub lead_hours: u32,
+}
+
+/// How many predictions to draw per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceSettings {
+    pub members: usize,
+    pub samples: usize,
+    pub sampler: Sampler,
+    pub seed: u64,
+}
+
+/// One step's forecast, row-major over the model grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepForecast {
+    /// Valid time of the forecast (initial time + lead), UTC microseconds.
+    pub valid_time: i64,
+    /// Kelvin.
+    pub mean: Vec<f32>,
+    /// K², E_i[Var_j].
+    pub au: Vec<f32>,
+    /// K², Var_i[E_j].
+    pub eu: Vec<f32>,
+}
+
+/// A loaded field model.
+#[derive(Debug)]
+pub struct ForecastModel {
+    pub model: HyperDm<PrimaryUnet>,
+    pub meta: FieldMeta,
+    pub checkpoint: CheckpointMeta,
+    pub path: PathBuf,
+    /// `<file stem>@<16 hex digits of a hash of the weights>`.
+    pub id: String,
+}
+
+fn build_unet(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryUnet> {
+    match config {
+        PrimaryConfig::Unet(c) => PrimaryUnet::new(c),
+        other => Err(uqcast_hyperdm::HyperdmError::Config {
+            field: "primary",
+            problem: format!("a field model needs a U-Net, the checkpoint has {other:?}"),
+        }),
+    }
+}
+
+/// FNV-1a: a stable content hash for model ids (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// SplitMix64: decorrelates per-step seeds.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl ForecastModel {
+    /// Loads `path` (`.safetensors` beside its `.json`).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let model_err = |source| ForecastError::Model {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(ForecastError::Meta {
+                path: path.to_path_buf(),
+                field: "checkpoint",
+                problem: "no such model file (train one with `uqcast train`)".into(),
+            });
+        }
+        let (model, _, checkpoint) = checkpoint::load(path, device, build_unet).map_err(model_err)?;
+        let mut meta: FieldMeta =
+            serde_json::from_value(checkpoint.data.clone()).map_err(|e| ForecastError::Meta {
+                path: path.with_extension("json"),
+                field: "data",
+                problem: format!("not a field model: {e}"),
+            })?;
+        meta.grid.build_index();
+        // `load` built a U-Net, so the config is one.
+        let PrimaryConfig::Unet(unet) = &checkpoint.primary else {
+            return Err(ForecastError::Meta {
+                path: path.with_extension("json"),
+                field: "primary",
+                problem: "not a U-Net".into(),
+            });
+        };
+        if unet.cond_channels != COND_CHANNELS || unet.channels != 1 {
+            return Err(ForecastError::Meta {
+                path: path.with_extension("json"),
+                field: "primary.cond_channels",
+                problem: format!(
+                    "{} condition channels and {} output channels; this version uses {COND_CHANNELS} and 1",
+                    unet.cond_channels, unet.channels
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| ForecastError::Meta {
+            path: path.to_path_buf(),
+            field: "checkpoint",
+            problem: e.to_string(),
+        })?;
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let id = format!("{stem}@{:016x}", fnv1a(&bytes));
+        Ok(Self {
+            model,
+            meta,
+            checkpoint,
+            path: path.to_path_buf(),
+            id,
+        })
+    }
+
+    pub fn lead_micros(&self) -> i64 {
+        i64::from(self.meta.lead_hours) * 3_600_000_000
+    }
+
+    /// Samples M×N forecasts from one complete step. The seed of a step is
+    /// derived from `settings.seed` and its time only, so a step gets the
+    /// same numbers whichever run, order or batch it is forecast in.
+    pub fn forecast(&self, step: &StepField, settings: &InferenceSettings) -> Result<StepForecast> {
+        let grid = &self.meta.grid;
+        let norm = &self.meta.normalisation;
+        let valid_time = step.time + self.lead_micros();
+        let cond = conditioning(norm, grid, &step.values, valid_time);
+        let cond = Tensor::from_vec(
+            cond,
+            (1, COND_CHANNELS, grid.rows(), grid.cols()),
+            &self.model.device,
+        )
+        .ctx("forecast input")?;
+        let seed = mix(settings.seed ^ mix(step.time as u64));
+        let moments = self.model.predict(
+            &cond,
+            settings.members,
+            settings.samples,
+            settings.sampler,
+            seed,
+        )?;
+        let scale = norm.kelvin_per_unit();
+        let values = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .ctx("forecast output")?)
+        };
+        let mean = values(&moments.mean)?
+            .iter()
+            .zip(&step.values)
+            .map(|(d, now)| (f64::from(*now) + f64::from(*d) * scale) as f32)
+            .collect();
+        let variance = |v: Vec<f32>| v.iter().map(|x| (f64::from(*x) * scale * scale) as f32).collect();
+        Ok(StepForecast {
+            valid_time,
+            mean,
+            au: variance(values(&moments.au)?),
+            eu: variance(values(&moments.eu)?),
+        })
+    }
+}
+
+/// Trains a field model on `steps` (all on `grid`) and writes the checkpoint.
+pub fn train(
+    steps: &[StepField],
+    grid: &ModelGrid,
+    settings: &FieldTraining,
+    source: &str,
+    out: &Path,
+    device: &Device,
+    mut progress: impl FnMut(Progress),
+) -> Result<TrainingSpan> {
+    let started = Instant::now();
+    let lead = i64::from(settings.lead_hours) * 3_600_000_000;
+    let data = PairData::build(steps, grid, &settings.normalisation, lead);
+    if data.pairs == 0 {
+        return Err(ForecastError::Training(format!(
+            "no two of the {} steps are exactly {} h apart",
+            steps.len(),
+            settings.lead_hours
+        )));
+    }
+    let mut unet = settings.unet.clone();
+    unet.cond_channels = COND_CHANNELS;
+    unet.channels = 1;
+    unet.steps = settings.diffusion.steps;
+    let model = HyperDm::new(
+        PrimaryUnet::new(&unet)?,
+        &settings.hyper,
+        &settings.diffusion,
+        device,
+        settings.train.seed,
+    )?;
+    let mut optimizer: AdamW = model.optimizer(&settings.train.optimizer);
+    model.fit(&data, &settings.train, &mut optimizer, &mut progress)?;
+    let times = steps.iter().map(|s| s.time);
+    let span = TrainingSpan {
+        first: iso(times.clone().min().unwrap_or_default()),
+        last: iso(times.max().unwrap_or_default()),
+        steps: steps.len(),
+        pairs: data.pairs,
+        unpaired: data.unpaired,
+        source: source.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let meta = FieldMeta {
+        variable: "t2m".into(),
+        lead_hours: settings.lead_hours,
+        grid: grid.clone(),
+        normalisation: settings.normalisation,
+        training: span.clone(),
+    };
+    let data_json = serde_json::to_value(&meta).map_err(|e| ForecastError::Training(e.to_string()))?;
+    checkpoint::save(out, &model, &optimizer, &settings.train, data_json).map_err(|source| {
+        ForecastError::Model {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(span)
+}

@@ -1,0 +1,204 @@
+//! The forecast as a SQL table: `ForecastTable` (a provider over a source
+//! query) and the `hyperdm_forecast` table function that makes one in SQL.
+//!
+//! ```sql
+//! SELECT valid_time, avg(t2m_eu) FROM hyperdm_forecast(
+//!   'models/era5_t2m_6h.safetensors',
+//!   'SELECT * FROM era5 WHERE latitude % 1 = 0 AND longitude % 1 = 0',
+//!   4, 8, 'ddim-25', 0)
+//! GROUP BY valid_time;
+//! ```
+//! The source query is planned in the calling session, so it sees the same
+//! tables and functions as the outer query.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{ScalarValue, plan_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
+
+use crate::error::ForecastError;
+use crate::exec::HyperdmExec;
+use crate::model::{ForecastModel, InferenceSettings};
+use crate::schema::forecast_schema;
+
+/// Forecasts of every step a source query returns.
+#[derive(Debug, Clone)]
+pub struct ForecastTable {
+    model: Arc<ForecastModel>,
+    source_sql: String,
+    settings: InferenceSettings,
+    skip: Arc<BTreeSet<i64>>,
+}
+
+impl ForecastTable {
+    /// `skip`: initial times (UTC microseconds) not to forecast.
+    pub fn new(
+        model: Arc<ForecastModel>,
+        source_sql: impl Into<String>,
+        settings: InferenceSettings,
+        skip: BTreeSet<i64>,
+    ) -> Self {
+        Self {
+            model,
+            source_sql: source_sql.into(),
+            settings,
+            skip: Arc::new(skip),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ForecastTable {
+    fn schema(&self) -> SchemaRef {
+        forecast_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("hyperdm_forecast needs a DataFusion SessionState");
+        };
+        let source = |e: DataFusionError| -> DataFusionError {
+            ForecastError::Source(format!("{}: {e}", one_line(&self.source_sql))).into()
+        };
+        let logical = session
+            .create_logical_plan(&self.source_sql)
+            .await
+            .map_err(source)?;
+        let input = session
+            .create_physical_plan(&logical)
+            .await
+            .map_err(source)?;
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(HyperdmExec::try_new(
+            input,
+            self.model.clone(),
+            self.settings,
+            self.skip.clone(),
+        )?);
+        match projection {
+            None => Ok(exec),
+            Some(columns) => {
+                let schema = exec.schema();
+                let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = columns
+                    .iter()
+                    .map(|&i| {
+                        let name = schema.field(i).name().clone();
+                        (Arc::new(Column::new(&name, i)) as _, name)
+                    })
+                    .collect();
+                Ok(Arc::new(ProjectionExec::try_new(exprs, exec)?))
+            }
+        }
+    }
+}
+
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `hyperdm_forecast(model, source_sql [, members, samples [, sampler [, seed]]])`.
+#[derive(Debug, Default)]
+pub struct HyperdmForecastFunction;
+
+impl HyperdmForecastFunction {
+    pub const NAME: &'static str = "hyperdm_forecast";
+    pub const DEFAULTS: InferenceSettings = InferenceSettings {
+        members: 4,
+        samples: 8,
+        sampler: uqcast_hyperdm::Sampler::Ddim { steps: 25 },
+        seed: 0,
+    };
+}
+
+fn literal<'a>(args: &'a [Expr], i: usize, what: &str) -> Result<Option<&'a ScalarValue>> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(Expr::Literal(v, _)) => Ok(Some(v)),
+        Some(other) => plan_err!(
+            "{}: argument {} ({what}) must be a literal, got {other}",
+            HyperdmForecastFunction::NAME,
+            i + 1
+        ),
+    }
+}
+
+fn text(args: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
+    match literal(args, i, what)? {
+        None => Ok(None),
+        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => {
+            Ok(Some(s.clone()))
+        }
+        Some(v) => plan_err!("{}: {what} must be text, got {v}", HyperdmForecastFunction::NAME),
+    }
+}
+
+fn count(args: &[Expr], i: usize, what: &str) -> Result<Option<u64>> {
+    match literal(args, i, what)? {
+        None => Ok(None),
+        Some(v) => match v.cast_to(&datafusion::arrow::datatypes::DataType::UInt64) {
+            Ok(ScalarValue::UInt64(Some(n))) => Ok(Some(n)),
+            _ => plan_err!(
+                "{}: {what} must be a non-negative integer, got {v}",
+                HyperdmForecastFunction::NAME
+            ),
+        },
+    }
+}
+
+impl TableFunctionImpl for HyperdmForecastFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        let usage = "hyperdm_forecast(model_path, source_sql [, members, samples [, sampler [, seed]]])";
+        let (Some(model), Some(source)) = (text(exprs, 0, "model_path")?, text(exprs, 1, "source_sql")?) else {
+            return plan_err!("usage: {usage}");
+        };
+        if exprs.len() > 6 {
+            return plan_err!("usage: {usage}");
+        }
+        let mut settings = Self::DEFAULTS;
+        if let Some(m) = count(exprs, 2, "members")? {
+            settings.members = m as usize;
+        }
+        if let Some(n) = count(exprs, 3, "samples")? {
+            settings.samples = n as usize;
+        }
+        if let Some(s) = text(exprs, 4, "sampler")? {
+            settings.sampler = s
+                .parse()
+                .map_err(|e: String| DataFusionError::Plan(format!("{}: {e}", Self::NAME)))?;
+        }
+        if let Some(seed) = count(exprs, 5, "seed")? {
+            settings.seed = seed;
+        }
+        if settings.members < 2 || settings.samples < 1 {
+            return plan_err!("{}: needs members ≥ 2 (for EU) and samples ≥ 1", Self::NAME);
+        }
+        let device = uqcast_hyperdm::default_device();
+        let model = ForecastModel::load(&PathBuf::from(&model), &device)?;
+        Ok(Arc::new(ForecastTable::new(
+            Arc::new(model),
+            source,
+            settings,
+            BTreeSet::new(),
+        )))
+    }
+}
