@@ -4,6 +4,8 @@
 //! command, and turn any error into a one-line message and a non-zero exit.
 
 mod cli;
+mod job;
+mod pipeline;
 mod session;
 mod time;
 

@@ -5,7 +5,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
+
+/// A session with uqcast's functions registered (`hyperdm_forecast`).
+pub fn new_context() -> SessionContext {
+    let ctx = SessionContext::new();
+    ctx.register_udtf(
+        HyperdmForecastFunction::NAME,
+        Arc::new(HyperdmForecastFunction),
+    );
+    ctx
+}
 
 /// A `--table NAME=PATH` argument.
 #[derive(Debug, Clone)]

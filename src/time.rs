@@ -2,6 +2,13 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
+/// For clap: a time argument, or a message saying what is accepted.
+pub fn parse_utc_arg(s: &str) -> Result<i64, String> {
+    parse_utc(s).ok_or_else(|| {
+        format!("'{s}' is not a time (use RFC 3339 or YYYY-MM-DD[THH[:MM]][Z], UTC)")
+    })
+}
+
 /// Parses a command-line time to UTC microseconds since 1970-01-01.
 pub fn parse_utc(s: &str) -> Option<i64> {
     let s = s.trim();

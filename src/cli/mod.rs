@@ -1,10 +1,13 @@
 //! The command line: one subcommand per file.
 
 mod demo;
+mod eval;
 mod output;
+mod run;
 mod sql;
 mod synth;
 mod toy;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +28,12 @@ enum Command {
     Synth(synth::SynthArgs),
     /// The embedded default job: synthesise data and summarise it with SQL.
     Demo(demo::DemoArgs),
+    /// Train the pipeline's HyperDM forecast model on ERA5 NetCDF.
+    Train(train::TrainArgs),
+    /// The scheduled job: forecast new steps to Parquet and flag high-EU regions.
+    Run(run::RunArgs),
+    /// Check forecasts against a synthetic data set's ground truth (AU map, OOD cells, persistence).
+    Eval(eval::EvalArgs),
     /// The HyperDM paper's toy experiment: AU vs noise, EU vs data size, EU in a data gap.
     Toy(toy::ToyArgs),
 }
@@ -34,6 +43,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sql(args) => sql::run(args).await,
         Command::Synth(args) => synth::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Train(args) => train::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
         Command::Toy(args) => toy::run_toy(args).await,
     }
 }

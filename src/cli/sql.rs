@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use datafusion::prelude::SessionContext;
 
 use super::output::{Format, print, write_parquet};
 use crate::session::{TableArg, register_tables};
@@ -25,7 +24,7 @@ pub struct SqlArgs {
 }
 
 pub async fn run(args: SqlArgs) -> Result<()> {
-    let ctx = SessionContext::new();
+    let ctx = crate::session::new_context();
     register_tables(&ctx, &args.tables).await?;
     let df = ctx.sql(&args.query).await.context("query")?;
     match &args.output {

@@ -26,6 +26,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan,
@@ -59,6 +60,15 @@ impl HyperdmExec {
         skip: Arc<BTreeSet<i64>>,
     ) -> Result<Self> {
         check_source_columns(&input.schema())?;
+        // Steps may be spread over the input's partitions: read them all
+        // (the physical optimiser would add this too, but the job runs the
+        // plan directly).
+        let input: Arc<dyn ExecutionPlan> =
+            if input.properties().output_partitioning().partition_count() > 1 {
+                Arc::new(CoalescePartitionsExec::new(input))
+            } else {
+                input
+            };
         let schema = forecast_schema();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),

@@ -16,6 +16,7 @@ pub mod grid;
 pub mod model;
 pub mod pairs;
 pub mod schema;
+pub mod skill;
 pub mod table;
 
 pub use error::{ForecastError, Result};

@@ -10,12 +10,12 @@ use uqcast_hyperdm::checkpoint::{self, CheckpointMeta};
 use uqcast_hyperdm::error::CandleContext;
 use uqcast_hyperdm::optim::AdamW;
 use uqcast_hyperdm::{
-    DiffusionConfig, HyperConfig, HyperDm, PrimaryConfig, PrimaryUnet, Progress, Sampler,
-    TrainConfig, UnetConfig,
+    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryConfig, PrimaryMlp, Progress,
+    Sampler, TrainConfig,
 };
 
 use crate::error::{ForecastError, Result, iso};
-use crate::features::{COND_CHANNELS, Normalisation, conditioning};
+use crate::features::{Normalisation, Patch, StepFeatures};
 use crate::grid::ModelGrid;
 use crate::pairs::{PairData, StepField};
 
@@ -26,6 +26,7 @@ pub struct FieldMeta {
     pub variable: String,
     pub lead_hours: u32,
     pub grid: ModelGrid,
+    pub patch: Patch,
     pub normalisation: Normalisation,
     pub training: TrainingSpan,
 }
@@ -47,7 +48,9 @@ pub struct TrainingSpan {
 /// Architecture and optimisation of a field model.
 #[derive(Debug, Clone)]
 pub struct FieldTraining {
-    pub unet: UnetConfig,
+    /// Hidden widths and time-embedding size of the cell MLP.
+    pub mlp: MlpConfig,
+    pub patch: Patch,
     pub hyper: HyperConfig,
     pub diffusion: DiffusionConfig,
     pub train: TrainConfig,
@@ -80,7 +83,7 @@ pub struct StepForecast {
 /// A loaded field model.
 #[derive(Debug)]
 pub struct ForecastModel {
-    pub model: HyperDm<PrimaryUnet>,
+    pub model: HyperDm<PrimaryMlp>,
     pub meta: FieldMeta,
     pub checkpoint: CheckpointMeta,
     pub path: PathBuf,
@@ -88,15 +91,18 @@ pub struct ForecastModel {
     pub id: String,
 }
 
-fn build_unet(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryUnet> {
+fn build_cell_mlp(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryMlp> {
     match config {
-        PrimaryConfig::Unet(c) => PrimaryUnet::new(c),
+        PrimaryConfig::Mlp(c) => Ok(PrimaryMlp::new(c)),
         other => Err(uqcast_hyperdm::HyperdmError::Config {
             field: "primary",
-            problem: format!("a field model needs a U-Net, the checkpoint has {other:?}"),
+            problem: format!("a field model is a cell MLP, the checkpoint has {other:?}"),
         }),
     }
 }
+
+/// Cells sampled together (see [`ForecastModel::forecast`]).
+const CELLS_PER_CHUNK: usize = 1024;
 
 /// FNV-1a: a stable content hash for model ids (not for security).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -127,7 +133,7 @@ impl ForecastModel {
                 problem: "no such model file (train one with `uqcast train`)".into(),
             });
         }
-        let (model, _, checkpoint) = checkpoint::load(path, device, build_unet).map_err(model_err)?;
+        let (model, _, checkpoint) = checkpoint::load(path, device, build_cell_mlp).map_err(model_err)?;
         let mut meta: FieldMeta =
             serde_json::from_value(checkpoint.data.clone()).map_err(|e| ForecastError::Meta {
                 path: path.with_extension("json"),
@@ -135,21 +141,19 @@ impl ForecastModel {
                 problem: format!("not a field model: {e}"),
             })?;
         meta.grid.build_index();
-        // `load` built a U-Net, so the config is one.
-        let PrimaryConfig::Unet(unet) = &checkpoint.primary else {
+        // `load` built a cell MLP, so the config is one.
+        if let PrimaryConfig::Mlp(mlp) = &checkpoint.primary
+            && (mlp.cond_dim != meta.patch.cond_dim() || mlp.data_dim != 1)
+        {
             return Err(ForecastError::Meta {
                 path: path.with_extension("json"),
-                field: "primary",
-                problem: "not a U-Net".into(),
-            });
-        };
-        if unet.cond_channels != COND_CHANNELS || unet.channels != 1 {
-            return Err(ForecastError::Meta {
-                path: path.with_extension("json"),
-                field: "primary.cond_channels",
+                field: "primary.cond_dim",
                 problem: format!(
-                    "{} condition channels and {} output channels; this version uses {COND_CHANNELS} and 1",
-                    unet.cond_channels, unet.channels
+                    "{} condition values for a {}×{} patch, which needs {}",
+                    mlp.cond_dim,
+                    meta.patch.0,
+                    meta.patch.0,
+                    meta.patch.cond_dim()
                 ),
             });
         }
@@ -180,28 +184,31 @@ impl ForecastModel {
         let grid = &self.meta.grid;
         let norm = &self.meta.normalisation;
         let valid_time = step.time + self.lead_micros();
-        let cond = conditioning(norm, grid, &step.values, valid_time);
-        let cond = Tensor::from_vec(
-            cond,
-            (1, COND_CHANNELS, grid.rows(), grid.cols()),
-            &self.model.device,
-        )
-        .ctx("forecast input")?;
-        let seed = mix(settings.seed ^ mix(step.time as u64));
-        let moments = self.model.predict(
-            &cond,
-            settings.members,
-            settings.samples,
-            settings.sampler,
-            seed,
-        )?;
+        let features = StepFeatures::new(norm, grid, &step.values, valid_time);
+        let cond = features.all(grid, self.meta.patch);
+        let dim = self.meta.patch.cond_dim();
+        let step_seed = mix(settings.seed ^ mix(step.time as u64));
+        let (mut mean, mut au, mut eu) = (Vec::new(), Vec::new(), Vec::new());
+        // Cells go through in chunks: the tensors of a chunk stay in cache
+        // and the allocator reuses their memory (whole-field tensors of
+        // N × cells rows spend more time in page faults than in arithmetic).
+        for (k, chunk) in cond.chunks(CELLS_PER_CHUNK * dim).enumerate() {
+            let rows = chunk.len() / dim;
+            let cond = Tensor::from_vec(chunk.to_vec(), (rows, dim), &self.model.device)
+                .ctx("forecast input")?;
+            let moments = self.model.predict(
+                &cond,
+                settings.members,
+                settings.samples,
+                settings.sampler,
+                mix(step_seed ^ k as u64),
+            )?;
+            for (out, t) in [(&mut mean, &moments.mean), (&mut au, &moments.au), (&mut eu, &moments.eu)] {
+                out.extend(t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ctx("forecast output")?);
+            }
+        }
         let scale = norm.kelvin_per_unit();
-        let values = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .ctx("forecast output")?)
-        };
-        let mean = values(&moments.mean)?
+        let mean = mean
             .iter()
             .zip(&step.values)
             .map(|(d, now)| (f64::from(*now) + f64::from(*d) * scale) as f32)
@@ -210,8 +217,8 @@ impl ForecastModel {
         Ok(StepForecast {
             valid_time,
             mean,
-            au: variance(values(&moments.au)?),
-            eu: variance(values(&moments.eu)?),
+            au: variance(au),
+            eu: variance(eu),
         })
     }
 }
@@ -228,20 +235,22 @@ pub fn train(
 ) -> Result<TrainingSpan> {
     let started = Instant::now();
     let lead = i64::from(settings.lead_hours) * 3_600_000_000;
-    let data = PairData::build(steps, grid, &settings.normalisation, lead);
-    if data.pairs == 0 {
+    let data = PairData::build(steps, grid, &settings.normalisation, settings.patch, lead);
+    if data.pairs() == 0 {
         return Err(ForecastError::Training(format!(
             "no two of the {} steps are exactly {} h apart",
             steps.len(),
             settings.lead_hours
         )));
     }
-    let mut unet = settings.unet.clone();
-    unet.cond_channels = COND_CHANNELS;
-    unet.channels = 1;
-    unet.steps = settings.diffusion.steps;
+    let mlp = MlpConfig {
+        data_dim: 1,
+        cond_dim: settings.patch.cond_dim(),
+        steps: settings.diffusion.steps,
+        ..settings.mlp.clone()
+    };
     let model = HyperDm::new(
-        PrimaryUnet::new(&unet)?,
+        PrimaryMlp::new(&mlp),
         &settings.hyper,
         &settings.diffusion,
         device,
@@ -254,7 +263,7 @@ pub fn train(
         first: iso(times.clone().min().unwrap_or_default()),
         last: iso(times.max().unwrap_or_default()),
         steps: steps.len(),
-        pairs: data.pairs,
+        pairs: data.pairs(),
         unpaired: data.unpaired,
         source: source.to_string(),
         seconds: started.elapsed().as_secs_f64(),
@@ -263,6 +272,7 @@ pub fn train(
         variable: "t2m".into(),
         lead_hours: settings.lead_hours,
         grid: grid.clone(),
+        patch: settings.patch,
         normalisation: settings.normalisation,
         training: span.clone(),
     };

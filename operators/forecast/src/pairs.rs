@@ -1,4 +1,5 @@
-//! Training pairs (field at t, field at t + lead) from whole steps.
+//! Training pairs (field at t, field at t + lead) from whole steps; a
+//! minibatch row is one cell of one pair.
 
 use std::collections::HashMap;
 
@@ -6,7 +7,7 @@ use candle_core::{Device, Tensor};
 use uqcast_hyperdm::TrainingData;
 use uqcast_hyperdm::error::CandleContext;
 
-use crate::features::{COND_CHANNELS, Normalisation, change_target, conditioning};
+use crate::features::{Normalisation, Patch, StepFeatures, change_target};
 use crate::grid::ModelGrid;
 
 /// One complete step: kelvin values, row-major over the model grid.
@@ -17,16 +18,15 @@ pub struct StepField {
     pub values: Vec<f32>,
 }
 
-/// The (condition, change) pairs of a set of steps, ready for minibatches.
+/// The (condition, change) pairs of a set of steps.
 #[derive(Debug)]
 pub struct PairData {
-    rows: usize,
-    cols: usize,
-    cond: Vec<f32>,
-    target: Vec<f32>,
+    grid: ModelGrid,
+    patch: Patch,
+    inputs: Vec<StepFeatures>,
+    targets: Vec<Vec<f32>>,
     /// Steps that had no step exactly one lead later (gaps, the last step).
     pub unpaired: usize,
-    pub pairs: usize,
 }
 
 impl PairData {
@@ -35,57 +35,56 @@ impl PairData {
         steps: &[StepField],
         grid: &ModelGrid,
         norm: &Normalisation,
+        patch: Patch,
         lead_micros: i64,
     ) -> Self {
         let by_time: HashMap<i64, &StepField> = steps.iter().map(|s| (s.time, s)).collect();
         let mut ordered: Vec<&StepField> = steps.iter().collect();
         ordered.sort_by_key(|s| s.time);
-        let (mut cond, mut target) = (Vec::new(), Vec::new());
-        let (mut pairs, mut unpaired) = (0, 0);
+        let (mut inputs, mut targets, mut unpaired) = (Vec::new(), Vec::new(), 0);
         for now in ordered {
             let target_time = now.time + lead_micros;
             match by_time.get(&target_time) {
                 Some(next) => {
-                    cond.extend(conditioning(norm, grid, &now.values, target_time));
-                    target.extend(change_target(norm, &now.values, &next.values));
-                    pairs += 1;
+                    inputs.push(StepFeatures::new(norm, grid, &now.values, target_time));
+                    targets.push(change_target(norm, &now.values, &next.values));
                 }
                 None => unpaired += 1,
             }
         }
         Self {
-            rows: grid.rows(),
-            cols: grid.cols(),
-            cond,
-            target,
+            grid: grid.clone(),
+            patch,
+            inputs,
+            targets,
             unpaired,
-            pairs,
         }
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.inputs.len()
     }
 }
 
 impl TrainingData for PairData {
+    /// Rows: every cell of every pair.
     fn len(&self) -> usize {
-        self.pairs
+        self.pairs() * self.grid.cells()
     }
 
-    fn batch(
-        &self,
-        rows: &[usize],
-        device: &Device,
-    ) -> uqcast_hyperdm::Result<(Tensor, Tensor)> {
-        let cells = self.rows * self.cols;
-        let mut x0 = Vec::with_capacity(rows.len() * cells);
-        let mut y = Vec::with_capacity(rows.len() * COND_CHANNELS * cells);
-        for &r in rows {
-            x0.extend_from_slice(&self.target[r * cells..(r + 1) * cells]);
-            y.extend_from_slice(&self.cond[r * COND_CHANNELS * cells..(r + 1) * COND_CHANNELS * cells]);
+    fn batch(&self, rows: &[usize], device: &Device) -> uqcast_hyperdm::Result<(Tensor, Tensor)> {
+        let cells = self.grid.cells();
+        let mut x0 = Vec::with_capacity(rows.len());
+        let mut y = Vec::with_capacity(rows.len() * self.patch.cond_dim());
+        for &row in rows {
+            let (pair, cell) = (row / cells, row % cells);
+            x0.push(self.targets[pair][cell]);
+            self.inputs[pair].condition(&self.grid, self.patch, cell, &mut y);
         }
         let n = rows.len();
         Ok((
-            Tensor::from_vec(x0, (n, 1, self.rows, self.cols), device).ctx("training batch")?,
-            Tensor::from_vec(y, (n, COND_CHANNELS, self.rows, self.cols), device)
-                .ctx("training batch")?,
+            Tensor::from_vec(x0, (n, 1), device).ctx("training batch")?,
+            Tensor::from_vec(y, (n, self.patch.cond_dim()), device).ctx("training batch")?,
         ))
     }
 }
@@ -104,11 +103,11 @@ mod tests {
         };
         // 0→6 pairs, 6→12 missing (gap), 18→24 pairs, 24 has no successor.
         let steps = [step(18, 280.0), step(0, 270.0), step(6, 275.15), step(24, 290.3)];
-        let data = PairData::build(&steps, &grid, &Normalisation::default(), 6 * h);
-        assert_eq!((data.pairs, data.unpaired), (2, 2));
-        let (x0, y) = data.batch(&[0, 1], &Device::Cpu).unwrap();
-        assert_eq!(x0.dims(), &[2, 1, 1, 2]);
-        assert_eq!(y.dims(), &[2, COND_CHANNELS, 1, 2]);
+        let data = PairData::build(&steps, &grid, &Normalisation::default(), Patch(1), 6 * h);
+        assert_eq!((data.pairs(), data.unpaired, data.len()), (2, 2, 4));
+        let (x0, y) = data.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
+        assert_eq!(x0.dims(), &[4, 1]);
+        assert_eq!(y.dims(), &[4, Patch(1).cond_dim()]);
         let x0: Vec<f32> = x0.flatten_all().unwrap().to_vec1().unwrap();
         // 270 → 275.15 is +1 unit; 280 → 290.3 is +2 units (5.15 K each).
         for (got, want) in x0.iter().zip([1.0, 1.0, 2.0, 2.0]) {

@@ -59,6 +59,23 @@ struct OodTruth<'a> {
     steps: Vec<(String, usize)>,
 }
 
+/// The OOD events recorded in a data set's `truth/ood.json`.
+pub fn read_ood_events(path: &Path) -> Result<Vec<OodEvent>, SynthError> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        events: Vec<OodEvent>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| SynthError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let recorded: Recorded = serde_json::from_str(&text).map_err(|e| SynthError::Config {
+        field: "ood.json",
+        problem: format!("{}: {e}", path.display()),
+    })?;
+    Ok(recorded.events)
+}
+
 /// Writes the data set under `out` (created if needed).
 pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, SynthError> {
     if config.steps == 0 {

@@ -5,13 +5,13 @@
 //! - `disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K` — add DELTA_K inside the disk at TIME;
 //! - `regime:FROM_TIME,DELTA_K` — add DELTA_K everywhere from FROM_TIME on.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::SynthError;
 use crate::grid::LatLonGrid;
 
 /// One injected anomaly.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OodEvent {
     Disk {
@@ -59,6 +59,12 @@ impl OodEvent {
                 "'{s}': expected disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K or regime:FROM_TIME,DELTA_K"
             ))),
         }
+    }
+
+    /// The cells the event changes at `time` (row-major over `grid`).
+    pub fn mask(&self, grid: &LatLonGrid, time: i64) -> Vec<bool> {
+        let mut scratch = vec![0.0; grid.cells()];
+        self.apply(grid, time, &mut scratch)
     }
 
     /// Adds the event to `field` (row-major over `grid`) at `time`; returns

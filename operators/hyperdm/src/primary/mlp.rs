@@ -20,6 +20,21 @@ pub struct MlpConfig {
     pub hidden: Vec<usize>,
     /// Diffusion steps T (for the embedding's scale).
     pub steps: usize,
+    /// Hidden activation (SiLU unless stated; older checkpoints have none).
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// The nonlinearity between layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// x·σ(x): smooth, one `exp` per unit (the toy's choice).
+    #[default]
+    Silu,
+    /// max(x, 0): piecewise linear and several times cheaper on a CPU,
+    /// where `exp` dominates a small MLP run over many rows.
+    Relu,
 }
 
 impl Default for MlpConfig {
@@ -30,6 +45,7 @@ impl Default for MlpConfig {
             time_dim: 8,
             hidden: vec![32, 32, 32],
             steps: 100,
+            activation: Activation::Silu,
         }
     }
 }
@@ -68,6 +84,16 @@ impl PrimaryMlp {
     }
 }
 
+impl PrimaryMlp {
+    fn activate(&self, h: &Tensor) -> Result<Tensor> {
+        match self.config.activation {
+            Activation::Silu => h.silu(),
+            Activation::Relu => h.relu(),
+        }
+        .ctx("MLP activation")
+    }
+}
+
 impl PrimaryNetwork for PrimaryMlp {
     fn layout(&self) -> &ParamLayout {
         &self.layout
@@ -80,16 +106,40 @@ impl PrimaryNetwork for PrimaryMlp {
         steps: &[usize],
         cond: &Tensor,
     ) -> Result<Tensor> {
-        let emb = timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
-        let mut h = Tensor::cat(&[x_t, &emb, cond], D::Minus1).ctx("MLP input")?;
-        for (i, (w, b)) in self.layers.iter().enumerate() {
+        let (w0, b0) = self.layers[0];
+        let mut h = if steps.windows(2).all(|w| w[0] == w[1]) && !steps.is_empty() {
+            // One step for the whole batch (sampling): the embedding's part
+            // of the first layer is one row, added to every row, instead of
+            // B identical rows of sin/cos and their product.
+            let c = &self.config;
+            let w = params.get(w0);
+            let (wx, we, wc) = (
+                w.narrow(1, 0, c.data_dim).ctx("MLP")?,
+                w.narrow(1, c.data_dim, c.time_dim).ctx("MLP")?,
+                w.narrow(1, c.data_dim + c.time_dim, c.cond_dim).ctx("MLP")?,
+            );
+            let emb = timestep_embedding(&steps[..1], c.steps, c.time_dim, x_t.device())?;
+            let row = emb
+                .matmul(&we.t().ctx("MLP")?)
+                .and_then(|r| r.broadcast_add(params.get(b0)))
+                .ctx("MLP time embedding")?;
+            (x_t.matmul(&wx.t().ctx("MLP")?).ctx("MLP layer")?
+                + cond.matmul(&wc.t().ctx("MLP")?).ctx("MLP layer")?)
+            .and_then(|h| h.broadcast_add(&row))
+            .ctx("MLP layer")?
+        } else {
+            let emb = timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
+            Tensor::cat(&[x_t, &emb, cond], D::Minus1)
+                .and_then(|h| h.matmul(&params.get(w0).t()?))
+                .and_then(|h| h.broadcast_add(params.get(b0)))
+                .ctx("MLP layer")?
+        };
+        for (w, b) in &self.layers[1..] {
+            h = self.activate(&h)?;
             h = h
                 .matmul(&params.get(*w).t().ctx("MLP")?)
                 .and_then(|x| x.broadcast_add(params.get(*b)))
                 .ctx("MLP layer")?;
-            if i + 1 < self.layers.len() {
-                h = h.silu().ctx("MLP activation")?;
-            }
         }
         Ok(h)
     }

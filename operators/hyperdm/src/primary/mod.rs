@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::layout::{ParamLayout, Params};
 
-pub use mlp::{MlpConfig, PrimaryMlp};
+pub use mlp::{Activation, MlpConfig, PrimaryMlp};
 pub use unet::{PrimaryUnet, UnetConfig};
 
 /// A conditional denoiser s(x_t, t | y; φ).

@@ -1,0 +1,259 @@
+//! `uqcast eval --forecast DIR --data DIR`: checks a forecast table against
+//! the ground truth of a synthetic data set (`uqcast synth`):
+//! - AU: correlation of the per-cell mean AU with the true innovation
+//!   variance (`truth/innovation_variance.nc`), and their mean ratio;
+//! - EU: AUROC of per-cell EU for cells of out-of-distribution inputs
+//!   (`truth/ood.json`) against all other cells;
+//! - skill: RMSE of `t2m_mean` against the next step vs persistence, and the
+//!   spread–skill ratio √mean(AU + EU) / RMSE, on in-distribution steps.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimestampMicrosecondType};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+use uqcast_forecast::ModelGrid;
+use uqcast_forecast::skill::{auroc, pearson};
+use uqcast_netcdf::Era5TableProvider;
+use uqcast_synth::{LatLonGrid, read_ood_events};
+
+use crate::session::{TableArg, new_context, register_tables};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Output directory of `uqcast run` (holding `forecast/`).
+    #[arg(long)]
+    forecast: PathBuf,
+    /// The synthetic data set the forecasts were made from (with `truth/`).
+    #[arg(long)]
+    data: PathBuf,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The science acceptance numbers.
+#[derive(Debug, Serialize)]
+pub struct ScienceReport {
+    pub forecast_steps: usize,
+    pub in_distribution_steps: usize,
+    pub au_correlation: f64,
+    /// Mean AU over mean true variance (1 = right level).
+    pub au_mean_ratio: f64,
+    pub eu_auroc: f64,
+    pub ood_cells: usize,
+    pub rmse_mean: f64,
+    pub rmse_persistence: f64,
+    pub spread_skill: f64,
+}
+
+struct Rows {
+    init: Vec<i64>,
+    valid: Vec<i64>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    now: Vec<f64>,
+    mean: Vec<f64>,
+    au: Vec<f64>,
+    eu: Vec<f64>,
+    truth: Vec<Option<f64>>,
+}
+
+fn f64s(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
+    let c = b.column_by_name(name).with_context(|| format!("column {name}"))?;
+    let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
+    Ok(c.as_primitive::<Float64Type>().iter().collect())
+}
+
+async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
+    let sql = "SELECT f.init_time, f.valid_time, f.latitude, f.longitude, f.t2m, f.t2m_mean, f.t2m_au, f.t2m_eu, e.t2m AS truth
+               FROM forecast f LEFT JOIN era5 e
+                 ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude";
+    let batches = ctx.sql(sql).await?.collect().await.context("reading forecasts")?;
+    let mut r = Rows {
+        init: vec![],
+        valid: vec![],
+        lat: vec![],
+        lon: vec![],
+        now: vec![],
+        mean: vec![],
+        au: vec![],
+        eu: vec![],
+        truth: vec![],
+    };
+    for b in &batches {
+        let t = |name: &str| -> Result<Vec<i64>> {
+            Ok(b.column_by_name(name)
+                .with_context(|| format!("column {name}"))?
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .to_vec())
+        };
+        r.init.extend(t("init_time")?);
+        r.valid.extend(t("valid_time")?);
+        let req = |v: Vec<Option<f64>>| v.into_iter().map(|x| x.unwrap_or(f64::NAN));
+        r.lat.extend(req(f64s(b, "latitude")?));
+        r.lon.extend(req(f64s(b, "longitude")?));
+        r.now.extend(req(f64s(b, "t2m")?));
+        r.mean.extend(req(f64s(b, "t2m_mean")?));
+        r.au.extend(req(f64s(b, "t2m_au")?));
+        r.eu.extend(req(f64s(b, "t2m_eu")?));
+        r.truth.extend(f64s(b, "truth")?);
+    }
+    Ok(r)
+}
+
+async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
+    let location = path.display().to_string();
+    let provider = tokio::task::spawn_blocking(move || {
+        Era5TableProvider::try_new(&[location], Some(&["innovation_variance".to_string()]))
+    })
+    .await??;
+    let ctx = SessionContext::new();
+    ctx.register_table("truth", Arc::new(provider))?;
+    let batches = ctx
+        .sql("SELECT latitude, longitude, innovation_variance FROM truth")
+        .await?
+        .collect()
+        .await?;
+    let mut map = HashMap::new();
+    for b in &batches {
+        let (lat, lon) = (f64s(b, "latitude")?, f64s(b, "longitude")?);
+        let var = b
+            .column_by_name("innovation_variance")
+            .context("innovation_variance")?
+            .as_primitive::<Float32Type>();
+        for k in 0..b.num_rows() {
+            if let (Some(y), Some(x), false) = (lat[k], lon[k], var.is_null(k)) {
+                map.insert(key(y, x), f64::from(var.value(k)));
+            }
+        }
+    }
+    Ok(map)
+}
+
+fn key(lat: f64, lon: f64) -> (i64, i64) {
+    ((lat * 1e6).round() as i64, (lon * 1e6).round() as i64)
+}
+
+pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
+    let ctx = new_context();
+    register_tables(
+        &ctx,
+        &[
+            TableArg { name: "forecast".into(), location: forecast.join("forecast").display().to_string() },
+            TableArg { name: "era5".into(), location: data.display().to_string() },
+        ],
+    )
+    .await?;
+    let rows = forecast_rows(&ctx).await?;
+    if rows.init.is_empty() {
+        bail!("{}: no forecasts", forecast.display());
+    }
+    let variance = true_variance(&data.join("truth").join("innovation_variance.nc")).await?;
+    let events = read_ood_events(&data.join("truth").join("ood.json"))?;
+
+    // OOD labels: a forecast cell is OOD when its input cell was altered.
+    let grid = ModelGrid::from_coordinates(rows.lat.iter().copied(), rows.lon.iter().copied());
+    let synth_grid = LatLonGrid { latitude: grid.latitude.clone(), longitude: grid.longitude.clone() };
+    let times: BTreeSet<i64> = rows.init.iter().chain(&rows.valid).copied().collect();
+    let masks: HashMap<i64, Vec<bool>> = times
+        .iter()
+        .map(|&t| {
+            let mut m = vec![false; grid.cells()];
+            for e in &events {
+                for (a, b) in m.iter_mut().zip(e.mask(&synth_grid, t)) {
+                    *a |= b;
+                }
+            }
+            (t, m)
+        })
+        .collect();
+    let touched = |t: i64| masks.get(&t).is_some_and(|m| m.iter().any(|&b| b));
+    let mut labels = Vec::with_capacity(rows.init.len());
+    for k in 0..rows.init.len() {
+        let cell = grid.cell(rows.lat[k], rows.lon[k]).context("cell off grid")?;
+        labels.push(masks[&rows.init[k]][cell]);
+    }
+    let eu_auroc = auroc(&rows.eu, &labels).unwrap_or(f64::NAN);
+
+    // Skill and AU on in-distribution steps with a truth to compare to.
+    let clean = |k: usize| !touched(rows.init[k]) && !touched(rows.valid[k]) && rows.truth[k].is_some();
+    let (mut se_mean, mut se_persist, mut spread, mut n) = (0.0, 0.0, 0.0, 0usize);
+    let mut au_by_cell: HashMap<(i64, i64), (f64, usize)> = HashMap::new();
+    let mut steps_clean = BTreeSet::new();
+    for k in (0..rows.init.len()).filter(|&k| clean(k)) {
+        let truth = rows.truth[k].unwrap_or(f64::NAN);
+        se_mean += (rows.mean[k] - truth).powi(2);
+        se_persist += (rows.now[k] - truth).powi(2);
+        spread += rows.au[k] + rows.eu[k];
+        n += 1;
+        steps_clean.insert(rows.init[k]);
+    }
+    for k in (0..rows.init.len()).filter(|&k| !touched(rows.init[k])) {
+        let e = au_by_cell.entry(key(rows.lat[k], rows.lon[k])).or_default();
+        e.0 += rows.au[k];
+        e.1 += 1;
+    }
+    let (mut au, mut truth_var) = (Vec::new(), Vec::new());
+    for (cell, (sum, count)) in &au_by_cell {
+        if let Some(v) = variance.get(cell) {
+            au.push(sum / *count as f64);
+            truth_var.push(*v);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let rmse_mean = (se_mean / n.max(1) as f64).sqrt();
+    Ok(ScienceReport {
+        forecast_steps: rows.init.iter().collect::<BTreeSet<_>>().len(),
+        in_distribution_steps: steps_clean.len(),
+        au_correlation: pearson(&au, &truth_var).unwrap_or(f64::NAN),
+        au_mean_ratio: mean(&au) / mean(&truth_var),
+        eu_auroc,
+        ood_cells: labels.iter().filter(|&&l| l).count(),
+        rmse_mean,
+        rmse_persistence: (se_persist / n.max(1) as f64).sqrt(),
+        spread_skill: (spread / n.max(1) as f64).sqrt() / rmse_mean,
+    })
+}
+
+/// The report as aligned lines with the acceptance targets.
+pub fn render(r: &ScienceReport) -> String {
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    format!(
+        "forecast steps {} ({} in distribution with a truth step), OOD cells {}\n\
+         AU vs true noise variance: correlation {:.3} (target ≥ 0.8: {}), mean ratio {:.2}\n\
+         EU separates OOD cells: AUROC {:.3} (target ≥ 0.9: {})\n\
+         RMSE of t2m_mean {:.3} K vs persistence {:.3} K ({})\n\
+         spread–skill √mean(AU+EU)/RMSE {:.2} (1 = calibrated)",
+        r.forecast_steps,
+        r.in_distribution_steps,
+        r.ood_cells,
+        r.au_correlation,
+        verdict(r.au_correlation >= 0.8),
+        r.au_mean_ratio,
+        r.eu_auroc,
+        verdict(r.eu_auroc >= 0.9),
+        r.rmse_mean,
+        r.rmse_persistence,
+        verdict(r.rmse_mean < r.rmse_persistence),
+        r.spread_skill
+    )
+}
+
+pub async fn run(args: EvalArgs) -> Result<()> {
+    let report = science(&args.forecast, &args.data).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(out, "{}", render(&report))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `uqcast run --config P [...]`: the scheduled forecast job. Prints one
+//! summary line (`uqcast run: ok new_steps=… …`) for schedulers; exits
+//! non-zero on any error, keeping every step already written.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::job::{RunOptions, describe, run as run_job};
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// ERA5 NetCDF file, directory or glob (default: the pipeline's source.path).
+    #[arg(long)]
+    input: Option<String>,
+    /// Output directory (default: the pipeline's output.dir).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Model checkpoint (default: the pipeline's model.checkpoint).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Only initial times at or after this time (RFC 3339 or YYYY-MM-DDTHH:MMZ).
+    #[arg(long, value_parser = crate::time::parse_utc_arg)]
+    since: Option<i64>,
+    /// Only initial times at or before this time.
+    #[arg(long, value_parser = crate::time::parse_utc_arg)]
+    until: Option<i64>,
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let pipeline = Pipeline::load(&args.config)?;
+    let options = RunOptions {
+        input: args.input,
+        output: args.output.clone(),
+        model: args.model,
+        since: args.since,
+        until: args.until,
+    };
+    let out = args
+        .output
+        .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
+    let summary = run_job(&pipeline, &options).await?;
+    writeln!(std::io::stdout().lock(), "uqcast run: ok {}", describe(&summary, &out))?;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `uqcast train --config P [--input PATH] [--out MODEL]`: trains the
+//! pipeline's HyperDM field model on (t, t + lead) pairs of the source table.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use futures::StreamExt;
+use uqcast_forecast::assemble::{StepAssembler, check_source_columns};
+use uqcast_forecast::{ModelGrid, StepField};
+
+use crate::job::source_sql;
+use crate::pipeline::Pipeline;
+use crate::session::{TableArg, new_context, register_tables};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The pipeline (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// ERA5 NetCDF file, directory or glob (default: the pipeline's source.path).
+    #[arg(long)]
+    input: Option<String>,
+    /// Checkpoint to write (default: the pipeline's model.checkpoint).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override train.iterations.
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Only steps at or after this time.
+    #[arg(long, value_parser = crate::time::parse_utc_arg)]
+    since: Option<i64>,
+    /// Only steps at or before this time.
+    #[arg(long, value_parser = crate::time::parse_utc_arg)]
+    until: Option<i64>,
+}
+
+/// Reads every step the source query returns; the grid is the set of
+/// coordinates seen, and every step must cover all of it.
+pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<StepField>)> {
+    let ctx = new_context();
+    register_tables(&ctx, &[TableArg { name: "era5".into(), location }]).await?;
+    let df = ctx.sql(sql).await.context("source query")?;
+    check_source_columns(df.schema().as_arrow())?;
+    let mut stream = df.execute_stream().await.context("source query")?;
+    let mut batches = Vec::new();
+    while let Some(b) = stream.next().await {
+        batches.push(b.context("source query")?);
+    }
+    let (mut lats, mut lons) = (Vec::new(), Vec::new());
+    for b in &batches {
+        let cast = |name: &str| -> Result<Vec<f64>> {
+            let c = b.column_by_name(name).context(name.to_string())?;
+            let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
+            Ok(c.as_any()
+                .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                .context("float64")?
+                .iter()
+                .flatten()
+                .collect())
+        };
+        lats.extend(cast("latitude")?);
+        lons.extend(cast("longitude")?);
+    }
+    let grid = ModelGrid::from_coordinates(lats, lons);
+    let mut assembler = StepAssembler::new(grid.clone());
+    let mut steps = Vec::new();
+    for b in &batches {
+        steps.extend(assembler.push(b)?);
+    }
+    assembler.finish()?;
+    steps.sort_by_key(|s| s.time);
+    Ok((grid, steps))
+}
+
+pub async fn run(args: TrainArgs) -> Result<()> {
+    let pipeline = Pipeline::load(&args.config)?;
+    let location = args.input.clone().unwrap_or_else(|| pipeline.source_location());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("model directory {}", dir.display()))?;
+    }
+    let sql = source_sql(&pipeline, args.since, args.until)?;
+    let (grid, steps) = read_steps(location.clone(), &sql).await?;
+    let mut settings = pipeline.field_training();
+    if let Some(n) = args.iterations {
+        settings.train.iterations = n;
+    }
+    eprintln!(
+        "training on {} steps of {} from {location}; {} updates of {} pairs each",
+        steps.len(),
+        grid.describe(),
+        settings.train.iterations,
+        settings.train.batch_size
+    );
+    let interactive = std::io::stderr().is_terminal();
+    let source = location.clone();
+    let out_path = out.clone();
+    let span = tokio::task::spawn_blocking(move || {
+        let device = uqcast_hyperdm::default_device();
+        uqcast_forecast::model::train(&steps, &grid, &settings, &source, &out_path, &device, |p| {
+            let done = p.iteration as f64 / p.iterations.max(1) as f64;
+            let bar: String = (0..30).map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' }).collect();
+            let line = format!(
+                "train [{bar}] {}/{} loss {:.4} {:.0} s",
+                p.iteration, p.iterations, p.loss, p.elapsed_seconds
+            );
+            if interactive {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        })
+    })
+    .await
+    .context("training task failed")??;
+    if interactive {
+        eprintln!();
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "wrote {} ({} pairs from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",
+        out.display(),
+        span.pairs,
+        span.first,
+        span.last,
+        span.unpaired,
+        pipeline.model.lead_hours,
+        span.seconds
+    )?;
+    Ok(())
+}

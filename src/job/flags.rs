@@ -1,0 +1,118 @@
+//! The `flags` table: the pipeline's flagging SQL over `forecast`, checked
+//! against `schemas/flags.json` and written atomically as one Parquet file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+
+use super::store::{Provenance, write_parquet_file};
+use crate::pipeline::{Pipeline, Threshold};
+
+/// The contract, compiled in from `schemas/flags.json`.
+pub fn flags_schema() -> Result<SchemaRef> {
+    let schema: Schema = serde_json::from_str(include_str!("../../schemas/flags.json"))
+        .context("schemas/flags.json is not an Arrow schema")?;
+    Ok(Arc::new(schema))
+}
+
+/// The flagging SQL with its `{{placeholders}}` filled from the pipeline.
+pub fn render(pipeline: &Pipeline) -> Result<String> {
+    let path = pipeline.resolve(&pipeline.flags.sql);
+    let template = std::fs::read_to_string(&path)
+        .with_context(|| format!("pipeline {}: flags.sql {}", pipeline.file.display(), path.display()))?;
+    let f = &pipeline.flags;
+    let threshold = match f.eu_threshold {
+        Threshold::Absolute(k) => format!("{k:?}"),
+        Threshold::Percentile(q) => format!("approx_percentile_cont(t2m_eu, {q:?})"),
+    };
+    let sql = template
+        .replace("{{tile_degrees}}", &format!("{:?}", f.tile_degrees))
+        .replace("{{eu_threshold}}", &threshold)
+        .replace("{{min_fraction}}", &format!("{:?}", f.min_fraction));
+    if let Some(at) = sql.find("{{") {
+        let name: String = sql[at..].chars().take_while(|c| *c != '}').collect();
+        bail!(
+            "{}: unknown placeholder {name}}}}} (known: tile_degrees, eu_threshold, min_fraction)",
+            path.display()
+        );
+    }
+    Ok(sql)
+}
+
+/// Runs the flag SQL in `ctx` (which has `forecast` registered) and writes
+/// `DIR/flags/flags.parquet`; returns (tiles, flagged tiles, path).
+pub async fn write_flags(
+    ctx: &SessionContext,
+    sql: &str,
+    dir: &Path,
+    provenance: &Provenance,
+) -> Result<(usize, usize, PathBuf)> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .context("flags SQL")?
+        .collect()
+        .await
+        .context("flags SQL")?;
+    let schema = flags_schema()?;
+    let batches = batches
+        .iter()
+        .map(|b| conform(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    let tiles = batches.iter().map(RecordBatch::num_rows).sum();
+    let flagged = batches
+        .iter()
+        .map(|b| {
+            b.column_by_name("flagged")
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .map_or(0, BooleanArray::true_count)
+        })
+        .sum();
+    let out = dir.join("flags");
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    let path = out.join("flags.parquet");
+    let tmp = out.join(format!(".flags.parquet.tmp-{}", std::process::id()));
+    let batches = if batches.is_empty() {
+        vec![RecordBatch::new_empty(schema)]
+    } else {
+        batches
+    };
+    write_parquet_file(&tmp, &batches, provenance)
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("{}: writing flags", path.display()))?;
+    Ok((tiles, flagged, path))
+}
+
+/// Puts a result batch into the contract schema (names must match; numeric
+/// types are cast; units come from the contract).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let got: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+    let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if got != want {
+        bail!(
+            "flags SQL returns columns [{}]; schemas/flags.json needs [{}]",
+            got.join(", "),
+            want.join(", ")
+        );
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.null_count() > 0 {
+                bail!("flags SQL: column '{}' has NULLs", f.name());
+            }
+            cast(c, f.data_type()).with_context(|| format!("flags SQL: column '{}'", f.name()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}

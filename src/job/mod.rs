@@ -1,0 +1,185 @@
+//! The scheduled forecast job (`uqcast run`): forecast every source step not
+//! yet in the output, one Parquet file per step, then refresh the flags.
+//!
+//! Incremental and idempotent: steps whose forecast file exists are skipped
+//! (the operator does not sample them); a killed run leaves only whole
+//! files, so a re-run completes the rest; a re-run with nothing new writes
+//! nothing. Each step's numbers depend only on the model, the sampling
+//! settings and the step, so resumed and uninterrupted runs write the same
+//! values.
+
+pub mod flags;
+pub mod store;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
+use datafusion::catalog::TableProvider;
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+use uqcast_forecast::{ForecastModel, ForecastTable};
+
+use crate::pipeline::Pipeline;
+use crate::session::{TableArg, new_context, register_tables};
+use store::{ForecastStore, Provenance};
+
+/// What a run did, for the summary line.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub new_steps: usize,
+    pub existing_steps: usize,
+    pub tiles: usize,
+    pub flagged: usize,
+    pub flags_path: Option<PathBuf>,
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    pub input: Option<String>,
+    pub output: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+/// The source SQL, limited to initial times in [since, until].
+pub fn source_sql(pipeline: &Pipeline, since: Option<i64>, until: Option<i64>) -> Result<String> {
+    let sql = pipeline.source_sql()?;
+    let sql = sql.trim().trim_end_matches(';');
+    let ts = |t: i64| format!("to_timestamp_micros({t}, 'UTC')");
+    let mut bounds = Vec::new();
+    if let Some(t) = since {
+        bounds.push(format!("valid_time >= {}", ts(t)));
+    }
+    if let Some(t) = until {
+        bounds.push(format!("valid_time <= {}", ts(t)));
+    }
+    Ok(if bounds.is_empty() {
+        sql.to_string()
+    } else {
+        format!("SELECT * FROM ({sql}) AS source WHERE {}", bounds.join(" AND "))
+    })
+}
+
+pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
+    let location = options.input.clone().unwrap_or_else(|| pipeline.source_location());
+    let model_path = options
+        .model
+        .clone()
+        .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
+    let out_dir = options
+        .output
+        .clone()
+        .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
+    let settings = pipeline.inference()?;
+
+    let device = uqcast_hyperdm::default_device();
+    let model = {
+        let path = model_path.clone();
+        tokio::task::spawn_blocking(move || ForecastModel::load(&path, &device))
+            .await
+            .context("model loading task failed")??
+    };
+    if model.meta.lead_hours != pipeline.model.lead_hours {
+        anyhow::bail!(
+            "{}: the model forecasts {} h ahead, pipeline {} says model.lead_hours = {}",
+            model_path.display(),
+            model.meta.lead_hours,
+            pipeline.file.display(),
+            pipeline.model.lead_hours
+        );
+    }
+    let store = ForecastStore::open(&out_dir)?;
+    store.clean_temporaries()?;
+    let provenance: Provenance = [
+        ("model_id", model.id.clone()),
+        ("members", settings.members.to_string()),
+        ("samples", settings.samples.to_string()),
+        ("sampler", settings.sampler.to_string()),
+        ("seed", settings.seed.to_string()),
+        ("lead_hours", model.meta.lead_hours.to_string()),
+        ("pipeline", pipeline.name.clone()),
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (existing, sample) = store.existing()?;
+    if let Some(file) = &sample {
+        ForecastStore::check_provenance(file, &provenance)?;
+    }
+    let lead = model.lead_micros();
+    let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
+
+    let ctx = new_context();
+    register_tables(&ctx, &[TableArg { name: "era5".into(), location }]).await?;
+    let sql = source_sql(pipeline, options.since, options.until)?;
+    let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
+    let plan = table.scan(&ctx.state(), None, &[], None).await?;
+    let mut stream = execute_stream(plan, ctx.task_ctx())?;
+    let mut summary = Summary {
+        existing_steps: existing.len(),
+        ..Summary::default()
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let valid_time = step_valid_time(&batch)?;
+        let path = store.write_step(valid_time, &batch, &provenance)?;
+        summary.new_steps += 1;
+        tracing::info!("wrote {}", path.display());
+        eprintln!("forecast {}", path.display());
+    }
+
+    let flags_file = out_dir.join("flags").join("flags.parquet");
+    if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
+        let ctx = new_context();
+        register_tables(
+            &ctx,
+            &[TableArg {
+                name: "forecast".into(),
+                location: store.root.display().to_string(),
+            }],
+        )
+        .await?;
+        let sql = flags::render(pipeline)?;
+        let (tiles, flagged, path) = flags::write_flags(&ctx, &sql, &out_dir, &provenance).await?;
+        summary.tiles = tiles;
+        summary.flagged = flagged;
+        summary.flags_path = Some(path);
+    }
+    Ok(summary)
+}
+
+/// The forecast valid time of a one-step batch.
+fn step_valid_time(batch: &RecordBatch) -> Result<i64> {
+    let column = batch
+        .column_by_name(uqcast_forecast::schema::VALID_TIME)
+        .context("forecast batch without valid_time")?;
+    let times = column.as_primitive::<TimestampMicrosecondType>();
+    let first = times.value(0);
+    anyhow::ensure!(
+        times.values().iter().all(|&t| t == first),
+        "forecast batch holds more than one step"
+    );
+    Ok(first)
+}
+
+/// Where the output of a run lives, for messages.
+pub fn describe(summary: &Summary, out: &Path) -> String {
+    format!(
+        "new_steps={} existing_steps={} tiles={} flagged_tiles={} output={}",
+        summary.new_steps,
+        summary.existing_steps,
+        summary.tiles,
+        summary.flagged,
+        out.display()
+    )
+}

@@ -1,0 +1,187 @@
+//! The `forecast` table on disk: one Parquet file per forecast step under
+//! Hive partitions, written atomically.
+//!
+//! ```text
+//! DIR/forecast/year=2020/month=01/t2m_20200103T1200.parquet   (valid time)
+//! DIR/flags/flags.parquet
+//! ```
+//! A step's file is written to a hidden temporary beside it and renamed, so
+//! readers and re-runs see a step entirely or not at all. Provenance (model
+//! id, M, N, sampler, seed, lead) is Parquet file metadata; a run refuses to
+//! add steps from a different model or sampling to an existing table.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Datelike, Utc};
+use datafusion::arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+/// Provenance stored in every file, as `uqcast.*` key-value metadata.
+pub type Provenance = BTreeMap<String, String>;
+
+/// Keys that must agree between a run and the files already written.
+const MUST_MATCH: [&str; 5] = ["model_id", "members", "samples", "sampler", "seed"];
+
+#[derive(Debug)]
+pub struct ForecastStore {
+    pub root: PathBuf,
+}
+
+fn valid_time_of(name: &str) -> Option<i64> {
+    let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
+    let t = chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M").ok()?;
+    Some(t.and_utc().timestamp_micros())
+}
+
+impl ForecastStore {
+    /// Creates `DIR/forecast` if needed (a clear error if it cannot).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let root = dir.join("forecast");
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("output {}: cannot create the forecast table", root.display()))?;
+        let probe = root.join(format!(".write-test-{}", std::process::id()));
+        File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .with_context(|| format!("output {}: not writable", root.display()))?;
+        Ok(Self { root })
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes temporaries a killed run left behind.
+    pub fn clean_temporaries(&self) -> Result<usize> {
+        let mut removed = 0;
+        for path in self.files()? {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp") {
+                std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Valid times (UTC µs) already in the table, with one file to check provenance on.
+    pub fn existing(&self) -> Result<(Vec<i64>, Option<PathBuf>)> {
+        let mut times = Vec::new();
+        let mut sample = None;
+        for path in self.files()? {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(t) = valid_time_of(&name) {
+                times.push(t);
+                sample.get_or_insert(path);
+            }
+        }
+        times.sort_unstable();
+        Ok((times, sample))
+    }
+
+    /// Errors if `file` was written with different provenance.
+    pub fn check_provenance(file: &Path, expected: &Provenance) -> Result<()> {
+        let reader = File::open(file)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| Ok(SerializedFileReader::new(f)?))
+            .with_context(|| format!("{}: unreadable forecast file", file.display()))?;
+        let stored: Provenance = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kv| {
+                kv.iter()
+                    .filter_map(|e| Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in MUST_MATCH {
+            let (have, want) = (stored.get(key), expected.get(key));
+            if have != want {
+                bail!(
+                    "{}: written with {key} = {}, this run uses {}; write to another --output or remove the old table",
+                    file.display(),
+                    have.map_or("(none)", String::as_str),
+                    want.map_or("(none)", String::as_str)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one step (all rows share `valid_time`) atomically; returns its path.
+    pub fn write_step(&self, valid_time: i64, batch: &RecordBatch, provenance: &Provenance) -> Result<PathBuf> {
+        let t: DateTime<Utc> = DateTime::from_timestamp_micros(valid_time).context("valid time out of range")?;
+        let dir = self
+            .root
+            .join(format!("year={:04}", t.year()))
+            .join(format!("month={:02}", t.month()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        let name = format!("t2m_{}.parquet", t.format("%Y%m%dT%H%M"));
+        let path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        write_parquet_file(&tmp, std::slice::from_ref(batch), provenance)
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+            .with_context(|| format!("{}: writing forecast step", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Writes batches to one Parquet file with zstd and `uqcast.*` metadata
+/// (the Arrow schema, with its field units, travels in the footer).
+pub fn write_parquet_file(path: &Path, batches: &[RecordBatch], provenance: &Provenance) -> Result<()> {
+    let Some(first) = batches.first() else {
+        bail!("nothing to write");
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(
+            provenance
+                .iter()
+                .map(|(k, v)| KeyValue::new(format!("uqcast.{k}"), v.clone()))
+                .collect(),
+        ))
+        .build();
+    let file = File::create(path)?;
+    let mut writer = ArrowWriter::try_new(file, first.schema(), Some(props))?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    let file = writer.into_inner()?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_carry_the_valid_time() {
+        assert_eq!(valid_time_of("t2m_20200103T1200.parquet"), Some(1_578_052_800_000_000));
+        assert_eq!(valid_time_of(".t2m_20200103T1200.parquet.tmp-7"), None);
+        assert_eq!(valid_time_of("t2m_2020.parquet"), None);
+    }
+}

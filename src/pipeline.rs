@@ -1,0 +1,247 @@
+//! Pipelines as data: a TOML file naming the source, model, sampling,
+//! output and flagging rule of a forecast job. Unknown keys are errors.
+//! Relative paths inside a pipeline resolve against the pipeline file's
+//! directory, so a pipeline and its SQL travel together.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use uqcast_forecast::InferenceSettings;
+use uqcast_forecast::features::{Normalisation, Patch};
+use uqcast_hyperdm::optim::AdamWConfig;
+use uqcast_hyperdm::{
+    Activation, DiffusionConfig, HyperConfig, MlpConfig, Prediction, Sampler, ScheduleKind, TrainConfig,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: Source,
+    pub model: ModelSection,
+    pub train: TrainSection,
+    pub inference: Inference,
+    pub output: Output,
+    pub flags: Flags,
+    /// The pipeline file's directory (set on load).
+    #[serde(skip)]
+    pub dir: PathBuf,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// ERA5 NetCDF file, directory or glob (`--input` overrides).
+    pub path: String,
+    /// SQL over table `era5` that crops/coarsens to the model grid (a file).
+    pub query: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub checkpoint: PathBuf,
+    pub lead_hours: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub iterations: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Neighbourhood k × k (odd) the cell model sees.
+    pub patch: usize,
+    /// Hidden widths of the cell MLP and its time-embedding size.
+    pub hidden: Vec<usize>,
+    pub time_dim: usize,
+    /// `relu` (fast on CPUs) or `silu`.
+    pub activation: Activation,
+    pub z_dim: usize,
+    pub hyper_hidden: Vec<usize>,
+    pub diffusion_steps: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inference {
+    pub members: usize,
+    pub samples: usize,
+    pub sampler: String,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// SQL over table `forecast` with `{{placeholders}}` (a file).
+    pub sql: PathBuf,
+    pub tile_degrees: f64,
+    pub eu_threshold: Threshold,
+    /// A tile is flagged when at least this fraction of its cells exceed the threshold.
+    pub min_fraction: f64,
+}
+
+/// Which cells count as high-EU.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Threshold {
+    /// EU above this many K².
+    Absolute(f64),
+    /// EU above this quantile (0..1) of the step's cells.
+    Percentile(f64),
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("pipeline {}", path.display()))?;
+        let mut p: Pipeline = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "pipeline {}: {}",
+                path.display(),
+                e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })?;
+        p.file = path.to_path_buf();
+        p.dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        p.check()?;
+        Ok(p)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |field: &str, problem: &str| -> Result<()> {
+            bail!("pipeline {}: {field}: {problem}", self.file.display())
+        };
+        if self.model.lead_hours == 0 {
+            bad("model.lead_hours", "must be at least 1")?;
+        }
+        if self.inference.members < 2 {
+            bad("inference.members", "must be at least 2 (EU needs two weight draws)")?;
+        }
+        if self.inference.samples < 1 {
+            bad("inference.samples", "must be at least 1")?;
+        }
+        if let Err(e) = self.inference.sampler.parse::<Sampler>() {
+            bad("inference.sampler", &e)?;
+        }
+        if !(self.flags.tile_degrees > 0.0) {
+            bad("flags.tile_degrees", "must be positive")?;
+        }
+        if !(0.0..=1.0).contains(&self.flags.min_fraction) {
+            bad("flags.min_fraction", "must be within 0..1")?;
+        }
+        match self.flags.eu_threshold {
+            Threshold::Percentile(q) if !(0.0..=1.0).contains(&q) => {
+                bad("flags.eu_threshold.percentile", "must be within 0..1")?
+            }
+            Threshold::Absolute(k) if !(k >= 0.0) => {
+                bad("flags.eu_threshold.absolute", "must be ≥ 0 K²")?
+            }
+            _ => {}
+        }
+        if self.train.patch % 2 == 0 {
+            bad("train.patch", "must be odd (the cell sits in the middle)")?;
+        }
+        if self.train.hidden.is_empty() || self.train.hidden.contains(&0) {
+            bad("train.hidden", "needs at least one layer, none of width 0")?;
+        }
+        if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
+            bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;
+        }
+        Ok(())
+    }
+
+    /// A path from the pipeline, resolved against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+
+    pub fn source_location(&self) -> String {
+        let p = Path::new(&self.source.path);
+        if p.is_absolute() {
+            self.source.path.clone()
+        } else {
+            self.dir.join(p).display().to_string()
+        }
+    }
+
+    /// The source SQL text.
+    pub fn source_sql(&self) -> Result<String> {
+        let path = self.resolve(&self.source.query);
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("pipeline {}: source.query {}", self.file.display(), path.display()))
+    }
+
+    pub fn inference(&self) -> Result<InferenceSettings> {
+        Ok(InferenceSettings {
+            members: self.inference.members,
+            samples: self.inference.samples,
+            sampler: self
+                .inference
+                .sampler
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("inference.sampler: {e}"))?,
+            seed: self.inference.seed,
+        })
+    }
+
+    /// The model's training settings: log-SNR schedule with v-prediction
+    /// (what the toy experiments showed keeps small variances; see
+    /// operators/hyperdm/README.md).
+    pub fn field_training(&self) -> uqcast_forecast::FieldTraining {
+        let t = &self.train;
+        uqcast_forecast::FieldTraining {
+            mlp: MlpConfig {
+                hidden: t.hidden.clone(),
+                time_dim: t.time_dim,
+                activation: t.activation,
+                ..MlpConfig::default()
+            },
+            patch: Patch(t.patch),
+            hyper: HyperConfig {
+                z_dim: t.z_dim,
+                hidden: t.hyper_hidden.clone(),
+            },
+            diffusion: DiffusionConfig {
+                steps: t.diffusion_steps,
+                prediction: Prediction::V,
+                schedule: ScheduleKind::LogSnr,
+            },
+            train: TrainConfig {
+                iterations: t.iterations,
+                batch_size: t.batch_size,
+                z_per_step: 1,
+                optimizer: AdamWConfig {
+                    lr: t.lr,
+                    weight_decay: t.weight_decay,
+                    ..AdamWConfig::default()
+                },
+                final_lr_fraction: 0.05,
+                seed: t.seed,
+            },
+            normalisation: Normalisation::default(),
+            lead_hours: self.model.lead_hours,
+        }
+    }
+}
