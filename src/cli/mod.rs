@@ -3,6 +3,7 @@
 mod demo;
 mod eval;
 mod output;
+mod plot;
 mod run;
 mod sql;
 mod synth;
@@ -34,6 +35,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check forecasts against a synthetic data set's ground truth (AU map, OOD cells, persistence).
     Eval(eval::EvalArgs),
+    /// Maps of mean, AU, EU and flagged tiles for one forecast valid time (PNG).
+    Plot(plot::PlotArgs),
     /// The HyperDM paper's toy experiment: AU vs noise, EU vs data size, EU in a data gap.
     Toy(toy::ToyArgs),
 }
@@ -46,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Eval(args) => eval::run(args).await,
+        Command::Plot(args) => plot::run(args).await,
         Command::Toy(args) => toy::run_toy(args).await,
     }
 }

@@ -177,9 +177,10 @@ impl ForecastModel {
         i64::from(self.meta.lead_hours) * 3_600_000_000
     }
 
-    /// Samples M×N forecasts from one complete step. The seed of a step is
-    /// derived from `settings.seed` and its time only, so a step gets the
-    /// same numbers whichever run, order or batch it is forecast in.
+    /// Samples M×N forecasts from one complete step. Every step sees the
+    /// same M networks (weights drawn from `settings.seed`); the diffusion
+    /// noise of a step derives from the seed and its time only, so a step
+    /// gets the same numbers whichever run, order or batch it is in.
     pub fn forecast(&self, step: &StepField, settings: &InferenceSettings) -> Result<StepForecast> {
         let grid = &self.meta.grid;
         let norm = &self.meta.normalisation;
@@ -196,11 +197,12 @@ impl ForecastModel {
             let rows = chunk.len() / dim;
             let cond = Tensor::from_vec(chunk.to_vec(), (rows, dim), &self.model.device)
                 .ctx("forecast input")?;
-            let moments = self.model.predict(
+            let moments = self.model.predict_seeded(
                 &cond,
                 settings.members,
                 settings.samples,
                 settings.sampler,
+                settings.seed,
                 mix(step_seed ^ k as u64),
             )?;
             for (out, t) in [(&mut mean, &moments.mean), (&mut au, &moments.au), (&mut eu, &moments.eu)] {

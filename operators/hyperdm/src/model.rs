@@ -291,14 +291,30 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         sampler: Sampler,
         seed: u64,
     ) -> Result<Moments> {
+        self.predict_seeded(cond, members, samples, sampler, seed, seed)
+    }
+
+    /// As [`HyperDm::predict`], with the weight draws (z) and the diffusion
+    /// noise seeded apart: conditions predicted in several calls (chunks of
+    /// a field) must share `weight_seed` to see the same M networks, while
+    /// each call takes its own `noise_seed`.
+    pub fn predict_seeded(
+        &self,
+        cond: &Tensor,
+        members: usize,
+        samples: usize,
+        sampler: Sampler,
+        weight_seed: u64,
+        noise_seed: u64,
+    ) -> Result<Moments> {
         let conditions = cond.dim(0).ctx("predict")?;
         let sample_shape = self.sample_shape(cond)?;
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
         let mut acc = MomentAccumulator::default();
-        let mut shared_noise = ChaCha8Rng::seed_from_u64(seed);
+        let mut shared_noise = ChaCha8Rng::seed_from_u64(noise_seed);
         shared_noise.set_stream(u64::MAX);
         for member in 0..members {
-            let mut z_rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut z_rng = ChaCha8Rng::seed_from_u64(weight_seed);
             z_rng.set_stream(member as u64);
             let z = gaussian(&mut z_rng, &[1, self.hyper.z_dim()], &self.device)?;
             let mut rng = shared_noise.clone();
