@@ -11,7 +11,8 @@ use uqcast_forecast::InferenceSettings;
 use uqcast_forecast::features::{Normalisation, Patch};
 use uqcast_hyperdm::optim::AdamWConfig;
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, MlpConfig, Prediction, Sampler, ScheduleKind, TrainConfig,
+    Activation, DiffusionConfig, HyperConfig, MlpConfig, Prediction, Sampler, ScheduleKind,
+    TrainConfig,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +65,10 @@ pub struct TrainSection {
     pub activation: Activation,
     pub z_dim: usize,
     pub hyper_hidden: Vec<usize>,
+    /// Pull of each generated network toward its own random anchor, which
+    /// keeps the members apart away from the data (0: off; see
+    /// operators/hyperdm/src/model.rs).
+    pub anchor: f64,
     pub diffusion_steps: usize,
 }
 
@@ -112,7 +117,10 @@ impl Pipeline {
             anyhow::anyhow!(
                 "pipeline {}: {}",
                 path.display(),
-                e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+                e.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
             )
         })?;
         p.file = path.to_path_buf();
@@ -133,7 +141,10 @@ impl Pipeline {
             bad("model.lead_hours", "must be at least 1")?;
         }
         if self.inference.members < 2 {
-            bad("inference.members", "must be at least 2 (EU needs two weight draws)")?;
+            bad(
+                "inference.members",
+                "must be at least 2 (EU needs two weight draws)",
+            )?;
         }
         if self.inference.samples < 1 {
             bad("inference.samples", "must be at least 1")?;
@@ -141,7 +152,7 @@ impl Pipeline {
         if let Err(e) = self.inference.sampler.parse::<Sampler>() {
             bad("inference.sampler", &e)?;
         }
-        if !(self.flags.tile_degrees > 0.0) {
+        if self.flags.tile_degrees.is_nan() || self.flags.tile_degrees <= 0.0 {
             bad("flags.tile_degrees", "must be positive")?;
         }
         if !(0.0..=1.0).contains(&self.flags.min_fraction) {
@@ -151,12 +162,12 @@ impl Pipeline {
             Threshold::Percentile(q) if !(0.0..=1.0).contains(&q) => {
                 bad("flags.eu_threshold.percentile", "must be within 0..1")?
             }
-            Threshold::Absolute(k) if !(k >= 0.0) => {
+            Threshold::Absolute(k) if k.is_nan() || k < 0.0 => {
                 bad("flags.eu_threshold.absolute", "must be ≥ 0 K²")?
             }
             _ => {}
         }
-        if self.train.patch % 2 == 0 {
+        if self.train.patch.is_multiple_of(2) {
             bad("train.patch", "must be odd (the cell sits in the middle)")?;
         }
         if self.train.hidden.is_empty() || self.train.hidden.contains(&0) {
@@ -189,8 +200,13 @@ impl Pipeline {
     /// The source SQL text.
     pub fn source_sql(&self) -> Result<String> {
         let path = self.resolve(&self.source.query);
-        std::fs::read_to_string(&path)
-            .with_context(|| format!("pipeline {}: source.query {}", self.file.display(), path.display()))
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "pipeline {}: source.query {}",
+                self.file.display(),
+                path.display()
+            )
+        })
     }
 
     pub fn inference(&self) -> Result<InferenceSettings> {
@@ -239,6 +255,7 @@ impl Pipeline {
                 },
                 final_lr_fraction: 0.05,
                 seed: t.seed,
+                anchor: t.anchor,
             },
             normalisation: Normalisation::default(),
             lead_hours: self.model.lead_hours,

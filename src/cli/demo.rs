@@ -1,19 +1,27 @@
-//! `uqcast demo [--out DIR]`: the embedded default job, needing no downloads.
+//! `uqcast demo [--out DIR]`: the default job end to end, with nothing to
+//! download. The pipeline, its SQL and a small trained model are embedded
+//! in the binary (the model is the one `uqcast train` makes from the
+//! synthetic training span; see README "The shipped model").
 //!
-//! Synthesises three days of ERA5-like data on the default grid (North
-//! America, 1°) with one out-of-distribution hot disk, then summarises the
-//! table with SQL. (The forecast stages join here as they land.)
+//! 1. synthesise three days of ERA5-like t2m on the default grid (North
+//!    America, 1°) with an out-of-distribution hot disk at 2020-01-03T12Z;
+//! 2. run the scheduled job (`uqcast run`) with the embedded pipeline;
+//! 3. print the flagged high-EU regions with SQL;
+//! 4. check AU, EU and skill against the synthetic ground truth;
+//! 5. draw maps for a normal and the OOD step.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use datafusion::prelude::SessionContext;
 
+use super::eval::{render, science};
 use super::output::{Format, print};
 use super::synth::{SynthArgs, generate};
-use crate::session::{TableArg, register_tables};
+use crate::job::{RunOptions, describe, run as run_job};
+use crate::pipeline::Pipeline;
+use crate::session::{TableArg, new_context, register_tables};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -22,16 +30,50 @@ pub struct DemoArgs {
     out: PathBuf,
 }
 
-const SUMMARY_SQL: &str = "\
+/// The default pipeline and what it refers to, as shipped.
+const EMBEDDED: [(&str, &[u8]); 5] = [
+    (
+        "pipelines/era5_t2m_6h.toml",
+        include_bytes!("../../pipelines/era5_t2m_6h.toml"),
+    ),
+    (
+        "pipelines/era5_na_1deg.sql",
+        include_bytes!("../../pipelines/era5_na_1deg.sql"),
+    ),
+    (
+        "pipelines/flag_high_eu.sql",
+        include_bytes!("../../pipelines/flag_high_eu.sql"),
+    ),
+    (
+        "models/era5_t2m_6h_na1deg.safetensors",
+        include_bytes!("../../models/era5_t2m_6h_na1deg.safetensors"),
+    ),
+    (
+        "models/era5_t2m_6h_na1deg.json",
+        include_bytes!("../../models/era5_t2m_6h_na1deg.json"),
+    ),
+];
+
+const FLAGGED_SQL: &str = "\
 SELECT valid_time,
-       count(*)                    AS cells,
-       round(min(t2m), 2)          AS min_t2m_k,
-       round(avg(t2m), 2)          AS mean_t2m_k,
-       round(max(t2m), 2)          AS max_t2m_k,
-       sum(CASE WHEN latitude >= 40 AND t2m > 295 THEN 1 ELSE 0 END) AS hot_cells_north_of_40n
-FROM era5
+       count(*) FILTER (WHERE flagged)                        AS flagged_tiles,
+       count(*)                                               AS tiles,
+       round(max(max_eu), 3)                                  AS max_eu_k2,
+       max(CASE WHEN flagged THEN concat(CAST(tile_lat AS VARCHAR), 'N ', CAST(tile_lon AS VARCHAR), 'E') END) AS a_flagged_tile
+FROM flags
 GROUP BY valid_time
 ORDER BY valid_time";
+
+fn unpack(root: &Path) -> Result<PathBuf> {
+    for (name, bytes) in EMBEDDED {
+        let path = root.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(root.join(EMBEDDED[0].0))
+}
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let data = args.out.join("era5");
@@ -44,34 +86,88 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ood,
     ))
     .await?;
+    let config = unpack(&args.out)?;
+    let output = args.out.join("output");
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "synthesised {} files under {} (truth: {})",
-        report.files.len(),
+        "1. synthesised {} steps into {} (ground truth: {})",
+        12,
         data.display(),
         report.truth.display()
     )?;
-    writeln!(out, "\n{SUMMARY_SQL};\n")?;
+    writeln!(
+        out,
+        "2. running the job: uqcast run --config {} --input {} --output {}",
+        config.display(),
+        data.display(),
+        output.display()
+    )?;
     drop(out);
 
-    let ctx = SessionContext::new();
-    let table = TableArg {
-        name: "era5".into(),
-        location: data.display().to_string(),
-    };
-    register_tables(&ctx, &[table]).await?;
-    print(ctx.sql(SUMMARY_SQL).await?, Format::Table).await?;
+    let pipeline = Pipeline::load(&config)?;
+    let summary = run_job(
+        &pipeline,
+        &RunOptions {
+            input: Some(data.display().to_string()),
+            output: Some(output.clone()),
+            ..RunOptions::default()
+        },
+    )
+    .await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "   uqcast run: ok {}\n\n3. high-epistemic regions (flags table):\n{FLAGGED_SQL};\n",
+        describe(&summary, &output)
+    )?;
+    let ctx = new_context();
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: "flags".into(),
+            location: output.join("flags").display().to_string(),
+        }],
+    )
+    .await?;
+    print(ctx.sql(FLAGGED_SQL).await?, Format::Table).await?;
 
+    let science_report = science(&output, &data).await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "\n4. checked against the synthetic ground truth:\n{}\n",
+        render(&science_report)
+    )?;
+
+    let maps = args.out.join("maps");
+    std::fs::create_dir_all(&maps)?;
+    let mut written = Vec::new();
+    for (time, name) in [
+        ("2020-01-02T12:00Z", "t2m_20200102T1200.png"),
+        ("2020-01-03T18:00Z", "t2m_20200103T1800_ood.png"),
+    ] {
+        let png = maps.join(name);
+        super::plot::draw(&output, crate::time::parse_utc(time).context("time")?, &png).await?;
+        written.push(png);
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "The out-of-distribution hot disk (+30 K at 45°N 260°E, 2020-01-03T12:00Z) is the only step with hot cells north of 40°N."
+        "5. maps: {}",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     writeln!(
         out,
-        "Query it yourself: uqcast sql \"SELECT * FROM era5 LIMIT 5\" --table era5={}",
-        data.display()
+        "\nEverything is under {}: era5/ (input NetCDF + truth/), pipelines/ and models/ (what ran), output/forecast (Parquet, year=/month=), output/flags, maps/.",
+        args.out.display()
+    )?;
+    writeln!(
+        out,
+        "Query it: uqcast sql \"SELECT valid_time, avg(t2m_eu) FROM f GROUP BY 1 ORDER BY 1\" --table f={}",
+        output.join("forecast").display()
     )?;
     Ok(())
 }

@@ -66,7 +66,9 @@ struct Rows {
 }
 
 fn f64s(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
-    let c = b.column_by_name(name).with_context(|| format!("column {name}"))?;
+    let c = b
+        .column_by_name(name)
+        .with_context(|| format!("column {name}"))?;
     let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
     Ok(c.as_primitive::<Float64Type>().iter().collect())
 }
@@ -75,7 +77,12 @@ async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
     let sql = "SELECT f.init_time, f.valid_time, f.latitude, f.longitude, f.t2m, f.t2m_mean, f.t2m_au, f.t2m_eu, e.t2m AS truth
                FROM forecast f LEFT JOIN era5 e
                  ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude";
-    let batches = ctx.sql(sql).await?.collect().await.context("reading forecasts")?;
+    let batches = ctx
+        .sql(sql)
+        .await?
+        .collect()
+        .await
+        .context("reading forecasts")?;
     let mut r = Rows {
         init: vec![],
         valid: vec![],
@@ -147,8 +154,14 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
     register_tables(
         &ctx,
         &[
-            TableArg { name: "forecast".into(), location: forecast.join("forecast").display().to_string() },
-            TableArg { name: "era5".into(), location: data.display().to_string() },
+            TableArg {
+                name: "forecast".into(),
+                location: forecast.join("forecast").display().to_string(),
+            },
+            TableArg {
+                name: "era5".into(),
+                location: data.display().to_string(),
+            },
         ],
     )
     .await?;
@@ -161,7 +174,10 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
 
     // OOD labels: a forecast cell is OOD when its input cell was altered.
     let grid = ModelGrid::from_coordinates(rows.lat.iter().copied(), rows.lon.iter().copied());
-    let synth_grid = LatLonGrid { latitude: grid.latitude.clone(), longitude: grid.longitude.clone() };
+    let synth_grid = LatLonGrid {
+        latitude: grid.latitude.clone(),
+        longitude: grid.longitude.clone(),
+    };
     let times: BTreeSet<i64> = rows.init.iter().chain(&rows.valid).copied().collect();
     let masks: HashMap<i64, Vec<bool>> = times
         .iter()
@@ -178,13 +194,16 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
     let touched = |t: i64| masks.get(&t).is_some_and(|m| m.iter().any(|&b| b));
     let mut labels = Vec::with_capacity(rows.init.len());
     for k in 0..rows.init.len() {
-        let cell = grid.cell(rows.lat[k], rows.lon[k]).context("cell off grid")?;
+        let cell = grid
+            .cell(rows.lat[k], rows.lon[k])
+            .context("cell off grid")?;
         labels.push(masks[&rows.init[k]][cell]);
     }
     let eu_auroc = auroc(&rows.eu, &labels).unwrap_or(f64::NAN);
 
     // Skill and AU on in-distribution steps with a truth to compare to.
-    let clean = |k: usize| !touched(rows.init[k]) && !touched(rows.valid[k]) && rows.truth[k].is_some();
+    let clean =
+        |k: usize| !touched(rows.init[k]) && !touched(rows.valid[k]) && rows.truth[k].is_some();
     let (mut se_mean, mut se_persist, mut spread, mut n) = (0.0, 0.0, 0.0, 0usize);
     let mut au_by_cell: HashMap<(i64, i64), (f64, usize)> = HashMap::new();
     let mut steps_clean = BTreeSet::new();

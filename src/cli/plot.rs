@@ -41,13 +41,20 @@ const FONT_CANDIDATES: [&str; 3] = [
 ];
 
 fn register_font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if REGISTERED.get().is_some() {
+        return Ok(());
+    }
     let path = FONT_CANDIDATES
         .iter()
         .find(|p| Path::new(p).is_file())
-        .context("no DejaVuSans.ttf found for labels; install fonts-dejavu-core (.ci/setup does)")?;
+        .context(
+            "no DejaVuSans.ttf found for labels; install fonts-dejavu-core (.ci/setup does)",
+        )?;
     let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| anyhow::anyhow!("{path}: not a usable font"))?;
+    let _ = REGISTERED.set(());
     Ok(())
 }
 
@@ -72,18 +79,33 @@ fn colour(t: f64) -> RGBColor {
 }
 
 fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
-    let c = b.column_by_name(name).with_context(|| format!("column {name}"))?;
+    let c = b
+        .column_by_name(name)
+        .with_context(|| format!("column {name}"))?;
     let c = datafusion::arrow::compute::cast(c, &DataType::Float64)?;
-    Ok(c.as_primitive::<Float64Type>().iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    Ok(c.as_primitive::<Float64Type>()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
 }
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
     let ctx = new_context();
     let location = input.join(table);
     if !location.exists() {
-        bail!("{}: no {table} table (run `uqcast run` first)", location.display());
+        bail!(
+            "{}: no {table} table (run `uqcast run` first)",
+            location.display()
+        );
     }
-    register_tables(&ctx, &[TableArg { name: table.into(), location: location.display().to_string() }]).await?;
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: table.into(),
+            location: location.display().to_string(),
+        }],
+    )
+    .await?;
     Ok(ctx.sql(&sql).await?.collect().await?)
 }
 
@@ -109,9 +131,17 @@ fn draw_map(
 ) -> Result<()> {
     let (w, _) = area.dim_in_pixel();
     let (map, bar) = area.split_horizontally(w * 84 / 100);
-    let (lo, hi) = if layer.units == "K" { range(&layer.values, 1.0) } else { range(&layer.values, 0.99) };
-    let (lat_min, lat_max) = cells.iter().fold((f64::MAX, f64::MIN), |a, c| (a.0.min(c.0), a.1.max(c.0)));
-    let (lon_min, lon_max) = cells.iter().fold((f64::MAX, f64::MIN), |a, c| (a.0.min(c.1), a.1.max(c.1)));
+    let (lo, hi) = if layer.units == "K" {
+        range(&layer.values, 1.0)
+    } else {
+        range(&layer.values, 0.99)
+    };
+    let (lat_min, lat_max) = cells
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, c| (a.0.min(c.0), a.1.max(c.0)));
+    let (lon_min, lon_max) = cells
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, c| (a.0.min(c.1), a.1.max(c.1)));
     let (dy, dx) = (spacing.0 / 2.0, spacing.1 / 2.0);
     let mut chart = ChartBuilder::on(&map)
         .caption(layer.title, ("sans-serif", 20))
@@ -127,7 +157,10 @@ fn draw_map(
         .label_style(("sans-serif", 13))
         .draw()?;
     chart.draw_series(cells.iter().zip(&layer.values).map(|(&(lat, lon), &v)| {
-        Rectangle::new([(lon - dx, lat - dy), (lon + dx, lat + dy)], colour((v - lo) / (hi - lo)).filled())
+        Rectangle::new(
+            [(lon - dx, lat - dy), (lon + dx, lat + dy)],
+            colour((v - lo) / (hi - lo)).filled(),
+        )
     }))?;
     for &(lat, lon, size) in tiles {
         chart.draw_series(std::iter::once(Rectangle::new(
@@ -151,7 +184,10 @@ fn draw_map(
     let steps = 64;
     legend.draw_series((0..steps).map(|k| {
         let (a, b) = (k as f64 / steps as f64, (k + 1) as f64 / steps as f64);
-        Rectangle::new([(0.0, lo + a * (hi - lo)), (1.0, lo + b * (hi - lo))], colour(a).filled())
+        Rectangle::new(
+            [(0.0, lo + a * (hi - lo)), (1.0, lo + b * (hi - lo))],
+            colour(a).filled(),
+        )
     }))?;
     Ok(())
 }
@@ -160,11 +196,23 @@ fn min_spacing(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.to_vec();
     v.sort_by(f64::total_cmp);
     v.dedup();
-    v.windows(2).map(|w| w[1] - w[0]).fold(f64::MAX, f64::min).min(360.0)
+    v.windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(f64::MAX, f64::min)
+        .min(360.0)
 }
 
 pub async fn run(args: PlotArgs) -> Result<()> {
-    let t = args.time;
+    draw(&args.input, args.time, &args.out).await
+}
+
+/// Draws the maps of valid time `t` from the run output `input` into `out`.
+pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
+    let args = PlotArgs {
+        input: input.to_path_buf(),
+        time: t,
+        out: out.to_path_buf(),
+    };
     let time_sql = format!("to_timestamp_micros({t}, 'UTC')");
     let forecast = query(
         &args.input,
@@ -183,7 +231,11 @@ pub async fn run(args: PlotArgs) -> Result<()> {
     let mut cells = Vec::with_capacity(rows);
     let (mut mean, mut au, mut eu) = (Vec::new(), Vec::new(), Vec::new());
     for b in &forecast {
-        cells.extend(column(b, "latitude")?.into_iter().zip(column(b, "longitude")?));
+        cells.extend(
+            column(b, "latitude")?
+                .into_iter()
+                .zip(column(b, "longitude")?),
+        );
         mean.extend(column(b, "t2m_mean")?);
         au.extend(column(b, "t2m_au")?);
         eu.extend(column(b, "t2m_eu")?);
@@ -196,14 +248,27 @@ pub async fn run(args: PlotArgs) -> Result<()> {
     .await?;
     let mut tile_corners = Vec::new();
     for b in &flags {
-        tile_corners.extend(column(b, "tile_lat")?.into_iter().zip(column(b, "tile_lon")?));
+        tile_corners.extend(
+            column(b, "tile_lat")?
+                .into_iter()
+                .zip(column(b, "tile_lon")?),
+        );
     }
-    let all_tiles = query(&args.input, "flags", format!("SELECT DISTINCT tile_lat FROM flags WHERE valid_time = {time_sql}")).await?;
+    let all_tiles = query(
+        &args.input,
+        "flags",
+        format!("SELECT DISTINCT tile_lat FROM flags WHERE valid_time = {time_sql}"),
+    )
+    .await?;
     let mut tile_lats = Vec::new();
     for b in &all_tiles {
         tile_lats.extend(column(b, "tile_lat")?);
     }
-    let tile = if tile_lats.len() > 1 { min_spacing(&tile_lats) } else { 5.0 };
+    let tile = if tile_lats.len() > 1 {
+        min_spacing(&tile_lats)
+    } else {
+        5.0
+    };
     let tiles: Vec<(f64, f64, f64)> = tile_corners.iter().map(|&(a, b)| (a, b, tile)).collect();
     let spacing = (
         min_spacing(&cells.iter().map(|c| c.0).collect::<Vec<_>>()),
@@ -219,10 +284,26 @@ pub async fn run(args: PlotArgs) -> Result<()> {
         let root = root.titled(&title, ("sans-serif", 26))?;
         let panels = root.split_evenly((2, 2));
         let layers = [
-            Layer { title: "predictive mean", units: "K", values: mean },
-            Layer { title: "aleatoric variance (AU)", units: "K²", values: au },
-            Layer { title: "epistemic variance (EU)", units: "K²", values: eu.clone() },
-            Layer { title: "EU with flagged tiles (red)", units: "K²", values: eu },
+            Layer {
+                title: "predictive mean",
+                units: "K",
+                values: mean,
+            },
+            Layer {
+                title: "aleatoric variance (AU)",
+                units: "K²",
+                values: au,
+            },
+            Layer {
+                title: "epistemic variance (EU)",
+                units: "K²",
+                values: eu.clone(),
+            },
+            Layer {
+                title: "EU with flagged tiles (red)",
+                units: "K²",
+                values: eu,
+            },
         ];
         for (k, (panel, layer)) in panels.iter().zip(&layers).enumerate() {
             let outlined: &[(f64, f64, f64)] = if k == 3 { &tiles } else { &[] };

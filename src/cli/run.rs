@@ -46,6 +46,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .output
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
     let summary = run_job(&pipeline, &options).await?;
-    writeln!(std::io::stdout().lock(), "uqcast run: ok {}", describe(&summary, &out))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "uqcast run: ok {}",
+        describe(&summary, &out)
+    )?;
     Ok(())
 }

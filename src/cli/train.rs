@@ -40,7 +40,14 @@ pub struct TrainArgs {
 /// coordinates seen, and every step must cover all of it.
 pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<StepField>)> {
     let ctx = new_context();
-    register_tables(&ctx, &[TableArg { name: "era5".into(), location }]).await?;
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: "era5".into(),
+            location,
+        }],
+    )
+    .await?;
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
     let mut stream = df.execute_stream().await.context("source query")?;
@@ -52,7 +59,10 @@ pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<S
     for b in &batches {
         let cast = |name: &str| -> Result<Vec<f64>> {
             let c = b.column_by_name(name).context(name.to_string())?;
-            let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
+            let c = datafusion::arrow::compute::cast(
+                c,
+                &datafusion::arrow::datatypes::DataType::Float64,
+            )?;
             Ok(c.as_any()
                 .downcast_ref::<datafusion::arrow::array::Float64Array>()
                 .context("float64")?
@@ -76,13 +86,17 @@ pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<S
 
 pub async fn run(args: TrainArgs) -> Result<()> {
     let pipeline = Pipeline::load(&args.config)?;
-    let location = args.input.clone().unwrap_or_else(|| pipeline.source_location());
+    let location = args
+        .input
+        .clone()
+        .unwrap_or_else(|| pipeline.source_location());
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("model directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("model directory {}", dir.display()))?;
     }
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let (grid, steps) = read_steps(location.clone(), &sql).await?;
@@ -104,7 +118,9 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         let device = uqcast_hyperdm::default_device();
         uqcast_forecast::model::train(&steps, &grid, &settings, &source, &out_path, &device, |p| {
             let done = p.iteration as f64 / p.iterations.max(1) as f64;
-            let bar: String = (0..30).map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' }).collect();
+            let bar: String = (0..30)
+                .map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' })
+                .collect();
             let line = format!(
                 "train [{bar}] {}/{} loss {:.4} {:.0} s",
                 p.iteration, p.iterations, p.loss, p.elapsed_seconds
@@ -115,6 +131,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
                 eprintln!("{line}");
             }
         })
+        .map_err(anyhow::Error::from)
     })
     .await
     .context("training task failed")??;

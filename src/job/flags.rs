@@ -23,8 +23,13 @@ pub fn flags_schema() -> Result<SchemaRef> {
 /// The flagging SQL with its `{{placeholders}}` filled from the pipeline.
 pub fn render(pipeline: &Pipeline) -> Result<String> {
     let path = pipeline.resolve(&pipeline.flags.sql);
-    let template = std::fs::read_to_string(&path)
-        .with_context(|| format!("pipeline {}: flags.sql {}", pipeline.file.display(), path.display()))?;
+    let template = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "pipeline {}: flags.sql {}",
+            pipeline.file.display(),
+            path.display()
+        )
+    })?;
     let f = &pipeline.flags;
     let threshold = match f.eu_threshold {
         Threshold::Absolute(k) => format!("{k:?}"),
@@ -94,7 +99,12 @@ pub async fn write_flags(
 /// Puts a result batch into the contract schema (names must match; numeric
 /// types are cast; units come from the contract).
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let got: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+    let got: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
     let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if got != want {
         bail!(

@@ -62,12 +62,18 @@ pub fn source_sql(pipeline: &Pipeline, since: Option<i64>, until: Option<i64>) -
     Ok(if bounds.is_empty() {
         sql.to_string()
     } else {
-        format!("SELECT * FROM ({sql}) AS source WHERE {}", bounds.join(" AND "))
+        format!(
+            "SELECT * FROM ({sql}) AS source WHERE {}",
+            bounds.join(" AND ")
+        )
     })
 }
 
 pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
-    let location = options.input.clone().unwrap_or_else(|| pipeline.source_location());
+    let location = options
+        .input
+        .clone()
+        .unwrap_or_else(|| pipeline.source_location());
     let model_path = options
         .model
         .clone()
@@ -81,9 +87,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let device = uqcast_hyperdm::default_device();
     let model = {
         let path = model_path.clone();
-        tokio::task::spawn_blocking(move || ForecastModel::load(&path, &device))
-            .await
-            .context("model loading task failed")??
+        tokio::task::spawn_blocking(move || {
+            ForecastModel::load(&path, &device).map_err(anyhow::Error::from)
+        })
+        .await
+        .context("model loading task failed")??
     };
     if model.meta.lead_hours != pipeline.model.lead_hours {
         anyhow::bail!(
@@ -117,7 +125,14 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
 
     let ctx = new_context();
-    register_tables(&ctx, &[TableArg { name: "era5".into(), location }]).await?;
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: "era5".into(),
+            location,
+        }],
+    )
+    .await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
     let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
     let plan = table.scan(&ctx.state(), None, &[], None).await?;

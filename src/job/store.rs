@@ -44,8 +44,12 @@ impl ForecastStore {
     /// Creates `DIR/forecast` if needed (a clear error if it cannot).
     pub fn open(dir: &Path) -> Result<Self> {
         let root = dir.join("forecast");
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("output {}: cannot create the forecast table", root.display()))?;
+        std::fs::create_dir_all(&root).with_context(|| {
+            format!(
+                "output {}: cannot create the forecast table",
+                root.display()
+            )
+        })?;
         let probe = root.join(format!(".write-test-{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
@@ -110,7 +114,9 @@ impl ForecastStore {
             .key_value_metadata()
             .map(|kv| {
                 kv.iter()
-                    .filter_map(|e| Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?)))
+                    .filter_map(|e| {
+                        Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -129,8 +135,14 @@ impl ForecastStore {
     }
 
     /// Writes one step (all rows share `valid_time`) atomically; returns its path.
-    pub fn write_step(&self, valid_time: i64, batch: &RecordBatch, provenance: &Provenance) -> Result<PathBuf> {
-        let t: DateTime<Utc> = DateTime::from_timestamp_micros(valid_time).context("valid time out of range")?;
+    pub fn write_step(
+        &self,
+        valid_time: i64,
+        batch: &RecordBatch,
+        provenance: &Provenance,
+    ) -> Result<PathBuf> {
+        let t: DateTime<Utc> =
+            DateTime::from_timestamp_micros(valid_time).context("valid time out of range")?;
         let dir = self
             .root
             .join(format!("year={:04}", t.year()))
@@ -151,7 +163,11 @@ impl ForecastStore {
 
 /// Writes batches to one Parquet file with zstd and `uqcast.*` metadata
 /// (the Arrow schema, with its field units, travels in the footer).
-pub fn write_parquet_file(path: &Path, batches: &[RecordBatch], provenance: &Provenance) -> Result<()> {
+pub fn write_parquet_file(
+    path: &Path,
+    batches: &[RecordBatch],
+    provenance: &Provenance,
+) -> Result<()> {
     let Some(first) = batches.first() else {
         bail!("nothing to write");
     };
@@ -180,7 +196,10 @@ mod tests {
 
     #[test]
     fn file_names_carry_the_valid_time() {
-        assert_eq!(valid_time_of("t2m_20200103T1200.parquet"), Some(1_578_052_800_000_000));
+        assert_eq!(
+            valid_time_of("t2m_20200103T1200.parquet"),
+            Some(1_578_052_800_000_000)
+        );
         assert_eq!(valid_time_of(".t2m_20200103T1200.parquet.tmp-7"), None);
         assert_eq!(valid_time_of("t2m_2020.parquet"), None);
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::{stderr, synth, uqcast};
 
-fn fails_with(args: &[&str], needles: &[&str]) {
+pub(crate) fn fails_with(args: &[&str], needles: &[&str]) {
     let o = uqcast(args);
     let err = stderr(&o);
     assert_eq!(

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod errors;
+mod pipeline;
 mod sql;
 mod toy;
 

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
+};
 
 use crate::error::{ForecastError, Result, iso};
 use crate::grid::ModelGrid;
@@ -40,7 +42,11 @@ pub fn check_source_columns(schema: &datafusion::arrow::datatypes::Schema) -> Re
         if !found.contains(&name) {
             return Err(ForecastError::Source(format!(
                 "column '{name}' is missing (the query returns {}); it must return {}",
-                if found.is_empty() { "no columns".to_string() } else { found.join(", ") },
+                if found.is_empty() {
+                    "no columns".to_string()
+                } else {
+                    found.join(", ")
+                },
                 NEEDED.join(", ")
             )));
         }
@@ -64,7 +70,10 @@ impl StepAssembler {
                 .ok_or_else(|| ForecastError::Source(format!("column '{name}' is missing")))?;
             cast(array, to).map_err(|e| ForecastError::Source(format!("column '{name}': {e}")))
         };
-        let time = column("valid_time", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let time = column(
+            "valid_time",
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
         let lat = column("latitude", &DataType::Float64)?;
         let lon = column("longitude", &DataType::Float64)?;
         let t2m = column("t2m", &DataType::Float32)?;
@@ -150,7 +159,11 @@ mod tests {
 
     fn batch(rows: &[(i64, f64, f64, Option<f32>)]) -> RecordBatch {
         let schema = Schema::new(vec![
-            Field::new("valid_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                "valid_time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("latitude", DataType::Float64, false),
             Field::new("longitude", DataType::Float64, false),
             Field::new("t2m", DataType::Float32, true),
@@ -158,7 +171,10 @@ mod tests {
         RecordBatch::try_new(
             Arc::new(schema),
             vec![
-                Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0)).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0))
+                        .with_timezone("UTC"),
+                ),
                 Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
                 Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
                 Arc::new(rows.iter().map(|r| r.3).collect::<Float32Array>()),
@@ -175,13 +191,26 @@ mod tests {
     fn steps_complete_in_any_row_order_and_across_batches() {
         let mut a = StepAssembler::new(grid());
         let first = a
-            .push(&batch(&[(1, 0.0, 11.0, Some(4.0)), (2, 1.0, 10.0, Some(9.0)), (1, 1.0, 10.0, Some(1.0))]))
+            .push(&batch(&[
+                (1, 0.0, 11.0, Some(4.0)),
+                (2, 1.0, 10.0, Some(9.0)),
+                (1, 1.0, 10.0, Some(1.0)),
+            ]))
             .unwrap();
         assert!(first.is_empty());
         let done = a
-            .push(&batch(&[(1, 1.0, 11.0, Some(2.0)), (1, 0.0, 10.0, Some(3.0))]))
+            .push(&batch(&[
+                (1, 1.0, 11.0, Some(2.0)),
+                (1, 0.0, 10.0, Some(3.0)),
+            ]))
             .unwrap();
-        assert_eq!(done, vec![StepField { time: 1, values: vec![1.0, 2.0, 3.0, 4.0] }]);
+        assert_eq!(
+            done,
+            vec![StepField {
+                time: 1,
+                values: vec![1.0, 2.0, 3.0, 4.0]
+            }]
+        );
         let err = a.finish().unwrap_err().to_string();
         assert!(err.contains("has 1 of the 4 cells"), "{err}");
     }
@@ -194,7 +223,10 @@ mod tests {
             .to_string();
         assert!(err.contains("latitude 0.5") && err.contains("2×2"), "{err}");
         let err = StepAssembler::new(grid())
-            .push(&batch(&[(0, 0.0, 10.0, Some(1.0)), (0, 0.0, 10.0, Some(1.0))]))
+            .push(&batch(&[
+                (0, 0.0, 10.0, Some(1.0)),
+                (0, 0.0, 10.0, Some(1.0)),
+            ]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("appears twice"), "{err}");

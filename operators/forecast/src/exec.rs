@@ -22,11 +22,11 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan,
@@ -150,7 +150,9 @@ impl ExecutionPlan for HyperdmExec {
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal("HyperdmExec has one child".into()));
+            return Err(DataFusionError::Internal(
+                "HyperdmExec has one child".into(),
+            ));
         }
         let input = children.remove(0);
         Ok(Arc::new(Self::try_new(
@@ -184,7 +186,8 @@ impl ExecutionPlan for HyperdmExec {
         let mut input = self.input.execute(0, context)?;
         let metrics = ForecastMetrics {
             baseline: BaselineMetrics::new(&self.metrics, partition),
-            sampling_time: MetricBuilder::new(&self.metrics).subset_time("sampling_time", partition),
+            sampling_time: MetricBuilder::new(&self.metrics)
+                .subset_time("sampling_time", partition),
             steps_forecast: MetricBuilder::new(&self.metrics).counter("steps_forecast", partition),
             steps_skipped: MetricBuilder::new(&self.metrics).counter("steps_skipped", partition),
         };

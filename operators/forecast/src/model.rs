@@ -10,8 +10,8 @@ use uqcast_hyperdm::checkpoint::{self, CheckpointMeta};
 use uqcast_hyperdm::error::CandleContext;
 use uqcast_hyperdm::optim::AdamW;
 use uqcast_hyperdm::{
-    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryConfig, PrimaryMlp, Progress,
-    Sampler, TrainConfig,
+    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryConfig, PrimaryMlp, Progress, Sampler,
+    TrainConfig,
 };
 
 use crate::error::{ForecastError, Result, iso};
@@ -133,7 +133,8 @@ impl ForecastModel {
                 problem: "no such model file (train one with `uqcast train`)".into(),
             });
         }
-        let (model, _, checkpoint) = checkpoint::load(path, device, build_cell_mlp).map_err(model_err)?;
+        let (model, _, checkpoint) =
+            checkpoint::load(path, device, build_cell_mlp).map_err(model_err)?;
         let mut meta: FieldMeta =
             serde_json::from_value(checkpoint.data.clone()).map_err(|e| ForecastError::Meta {
                 path: path.with_extension("json"),
@@ -205,8 +206,16 @@ impl ForecastModel {
                 settings.seed,
                 mix(step_seed ^ k as u64),
             )?;
-            for (out, t) in [(&mut mean, &moments.mean), (&mut au, &moments.au), (&mut eu, &moments.eu)] {
-                out.extend(t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ctx("forecast output")?);
+            for (out, t) in [
+                (&mut mean, &moments.mean),
+                (&mut au, &moments.au),
+                (&mut eu, &moments.eu),
+            ] {
+                out.extend(
+                    t.flatten_all()
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .ctx("forecast output")?,
+                );
             }
         }
         let scale = norm.kelvin_per_unit();
@@ -215,7 +224,11 @@ impl ForecastModel {
             .zip(&step.values)
             .map(|(d, now)| (f64::from(*now) + f64::from(*d) * scale) as f32)
             .collect();
-        let variance = |v: Vec<f32>| v.iter().map(|x| (f64::from(*x) * scale * scale) as f32).collect();
+        let variance = |v: Vec<f32>| {
+            v.iter()
+                .map(|x| (f64::from(*x) * scale * scale) as f32)
+                .collect()
+        };
         Ok(StepForecast {
             valid_time,
             mean,
@@ -278,7 +291,8 @@ pub fn train(
         normalisation: settings.normalisation,
         training: span.clone(),
     };
-    let data_json = serde_json::to_value(&meta).map_err(|e| ForecastError::Training(e.to_string()))?;
+    let data_json =
+        serde_json::to_value(&meta).map_err(|e| ForecastError::Training(e.to_string()))?;
     checkpoint::save(out, &model, &optimizer, &settings.train, data_json).map_err(|source| {
         ForecastError::Model {
             path: out.to_path_buf(),

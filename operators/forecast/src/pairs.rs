@@ -102,7 +102,12 @@ mod tests {
             values: vec![k, k + 1.0],
         };
         // 0→6 pairs, 6→12 missing (gap), 18→24 pairs, 24 has no successor.
-        let steps = [step(18, 280.0), step(0, 270.0), step(6, 275.15), step(24, 290.3)];
+        let steps = [
+            step(18, 280.0),
+            step(0, 270.0),
+            step(6, 275.15),
+            step(24, 290.3),
+        ];
         let data = PairData::build(&steps, &grid, &Normalisation::default(), Patch(1), 6 * h);
         assert_eq!((data.pairs(), data.unpaired, data.len()), (2, 2, 4));
         let (x0, y) = data.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();

@@ -29,12 +29,42 @@ pub fn forecast_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         field(INIT_TIME, time(), None, "initial time of the forecast"),
         field(VALID_TIME, time(), None, "valid time of the forecast"),
-        field("latitude", DataType::Float64, Some("degrees_north"), "latitude"),
-        field("longitude", DataType::Float64, Some("degrees_east"), "longitude"),
-        field("t2m", DataType::Float32, Some("K"), "2 metre temperature at the initial time"),
-        field(T2M_MEAN, DataType::Float32, Some("K"), "forecast 2 metre temperature (predictive mean)"),
-        field(T2M_AU, DataType::Float32, Some("K**2"), "aleatoric variance of the forecast, E_i[Var_j]"),
-        field(T2M_EU, DataType::Float32, Some("K**2"), "epistemic variance of the forecast, Var_i[E_j]"),
+        field(
+            "latitude",
+            DataType::Float64,
+            Some("degrees_north"),
+            "latitude",
+        ),
+        field(
+            "longitude",
+            DataType::Float64,
+            Some("degrees_east"),
+            "longitude",
+        ),
+        field(
+            "t2m",
+            DataType::Float32,
+            Some("K"),
+            "2 metre temperature at the initial time",
+        ),
+        field(
+            T2M_MEAN,
+            DataType::Float32,
+            Some("K"),
+            "forecast 2 metre temperature (predictive mean)",
+        ),
+        field(
+            T2M_AU,
+            DataType::Float32,
+            Some("K**2"),
+            "aleatoric variance of the forecast, E_i[Var_j]",
+        ),
+        field(
+            T2M_EU,
+            DataType::Float32,
+            Some("K**2"),
+            "epistemic variance of the forecast, Var_i[E_j]",
+        ),
     ]))
 }
 

@@ -98,13 +98,14 @@ impl TableProvider for ForecastTable {
             None => Ok(exec),
             Some(columns) => {
                 let schema = exec.schema();
-                let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = columns
-                    .iter()
-                    .map(|&i| {
-                        let name = schema.field(i).name().clone();
-                        (Arc::new(Column::new(&name, i)) as _, name)
-                    })
-                    .collect();
+                let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> =
+                    columns
+                        .iter()
+                        .map(|&i| {
+                            let name = schema.field(i).name().clone();
+                            (Arc::new(Column::new(&name, i)) as _, name)
+                        })
+                        .collect();
                 Ok(Arc::new(ProjectionExec::try_new(exprs, exec)?))
             }
         }
@@ -144,10 +145,15 @@ fn literal<'a>(args: &'a [Expr], i: usize, what: &str) -> Result<Option<&'a Scal
 fn text(args: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
     match literal(args, i, what)? {
         None => Ok(None),
-        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => {
-            Ok(Some(s.clone()))
-        }
-        Some(v) => plan_err!("{}: {what} must be text, got {v}", HyperdmForecastFunction::NAME),
+        Some(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(Some(s.clone())),
+        Some(v) => plan_err!(
+            "{}: {what} must be text, got {v}",
+            HyperdmForecastFunction::NAME
+        ),
     }
 }
 
@@ -167,8 +173,11 @@ fn count(args: &[Expr], i: usize, what: &str) -> Result<Option<u64>> {
 impl TableFunctionImpl for HyperdmForecastFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        let usage = "hyperdm_forecast(model_path, source_sql [, members, samples [, sampler [, seed]]])";
-        let (Some(model), Some(source)) = (text(exprs, 0, "model_path")?, text(exprs, 1, "source_sql")?) else {
+        let usage =
+            "hyperdm_forecast(model_path, source_sql [, members, samples [, sampler [, seed]]])";
+        let (Some(model), Some(source)) =
+            (text(exprs, 0, "model_path")?, text(exprs, 1, "source_sql")?)
+        else {
             return plan_err!("usage: {usage}");
         };
         if exprs.len() > 6 {

@@ -26,7 +26,9 @@ pub use error::{HyperdmError, Result};
 pub use hyper::HyperConfig;
 pub use model::{HyperDm, Progress, TrainConfig, TrainingData};
 pub use moments::Moments;
-pub use primary::{Activation, MlpConfig, PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig};
+pub use primary::{
+    Activation, MlpConfig, PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig,
+};
 pub use sampler::Sampler;
 pub use schedule::{DiffusionConfig, Prediction, ScheduleKind};
 

@@ -44,6 +44,10 @@ pub struct TrainConfig {
     /// The learning rate decays (cosine) to this fraction of `optimizer.lr`.
     pub final_lr_fraction: f64,
     pub seed: u64,
+    /// Pull of each generated network toward its own random anchor (0: off).
+    /// See [`HyperDm::loss`].
+    #[serde(default)]
+    pub anchor: f64,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +59,7 @@ impl Default for TrainConfig {
             optimizer: AdamWConfig::default(),
             final_lr_fraction: 0.05,
             seed: 0,
+            anchor: 0.0,
         }
     }
 }
@@ -159,19 +164,52 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         AdamW::new(named_vars(&self.varmap), config.clone())
     }
 
+    /// The fixed random map z ↦ A·z of anchored training: A `[z_dim, P]`
+    /// with N(0, 1/z_dim) entries, so each anchor parameter is N(0, 1) over z
+    /// (the standardised scale the layout's gains turn into weights).
+    pub fn anchor_map(&self, seed: u64) -> Result<Tensor> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(u64::MAX - 1);
+        let z_dim = self.hyper.z_dim();
+        gaussian(
+            &mut rng,
+            &[z_dim, self.primary.layout().total()],
+            &self.device,
+        )?
+        .affine(1.0 / (z_dim as f64).sqrt(), 0.0)
+        .ctx("anchor map")
+    }
+
     /// The denoising loss of one minibatch for `z_per_step` weight draws.
+    ///
+    /// With `anchor = Some((A, λ))` the loss adds λ·mean((φ(z) − A·z)²):
+    /// anchored ensembling (Pearce et al., 2020) across z. Where the data
+    /// pin a network down, every z fits them alike; where they do not (away
+    /// from the training inputs), each network stays near its own random
+    /// anchor, so the members keep disagreeing there. Without it the
+    /// hyper-network learns to ignore z and EU collapses everywhere.
     pub fn loss(
         &self,
         x0: &Tensor,
         cond: &Tensor,
         z_per_step: usize,
+        anchor: Option<(&Tensor, f64)>,
         rng: &mut impl Rng,
     ) -> Result<Tensor> {
         let batch = x0.dim(0).ctx("loss")?;
         let draws = z_per_step.clamp(1, batch);
         let z = gaussian(rng, &[draws, self.hyper.z_dim()], &self.device)?;
         let flat = self.hyper.forward(&z)?;
-        let mut total: Option<Tensor> = None;
+        let mut total: Option<Tensor> = match anchor {
+            Some((map, weight)) if weight > 0.0 => Some(
+                (flat.clone() - z.matmul(map).ctx("anchor")?)
+                    .and_then(|d| d.sqr())
+                    .and_then(|d| d.mean_all())
+                    .and_then(|d| d.affine(weight * draws as f64, 0.0))
+                    .ctx("anchor")?,
+            ),
+            _ => None,
+        };
         for d in 0..draws {
             let (start, end) = (d * batch / draws, (d + 1) * batch / draws);
             let (x0, cond) = (
@@ -249,6 +287,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 problem: "needs data and batch_size > 0".into(),
             });
         }
+        let anchor = if config.anchor > 0.0 {
+            Some(self.anchor_map(config.seed)?)
+        } else {
+            None
+        };
         let started = Instant::now();
         let report_every = (config.iterations / 20).max(1);
         while optimizer.step < config.iterations.min(stop) {
@@ -259,7 +302,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 .map(|_| rng.random_range(0..data.len()))
                 .collect();
             let (x0, cond) = data.batch(&rows, &self.device)?;
-            let loss = self.loss(&x0, &cond, config.z_per_step, &mut rng)?;
+            let loss = self.loss(
+                &x0,
+                &cond,
+                config.z_per_step,
+                anchor.as_ref().map(|a| (a, config.anchor)),
+                &mut rng,
+            )?;
             let progress_fraction = k as f64 / config.iterations.max(1) as f64;
             let floor = config.final_lr_fraction;
             let lr = config.optimizer.lr
@@ -373,7 +422,7 @@ mod tests {
             .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
             .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let loss = model.loss(&x0, &cond, 2, &mut rng).unwrap();
+        let loss = model.loss(&x0, &cond, 2, None, &mut rng).unwrap();
         let grads = loss.backward().unwrap();
         let vars = named_vars(&model.varmap);
         assert!(
@@ -409,7 +458,7 @@ mod tests {
             for s in 0..8 {
                 let mut rng = ChaCha8Rng::seed_from_u64(100 + s);
                 total += m
-                    .loss(&x0, &cond, 1, &mut rng)
+                    .loss(&x0, &cond, 1, None, &mut rng)
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();

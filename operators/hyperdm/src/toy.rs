@@ -97,6 +97,7 @@ impl Default for ToySettings {
                 },
                 final_lr_fraction: 0.02,
                 seed: 0,
+                anchor: 0.0,
             },
             members: 10,
             samples: 1000,

@@ -116,7 +116,8 @@ impl PrimaryNetwork for PrimaryMlp {
             let (wx, we, wc) = (
                 w.narrow(1, 0, c.data_dim).ctx("MLP")?,
                 w.narrow(1, c.data_dim, c.time_dim).ctx("MLP")?,
-                w.narrow(1, c.data_dim + c.time_dim, c.cond_dim).ctx("MLP")?,
+                w.narrow(1, c.data_dim + c.time_dim, c.cond_dim)
+                    .ctx("MLP")?,
             );
             let emb = timestep_embedding(&steps[..1], c.steps, c.time_dim, x_t.device())?;
             let row = emb
@@ -128,7 +129,8 @@ impl PrimaryNetwork for PrimaryMlp {
             .and_then(|h| h.broadcast_add(&row))
             .ctx("MLP layer")?
         } else {
-            let emb = timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
+            let emb =
+                timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
             Tensor::cat(&[x_t, &emb, cond], D::Minus1)
                 .and_then(|h| h.matmul(&params.get(w0).t()?))
                 .and_then(|h| h.broadcast_add(params.get(b0)))

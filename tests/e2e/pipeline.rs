@@ -1,0 +1,456 @@
+//! The forecast pipeline through the real binary: train, run, kill and
+//! resume, flags, the SQL table function, plots, and its error paths.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::errors::fails_with;
+use crate::{stderr, stdout, synth, uqcast};
+
+/// A small pipeline: the whole (small) grid, a tiny cell model, slow enough
+/// sampling (`samples`) that a run can be killed between steps.
+fn write_pipeline(dir: &Path, samples: usize, extra_source: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("source.sql"),
+        format!("SELECT valid_time, latitude, longitude, t2m FROM era5 {extra_source}"),
+    )
+    .unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/flag_high_eu.sql"),
+        dir.join("flags.sql"),
+    )
+    .unwrap();
+    let toml = format!(
+        r#"name = "test"
+[source]
+path = "data"
+query = "source.sql"
+[model]
+checkpoint = "model/m.safetensors"
+lead_hours = 6
+[train]
+iterations = 150
+batch_size = 256
+lr = 3e-3
+weight_decay = 0.0
+seed = 0
+patch = 3
+hidden = [16, 16]
+time_dim = 8
+activation = "relu"
+z_dim = 4
+hyper_hidden = [8]
+anchor = 0.01
+diffusion_steps = 50
+[inference]
+members = 3
+samples = {samples}
+sampler = "ddpm"
+seed = 0
+[output]
+dir = "out"
+[flags]
+sql = "flags.sql"
+tile_degrees = 10.0
+eu_threshold = {{ percentile = 0.9 }}
+min_fraction = 0.3
+"#
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Data (12 steps on a 2° grid, an OOD disk) and a trained model.
+fn trained(dir: &Path, samples: usize) -> PathBuf {
+    synth(
+        &dir.join("data"),
+        12,
+        "nc4",
+        &["--ood", "disk:2020-01-02T12:00Z,45,260,8,30"],
+    );
+    let config = write_pipeline(dir, samples, "");
+    let o = uqcast(&["train", "--config", config.to_str().unwrap()]);
+    assert!(o.status.success(), "train: {}", stderr(&o));
+    assert!(stdout(&o).contains("11 pairs"), "{}", stdout(&o));
+    assert!(dir.join("model/m.safetensors").is_file());
+    assert!(dir.join("model/m.json").is_file());
+    config
+}
+
+fn parquet_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The forecast table's rows as CSV, in a fixed order.
+fn forecast_csv(out: &Path) -> String {
+    let table = format!("f={}", out.join("forecast").display());
+    let o = uqcast(&[
+        "sql",
+        "SELECT * FROM f ORDER BY valid_time, latitude, longitude",
+        "--table",
+        &table,
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+fn run(config: &Path, output: &Path) -> std::process::Output {
+    uqcast(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_table_and_reruns_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 16);
+
+    // Uninterrupted reference run.
+    let whole = dir.path().join("whole");
+    let o = run(&config, &whole);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = stdout(&o);
+    assert!(
+        summary.starts_with("uqcast run: ok new_steps=12 existing_steps=0"),
+        "{summary}"
+    );
+    assert_eq!(parquet_files(&whole.join("forecast")).len(), 12);
+    assert!(whole.join("flags/flags.parquet").is_file());
+
+    // Kill a second run once two steps are written.
+    let resumed = dir.path().join("resumed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            resumed.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while parquet_files(&resumed.join("forecast")).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no steps written"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = parquet_files(&resumed.join("forecast")).len();
+    assert!(
+        (2..12).contains(&partial),
+        "kill landed after {partial} steps"
+    );
+
+    let o = run(&config, &resumed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = stdout(&o);
+    assert!(
+        summary.contains(&format!(
+            "new_steps={} existing_steps={partial}",
+            12 - partial
+        )),
+        "{summary}"
+    );
+    assert_eq!(
+        forecast_csv(&resumed),
+        forecast_csv(&whole),
+        "resumed table differs"
+    );
+    let leftovers: Vec<_> = walk_all(&resumed)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+
+    // Nothing new: nothing written.
+    let before: Vec<_> = parquet_files(&resumed)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    let o = run(&config, &resumed);
+    assert!(
+        stdout(&o).contains("new_steps=0 existing_steps=12"),
+        "{}",
+        stdout(&o)
+    );
+    let after: Vec<_> = parquet_files(&resumed)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    assert_eq!(before, after, "a run with nothing new rewrote files");
+
+    // A different sampling setting may not extend this table.
+    let other = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("members = 3", "members = 4");
+    std::fs::write(&config, other).unwrap();
+    fails_with(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            resumed.to_str().unwrap(),
+        ],
+        &["members = 3", "this run uses 4"],
+    );
+}
+
+fn walk_all(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn forecast_flags_sql_function_plot_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 4);
+    let out = dir.path().join("out");
+    let o = run(&config, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The forecast contract: columns, units, valid time = init + 6 h, AU, EU ≥ 0.
+    let table = format!("f={}", out.join("forecast").display());
+    let o = uqcast(&[
+        "sql",
+        "SELECT count(*) AS n, count(DISTINCT valid_time) AS steps,
+                min(valid_time - init_time) = INTERVAL '6 hours' AND max(valid_time - init_time) = INTERVAL '6 hours' AS lead_ok,
+                min(t2m_au) >= 0 AND min(t2m_eu) >= 0 AS variances_ok,
+                max(abs(t2m_mean - t2m)) < 30 AS mean_plausible
+         FROM f",
+        "--table",
+        &table,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    // 2° grid over 7..83 × 191..325: 39 × 68 cells.
+    assert_eq!(row["n"], 12 * 39 * 68, "{row}");
+    assert_eq!(row["steps"], 12);
+    assert_eq!(row["lead_ok"], true, "{row}");
+    assert_eq!(row["variances_ok"], true, "{row}");
+    assert_eq!(row["mean_plausible"], true, "{row}");
+
+    // The flags contract.
+    let flags = format!("g={}", out.join("flags").display());
+    let o = uqcast(&[
+        "sql",
+        "SELECT * FROM g ORDER BY valid_time LIMIT 1",
+        "--table",
+        &flags,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let contract: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/flags.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = contract["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    let got: Vec<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "{row}");
+    assert!(
+        row["flagged"].is_boolean() && row["cells"].as_u64().unwrap() > 0,
+        "{row}"
+    );
+
+    // The same forecast from SQL, with the operator's metrics.
+    let era5 = format!("era5={}", dir.path().join("data").display());
+    let model = dir.path().join("model/m.safetensors");
+    let q = format!(
+        "EXPLAIN ANALYZE SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5 WHERE valid_time < ''2020-01-01T12:00:00Z''', 2, 2, 'ddim-5', 0)",
+        model.display()
+    );
+    let o = uqcast(&["sql", &q, "--table", &era5]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = stdout(&o);
+    assert!(
+        plan.contains("HyperdmExec") && plan.contains("steps_forecast=2"),
+        "{plan}"
+    );
+
+    // Maps.
+    let png = dir.path().join("map.png");
+    let o = uqcast(&[
+        "plot",
+        "--input",
+        out.to_str().unwrap(),
+        "--time",
+        "2020-01-02T18:00Z",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "{} bytes",
+        bytes.len()
+    );
+    fails_with(
+        &[
+            "plot",
+            "--input",
+            out.to_str().unwrap(),
+            "--time",
+            "2021-01-01T00:00Z",
+            "--out",
+            png.to_str().unwrap(),
+        ],
+        &["no forecast valid at 2021-01-01T00:00Z"],
+    );
+
+    // The science report runs on it (numbers of a 150-update model are not judged here).
+    let o = uqcast(&[
+        "eval",
+        "--forecast",
+        out.to_str().unwrap(),
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["forecast_steps"], 12, "{r}");
+    assert!(r["ood_cells"].as_u64().unwrap() > 0, "{r}");
+    let auroc = r["eu_auroc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auroc), "{r}");
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_keep_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 2);
+    let out = dir.path().join("out");
+    assert!(run(&config, &out).status.success());
+    let snapshot = forecast_csv(&out);
+    let c = config.to_str().unwrap();
+    let o = out.to_str().unwrap();
+
+    // Input on another grid.
+    let other = dir.path().join("other");
+    let s = uqcast(&[
+        "synth",
+        "--out",
+        other.to_str().unwrap(),
+        "--start",
+        "2020-02-01T00:00Z",
+        "--steps",
+        "2",
+        "--res",
+        "3",
+    ]);
+    assert!(s.status.success());
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            o,
+            "--input",
+            other.to_str().unwrap(),
+        ],
+        &["not on the model's grid", "39×68"],
+    );
+    // A missing model.
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            o,
+            "--model",
+            "/nonexistent/m.safetensors",
+        ],
+        &["/nonexistent/m.safetensors", "no such model file"],
+    );
+    // An unwritable output (a regular file is in the way).
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "x").unwrap();
+    let blocked = blocker.join("out");
+    fails_with(
+        &["run", "--config", c, "--output", blocked.to_str().unwrap()],
+        &["blocker/out"],
+    );
+    // A source query without t2m.
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude FROM era5",
+    )
+    .unwrap();
+    fails_with(
+        &["run", "--config", c, "--output", o],
+        &["column 't2m' is missing"],
+    );
+    // Unknown keys in the pipeline.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lead_hours = 6", "lead_hours = 6\nlead_minutes = 0");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    fails_with(
+        &["run", "--config", bad.to_str().unwrap()],
+        &["bad.toml", "lead_minutes"],
+    );
+
+    assert_eq!(
+        forecast_csv(&out),
+        snapshot,
+        "a failed run changed the table"
+    );
+}
