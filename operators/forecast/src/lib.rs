@@ -1,9 +1,10 @@
 //! ERA5 2 m temperature forecasts with HyperDM uncertainty.
 //!
-//! - [`features`]: what the U-Net sees (normalised t2m, position, local
+//! - [`features`]: what the cell model sees (t2m neighbourhood, position, local
 //!   solar time) and predicts (the 6-hour change);
 //! - [`pairs`]: training pairs exactly one lead apart;
 //! - [`model`]: training and loading a field checkpoint, sampling a step;
+//! - [`skill`]: AUROC and correlation for checks against ground truth;
 //! - [`assemble`]: source rows → whole steps on the model grid;
 //! - [`exec`] / [`table`]: the DataFusion operator, the table provider and
 //!   the `hyperdm_forecast` SQL table function.

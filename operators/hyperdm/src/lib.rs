@@ -6,7 +6,8 @@
 //! Choices (see the crate README for the reasoning):
 //! - ε-prediction with T = 100 by default (the paper); x₀-prediction optional;
 //! - linear β (paper) or log-SNR-uniform schedules; DDPM and DDIM (η = 0);
-//! - AdamW; one fresh z per minibatch by default; no KL term;
+//! - AdamW; one fresh z per minibatch by default; no KL term, optionally an
+//!   anchor per network (`TrainConfig::anchor`, see [`HyperDm::loss`]);
 //! - population variances (ddof = 0) so AU + EU is the total variance exactly.
 
 pub mod checkpoint;
