@@ -18,6 +18,37 @@ pub fn new_context() -> SessionContext {
     ctx
 }
 
+/// A session (as [`new_context`]) with one table registered.
+pub async fn context_with_table(name: &str, location: String) -> Result<SessionContext> {
+    let ctx = new_context();
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: name.into(),
+            location,
+        }],
+    )
+    .await?;
+    Ok(ctx)
+}
+
+/// A numeric column of `batch` as f64 (cast from any numeric type).
+pub fn f64_column(
+    batch: &datafusion::arrow::array::RecordBatch,
+    name: &str,
+) -> Result<Vec<Option<f64>>> {
+    use datafusion::arrow::array::AsArray;
+    let c = batch
+        .column_by_name(name)
+        .with_context(|| format!("column {name}"))?;
+    let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
+    Ok(
+        c.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+            .iter()
+            .collect(),
+    )
+}
+
 /// A `--table NAME=PATH` argument.
 #[derive(Debug, Clone)]
 pub struct TableArg {

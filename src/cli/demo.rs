@@ -21,7 +21,7 @@ use super::output::{Format, print};
 use super::synth::{SynthArgs, generate};
 use crate::job::{RunOptions, describe, run as run_job};
 use crate::pipeline::Pipeline;
-use crate::session::{TableArg, new_context, register_tables};
+use crate::session::context_with_table;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -120,15 +120,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "   uqcast run: ok {}\n\n3. high-epistemic regions (flags table):\n{FLAGGED_SQL};\n",
         describe(&summary, &output)
     )?;
-    let ctx = new_context();
-    register_tables(
-        &ctx,
-        &[TableArg {
-            name: "flags".into(),
-            location: output.join("flags").display().to_string(),
-        }],
-    )
-    .await?;
+    let ctx = context_with_table("flags", output.join("flags").display().to_string()).await?;
     print(ctx.sql(FLAGGED_SQL).await?, Format::Table).await?;
 
     let science_report = science(&output, &data).await?;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimestampMicrosecondType};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Float32Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use uqcast_forecast::ModelGrid;
@@ -23,7 +23,7 @@ use uqcast_forecast::skill::{auroc, pearson};
 use uqcast_netcdf::Era5TableProvider;
 use uqcast_synth::{LatLonGrid, read_ood_events};
 
-use crate::session::{TableArg, new_context, register_tables};
+use crate::session::{TableArg, f64_column, new_context, register_tables};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -65,14 +65,6 @@ struct Rows {
     truth: Vec<Option<f64>>,
 }
 
-fn f64s(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
-    let c = b
-        .column_by_name(name)
-        .with_context(|| format!("column {name}"))?;
-    let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)?;
-    Ok(c.as_primitive::<Float64Type>().iter().collect())
-}
-
 async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
     let sql = "SELECT f.init_time, f.valid_time, f.latitude, f.longitude, f.t2m, f.t2m_mean, f.t2m_au, f.t2m_eu, e.t2m AS truth
                FROM forecast f LEFT JOIN era5 e
@@ -105,13 +97,13 @@ async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
         r.init.extend(t("init_time")?);
         r.valid.extend(t("valid_time")?);
         let req = |v: Vec<Option<f64>>| v.into_iter().map(|x| x.unwrap_or(f64::NAN));
-        r.lat.extend(req(f64s(b, "latitude")?));
-        r.lon.extend(req(f64s(b, "longitude")?));
-        r.now.extend(req(f64s(b, "t2m")?));
-        r.mean.extend(req(f64s(b, "t2m_mean")?));
-        r.au.extend(req(f64s(b, "t2m_au")?));
-        r.eu.extend(req(f64s(b, "t2m_eu")?));
-        r.truth.extend(f64s(b, "truth")?);
+        r.lat.extend(req(f64_column(b, "latitude")?));
+        r.lon.extend(req(f64_column(b, "longitude")?));
+        r.now.extend(req(f64_column(b, "t2m")?));
+        r.mean.extend(req(f64_column(b, "t2m_mean")?));
+        r.au.extend(req(f64_column(b, "t2m_au")?));
+        r.eu.extend(req(f64_column(b, "t2m_eu")?));
+        r.truth.extend(f64_column(b, "truth")?);
     }
     Ok(r)
 }
@@ -131,7 +123,7 @@ async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
         .await?;
     let mut map = HashMap::new();
     for b in &batches {
-        let (lat, lon) = (f64s(b, "latitude")?, f64s(b, "longitude")?);
+        let (lat, lon) = (f64_column(b, "latitude")?, f64_column(b, "longitude")?);
         let var = b
             .column_by_name("innovation_variance")
             .context("innovation_variance")?

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::array::RecordBatch;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::session::{TableArg, new_context, register_tables};
+use crate::session::{context_with_table, f64_column};
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -79,18 +78,13 @@ fn colour(t: f64) -> RGBColor {
 }
 
 fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
-    let c = b
-        .column_by_name(name)
-        .with_context(|| format!("column {name}"))?;
-    let c = datafusion::arrow::compute::cast(c, &DataType::Float64)?;
-    Ok(c.as_primitive::<Float64Type>()
-        .iter()
+    Ok(f64_column(b, name)?
+        .into_iter()
         .map(|v| v.unwrap_or(f64::NAN))
         .collect())
 }
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
-    let ctx = new_context();
     let location = input.join(table);
     if !location.exists() {
         bail!(
@@ -98,14 +92,7 @@ async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch
             location.display()
         );
     }
-    register_tables(
-        &ctx,
-        &[TableArg {
-            name: table.into(),
-            location: location.display().to_string(),
-        }],
-    )
-    .await?;
+    let ctx = context_with_table(table, location.display().to_string()).await?;
     Ok(ctx.sql(&sql).await?.collect().await?)
 }
 

@@ -12,7 +12,7 @@ use uqcast_forecast::{ModelGrid, StepField};
 
 use crate::job::source_sql;
 use crate::pipeline::Pipeline;
-use crate::session::{TableArg, new_context, register_tables};
+use crate::session::{context_with_table, f64_column};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -39,15 +39,7 @@ pub struct TrainArgs {
 /// Reads every step the source query returns; the grid is the set of
 /// coordinates seen, and every step must cover all of it.
 pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<StepField>)> {
-    let ctx = new_context();
-    register_tables(
-        &ctx,
-        &[TableArg {
-            name: "era5".into(),
-            location,
-        }],
-    )
-    .await?;
+    let ctx = context_with_table("era5", location).await?;
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
     let mut stream = df.execute_stream().await.context("source query")?;
@@ -57,21 +49,8 @@ pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<S
     }
     let (mut lats, mut lons) = (Vec::new(), Vec::new());
     for b in &batches {
-        let cast = |name: &str| -> Result<Vec<f64>> {
-            let c = b.column_by_name(name).context(name.to_string())?;
-            let c = datafusion::arrow::compute::cast(
-                c,
-                &datafusion::arrow::datatypes::DataType::Float64,
-            )?;
-            Ok(c.as_any()
-                .downcast_ref::<datafusion::arrow::array::Float64Array>()
-                .context("float64")?
-                .iter()
-                .flatten()
-                .collect())
-        };
-        lats.extend(cast("latitude")?);
-        lons.extend(cast("longitude")?);
+        lats.extend(f64_column(b, "latitude")?.into_iter().flatten());
+        lons.extend(f64_column(b, "longitude")?.into_iter().flatten());
     }
     let grid = ModelGrid::from_coordinates(lats, lons);
     let mut assembler = StepAssembler::new(grid.clone());

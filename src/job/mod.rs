@@ -24,7 +24,7 @@ use futures::StreamExt;
 use uqcast_forecast::{ForecastModel, ForecastTable};
 
 use crate::pipeline::Pipeline;
-use crate::session::{TableArg, new_context, register_tables};
+use crate::session::context_with_table;
 use store::{ForecastStore, Provenance};
 
 /// What a run did, for the summary line.
@@ -34,7 +34,6 @@ pub struct Summary {
     pub existing_steps: usize,
     pub tiles: usize,
     pub flagged: usize,
-    pub flags_path: Option<PathBuf>,
 }
 
 /// Overrides from the command line.
@@ -124,15 +123,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let lead = model.lead_micros();
     let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
 
-    let ctx = new_context();
-    register_tables(
-        &ctx,
-        &[TableArg {
-            name: "era5".into(),
-            location,
-        }],
-    )
-    .await?;
+    let ctx = context_with_table("era5", location).await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
     let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
     let plan = table.scan(&ctx.state(), None, &[], None).await?;
@@ -149,26 +140,16 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let valid_time = step_valid_time(&batch)?;
         let path = store.write_step(valid_time, &batch, &provenance)?;
         summary.new_steps += 1;
-        tracing::info!("wrote {}", path.display());
         eprintln!("forecast {}", path.display());
     }
 
     let flags_file = out_dir.join("flags").join("flags.parquet");
     if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
-        let ctx = new_context();
-        register_tables(
-            &ctx,
-            &[TableArg {
-                name: "forecast".into(),
-                location: store.root.display().to_string(),
-            }],
-        )
-        .await?;
+        let ctx = context_with_table("forecast", store.root.display().to_string()).await?;
         let sql = flags::render(pipeline)?;
-        let (tiles, flagged, path) = flags::write_flags(&ctx, &sql, &out_dir, &provenance).await?;
+        let (tiles, flagged, _) = flags::write_flags(&ctx, &sql, &out_dir, &provenance).await?;
         summary.tiles = tiles;
         summary.flagged = flagged;
-        summary.flags_path = Some(path);
     }
     Ok(summary)
 }
