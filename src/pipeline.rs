@@ -11,7 +11,7 @@ use uqcast_forecast::InferenceSettings;
 use uqcast_forecast::features::{Normalisation, Patch};
 use uqcast_hyperdm::optim::AdamWConfig;
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, MlpConfig, Prediction, Sampler, ScheduleKind,
+    Activation, DiffusionConfig, HyperConfig, Method, MlpConfig, Prediction, Sampler, ScheduleKind,
     TrainConfig,
 };
 
@@ -70,6 +70,14 @@ pub struct TrainSection {
     /// operators/hyperdm/src/model.rs).
     pub anchor: f64,
     pub diffusion_steps: usize,
+    /// `hyperdm` (default), or a baseline: `mc-dropout` (p = 0.3) or
+    /// `ensemble` (of `[inference] members` networks).
+    #[serde(default = "default_method")]
+    pub method: String,
+}
+
+fn default_method() -> String {
+    "hyperdm".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,12 +230,19 @@ impl Pipeline {
         })
     }
 
+    /// The method `[train] method` names (an ensemble of `[inference] members`).
+    pub fn method(&self) -> Result<Method> {
+        Method::from_name(&self.train.method, self.inference.members)
+            .with_context(|| format!("pipeline {}: [train] method", self.file.display()))
+    }
+
     /// The model's training settings: log-SNR schedule with v-prediction
     /// (what the toy experiments showed keeps small variances; see
     /// operators/hyperdm/README.md).
-    pub fn field_training(&self) -> uqcast_forecast::FieldTraining {
+    pub fn field_training(&self, method: Method) -> uqcast_forecast::FieldTraining {
         let t = &self.train;
         uqcast_forecast::FieldTraining {
+            method,
             mlp: MlpConfig {
                 hidden: t.hidden.clone(),
                 time_dim: t.time_dim,

@@ -8,13 +8,16 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
 
-/// A session with uqcast's functions registered (`hyperdm_forecast`).
+/// A session with uqcast's functions registered: the `hyperdm_forecast`
+/// table function and the skill scores (`crps_gaussian`, `lat_weight`,
+/// `weighted_rmse`).
 pub fn new_context() -> SessionContext {
     let ctx = SessionContext::new();
     ctx.register_udtf(
         HyperdmForecastFunction::NAME,
         Arc::new(HyperdmForecastFunction),
     );
+    uqcast_skill::sql::register(&ctx);
     ctx
 }
 

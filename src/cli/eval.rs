@@ -19,8 +19,8 @@ use datafusion::arrow::datatypes::{Float32Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use uqcast_forecast::ModelGrid;
-use uqcast_forecast::skill::{auroc, pearson};
 use uqcast_netcdf::Era5TableProvider;
+use uqcast_skill::{auroc, pearson};
 use uqcast_synth::{LatLonGrid, read_ood_events};
 
 use crate::session::{TableArg, f64_column, new_context, register_tables};

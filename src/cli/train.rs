@@ -79,7 +79,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     }
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let (grid, steps) = read_steps(location.clone(), &sql).await?;
-    let mut settings = pipeline.field_training();
+    let mut settings = pipeline.field_training(pipeline.method()?);
     if let Some(n) = args.iterations {
         settings.train.iterations = n;
     }

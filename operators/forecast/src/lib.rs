@@ -4,7 +4,6 @@
 //!   solar time) and predicts (the 6-hour change);
 //! - [`pairs`]: training pairs exactly one lead apart;
 //! - [`model`]: training and loading a field checkpoint, sampling a step;
-//! - [`skill`]: AUROC and correlation for checks against ground truth;
 //! - [`assemble`]: source rows → whole steps on the model grid;
 //! - [`exec`] / [`table`]: the DataFusion operator, the table provider and
 //!   the `hyperdm_forecast` SQL table function.
@@ -17,7 +16,6 @@ pub mod grid;
 pub mod model;
 pub mod pairs;
 pub mod schema;
-pub mod skill;
 pub mod table;
 
 pub use error::{ForecastError, Result};

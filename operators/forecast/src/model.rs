@@ -10,8 +10,8 @@ use uqcast_hyperdm::checkpoint::{self, CheckpointMeta};
 use uqcast_hyperdm::error::CandleContext;
 use uqcast_hyperdm::optim::AdamW;
 use uqcast_hyperdm::{
-    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryConfig, PrimaryMlp, Progress, Sampler,
-    TrainConfig,
+    DiffusionConfig, HyperConfig, HyperDm, Method, MlpConfig, PrimaryConfig, PrimaryMlp, Progress,
+    Sampler, TrainConfig,
 };
 
 use crate::error::{ForecastError, Result, iso};
@@ -51,6 +51,8 @@ pub struct FieldTraining {
     /// Hidden widths and time-embedding size of the cell MLP.
     pub mlp: MlpConfig,
     pub patch: Patch,
+    /// HyperDM or a baseline (MC-Dropout, deep ensemble).
+    pub method: Method,
     pub hyper: HyperConfig,
     pub diffusion: DiffusionConfig,
     pub train: TrainConfig,
@@ -264,8 +266,9 @@ pub fn train(
         steps: settings.diffusion.steps,
         ..settings.mlp.clone()
     };
-    let model = HyperDm::new(
+    let model = HyperDm::with_method(
         PrimaryMlp::new(&mlp),
+        settings.method,
         &settings.hyper,
         &settings.diffusion,
         device,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, HyperdmError, Result};
 use crate::hyper::HyperConfig;
+use crate::method::Method;
 use crate::model::{HyperDm, TrainConfig, named_vars};
 use crate::optim::AdamW;
 use crate::primary::{PrimaryConfig, PrimaryNetwork};
@@ -24,6 +25,9 @@ pub const FORMAT: &str = "uqcast-hyperdm/1";
 pub struct CheckpointMeta {
     pub format: String,
     pub primary: PrimaryConfig,
+    /// HyperDM or a baseline; checkpoints from before the baselines hold HyperDM.
+    #[serde(default)]
+    pub method: Method,
     pub hyper: HyperConfig,
     pub diffusion: DiffusionConfig,
     pub train: TrainConfig,
@@ -54,6 +58,7 @@ pub fn save<P: PrimaryNetwork>(
     let meta = CheckpointMeta {
         format: FORMAT.into(),
         primary: model.primary.config(),
+        method: model.method,
         hyper: model.hyper_config.clone(),
         diffusion: model.diffusion.clone(),
         train: train.clone(),
@@ -114,8 +119,9 @@ pub fn load<P: PrimaryNetwork>(
     build: impl FnOnce(&PrimaryConfig) -> Result<P>,
 ) -> Result<(HyperDm<P>, AdamW, CheckpointMeta)> {
     let meta = read_meta(path)?;
-    let model = HyperDm::new(
+    let model = HyperDm::with_method(
         build(&meta.primary)?,
+        meta.method,
         &meta.hyper,
         &meta.diffusion,
         device,
@@ -171,9 +177,20 @@ mod tests {
             .collect()
     }
 
-    /// Training 2k steps straight equals k steps, save, load, k more steps.
+    /// Training 2k steps straight equals k steps, save, load, k more steps,
+    /// for HyperDM and both baselines (the method travels in the metadata).
     #[test]
     fn resuming_continues_exactly() {
+        for method in [
+            Method::Hyperdm,
+            Method::Ensemble { members: 2 },
+            Method::McDropout { p: 0.3 },
+        ] {
+            resume_case(method);
+        }
+    }
+
+    fn resume_case(method: Method) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("toy.safetensors");
         let data = ToyData::generate(128, 0.04, None, 5);
@@ -182,8 +199,9 @@ mod tests {
             ..MlpConfig::default()
         };
         let fresh = || {
-            HyperDm::new(
+            HyperDm::with_method(
                 PrimaryMlp::new(&mlp),
+                method,
                 &HyperConfig::default(),
                 &DiffusionConfig::default(),
                 &Device::Cpu,
@@ -215,8 +233,8 @@ mod tests {
 
         let (resumed, mut opt, meta) = load(&path, &Device::Cpu, build).unwrap();
         assert_eq!(
-            (meta.step, meta.data["train_size"].as_u64()),
-            (20, Some(128))
+            (meta.step, meta.data["train_size"].as_u64(), meta.method),
+            (20, Some(128), method)
         );
         assert!(
             weights(&resumed) == weights(&first),
@@ -229,7 +247,10 @@ mod tests {
             .zip(weights(&straight).iter().flatten())
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert_eq!(largest_difference, 0.0, "resumed training diverged");
+        assert_eq!(
+            largest_difference, 0.0,
+            "{method}: resumed training diverged"
+        );
     }
 
     #[test]

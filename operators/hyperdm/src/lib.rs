@@ -15,6 +15,7 @@ pub mod embedding;
 pub mod error;
 pub mod hyper;
 pub mod layout;
+pub mod method;
 pub mod model;
 pub mod moments;
 pub mod optim;
@@ -25,7 +26,8 @@ pub mod toy;
 
 pub use error::{HyperdmError, Result};
 pub use hyper::HyperConfig;
-pub use model::{HyperDm, Progress, TrainConfig, TrainingData};
+pub use method::Method;
+pub use model::{HyperDm, Progress, TrainConfig, TrainingData, WeightSource};
 pub use moments::Moments;
 pub use primary::{
     Activation, MlpConfig, PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig,

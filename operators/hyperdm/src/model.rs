@@ -18,14 +18,16 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, HyperdmError, Result};
 use crate::hyper::{HyperConfig, HyperNetwork};
+use crate::layout::Params;
+use crate::method::Method;
 use crate::moments::{MomentAccumulator, Moments};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::primary::PrimaryNetwork;
@@ -94,10 +96,23 @@ pub fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     vars
 }
 
-/// The model: hyper-network, primary network, schedule and parameters.
+/// Where the members' weights live (see [`Method`]).
+#[derive(Debug, Clone)]
+pub enum WeightSource {
+    /// HyperDM: φ = h_θ(z), only θ is trained.
+    Hyper(HyperNetwork),
+    /// The baselines: one trained flat parameter vector per ensemble member,
+    /// or the single one MC-Dropout masks.
+    Direct(Vec<Var>),
+}
+
+/// The model: weight source, primary network, schedule and parameters.
+/// HyperDM and its baselines ([`Method`]) share this type: they differ only
+/// in where a member's weights come from.
 pub struct HyperDm<P: PrimaryNetwork> {
     pub primary: P,
-    pub hyper: HyperNetwork,
+    pub method: Method,
+    pub weights: WeightSource,
     pub hyper_config: HyperConfig,
     pub diffusion: DiffusionConfig,
     pub schedule: Schedule,
@@ -108,6 +123,7 @@ pub struct HyperDm<P: PrimaryNetwork> {
 impl<P: PrimaryNetwork + std::fmt::Debug> std::fmt::Debug for HyperDm<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HyperDm")
+            .field("method", &self.method)
             .field("primary", &self.primary)
             .field("hyper", &self.hyper_config)
             .field("diffusion", &self.diffusion)
@@ -117,7 +133,7 @@ impl<P: PrimaryNetwork + std::fmt::Debug> std::fmt::Debug for HyperDm<P> {
 }
 
 impl<P: PrimaryNetwork> HyperDm<P> {
-    /// Builds the model with seeded initial weights (uniform ±1/√fan_in).
+    /// A HyperDM model with seeded initial weights (see [`HyperDm::with_method`]).
     pub fn new(
         primary: P,
         hyper_config: &HyperConfig,
@@ -125,13 +141,70 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
+        Self::with_method(
+            primary,
+            Method::Hyperdm,
+            hyper_config,
+            diffusion,
+            device,
+            seed,
+        )
+    }
+
+    /// Builds the model for `method` with seeded initial weights: the
+    /// hyper-network's layers uniform ±1/√fan_in; a baseline's flat vectors
+    /// uniform ±1 on the layout's standardised scale (its gains then give
+    /// each weight the same ±1/√fan_in), every ensemble member its own draw.
+    pub fn with_method(
+        primary: P,
+        method: Method,
+        hyper_config: &HyperConfig,
+        diffusion: &DiffusionConfig,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let method = method.validated()?;
+        if matches!(method, Method::McDropout { .. }) && primary.dropout_widths().is_empty() {
+            return Err(HyperdmError::Config {
+                field: "method",
+                problem: "MC-Dropout needs a primary network with dropout (the MLP)".into(),
+            });
+        }
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let hyper = HyperNetwork::new(vb.pp("hyper"), hyper_config, primary.layout().total())?;
+        let total = primary.layout().total();
+        let direct = |n: usize| -> Result<WeightSource> {
+            (0..n)
+                .map(|k| {
+                    vb.get_with_hints(total, &format!("direct.member{k:03}"), Init::Const(0.0))
+                        .ctx("building the baseline's weights")?;
+                    let data = varmap.data().lock().map_err(|_| HyperdmError::Config {
+                        field: "weights",
+                        problem: "variable map poisoned".into(),
+                    })?;
+                    data.get(&format!("direct.member{k:03}"))
+                        .cloned()
+                        .ok_or_else(|| HyperdmError::Config {
+                            field: "weights",
+                            problem: "baseline variable not created".into(),
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(WeightSource::Direct)
+        };
+        let weights = match method {
+            Method::Hyperdm => {
+                WeightSource::Hyper(HyperNetwork::new(vb.pp("hyper"), hyper_config, total)?)
+            }
+            Method::McDropout { .. } => direct(1)?,
+            Method::Ensemble { members } => direct(members)?,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (name, var) in named_vars(&varmap) {
             let dims = var.dims().to_vec();
-            let fan_in = if name.ends_with("weight") {
+            let fan_in = if name.starts_with("direct.") {
+                1
+            } else if name.ends_with("weight") {
                 dims.last().copied().unwrap_or(1)
             } else {
                 dims[0].max(1)
@@ -145,7 +218,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         }
         Ok(Self {
             primary,
-            hyper,
+            method,
+            weights,
             hyper_config: hyper_config.clone(),
             diffusion: diffusion.clone(),
             schedule: Schedule::new(diffusion),
@@ -154,7 +228,18 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         })
     }
 
-    /// Trainable parameters (the hyper-network only).
+    /// The hyper-network (HyperDM only).
+    pub fn hyper(&self) -> Result<&HyperNetwork> {
+        match &self.weights {
+            WeightSource::Hyper(h) => Ok(h),
+            WeightSource::Direct(_) => Err(HyperdmError::Config {
+                field: "method",
+                problem: format!("a {} model has no hyper-network", self.method),
+            }),
+        }
+    }
+
+    /// Trainable parameters (the hyper-network, or the baseline's vectors).
     pub fn parameter_count(&self) -> usize {
         self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
     }
@@ -170,7 +255,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     pub fn anchor_map(&self, seed: u64) -> Result<Tensor> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(u64::MAX - 1);
-        let z_dim = self.hyper.z_dim();
+        let z_dim = self.hyper()?.z_dim();
         gaussian(
             &mut rng,
             &[z_dim, self.primary.layout().total()],
@@ -196,10 +281,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         anchor: Option<(&Tensor, f64)>,
         rng: &mut impl Rng,
     ) -> Result<Tensor> {
+        let hyper = self.hyper()?;
         let batch = x0.dim(0).ctx("loss")?;
         let draws = z_per_step.clamp(1, batch);
-        let z = gaussian(rng, &[draws, self.hyper.z_dim()], &self.device)?;
-        let flat = self.hyper.forward(&z)?;
+        let z = gaussian(rng, &[draws, hyper.z_dim()], &self.device)?;
+        let flat = hyper.forward(&z)?;
         let mut total: Option<Tensor> = match anchor {
             Some((map, weight)) if weight > 0.0 => Some(
                 (flat.clone() - z.matmul(map).ctx("anchor")?)
@@ -217,36 +303,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 cond.narrow(0, start, end - start).ctx("loss")?,
             );
             let params = self.primary.layout().slice(&flat.get(d).ctx("loss")?)?;
-            let steps: Vec<usize> = (0..end - start)
-                .map(|_| rng.random_range(0..self.schedule.steps()))
-                .collect();
-            let eps = gaussian(rng, x0.dims(), &self.device)?;
-            let mut bshape = vec![1; x0.rank()];
-            bshape[0] = steps.len();
-            let sa: Vec<f32> = steps
-                .iter()
-                .map(|&t| self.schedule.alpha_bars[t].sqrt() as f32)
-                .collect();
-            let sb: Vec<f32> = steps
-                .iter()
-                .map(|&t| (1.0 - self.schedule.alpha_bars[t]).sqrt() as f32)
-                .collect();
-            let sa = Tensor::from_vec(sa, bshape.as_slice(), &self.device).ctx("loss")?;
-            let sb = Tensor::from_vec(sb, bshape.as_slice(), &self.device).ctx("loss")?;
-            let x_t = (x0.broadcast_mul(&sa).ctx("loss")? + eps.broadcast_mul(&sb).ctx("loss")?)
-                .ctx("loss")?;
-            let out = self.primary.forward(&params, &x_t, &steps, &cond)?;
-            let target = match self.diffusion.prediction {
-                Prediction::Epsilon => eps,
-                Prediction::X0 => x0,
-                Prediction::V => (eps.broadcast_mul(&sa).ctx("loss")?
-                    - x0.broadcast_mul(&sb).ctx("loss")?)
-                .ctx("loss")?,
-            };
-            let l = (out - target)
-                .and_then(|d| d.sqr())
-                .and_then(|d| d.mean_all())
-                .ctx("loss")?;
+            let l = self.denoising_loss(&params, &[], &x0, &cond, rng)?;
             total = Some(match total {
                 Some(t) => (t + l).ctx("loss")?,
                 None => l,
@@ -257,6 +314,135 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             problem: "empty minibatch".into(),
         })?;
         total.affine(1.0 / draws as f64, 0.0).ctx("loss")
+    }
+
+    /// The denoising loss of one network (`params`, hidden activations
+    /// multiplied by `masks` when given) on one minibatch: a random step
+    /// per row, x_t from x₀ and fresh noise, squared error of the prediction.
+    pub fn denoising_loss(
+        &self,
+        params: &Params,
+        masks: &[Tensor],
+        x0: &Tensor,
+        cond: &Tensor,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor> {
+        let rows = x0.dim(0).ctx("loss")?;
+        let steps: Vec<usize> = (0..rows)
+            .map(|_| rng.random_range(0..self.schedule.steps()))
+            .collect();
+        let eps = gaussian(rng, x0.dims(), &self.device)?;
+        let mut bshape = vec![1; x0.rank()];
+        bshape[0] = rows;
+        let sa: Vec<f32> = steps
+            .iter()
+            .map(|&t| self.schedule.alpha_bars[t].sqrt() as f32)
+            .collect();
+        let sb: Vec<f32> = steps
+            .iter()
+            .map(|&t| (1.0 - self.schedule.alpha_bars[t]).sqrt() as f32)
+            .collect();
+        let sa = Tensor::from_vec(sa, bshape.as_slice(), &self.device).ctx("loss")?;
+        let sb = Tensor::from_vec(sb, bshape.as_slice(), &self.device).ctx("loss")?;
+        let x_t = (x0.broadcast_mul(&sa).ctx("loss")? + eps.broadcast_mul(&sb).ctx("loss")?)
+            .ctx("loss")?;
+        let out = self
+            .primary
+            .forward_masked(params, &x_t, &steps, cond, masks)?;
+        let target = match self.diffusion.prediction {
+            Prediction::Epsilon => eps,
+            Prediction::X0 => x0.clone(),
+            Prediction::V => (eps.broadcast_mul(&sa).ctx("loss")?
+                - x0.broadcast_mul(&sb).ctx("loss")?)
+            .ctx("loss")?,
+        };
+        (out - target)
+            .and_then(|d| d.sqr())
+            .and_then(|d| d.mean_all())
+            .ctx("loss")
+    }
+
+    /// Dropout masks for `rows` rows: per hidden width, entries 0 with
+    /// probability p, else 1/(1 − p) (so activations keep their mean).
+    fn dropout_masks(&self, p: f64, rows: usize, rng: &mut impl Rng) -> Result<Vec<Tensor>> {
+        let keep = 1.0 / (1.0 - p);
+        self.primary
+            .dropout_widths()
+            .into_iter()
+            .map(|width| {
+                let values: Vec<f32> = (0..rows * width)
+                    .map(|_| {
+                        if rng.random::<f64>() < p {
+                            0.0
+                        } else {
+                            keep as f32
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(values, (rows, width), &self.device).ctx("dropout mask")
+            })
+            .collect()
+    }
+
+    /// The loss of training update `k`: a minibatch drawn from stream k of
+    /// `config.seed` (so a resumed run repeats exactly), then by method:
+    /// - HyperDM: [`HyperDm::loss`] with fresh z;
+    /// - MC-Dropout: one network, a fresh dropout mask per row;
+    /// - ensemble: every member its own minibatch and noise (stream k of its
+    ///   own seed), losses summed. The members share no parameter and AdamW
+    ///   is element-wise, so this is exactly M independent trainings run in
+    ///   lock step, at M times the cost of one.
+    fn update_loss(
+        &self,
+        data: &dyn TrainingData,
+        config: &TrainConfig,
+        k: u64,
+        anchor: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let draw = |seed: u64| -> Result<(Tensor, Tensor, ChaCha8Rng)> {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(k);
+            let rows: Vec<usize> = (0..config.batch_size)
+                .map(|_| rng.random_range(0..data.len()))
+                .collect();
+            let (x0, cond) = data.batch(&rows, &self.device)?;
+            Ok((x0, cond, rng))
+        };
+        match (&self.weights, self.method) {
+            (WeightSource::Hyper(_), _) => {
+                let (x0, cond, mut rng) = draw(config.seed)?;
+                self.loss(
+                    &x0,
+                    &cond,
+                    config.z_per_step,
+                    anchor.map(|a| (a, config.anchor)),
+                    &mut rng,
+                )
+            }
+            (WeightSource::Direct(vars), Method::McDropout { p }) => {
+                let (x0, cond, mut rng) = draw(config.seed)?;
+                let params = self.primary.layout().slice(vars[0].as_tensor())?;
+                let masks = self.dropout_masks(p, config.batch_size, &mut rng)?;
+                self.denoising_loss(&params, &masks, &x0, &cond, &mut rng)
+            }
+            (WeightSource::Direct(vars), _) => {
+                let mut total: Option<Tensor> = None;
+                for (member, var) in vars.iter().enumerate() {
+                    let seed = config.seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let (x0, cond, mut rng) = draw(seed)?;
+                    let params = self.primary.layout().slice(var.as_tensor())?;
+                    let l = self.denoising_loss(&params, &[], &x0, &cond, &mut rng)?;
+                    total = Some(match total {
+                        Some(t) => (t + l).ctx("loss")?,
+                        None => l,
+                    });
+                }
+                total.ok_or(HyperdmError::Config {
+                    field: "method.members",
+                    problem: "an ensemble needs at least one member".into(),
+                })
+            }
+        }
     }
 
     /// Trains from `optimizer.step` up to `config.iterations`. Step k uses the
@@ -287,7 +473,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 problem: "needs data and batch_size > 0".into(),
             });
         }
-        let anchor = if config.anchor > 0.0 {
+        let anchor = if config.anchor > 0.0 && matches!(self.weights, WeightSource::Hyper(_)) {
             Some(self.anchor_map(config.seed)?)
         } else {
             None
@@ -296,19 +482,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let report_every = (config.iterations / 20).max(1);
         while optimizer.step < config.iterations.min(stop) {
             let k = optimizer.step;
-            let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-            rng.set_stream(k);
-            let rows: Vec<usize> = (0..config.batch_size)
-                .map(|_| rng.random_range(0..data.len()))
-                .collect();
-            let (x0, cond) = data.batch(&rows, &self.device)?;
-            let loss = self.loss(
-                &x0,
-                &cond,
-                config.z_per_step,
-                anchor.as_ref().map(|a| (a, config.anchor)),
-                &mut rng,
-            )?;
+            let loss = self.update_loss(data, config, k, anchor.as_ref())?;
             let progress_fraction = k as f64 / config.iterations.max(1) as f64;
             let floor = config.final_lr_fraction;
             let lr = config.optimizer.lr
@@ -356,6 +530,29 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         weight_seed: u64,
         noise_seed: u64,
     ) -> Result<Moments> {
+        self.predict_each(
+            cond,
+            members,
+            samples,
+            sampler,
+            (weight_seed, noise_seed),
+            |_, _| Ok(()),
+        )
+    }
+
+    /// As [`HyperDm::predict_seeded`] (`seeds` = (weight, noise)), also
+    /// handing each member's samples `[N, C, ...sample]` to `visit` (for
+    /// scores that need every sample, such as the ensemble CRPS).
+    pub fn predict_each(
+        &self,
+        cond: &Tensor,
+        members: usize,
+        samples: usize,
+        sampler: Sampler,
+        seeds: (u64, u64),
+        mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Moments> {
+        let (weight_seed, noise_seed) = seeds;
         let conditions = cond.dim(0).ctx("predict")?;
         let sample_shape = self.sample_shape(cond)?;
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
@@ -363,25 +560,57 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let mut shared_noise = ChaCha8Rng::seed_from_u64(noise_seed);
         shared_noise.set_stream(u64::MAX);
         for member in 0..members {
-            let mut z_rng = ChaCha8Rng::seed_from_u64(weight_seed);
-            z_rng.set_stream(member as u64);
-            let z = gaussian(&mut z_rng, &[1, self.hyper.z_dim()], &self.device)?;
+            let (params, masks) = self.member_network(member, weight_seed)?;
             let mut rng = shared_noise.clone();
-            // Weights are generated once per member and detached: no graph is kept.
-            let flat = self.hyper.forward(&z)?.detach().squeeze(0).ctx("predict")?;
-            let params = self.primary.layout().slice(&flat)?;
             let mut shape = vec![samples * conditions];
             shape.extend_from_slice(&sample_shape);
             let x_t = gaussian(&mut rng, &shape, &self.device)?;
+            let steps = samples * conditions;
             let x0 = sample(&self.schedule, sampler, x_t, &mut rng, |x, t| {
                 self.primary
-                    .forward(&params, x, &vec![t; samples * conditions], &repeated)
+                    .forward_masked(&params, x, &vec![t; steps], &repeated, &masks)
             })?;
             let mut per = vec![samples, conditions];
             per.extend_from_slice(&sample_shape);
-            acc.push(&x0.reshape(per).ctx("predict")?)?;
+            let x0 = x0.reshape(per).ctx("predict")?;
+            visit(member, &x0)?;
+            acc.push(&x0)?;
         }
         acc.finish()
+    }
+
+    /// Member `member`'s network: its weights (detached, no graph is kept)
+    /// and, for MC-Dropout, its dropout masks, fixed for all its samples.
+    /// HyperDM draws z and MC-Dropout its masks from stream `member` of
+    /// `weight_seed`, so every chunk of a field sees the same M networks.
+    fn member_network(&self, member: usize, weight_seed: u64) -> Result<(Params, Vec<Tensor>)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(weight_seed);
+        rng.set_stream(member as u64);
+        match (&self.weights, self.method) {
+            (WeightSource::Hyper(hyper), _) => {
+                let z = gaussian(&mut rng, &[1, hyper.z_dim()], &self.device)?;
+                let flat = hyper.forward(&z)?.detach().squeeze(0).ctx("predict")?;
+                Ok((self.primary.layout().slice(&flat)?, Vec::new()))
+            }
+            (WeightSource::Direct(vars), Method::McDropout { p }) => {
+                let params = self.primary.layout().slice(&vars[0].as_tensor().detach())?;
+                Ok((params, self.dropout_masks(p, 1, &mut rng)?))
+            }
+            (WeightSource::Direct(vars), _) => {
+                let var = vars.get(member).ok_or_else(|| HyperdmError::Config {
+                    field: "members",
+                    problem: format!(
+                        "asked for {} or more members of an ensemble of {}",
+                        member + 1,
+                        vars.len()
+                    ),
+                })?;
+                Ok((
+                    self.primary.layout().slice(&var.as_tensor().detach())?,
+                    Vec::new(),
+                ))
+            }
+        }
     }
 
     /// The shape of one sample for these conditions (without the batch axis).
@@ -519,7 +748,8 @@ mod tests {
         )
         .unwrap();
         let flat = model
-            .hyper
+            .hyper()
+            .unwrap()
             .forward(&Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap())
             .unwrap()
             .squeeze(0)
@@ -539,6 +769,112 @@ mod tests {
                 .forward(&params, &wrong, &[0], &wrong)
                 .is_err(),
             "wrong channel count is an error"
+        );
+    }
+
+    fn baseline(method: Method, seed: u64) -> HyperDm<PrimaryMlp> {
+        let mlp = MlpConfig {
+            hidden: vec![8, 8],
+            ..MlpConfig::default()
+        };
+        HyperDm::with_method(
+            PrimaryMlp::new(&mlp),
+            method,
+            &HyperConfig::default(),
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            seed,
+        )
+        .unwrap()
+    }
+
+    fn flat(var: &Var) -> Vec<f32> {
+        var.as_tensor().to_vec1().unwrap()
+    }
+
+    /// An ensemble member trains exactly as it would alone: member 0 of an
+    /// ensemble of 3 ends where an ensemble of 1 ends (same initial draw,
+    /// same minibatches), and the other members end elsewhere.
+    #[test]
+    fn ensemble_members_train_independently() {
+        let data = ToyData::generate(128, 0.01, None, 1);
+        let config = TrainConfig {
+            iterations: 30,
+            batch_size: 32,
+            ..TrainConfig::default()
+        };
+        let trained = |members| {
+            let model = baseline(Method::Ensemble { members }, 5);
+            let mut opt = model.optimizer(&config.optimizer);
+            model.fit(&data, &config, &mut opt, |_| {}).unwrap();
+            match &model.weights {
+                WeightSource::Direct(vars) => vars.iter().map(flat).collect::<Vec<_>>(),
+                WeightSource::Hyper(_) => unreachable!("an ensemble has direct weights"),
+            }
+        };
+        let (one, three) = (trained(1), trained(3));
+        let initial = match &baseline(Method::Ensemble { members: 1 }, 5).weights {
+            WeightSource::Direct(vars) => flat(&vars[0]),
+            WeightSource::Hyper(_) => unreachable!("an ensemble has direct weights"),
+        };
+        assert_ne!(one[0], initial, "training moved the weights");
+        assert_eq!(one[0], three[0], "member 0 is unaffected by the others");
+        assert_ne!(three[0], three[1]);
+        assert_ne!(three[1], three[2]);
+    }
+
+    /// MC-Dropout members differ only by their masks: p = 0 gives EU = 0
+    /// exactly (shared noise), p = 0.3 gives EU > 0; the masks are fixed per
+    /// member, so two calls with the same weight seed agree.
+    #[test]
+    fn mc_dropout_members_differ_by_their_fixed_masks() {
+        let cond = Tensor::new(&[[0.1f32], [-0.5], [2.0]], &Device::Cpu).unwrap();
+        let eu = |p: f64| {
+            let model = baseline(Method::McDropout { p }, 2);
+            let m = model
+                .predict_seeded(&cond, 4, 20, Sampler::Ddim { steps: 10 }, 3, 9)
+                .unwrap();
+            let again = model
+                .predict_seeded(&cond, 4, 20, Sampler::Ddim { steps: 10 }, 3, 9)
+                .unwrap();
+            let v: Vec<f32> = m.eu.flatten_all().unwrap().to_vec1().unwrap();
+            let w: Vec<f32> = again.eu.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(v, w, "seeded masks repeat");
+            v
+        };
+        assert!(eu(0.0).iter().all(|&e| e < 1e-10));
+        assert!(eu(0.3).iter().all(|&e| e > 1e-6));
+    }
+
+    /// Gradients reach the baseline's own vectors (every ensemble member;
+    /// the one dropout network), and no hyper-network exists.
+    #[test]
+    fn baselines_train_their_direct_weights() {
+        let data = ToyData::generate(64, 0.01, None, 1);
+        let config = TrainConfig {
+            batch_size: 16,
+            ..TrainConfig::default()
+        };
+        for (method, vars) in [
+            (Method::Ensemble { members: 3 }, 3),
+            (Method::McDropout { p: 0.3 }, 1),
+        ] {
+            let model = baseline(method, 1);
+            let names = named_vars(&model.varmap);
+            assert_eq!(names.len(), vars);
+            assert!(names.iter().all(|(n, _)| n.starts_with("direct.member")));
+            assert!(model.hyper().is_err());
+            let loss = model.update_loss(&data, &config, 0, None).unwrap();
+            let grads = loss.backward().unwrap();
+            for (name, var) in &names {
+                assert!(grads.get(var).is_some(), "{method}: no gradient for {name}");
+            }
+        }
+        let small = baseline(Method::Ensemble { members: 2 }, 1);
+        let cond = Tensor::new(&[[0.0f32]], &Device::Cpu).unwrap();
+        assert!(
+            small.predict(&cond, 3, 2, Sampler::Ddpm, 0).is_err(),
+            "three members of an ensemble of two"
         );
     }
 }

@@ -106,6 +106,31 @@ impl PrimaryNetwork for PrimaryMlp {
         steps: &[usize],
         cond: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_masked(params, x_t, steps, cond, &[])
+    }
+
+    fn dropout_widths(&self) -> Vec<usize> {
+        self.config.hidden.clone()
+    }
+
+    fn forward_masked(
+        &self,
+        params: &Params,
+        x_t: &Tensor,
+        steps: &[usize],
+        cond: &Tensor,
+        masks: &[Tensor],
+    ) -> Result<Tensor> {
+        if !masks.is_empty() && masks.len() != self.config.hidden.len() {
+            return Err(crate::error::HyperdmError::Config {
+                field: "dropout",
+                problem: format!(
+                    "{} masks for {} hidden layers",
+                    masks.len(),
+                    self.config.hidden.len()
+                ),
+            });
+        }
         let (w0, b0) = self.layers[0];
         let mut h = if steps.windows(2).all(|w| w[0] == w[1]) && !steps.is_empty() {
             // One step for the whole batch (sampling): the embedding's part
@@ -136,8 +161,11 @@ impl PrimaryNetwork for PrimaryMlp {
                 .and_then(|h| h.broadcast_add(params.get(b0)))
                 .ctx("MLP layer")?
         };
-        for (w, b) in &self.layers[1..] {
+        for (i, (w, b)) in self.layers[1..].iter().enumerate() {
             h = self.activate(&h)?;
+            if let Some(mask) = masks.get(i) {
+                h = h.broadcast_mul(mask).ctx("MLP dropout")?;
+            }
             h = h
                 .matmul(&params.get(*w).t().ctx("MLP")?)
                 .and_then(|x| x.broadcast_add(params.get(*b)))

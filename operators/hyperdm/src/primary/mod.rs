@@ -27,6 +27,30 @@ pub trait PrimaryNetwork: Send + Sync {
         steps: &[usize],
         cond: &Tensor,
     ) -> Result<Tensor>;
+    /// Widths of the hidden activations MC-Dropout may mask, in order;
+    /// empty where the network does not support dropout.
+    fn dropout_widths(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// As [`PrimaryNetwork::forward`], with each hidden activation multiplied
+    /// by its mask (`[B, width]` or `[1, width]`, entries 0 or 1/(1 − p)).
+    fn forward_masked(
+        &self,
+        params: &Params,
+        x_t: &Tensor,
+        steps: &[usize],
+        cond: &Tensor,
+        masks: &[Tensor],
+    ) -> Result<Tensor> {
+        if masks.is_empty() {
+            self.forward(params, x_t, steps, cond)
+        } else {
+            Err(crate::error::HyperdmError::Config {
+                field: "method",
+                problem: "this primary network has no dropout (MC-Dropout needs the MLP)".into(),
+            })
+        }
+    }
     /// A zero x_t for the given conditions (`[B, ...]`), shaped as a sample.
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor>;
     /// The configuration, for checkpoints.
