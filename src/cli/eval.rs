@@ -25,15 +25,43 @@ use uqcast_synth::{LatLonGrid, read_ood_events};
 
 use crate::session::{TableArg, f64_column, new_context, register_tables};
 
+/// Two modes: `--forecast DIR --data DIR` checks one run against its
+/// synthetic truth; `--config P` compares methods on the synthetic
+/// benchmark (see `compare.rs`).
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Output directory of `uqcast run` (holding `forecast/`).
-    #[arg(long)]
-    forecast: PathBuf,
+    #[arg(long, required_unless_present = "config", requires = "data")]
+    forecast: Option<PathBuf>,
     /// The synthetic data set the forecasts were made from (with `truth/`).
+    #[arg(long, requires = "forecast")]
+    data: Option<PathBuf>,
+    /// Compare methods on the synthetic benchmark with this pipeline's
+    /// architecture and training settings.
+    #[arg(long, conflicts_with_all = ["forecast", "data"])]
+    config: Option<PathBuf>,
+    /// Methods to compare: hyperdm, mc-dropout, ensemble.
+    #[arg(long, value_delimiter = ',', default_value = "hyperdm,mc-dropout,ensemble")]
+    methods: Vec<String>,
+    /// Members M (weight draws; dropout masks; ensemble size).
+    #[arg(long, default_value_t = 10)]
+    m: usize,
+    /// Samples N per member.
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    /// Training updates per network (default: the pipeline's train.iterations).
     #[arg(long)]
-    data: PathBuf,
-    /// One JSON object instead of a table.
+    iterations: Option<u64>,
+    /// 6-hour steps of the synthetic training span.
+    #[arg(long, default_value_t = 240)]
+    train_steps: usize,
+    /// 6-hour steps of the held-out span (its third carries the OOD disk).
+    #[arg(long, default_value_t = 6)]
+    test_steps: usize,
+    /// Where the benchmark's data and models are kept (reused when present).
+    #[arg(long, default_value = "out/eval")]
+    work: PathBuf,
+    /// JSON instead of a table (one object per line with `--config`).
     #[arg(long)]
     json: bool,
 }
@@ -108,7 +136,7 @@ async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
     Ok(r)
 }
 
-async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
+pub(crate) async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
     let location = path.display().to_string();
     let provider = tokio::task::spawn_blocking(move || {
         Era5TableProvider::try_new(&[location], Some(&["innovation_variance".to_string()]))
@@ -130,14 +158,15 @@ async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
             .as_primitive::<Float32Type>();
         for k in 0..b.num_rows() {
             if let (Some(y), Some(x), false) = (lat[k], lon[k], var.is_null(k)) {
-                map.insert(key(y, x), f64::from(var.value(k)));
+                map.insert(grid_key(y, x), f64::from(var.value(k)));
             }
         }
     }
     Ok(map)
 }
 
-fn key(lat: f64, lon: f64) -> (i64, i64) {
+/// A cell's coordinates to the micro-degree, as a map key.
+pub(crate) fn grid_key(lat: f64, lon: f64) -> (i64, i64) {
     ((lat * 1e6).round() as i64, (lon * 1e6).round() as i64)
 }
 
@@ -208,7 +237,7 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
         steps_clean.insert(rows.init[k]);
     }
     for k in (0..rows.init.len()).filter(|&k| !touched(rows.init[k])) {
-        let e = au_by_cell.entry(key(rows.lat[k], rows.lon[k])).or_default();
+        let e = au_by_cell.entry(grid_key(rows.lat[k], rows.lon[k])).or_default();
         e.0 += rows.au[k];
         e.1 += 1;
     }
@@ -259,7 +288,25 @@ pub fn render(r: &ScienceReport) -> String {
 }
 
 pub async fn run(args: EvalArgs) -> Result<()> {
-    let report = science(&args.forecast, &args.data).await?;
+    let (forecast, data) = match (args.config, args.forecast, args.data) {
+        (Some(config), _, _) => {
+            return super::compare::run(super::compare::Benchmark {
+                config,
+                methods: args.methods,
+                members: args.m,
+                samples: args.n,
+                iterations: args.iterations,
+                train_steps: args.train_steps,
+                test_steps: args.test_steps,
+                work: args.work,
+                json: args.json,
+            })
+            .await;
+        }
+        (None, Some(forecast), Some(data)) => (forecast, data),
+        _ => bail!("eval needs --config, or --forecast with --data"),
+    };
+    let report = science(&forecast, &data).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;

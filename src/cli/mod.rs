@@ -1,5 +1,6 @@
 //! The command line: one subcommand per file.
 
+mod compare;
 mod demo;
 mod eval;
 mod output;
@@ -33,7 +34,7 @@ enum Command {
     Train(train::TrainArgs),
     /// The scheduled job: forecast new steps to Parquet and flag high-EU regions.
     Run(run::RunArgs),
-    /// Check forecasts against a synthetic data set's ground truth (AU map, OOD cells, persistence).
+    /// Check forecasts against synthetic ground truth, or compare HyperDM with MC-Dropout and a deep ensemble.
     Eval(eval::EvalArgs),
     /// Maps of mean, AU, EU and flagged tiles for one forecast valid time (PNG).
     Plot(plot::PlotArgs),

@@ -185,6 +185,26 @@ impl ForecastModel {
     /// noise of a step derives from the seed and its time only, so a step
     /// gets the same numbers whichever run, order or batch it is in.
     pub fn forecast(&self, step: &StepField, settings: &InferenceSettings) -> Result<StepForecast> {
+        Ok(self.sample_step(step, settings, false)?.0)
+    }
+
+    /// As [`ForecastModel::forecast`], also returning every prediction in
+    /// kelvin: `cells × (M·N)` values, cell after cell, each cell's M·N
+    /// samples member by member (for scores such as the ensemble CRPS).
+    pub fn forecast_with_samples(
+        &self,
+        step: &StepField,
+        settings: &InferenceSettings,
+    ) -> Result<(StepForecast, Vec<f32>)> {
+        self.sample_step(step, settings, true)
+    }
+
+    fn sample_step(
+        &self,
+        step: &StepField,
+        settings: &InferenceSettings,
+        keep_samples: bool,
+    ) -> Result<(StepForecast, Vec<f32>)> {
         let grid = &self.meta.grid;
         let norm = &self.meta.normalisation;
         let valid_time = step.time + self.lead_micros();
@@ -193,6 +213,9 @@ impl ForecastModel {
         let dim = self.meta.patch.cond_dim();
         let step_seed = mix(settings.seed ^ mix(step.time as u64));
         let (mut mean, mut au, mut eu) = (Vec::new(), Vec::new(), Vec::new());
+        let per_cell = settings.members * settings.samples;
+        let scale = norm.kelvin_per_unit();
+        let mut samples: Vec<f32> = Vec::new();
         // Cells go through in chunks: the tensors of a chunk stay in cache
         // and the allocator reuses their memory (whole-field tensors of
         // N × cells rows spend more time in page faults than in arithmetic).
@@ -200,14 +223,31 @@ impl ForecastModel {
             let rows = chunk.len() / dim;
             let cond = Tensor::from_vec(chunk.to_vec(), (rows, dim), &self.model.device)
                 .ctx("forecast input")?;
-            let moments = self.model.predict_seeded(
+            let first = k * CELLS_PER_CHUNK;
+            let mut chunk_samples = vec![0f32; if keep_samples { rows * per_cell } else { 0 }];
+            let moments = self.model.predict_each(
                 &cond,
                 settings.members,
                 settings.samples,
                 settings.sampler,
-                settings.seed,
-                mix(step_seed ^ k as u64),
+                (settings.seed, mix(step_seed ^ k as u64)),
+                |member, x0| {
+                    if !keep_samples {
+                        return Ok(());
+                    }
+                    // x0: [N, rows, 1] in normalised change units.
+                    let v: Vec<f32> = x0.flatten_all().and_then(|t| t.to_vec1()).ctx("samples")?;
+                    for (j, row) in v.chunks_exact(rows).enumerate() {
+                        for (cell, d) in row.iter().enumerate() {
+                            let now = f64::from(step.values[first + cell]);
+                            chunk_samples[cell * per_cell + member * settings.samples + j] =
+                                (now + f64::from(*d) * scale) as f32;
+                        }
+                    }
+                    Ok(())
+                },
             )?;
+            samples.extend(chunk_samples);
             for (out, t) in [
                 (&mut mean, &moments.mean),
                 (&mut au, &moments.au),
@@ -220,7 +260,6 @@ impl ForecastModel {
                 );
             }
         }
-        let scale = norm.kelvin_per_unit();
         let mean = mean
             .iter()
             .zip(&step.values)
@@ -231,12 +270,15 @@ impl ForecastModel {
                 .map(|x| (f64::from(*x) * scale * scale) as f32)
                 .collect()
         };
-        Ok(StepForecast {
-            valid_time,
-            mean,
-            au: variance(au),
-            eu: variance(eu),
-        })
+        Ok((
+            StepForecast {
+                valid_time,
+                mean,
+                au: variance(au),
+                eu: variance(eu),
+            },
+            samples,
+        ))
     }
 }
 
@@ -303,4 +345,72 @@ pub fn train(
         }
     })?;
     Ok(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Normalisation;
+    use uqcast_hyperdm::optim::AdamWConfig;
+
+    /// A deep ensemble trained briefly on a 3 × 4 grid goes through the
+    /// same checkpoint and forecast path as HyperDM; the samples it hands
+    /// out agree with the moments: per cell, their mean is `mean` and their
+    /// population variance is AU + EU (f32 sums: 1e-3 relative tolerance).
+    #[test]
+    fn baseline_checkpoints_forecast_and_samples_match_moments() {
+        let grid = ModelGrid::new(vec![30.0, 29.0, 28.0], vec![250.0, 251.0, 252.0, 253.0]);
+        let h = 3_600_000_000;
+        let steps: Vec<StepField> = (0..6)
+            .map(|k| StepField {
+                time: k * 6 * h,
+                values: (0..12).map(|c| 270.0 + c as f32 + k as f32).collect(),
+            })
+            .collect();
+        let settings = FieldTraining {
+            mlp: MlpConfig {
+                hidden: vec![8],
+                time_dim: 4,
+                ..MlpConfig::default()
+            },
+            patch: Patch(3),
+            method: Method::Ensemble { members: 2 },
+            hyper: HyperConfig::default(),
+            diffusion: DiffusionConfig::default(),
+            train: TrainConfig {
+                iterations: 10,
+                batch_size: 8,
+                optimizer: AdamWConfig::default(),
+                ..TrainConfig::default()
+            },
+            normalisation: Normalisation::default(),
+            lead_hours: 6,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ens.safetensors");
+        train(&steps, &grid, &settings, "test", &path, &Device::Cpu, |_| {}).unwrap();
+        let model = ForecastModel::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(model.checkpoint.method, Method::Ensemble { members: 2 });
+        let inference = InferenceSettings {
+            members: 2,
+            samples: 5,
+            sampler: Sampler::Ddim { steps: 5 },
+            seed: 1,
+        };
+        let (f, samples) = model.forecast_with_samples(&steps[2], &inference).unwrap();
+        assert_eq!(f, model.forecast(&steps[2], &inference).unwrap());
+        assert_eq!(samples.len(), 12 * 10);
+        for (cell, s) in samples.chunks_exact(10).enumerate() {
+            let mean = s.iter().map(|&x| f64::from(x)).sum::<f64>() / 10.0;
+            let var = s.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / 10.0;
+            let total = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
+            assert!((mean - f64::from(f.mean[cell])).abs() < 1e-3 * mean.abs());
+            assert!((var - total).abs() < 1e-3 * total.max(1e-3), "{var} vs {total}");
+        }
+        let three = InferenceSettings {
+            members: 3,
+            ..inference
+        };
+        assert!(model.forecast(&steps[2], &three).is_err());
+    }
 }

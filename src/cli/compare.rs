@@ -1,0 +1,418 @@
+//! `uqcast eval --config P [--methods …] [--m M] [--n N] [--json]`: the
+//! paper's Table-2 comparison on the synthetic benchmark.
+//!
+//! Each method (HyperDM, MC-Dropout, deep ensemble) is trained with the
+//! pipeline's architecture, data and update budget per network on a
+//! synthetic training span (or loaded when a checkpoint with the same
+//! settings exists), then forecasts every step of a held-out span in which
+//! one input carries an out-of-distribution hot disk. Scores:
+//! - SSIM and PSNR of the mean on the model's [−1, 1] scale (data range 2),
+//!   fair CRPS from all M×N samples, Gaussian CRPS from mean and AU + EU,
+//!   RMSE (plain and cos-latitude weighted), spread–skill, AU correlation
+//!   with the true noise map: on forecasts whose input and target are both
+//!   in distribution;
+//! - EU AUROC/AUPRC: cells of the altered input against all other cells;
+//! - training seconds (recorded in the checkpoint) and sampling seconds per
+//!   input step.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
+use uqcast_hyperdm::Method;
+use uqcast_skill::{
+    AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr, ssim,
+    spread_skill, weighted_rmse,
+};
+use uqcast_synth::{LatLonGrid, read_ood_events};
+
+use super::eval::{grid_key, true_variance};
+use super::synth::{SynthArgs, generate};
+use super::train::read_steps;
+use crate::job::source_sql;
+use crate::pipeline::Pipeline;
+
+/// What to compare and how (the command line of `eval --config`).
+#[derive(Debug, Clone)]
+pub struct Benchmark {
+    pub config: PathBuf,
+    pub methods: Vec<String>,
+    pub members: usize,
+    pub samples: usize,
+    pub iterations: Option<u64>,
+    pub train_steps: usize,
+    pub test_steps: usize,
+    pub work: PathBuf,
+    pub json: bool,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodScores {
+    pub method: String,
+    pub ssim: f64,
+    pub psnr: f64,
+    /// Fair CRPS of the M×N samples, kelvin.
+    pub crps: f64,
+    /// CRPS of N(mean, AU + EU), kelvin.
+    pub crps_gaussian: f64,
+    pub rmse: f64,
+    pub rmse_lat_weighted: f64,
+    pub spread_skill: f64,
+    pub au_correlation: f64,
+    pub eu_auroc: f64,
+    pub eu_auprc: f64,
+    pub train_seconds: f64,
+    pub sample_seconds: f64,
+    pub members: usize,
+    pub samples: usize,
+    pub iterations: u64,
+}
+
+/// The OOD event of the held-out span: a +30 K disk over the Great Plains
+/// on its third step.
+const TEST_START: &str = "2020-01-01T00:00Z";
+const TEST_OOD: &str = "disk:2020-01-01T12:00Z,45,260,6,30";
+const TRAIN_START: &str = "2019-01-01T00:00Z";
+
+pub async fn run(b: Benchmark) -> Result<()> {
+    let pipeline = Pipeline::load(&b.config)?;
+    if b.test_steps < 2 {
+        bail!("--test-steps {}: at least 2 steps make one forecast", b.test_steps);
+    }
+    let methods = b
+        .methods
+        .iter()
+        .map(|name| Method::from_name(name, b.members).context("--methods"))
+        .collect::<Result<Vec<_>>>()?;
+    let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
+    let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
+    ensure_data(&train_dir, TRAIN_START, b.train_steps, 1, vec![]).await?;
+    ensure_data(&test_dir, TEST_START, b.test_steps, 0, vec![TEST_OOD.into()]).await?;
+
+    let sql = source_sql(&pipeline, None, None)?;
+    let (grid, train_steps) = read_steps(train_dir.display().to_string(), &sql).await?;
+    let (test_grid, test_steps) = read_steps(test_dir.display().to_string(), &sql).await?;
+    if !grid.same_cells(&test_grid) {
+        bail!("the benchmark's training and test grids differ");
+    }
+    let mut truth = Truth::load(&test_dir, &grid).await?;
+    let iterations = b.iterations.unwrap_or(pipeline.train.iterations);
+    let mut rows = Vec::new();
+    for method in methods {
+        let model = trained_model(
+            &pipeline,
+            method,
+            iterations,
+            &grid,
+            &train_steps,
+            &b.work,
+            &train_dir,
+        )
+        .await?;
+        let settings = InferenceSettings {
+            members: b.members,
+            samples: b.samples,
+            ..pipeline.inference()?
+        };
+        eprintln!(
+            "eval: {} sampling {} steps at M={} N={} {}",
+            method.name(),
+            test_steps.len() - 1,
+            b.members,
+            b.samples,
+            settings.sampler
+        );
+        let scores = tokio::task::block_in_place(|| {
+            score(&model, &settings, &grid, &test_steps, &mut truth, iterations)
+        })?;
+        rows.push(MethodScores {
+            method: method.name().into(),
+            ..scores
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    if b.json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+    } else {
+        writeln!(out, "{}", table(&rows))?;
+    }
+    Ok(())
+}
+
+/// Writes a synthetic span unless an earlier run did (same seed, same bytes).
+async fn ensure_data(
+    dir: &Path,
+    start: &str,
+    steps: usize,
+    seed: u64,
+    ood: Vec<String>,
+) -> Result<()> {
+    let done = dir.join(".complete");
+    if done.is_file() {
+        return Ok(());
+    }
+    generate(&SynthArgs::new(dir.to_path_buf(), start, steps, seed, ood)).await?;
+    std::fs::write(&done, b"").with_context(|| format!("{}", done.display()))?;
+    Ok(())
+}
+
+/// Loads `work/models/<method>-m<M>-i<iterations>` or trains it first.
+async fn trained_model(
+    pipeline: &Pipeline,
+    method: Method,
+    iterations: u64,
+    grid: &ModelGrid,
+    steps: &[StepField],
+    work: &Path,
+    source: &Path,
+) -> Result<ForecastModel> {
+    let members = match method {
+        Method::Ensemble { members } => members,
+        _ => 1,
+    };
+    let path = work.join("models").join(format!(
+        "{}-m{members}-i{iterations}.safetensors",
+        method.name()
+    ));
+    let device = uqcast_hyperdm::default_device();
+    if path.is_file() {
+        let model = ForecastModel::load(&path, &device)?;
+        if model.checkpoint.method == method && model.checkpoint.train.iterations == iterations {
+            eprintln!("eval: {} loaded from {}", method.name(), path.display());
+            return Ok(model);
+        }
+    }
+    std::fs::create_dir_all(work.join("models"))
+        .with_context(|| format!("{}", work.join("models").display()))?;
+    let mut settings = pipeline.field_training(method);
+    settings.train.iterations = iterations;
+    eprintln!(
+        "eval: training {} ({} updates{}) on {} steps",
+        method,
+        iterations,
+        if members > 1 { " per member" } else { "" },
+        steps.len()
+    );
+    let (steps, grid, out, source) = (
+        steps.to_vec(),
+        grid.clone(),
+        path.clone(),
+        source.display().to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let device = uqcast_hyperdm::default_device();
+        uqcast_forecast::model::train(&steps, &grid, &settings, &source, &out, &device, |p| {
+            if p.iteration == p.iterations || p.iteration % (p.iterations / 4).max(1) == 0 {
+                eprintln!(
+                    "eval: {} {}/{} loss {:.4} {:.0} s",
+                    method.name(),
+                    p.iteration,
+                    p.iterations,
+                    p.loss,
+                    p.elapsed_seconds
+                );
+            }
+        })
+    })
+    .await
+    .context("training task failed")??;
+    Ok(ForecastModel::load(&path, &device)?)
+}
+
+/// The held-out span's ground truth: true noise variance per cell and the
+/// OOD mask per step time.
+struct Truth {
+    variance: Vec<f64>,
+    ood: BTreeMap<i64, Vec<bool>>,
+    ood_events: Vec<uqcast_synth::OodEvent>,
+    synth_grid: LatLonGrid,
+}
+
+impl Truth {
+    async fn load(dir: &Path, grid: &ModelGrid) -> Result<Self> {
+        let truth = dir.join("truth");
+        let by_key = true_variance(&truth.join("innovation_variance.nc")).await?;
+        let mut variance = Vec::with_capacity(grid.cells());
+        for lat in &grid.latitude {
+            for lon in &grid.longitude {
+                variance.push(
+                    *by_key
+                        .get(&grid_key(*lat, *lon))
+                        .with_context(|| format!("no true variance at {lat}, {lon}"))?,
+                );
+            }
+        }
+        Ok(Self {
+            variance,
+            ood: BTreeMap::new(),
+            ood_events: read_ood_events(&truth.join("ood.json"))?,
+            synth_grid: LatLonGrid {
+                latitude: grid.latitude.clone(),
+                longitude: grid.longitude.clone(),
+            },
+        })
+    }
+
+    /// Which cells of the step at `time` were altered.
+    fn mask(&mut self, time: i64) -> &[bool] {
+        let (events, grid) = (&self.ood_events, &self.synth_grid);
+        self.ood.entry(time).or_insert_with(|| {
+            let mut m = vec![false; grid.latitude.len() * grid.longitude.len()];
+            for e in events {
+                for (a, b) in m.iter_mut().zip(e.mask(grid, time)) {
+                    *a |= b;
+                }
+            }
+            m
+        })
+    }
+}
+
+/// Sums over the in-distribution forecasts, then the scores.
+fn score(
+    model: &ForecastModel,
+    settings: &InferenceSettings,
+    grid: &ModelGrid,
+    steps: &[StepField],
+    truth: &mut Truth,
+    iterations: u64,
+) -> Result<MethodScores> {
+    let norm = model.meta.normalisation;
+    let unit = |k: f32| f64::from(norm.to_unit(k));
+    let per_cell = settings.members * settings.samples;
+    let lat: Vec<f64> = grid
+        .latitude
+        .iter()
+        .flat_map(|&y| std::iter::repeat_n(y, grid.cols()))
+        .collect();
+    let (mut ssims, mut psnrs, mut sampling) = (vec![], vec![], vec![]);
+    let (mut crps, mut crps_g, mut n) = (0.0, 0.0, 0usize);
+    let (mut means, mut variances, mut obs, mut lats) = (vec![], vec![], vec![], vec![]);
+    let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
+    let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
+    let lead = model.lead_micros();
+    for (i, step) in steps.iter().enumerate() {
+        let Some(next) = steps[i + 1..].iter().find(|s| s.time == step.time + lead) else {
+            continue;
+        };
+        let started = Instant::now();
+        let (f, samples) = model.forecast_with_samples(step, settings)?;
+        sampling.push(started.elapsed().as_secs_f64());
+        let input_ood = truth.mask(step.time).to_vec();
+        let target_ood = truth.mask(next.time).iter().any(|&b| b);
+        eu_scores.extend(f.eu.iter().map(|&e| f64::from(e)));
+        eu_labels.extend(input_ood.iter().copied());
+        if input_ood.iter().any(|&b| b) || target_ood {
+            continue;
+        }
+        let pred: Vec<f64> = f.mean.iter().map(|&k| unit(k)).collect();
+        let real: Vec<f64> = next.values.iter().map(|&k| unit(k)).collect();
+        ssims.push(ssim(&pred, &real, grid.rows(), grid.cols(), 2.0).context("SSIM")?);
+        psnrs.push(psnr(&pred, &real, 2.0).context("PSNR")?);
+        for cell in 0..grid.cells() {
+            let y = f64::from(next.values[cell]);
+            let members: Vec<f64> = samples[cell * per_cell..(cell + 1) * per_cell]
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect();
+            let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
+            let estimator = if per_cell > 1 {
+                CrpsEstimator::Fair
+            } else {
+                CrpsEstimator::Classic
+            };
+            crps += crps_ensemble(&members, y, estimator).context("CRPS")?;
+            crps_g += crps_gaussian(y, f64::from(f.mean[cell]), var).context("CRPS")?;
+            means.push(f64::from(f.mean[cell]));
+            variances.push(var);
+            obs.push(y);
+            au_sum[cell] += f64::from(f.au[cell]);
+            n += 1;
+        }
+        lats.extend_from_slice(&lat);
+        au_steps += 1;
+    }
+    if n == 0 {
+        bail!("no in-distribution forecast with a target step in the held-out span");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let au_map: Vec<f64> = au_sum.iter().map(|s| s / au_steps as f64).collect();
+    let rmse = (means
+        .iter()
+        .zip(&obs)
+        .map(|(m, y)| (m - y).powi(2))
+        .sum::<f64>()
+        / n as f64)
+        .sqrt();
+    Ok(MethodScores {
+        method: String::new(),
+        ssim: mean(&ssims),
+        psnr: mean(&psnrs),
+        crps: crps / n as f64,
+        crps_gaussian: crps_g / n as f64,
+        rmse,
+        rmse_lat_weighted: weighted_rmse(&means, &obs, &lats, AreaWeight::CosLatitude)
+            .unwrap_or(f64::NAN),
+        spread_skill: spread_skill(&means, &variances, &obs, per_cell).unwrap_or(f64::NAN),
+        au_correlation: pearson(&au_map, &truth.variance).unwrap_or(f64::NAN),
+        eu_auroc: auroc(&eu_scores, &eu_labels).unwrap_or(f64::NAN),
+        eu_auprc: auprc(&eu_scores, &eu_labels).unwrap_or(f64::NAN),
+        train_seconds: model.meta.training.seconds,
+        sample_seconds: mean(&sampling),
+        members: settings.members,
+        samples: settings.samples,
+        iterations,
+    })
+}
+
+/// The comparison as an aligned table.
+fn table(rows: &[MethodScores]) -> String {
+    let mut s = format!(
+        "{:<11} {:>6} {:>7} {:>7} {:>9} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9} {:>9}\n",
+        "method",
+        "SSIM",
+        "PSNR",
+        "CRPS",
+        "CRPS(N)",
+        "RMSE",
+        "RMSE(w)",
+        "SSR",
+        "AU r",
+        "EU ROC",
+        "EU PR",
+        "train s",
+        "sample s"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<11} {:>6.3} {:>7.2} {:>7.3} {:>9.3} {:>7.3} {:>8.3} {:>6.2} {:>6.2} {:>7.3} {:>7.3} {:>9.0} {:>9.1}\n",
+            r.method,
+            r.ssim,
+            r.psnr,
+            r.crps,
+            r.crps_gaussian,
+            r.rmse,
+            r.rmse_lat_weighted,
+            r.spread_skill,
+            r.au_correlation,
+            r.eu_auroc,
+            r.eu_auprc,
+            r.train_seconds,
+            r.sample_seconds
+        ));
+    }
+    if let Some(r) = rows.first() {
+        s.push_str(&format!(
+            "(M={} N={}, {} updates per network; CRPS and RMSE in K, SSIM/PSNR of the mean on the [-1, 1] scale; SSR = spread-skill, 1 is calibrated)",
+            r.members, r.samples, r.iterations
+        ));
+    }
+    s
+}
