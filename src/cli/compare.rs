@@ -25,8 +25,8 @@ use serde::Serialize;
 use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::Method;
 use uqcast_skill::{
-    AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr, ssim,
-    spread_skill, weighted_rmse,
+    AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr,
+    spread_skill, ssim, weighted_rmse,
 };
 use uqcast_synth::{LatLonGrid, read_ood_events};
 
@@ -82,7 +82,10 @@ const TRAIN_START: &str = "2019-01-01T00:00Z";
 pub async fn run(b: Benchmark) -> Result<()> {
     let pipeline = Pipeline::load(&b.config)?;
     if b.test_steps < 2 {
-        bail!("--test-steps {}: at least 2 steps make one forecast", b.test_steps);
+        bail!(
+            "--test-steps {}: at least 2 steps make one forecast",
+            b.test_steps
+        );
     }
     let methods = b
         .methods
@@ -92,7 +95,14 @@ pub async fn run(b: Benchmark) -> Result<()> {
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
     ensure_data(&train_dir, TRAIN_START, b.train_steps, 1, vec![]).await?;
-    ensure_data(&test_dir, TEST_START, b.test_steps, 0, vec![TEST_OOD.into()]).await?;
+    ensure_data(
+        &test_dir,
+        TEST_START,
+        b.test_steps,
+        0,
+        vec![TEST_OOD.into()],
+    )
+    .await?;
 
     let sql = source_sql(&pipeline, None, None)?;
     let (grid, train_steps) = read_steps(train_dir.display().to_string(), &sql).await?;
@@ -128,7 +138,14 @@ pub async fn run(b: Benchmark) -> Result<()> {
             settings.sampler
         );
         let scores = tokio::task::block_in_place(|| {
-            score(&model, &settings, &grid, &test_steps, &mut truth, iterations)
+            score(
+                &model,
+                &settings,
+                &grid,
+                &test_steps,
+                &mut truth,
+                iterations,
+            )
         })?;
         rows.push(MethodScores {
             method: method.name().into(),

@@ -41,7 +41,11 @@ pub struct EvalArgs {
     #[arg(long, conflicts_with_all = ["forecast", "data"])]
     config: Option<PathBuf>,
     /// Methods to compare: hyperdm, mc-dropout, ensemble.
-    #[arg(long, value_delimiter = ',', default_value = "hyperdm,mc-dropout,ensemble")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hyperdm,mc-dropout,ensemble"
+    )]
     methods: Vec<String>,
     /// Members M (weight draws; dropout masks; ensemble size).
     #[arg(long, default_value_t = 10)]
@@ -237,7 +241,9 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
         steps_clean.insert(rows.init[k]);
     }
     for k in (0..rows.init.len()).filter(|&k| !touched(rows.init[k])) {
-        let e = au_by_cell.entry(grid_key(rows.lat[k], rows.lon[k])).or_default();
+        let e = au_by_cell
+            .entry(grid_key(rows.lat[k], rows.lon[k]))
+            .or_default();
         e.0 += rows.au[k];
         e.1 += 1;
     }

@@ -360,6 +360,140 @@ fn forecast_flags_sql_function_plot_and_eval() {
     assert!(r["ood_cells"].as_u64().unwrap() > 0, "{r}");
     let auroc = r["eu_auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auroc), "{r}");
+
+    // Skill in one SQL query (forecast Parquet joined with era5 NetCDF)
+    // equals the library's scores of the same rows.
+    let join = "FROM f JOIN era5 e ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude";
+    let q = format!(
+        "SELECT weighted_rmse(f.t2m_mean, e.t2m, lat_weight(f.latitude)) AS wrmse,
+                avg(crps_gaussian(e.t2m, f.t2m_mean, f.t2m_au + f.t2m_eu)) AS crps, count(*) AS n {join}"
+    );
+    let o = uqcast(&[
+        "sql", &q, "--table", &table, "--table", &era5, "--format", "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sql: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let q = format!("SELECT f.latitude, f.t2m_mean, e.t2m, f.t2m_au + f.t2m_eu AS var {join}");
+    let o = uqcast(&[
+        "sql", &q, "--table", &table, "--table", &era5, "--format", "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Vec<f64>> = stdout(&o)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    // 11 forecasts have a truth step (the last valid time is past the data).
+    assert_eq!(rows.len(), 11 * 39 * 68);
+    assert_eq!(sql["n"], rows.len());
+    let (mean, truth, lat): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        rows.iter().map(|r| r[1]).collect(),
+        rows.iter().map(|r| r[2]).collect(),
+        rows.iter().map(|r| r[0]).collect(),
+    );
+    let wrmse =
+        uqcast_skill::weighted_rmse(&mean, &truth, &lat, uqcast_skill::AreaWeight::CosLatitude)
+            .unwrap();
+    let crps = rows
+        .iter()
+        .map(|r| uqcast_skill::crps_gaussian(r[2], r[1], r[3]).unwrap())
+        .sum::<f64>()
+        / rows.len() as f64;
+    // CSV round-trips f32 values through decimal text: 1e-5 relative.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+    assert!(
+        close(sql["wrmse"].as_f64().unwrap(), wrmse),
+        "{sql} vs {wrmse}"
+    );
+    assert!(
+        close(sql["crps"].as_f64().unwrap(), crps),
+        "{sql} vs {crps}"
+    );
+}
+
+/// `uqcast eval --config`: the three methods trained on a small synthetic
+/// benchmark, one JSON line each with every score; a second run loads the
+/// cached models and repeats the numbers (seeded sampling).
+#[test]
+fn eval_compares_hyperdm_with_the_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_pipeline(dir.path(), 3, "");
+    let work = dir.path().join("eval");
+    let args = |methods: &str| {
+        vec![
+            "eval".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--methods".into(),
+            methods.into(),
+            "--m".into(),
+            "2".into(),
+            "--n".into(),
+            "3".into(),
+            "--iterations".into(),
+            "30".into(),
+            "--train-steps".into(),
+            "8".into(),
+            "--test-steps".into(),
+            "4".into(),
+            "--work".into(),
+            work.display().to_string(),
+            "--json".into(),
+        ]
+    };
+    let run_eval = |methods: &str| {
+        let a = args(methods);
+        let o = uqcast(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let lines: Vec<serde_json::Value> = stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, stderr(&o))
+    };
+    let (rows, _) = run_eval("hyperdm,mc-dropout,ensemble");
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hyperdm", "mc-dropout", "ensemble"]);
+    for r in &rows {
+        for key in [
+            "ssim",
+            "psnr",
+            "crps",
+            "rmse",
+            "spread_skill",
+            "eu_auroc",
+            "eu_auprc",
+            "train_seconds",
+            "sample_seconds",
+        ] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite(), "{key} in {r}");
+        }
+        assert!(
+            (0.0..=1.0).contains(&r["eu_auroc"].as_f64().unwrap()),
+            "{r}"
+        );
+        assert!(r["ssim"].as_f64().unwrap() <= 1.0 && r["crps"].as_f64().unwrap() > 0.0);
+    }
+    assert!(work.join("models/ensemble-m2-i30.safetensors").is_file());
+    let (again, log) = run_eval("ensemble");
+    assert!(log.contains("loaded from"), "{log}");
+    assert_eq!(again[0]["crps"], rows[2]["crps"], "seeded sampling repeats");
+    assert_eq!(again[0]["train_seconds"], rows[2]["train_seconds"]);
+
+    fails_with(
+        &[
+            "eval",
+            "--config",
+            config.to_str().unwrap(),
+            "--methods",
+            "bayes",
+        ],
+        &[
+            "--methods",
+            "'bayes' is not one of hyperdm, mc-dropout, ensemble",
+        ],
+    );
 }
 
 #[test]

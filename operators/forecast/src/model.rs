@@ -388,7 +388,16 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ens.safetensors");
-        train(&steps, &grid, &settings, "test", &path, &Device::Cpu, |_| {}).unwrap();
+        train(
+            &steps,
+            &grid,
+            &settings,
+            "test",
+            &path,
+            &Device::Cpu,
+            |_| {},
+        )
+        .unwrap();
         let model = ForecastModel::load(&path, &Device::Cpu).unwrap();
         assert_eq!(model.checkpoint.method, Method::Ensemble { members: 2 });
         let inference = InferenceSettings {
@@ -402,10 +411,17 @@ mod tests {
         assert_eq!(samples.len(), 12 * 10);
         for (cell, s) in samples.chunks_exact(10).enumerate() {
             let mean = s.iter().map(|&x| f64::from(x)).sum::<f64>() / 10.0;
-            let var = s.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / 10.0;
+            let var = s
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / 10.0;
             let total = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
             assert!((mean - f64::from(f.mean[cell])).abs() < 1e-3 * mean.abs());
-            assert!((var - total).abs() < 1e-3 * total.max(1e-3), "{var} vs {total}");
+            assert!(
+                (var - total).abs() < 1e-3 * total.max(1e-3),
+                "{var} vs {total}"
+            );
         }
         let three = InferenceSettings {
             members: 3,

@@ -828,7 +828,10 @@ mod tests {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max)
         };
-        assert!(largest(&one[0], &initial) > 1e-2, "training moved the weights");
+        assert!(
+            largest(&one[0], &initial) > 1e-2,
+            "training moved the weights"
+        );
         // Averaging the members' losses rescales the gradients by 1/3,
         // which AdamW undoes up to its ε and rounding: 1e-4 tolerance.
         let coupling = largest(&one[0], &three[0]);
