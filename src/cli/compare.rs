@@ -237,6 +237,7 @@ async fn trained_model(
                 );
             }
         })
+        .map_err(anyhow::Error::from)
     })
     .await
     .context("training task failed")??;
