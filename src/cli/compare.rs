@@ -426,6 +426,20 @@ fn table(rows: &[MethodScores]) -> String {
             r.sample_seconds
         ));
     }
+    // MC-Dropout trains exactly one network: the unit of training cost.
+    if let Some(one) = rows.iter().find(|r| r.method == "mc-dropout") {
+        let ratios: Vec<String> = rows
+            .iter()
+            .filter(|r| r.method != "mc-dropout")
+            .map(|r| format!("{} {:.2}×", r.method, r.train_seconds / one.train_seconds))
+            .collect();
+        if !ratios.is_empty() {
+            s.push_str(&format!(
+                "training time relative to one network (mc-dropout): {}\n",
+                ratios.join(", ")
+            ));
+        }
+    }
     if let Some(r) = rows.first() {
         s.push_str(&format!(
             "(M={} N={}, {} updates per network; CRPS and RMSE in K, SSIM/PSNR of the mean on the [-1, 1] scale; SSR = spread-skill, 1 is calibrated)",

@@ -105,6 +105,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     store.clean_temporaries()?;
     let provenance: Provenance = [
         ("model_id", model.id.clone()),
+        ("method", model.checkpoint.method.to_string()),
         ("members", settings.members.to_string()),
         ("samples", settings.samples.to_string()),
         ("sampler", settings.sampler.to_string()),
