@@ -11,6 +11,7 @@
 //!   RMSE (plain and cos-latitude weighted), spread–skill, AU correlation
 //!   with the true noise map: on forecasts whose input and target are both
 //!   in distribution;
+//! - the rank histogram of the truth among the samples, in ten groups;
 //! - EU AUROC/AUPRC: cells of the altered input against all other cells;
 //! - training seconds (recorded in the checkpoint) and sampling seconds per
 //!   input step.
@@ -26,7 +27,7 @@ use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::Method;
 use uqcast_skill::{
     AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr,
-    spread_skill, ssim, weighted_rmse,
+    rank_histogram, spread_skill, ssim, weighted_rmse,
 };
 use uqcast_synth::{LatLonGrid, read_ood_events};
 
@@ -66,6 +67,9 @@ pub struct MethodScores {
     pub au_correlation: f64,
     pub eu_auroc: f64,
     pub eu_auprc: f64,
+    /// Where the truth falls among the M×N samples, in ten equal groups of
+    /// ranks (fractions of cells; 0.1 each when reliable, a U when too narrow).
+    pub rank_histogram: Vec<f64>,
     pub train_seconds: f64,
     pub sample_seconds: f64,
     pub members: usize,
@@ -315,6 +319,7 @@ fn score(
     let (mut means, mut variances, mut obs, mut lats) = (vec![], vec![], vec![], vec![]);
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
+    let mut ranks = vec![0u64; per_cell + 1];
     let lead = model.lead_micros();
     for (i, step) in steps.iter().enumerate() {
         let Some(next) = steps[i + 1..].iter().find(|s| s.time == step.time + lead) else {
@@ -347,6 +352,12 @@ fn score(
                 CrpsEstimator::Classic
             };
             crps += crps_ensemble(&members, y, estimator).context("CRPS")?;
+            for (total, count) in ranks
+                .iter_mut()
+                .zip(rank_histogram(&members, per_cell, &[y]).context("ranks")?)
+            {
+                *total += count;
+            }
             crps_g += crps_gaussian(y, f64::from(f.mean[cell]), var).context("CRPS")?;
             means.push(f64::from(f.mean[cell]));
             variances.push(var);
@@ -369,8 +380,13 @@ fn score(
         .sum::<f64>()
         / n as f64)
         .sqrt();
+    let mut deciles = vec![0.0; 10];
+    for (rank, count) in ranks.iter().enumerate() {
+        deciles[rank * 10 / (per_cell + 1)] += *count as f64 / n as f64;
+    }
     Ok(MethodScores {
         method: String::new(),
+        rank_histogram: deciles,
         ssim: mean(&ssims),
         psnr: mean(&psnrs),
         crps: crps / n as f64,

@@ -65,6 +65,10 @@ struct Common {
     /// Learning rate.
     #[arg(long, global = true)]
     lr: Option<f64>,
+    /// Anchored training: pull of each generated network toward its own
+    /// random anchor (0: off, the default).
+    #[arg(long, global = true)]
+    anchor: Option<f64>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -101,6 +105,9 @@ impl Common {
         }
         if let Some(lr) = self.lr {
             s.train.optimizer.lr = lr;
+        }
+        if let Some(anchor) = self.anchor {
+            s.train.anchor = anchor;
         }
         if let Some(sampler) = self.sampler {
             s.sampler = sampler;

@@ -474,6 +474,14 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "{r}"
         );
         assert!(r["ssim"].as_f64().unwrap() <= 1.0 && r["crps"].as_f64().unwrap() > 0.0);
+        let ranks: Vec<f64> = r["rank_histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(ranks.len(), 10, "{r}");
+        assert!((ranks.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{r}");
     }
     assert!(work.join("models/ensemble-m2-i30.safetensors").is_file());
     let (again, log) = run_eval("ensemble");
