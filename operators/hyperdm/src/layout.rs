@@ -100,6 +100,42 @@ impl ParamLayout {
     }
 }
 
+impl ParamLayout {
+    /// Applies every tensor's gain (and +1) to a flat vector of
+    /// standardised values: what [`ParamLayout::slice`] does on the fly.
+    /// Trained weights (the baselines) are stored this way, so an optimiser
+    /// step moves each weight by the learning rate itself, as in an ordinary
+    /// network, not by the learning rate times the gain.
+    pub fn scaled(&self, standardised: &[f32]) -> Vec<f32> {
+        let mut out = standardised.to_vec();
+        for s in &self.specs {
+            let plus = if s.name.ends_with("#plus_one") {
+                1.0
+            } else {
+                0.0
+            };
+            for v in &mut out[s.offset..s.offset + s.numel()] {
+                *v = (f64::from(*v) * s.gain + plus) as f32;
+            }
+        }
+        out
+    }
+
+    /// Slices a flat vector of final values (see [`ParamLayout::scaled`]).
+    pub fn slice_scaled(&self, flat: &Tensor) -> Result<Params> {
+        let tensors = self
+            .specs
+            .iter()
+            .map(|s| {
+                flat.narrow(0, s.offset, s.numel())?
+                    .reshape(s.shape.as_slice())
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("slicing trained parameters")?;
+        Ok(Params(tensors))
+    }
+}
+
 /// A member's generated tensors, indexed by [`ParamId`].
 #[derive(Debug, Clone)]
 pub struct Params(Vec<Tensor>);
@@ -151,5 +187,18 @@ mod tests {
             p.get(g).flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             vec![1.0 + 1.5, 1.0 + 1.6]
         );
+        // Scaling first, then slicing as is, gives the same tensors.
+        let raw: Vec<f32> = flat.to_vec1().unwrap();
+        let scaled = Tensor::new(layout.scaled(&raw), &Device::Cpu).unwrap();
+        let q = layout.slice_scaled(&scaled).unwrap();
+        for id in [w, b, g] {
+            let (a, c): (Vec<f32>, Vec<f32>) = (
+                p.get(id).flatten_all().unwrap().to_vec1().unwrap(),
+                q.get(id).flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            for (x, y) in a.iter().zip(&c) {
+                assert!((x - y).abs() < 1e-5, "{a:?} vs {c:?}");
+            }
+        }
     }
 }

@@ -153,8 +153,9 @@ impl<P: PrimaryNetwork> HyperDm<P> {
 
     /// Builds the model for `method` with seeded initial weights: the
     /// hyper-network's layers uniform ±1/√fan_in; a baseline's flat vectors
-    /// uniform ±1 on the layout's standardised scale (its gains then give
-    /// each weight the same ±1/√fan_in), every ensemble member its own draw.
+    /// uniform ±1 scaled by the layout's gains (each weight ±1/√fan_in, each
+    /// bias ±0.1) and stored scaled, like an ordinary network's; every
+    /// ensemble member its own draw.
     pub fn with_method(
         primary: P,
         method: Method,
@@ -210,9 +211,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 dims[0].max(1)
             };
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let values: Vec<f32> = (0..var.elem_count())
+            let mut values: Vec<f32> = (0..var.elem_count())
                 .map(|_| rng.random_range(-bound..bound) as f32)
                 .collect();
+            if name.starts_with("direct.") {
+                values = primary.layout().scaled(&values);
+            }
             var.set(&Tensor::from_vec(values, dims, device).ctx("initialising")?)
                 .ctx("initialising")?;
         }
@@ -421,7 +425,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             }
             (WeightSource::Direct(vars), Method::McDropout { p }) => {
                 let (x0, cond, mut rng) = draw(config.seed)?;
-                let params = self.primary.layout().slice(vars[0].as_tensor())?;
+                let params = self.primary.layout().slice_scaled(vars[0].as_tensor())?;
                 let masks = self.dropout_masks(p, config.batch_size, &mut rng)?;
                 self.denoising_loss(&params, &masks, &x0, &cond, &mut rng)
             }
@@ -430,7 +434,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 for (member, var) in vars.iter().enumerate() {
                     let seed = config.seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     let (x0, cond, mut rng) = draw(seed)?;
-                    let params = self.primary.layout().slice(var.as_tensor())?;
+                    let params = self.primary.layout().slice_scaled(var.as_tensor())?;
                     let l = self.denoising_loss(&params, &[], &x0, &cond, &mut rng)?;
                     total = Some(match total {
                         Some(t) => (t + l).ctx("loss")?,
@@ -598,7 +602,10 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 Ok((self.primary.layout().slice(&flat)?, Vec::new()))
             }
             (WeightSource::Direct(vars), Method::McDropout { p }) => {
-                let params = self.primary.layout().slice(&vars[0].as_tensor().detach())?;
+                let params = self
+                    .primary
+                    .layout()
+                    .slice_scaled(&vars[0].as_tensor().detach())?;
                 Ok((params, self.dropout_masks(p, 1, &mut rng)?))
             }
             (WeightSource::Direct(vars), _) => {
@@ -611,7 +618,9 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                     ),
                 })?;
                 Ok((
-                    self.primary.layout().slice(&var.as_tensor().detach())?,
+                    self.primary
+                        .layout()
+                        .slice_scaled(&var.as_tensor().detach())?,
                     Vec::new(),
                 ))
             }
