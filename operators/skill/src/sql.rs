@@ -28,15 +28,18 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(weighted_rmse_udaf());
 }
 
+/// One argument column as `Float64`.
+fn to_f64(array: &ArrayRef) -> Result<Float64Array> {
+    Ok(cast(array, &DataType::Float64)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
 /// The arguments as `Float64` arrays of one length (scalars broadcast).
 fn float_args(args: &[ColumnarValue]) -> Result<Vec<Float64Array>> {
     ColumnarValue::values_to_arrays(args)?
         .iter()
-        .map(|a| {
-            Ok(cast(a, &DataType::Float64)?
-                .as_primitive::<Float64Type>()
-                .clone())
-        })
+        .map(to_f64)
         .collect()
 }
 
@@ -98,14 +101,7 @@ struct WeightedRmse {
 
 impl Accumulator for WeightedRmse {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let cols: Vec<Float64Array> = values
-            .iter()
-            .map(|a| {
-                Ok(cast(a, &DataType::Float64)?
-                    .as_primitive::<Float64Type>()
-                    .clone())
-            })
-            .collect::<Result<_>>()?;
+        let cols: Vec<Float64Array> = values.iter().map(to_f64).collect::<Result<_>>()?;
         for i in 0..cols[0].len() {
             if cols.iter().any(|c| c.is_null(i)) {
                 continue;
