@@ -29,7 +29,7 @@ use uqcast_skill::{
     AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr,
     rank_histogram, spread_skill, ssim, weighted_rmse,
 };
-use uqcast_synth::{LatLonGrid, read_ood_events};
+use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
 
 use super::eval::{grid_key, true_variance};
 use super::synth::{SynthArgs, generate};
@@ -253,7 +253,7 @@ async fn trained_model(
 struct Truth {
     variance: Vec<f64>,
     ood: BTreeMap<i64, Vec<bool>>,
-    ood_events: Vec<uqcast_synth::OodEvent>,
+    ood_events: Vec<OodEvent>,
     synth_grid: LatLonGrid,
 }
 
@@ -285,15 +285,9 @@ impl Truth {
     /// Which cells of the step at `time` were altered.
     fn mask(&mut self, time: i64) -> &[bool] {
         let (events, grid) = (&self.ood_events, &self.synth_grid);
-        self.ood.entry(time).or_insert_with(|| {
-            let mut m = vec![false; grid.latitude.len() * grid.longitude.len()];
-            for e in events {
-                for (a, b) in m.iter_mut().zip(e.mask(grid, time)) {
-                    *a |= b;
-                }
-            }
-            m
-        })
+        self.ood
+            .entry(time)
+            .or_insert_with(|| OodEvent::union_mask(events, grid, time))
     }
 }
 
@@ -320,6 +314,12 @@ fn score(
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
     let mut ranks = vec![0u64; per_cell + 1];
+    // The fair estimator needs two samples; one sample is scored as is.
+    let estimator = if per_cell > 1 {
+        CrpsEstimator::Fair
+    } else {
+        CrpsEstimator::Classic
+    };
     let lead = model.lead_micros();
     for (i, step) in steps.iter().enumerate() {
         let Some(next) = steps[i + 1..].iter().find(|s| s.time == step.time + lead) else {
@@ -346,11 +346,6 @@ fn score(
                 .map(|&x| f64::from(x))
                 .collect();
             let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
-            let estimator = if per_cell > 1 {
-                CrpsEstimator::Fair
-            } else {
-                CrpsEstimator::Classic
-            };
             crps += crps_ensemble(&members, y, estimator).context("CRPS")?;
             for (total, count) in ranks
                 .iter_mut()

@@ -21,7 +21,7 @@ use serde::Serialize;
 use uqcast_forecast::ModelGrid;
 use uqcast_netcdf::Era5TableProvider;
 use uqcast_skill::{auroc, pearson};
-use uqcast_synth::{LatLonGrid, read_ood_events};
+use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
 
 use crate::session::{TableArg, f64_column, new_context, register_tables};
 
@@ -206,15 +206,7 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
     let times: BTreeSet<i64> = rows.init.iter().chain(&rows.valid).copied().collect();
     let masks: HashMap<i64, Vec<bool>> = times
         .iter()
-        .map(|&t| {
-            let mut m = vec![false; grid.cells()];
-            for e in &events {
-                for (a, b) in m.iter_mut().zip(e.mask(&synth_grid, t)) {
-                    *a |= b;
-                }
-            }
-            (t, m)
-        })
+        .map(|&t| (t, OodEvent::union_mask(&events, &synth_grid, t)))
         .collect();
     let touched = |t: i64| masks.get(&t).is_some_and(|m| m.iter().any(|&b| b));
     let mut labels = Vec::with_capacity(rows.init.len());

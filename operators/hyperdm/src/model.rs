@@ -174,24 +174,15 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let total = primary.layout().total();
+        // The baseline's vectors, in member order (`named_vars` sorts by name).
         let direct = |n: usize| -> Result<WeightSource> {
-            (0..n)
-                .map(|k| {
-                    vb.get_with_hints(total, &format!("direct.member{k:03}"), Init::Const(0.0))
-                        .ctx("building the baseline's weights")?;
-                    let data = varmap.data().lock().map_err(|_| HyperdmError::Config {
-                        field: "weights",
-                        problem: "variable map poisoned".into(),
-                    })?;
-                    data.get(&format!("direct.member{k:03}"))
-                        .cloned()
-                        .ok_or_else(|| HyperdmError::Config {
-                            field: "weights",
-                            problem: "baseline variable not created".into(),
-                        })
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(WeightSource::Direct)
+            for k in 0..n {
+                vb.get_with_hints(total, &format!("direct.member{k:03}"), Init::Const(0.0))
+                    .ctx("building the baseline's weights")?;
+            }
+            Ok(WeightSource::Direct(
+                named_vars(&varmap).into_iter().map(|(_, v)| v).collect(),
+            ))
         };
         let weights = match method {
             Method::Hyperdm => {

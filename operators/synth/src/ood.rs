@@ -61,6 +61,17 @@ impl OodEvent {
         }
     }
 
+    /// The cells any of `events` changes at `time` (row-major over `grid`).
+    pub fn union_mask(events: &[Self], grid: &LatLonGrid, time: i64) -> Vec<bool> {
+        let mut mask = vec![false; grid.cells()];
+        for e in events {
+            for (a, b) in mask.iter_mut().zip(e.mask(grid, time)) {
+                *a |= b;
+            }
+        }
+        mask
+    }
+
     /// The cells the event changes at `time` (row-major over `grid`).
     pub fn mask(&self, grid: &LatLonGrid, time: i64) -> Vec<bool> {
         let mut scratch = vec![0.0; grid.cells()];
