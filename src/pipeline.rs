@@ -65,6 +65,9 @@ pub struct TrainSection {
     pub activation: Activation,
     pub z_dim: usize,
     pub hyper_hidden: Vec<usize>,
+    /// A linear path from z to the generated weights (see HyperConfig).
+    #[serde(default)]
+    pub z_skip: bool,
     /// Pull of each generated network toward its own random anchor, which
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
@@ -253,6 +256,7 @@ impl Pipeline {
             hyper: HyperConfig {
                 z_dim: t.z_dim,
                 hidden: t.hyper_hidden.clone(),
+                z_skip: t.z_skip,
             },
             diffusion: DiffusionConfig {
                 steps: t.diffusion_steps,

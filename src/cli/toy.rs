@@ -66,9 +66,13 @@ struct Common {
     #[arg(long, global = true)]
     lr: Option<f64>,
     /// Anchored training: pull of each generated network toward its own
-    /// random anchor (0: off, the default).
+    /// random anchor, at 500 training pairs (it scales as 1/|D|; default
+    /// 0.003, 0: off).
     #[arg(long, global = true)]
     anchor: Option<f64>,
+    /// A linear path from z to the generated weights (default true).
+    #[arg(long, global = true)]
+    z_skip: Option<bool>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -105,6 +109,9 @@ impl Common {
         }
         if let Some(lr) = self.lr {
             s.train.optimizer.lr = lr;
+        }
+        if let Some(skip) = self.z_skip {
+            s.hyper.z_skip = skip;
         }
         if let Some(anchor) = self.anchor {
             s.train.anchor = anchor;

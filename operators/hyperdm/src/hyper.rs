@@ -2,7 +2,7 @@
 //! primary network. Drawing z draws a network; only θ is trained.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::{Init, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, Result};
@@ -15,6 +15,9 @@ pub struct HyperConfig {
     pub z_dim: usize,
     /// Hidden widths (paper: 8 8 8 8 8 for the toy, 24 ×5 for ERA5).
     pub hidden: Vec<usize>,
+    /// Adds a linear path S·z straight to the output (S starts at zero).
+    #[serde(default)]
+    pub z_skip: bool,
 }
 
 impl Default for HyperConfig {
@@ -22,6 +25,7 @@ impl Default for HyperConfig {
         Self {
             z_dim: 8,
             hidden: vec![8; 5],
+            z_skip: false,
         }
     }
 }
@@ -31,6 +35,7 @@ impl Default for HyperConfig {
 pub struct HyperNetwork {
     hidden: Vec<Linear>,
     out: Linear,
+    skip: Option<Tensor>,
     z_dim: usize,
 }
 
@@ -45,9 +50,18 @@ impl HyperNetwork {
             width = h;
         }
         let out = linear(width, outputs, vb.pp("out")).ctx("building the hyper-network")?;
+        let skip = if config.z_skip {
+            Some(
+                vb.get_with_hints((config.z_dim, outputs), "skip", Init::Const(0.0))
+                    .ctx("building the hyper-network")?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             hidden,
             out,
+            skip,
             z_dim: config.z_dim,
         })
     }
@@ -65,6 +79,10 @@ impl HyperNetwork {
                 .and_then(|x| x.relu())
                 .ctx("hyper-network forward")?;
         }
-        self.out.forward(&h).ctx("hyper-network forward")
+        let out = self.out.forward(&h).ctx("hyper-network forward")?;
+        match &self.skip {
+            Some(s) => (out + z.matmul(s)).ctx("hyper-network forward"),
+            None => Ok(out),
+        }
     }
 }

@@ -650,7 +650,27 @@ mod tests {
     /// network has no variables at all (its weights are generated).
     #[test]
     fn gradient_reaches_every_hyper_parameter_only() {
-        let model = toy_model();
+        gradient_reaches_every_hyper_parameter(false);
+        gradient_reaches_every_hyper_parameter(true);
+    }
+
+    fn gradient_reaches_every_hyper_parameter(z_skip: bool) {
+        let mlp = MlpConfig {
+            hidden: vec![8, 8],
+            ..MlpConfig::default()
+        };
+        let config = HyperConfig {
+            z_skip,
+            ..HyperConfig::default()
+        };
+        let model = HyperDm::new(
+            PrimaryMlp::new(&mlp),
+            &config,
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            3,
+        )
+        .unwrap();
         let data = ToyData::generate(64, 0.01, None, 1);
         let (x0, cond) = data
             .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
@@ -663,7 +683,8 @@ mod tests {
             vars.iter().all(|(name, _)| name.starts_with("hyper.")),
             "only hyper-network variables exist"
         );
-        assert_eq!(vars.len(), 2 * (HyperConfig::default().hidden.len() + 1));
+        let skip = usize::from(z_skip);
+        assert_eq!(vars.len(), 2 * (config.hidden.len() + 1) + skip);
         for (name, var) in &vars {
             let g = grads
                 .get(var)
@@ -746,6 +767,7 @@ mod tests {
             &HyperConfig {
                 z_dim: 4,
                 hidden: vec![4],
+                z_skip: false,
             },
             &DiffusionConfig::default(),
             &Device::Cpu,
