@@ -7,7 +7,8 @@
 //! - ε-prediction with T = 100 by default (the paper); x₀-prediction optional;
 //! - linear β (paper) or log-SNR-uniform schedules; DDPM and DDIM (η = 0);
 //! - AdamW; one fresh z per minibatch by default; no KL term, optionally an
-//!   anchor per network (`TrainConfig::anchor`, see [`HyperDm::loss`]);
+//!   anchor per network (`TrainConfig::anchor`, see [`HyperDm::loss`]) that
+//!   the hyper-network can follow through a linear z skip (`HyperConfig::z_skip`);
 //! - population variances (ddof = 0) so AU + EU is the total variance exactly.
 
 pub mod checkpoint;
