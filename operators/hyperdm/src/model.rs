@@ -632,13 +632,17 @@ mod tests {
     use crate::toy::ToyData;
 
     fn toy_model() -> HyperDm<PrimaryMlp> {
+        toy_model_with(&HyperConfig::default())
+    }
+
+    fn toy_model_with(hyper: &HyperConfig) -> HyperDm<PrimaryMlp> {
         let mlp = MlpConfig {
             hidden: vec![8, 8],
             ..MlpConfig::default()
         };
         HyperDm::new(
             PrimaryMlp::new(&mlp),
-            &HyperConfig::default(),
+            hyper,
             &DiffusionConfig::default(),
             &Device::Cpu,
             3,
@@ -655,22 +659,11 @@ mod tests {
     }
 
     fn gradient_reaches_every_hyper_parameter(z_skip: bool) {
-        let mlp = MlpConfig {
-            hidden: vec![8, 8],
-            ..MlpConfig::default()
-        };
         let config = HyperConfig {
             z_skip,
             ..HyperConfig::default()
         };
-        let model = HyperDm::new(
-            PrimaryMlp::new(&mlp),
-            &config,
-            &DiffusionConfig::default(),
-            &Device::Cpu,
-            3,
-        )
-        .unwrap();
+        let model = toy_model_with(&config);
         let data = ToyData::generate(64, 0.01, None, 1);
         let (x0, cond) = data
             .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
