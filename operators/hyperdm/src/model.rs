@@ -631,23 +631,26 @@ mod tests {
     use crate::primary::{MlpConfig, PrimaryMlp, PrimaryUnet, UnetConfig};
     use crate::toy::ToyData;
 
-    fn toy_model() -> HyperDm<PrimaryMlp> {
-        toy_model_with(&HyperConfig::default())
-    }
-
-    fn toy_model_with(hyper: &HyperConfig) -> HyperDm<PrimaryMlp> {
+    /// The small toy-sized model every test here builds: an 8-8 MLP denoiser
+    /// whose weights come from `method`.
+    fn small_model(method: Method, hyper: &HyperConfig, seed: u64) -> HyperDm<PrimaryMlp> {
         let mlp = MlpConfig {
             hidden: vec![8, 8],
             ..MlpConfig::default()
         };
-        HyperDm::new(
+        HyperDm::with_method(
             PrimaryMlp::new(&mlp),
+            method,
             hyper,
             &DiffusionConfig::default(),
             &Device::Cpu,
-            3,
+            seed,
         )
         .unwrap()
+    }
+
+    fn toy_model() -> HyperDm<PrimaryMlp> {
+        small_model(Method::Hyperdm, &HyperConfig::default(), 3)
     }
 
     /// Every hyper-network tensor gets a non-zero gradient; the primary
@@ -663,7 +666,7 @@ mod tests {
             z_skip,
             ..HyperConfig::default()
         };
-        let model = toy_model_with(&config);
+        let model = small_model(Method::Hyperdm, &config, 3);
         let data = ToyData::generate(64, 0.01, None, 1);
         let (x0, cond) = data
             .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
@@ -793,19 +796,7 @@ mod tests {
     }
 
     fn baseline(method: Method, seed: u64) -> HyperDm<PrimaryMlp> {
-        let mlp = MlpConfig {
-            hidden: vec![8, 8],
-            ..MlpConfig::default()
-        };
-        HyperDm::with_method(
-            PrimaryMlp::new(&mlp),
-            method,
-            &HyperConfig::default(),
-            &DiffusionConfig::default(),
-            &Device::Cpu,
-            seed,
-        )
-        .unwrap()
+        small_model(method, &HyperConfig::default(), seed)
     }
 
     fn flat(var: &Var) -> Vec<f32> {
