@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod default_pipeline;
 mod errors;
 mod pipeline;
 mod sql;
