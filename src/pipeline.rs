@@ -72,6 +72,11 @@ pub struct TrainSection {
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
     pub anchor: f64,
+    /// Train each z with its mirror −z on the same rows and noise, so the
+    /// minibatch noise common to both cancels in the z-dependent weights
+    /// (see operators/hyperdm/README.md).
+    #[serde(default)]
+    pub antithetic: bool,
     pub diffusion_steps: usize,
     /// `hyperdm` (default), or a baseline: `mc-dropout` (p = 0.3) or
     /// `ensemble` (of `[inference] members` networks).
@@ -267,6 +272,7 @@ impl Pipeline {
                 iterations: t.iterations,
                 batch_size: t.batch_size,
                 z_per_step: 1,
+                antithetic: t.antithetic,
                 optimizer: AdamWConfig {
                     lr: t.lr,
                     weight_decay: t.weight_decay,

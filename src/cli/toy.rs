@@ -73,6 +73,9 @@ struct Common {
     /// A linear path from z to the generated weights (default true).
     #[arg(long, global = true)]
     z_skip: Option<bool>,
+    /// Train each z with its mirror −z on the same rows and noise (default true).
+    #[arg(long, global = true)]
+    antithetic: Option<bool>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -112,6 +115,9 @@ impl Common {
         }
         if let Some(skip) = self.z_skip {
             s.hyper.z_skip = skip;
+        }
+        if let Some(antithetic) = self.antithetic {
+            s.train.antithetic = antithetic;
         }
         if let Some(anchor) = self.anchor {
             s.train.anchor = anchor;

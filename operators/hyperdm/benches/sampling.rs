@@ -69,7 +69,7 @@ fn unet(c: &mut Criterion, device: &Device) {
     let hyper = HyperConfig {
         z_dim: 8,
         hidden: vec![24; 5],
-        z_skip: false,
+        ..HyperConfig::default()
     };
     let model = HyperDm::new(
         PrimaryUnet::new(&config).expect("unet"),

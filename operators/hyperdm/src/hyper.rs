@@ -15,8 +15,9 @@ pub struct HyperConfig {
     pub z_dim: usize,
     /// Hidden widths (paper: 8 8 8 8 8 for the toy, 24 ×5 for ERA5).
     pub hidden: Vec<usize>,
-    /// Adds a trained linear path S·z straight to the output (S starts at
-    /// zero). Narrow ReLU layers cannot carry z to the weights linearly, so
+    /// Adds a trained linear path S·z straight to the output (S starts
+    /// uniform ±1/√z_dim, like every hyper-network layer: the seeded
+    /// initialisation in `HyperDm::with_method` sets it). Narrow ReLU layers cannot carry z to the weights linearly, so
     /// without it anchored training cannot follow each network's anchor A·z
     /// where the data leave the weights free (crate README, toy table).
     #[serde(default)]

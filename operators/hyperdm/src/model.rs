@@ -42,6 +42,10 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// z draws per minibatch (1: the reference code's choice).
     pub z_per_step: usize,
+    /// Each draw z is paired with −z on the same rows, steps and noise
+    /// (half the rows each, so the cost is unchanged). See [`HyperDm::loss`].
+    #[serde(default)]
+    pub antithetic: bool,
     pub optimizer: AdamWConfig,
     /// The learning rate decays (cosine) to this fraction of `optimizer.lr`.
     pub final_lr_fraction: f64,
@@ -58,6 +62,7 @@ impl Default for TrainConfig {
             iterations: 4000,
             batch_size: 128,
             z_per_step: 1,
+            antithetic: false,
             optimizer: AdamWConfig::default(),
             final_lr_fraction: 0.05,
             seed: 0,
@@ -273,42 +278,60 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         x0: &Tensor,
         cond: &Tensor,
         z_per_step: usize,
+        antithetic: bool,
         anchor: Option<(&Tensor, f64)>,
-        rng: &mut impl Rng,
+        rng: &mut (impl Rng + Clone),
     ) -> Result<Tensor> {
         let hyper = self.hyper()?;
         let batch = x0.dim(0).ctx("loss")?;
-        let draws = z_per_step.clamp(1, batch);
+        let signs = if antithetic { 2 } else { 1 };
+        let draws = z_per_step.clamp(1, (batch / signs).max(1));
         let z = gaussian(rng, &[draws, hyper.z_dim()], &self.device)?;
+        let z = if antithetic {
+            Tensor::cat(&[&z, &z.neg().ctx("loss")?], 0).ctx("loss")?
+        } else {
+            z
+        };
+        let networks = draws * signs;
         let flat = hyper.forward(&z)?;
         let mut total: Option<Tensor> = match anchor {
             Some((map, weight)) if weight > 0.0 => Some(
                 (flat.clone() - z.matmul(map).ctx("anchor")?)
                     .and_then(|d| d.sqr())
                     .and_then(|d| d.mean_all())
-                    .and_then(|d| d.affine(weight * draws as f64, 0.0))
+                    .and_then(|d| d.affine(weight * networks as f64, 0.0))
                     .ctx("anchor")?,
             ),
             _ => None,
         };
         for d in 0..draws {
+            // An antithetic pair shares its rows, steps and noise (one rng
+            // state replayed), so only the sign of z tells them apart.
             let (start, end) = (d * batch / draws, (d + 1) * batch / draws);
+            let rows = ((end - start) / signs).max(1);
             let (x0, cond) = (
-                x0.narrow(0, start, end - start).ctx("loss")?,
-                cond.narrow(0, start, end - start).ctx("loss")?,
+                x0.narrow(0, start, rows).ctx("loss")?,
+                cond.narrow(0, start, rows).ctx("loss")?,
             );
-            let params = self.primary.layout().slice(&flat.get(d).ctx("loss")?)?;
-            let l = self.denoising_loss(&params, &[], &x0, &cond, rng)?;
-            total = Some(match total {
-                Some(t) => (t + l).ctx("loss")?,
-                None => l,
-            });
+            let shared = rng.clone();
+            for s in 0..signs {
+                *rng = shared.clone();
+                let params = self
+                    .primary
+                    .layout()
+                    .slice(&flat.get(d + s * draws).ctx("loss")?)?;
+                let l = self.denoising_loss(&params, &[], &x0, &cond, rng)?;
+                total = Some(match total {
+                    Some(t) => (t + l).ctx("loss")?,
+                    None => l,
+                });
+            }
         }
         let total = total.ok_or(HyperdmError::Config {
             field: "batch_size",
             problem: "empty minibatch".into(),
         })?;
-        total.affine(1.0 / draws as f64, 0.0).ctx("loss")
+        total.affine(1.0 / networks as f64, 0.0).ctx("loss")
     }
 
     /// The denoising loss of one network (`params`, hidden activations
@@ -410,6 +433,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                     &x0,
                     &cond,
                     config.z_per_step,
+                    config.antithetic,
                     anchor.map(|a| (a, config.anchor)),
                     &mut rng,
                 )
@@ -672,7 +696,7 @@ mod tests {
             .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
             .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let loss = model.loss(&x0, &cond, 2, None, &mut rng).unwrap();
+        let loss = model.loss(&x0, &cond, 2, false, None, &mut rng).unwrap();
         let grads = loss.backward().unwrap();
         let vars = named_vars(&model.varmap);
         assert!(
@@ -696,6 +720,47 @@ mod tests {
         }
     }
 
+    /// Antithetic pairs cancel the minibatch noise in the z path. With the
+    /// output weights and the skip zeroed every z generates the same network, so nothing
+    /// in the data can tell z from −z: the skip's gradient must vanish for
+    /// pairs (same rows, steps and noise), and not without them.
+    #[test]
+    fn antithetic_pairs_cancel_noise_in_the_skip_gradient() {
+        let config = HyperConfig {
+            z_skip: true,
+            ..HyperConfig::default()
+        };
+        let data = ToyData::generate(64, 0.01, None, 1);
+        let (x0, cond) = data
+            .batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu)
+            .unwrap();
+        let skip_gradient = |antithetic: bool| -> f32 {
+            let model = small_model(Method::Hyperdm, &config, 3);
+            let vars = named_vars(&model.varmap);
+            let find = |name: &str| &vars.iter().find(|(n, _)| n == name).unwrap().1;
+            for name in ["hyper.out.weight", "hyper.skip"] {
+                let var = find(name);
+                var.set(&var.zeros_like().unwrap()).unwrap();
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let loss = model
+                .loss(&x0, &cond, 2, antithetic, None, &mut rng)
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads.get(find("hyper.skip")).unwrap();
+            g.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        let (single, paired) = (skip_gradient(false), skip_gradient(true));
+        assert!(single > 1e-3, "no skip gradient without pairs: {single}");
+        assert!(paired <= 1e-5 * single, "pairs {paired} vs single {single}");
+    }
+
     /// A few hundred steps must lower the loss on a fixed evaluation batch.
     #[test]
     fn training_lowers_the_loss() {
@@ -709,7 +774,7 @@ mod tests {
             for s in 0..8 {
                 let mut rng = ChaCha8Rng::seed_from_u64(100 + s);
                 total += m
-                    .loss(&x0, &cond, 1, None, &mut rng)
+                    .loss(&x0, &cond, 1, false, None, &mut rng)
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
@@ -763,7 +828,7 @@ mod tests {
             &HyperConfig {
                 z_dim: 4,
                 hidden: vec![4],
-                z_skip: false,
+                ..HyperConfig::default()
             },
             &DiffusionConfig::default(),
             &Device::Cpu,
