@@ -77,6 +77,10 @@ pub struct TrainSection {
     /// (see operators/hyperdm/README.md).
     #[serde(default)]
     pub antithetic: bool,
+    /// z draws per minibatch, each on its share of the rows (pairs with
+    /// `antithetic`).
+    #[serde(default = "one")]
+    pub z_per_step: usize,
     pub diffusion_steps: usize,
     /// `hyperdm` (default), or a baseline: `mc-dropout` (p = 0.3) or
     /// `ensemble` (of `[inference] members` networks).
@@ -86,6 +90,10 @@ pub struct TrainSection {
 
 fn default_method() -> String {
     "hyperdm".into()
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +200,13 @@ impl Pipeline {
         if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
             bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;
         }
+        let pairs = if self.train.antithetic { 2 } else { 1 };
+        if self.train.z_per_step == 0 || self.train.z_per_step * pairs > self.train.batch_size {
+            bad(
+                "train.z_per_step",
+                "must be ≥ 1 and leave every z at least one row of batch_size",
+            )?;
+        }
         Ok(())
     }
 
@@ -271,7 +286,7 @@ impl Pipeline {
             train: TrainConfig {
                 iterations: t.iterations,
                 batch_size: t.batch_size,
-                z_per_step: 1,
+                z_per_step: t.z_per_step,
                 antithetic: t.antithetic,
                 optimizer: AdamWConfig {
                     lr: t.lr,

@@ -581,6 +581,16 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["run", "--config", bad.to_str().unwrap()],
         &["bad.toml", "lead_minutes"],
     );
+    // No z draw per minibatch.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[train]", "[train]\nz_per_step = 0");
+    let bad = dir.path().join("no-draws.toml");
+    std::fs::write(&bad, text).unwrap();
+    fails_with(
+        &["run", "--config", bad.to_str().unwrap()],
+        &["no-draws.toml", "train.z_per_step"],
+    );
 
     assert_eq!(
         forecast_csv(&out),

@@ -36,3 +36,37 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "au", "--sampler", "euler"]);
     assert_eq!(o.status.code(), Some(2), "clap rejects an unknown sampler");
 }
+
+/// `toy eu` defaults to M = 50 × N = 200 (EU is a variance over members);
+/// `--m` still overrides it. A tiny run: only the report is checked.
+#[test]
+fn toy_eu_draws_fifty_members_by_default() {
+    let eu = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "toy",
+            "eu",
+            "--sizes",
+            "20",
+            "--iterations",
+            "20",
+            "--sampler",
+            "ddim-2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = uqcast(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).expect("one JSON object")
+    };
+    let report = eu(&[]);
+    assert_eq!(
+        (report["m"].as_u64(), report["n"].as_u64()),
+        (Some(50), Some(200))
+    );
+    assert_eq!(report["rows"][0]["train_size"], 20);
+    let report = eu(&["--m", "3"]);
+    assert_eq!(
+        (report["m"].as_u64(), report["n"].as_u64()),
+        (Some(3), Some(200))
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Training updates only the hyper-network θ: per step, z ~ N(0, I) is drawn
 //! (one z per minibatch, as the reference code; `z_per_step > 1` splits the
-//! minibatch between several draws), φ = h_θ(z) is sliced into the primary
+//! minibatch between several draws; `antithetic` pairs each z with −z on
+//! shared rows and noise), φ = h_θ(z) is sliced into the primary
 //! network's tensors, and the denoising loss back-propagates into θ.
 //!
 //! Inference: M draws of z, each generating its weights once, each running N
@@ -273,6 +274,14 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     /// from the training inputs), each network stays near its own random
     /// anchor, so the members keep disagreeing there. Without it the
     /// hyper-network learns to ignore z and EU collapses everywhere.
+    ///
+    /// With `antithetic`, each draw z is paired with −z on the same rows,
+    /// steps and noise. A single z multiplies the minibatch's sampling noise
+    /// into the z-dependent weights (the skip's gradient is g·zᵀ), and that
+    /// noise stays behind as member disagreement the data never asked for:
+    /// an EU floor. In a pair the noise enters as g·zᵀ + g·(−z)ᵀ and cancels
+    /// to first order; what survives is the difference between the two
+    /// networks' fits, which is what should shape z.
     pub fn loss(
         &self,
         x0: &Tensor,
