@@ -221,9 +221,16 @@ impl PrimaryUnet {
 }
 
 fn conv(p: &Params, c: Conv, x: &Tensor) -> candle_core::Result<Tensor> {
-    let b = p.get(c.b);
-    x.conv2d(p.get(c.w), c.pad, c.stride, 1, 1)?
-        .broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+    let (b, w) = (p.get(c.b), p.get(c.w));
+    let (_, _, kh, kw) = w.dims4()?;
+    // The U-Net's 3×3 convolutions on the CPU go through im2col + GEMM
+    // (see `im2col.rs` for why); the rest, and every GPU, through candle.
+    let y = if x.device().is_cpu() && (kh, kw, c.pad, c.stride) == (3, 3, 1, 1) {
+        super::im2col::conv3x3(x, w)?
+    } else {
+        x.conv2d(w, c.pad, c.stride, 1, 1)?
+    };
+    y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
 }
 
 fn norm(p: &Params, n: Norm, x: &Tensor) -> candle_core::Result<Tensor> {
