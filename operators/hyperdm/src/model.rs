@@ -730,9 +730,10 @@ mod tests {
     }
 
     /// Antithetic pairs cancel the minibatch noise in the z path. With the
-    /// output weights and the skip zeroed every z generates the same network, so nothing
-    /// in the data can tell z from −z: the skip's gradient must vanish for
-    /// pairs (same rows, steps and noise), and not without them.
+    /// output weights and the skip zeroed, every z generates the same
+    /// network, so nothing in the data can tell z from −z: the skip's
+    /// gradient must vanish for pairs (same rows, steps and noise), and not
+    /// without them.
     #[test]
     fn antithetic_pairs_cancel_noise_in_the_skip_gradient() {
         let config = HyperConfig {
