@@ -135,8 +135,8 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for (batch, cin, cout, h, w) in [(2, 3, 5, 7, 9), (1, 16, 8, 4, 4), (3, 1, 2, 1, 6)] {
-            let x = Var::from_tensor(&gaussian(&mut rng, &[batch, cin, h, w], &dev).unwrap())
-                .unwrap();
+            let x =
+                Var::from_tensor(&gaussian(&mut rng, &[batch, cin, h, w], &dev).unwrap()).unwrap();
             let k = gaussian(&mut rng, &[cout, cin, 3, 3], &dev).unwrap();
             let k = Var::from_tensor(&k.affine(0.3, 0.0).unwrap()).unwrap();
             let weights = gaussian(&mut rng, &[batch, cout, h, w], &dev).unwrap();
@@ -145,7 +145,12 @@ mod tests {
             assert_eq!(ours.dims(), theirs.dims());
             assert!(largest_difference(&ours, &theirs) < 1e-4);
             let grads = |y: &Tensor| {
-                let g = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = (y * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
                 (g.get(&x).unwrap().clone(), g.get(&k).unwrap().clone())
             };
             let ((gx, gk), (hx, hk)) = (grads(&ours), grads(&theirs));
