@@ -5,7 +5,8 @@
 //! its columns one element at a time, per 512-pixel tile, with the GEMM of
 //! each tile run inside the parallel tile loop. Here the columns are written
 //! in one pass of row copies (each column row is the input plane shifted by
-//! one tap) and the product is one GEMM per image. The speed-up is measured
+//! one tap) and the product is one GEMM per group of images (see
+//! `COLUMN_BYTES`). The speed-up is measured
 //! in the crate README (sampling benchmark). The op has a backward pass, so
 //! training goes through it as well; off the CPU the caller keeps candle's
 //! conv2d.
