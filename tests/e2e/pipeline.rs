@@ -571,25 +571,26 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["run", "--config", c, "--output", o],
         &["column 't2m' is missing"],
     );
+    // A copy of the pipeline with one edit must fail, naming the file and field.
+    let edited_fails = |name: &str, from: &str, to: &str, field: &str| {
+        let text = std::fs::read_to_string(&config).unwrap().replace(from, to);
+        let bad = dir.path().join(name);
+        std::fs::write(&bad, text).unwrap();
+        fails_with(&["run", "--config", bad.to_str().unwrap()], &[name, field]);
+    };
     // Unknown keys in the pipeline.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("lead_hours = 6", "lead_hours = 6\nlead_minutes = 0");
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, text).unwrap();
-    fails_with(
-        &["run", "--config", bad.to_str().unwrap()],
-        &["bad.toml", "lead_minutes"],
+    edited_fails(
+        "bad.toml",
+        "lead_hours = 6",
+        "lead_hours = 6\nlead_minutes = 0",
+        "lead_minutes",
     );
     // No z draw per minibatch.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[train]", "[train]\nz_per_step = 0");
-    let bad = dir.path().join("no-draws.toml");
-    std::fs::write(&bad, text).unwrap();
-    fails_with(
-        &["run", "--config", bad.to_str().unwrap()],
-        &["no-draws.toml", "train.z_per_step"],
+    edited_fails(
+        "no-draws.toml",
+        "[train]",
+        "[train]\nz_per_step = 0",
+        "train.z_per_step",
     );
 
     assert_eq!(
