@@ -74,31 +74,68 @@ fn training(c: &mut Criterion, device: &Device) {
         z_skip,
     };
     let data = CellPairs::new(20_000);
+    // (name, method, hyper-network, anchor, antithetic, z per update)
     let runs = [
-        ("hyperdm_skip_anchor", Method::Hyperdm, hyper(true), 0.002),
-        ("hyperdm_plain", Method::Hyperdm, hyper(false), 0.0),
+        (
+            "hyperdm_skip_anchor",
+            Method::Hyperdm,
+            hyper(true),
+            0.002,
+            false,
+            1,
+        ),
+        (
+            "hyperdm_antithetic",
+            Method::Hyperdm,
+            hyper(true),
+            0.002,
+            true,
+            1,
+        ),
+        (
+            "hyperdm_antithetic_z2",
+            Method::Hyperdm,
+            hyper(true),
+            0.002,
+            true,
+            2,
+        ),
+        (
+            "hyperdm_plain",
+            Method::Hyperdm,
+            hyper(false),
+            0.0,
+            false,
+            1,
+        ),
         (
             "one_network",
             Method::Ensemble { members: 1 },
             hyper(false),
             0.0,
+            false,
+            1,
         ),
         (
             "ensemble_4",
             Method::Ensemble { members: 4 },
             hyper(false),
             0.0,
+            false,
+            1,
         ),
         (
             "mc_dropout",
             Method::McDropout { p: 0.3 },
             hyper(false),
             0.0,
+            false,
+            1,
         ),
     ];
     let mut group = c.benchmark_group("train_20_updates_cell_mlp64x3_b2048");
     group.sample_size(10);
-    for (name, method, hyper, anchor) in runs {
+    for (name, method, hyper, anchor, antithetic, z_per_step) in runs {
         let model =
             HyperDm::with_method(PrimaryMlp::new(&mlp), method, &hyper, &diffusion, device, 0)
                 .expect("model");
@@ -106,6 +143,8 @@ fn training(c: &mut Criterion, device: &Device) {
             iterations: u64::MAX,
             batch_size: BATCH,
             anchor,
+            antithetic,
+            z_per_step,
             ..TrainConfig::default()
         };
         let mut optimizer = model.optimizer(&config.optimizer);

@@ -101,6 +101,26 @@ impl ParamLayout {
 }
 
 impl ParamLayout {
+    /// Slices K members' flat vectors `[K, total]` at once: each tensor gets
+    /// a leading member axis, `[K, shape...]`, for the networks' stacked
+    /// forward ([`crate::primary::PrimaryNetwork::forward_stacked`]).
+    pub fn slice_stacked(&self, flat: &Tensor) -> Result<Params> {
+        let members = flat.dim(0).ctx("slicing generated parameters")?;
+        let tensors = self
+            .specs
+            .iter()
+            .map(|s| {
+                let mut shape = vec![members];
+                shape.extend_from_slice(&s.shape);
+                s.finish(flat.narrow(1, s.offset, s.numel())?.reshape(shape)?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("slicing generated parameters")?;
+        Ok(Params(tensors))
+    }
+}
+
+impl ParamLayout {
     /// Applies every tensor's gain (and +1) to a flat vector of
     /// standardised values: what [`ParamLayout::slice`] does on the fly.
     /// Trained weights (the baselines) are stored this way, so an optimiser
@@ -143,6 +163,17 @@ pub struct Params(Vec<Tensor>);
 impl Params {
     pub fn get(&self, id: ParamId) -> &Tensor {
         &self.0[id.0]
+    }
+
+    /// Member `k` of stacked parameters ([`ParamLayout::slice_stacked`]).
+    pub fn member(&self, k: usize) -> Result<Params> {
+        let tensors = self
+            .0
+            .iter()
+            .map(|t| t.get(k))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("a member of stacked parameters")?;
+        Ok(Params(tensors))
     }
 }
 

@@ -293,6 +293,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     ) -> Result<Tensor> {
         let hyper = self.hyper()?;
         let batch = x0.dim(0).ctx("loss")?;
+        if batch == 0 {
+            return Err(HyperdmError::Config {
+                field: "batch_size",
+                problem: "empty minibatch".into(),
+            });
+        }
         let signs = if antithetic { 2 } else { 1 };
         let draws = z_per_step.clamp(1, (batch / signs).max(1));
         let z = gaussian(rng, &[draws, hyper.z_dim()], &self.device)?;
@@ -301,59 +307,59 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         } else {
             z
         };
-        let networks = draws * signs;
         let flat = hyper.forward(&z)?;
-        let mut total: Option<Tensor> = match anchor {
+        let anchor_term = match anchor {
             Some((map, weight)) if weight > 0.0 => Some(
                 (flat.clone() - z.matmul(map).ctx("anchor")?)
                     .and_then(|d| d.sqr())
                     .and_then(|d| d.mean_all())
-                    .and_then(|d| d.affine(weight * networks as f64, 0.0))
+                    .and_then(|d| d.affine(weight, 0.0))
                     .ctx("anchor")?,
             ),
             _ => None,
         };
-        for d in 0..draws {
-            // An antithetic pair shares its rows, steps and noise (one rng
-            // state replayed), so only the sign of z tells them apart.
-            let (start, end) = (d * batch / draws, (d + 1) * batch / draws);
-            let rows = ((end - start) / signs).max(1);
-            let (x0, cond) = (
-                x0.narrow(0, start, rows).ctx("loss")?,
-                cond.narrow(0, start, rows).ctx("loss")?,
-            );
-            let shared = rng.clone();
-            for s in 0..signs {
-                *rng = shared.clone();
-                let params = self
-                    .primary
-                    .layout()
-                    .slice(&flat.get(d + s * draws).ctx("loss")?)?;
-                let l = self.denoising_loss(&params, &[], &x0, &cond, rng)?;
-                total = Some(match total {
-                    Some(t) => (t + l).ctx("loss")?,
-                    None => l,
-                });
-            }
+        // Every network sees `rows` rows of its draw's share of the
+        // minibatch; an antithetic pair shares its rows, steps and noise
+        // (drawn once), so only the sign of z tells the two apart.
+        let rows = ((batch / draws) / signs).max(1);
+        let noised = (0..draws)
+            .map(|d| {
+                let start = d * batch / draws;
+                let x0 = x0.narrow(0, start, rows).ctx("loss")?;
+                let cond = cond.narrow(0, start, rows).ctx("loss")?;
+                let noised = self.noised(&x0, rng)?;
+                Ok((noised, cond))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Network k = s·draws + d (the order of `z`) runs on draw d's rows.
+        let order: Vec<usize> = (0..signs).flat_map(|_| 0..draws).collect();
+        let stack = |part: &dyn Fn(&(Noised, Tensor)) -> Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> = order.iter().map(|&d| part(&noised[d])).collect();
+            Tensor::stack(&parts, 0).ctx("loss")
+        };
+        let x_t = stack(&|(n, _)| n.x_t.clone())?;
+        let target = stack(&|(n, _)| n.target.clone())?;
+        let cond = stack(&|(_, c)| c.clone())?;
+        let steps: Vec<usize> = order
+            .iter()
+            .flat_map(|&d| noised[d].0.steps.iter().copied())
+            .collect();
+        let params = self.primary.layout().slice_stacked(&flat)?;
+        let out = self.primary.forward_stacked(&params, &x_t, &steps, &cond)?;
+        // The mean over each network's rows, averaged over the networks.
+        let data = (out - target)
+            .and_then(|d| d.sqr())
+            .and_then(|d| d.mean_all())
+            .ctx("loss")?;
+        match anchor_term {
+            Some(anchor) => (anchor + data).ctx("loss"),
+            None => Ok(data),
         }
-        let total = total.ok_or(HyperdmError::Config {
-            field: "batch_size",
-            problem: "empty minibatch".into(),
-        })?;
-        total.affine(1.0 / networks as f64, 0.0).ctx("loss")
     }
 
-    /// The denoising loss of one network (`params`, hidden activations
-    /// multiplied by `masks` when given) on one minibatch: a random step
-    /// per row, x_t from x₀ and fresh noise, squared error of the prediction.
-    pub fn denoising_loss(
-        &self,
-        params: &Params,
-        masks: &[Tensor],
-        x0: &Tensor,
-        cond: &Tensor,
-        rng: &mut impl Rng,
-    ) -> Result<Tensor> {
+    /// A random step per row and x_t from x₀ and fresh noise, with the
+    /// prediction's target.
+    fn noised(&self, x0: &Tensor, rng: &mut impl Rng) -> Result<Noised> {
         let rows = x0.dim(0).ctx("loss")?;
         let steps: Vec<usize> = (0..rows)
             .map(|_| rng.random_range(0..self.schedule.steps()))
@@ -373,9 +379,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let sb = Tensor::from_vec(sb, bshape.as_slice(), &self.device).ctx("loss")?;
         let x_t = (x0.broadcast_mul(&sa).ctx("loss")? + eps.broadcast_mul(&sb).ctx("loss")?)
             .ctx("loss")?;
-        let out = self
-            .primary
-            .forward_masked(params, &x_t, &steps, cond, masks)?;
         let target = match self.diffusion.prediction {
             Prediction::Epsilon => eps,
             Prediction::X0 => x0.clone(),
@@ -383,7 +386,25 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 - x0.broadcast_mul(&sb).ctx("loss")?)
             .ctx("loss")?,
         };
-        (out - target)
+        Ok(Noised { x_t, steps, target })
+    }
+
+    /// The denoising loss of one network (`params`, hidden activations
+    /// multiplied by `masks` when given) on one minibatch: a random step
+    /// per row, x_t from x₀ and fresh noise, squared error of the prediction.
+    pub fn denoising_loss(
+        &self,
+        params: &Params,
+        masks: &[Tensor],
+        x0: &Tensor,
+        cond: &Tensor,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor> {
+        let noised = self.noised(x0, rng)?;
+        let out = self
+            .primary
+            .forward_masked(params, &noised.x_t, &noised.steps, cond, masks)?;
+        (out - noised.target)
             .and_then(|d| d.sqr())
             .and_then(|d| d.mean_all())
             .ctx("loss")
@@ -656,6 +677,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let one = cond.narrow(0, 0, 1).ctx("predict")?;
         Ok(self.primary.sample_input_like(&one)?.dims()[1..].to_vec())
     }
+}
+
+/// One draw's noised rows: x_t, each row's step and the training target.
+struct Noised {
+    x_t: Tensor,
+    steps: Vec<usize>,
+    target: Tensor,
 }
 
 #[cfg(test)]

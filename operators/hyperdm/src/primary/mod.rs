@@ -10,7 +10,7 @@ pub mod unet;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{CandleContext, Result};
 use crate::layout::{ParamLayout, Params};
 
 pub use mlp::{Activation, MlpConfig, PrimaryMlp};
@@ -51,6 +51,33 @@ pub trait PrimaryNetwork: Send + Sync {
                 problem: "this primary network has no dropout (MC-Dropout needs the MLP)".into(),
             })
         }
+    }
+    /// K networks at once on their own rows: `params` stacked
+    /// ([`ParamLayout::slice_stacked`]), `x_t` and `cond` `[K, R, ...]`,
+    /// `steps` the K·R rows' steps in that order; returns `[K, R, ...]`.
+    /// Training several weight draws per update goes through here, so a
+    /// network that can batch its members (the MLP) runs one batched matmul
+    /// per layer instead of K small passes. This default runs them in turn.
+    fn forward_stacked(
+        &self,
+        params: &Params,
+        x_t: &Tensor,
+        steps: &[usize],
+        cond: &Tensor,
+    ) -> Result<Tensor> {
+        let members = x_t.dim(0).ctx("stacked forward")?;
+        let rows = steps.len() / members.max(1);
+        let outputs = (0..members)
+            .map(|k| {
+                self.forward(
+                    &params.member(k)?,
+                    &x_t.get(k).ctx("stacked forward")?,
+                    &steps[k * rows..(k + 1) * rows],
+                    &cond.get(k).ctx("stacked forward")?,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&outputs, 0).ctx("stacked forward")
     }
     /// A zero x_t for the given conditions (`[B, ...]`), shaped as a sample.
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor>;
