@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    uqcast_hyperdm::startup::prepare();
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

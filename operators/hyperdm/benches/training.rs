@@ -162,6 +162,7 @@ fn training(c: &mut Criterion, device: &Device) {
 }
 
 fn benches(c: &mut Criterion) {
+    uqcast_hyperdm::startup::prepare();
     training(c, &default_device());
 }
 

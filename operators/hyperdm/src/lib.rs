@@ -23,6 +23,7 @@ pub mod optim;
 pub mod primary;
 pub mod sampler;
 pub mod schedule;
+pub mod startup;
 pub mod toy;
 
 pub use error::{HyperdmError, Result};
