@@ -9,7 +9,7 @@
 //! `COLUMN_BYTES`). The speed-up is measured
 //! in the crate README (sampling benchmark). The op has a backward pass, so
 //! training goes through it as well; off the CPU the caller keeps candle's
-//! conv2d.
+//! conv2d. 1×1 convolutions need no columns: [`conv1x1`] is one GEMM.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
@@ -108,6 +108,18 @@ pub fn conv3x3(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::cat(&outputs, 0)?.reshape((batch, cout, h, w))
 }
 
+/// A 1×1 convolution (the U-Net's residual skips, attention's q/k/v and
+/// output) as what it is, one GEMM per image: `[C_out, C_in] × [C_in, H·W]`.
+/// No columns are needed; candle's conv2d would copy to NHWC and back.
+pub fn conv1x1(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, cin, h, w) = x.dims4()?;
+    let cout = kernel.dim(0)?;
+    kernel
+        .reshape((cout, cin))?
+        .broadcast_matmul(&x.reshape((batch, cin, h * w))?)?
+        .reshape((batch, cout, h, w))
+}
+
 /// The largest im2col matrix built at once.
 const COLUMN_BYTES: usize = 8 << 20;
 
@@ -130,19 +142,25 @@ mod tests {
 
     /// Same values and same input and kernel gradients as candle's conv2d
     /// (float32 sums in another order: within 1e-4 on values of order 1),
-    /// at sizes with odd and single-pixel sides.
+    /// at sizes with odd and single-pixel sides, for both kernel sizes.
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
         let dev = Device::Cpu;
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for (batch, cin, cout, h, w) in [(2, 3, 5, 7, 9), (1, 16, 8, 4, 4), (3, 1, 2, 1, 6)] {
+        let shapes = [(2, 3, 5, 7, 9), (1, 16, 8, 4, 4), (3, 1, 2, 1, 6)];
+        for (size, (batch, cin, cout, h, w)) in
+            [3, 1].into_iter().flat_map(|k| shapes.map(|s| (k, s)))
+        {
             let x =
                 Var::from_tensor(&gaussian(&mut rng, &[batch, cin, h, w], &dev).unwrap()).unwrap();
-            let k = gaussian(&mut rng, &[cout, cin, 3, 3], &dev).unwrap();
+            let k = gaussian(&mut rng, &[cout, cin, size, size], &dev).unwrap();
             let k = Var::from_tensor(&k.affine(0.3, 0.0).unwrap()).unwrap();
             let weights = gaussian(&mut rng, &[batch, cout, h, w], &dev).unwrap();
-            let ours = conv3x3(&x, &k).unwrap();
-            let theirs = x.conv2d(&k, 1, 1, 1, 1).unwrap();
+            let (ours, theirs) = if size == 3 {
+                (conv3x3(&x, &k).unwrap(), x.conv2d(&k, 1, 1, 1, 1).unwrap())
+            } else {
+                (conv1x1(&x, &k).unwrap(), x.conv2d(&k, 0, 1, 1, 1).unwrap())
+            };
             assert_eq!(ours.dims(), theirs.dims());
             assert!(largest_difference(&ours, &theirs) < 1e-4);
             let grads = |y: &Tensor| {
