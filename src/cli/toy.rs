@@ -80,6 +80,10 @@ struct Common {
     /// Train each z with its mirror −z on the same rows and noise (default true).
     #[arg(long, global = true)]
     antithetic: Option<bool>,
+    /// z draws (antithetic pairs, with `--antithetic`) per update; the
+    /// minibatch's rows are split between them (default 1).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    z_per_step: Option<u64>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -122,6 +126,9 @@ impl Common {
         }
         if let Some(antithetic) = self.antithetic {
             s.train.antithetic = antithetic;
+        }
+        if let Some(draws) = self.z_per_step {
+            s.train.z_per_step = usize::try_from(draws).unwrap_or(usize::MAX);
         }
         if let Some(anchor) = self.anchor {
             s.train.anchor = anchor;

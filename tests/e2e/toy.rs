@@ -35,6 +35,9 @@ fn toy_rejects_bad_options() {
     assert!(stderr(&o).contains("band"), "{}", stderr(&o));
     let o = uqcast(&["toy", "au", "--sampler", "euler"]);
     assert_eq!(o.status.code(), Some(2), "clap rejects an unknown sampler");
+    let o = uqcast(&["toy", "eu", "--z-per-step", "0"]);
+    assert_eq!(o.status.code(), Some(2), "an update needs at least one z");
+    assert!(stderr(&o).contains("z-per-step"), "{}", stderr(&o));
 }
 
 /// `toy eu` defaults to M = 50 × N = 200 (EU is a variance over members);

@@ -289,7 +289,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         z_per_step: usize,
         antithetic: bool,
         anchor: Option<(&Tensor, f64)>,
-        rng: &mut (impl Rng + Clone),
+        rng: &mut impl Rng,
     ) -> Result<Tensor> {
         let hyper = self.hyper()?;
         let batch = x0.dim(0).ctx("loss")?;
