@@ -82,8 +82,9 @@ struct Common {
     antithetic: Option<bool>,
     /// z draws (antithetic pairs, with `--antithetic`) per update; the
     /// minibatch's rows are split between them (default 1).
-    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
-    z_per_step: Option<u64>,
+    #[arg(long, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    z_per_step: Option<usize>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -128,7 +129,7 @@ impl Common {
             s.train.antithetic = antithetic;
         }
         if let Some(draws) = self.z_per_step {
-            s.train.z_per_step = usize::try_from(draws).unwrap_or(usize::MAX);
+            s.train.z_per_step = draws;
         }
         if let Some(anchor) = self.anchor {
             s.train.anchor = anchor;
