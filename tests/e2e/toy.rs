@@ -38,6 +38,10 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "eu", "--z-per-step", "0"]);
     assert_eq!(o.status.code(), Some(2), "an update needs at least one z");
     assert!(stderr(&o).contains("z-per-step"), "{}", stderr(&o));
+    // The toy trains on minibatches of 256 rows: 200 antithetic pairs do not fit.
+    let o = uqcast(&["toy", "au", "--z-per-step", "200", "--iterations", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("z_per_step"), "{}", stderr(&o));
 }
 
 /// `toy eu` defaults to M = 50 × N = 200 (EU is a variance over members);

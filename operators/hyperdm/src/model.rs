@@ -527,6 +527,26 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 problem: "needs data and batch_size > 0".into(),
             });
         }
+        // `loss` would quietly train fewer draws than asked for; a run
+        // from any front end (pipeline, toy) says so instead.
+        let signs = if config.antithetic { 2 } else { 1 };
+        if matches!(self.weights, WeightSource::Hyper(_))
+            && (config.z_per_step == 0 || config.z_per_step * signs > config.batch_size)
+        {
+            return Err(HyperdmError::Config {
+                field: "train.z_per_step",
+                problem: format!(
+                    "{} z draws{} need at least one row each, and batch_size is {}",
+                    config.z_per_step,
+                    if config.antithetic {
+                        ", each with its mirror −z,"
+                    } else {
+                        ""
+                    },
+                    config.batch_size
+                ),
+            });
+        }
         let anchor = if config.anchor > 0.0 && matches!(self.weights, WeightSource::Hyper(_)) {
             Some(self.anchor_map(config.seed)?)
         } else {
