@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    uqcast_hyperdm::startup::prepare();
+    // Parsing starts no thread, so `prepare` still runs before any exists.
     let args = cli::Cli::parse();
+    uqcast_hyperdm::startup::prepare(args.workload());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UQCAST_LOG")
