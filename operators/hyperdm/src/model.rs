@@ -19,6 +19,7 @@
 
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -35,6 +36,8 @@ use crate::primary::PrimaryNetwork;
 use crate::sampler::{Sampler, gaussian, sample};
 use crate::schedule::{DiffusionConfig, Prediction, Schedule};
 use rayon::prelude::*;
+
+mod networks_side_by_side;
 
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +295,44 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         anchor: Option<(&Tensor, f64)>,
         rng: &mut impl Rng,
     ) -> Result<Tensor> {
+        let draws = self.draws(x0, cond, z_per_step, antithetic, rng)?;
+        let anchor_term = anchor_term(&draws, anchor)?;
+        let order = &draws.order;
+        let stack = |part: &dyn Fn(&(Noised, Tensor)) -> Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> = order.iter().map(|&d| part(&draws.noised[d])).collect();
+            Tensor::stack(&parts, 0).ctx("loss")
+        };
+        let x_t = stack(&|(n, _)| n.x_t.clone())?;
+        let target = stack(&|(n, _)| n.target.clone())?;
+        let cond = stack(&|(_, c)| c.clone())?;
+        let steps: Vec<usize> = order
+            .iter()
+            .flat_map(|&d| draws.noised[d].0.steps.iter().copied())
+            .collect();
+        let params = self.primary.layout().slice_stacked(&draws.flat)?;
+        let out = self.primary.forward_stacked(&params, &x_t, &steps, &cond)?;
+        // The mean over each network's rows, averaged over the networks.
+        let data = (out - target)
+            .and_then(|d| d.sqr())
+            .and_then(|d| d.mean_all())
+            .ctx("loss")?;
+        match anchor_term {
+            Some(anchor) => (anchor + data).ctx("loss"),
+            None => Ok(data),
+        }
+    }
+
+    /// One update's weight draws and their rows: z (each with −z after it
+    /// when `antithetic`), the generated weights, and each draw's noised
+    /// share of the minibatch.
+    fn draws(
+        &self,
+        x0: &Tensor,
+        cond: &Tensor,
+        z_per_step: usize,
+        antithetic: bool,
+        rng: &mut impl Rng,
+    ) -> Result<Draws> {
         let hyper = self.hyper()?;
         let batch = x0.dim(0).ctx("loss")?;
         if batch == 0 {
@@ -309,16 +350,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             z
         };
         let flat = hyper.forward(&z)?;
-        let anchor_term = match anchor {
-            Some((map, weight)) if weight > 0.0 => Some(
-                (flat.clone() - z.matmul(map).ctx("anchor")?)
-                    .and_then(|d| d.sqr())
-                    .and_then(|d| d.mean_all())
-                    .and_then(|d| d.affine(weight, 0.0))
-                    .ctx("anchor")?,
-            ),
-            _ => None,
-        };
         // Every network sees `rows` rows of its draw's share of the
         // minibatch; an antithetic pair shares its rows, steps and noise
         // (drawn once), so only the sign of z tells the two apart.
@@ -334,28 +365,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             .collect::<Result<Vec<_>>>()?;
         // Network k = s·draws + d (the order of `z`) runs on draw d's rows.
         let order: Vec<usize> = (0..signs).flat_map(|_| 0..draws).collect();
-        let stack = |part: &dyn Fn(&(Noised, Tensor)) -> Tensor| -> Result<Tensor> {
-            let parts: Vec<Tensor> = order.iter().map(|&d| part(&noised[d])).collect();
-            Tensor::stack(&parts, 0).ctx("loss")
-        };
-        let x_t = stack(&|(n, _)| n.x_t.clone())?;
-        let target = stack(&|(n, _)| n.target.clone())?;
-        let cond = stack(&|(_, c)| c.clone())?;
-        let steps: Vec<usize> = order
-            .iter()
-            .flat_map(|&d| noised[d].0.steps.iter().copied())
-            .collect();
-        let params = self.primary.layout().slice_stacked(&flat)?;
-        let out = self.primary.forward_stacked(&params, &x_t, &steps, &cond)?;
-        // The mean over each network's rows, averaged over the networks.
-        let data = (out - target)
-            .and_then(|d| d.sqr())
-            .and_then(|d| d.mean_all())
-            .ctx("loss")?;
-        match anchor_term {
-            Some(anchor) => (anchor + data).ctx("loss"),
-            None => Ok(data),
-        }
+        Ok(Draws {
+            z,
+            flat,
+            noised,
+            order,
+        })
     }
 
     /// A random step per row and x_t from x₀ and fresh noise, with the
@@ -448,15 +463,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         k: u64,
         anchor: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let draw = |seed: u64| -> Result<(Tensor, Tensor, ChaCha8Rng)> {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(k);
-            let rows: Vec<usize> = (0..config.batch_size)
-                .map(|_| rng.random_range(0..data.len()))
-                .collect();
-            let (x0, cond) = data.batch(&rows, &self.device)?;
-            Ok((x0, cond, rng))
-        };
+        let draw = |seed: u64| Self::update_rows(&self.device, data, config, k, seed);
         match (&self.weights, self.method) {
             (WeightSource::Hyper(_), _) => {
                 let (x0, cond, mut rng) = draw(config.seed)?;
@@ -498,6 +505,51 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                     .ctx("loss")
             }
         }
+    }
+
+    /// Update k's minibatch (x₀, condition) from stream k of `seed`, and
+    /// that stream, to go on drawing the update's noise.
+    fn update_rows(
+        device: &Device,
+        data: &dyn TrainingData,
+        config: &TrainConfig,
+        k: u64,
+        seed: u64,
+    ) -> Result<(Tensor, Tensor, ChaCha8Rng)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(k);
+        let rows: Vec<usize> = (0..config.batch_size)
+            .map(|_| rng.random_range(0..data.len()))
+            .collect();
+        let (x0, cond) = data.batch(&rows, device)?;
+        Ok((x0, cond, rng))
+    }
+
+    /// Update k's loss and gradients. HyperDM on the CPU runs its networks
+    /// side by side ([`HyperDm::loss_gradients`]); everything else
+    /// back-propagates [`HyperDm::update_loss`].
+    fn update_gradients(
+        &self,
+        data: &dyn TrainingData,
+        config: &TrainConfig,
+        k: u64,
+        anchor: Option<&Tensor>,
+    ) -> Result<(Tensor, GradStore)> {
+        if matches!(self.weights, WeightSource::Hyper(_)) && self.device.is_cpu() {
+            let (x0, cond, mut rng) =
+                Self::update_rows(&self.device, data, config, k, config.seed)?;
+            return self.loss_gradients(
+                &x0,
+                &cond,
+                config.z_per_step,
+                config.antithetic,
+                anchor.map(|a| (a, config.anchor)),
+                &mut rng,
+            );
+        }
+        let loss = self.update_loss(data, config, k, anchor)?;
+        let grads = loss.backward().ctx("backward")?;
+        Ok((loss, grads))
     }
 
     /// Trains from `optimizer.step` up to `config.iterations`. Step k uses the
@@ -557,7 +609,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let report_every = (config.iterations / 20).max(1);
         while optimizer.step < config.iterations.min(stop) {
             let k = optimizer.step;
-            let loss = self.update_loss(data, config, k, anchor.as_ref())?;
+            let (loss, grads) = self.update_gradients(data, config, k, anchor.as_ref())?;
             let progress_fraction = k as f64 / config.iterations.max(1) as f64;
             let floor = config.final_lr_fraction;
             let lr = config.optimizer.lr
@@ -565,7 +617,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                     + (1.0 - floor)
                         * 0.5
                         * (1.0 + (std::f64::consts::PI * progress_fraction).cos()));
-            optimizer.step(&loss, lr)?;
+            optimizer.apply(&grads, lr)?;
             if optimizer.step.is_multiple_of(report_every) || optimizer.step == config.iterations {
                 progress(Progress {
                     iteration: optimizer.step,
@@ -746,6 +798,30 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     fn sample_shape(&self, cond: &Tensor) -> Result<Vec<usize>> {
         let one = cond.narrow(0, 0, 1).ctx("predict")?;
         Ok(self.primary.sample_input_like(&one)?.dims()[1..].to_vec())
+    }
+}
+
+/// See [`HyperDm::draws`]: network k has weights `flat[k]`, drawn from
+/// `z[k]`, and runs on `noised[order[k]]` (its x_t, steps and target, and
+/// the rows' conditions).
+struct Draws {
+    z: Tensor,
+    flat: Tensor,
+    noised: Vec<(Noised, Tensor)>,
+    order: Vec<usize>,
+}
+
+/// λ·mean((φ(z) − A·z)²) for `anchor = Some((A, λ))` with λ > 0.
+fn anchor_term(draws: &Draws, anchor: Option<(&Tensor, f64)>) -> Result<Option<Tensor>> {
+    match anchor {
+        Some((map, weight)) if weight > 0.0 => Ok(Some(
+            (draws.flat.clone() - draws.z.matmul(map).ctx("anchor")?)
+                .and_then(|d| d.sqr())
+                .and_then(|d| d.mean_all())
+                .and_then(|d| d.affine(weight, 0.0))
+                .ctx("anchor")?,
+        )),
+        _ => Ok(None),
     }
 }
 

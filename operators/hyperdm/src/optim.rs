@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,11 @@ impl AdamW {
 
     /// One update from `loss` at learning rate `lr`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
-        let grads = loss.backward().ctx("backward")?;
+        self.apply(&loss.backward().ctx("backward")?, lr)
+    }
+
+    /// One update from gradients already taken.
+    pub fn apply(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         let update = Update::new(&self.config, self.step, lr);
         for (name, var) in &self.vars {
