@@ -14,9 +14,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Parsing starts no thread, so `prepare` still runs before any exists.
+    uqcast_hyperdm::startup::prepare();
     let args = cli::Cli::parse();
-    uqcast_hyperdm::startup::prepare(args.workload());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UQCAST_LOG")

@@ -13,7 +13,6 @@ mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use uqcast_hyperdm::startup::Workload;
 
 /// ERA5 forecasts with aleatoric and epistemic uncertainty, as SQL tables and Parquet.
 #[derive(Debug, Parser)]
@@ -41,20 +40,6 @@ enum Command {
     Plot(plot::PlotArgs),
     /// The HyperDM paper's toy experiment: AU vs noise, EU vs data size, EU in a data gap.
     Toy(toy::ToyArgs),
-}
-
-impl Cli {
-    /// What the command mostly does with the model (see `startup::prepare`).
-    pub fn workload(&self) -> Workload {
-        match self.command {
-            Command::Train(_) | Command::Eval(_) | Command::Toy(_) => Workload::Training,
-            Command::Sql(_)
-            | Command::Synth(_)
-            | Command::Demo(_)
-            | Command::Run(_)
-            | Command::Plot(_) => Workload::Sampling,
-        }
-    }
 }
 
 pub async fn run(cli: Cli) -> Result<()> {

@@ -97,7 +97,7 @@ fn unet(c: &mut Criterion, device: &Device) {
 }
 
 fn benches(c: &mut Criterion) {
-    uqcast_hyperdm::startup::prepare(uqcast_hyperdm::startup::Workload::Sampling);
+    uqcast_hyperdm::startup::prepare();
     let device = default_device();
     matmul(c, &device);
     toy(c, &device);

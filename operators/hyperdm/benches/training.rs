@@ -162,7 +162,7 @@ fn training(c: &mut Criterion, device: &Device) {
 }
 
 fn benches(c: &mut Criterion) {
-    uqcast_hyperdm::startup::prepare(uqcast_hyperdm::startup::Workload::Training);
+    uqcast_hyperdm::startup::prepare();
     training(c, &default_device());
 }
 

@@ -5,7 +5,8 @@
 //! those tensors (every element used exactly once). A per-tensor gain keeps
 //! generated weights at a fan-in-scaled magnitude from the first step.
 
-use candle_core::Tensor;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 
 use crate::error::{CandleContext, Result};
 
@@ -153,6 +154,57 @@ impl ParamLayout {
             .collect::<candle_core::Result<Vec<_>>>()
             .ctx("slicing trained parameters")?;
         Ok(Params(tensors))
+    }
+}
+
+impl ParamLayout {
+    /// One network's tensors of `flat` (`[total]`) as variables of their
+    /// own, for back-propagating that network alone: with `gains` the
+    /// tensors are finished as [`ParamLayout::slice`] does (in the graph, so
+    /// the gradients reach the raw values), without as
+    /// [`ParamLayout::slice_scaled`]. Back-propagating through a slice of
+    /// one flat variable instead costs a zero-filled `[total]` gradient per
+    /// tensor, which made up a good part of a small network's update.
+    pub fn leaves(&self, flat: &Tensor, gains: bool) -> Result<(Params, Leaves)> {
+        let mut vars = Vec::with_capacity(self.specs.len());
+        let mut tensors = Vec::with_capacity(self.specs.len());
+        for s in &self.specs {
+            let raw = flat
+                .narrow(0, s.offset, s.numel())
+                .and_then(|t| t.reshape(s.shape.as_slice()))
+                .and_then(|t| Var::from_tensor(&t))
+                .ctx("slicing parameters")?;
+            let tensor = if gains {
+                s.finish(raw.as_tensor().clone())
+                    .ctx("slicing parameters")?
+            } else {
+                raw.as_tensor().clone()
+            };
+            vars.push(raw);
+            tensors.push(tensor);
+        }
+        Ok((Params(tensors), Leaves(vars)))
+    }
+}
+
+/// The variables of [`ParamLayout::leaves`], in layout order.
+#[derive(Debug)]
+pub struct Leaves(Vec<Var>);
+
+impl Leaves {
+    /// The gradient with respect to the flat vector the leaves came from:
+    /// each leaf's gradient (zeros where the loss did not use it), in order.
+    pub fn flat_gradient(&self, grads: &GradStore) -> Result<Tensor> {
+        let parts = self
+            .0
+            .iter()
+            .map(|v| match grads.get(v.as_tensor()) {
+                Some(g) => g.flatten_all(),
+                None => v.as_tensor().zeros_like()?.flatten_all(),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("gathering gradients")?;
+        Tensor::cat(&parts, 0).ctx("gathering gradients")
     }
 }
 

@@ -38,6 +38,7 @@ use crate::schedule::{DiffusionConfig, Prediction, Schedule};
 use rayon::prelude::*;
 
 mod networks_side_by_side;
+mod rows_side_by_side;
 
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -485,7 +486,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             (WeightSource::Direct(vars), _) => {
                 let mut total: Option<Tensor> = None;
                 for (member, var) in vars.iter().enumerate() {
-                    let seed = config.seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let seed = member_seed(config.seed, member);
                     let (x0, cond, mut rng) = draw(seed)?;
                     let params = self.primary.layout().slice_scaled(var.as_tensor())?;
                     let l = self.denoising_loss(&params, &[], &x0, &cond, &mut rng)?;
@@ -525,9 +526,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         Ok((x0, cond, rng))
     }
 
-    /// Update k's loss and gradients. HyperDM on the CPU runs its networks
-    /// side by side ([`HyperDm::loss_gradients`]); everything else
-    /// back-propagates [`HyperDm::update_loss`].
+    /// Update k's loss and gradients. On the CPU, HyperDM runs its networks
+    /// side by side ([`HyperDm::loss_gradients`]) and the baselines their
+    /// members and row shards ([`HyperDm::baseline_gradients`]), one per
+    /// thread; on an accelerator [`HyperDm::update_loss`] back-propagates
+    /// as one graph.
     fn update_gradients(
         &self,
         data: &dyn TrainingData,
@@ -546,6 +549,9 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 anchor.map(|a| (a, config.anchor)),
                 &mut rng,
             );
+        }
+        if self.device.is_cpu() {
+            return self.baseline_gradients(data, config, k, rayon::current_num_threads());
         }
         let loss = self.update_loss(data, config, k, anchor)?;
         let grads = loss.backward().ctx("backward")?;
@@ -823,6 +829,11 @@ fn anchor_term(draws: &Draws, anchor: Option<(&Tensor, f64)>) -> Result<Option<T
         )),
         _ => Ok(None),
     }
+}
+
+/// Ensemble member `member`'s training seed: its own minibatches and noise.
+fn member_seed(seed: u64, member: usize) -> u64 {
+    seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// One draw's noised rows: x_t, each row's step and the training target.

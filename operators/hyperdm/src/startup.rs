@@ -1,7 +1,7 @@
 //! Process settings for CPU training and sampling, made once at start-up.
 //!
-//! Two costs showed up in perf profiles of a HyperDM training update that
-//! have nothing to do with the arithmetic:
+//! Three costs showed up in profiles and benches of training and sampling
+//! that have nothing to do with the arithmetic:
 //! - **Page faults.** An update allocates and frees the same few-megabyte
 //!   tensors (activations, gradients, the hyper-network's `[K, P]` outputs)
 //!   thousands of times. glibc's defaults hand such blocks back to the kernel
@@ -14,19 +14,17 @@
 //!   `num_cpus::get_physical`, which parses `/proc/cpuinfo` each time: 6.5%
 //!   of an update. [`pin_thread_count`] sets the variable to candle's own
 //!   answer, so the count is unchanged and looked up for free.
-//!
-//!
-//! A third setting depends on the workload. candle splits element-wise
-//! operations of 64 k elements or more over a pool of its own, whose idle
-//! worker spins before it sleeps. Training wants that pool: one network's
-//! update has no other parallel work besides its GEMMs, and without the
-//! pool the 20-update training bench ran 11–20% slower. Sampling does not:
-//! members run side by side, one per thread (`HyperDm::predict_each`), and
-//! the pool's spinning worker then takes a core from them while their
-//! element-wise operations queue for it; without the pool the U-Net bench
-//! (32×32, M = 2 × N = 8) took 1.39 s instead of 2.49 s.
-//! [`Workload::Sampling`] therefore sets `CANDLE_NUM_THREADS=1` (no pool
-//! worker), unless the user set it.
+//! - **candle's element-wise pool.** candle splits element-wise operations
+//!   of 64 k elements or more over a pool of its own, one caller at a
+//!   time, whose idle worker spins before it sleeps. uqcast runs
+//!   independent work side by side instead, one piece per thread: sampling
+//!   members (`HyperDm::predict_each`), and in training HyperDM's networks,
+//!   ensemble members and row shards (`model/*_side_by_side.rs`). The
+//!   pool's worker then takes a core from them while their operations
+//!   queue for it. [`prepare`] sets `CANDLE_NUM_THREADS=1` (no pool
+//!   worker) unless the user set it: the U-Net sampling bench took 1.39 s
+//!   instead of 2.49 s, and the 20-update training bench of one network
+//!   76 ms instead of 236 ms.
 //!
 //! These are the workspace's only `unsafe` blocks (the lint is `deny`, not
 //! `forbid`, for them).
@@ -40,23 +38,11 @@ const MMAP_THRESHOLD: i32 = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: i32 = 1 << 30;
 
-/// What a process will mostly do with candle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// Fitting models (it may sample too, as `uqcast toy` and `eval` do).
-    Training,
-    /// Only sampling trained models (forecast jobs, SQL, the demo).
-    Sampling,
-}
-
-/// Every setting for `workload`. Call first thing in `main`, before any
-/// thread starts.
-pub fn prepare(workload: Workload) {
+/// Every setting. Call first thing in `main`, before any thread starts.
+pub fn prepare() {
     keep_freed_memory();
     pin_thread_count();
-    if workload == Workload::Sampling {
-        set_if_unset("CANDLE_NUM_THREADS", "1");
-    }
+    set_if_unset("CANDLE_NUM_THREADS", "1");
 }
 
 /// Returns whether the allocator took the settings (always false off glibc,

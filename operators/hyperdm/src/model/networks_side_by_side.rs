@@ -11,13 +11,13 @@
 //! is the stacked loss's, up to the order of float additions
 //! (`side_by_side_gradients_match_the_stacked_loss`).
 
+use candle_core::Tensor;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
 use rand::Rng;
 use rayon::prelude::*;
 
 use super::{HyperDm, anchor_term};
-use crate::error::{CandleContext, HyperdmError, Result};
+use crate::error::{CandleContext, Result};
 use crate::primary::PrimaryNetwork;
 
 impl<P: PrimaryNetwork> HyperDm<P> {
@@ -37,12 +37,9 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let networks = draws.order.len();
         let weights = draws.flat.detach();
         let network = |k: usize| -> Result<(Tensor, Tensor)> {
-            let phi = weights
-                .get(k)
-                .and_then(|w| Var::from_tensor(&w))
-                .ctx("side-by-side update")?;
+            let phi = weights.get(k).ctx("side-by-side update")?;
             let (noised, cond) = &draws.noised[draws.order[k]];
-            let params = self.primary.layout().slice(phi.as_tensor())?;
+            let (params, leaves) = self.primary.layout().leaves(&phi, true)?;
             let out = self
                 .primary
                 .forward(&params, &noised.x_t, &noised.steps, cond)?;
@@ -50,14 +47,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 .and_then(|d| d.sqr())
                 .and_then(|d| d.mean_all())
                 .ctx("loss")?;
-            let mut grads = loss.backward().ctx("backward")?;
-            let grad = grads
-                .remove(phi.as_tensor())
-                .ok_or_else(|| HyperdmError::Config {
-                    field: "primary",
-                    problem: "the loss does not depend on the generated weights".into(),
-                })?;
-            Ok((loss.detach(), grad))
+            let grads = loss.backward().ctx("backward")?;
+            Ok((loss.detach(), leaves.flat_gradient(&grads)?))
         };
         let per_network: Vec<Result<(Tensor, Tensor)>> = if self.device.is_cpu() {
             (0..networks).into_par_iter().map(network).collect()
