@@ -16,7 +16,7 @@ use candle_core::backprop::GradStore;
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::{HyperDm, anchor_term};
+use super::HyperDm;
 use crate::error::{CandleContext, Result};
 use crate::primary::PrimaryNetwork;
 
@@ -33,7 +33,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         rng: &mut impl Rng,
     ) -> Result<(Tensor, GradStore)> {
         let draws = self.draws(x0, cond, z_per_step, antithetic, rng)?;
-        let anchor = anchor_term(&draws, anchor)?;
         let networks = draws.order.len();
         let weights = draws.flat.detach();
         let network = |k: usize| -> Result<(Tensor, Tensor)> {
@@ -62,24 +61,26 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             .unzip();
         // The data loss is the mean of the K networks' losses, so ∂/∂φ_k is
         // network k's own gradient over K.
-        let scale = 1.0 / networks as f64;
-        let grad_phi = Tensor::stack(&grads, 0)
-            .and_then(|g| g.affine(scale, 0.0))
-            .ctx("side-by-side update")?;
-        let data = Tensor::stack(&losses, 0)
+        let ctx = "side-by-side update";
+        let mut d_phi = Tensor::stack(&grads, 0)
+            .and_then(|g| g.affine(1.0 / networks as f64, 0.0))
+            .ctx(ctx)?;
+        let mut value = Tensor::stack(&losses, 0)
             .and_then(|l| l.mean_all())
             .ctx("loss")?;
-        let carried = (&draws.flat * grad_phi)
-            .and_then(|p| p.sum_all())
-            .ctx("side-by-side update")?;
-        let (surrogate, value) = match anchor {
-            Some(a) => (
-                (carried + &a).ctx("anchor")?,
-                (data + a.detach()).ctx("loss")?,
-            ),
-            None => (carried, data),
-        };
-        let grads = surrogate.backward().ctx("backward")?;
+        // The anchor term λ·mean((φ − A·z)²) adds 2λ(φ − A·z)/numel.
+        if let Some((map, weight)) = anchor.filter(|&(_, w)| w > 0.0) {
+            let gap = (&weights - draws.z.matmul(map).ctx("anchor")?).ctx("anchor")?;
+            let numel = gap.elem_count() as f64;
+            let term = gap
+                .sqr()
+                .and_then(|g| g.mean_all())
+                .and_then(|g| g.affine(weight, 0.0))
+                .ctx("anchor")?;
+            value = (value + term).ctx("loss")?;
+            d_phi = (d_phi + gap.affine(2.0 * weight / numel, 0.0).ctx("anchor")?).ctx(ctx)?;
+        }
+        let grads = self.hyper()?.gradients(&draws.z, &draws.hidden, &d_phi)?;
         Ok((value, grads))
     }
 }
