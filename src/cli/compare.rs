@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
-use uqcast_hyperdm::Method;
+use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
     AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr,
     rank_histogram, spread_skill, ssim, weighted_rmse,
@@ -184,6 +184,29 @@ async fn ensure_data(
     Ok(())
 }
 
+/// Whether a kept model was trained, to the end, with exactly these
+/// settings: method, every training setting (seed, rate, anchor, ...),
+/// the hyper-network, the diffusion and the cell network. Anything else is
+/// retrained, so a changed pipeline never scores a stale model.
+fn trained_with(model: &ForecastModel, settings: &uqcast_forecast::FieldTraining) -> bool {
+    let c = &model.checkpoint;
+    let same_network = match &c.primary {
+        PrimaryConfig::Mlp(mlp) => {
+            mlp.hidden == settings.mlp.hidden
+                && mlp.time_dim == settings.mlp.time_dim
+                && mlp.activation == settings.mlp.activation
+        }
+        PrimaryConfig::Unet(_) => false,
+    };
+    c.method == settings.method
+        && c.train == settings.train
+        && c.step == settings.train.iterations
+        && c.hyper == settings.hyper
+        && c.diffusion == settings.diffusion
+        && model.meta.patch == settings.patch
+        && same_network
+}
+
 /// Loads `work/models/<method>-m<M>-i<iterations>` or trains it first.
 async fn trained_model(
     pipeline: &Pipeline,
@@ -203,17 +226,17 @@ async fn trained_model(
         method.name()
     ));
     let device = uqcast_hyperdm::default_device();
+    let mut settings = pipeline.field_training(method);
+    settings.train.iterations = iterations;
     if path.is_file() {
         let model = ForecastModel::load(&path, &device)?;
-        if model.checkpoint.method == method && model.checkpoint.train.iterations == iterations {
+        if trained_with(&model, &settings) {
             eprintln!("eval: {} loaded from {}", method.name(), path.display());
             return Ok(model);
         }
     }
     std::fs::create_dir_all(work.join("models"))
         .with_context(|| format!("{}", work.join("models").display()))?;
-    let mut settings = pipeline.field_training(method);
-    settings.train.iterations = iterations;
     eprintln!(
         "eval: training {} ({} updates{}) on {} steps",
         method,

@@ -413,7 +413,8 @@ fn forecast_flags_sql_function_plot_and_eval() {
 
 /// `uqcast eval --config`: the three methods trained on a small synthetic
 /// benchmark, one JSON line each with every score; a second run loads the
-/// cached models and repeats the numbers (seeded sampling).
+/// cached models and repeats the numbers (seeded sampling), and a changed
+/// training setting retrains.
 #[test]
 fn eval_compares_hyperdm_with_the_baselines() {
     let dir = tempfile::tempdir().unwrap();
@@ -488,6 +489,13 @@ fn eval_compares_hyperdm_with_the_baselines() {
     assert!(log.contains("loaded from"), "{log}");
     assert_eq!(again[0]["crps"], rows[2]["crps"], "seeded sampling repeats");
     assert_eq!(again[0]["train_seconds"], rows[2]["train_seconds"]);
+    // A changed training setting retrains instead of scoring the kept model.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("lr = 3e-3", "lr = 1e-3", 1)).unwrap();
+    let (retrained, log) = run_eval("ensemble");
+    assert!(!log.contains("loaded from"), "{log}");
+    assert!(log.contains("training ensemble"), "{log}");
+    assert_ne!(retrained[0]["crps"], rows[2]["crps"]);
 
     fails_with(
         &[
