@@ -35,27 +35,66 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let draws = self.draws(x0, cond, z_per_step, antithetic, rng)?;
         let networks = draws.order.len();
         let weights = draws.flat.detach();
-        let network = |k: usize| -> Result<(Tensor, Tensor)> {
+        // With fewer networks than threads (one z per update, or one pair),
+        // each network's rows are cut into shards as well.
+        let shards = if self.device.is_cpu() {
+            (rayon::current_num_threads() / networks).max(1)
+        } else {
+            1
+        };
+        let jobs: Vec<(usize, usize, usize)> = (0..networks)
+            .flat_map(|k| {
+                let rows = draws.noised[draws.order[k]].0.steps.len();
+                let shards = shards.min(rows);
+                (0..shards).map(move |s| (k, s * rows / shards, (s + 1) * rows / shards))
+            })
+            .collect();
+        // A job's share of network k's mean squared error, and its gradient.
+        let job = |&(k, start, end): &(usize, usize, usize)| -> Result<(Tensor, Tensor)> {
             let phi = weights.get(k).ctx("side-by-side update")?;
             let (noised, cond) = &draws.noised[draws.order[k]];
+            let cut = |t: &Tensor| t.narrow(0, start, end - start).ctx("side-by-side update");
             let (params, leaves) = self.primary.layout().leaves(&phi, true)?;
-            let out = self
-                .primary
-                .forward(&params, &noised.x_t, &noised.steps, cond)?;
-            let loss = (out - &noised.target)
+            let out = self.primary.forward(
+                &params,
+                &cut(&noised.x_t)?,
+                &noised.steps[start..end],
+                &cut(cond)?,
+            )?;
+            let elements = noised.target.elem_count() as f64;
+            let loss = (out - cut(&noised.target)?)
                 .and_then(|d| d.sqr())
-                .and_then(|d| d.mean_all())
+                .and_then(|d| d.sum_all())
+                .and_then(|d| d.affine(1.0 / elements, 0.0))
                 .ctx("loss")?;
             let grads = loss.backward().ctx("backward")?;
             Ok((loss.detach(), leaves.flat_gradient(&grads)?))
         };
-        let per_network: Vec<Result<(Tensor, Tensor)>> = if self.device.is_cpu() {
-            (0..networks).into_par_iter().map(network).collect()
+        let done: Vec<Result<(Tensor, Tensor)>> = if self.device.is_cpu() {
+            jobs.par_iter().map(job).collect()
         } else {
-            (0..networks).map(network).collect()
+            jobs.iter().map(job).collect()
         };
+        // Network k's loss and gradient: the sums over its shards.
+        let mut per_network: Vec<Option<(Tensor, Tensor)>> = vec![None; networks];
+        for (&(k, _, _), result) in jobs.iter().zip(done) {
+            let (loss, grad) = result?;
+            per_network[k] = Some(match per_network[k].take() {
+                Some((l, g)) => (
+                    (l + loss).ctx("loss")?,
+                    (g + grad).ctx("side-by-side update")?,
+                ),
+                None => (loss, grad),
+            });
+        }
         let (losses, grads): (Vec<Tensor>, Vec<Tensor>) = per_network
             .into_iter()
+            .map(|p| {
+                p.ok_or(crate::error::HyperdmError::Config {
+                    field: "batch_size",
+                    problem: "a network of the update has no rows".into(),
+                })
+            })
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();
@@ -100,17 +139,28 @@ mod tests {
 
     /// Same loss value and same gradient for every hyper-network tensor as
     /// back-propagating the stacked loss, for every combination of skip,
-    /// anchor, antithetic pairs and draws per update. Tolerance: 1e-5
+    /// anchor, antithetic pairs and draws per update, sharded or not. Tolerance: 1e-5
     /// relative to the tensor's largest gradient entry (float sums in
     /// another order).
     #[test]
     fn side_by_side_gradients_match_the_stacked_loss() {
+        // Four threads: one z per update runs in four row shards, a pair in
+        // two per network, two pairs unsharded.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap()
+            .install(side_by_side_gradients_match_in_this_pool);
+    }
+
+    fn side_by_side_gradients_match_in_this_pool() {
         let data = ToyData::generate(96, 0.04, None, 5);
         let (x0, cond) = data
             .batch(&(0..96).collect::<Vec<_>>(), &Device::Cpu)
             .unwrap();
         for (z_skip, anchor, antithetic, z_per_step) in [
             (false, 0.0, false, 1),
+            (true, 0.01, false, 1),
             (true, 0.01, true, 2),
             (true, 0.0, false, 3),
             (false, 0.05, true, 1),
