@@ -39,6 +39,7 @@ use rayon::prelude::*;
 
 mod networks_side_by_side;
 mod rows_side_by_side;
+mod side_by_side;
 
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,9 +14,9 @@
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
 use rand::Rng;
-use rayon::prelude::*;
 
 use super::HyperDm;
+use super::side_by_side::{Job, run_summed, shard_jobs, shard_loss};
 use crate::error::{CandleContext, Result};
 use crate::primary::PrimaryNetwork;
 
@@ -42,15 +42,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         } else {
             1
         };
-        let jobs: Vec<(usize, usize, usize)> = (0..networks)
-            .flat_map(|k| {
-                let rows = draws.noised[draws.order[k]].0.steps.len();
-                let shards = shards.min(rows);
-                (0..shards).map(move |s| (k, s * rows / shards, (s + 1) * rows / shards))
-            })
-            .collect();
+        let jobs = shard_jobs(networks, shards, |k| {
+            draws.noised[draws.order[k]].0.steps.len()
+        });
         // A job's share of network k's mean squared error, and its gradient.
-        let job = |&(k, start, end): &(usize, usize, usize)| -> Result<(Tensor, Tensor)> {
+        let job = |&(k, start, end): &Job| -> Result<(Tensor, Tensor)> {
             let phi = weights.get(k).ctx("side-by-side update")?;
             let (noised, cond) = &draws.noised[draws.order[k]];
             let cut = |t: &Tensor| t.narrow(0, start, end - start).ctx("side-by-side update");
@@ -61,43 +57,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 &noised.steps[start..end],
                 &cut(cond)?,
             )?;
-            let elements = noised.target.elem_count() as f64;
-            let loss = (out - cut(&noised.target)?)
-                .and_then(|d| d.sqr())
-                .and_then(|d| d.sum_all())
-                .and_then(|d| d.affine(1.0 / elements, 0.0))
-                .ctx("loss")?;
-            let grads = loss.backward().ctx("backward")?;
-            Ok((loss.detach(), leaves.flat_gradient(&grads)?))
+            let elements = noised.target.elem_count();
+            shard_loss(out, &cut(&noised.target)?, 1.0, elements, &leaves)
         };
-        let done: Vec<Result<(Tensor, Tensor)>> = if self.device.is_cpu() {
-            jobs.par_iter().map(job).collect()
-        } else {
-            jobs.iter().map(job).collect()
-        };
-        // Network k's loss and gradient: the sums over its shards.
-        let mut per_network: Vec<Option<(Tensor, Tensor)>> = vec![None; networks];
-        for (&(k, _, _), result) in jobs.iter().zip(done) {
-            let (loss, grad) = result?;
-            per_network[k] = Some(match per_network[k].take() {
-                Some((l, g)) => (
-                    (l + loss).ctx("loss")?,
-                    (g + grad).ctx("side-by-side update")?,
-                ),
-                None => (loss, grad),
-            });
-        }
-        let (losses, grads): (Vec<Tensor>, Vec<Tensor>) = per_network
-            .into_iter()
-            .map(|p| {
-                p.ok_or(crate::error::HyperdmError::Config {
-                    field: "batch_size",
-                    problem: "a network of the update has no rows".into(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
+        let (losses, grads): (Vec<Tensor>, Vec<Tensor>) =
+            run_summed(&self.device, networks, &jobs, job)?
+                .into_iter()
+                .unzip();
         // The data loss is the mean of the K networks' losses, so ∂/∂φ_k is
         // network k's own gradient over K.
         let ctx = "side-by-side update";
@@ -132,7 +98,8 @@ mod tests {
 
     use crate::hyper::HyperConfig;
     use crate::method::Method;
-    use crate::model::{HyperDm, TrainingData, named_vars};
+    use crate::model::side_by_side::assert_same_update;
+    use crate::model::{HyperDm, TrainingData};
     use crate::primary::{MlpConfig, PrimaryMlp};
     use crate::schedule::DiffusionConfig;
     use crate::toy::ToyData;
@@ -195,32 +162,12 @@ mod tests {
             let case = format!(
                 "skip {z_skip}, anchor {anchor:?}, antithetic {antithetic}, z/step {z_per_step}"
             );
-            let (a, b) = (
-                stacked.to_scalar::<f32>().unwrap(),
-                value.to_scalar::<f32>().unwrap(),
+            assert_same_update(
+                &case,
+                &model.varmap,
+                (&stacked, &stacked_grads),
+                (&value, &grads),
             );
-            assert!((a - b).abs() <= 1e-5 * a.abs(), "{case}: loss {a} vs {b}");
-            for (name, var) in named_vars(&model.varmap) {
-                let want: Vec<f32> = stacked_grads
-                    .get(&var)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let got: Vec<f32> = grads
-                    .get(&var)
-                    .unwrap_or_else(|| panic!("{case}: no gradient for {name}"))
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let scale = want.iter().fold(0f32, |m, g| m.max(g.abs()));
-                assert!(scale > 0.0, "{case}: {name} has no gradient");
-                for (w, g) in want.iter().zip(&got) {
-                    assert!((w - g).abs() <= 1e-5 * scale, "{case}: {name}: {w} vs {g}");
-                }
-            }
         }
     }
 }

@@ -13,8 +13,8 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use rayon::prelude::*;
 
+use super::side_by_side::{Job, run_summed, shard_jobs, shard_loss};
 use super::{HyperDm, TrainConfig, TrainingData, WeightSource, member_seed};
 use crate::error::{CandleContext, HyperdmError, Result};
 use crate::method::Method;
@@ -69,17 +69,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 masks,
             });
         }
-        let rows = config.batch_size;
-        let shards = shards.clamp(1, rows);
-        let jobs: Vec<(usize, usize, usize)> = (0..members.len())
-            .flat_map(|m| (0..shards).map(move |s| (m, s * rows / shards, (s + 1) * rows / shards)))
-            .filter(|&(_, start, end)| end > start)
-            .collect();
+        let jobs = shard_jobs(members.len(), shards, |_| config.batch_size);
         let scale = 1.0 / members.len() as f64;
-        let job = |&(m, start, end): &(usize, usize, usize)| -> Result<(Tensor, Tensor)> {
+        // A job's share of the mean loss over members, and its gradient.
+        let job = |&(m, start, end): &Job| -> Result<(Tensor, Tensor)> {
             let member = &members[m];
-            let len = end - start;
-            let cut = |t: &Tensor| t.narrow(0, start, len).ctx("side-by-side update");
+            let cut = |t: &Tensor| t.narrow(0, start, end - start).ctx("side-by-side update");
             let masks = member.masks.iter().map(cut).collect::<Result<Vec<_>>>()?;
             let weights = member.var.as_tensor().detach();
             let (params, leaves) = self.primary.layout().leaves(&weights, false)?;
@@ -90,35 +85,18 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 &cut(&member.cond)?,
                 &masks,
             )?;
-            // This shard's share of the member's mean, over M members.
-            let elements = member.target.elem_count() as f64;
-            let loss = (out - cut(&member.target)?)
-                .and_then(|d| d.sqr())
-                .and_then(|d| d.sum_all())
-                .and_then(|d| d.affine(scale / elements, 0.0))
-                .ctx("loss")?;
-            let grads = loss.backward().ctx("backward")?;
-            Ok((loss.detach(), leaves.flat_gradient(&grads)?))
-        };
-        let done: Vec<Result<(Tensor, Tensor)>> = if self.device.is_cpu() {
-            jobs.par_iter().map(job).collect()
-        } else {
-            jobs.iter().map(job).collect()
+            let elements = member.target.elem_count();
+            shard_loss(out, &cut(&member.target)?, scale, elements, &leaves)
         };
         let mut value: Option<Tensor> = None;
         let mut grads = GradStore::default();
-        for (&(m, _, _), result) in jobs.iter().zip(done) {
-            let (loss, grad) = result?;
+        let summed = run_summed(&self.device, members.len(), &jobs, job)?;
+        for (member, (loss, grad)) in members.iter().zip(summed) {
             value = Some(match value {
                 Some(v) => (v + loss).ctx("loss")?,
                 None => loss,
             });
-            let var = members[m].var.as_tensor();
-            let sum = match grads.remove(var) {
-                Some(g) => (g + grad).ctx("side-by-side update")?,
-                None => grad,
-            };
-            grads.insert(var, sum);
+            grads.insert(member.var.as_tensor(), grad);
         }
         let value = value.ok_or(HyperdmError::Config {
             field: "method.members",
@@ -134,7 +112,8 @@ mod tests {
 
     use crate::hyper::HyperConfig;
     use crate::method::Method;
-    use crate::model::{HyperDm, TrainConfig, named_vars};
+    use crate::model::side_by_side::assert_same_update;
+    use crate::model::{HyperDm, TrainConfig};
     use crate::primary::{MlpConfig, PrimaryMlp};
     use crate::schedule::DiffusionConfig;
     use crate::toy::ToyData;
@@ -173,40 +152,12 @@ mod tests {
                 let whole = model.update_loss(&data, &config, k, None).unwrap();
                 let whole_grads = whole.backward().unwrap();
                 let (value, grads) = model.baseline_gradients(&data, &config, k, 3).unwrap();
-                let (a, b) = (
-                    whole.to_scalar::<f32>().unwrap(),
-                    value.to_scalar::<f32>().unwrap(),
+                assert_same_update(
+                    &format!("{method} k {k}"),
+                    &model.varmap,
+                    (&whole, &whole_grads),
+                    (&value, &grads),
                 );
-                assert!(
-                    (a - b).abs() <= 1e-5 * a.abs(),
-                    "{method} k {k}: loss {a} vs {b}"
-                );
-                let vars = named_vars(&model.varmap);
-                assert!(!vars.is_empty());
-                for (name, var) in vars {
-                    let want: Vec<f32> = whole_grads
-                        .get(&var)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
-                    let got: Vec<f32> = grads
-                        .get(&var)
-                        .unwrap_or_else(|| panic!("{method}: no gradient for {name}"))
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
-                    let scale = want.iter().fold(0f32, |m, g| m.max(g.abs()));
-                    assert!(scale > 0.0, "{method}: {name} has no gradient");
-                    for (w, g) in want.iter().zip(&got) {
-                        assert!(
-                            (w - g).abs() <= 1e-5 * scale,
-                            "{method} k {k}: {name}: {w} vs {g}"
-                        );
-                    }
-                }
             }
         }
     }
