@@ -6,9 +6,10 @@
 //! channels for the default pipeline), so the splitting costs about what it
 //! saves. Here the chain rule is cut at the generated weights φ = h_θ(z):
 //! each network's loss is back-propagated to its own copy of φ_k on its own
-//! thread, and one short backward pass through the hyper-network then
-//! carries Σ_k ⟨φ_k, ∂L/∂φ_k⟩ (with the anchor term) into θ. The gradient
-//! is the stacked loss's, up to the order of float additions
+//! thread (in row shards when there are fewer networks than threads), the
+//! anchor term's gradient is added in closed form, and
+//! [`crate::hyper::HyperNetwork::gradients`] carries ∂L/∂φ into θ. The
+//! gradient is the stacked loss's, up to the order of float additions
 //! (`side_by_side_gradients_match_the_stacked_loss`).
 
 use candle_core::Tensor;
