@@ -1,12 +1,13 @@
 //! The Bayesian hyper-network h_θ: z ~ N(0, I) → every parameter of the
 //! primary network. Drawing z draws a network; only θ is trained.
 
-use candle_core::backprop::GradStore;
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, Result};
+
+mod gradients;
 
 /// Shape of the hyper-network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,12 +78,6 @@ impl HyperNetwork {
 
     /// `z`: `[members, z_dim]` → `[members, parameters]`.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_with_hidden(z)?.1)
-    }
-
-    /// As [`HyperNetwork::forward`], also returning the last hidden
-    /// activation `[members, width]` (z itself without hidden layers).
-    pub fn forward_with_hidden(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = z.clone();
         for layer in &self.hidden {
             h = layer
@@ -95,36 +90,6 @@ impl HyperNetwork {
             Some(s) => (out + z.matmul(s)).ctx("hyper-network forward")?,
             None => out,
         };
-        Ok((h, out))
-    }
-
-    /// θ's gradients from ∂L/∂φ (`dphi`, `[members, P]`, detached) for
-    /// φ = forward(z), `hidden` being the graph of
-    /// [`HyperNetwork::forward_with_hidden`]. The output layer and the skip,
-    /// which hold nearly all of θ, get theirs in closed form (three matmuls
-    /// and a sum); only the narrow hidden layers go through autograd, from
-    /// ⟨h, ∂L/∂h⟩. Autograd over the whole network spent about as long on
-    /// the `[members, P]` intermediates as the primary networks' update.
-    pub fn gradients(&self, z: &Tensor, hidden: &Tensor, dphi: &Tensor) -> Result<GradStore> {
-        let ctx = "hyper-network gradients";
-        let h = hidden.detach();
-        let d_hidden = dphi.matmul(self.out.weight()).ctx(ctx)?;
-        let mut grads = if self.hidden.is_empty() {
-            GradStore::default()
-        } else {
-            (hidden * d_hidden)
-                .and_then(|p| p.sum_all())
-                .and_then(|p| p.backward())
-                .ctx(ctx)?
-        };
-        let d_weight = dphi.t().and_then(|d| d.matmul(&h)).ctx(ctx)?;
-        grads.insert(self.out.weight(), d_weight);
-        if let Some(bias) = self.out.bias() {
-            grads.insert(bias, dphi.sum(0).ctx(ctx)?);
-        }
-        if let Some(skip) = &self.skip {
-            grads.insert(skip, z.t().and_then(|z| z.matmul(dphi)).ctx(ctx)?);
-        }
-        Ok(grads)
+        Ok(out)
     }
 }

@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod embedding;
 pub mod error;
+mod host;
 pub mod hyper;
 pub mod layout;
 pub mod method;

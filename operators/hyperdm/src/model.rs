@@ -351,7 +351,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         } else {
             z
         };
-        let (hidden, flat) = hyper.forward_with_hidden(&z)?;
+        let flat = hyper.forward(&z)?;
         // Every network sees `rows` rows of its draw's share of the
         // minibatch; an antithetic pair shares its rows, steps and noise
         // (drawn once), so only the sign of z tells the two apart.
@@ -369,7 +369,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let order: Vec<usize> = (0..signs).flat_map(|_| 0..draws).collect();
         Ok(Draws {
             z,
-            hidden,
             flat,
             noised,
             order,
@@ -814,8 +813,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
 /// the rows' conditions).
 struct Draws {
     z: Tensor,
-    /// The hyper-network's last hidden activation (for its gradients).
-    hidden: Tensor,
     flat: Tensor,
     noised: Vec<(Noised, Tensor)>,
     order: Vec<usize>,

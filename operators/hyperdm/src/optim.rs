@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Storage, Tensor, Var};
+use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, Result};
+use crate::host::with_host;
 
 /// Optimiser settings (paper: Adam, lr 1e-4; reference: AdamW, wd 0.01).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,23 +253,6 @@ impl<'a> Update<'a> {
                 }
             });
     }
-}
-
-/// Runs `f` on a CPU tensor's floats in place (a copy if it is not
-/// contiguous f32 CPU storage).
-fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    if let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    {
-        return f(&values[start..end]);
-    }
-    drop(storage);
-    let copy = t
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .ctx("AdamW")?;
-    f(&copy)
 }
 
 /// [`with_host`] for a moment that may not exist yet (`zeros` then).

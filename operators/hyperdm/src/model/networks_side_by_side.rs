@@ -86,7 +86,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             value = (value + term).ctx("loss")?;
             d_phi = (d_phi + gap.affine(2.0 * weight / numel, 0.0).ctx("anchor")?).ctx(ctx)?;
         }
-        let grads = self.hyper()?.gradients(&draws.z, &draws.hidden, &d_phi)?;
+        let grads = self.hyper()?.gradients(&draws.z, &d_phi)?;
         Ok((value, grads))
     }
 }
