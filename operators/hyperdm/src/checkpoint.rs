@@ -69,7 +69,7 @@ pub fn save<P: PrimaryNetwork>(
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect();
-    tensors.extend(optimizer.state());
+    tensors.extend(optimizer.state()?);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| HyperdmError::Io {
@@ -150,7 +150,12 @@ pub fn load<P: PrimaryNetwork>(
         var.set(t).ctx("loading weights")?;
     }
     let mut optimizer = model.optimizer(&meta.train.optimizer);
-    optimizer.restore(&tensors, meta.step);
+    optimizer
+        .restore(&tensors, meta.step)
+        .map_err(|e| HyperdmError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
     Ok((model, optimizer, meta))
 }
 

@@ -8,7 +8,7 @@ use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CandleContext, Result};
+use crate::error::{CandleContext, HyperdmError, Result};
 use crate::host::with_host;
 
 /// Optimiser settings (paper: Adam, lr 1e-4; reference: AdamW, wd 0.01).
@@ -40,9 +40,19 @@ pub struct AdamW {
     pub config: AdamWConfig,
     /// Updates applied so far.
     pub step: u64,
-    vars: Vec<(String, Var)>,
-    m: HashMap<String, Tensor>,
-    v: HashMap<String, Tensor>,
+    /// Variables sorted by name, each with its moments (none before the
+    /// first update that reaches it).
+    vars: Vec<(String, Var, Option<Moments>)>,
+}
+
+/// A variable's first and second moments. On the CPU they are plain
+/// floats updated in place: the hyper-network's output layer and skip hold
+/// ≈ 280,000 parameters, and allocating (and zeroing) two new moment
+/// tensors of that size every update was a fixed cost of HyperDM's.
+#[derive(Debug)]
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Tensors { m: Tensor, v: Tensor },
 }
 
 impl AdamW {
@@ -52,9 +62,7 @@ impl AdamW {
         Self {
             config,
             step: 0,
-            vars,
-            m: HashMap::new(),
-            v: HashMap::new(),
+            vars: vars.into_iter().map(|(n, v)| (n, v, None)).collect(),
         }
     }
 
@@ -64,62 +72,70 @@ impl AdamW {
     }
 
     /// One update from gradients already taken. On the CPU the variables
-    /// update side by side, one per thread at a time: a hyper-network's
-    /// output layer and skip hold most of its parameters, and updating them
-    /// in turn was a fixed cost of every HyperDM update.
+    /// update side by side, one per thread at a time, and each variable's
+    /// pass is split over the threads too.
     pub fn apply(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         let update = Update::new(&self.config, self.step, lr);
-        let (m_all, v_all) = (&self.m, &self.v);
-        let one = |(name, var): &(String, Var)| -> Option<Result<(String, Tensor, Tensor)>> {
+        let one = |(_, var, moments): &mut (String, Var, Option<Moments>)| -> Option<Result<()>> {
             let g = grads.get(var)?;
-            let moments = (m_all.get(name), v_all.get(name));
-            let next = if var.device().is_cpu() {
-                update.fused_cpu(var.as_tensor(), g, moments)
-            } else {
-                update.tensors(var.as_tensor(), g, moments)
-            };
-            Some(next.and_then(|(next, m, v)| {
-                var.set(&next).ctx("AdamW")?;
-                Ok((name.clone(), m, v))
-            }))
+            Some(update.apply(var, g, moments))
         };
-        let on_cpu = self.vars.iter().all(|(_, var)| var.device().is_cpu());
-        let done: Vec<Result<(String, Tensor, Tensor)>> = if on_cpu {
-            self.vars.par_iter().filter_map(one).collect()
+        let on_cpu = self.vars.iter().all(|(_, var, _)| var.device().is_cpu());
+        let done: Vec<Result<()>> = if on_cpu {
+            self.vars.par_iter_mut().filter_map(one).collect()
         } else {
-            self.vars.iter().filter_map(one).collect()
+            self.vars.iter_mut().filter_map(one).collect()
         };
-        for result in done {
-            let (name, m, v) = result?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name, v);
-        }
-        Ok(())
+        done.into_iter().collect()
     }
 
     /// Moments as named tensors (`adam.m.<var>`, `adam.v.<var>`).
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
-        for (k, t) in &self.m {
-            out.insert(format!("adam.m.{k}"), t.clone());
+        for (name, var, moments) in &self.vars {
+            let (m, v) = match moments {
+                None => continue,
+                Some(Moments::Tensors { m, v }) => (m.clone(), v.clone()),
+                Some(Moments::Host { m, v }) => (
+                    Tensor::from_slice(m, var.shape(), var.device()).ctx("AdamW state")?,
+                    Tensor::from_slice(v, var.shape(), var.device()).ctx("AdamW state")?,
+                ),
+            };
+            out.insert(format!("adam.m.{name}"), m);
+            out.insert(format!("adam.v.{name}"), v);
         }
-        for (k, t) in &self.v {
-            out.insert(format!("adam.v.{k}"), t.clone());
-        }
-        out
+        Ok(out)
     }
 
-    /// Restores moments saved by [`AdamW::state`].
-    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, step: u64) {
+    /// Restores moments saved by [`AdamW::state`]; a variable needs both of
+    /// its moments, with its own shape.
+    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         self.step = step;
-        for (k, t) in tensors {
-            if let Some(name) = k.strip_prefix("adam.m.") {
-                self.m.insert(name.to_string(), t.clone());
-            } else if let Some(name) = k.strip_prefix("adam.v.") {
-                self.v.insert(name.to_string(), t.clone());
-            }
+        for (name, var, moments) in &mut self.vars {
+            let m = tensors.get(&format!("adam.m.{name}"));
+            let v = tensors.get(&format!("adam.v.{name}"));
+            *moments = match (m, v) {
+                (Some(m), Some(v)) if m.shape() == var.shape() && v.shape() == var.shape() => {
+                    Some(Moments::Tensors {
+                        m: m.clone(),
+                        v: v.clone(),
+                    })
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(HyperdmError::Config {
+                        field: "optimizer state",
+                        problem: format!(
+                            "the checkpoint's AdamW moments for `{name}` are missing one of m, v \
+                             or do not have the variable's shape {:?}",
+                            var.dims()
+                        ),
+                    });
+                }
+            };
         }
+        Ok(())
     }
 }
 
@@ -144,6 +160,34 @@ impl<'a> Update<'a> {
             bc1: 1.0 - c.beta1.powi(t),
             bc2: 1.0 - c.beta2.powi(t),
         }
+    }
+
+    /// Updates `var` from its gradient `g` and its moments (zeros before
+    /// the first update), which it replaces with the new ones.
+    fn apply(&self, var: &Var, g: &Tensor, moments: &mut Option<Moments>) -> Result<()> {
+        let ctx = "AdamW";
+        if var.device().is_cpu() {
+            let host = |t: &Tensor| with_host(t, |v| Ok(v.to_vec()));
+            let (mut m, mut v) = match moments.take() {
+                Some(Moments::Host { m, v }) => (m, v),
+                Some(Moments::Tensors { m, v }) => (host(&m)?, host(&v)?),
+                None => (vec![0f32; g.elem_count()], vec![0f32; g.elem_count()]),
+            };
+            let next = self.fused_cpu(var.as_tensor(), g, &mut m, &mut v)?;
+            var.set(&next).ctx(ctx)?;
+            *moments = Some(Moments::Host { m, v });
+        } else {
+            let tensor = |x: &[f32]| Tensor::from_slice(x, var.shape(), var.device()).ctx(ctx);
+            let (m, v) = match moments.take() {
+                Some(Moments::Tensors { m, v }) => (Some(m), Some(v)),
+                Some(Moments::Host { m, v }) => (Some(tensor(&m)?), Some(tensor(&v)?)),
+                None => (None, None),
+            };
+            let (next, m, v) = self.tensors(var.as_tensor(), g, (m.as_ref(), v.as_ref()))?;
+            var.set(&next).ctx(ctx)?;
+            *moments = Some(Moments::Tensors { m, v });
+        }
+        Ok(())
     }
 
     /// As candle tensor operations (any device).
@@ -178,54 +222,41 @@ impl<'a> Update<'a> {
         Ok((next, m, v))
     }
 
-    /// One pass over plain floats on the CPU, read in place from the
-    /// tensors' storage and split over the threads in chunks: the
-    /// hyper-network's output layer alone has ≈ 180,000 parameters, and
-    /// copying four tensors out before the pass cost as much as the pass.
+    /// One pass over plain floats on the CPU, θ and g read in place from
+    /// the tensors' storage, the moments updated in place, split over the
+    /// threads in chunks. Returns the new θ.
     fn fused_cpu(
         &self,
         theta: &Tensor,
         g: &Tensor,
-        (m_prev, v_prev): Previous,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+        m: &mut [f32],
+        v: &mut [f32],
+    ) -> Result<Tensor> {
         let n = g.elem_count();
-        let zeros = vec![
-            0f32;
-            if m_prev.is_none() || v_prev.is_none() {
-                n
-            } else {
-                0
-            }
-        ];
-        let (mut theta_n, mut m_n, mut v_n) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        if theta.elem_count() != n || m.len() != n || v.len() != n {
+            return Err(HyperdmError::Config {
+                field: "optimizer state",
+                problem: format!(
+                    "AdamW got {} parameters, {n} gradients and {}/{} moments",
+                    theta.elem_count(),
+                    m.len(),
+                    v.len()
+                ),
+            });
+        }
+        let mut theta_n = vec![0f32; n];
         with_host(theta, |theta_v| {
             with_host(g, |g_v| {
-                with_opt_host(m_prev, &zeros, |m_v| {
-                    with_opt_host(v_prev, &zeros, |v_v| {
-                        self.fused_pass(
-                            (theta_v, g_v, m_v, v_v),
-                            (&mut theta_n, &mut m_n, &mut v_n),
-                        );
-                        Ok(())
-                    })
-                })
+                self.fused_pass((theta_v, g_v), (&mut theta_n, m, v));
+                Ok(())
             })
         })?;
-        let (shape, device) = (theta.shape(), theta.device());
-        Ok((
-            Tensor::from_vec(theta_n, shape, device).ctx("AdamW")?,
-            Tensor::from_vec(m_n, shape, device).ctx("AdamW")?,
-            Tensor::from_vec(v_n, shape, device).ctx("AdamW")?,
-        ))
+        Tensor::from_vec(theta_n, theta.shape(), theta.device()).ctx("AdamW")
     }
 
-    /// The element-wise update of `fused_cpu`: reads (θ, g, m, v), writes
-    /// the new (θ, m, v).
-    fn fused_pass(
-        &self,
-        old: (&[f32], &[f32], &[f32], &[f32]),
-        new: (&mut [f32], &mut [f32], &mut [f32]),
-    ) {
+    /// The element-wise update of `fused_cpu`: reads (θ, g), writes the new
+    /// θ and updates (m, v).
+    fn fused_pass(&self, old: (&[f32], &[f32]), new: (&mut [f32], &mut [f32], &mut [f32])) {
         /// Elements per task: large enough to amortise a task.
         const CHUNK: usize = 16 * 1024;
         let c = self.c;
@@ -233,37 +264,25 @@ impl<'a> Update<'a> {
         let (inv_bc1, inv_bc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);
         let decay = (1.0 - self.lr * c.weight_decay) as f32;
         let (lr, eps) = (self.lr as f32, c.eps as f32);
-        let (theta, g, m, v) = old;
-        let (theta_n, m_n, v_n) = new;
+        let (theta, g) = old;
+        let (theta_n, m, v) = new;
         theta_n
             .par_chunks_mut(CHUNK)
-            .zip(m_n.par_chunks_mut(CHUNK))
-            .zip(v_n.par_chunks_mut(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(i, ((tn, mn), vn))| {
+            .for_each(|(i, ((tn, mc), vc))| {
                 let at = i * CHUNK;
                 for j in 0..tn.len() {
                     let (gj, p) = (g[at + j], theta[at + j]);
-                    let mj = flush_subnormal(b1 * m[at + j] + (1.0 - b1) * gj);
-                    let vj = flush_subnormal(b2 * v[at + j] + (1.0 - b2) * gj * gj);
+                    let mj = flush_subnormal(b1 * mc[j] + (1.0 - b1) * gj);
+                    let vj = flush_subnormal(b2 * vc[j] + (1.0 - b2) * gj * gj);
                     let update = (mj * inv_bc1) / ((vj * inv_bc2).sqrt() + eps);
                     tn[j] = p * decay - lr * update;
-                    mn[j] = mj;
-                    vn[j] = vj;
+                    mc[j] = mj;
+                    vc[j] = vj;
                 }
             });
-    }
-}
-
-/// [`with_host`] for a moment that may not exist yet (`zeros` then).
-fn with_opt_host<R>(
-    t: Option<&Tensor>,
-    zeros: &[f32],
-    f: impl FnOnce(&[f32]) -> Result<R>,
-) -> Result<R> {
-    match t {
-        Some(t) => with_host(t, f),
-        None => f(zeros),
     }
 }
 
@@ -278,7 +297,7 @@ fn flush_subnormal(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     use super::*;
 
@@ -303,9 +322,13 @@ mod tests {
         for (theta, g) in [(&theta, &g), (&theta_t, &g_t)] {
             let m = g.affine(0.5, 0.0).unwrap();
             let v = g.sqr().unwrap();
-            let f = u.fused_cpu(theta, g, (Some(&m), Some(&v))).unwrap();
+            let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (mut fm, mut fv) = (host(&m), host(&v));
+            let f = u.fused_cpu(theta, g, &mut fm, &mut fv).unwrap();
             let r = u.tensors(theta, g, (Some(&m), Some(&v))).unwrap();
-            for (a, b) in [(f.0, r.0), (f.1, r.1), (f.2, r.2)] {
+            let fm = Tensor::new(fm.as_slice(), &dev).unwrap();
+            let fv = Tensor::new(fv.as_slice(), &dev).unwrap();
+            for (a, b) in [(f, r.0), (fm, r.1), (fv, r.2)] {
                 let diff = (a.flatten_all().unwrap() - b.flatten_all().unwrap())
                     .and_then(|d| d.abs())
                     .and_then(|d| d.max_all())
@@ -326,7 +349,8 @@ mod tests {
         let dev = Device::Cpu;
         let mut theta = Tensor::new(&[[0.5f32, -1.0, 2.0], [0.0, 3.0, -0.25]], &dev).unwrap();
         let (mut fused, mut reference) = (theta.clone(), theta.clone());
-        let (mut fm, mut fv, mut rm, mut rv) = (None, None, None, None);
+        let (mut fm, mut fv) = (vec![0f32; 6], vec![0f32; 6]);
+        let (mut rm, mut rv) = (None, None);
         for t in 1..=4u64 {
             // Gradients that change sign and scale, one of them exactly zero.
             let scale = [1.0f32, -0.5, 2.0, 0.1][t as usize - 1];
@@ -334,11 +358,10 @@ mod tests {
                 * Tensor::new(&[[1f32, 0.0, 1.0], [2.0, 1.0, -3.0]], &dev).unwrap())
             .unwrap();
             let u = Update::new(&c, t, c.lr * (1.0 - 0.1 * t as f64));
-            let f = u.fused_cpu(&fused, &g, (fm.as_ref(), fv.as_ref())).unwrap();
+            fused = u.fused_cpu(&fused, &g, &mut fm, &mut fv).unwrap();
             let r = u
                 .tensors(&reference, &g, (rm.as_ref(), rv.as_ref()))
                 .unwrap();
-            (fused, fm, fv) = (f.0, Some(f.1), Some(f.2));
             (reference, rm, rv) = (r.0, Some(r.1), Some(r.2));
             theta = reference.clone();
         }
@@ -359,5 +382,42 @@ mod tests {
             moved.iter().enumerate().all(|(i, d)| i == 3 || *d > 1e-3),
             "{moved:?}"
         );
+    }
+
+    /// Moments saved by `state` come back through `restore` and the next
+    /// update is the same bits; moments of the wrong shape, or only one of
+    /// the two, are refused with the variable's name.
+    #[test]
+    fn restored_moments_continue_the_trajectory_and_bad_ones_are_refused() {
+        let dev = Device::Cpu;
+        let start = Tensor::new(&[1.0f32, -2.0, 0.5], &dev).unwrap();
+        let run = |optimizer: &mut AdamW, var: &Var| {
+            let loss = var.as_tensor().sqr().and_then(|t| t.sum_all()).unwrap();
+            optimizer.step(&loss, 1e-2).unwrap();
+        };
+        let var = Var::from_tensor(&start).unwrap();
+        let mut first = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig::default());
+        run(&mut first, &var);
+        run(&mut first, &var);
+        let saved = first.state().unwrap();
+        assert_eq!(saved.len(), 2);
+        let resumed_var = Var::from_tensor(var.as_tensor()).unwrap();
+        let mut resumed = AdamW::new(
+            vec![("w".into(), resumed_var.clone())],
+            AdamWConfig::default(),
+        );
+        resumed.restore(&saved, first.step).unwrap();
+        run(&mut first, &var);
+        run(&mut resumed, &resumed_var);
+        let bits = |v: &Var| v.as_tensor().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&var), bits(&resumed_var));
+
+        let mut wrong = saved.clone();
+        wrong.insert("adam.v.w".into(), Tensor::zeros(2, DType::F32, &dev).unwrap());
+        let err = resumed.restore(&wrong, 2).unwrap_err().to_string();
+        assert!(err.contains("`w`"), "{err}");
+        let mut half = saved;
+        half.remove("adam.m.w");
+        assert!(resumed.restore(&half, 2).is_err());
     }
 }
