@@ -26,7 +26,7 @@ use serde::Serialize;
 use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
-    AreaWeight, CrpsEstimator, auprc, auroc, crps_ensemble, crps_gaussian, pearson, psnr,
+    AreaWeight, CrpsEstimator, auprc, auroc, crps_common_noise, crps_gaussian, pearson, psnr,
     rank_histogram, spread_skill, ssim, weighted_rmse,
 };
 use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
@@ -337,8 +337,11 @@ fn score(
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
     let mut ranks = vec![0u64; per_cell + 1];
-    // The fair estimator needs two samples; one sample is scored as is.
-    let estimator = if per_cell > 1 {
+    // Sample j of every member starts from the same noise, so the fair
+    // estimator pairs samples of different noise only
+    // (`uqcast_skill::crps_common_noise`) and needs two samples per member;
+    // with one, the samples are scored as they stand.
+    let estimator = if settings.samples > 1 {
         CrpsEstimator::Fair
     } else {
         CrpsEstimator::Classic
@@ -369,7 +372,7 @@ fn score(
                 .map(|&x| f64::from(x))
                 .collect();
             let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
-            crps += crps_ensemble(&members, y, estimator).context("CRPS")?;
+            crps += crps_common_noise(&members, settings.members, y, estimator).context("CRPS")?;
             for (total, count) in ranks
                 .iter_mut()
                 .zip(rank_histogram(&members, per_cell, &[y]).context("ranks")?)

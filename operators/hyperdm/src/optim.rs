@@ -413,7 +413,10 @@ mod tests {
         assert_eq!(bits(&var), bits(&resumed_var));
 
         let mut wrong = saved.clone();
-        wrong.insert("adam.v.w".into(), Tensor::zeros(2, DType::F32, &dev).unwrap());
+        wrong.insert(
+            "adam.v.w".into(),
+            Tensor::zeros(2, DType::F32, &dev).unwrap(),
+        );
         let err = resumed.restore(&wrong, 2).unwrap_err().to_string();
         assert!(err.contains("`w`"), "{err}");
         let mut half = saved;

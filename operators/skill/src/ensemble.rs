@@ -18,28 +18,81 @@ pub enum CrpsEstimator {
 
 /// CRPS of one cell's ensemble `members` for observation `obs`:
 /// mean|xᵢ − y| − ½·mean over pairs of |xᵢ − xⱼ|. The pair term is computed
-/// in O(K log K) from the sorted members: Σᵢⱼ|xᵢ − xⱼ| = 2 Σₖ (2k − K + 1)·x₍ₖ₎.
+/// in O(K log K) from the sorted members (see [`ordered_pair_sum`]).
 /// `None` for an empty ensemble, a NaN, or one member with `Fair`.
 pub fn crps_ensemble(members: &[f64], obs: f64, estimator: CrpsEstimator) -> Option<f64> {
     let k = members.len();
     if k == 0 || obs.is_nan() || members.iter().any(|x| x.is_nan()) {
         return None;
     }
-    let skill = members.iter().map(|x| (x - obs).abs()).sum::<f64>() / k as f64;
-    let mut sorted = members.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let pair_sum: f64 = 2.0
-        * sorted
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (2.0 * i as f64 - k as f64 + 1.0) * x)
-            .sum::<f64>();
     let pairs = match estimator {
         CrpsEstimator::Fair if k < 2 => return None,
         CrpsEstimator::Fair => (k * (k - 1)) as f64,
         CrpsEstimator::Classic => (k * k) as f64,
     };
-    Some(skill - 0.5 * pair_sum / pairs)
+    Some(mean_abs_error(members, obs) - 0.5 * ordered_pair_sum(members.iter().copied()) / pairs)
+}
+
+/// CRPS of a cell's M members × N samples when sample j of every member
+/// started from the same noise (common random numbers: HyperDM's sampler
+/// draws them so that members differ by their weights only, which keeps
+/// Monte Carlo noise out of EU). `samples` holds the cell's M·N values
+/// member by member, N per member.
+///
+/// Such a pair, same j and two members, is not two independent draws from
+/// the forecast: when the members agree it is nearly one value twice. The
+/// plain fair estimator counts those pairs as independent, so its spread
+/// term shrinks and the score rises by up to ½·(M − 1)/(MN − 1)·E|X − X'|
+/// (2.4% of E|X − X'| at M = 4, N = 16), penalising exactly the methods
+/// whose members agree. With `Fair` the spread term here averages the
+/// pairs of different noise (j ≠ j'), all member pairs included, which are
+/// independent draws from the members' mixture: unbiased for the mixture's
+/// CRPS. With one member this is [`crps_ensemble`]. `Classic` scores the
+/// M·N-point empirical distribution as it stands. `None` for a bad shape,
+/// a NaN, or N < 2 with `Fair`.
+pub fn crps_common_noise(
+    samples: &[f64],
+    members: usize,
+    obs: f64,
+    estimator: CrpsEstimator,
+) -> Option<f64> {
+    let k = samples.len();
+    if members == 0 || k == 0 || !k.is_multiple_of(members) {
+        return None;
+    }
+    let per_member = k / members;
+    match estimator {
+        CrpsEstimator::Classic => crps_ensemble(samples, obs, estimator),
+        CrpsEstimator::Fair => {
+            if per_member < 2 || obs.is_nan() || samples.iter().any(|x| x.is_nan()) {
+                return None;
+            }
+            let all = ordered_pair_sum(samples.iter().copied());
+            let same_noise: f64 = (0..per_member)
+                .map(|j| ordered_pair_sum((0..members).map(|i| samples[i * per_member + j])))
+                .sum();
+            let pairs = (k * k - per_member * members * members) as f64;
+            Some(mean_abs_error(samples, obs) - 0.5 * (all - same_noise) / pairs)
+        }
+    }
+}
+
+/// mean|xᵢ − y|.
+fn mean_abs_error(values: &[f64], obs: f64) -> f64 {
+    values.iter().map(|x| (x - obs).abs()).sum::<f64>() / values.len() as f64
+}
+
+/// Σᵢⱼ|xᵢ − xⱼ| over ordered pairs, from the sorted values in O(K log K):
+/// 2 Σₖ (2k − K + 1)·x₍ₖ₎.
+fn ordered_pair_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    sorted.sort_by(f64::total_cmp);
+    let k = sorted.len() as f64;
+    2.0 * sorted
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (2.0 * i as f64 - k + 1.0) * x)
+        .sum::<f64>()
 }
 
 /// CRPS of N(`mean`, `variance`) for `obs` in closed form (Gneiting et al.
@@ -134,6 +187,108 @@ mod tests {
         let classic = skill - 0.5 * pairs / (k * k);
         assert!((crps_ensemble(&m, y, CrpsEstimator::Fair).unwrap() - fair).abs() < 1e-12);
         assert!((crps_ensemble(&m, y, CrpsEstimator::Classic).unwrap() - classic).abs() < 1e-12);
+    }
+
+    #[test]
+    fn common_noise_crps_by_hand() {
+        // Members a = (0, 2), b = (1, 3); sample j of both shares noise.
+        // y = 0: mean|x − y| = 6/4 = 1.5. Pairs of different noise: {0, 1}
+        // against {2, 3}: 2 + 3 + 1 + 2 = 8 each way, 16 over 8 ordered
+        // pairs = 2; CRPS = 1.5 − ½·2 = 0.5. The plain fair estimator
+        // counts all 12 ordered pairs (sum 20): 1.5 − ½·20/12 = 2/3.
+        let s = [0.0, 2.0, 1.0, 3.0];
+        let c = crps_common_noise(&s, 2, 0.0, CrpsEstimator::Fair).unwrap();
+        assert!((c - 0.5).abs() < 1e-12, "{c}");
+        let plain = crps_ensemble(&s, 0.0, CrpsEstimator::Fair).unwrap();
+        assert!((plain - 2.0 / 3.0).abs() < 1e-12, "{plain}");
+        // Classic ignores the grouping; one member is the plain estimator.
+        assert_eq!(
+            crps_common_noise(&s, 2, 0.0, CrpsEstimator::Classic),
+            crps_ensemble(&s, 0.0, CrpsEstimator::Classic)
+        );
+        assert_eq!(
+            crps_common_noise(&s, 1, 0.7, CrpsEstimator::Fair),
+            crps_ensemble(&s, 0.7, CrpsEstimator::Fair)
+        );
+        // Shapes that do not split into members, or one sample per member.
+        assert_eq!(crps_common_noise(&s, 3, 0.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_common_noise(&s, 4, 0.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_common_noise(&[], 1, 0.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_common_noise(&s, 0, 0.0, CrpsEstimator::Fair), None);
+    }
+
+    /// M identical members that share their noise are one member: they
+    /// score exactly that member's fair CRPS (the plain estimator, counting
+    /// the copies as independent, scores them worse).
+    #[test]
+    fn identical_members_sharing_noise_score_as_one() {
+        let one = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9];
+        let four: Vec<f64> = (0..4).flat_map(|_| one).collect();
+        let expected = crps_ensemble(&one, 0.45, CrpsEstimator::Fair).unwrap();
+        let c = crps_common_noise(&four, 4, 0.45, CrpsEstimator::Fair).unwrap();
+        assert!((c - expected).abs() < 1e-12, "{c} vs {expected}");
+        assert!(crps_ensemble(&four, 0.45, CrpsEstimator::Fair).unwrap() > expected + 0.05);
+    }
+
+    /// E|N(m, s²)| in closed form.
+    fn mean_abs_normal(m: f64, s: f64) -> f64 {
+        let cdf = 0.5 * libm::erfc((m / s) / std::f64::consts::SQRT_2);
+        s * (2.0 / PI).sqrt() * (-m * m / (2.0 * s * s)).exp() + m * (1.0 - 2.0 * cdf)
+    }
+
+    /// Ground truth: M = 4 members N(μᵢ, 1) sampled with common random
+    /// numbers (sample j of member i is μᵢ + εⱼ, N = 16), whose mixture
+    /// has the closed-form CRPS (1/M)Σᵢ E|N(μᵢ − y, 1)| −
+    /// (1/2M²)Σᵢᵢ' E|N(μᵢ − μᵢ', 2)|. Over 4,000 seeded cells the estimator's
+    /// mean error stays within 4 standard errors of zero, while the plain
+    /// fair estimator scores higher by more than 10 standard errors of the
+    /// cell-by-cell difference.
+    #[test]
+    fn common_noise_crps_is_unbiased_for_the_mixture() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mu = [-0.3, 0.0, 0.2, 0.5];
+        let (cells, n) = (4_000, 16);
+        let m = mu.len() as f64;
+        let (mut ours, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..cells {
+            let obs = 1.2 * Distribution::<f64>::sample(&StandardNormal, &mut rng);
+            let eps: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+            let samples: Vec<f64> = mu
+                .iter()
+                .flat_map(|&u| eps.iter().map(move |e| u + e))
+                .collect();
+            let skill = mu
+                .iter()
+                .map(|&u| mean_abs_normal(u - obs, 1.0))
+                .sum::<f64>()
+                / m;
+            let spread = mu
+                .iter()
+                .flat_map(|&a| mu.iter().map(move |&b| mean_abs_normal(a - b, 2f64.sqrt())))
+                .sum::<f64>()
+                / (m * m);
+            let exact = skill - 0.5 * spread;
+            let fair = CrpsEstimator::Fair;
+            ours.push(crps_common_noise(&samples, mu.len(), obs, fair).unwrap() - exact);
+            plain.push(crps_ensemble(&samples, obs, fair).unwrap() - exact);
+        }
+        let mean_se = |d: &[f64]| {
+            let k = d.len() as f64;
+            let mean = d.iter().sum::<f64>() / k;
+            let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0);
+            (mean, (var / k).sqrt())
+        };
+        let (bias, se) = mean_se(&ours);
+        assert!(bias.abs() < 4.0 * se, "bias {bias}, standard error {se}");
+        // The plain estimator's excess, paired cell by cell.
+        let excess: Vec<f64> = plain.iter().zip(&ours).map(|(p, o)| p - o).collect();
+        let (excess, excess_se) = mean_se(&excess);
+        assert!(
+            excess > 10.0 * excess_se,
+            "plain fair excess {excess}, standard error {excess_se}"
+        );
     }
 
     const PROPERSCORING_ENSEMBLE: f64 = 0.2928571428571429;

@@ -1,7 +1,7 @@
 //! Scores that check forecasts and their uncertainty against the truth.
 //!
-//! - [`ensemble`]: CRPS (fair and classic from samples; closed form for a
-//!   Gaussian), the spread–skill ratio and the rank histogram;
+//! - [`ensemble`]: CRPS (fair and classic from samples, also for members
+//!   that share their sampling noise; closed form for a Gaussian), the spread–skill ratio and the rank histogram;
 //! - [`field`]: PSNR, SSIM and latitude-weighted RMSE of whole fields;
 //! - [`detection`]: AUROC and AUPRC of a score for a binary label (EU for
 //!   out-of-distribution cells);
@@ -20,5 +20,7 @@ pub mod sql;
 
 pub use correlation::pearson;
 pub use detection::{auprc, auroc};
-pub use ensemble::{CrpsEstimator, crps_ensemble, crps_gaussian, rank_histogram, spread_skill};
+pub use ensemble::{
+    CrpsEstimator, crps_common_noise, crps_ensemble, crps_gaussian, rank_histogram, spread_skill,
+};
 pub use field::{AreaWeight, psnr, ssim, weighted_rmse};
