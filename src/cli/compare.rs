@@ -27,7 +27,7 @@ use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
     AreaWeight, CrpsEstimator, auprc, auroc, crps_common_noise, crps_gaussian, pearson, psnr,
-    rank_histogram, spread_skill, ssim, weighted_rmse,
+    rank_deciles, rank_histogram, spread_skill, ssim, weighted_rmse,
 };
 use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
 
@@ -67,8 +67,12 @@ pub struct MethodScores {
     pub au_correlation: f64,
     pub eu_auroc: f64,
     pub eu_auprc: f64,
-    /// Where the truth falls among the M×N samples, in ten equal groups of
-    /// ranks (fractions of cells; 0.1 each when reliable, a U when too narrow).
+    /// Where the truth falls among N samples of a cell, one per noise draw,
+    /// each from a member picked at random (seeded), in ten equal groups of
+    /// the normalised rank (fractions of cells; 0.1 each when reliable, a U
+    /// when too narrow). All M×N samples would not do: sample j of every
+    /// member starts from the same noise, so they come in near-equal
+    /// clusters of M and the truth's rank among them is lumpy.
     pub rank_histogram: Vec<f64>,
     pub train_seconds: f64,
     pub sample_seconds: f64,
@@ -336,7 +340,7 @@ fn score(
     let (mut means, mut variances, mut obs, mut lats) = (vec![], vec![], vec![], vec![]);
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
-    let mut ranks = vec![0u64; per_cell + 1];
+    let mut ranks = vec![0u64; settings.samples + 1];
     // Sample j of every member starts from the same noise, so the fair
     // estimator pairs samples of different noise only
     // (`uqcast_skill::crps_common_noise`) and needs two samples per member;
@@ -373,9 +377,17 @@ fn score(
                 .collect();
             let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
             crps += crps_common_noise(&members, settings.members, y, estimator).context("CRPS")?;
+            let one_per_noise: Vec<f64> = (0..settings.samples)
+                .map(|j| {
+                    let draw =
+                        split_mix(settings.seed ^ split_mix((i * grid.cells() + cell) as u64));
+                    let member = split_mix(draw ^ j as u64) as usize % settings.members;
+                    members[member * settings.samples + j]
+                })
+                .collect();
             for (total, count) in ranks
                 .iter_mut()
-                .zip(rank_histogram(&members, per_cell, &[y]).context("ranks")?)
+                .zip(rank_histogram(&one_per_noise, settings.samples, &[y]).context("ranks")?)
             {
                 *total += count;
             }
@@ -401,10 +413,7 @@ fn score(
         .sum::<f64>()
         / n as f64)
         .sqrt();
-    let mut deciles = vec![0.0; 10];
-    for (rank, count) in ranks.iter().enumerate() {
-        deciles[rank * 10 / (per_cell + 1)] += *count as f64 / n as f64;
-    }
+    let deciles = rank_deciles(&ranks).context("rank histogram")?;
     Ok(MethodScores {
         method: String::new(),
         rank_histogram: deciles,
@@ -484,4 +493,13 @@ fn table(rows: &[MethodScores]) -> String {
         ));
     }
     s
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value from any input, for
+/// seeded choices that must not depend on the order of the work.
+fn split_mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -152,6 +152,29 @@ pub fn rank_histogram(samples: &[f64], members: usize, obs: &[f64]) -> Option<Ve
     Some(bins)
 }
 
+/// Rank counts (the K + 1 bins of [`rank_histogram`]) as fractions in ten
+/// equal groups of the normalised rank: rank r covers [r, r + 1)/(K + 1)
+/// and is shared between the groups that interval overlaps, so a flat
+/// histogram reads 0.1 in every group for any K (whole ranks per group
+/// would give groups of 6 and 7 ranks at K = 64). `None` without counts.
+pub fn rank_deciles(counts: &[u64]) -> Option<Vec<f64>> {
+    let total: u64 = counts.iter().sum();
+    if counts.is_empty() || total == 0 {
+        return None;
+    }
+    let bins = counts.len() as f64;
+    let mut deciles = vec![0.0; 10];
+    for (r, &count) in counts.iter().enumerate() {
+        let (lo, hi) = (r as f64 / bins, (r + 1) as f64 / bins);
+        for (d, share) in deciles.iter_mut().enumerate() {
+            let (d_lo, d_hi) = (d as f64 / 10.0, (d + 1) as f64 / 10.0);
+            let overlap = (hi.min(d_hi) - lo.max(d_lo)).max(0.0);
+            *share += count as f64 * overlap / (hi - lo);
+        }
+    }
+    Some(deciles.into_iter().map(|c| c / total as f64).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +312,31 @@ mod tests {
             excess > 10.0 * excess_se,
             "plain fair excess {excess}, standard error {excess_se}"
         );
+    }
+
+    /// A flat histogram is 0.1 per group whatever K; mass at one end stays
+    /// in the end group; a rank that straddles two groups is shared.
+    #[test]
+    fn rank_deciles_keep_a_flat_histogram_flat() {
+        for k in [9, 16, 64, 100] {
+            let d = rank_deciles(&vec![7; k + 1]).unwrap();
+            assert!(d.iter().all(|x| (x - 0.1).abs() < 1e-12), "K = {k}: {d:?}");
+        }
+        let mut low = vec![0; 65];
+        low[0] = 5;
+        let d = rank_deciles(&low).unwrap();
+        assert!((d[0] - 1.0).abs() < 1e-12);
+        // Four ranks (K = 3): rank 1 covers [0.25, 0.5), of which 0.05 lies
+        // in group 2 ([0.2, 0.3)) and 0.1 each in groups 3 and 4: 0.2, 0.4
+        // and 0.4 of its count.
+        let d = rank_deciles(&[0, 10, 0, 0]).unwrap();
+        assert!(
+            (d[2] - 0.2).abs() < 1e-12 && (d[3] - 0.4).abs() < 1e-12,
+            "{d:?}"
+        );
+        assert!((d[4] - 0.4).abs() < 1e-12, "{d:?}");
+        assert_eq!(rank_deciles(&[]), None);
+        assert_eq!(rank_deciles(&[0, 0]), None);
     }
 
     const PROPERSCORING_ENSEMBLE: f64 = 0.2928571428571429;
