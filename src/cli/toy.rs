@@ -49,17 +49,20 @@ enum Experiment {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Weight draws M (default 10; for `eu` 50: EU is a variance over the
-    /// members, whose relative standard error √(2/(M − 1)) is 47% at M = 10
-    /// and 20% at M = 50, too coarse at 10 to order EUs that differ by tens
-    /// of per cent).
+    /// Weight draws M (default 10; for `eu` 200: EU is a variance over the
+    /// members, whose relative standard error √(2/(M − 1)) is 47% at M = 10,
+    /// 20% at M = 50 and 10% at M = 200; orders of EUs that differ by tens
+    /// of per cent need the last).
     #[arg(long, global = true)]
     m: Option<usize>,
-    /// Samples per draw N (default 1,000; for `eu` 200, the same 10,000
-    /// predictions per test point).
+    /// Samples per draw N (default 1,000; for `eu` 50, the same 10,000
+    /// predictions per test point: the members share their noise, so N
+    /// barely moves EU while M sets its error).
     #[arg(long, global = true)]
     n: Option<usize>,
-    /// Training iterations.
+    /// Training iterations (default 12,000; for `eu` 24,000: EU inside
+    /// the data keeps falling with training long after AU has settled, and
+    /// at 12,000 it sits on a floor that hides its fall with |D|).
     #[arg(long, global = true, conflicts_with = "epochs")]
     iterations: Option<u64>,
     /// Train for this many passes over the data instead (the paper's protocol:
@@ -169,12 +172,17 @@ pub async fn run_toy(args: ToyArgs) -> Result<()> {
 
 /// Default (M, N) of `au` and `gap`, and of `eu` (see `Common::m`).
 const DRAWS: (usize, usize) = (10, 1000);
-const EU_DRAWS: (usize, usize) = (50, 200);
+const EU_DRAWS: (usize, usize) = (200, 50);
+/// Default training length of `eu` (see `Common::iterations`).
+const EU_ITERATIONS: u64 = 24_000;
 
 fn experiment(mut args: ToyArgs) -> Result<()> {
     if matches!(args.experiment, Experiment::Eu { .. }) {
         args.common.m.get_or_insert(EU_DRAWS.0);
         args.common.n.get_or_insert(EU_DRAWS.1);
+        if args.common.epochs.is_none() {
+            args.common.iterations.get_or_insert(EU_ITERATIONS);
+        }
     }
     let settings = args.common.settings();
     let (device, seed, quiet) = (default_device(), args.common.seed, false);
@@ -185,14 +193,16 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
             let mut rows = Vec::new();
             for &s2 in sigma2 {
                 let data = ToyData::generate(*train_size, s2, None, seed);
+                let row_settings = args.common.settings_for(*train_size);
                 let out = run(
                     &data,
-                    &args.common.settings_for(*train_size),
+                    &row_settings,
                     &test_y,
                     &device,
                     progress(format!("σ²={s2}"), quiet),
                 )?;
                 rows.push(json!({"sigma2": s2, "au": out.average(&out.au, |_| true), "eu": out.average(&out.eu, |_| true),
+                    "iterations": row_settings.train.iterations,
                     "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}));
             }
             ("au", rows)
@@ -202,14 +212,16 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
             let mut rows = Vec::new();
             for &size in sizes {
                 let data = ToyData::generate(size, *sigma2, None, seed);
+                let row_settings = args.common.settings_for(size);
                 let out = run(
                     &data,
-                    &args.common.settings_for(size),
+                    &row_settings,
                     &test_y,
                     &device,
                     progress(format!("|D|={size}"), quiet),
                 )?;
                 rows.push(json!({"train_size": size, "au": out.average(&out.au, |_| true), "eu": out.average(&out.eu, |_| true),
+                    "iterations": row_settings.train.iterations,
                     "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}));
             }
             ("eu", rows)
@@ -227,9 +239,10 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
             }
             let data = ToyData::generate(*train_size, *sigma2, Some((lo, hi)), seed);
             let test_y = grid(-4.5, 4.5, 37);
+            let row_settings = args.common.settings_for(*train_size);
             let out = run(
                 &data,
-                &args.common.settings_for(*train_size),
+                &row_settings,
                 &test_y,
                 &device,
                 progress("gap".into(), quiet),
@@ -242,13 +255,16 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
                 vec![
                     json!({"band": [lo, hi], "eu_inside": inside, "eu_gap": gap, "ratio": gap / inside,
                 "au_inside": out.average(&out.au, |y| y < lo - margin || y > hi + margin),
+                "iterations": row_settings.train.iterations,
                 "train_seconds": out.train_seconds, "sample_seconds": out.sample_seconds}),
                 ],
             )
         }
     };
     let report = json!({"experiment": name, "rows": rows, "seconds": started.elapsed().as_secs_f64(),
-        "m": settings.members, "n": settings.samples, "sampler": settings.sampler.to_string()});
+        "m": settings.members, "n": settings.samples, "sampler": settings.sampler.to_string(),
+        // Per row with --epochs (each data size gets its own count).
+        "iterations": args.common.epochs.is_none().then_some(settings.train.iterations)});
     let mut out = std::io::stdout().lock();
     if args.common.json {
         writeln!(out, "{report}")?;

@@ -44,17 +44,16 @@ fn toy_rejects_bad_options() {
     assert!(stderr(&o).contains("z_per_step"), "{}", stderr(&o));
 }
 
-/// `toy eu` defaults to M = 50 × N = 200 (EU is a variance over members);
-/// `--m` still overrides it. A tiny run: only the report is checked.
+/// `toy eu` defaults to M = 200 × N = 50 (EU is a variance over members)
+/// and 24,000 updates; `--m`, `--iterations` and `--epochs` still override
+/// them. Tiny runs: only the report is checked.
 #[test]
-fn toy_eu_draws_fifty_members_by_default() {
+fn toy_eu_defaults_to_many_members_and_long_training() {
     let eu = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
             "toy",
             "eu",
             "--sizes",
-            "20",
-            "--iterations",
             "20",
             "--sampler",
             "ddim-2",
@@ -65,15 +64,18 @@ fn toy_eu_draws_fifty_members_by_default() {
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_str(stdout(&o).trim()).expect("one JSON object")
     };
-    let report = eu(&[]);
+    let report = eu(&["--iterations", "20"]);
     assert_eq!(
         (report["m"].as_u64(), report["n"].as_u64()),
-        (Some(50), Some(200))
+        (Some(200), Some(50))
     );
+    assert_eq!(report["iterations"], 20);
     assert_eq!(report["rows"][0]["train_size"], 20);
-    let report = eu(&["--m", "3"]);
+    let report = eu(&["--m", "3", "--epochs", "2"]);
     assert_eq!(
         (report["m"].as_u64(), report["n"].as_u64()),
-        (Some(3), Some(200))
+        (Some(3), Some(50))
     );
+    // Two passes over 20 pairs in minibatches of 256: one update.
+    assert_eq!(report["rows"][0]["iterations"], 1);
 }
