@@ -16,7 +16,7 @@ use candle_nn::Linear;
 use rayon::prelude::*;
 
 use super::HyperNetwork;
-use crate::error::{CandleContext, Result};
+use crate::error::{CandleContext, HyperdmError, Result};
 use crate::host::with_host;
 
 /// Output rows per task: enough work (rows × width × K multiply-adds) to
@@ -32,6 +32,20 @@ impl HyperNetwork {
     /// float additions (`hyper_gradients_match_autograd`).
     pub fn gradients(&self, z: &Tensor, dphi: &Tensor) -> Result<GradStore> {
         let (members, outputs) = dphi.dims2().ctx(CTX)?;
+        let z_shape = z.dims2().ctx(CTX)?;
+        let out_shape = self.out.weight().dims2().ctx(CTX)?;
+        if z_shape != (members, self.z_dim) || out_shape.0 != outputs {
+            return Err(HyperdmError::Config {
+                field: "hyper-network gradients",
+                problem: format!(
+                    "z {z_shape:?} and ∂L/∂φ {:?} do not fit a hyper-network with z_dim {} \
+                     and {} outputs",
+                    (members, outputs),
+                    self.z_dim,
+                    out_shape.0
+                ),
+            });
+        }
         let device = dphi.device();
         let z_host = with_host(z, |v| Ok(v.to_vec()))?;
         // Every hidden layer's output, after the ReLU, recomputed here: a
@@ -265,6 +279,12 @@ mod tests {
                 .and_then(|p| p.backward())
                 .unwrap();
             let ours = net.gradients(&z, &dphi).unwrap();
+            // A ∂L/∂φ of the wrong width or a z of another draw count is an
+            // error, not an out-of-bounds panic.
+            let narrow = dphi.narrow(1, 0, outputs - 1).unwrap();
+            assert!(net.gradients(&z, &narrow).is_err());
+            let more = Tensor::cat(&[&z, &z], 0).unwrap();
+            assert!(net.gradients(&more, &dphi).is_err());
             let data = varmap.data().lock().unwrap();
             assert_eq!(
                 data.len(),
