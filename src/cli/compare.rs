@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use uqcast_forecast::model::mix;
 use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
@@ -379,9 +380,8 @@ fn score(
             crps += crps_common_noise(&members, settings.members, y, estimator).context("CRPS")?;
             let one_per_noise: Vec<f64> = (0..settings.samples)
                 .map(|j| {
-                    let draw =
-                        split_mix(settings.seed ^ split_mix((i * grid.cells() + cell) as u64));
-                    let member = split_mix(draw ^ j as u64) as usize % settings.members;
+                    let draw = mix(settings.seed ^ mix((i * grid.cells() + cell) as u64));
+                    let member = mix(draw ^ j as u64) as usize % settings.members;
                     members[member * settings.samples + j]
                 })
                 .collect();
@@ -493,13 +493,4 @@ fn table(rows: &[MethodScores]) -> String {
         ));
     }
     s
-}
-
-/// SplitMix64's finaliser: a well-mixed 64-bit value from any input, for
-/// seeded choices that must not depend on the order of the work.
-fn split_mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

@@ -113,8 +113,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// SplitMix64: decorrelates per-step seeds.
-fn mix(mut x: u64) -> u64 {
+/// SplitMix64's finaliser: a well-mixed 64-bit value from any input, for
+/// seeds per step and seeded choices that must not depend on the order of
+/// the work (`uqcast eval`'s rank histogram).
+pub fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
