@@ -47,7 +47,7 @@ pub struct AdamW {
 
 /// A variable's first and second moments. On the CPU they are plain
 /// floats updated in place: the hyper-network's output layer and skip hold
-/// ≈ 280,000 parameters, and allocating (and zeroing) two new moment
+/// ≈ 285,000 parameters, and allocating (and zeroing) two new moment
 /// tensors of that size every update was a fixed cost of HyperDM's.
 #[derive(Debug)]
 enum Moments {
