@@ -4,6 +4,7 @@ use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::PrimaryNetwork;
+use super::bias::add_bias;
 use crate::embedding::timestep_embedding;
 use crate::error::{CandleContext, Result};
 use crate::layout::{ParamId, ParamLayout, Params};
@@ -102,7 +103,7 @@ impl PrimaryMlp {
             };
             h = h
                 .matmul(&w.t().ctx("MLP")?)
-                .and_then(|x| x.broadcast_add(&b))
+                .and_then(|x| add_bias(&x, &b))
                 .ctx("MLP layer")?;
         }
         Ok(h)
@@ -181,7 +182,7 @@ impl PrimaryNetwork for PrimaryMlp {
                 timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
             Tensor::cat(&[x_t, &emb, cond], D::Minus1)
                 .and_then(|h| h.matmul(&params.get(w0).t()?))
-                .and_then(|h| h.broadcast_add(params.get(b0)))
+                .and_then(|h| add_bias(&h, params.get(b0)))
                 .ctx("MLP layer")?
         };
         self.hidden_layers(params, h, masks)

@@ -4,6 +4,7 @@
 //! with any generated [`Params`]; gradients therefore reach only the
 //! hyper-network that produced them.
 
+mod bias;
 mod im2col;
 pub mod mlp;
 pub mod unet;
