@@ -861,6 +861,7 @@ struct Noised {
 
 #[cfg(test)]
 mod tests {
+    use super::side_by_side::in_pool;
     use super::*;
     use crate::primary::{MlpConfig, PrimaryMlp, PrimaryUnet, UnetConfig};
     use crate::toy::ToyData;
@@ -1034,11 +1035,7 @@ mod tests {
         let model = toy_model();
         let cond = Tensor::new(&[[0.3f32], [-1.2], [2.0]], &Device::Cpu).unwrap();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            in_pool(threads, || {
                 let mut visited = Vec::new();
                 let m = model
                     .predict_each(&cond, 5, 40, Sampler::Ddpm, (4, 11), |member, x0| {
@@ -1196,11 +1193,7 @@ mod tests {
     fn dropout_masks_drop_at_rate_p_whatever_the_threads() {
         let model = baseline(Method::McDropout { p: 0.3 }, 2);
         let draw = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            in_pool(threads, || {
                 let mut rng = ChaCha8Rng::seed_from_u64(4);
                 model
                     .dropout_masks(0.3, 5_000, &mut rng)

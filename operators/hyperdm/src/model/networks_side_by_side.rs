@@ -99,7 +99,7 @@ mod tests {
 
     use crate::hyper::HyperConfig;
     use crate::method::Method;
-    use crate::model::side_by_side::assert_same_update;
+    use crate::model::side_by_side::{assert_same_update, in_pool};
     use crate::model::{HyperDm, TrainingData};
     use crate::primary::{MlpConfig, PrimaryMlp};
     use crate::schedule::DiffusionConfig;
@@ -114,11 +114,7 @@ mod tests {
     fn side_by_side_gradients_match_the_stacked_loss() {
         // Four threads: one z per update runs in four row shards, a pair in
         // two per network, two pairs unsharded.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .unwrap()
-            .install(side_by_side_gradients_match_in_this_pool);
+        in_pool(4, side_by_side_gradients_match_in_this_pool);
     }
 
     fn side_by_side_gradients_match_in_this_pool() {

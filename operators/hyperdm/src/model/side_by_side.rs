@@ -84,6 +84,17 @@ pub(super) fn shard_loss(
 /// Test support: the same loss value and, for every trained tensor, the
 /// same gradient, to 1e-5 relative to the tensor's largest entry (the
 /// side-by-side updates add the same floats in another order).
+/// Runs `f` in a rayon pool of `threads` threads (tests of work that must
+/// not depend on how many threads share it).
+#[cfg(test)]
+pub(super) fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a test thread pool")
+        .install(f)
+}
+
 #[cfg(test)]
 pub(super) fn assert_same_update(
     case: &str,
