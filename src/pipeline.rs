@@ -68,6 +68,10 @@ pub struct TrainSection {
     /// A linear path from z to the generated weights (see HyperConfig).
     #[serde(default)]
     pub z_skip: bool,
+    /// Fraction of their usual initial scale at which the layers that carry
+    /// z to the weights start (see HyperConfig::z_init; default 1).
+    #[serde(default = "unit")]
+    pub z_init: f64,
     /// Pull of each generated network toward its own random anchor, which
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
@@ -94,6 +98,10 @@ fn default_method() -> String {
 
 fn one() -> usize {
     1
+}
+
+fn unit() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +208,9 @@ impl Pipeline {
         if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
             bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;
         }
+        if !(self.train.z_init.is_finite() && self.train.z_init >= 0.0) {
+            bad("train.z_init", "must be a number ≥ 0")?;
+        }
         let pairs = if self.train.antithetic { 2 } else { 1 };
         if self.train.z_per_step == 0 || self.train.z_per_step * pairs > self.train.batch_size {
             bad(
@@ -277,6 +288,7 @@ impl Pipeline {
                 z_dim: t.z_dim,
                 hidden: t.hyper_hidden.clone(),
                 z_skip: t.z_skip,
+                z_init: t.z_init,
             },
             diffusion: DiffusionConfig {
                 steps: t.diffusion_steps,

@@ -600,6 +600,13 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "[train]\nz_per_step = 0",
         "train.z_per_step",
     );
+    // Networks cannot start a negative distance apart.
+    edited_fails(
+        "z-init.toml",
+        "[train]",
+        "[train]\nz_init = -0.1",
+        "train.z_init",
+    );
 
     assert_eq!(
         forecast_csv(&out),

@@ -72,6 +72,7 @@ fn training(c: &mut Criterion, device: &Device) {
         z_dim: 8,
         hidden: vec![16, 16],
         z_skip,
+        ..HyperConfig::default()
     };
     let data = CellPairs::new(20_000);
     // (name, method, hyper-network, anchor, antithetic, z per update)

@@ -24,6 +24,20 @@ pub struct HyperConfig {
     /// where the data leave the weights free (crate README, toy table).
     #[serde(default)]
     pub z_skip: bool,
+    /// The layers through which z reaches the weights (the output layer's
+    /// weights and the skip) start at this fraction of their usual
+    /// ±1/√fan_in. At 1, each z draws a network as different from the next
+    /// as two random initialisations, and training never quite undoes that
+    /// where the data decide the weights: the networks fit as an average
+    /// of perturbed networks. Small, they start as one network that the
+    /// data fit as a plain one, and the anchor spreads them where the data
+    /// leave the weights free (crate README, "Starting the networks together").
+    #[serde(default = "one")]
+    pub z_init: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for HyperConfig {
@@ -32,6 +46,7 @@ impl Default for HyperConfig {
             z_dim: 8,
             hidden: vec![8; 5],
             z_skip: false,
+            z_init: 1.0,
         }
     }
 }
@@ -70,6 +85,12 @@ impl HyperNetwork {
             skip,
             z_dim: config.z_dim,
         })
+    }
+
+    /// Whether a variable of the hyper-network (named without its prefix)
+    /// carries z to the weights, for [`HyperConfig::z_init`].
+    pub fn carries_z(name: &str) -> bool {
+        matches!(name, "out.weight" | "skip")
     }
 
     pub fn z_dim(&self) -> usize {

@@ -164,7 +164,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     }
 
     /// Builds the model for `method` with seeded initial weights: the
-    /// hyper-network's layers uniform ±1/√fan_in; a baseline's flat vectors
+    /// hyper-network's layers uniform ±1/√fan_in (times
+    /// [`HyperConfig::z_init`] for those that carry z); a baseline's flat vectors
     /// uniform ±1 scaled by the layout's gains (each weight ±1/√fan_in, each
     /// bias ±0.1) and stored scaled, like an ordinary network's; every
     /// ensemble member its own draw.
@@ -177,6 +178,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         seed: u64,
     ) -> Result<Self> {
         let method = method.validated()?;
+        if !(hyper_config.z_init.is_finite() && hyper_config.z_init >= 0.0) {
+            return Err(HyperdmError::Config {
+                field: "hyper.z_init",
+                problem: format!("must be a number ≥ 0, got {}", hyper_config.z_init),
+            });
+        }
         if matches!(method, Method::McDropout { .. }) && primary.dropout_widths().is_empty() {
             return Err(HyperdmError::Config {
                 field: "method",
@@ -213,9 +220,14 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             } else {
                 dims[0].max(1)
             };
+            let z_init = match name.strip_prefix("hyper.") {
+                Some(own) if HyperNetwork::carries_z(own) => hyper_config.z_init,
+                _ => 1.0,
+            };
+            // Scaled after the draw, so every setting reads the same stream.
             let bound = 1.0 / (fan_in as f64).sqrt();
             let mut values: Vec<f32> = (0..var.elem_count())
-                .map(|_| rng.random_range(-bound..bound) as f32)
+                .map(|_| (rng.random_range(-bound..bound) * z_init) as f32)
                 .collect();
             if name.starts_with("direct.") {
                 values = primary.layout().scaled(&values);
@@ -929,6 +941,62 @@ mod tests {
                 .unwrap();
             assert!(norm > 0.0, "zero gradient for {name}");
         }
+    }
+
+    /// `z_init` scales how far apart the generated networks start, and
+    /// nothing else: the difference between two z's networks shrinks by
+    /// exactly that factor (same random stream), and a negative scale is
+    /// refused. Tolerance: 1e-5 relative (float rounding).
+    #[test]
+    fn z_init_scales_how_far_apart_the_networks_start() {
+        let z = Tensor::new(
+            &[
+                [0.5f32, -1.0, 0.3, 1.2, -0.7, 0.1, 0.9, -0.4],
+                [-0.2, 0.8, 1.1, -0.6, 0.4, -1.3, 0.0, 0.7],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let spread = |z_init: f64| -> Vec<f32> {
+            let config = HyperConfig {
+                z_skip: true,
+                z_init,
+                ..HyperConfig::default()
+            };
+            let phi = small_model(Method::Hyperdm, &config, 3)
+                .hyper()
+                .unwrap()
+                .forward(&z)
+                .unwrap();
+            (phi.get(0).unwrap() - phi.get(1).unwrap())
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (full, tenth) = (spread(1.0), spread(0.1));
+        let norm = full.iter().map(|d| d * d).sum::<f32>().sqrt();
+        assert!(norm > 1.0, "networks start apart at z_init 1: {norm}");
+        for (f, t) in full.iter().zip(&tenth) {
+            assert!((t - 0.1 * f).abs() <= 1e-5 * norm, "{t} vs 0.1 × {f}");
+        }
+        let config = HyperConfig {
+            z_init: -1.0,
+            ..HyperConfig::default()
+        };
+        let refused = HyperDm::new(
+            PrimaryMlp::new(&MlpConfig::default()),
+            &config,
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            0,
+        );
+        assert!(matches!(
+            refused,
+            Err(HyperdmError::Config {
+                field: "hyper.z_init",
+                ..
+            })
+        ));
     }
 
     /// Antithetic pairs cancel the minibatch noise in the z path. With the

@@ -259,6 +259,7 @@ mod tests {
                 z_dim: 5,
                 hidden,
                 z_skip,
+                z_init: 1.0,
             };
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
