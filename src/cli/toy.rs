@@ -80,6 +80,10 @@ struct Common {
     /// A linear path from z to the generated weights (default true).
     #[arg(long, global = true)]
     z_skip: Option<bool>,
+    /// Fraction of their usual initial scale at which the layers that carry
+    /// z to the weights start (default 1).
+    #[arg(long, global = true)]
+    z_init: Option<f64>,
     /// Train each z with its mirror −z on the same rows and noise (default true).
     #[arg(long, global = true)]
     antithetic: Option<bool>,
@@ -88,6 +92,17 @@ struct Common {
     #[arg(long, global = true,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     z_per_step: Option<usize>,
+    /// Rows per update (default 256; for `eu` 1,024). An antithetic pair
+    /// trains on half of them twice. Inside the data, what is left of EU
+    /// after training is mostly minibatch noise written into the z-dependent
+    /// weights; it falls with the rows per update, not with |D|, and at 256
+    /// rows it hid the fall from 400 to 800 pairs (crate README, toy EU).
+    #[arg(long, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    batch_size: Option<usize>,
+    /// The learning rate decays (cosine) to this fraction of `--lr` (default 0.02).
+    #[arg(long, global = true)]
+    final_lr_fraction: Option<f64>,
     /// ddpm or ddim-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
@@ -128,11 +143,20 @@ impl Common {
         if let Some(skip) = self.z_skip {
             s.hyper.z_skip = skip;
         }
+        if let Some(z_init) = self.z_init {
+            s.hyper.z_init = z_init;
+        }
         if let Some(antithetic) = self.antithetic {
             s.train.antithetic = antithetic;
         }
         if let Some(draws) = self.z_per_step {
             s.train.z_per_step = draws;
+        }
+        if let Some(rows) = self.batch_size {
+            s.train.batch_size = rows;
+        }
+        if let Some(fraction) = self.final_lr_fraction {
+            s.train.final_lr_fraction = fraction;
         }
         if let Some(anchor) = self.anchor {
             s.train.anchor = anchor;
@@ -175,11 +199,14 @@ const DRAWS: (usize, usize) = (10, 1000);
 const EU_DRAWS: (usize, usize) = (200, 50);
 /// Default training length of `eu` (see `Common::iterations`).
 const EU_ITERATIONS: u64 = 24_000;
+/// Default rows per update of `eu` (see `Common::batch_size`).
+const EU_BATCH_SIZE: usize = 1024;
 
 fn experiment(mut args: ToyArgs) -> Result<()> {
     if matches!(args.experiment, Experiment::Eu { .. }) {
         args.common.m.get_or_insert(EU_DRAWS.0);
         args.common.n.get_or_insert(EU_DRAWS.1);
+        args.common.batch_size.get_or_insert(EU_BATCH_SIZE);
         if args.common.epochs.is_none() {
             args.common.iterations.get_or_insert(EU_ITERATIONS);
         }
@@ -263,6 +290,7 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
     };
     let report = json!({"experiment": name, "rows": rows, "seconds": started.elapsed().as_secs_f64(),
         "m": settings.members, "n": settings.samples, "sampler": settings.sampler.to_string(),
+        "batch_size": settings.train.batch_size,
         // Per row with --epochs (each data size gets its own count).
         "iterations": args.common.epochs.is_none().then_some(settings.train.iterations)});
     let mut out = std::io::stdout().lock();

@@ -38,15 +38,19 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "eu", "--z-per-step", "0"]);
     assert_eq!(o.status.code(), Some(2), "an update needs at least one z");
     assert!(stderr(&o).contains("z-per-step"), "{}", stderr(&o));
+    let o = uqcast(&["toy", "eu", "--batch-size", "0"]);
+    assert_eq!(o.status.code(), Some(2), "an update needs at least one row");
+    assert!(stderr(&o).contains("batch-size"), "{}", stderr(&o));
     // The toy trains on minibatches of 256 rows: 200 antithetic pairs do not fit.
     let o = uqcast(&["toy", "au", "--z-per-step", "200", "--iterations", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("z_per_step"), "{}", stderr(&o));
 }
 
-/// `toy eu` defaults to M = 200 × N = 50 (EU is a variance over members)
-/// and 24,000 updates; `--m`, `--iterations` and `--epochs` still override
-/// them. Tiny runs: only the report is checked.
+/// `toy eu` defaults to M = 200 × N = 50 (EU is a variance over members),
+/// 24,000 updates of 1,024 rows; `--m`, `--iterations`, `--epochs` and
+/// `--batch-size` still override them, and `toy au` keeps 256 rows. Tiny
+/// runs: only the report is checked.
 #[test]
 fn toy_eu_defaults_to_many_members_and_long_training() {
     let eu = |extra: &[&str]| -> serde_json::Value {
@@ -70,12 +74,38 @@ fn toy_eu_defaults_to_many_members_and_long_training() {
         (Some(200), Some(50))
     );
     assert_eq!(report["iterations"], 20);
+    assert_eq!(report["batch_size"], 1024);
     assert_eq!(report["rows"][0]["train_size"], 20);
     let report = eu(&["--m", "3", "--epochs", "2"]);
     assert_eq!(
         (report["m"].as_u64(), report["n"].as_u64()),
         (Some(3), Some(50))
     );
-    // Two passes over 20 pairs in minibatches of 256: one update.
+    // Two passes over 20 pairs in minibatches of 1,024: one update.
     assert_eq!(report["rows"][0]["iterations"], 1);
+    // 100 passes in minibatches of 64: 32 updates.
+    let report = eu(&["--m", "3", "--epochs", "100", "--batch-size", "64"]);
+    assert_eq!(report["batch_size"], 64);
+    assert_eq!(report["rows"][0]["iterations"], 32);
+    let o = uqcast(&[
+        "toy",
+        "au",
+        "--sigma2",
+        "0.04",
+        "--iterations",
+        "2",
+        "--m",
+        "2",
+        "--n",
+        "4",
+        "--sampler",
+        "ddim-2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    assert_eq!(
+        report["batch_size"], 256,
+        "only eu trains on bigger minibatches"
+    );
 }
