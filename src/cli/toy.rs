@@ -212,6 +212,18 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
         }
     }
     let settings = args.common.settings();
+    if !(settings.hyper.z_init.is_finite() && settings.hyper.z_init >= 0.0) {
+        bail!(
+            "toy option 'z-init': {} must be a number ≥ 0",
+            settings.hyper.z_init
+        );
+    }
+    if !(0.0..=1.0).contains(&settings.train.final_lr_fraction) {
+        bail!(
+            "toy option 'final-lr-fraction': {} must be within 0..1",
+            settings.train.final_lr_fraction
+        );
+    }
     let (device, seed, quiet) = (default_device(), args.common.seed, false);
     let started = Instant::now();
     let (name, rows): (&str, Vec<Value>) = match &args.experiment {

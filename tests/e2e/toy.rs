@@ -2,10 +2,19 @@
 
 use crate::{stderr, stdout, uqcast};
 
+/// Runs `uqcast toy ARGS --json`, which must succeed, and parses its report.
+fn toy_report(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["toy"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = uqcast(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(stdout(&o).trim()).expect("one JSON object")
+}
+
 #[test]
 fn toy_au_reports_json() {
-    let o = uqcast(&[
-        "toy",
+    let report = toy_report(&[
         "au",
         "--sigma2",
         "0.04",
@@ -15,11 +24,7 @@ fn toy_au_reports_json() {
         "2",
         "--n",
         "40",
-        "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     assert_eq!(report["experiment"], "au");
     let row = &report["rows"][0];
     assert_eq!(row["sigma2"], 0.04);
@@ -41,6 +46,12 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "eu", "--batch-size", "0"]);
     assert_eq!(o.status.code(), Some(2), "an update needs at least one row");
     assert!(stderr(&o).contains("batch-size"), "{}", stderr(&o));
+    for (option, value) in [("z-init", "-0.5"), ("final-lr-fraction", "1.5")] {
+        let flag = format!("--{option}={value}");
+        let o = uqcast(&["toy", "eu", &flag, "--iterations", "1"]);
+        assert_eq!(o.status.code(), Some(1), "{flag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(option), "{}", stderr(&o));
+    }
     // The toy trains on minibatches of 256 rows: 200 antithetic pairs do not fit.
     let o = uqcast(&["toy", "au", "--z-per-step", "200", "--iterations", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -54,19 +65,9 @@ fn toy_rejects_bad_options() {
 #[test]
 fn toy_eu_defaults_to_many_members_and_long_training() {
     let eu = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "toy",
-            "eu",
-            "--sizes",
-            "20",
-            "--sampler",
-            "ddim-2",
-            "--json",
-        ];
+        let mut args = vec!["eu", "--sizes", "20", "--sampler", "ddim-2"];
         args.extend_from_slice(extra);
-        let o = uqcast(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str(stdout(&o).trim()).expect("one JSON object")
+        toy_report(&args)
     };
     let report = eu(&["--iterations", "20"]);
     assert_eq!(
@@ -87,8 +88,7 @@ fn toy_eu_defaults_to_many_members_and_long_training() {
     let report = eu(&["--m", "3", "--epochs", "100", "--batch-size", "64"]);
     assert_eq!(report["batch_size"], 64);
     assert_eq!(report["rows"][0]["iterations"], 32);
-    let o = uqcast(&[
-        "toy",
+    let report = toy_report(&[
         "au",
         "--sigma2",
         "0.04",
@@ -100,10 +100,7 @@ fn toy_eu_defaults_to_many_members_and_long_training() {
         "4",
         "--sampler",
         "ddim-2",
-        "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
     assert_eq!(
         report["batch_size"], 256,
         "only eu trains on bigger minibatches"
