@@ -72,6 +72,10 @@ pub struct TrainSection {
     /// z to the weights start (see HyperConfig::z_init; default 1).
     #[serde(default = "unit")]
     pub z_init: f64,
+    /// Each network as a shared base plus a deviation odd in z (see
+    /// HyperConfig::centred; default false).
+    #[serde(default)]
+    pub centred: bool,
     /// Pull of each generated network toward its own random anchor, which
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
@@ -289,6 +293,7 @@ impl Pipeline {
                 hidden: t.hyper_hidden.clone(),
                 z_skip: t.z_skip,
                 z_init: t.z_init,
+                centred: t.centred,
             },
             diffusion: DiffusionConfig {
                 steps: t.diffusion_steps,

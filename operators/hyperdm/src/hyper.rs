@@ -2,7 +2,7 @@
 //! primary network. Drawing z draws a network; only θ is trained.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, linear};
+use candle_nn::{Init, Linear, VarBuilder, linear, linear_no_bias};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, Result};
@@ -35,6 +35,16 @@ pub struct HyperConfig {
     /// OOD inputs less well (root README, "Where HyperDM's fit goes").
     #[serde(default = "one")]
     pub z_init: f64,
+    /// Splits each network into a shared part and its deviation:
+    /// φ(z) = base + W·h(z) (+ S·z), with the hidden layers odd in z (tanh,
+    /// no biases), so h(−z) = −h(z). Without it the z-independent function
+    /// is W times the mean hidden activation (ReLU outputs are positive),
+    /// learned through the same weights that carry z. Here `base` holds
+    /// it alone, stored in the primary network's own units so that it
+    /// learns at a plain network's per-weight rate, and in an antithetic
+    /// pair the rows' shared gradient cancels exactly in W and S.
+    #[serde(default)]
+    pub centred: bool,
 }
 
 fn one() -> f64 {
@@ -48,30 +58,56 @@ impl Default for HyperConfig {
             hidden: vec![8; 5],
             z_skip: false,
             z_init: 1.0,
+            centred: false,
         }
     }
 }
 
-/// An MLP (ReLU) whose last Linear emits the flat primary-parameter vector.
+/// An MLP (ReLU; tanh without biases when centred) whose last Linear emits
+/// the flat primary-parameter vector.
 #[derive(Debug, Clone)]
 pub struct HyperNetwork {
     hidden: Vec<Linear>,
     out: Linear,
     skip: Option<Tensor>,
+    /// The shared part when centred: the vector `base` (final units) and
+    /// 1/gain, which turns it into the standardised units of the output.
+    base: Option<(Tensor, Tensor)>,
     z_dim: usize,
 }
 
 impl HyperNetwork {
-    pub fn new(vb: VarBuilder, config: &HyperConfig, outputs: usize) -> Result<Self> {
+    /// `gains`: each output's gain in the primary network's layout (the
+    /// factor from standardised to final units), one per output.
+    pub fn new(vb: VarBuilder, config: &HyperConfig, gains: &[f32]) -> Result<Self> {
+        let outputs = gains.len();
+        let dense = |inputs, outputs, name: String| {
+            let vb = vb.pp(name);
+            if config.centred {
+                linear_no_bias(inputs, outputs, vb)
+            } else {
+                linear(inputs, outputs, vb)
+            }
+            .ctx("building the hyper-network")
+        };
         let mut hidden = Vec::with_capacity(config.hidden.len());
         let mut width = config.z_dim;
         for (i, &h) in config.hidden.iter().enumerate() {
-            hidden.push(
-                linear(width, h, vb.pp(format!("hidden{i}"))).ctx("building the hyper-network")?,
-            );
+            hidden.push(dense(width, h, format!("hidden{i}"))?);
             width = h;
         }
-        let out = linear(width, outputs, vb.pp("out")).ctx("building the hyper-network")?;
+        let out = dense(width, outputs, "out".into())?;
+        let base = if config.centred {
+            let base = vb
+                .get_with_hints(outputs, "base", Init::Const(0.0))
+                .ctx("building the hyper-network")?;
+            let inverse: Vec<f32> = gains.iter().map(|g| 1.0 / g).collect();
+            let inverse = Tensor::from_vec(inverse, outputs, vb.device())
+                .ctx("building the hyper-network")?;
+            Some((base, inverse))
+        } else {
+            None
+        };
         let skip = if config.z_skip {
             Some(
                 vb.get_with_hints((config.z_dim, outputs), "skip", Init::Const(0.0))
@@ -84,6 +120,7 @@ impl HyperNetwork {
             hidden,
             out,
             skip,
+            base,
             z_dim: config.z_dim,
         })
     }
@@ -98,20 +135,31 @@ impl HyperNetwork {
         self.z_dim
     }
 
+    /// Whether the hidden layers are odd in z with a separate shared part
+    /// ([`HyperConfig::centred`]).
+    pub fn centred(&self) -> bool {
+        self.base.is_some()
+    }
+
     /// `z`: `[members, z_dim]` → `[members, parameters]`.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = z.clone();
         for layer in &self.hidden {
             h = layer
                 .forward(&h)
-                .and_then(|x| x.relu())
+                .and_then(|x| if self.centred() { x.tanh() } else { x.relu() })
                 .ctx("hyper-network forward")?;
         }
-        let out = self.out.forward(&h).ctx("hyper-network forward")?;
-        let out = match &self.skip {
-            Some(s) => (out + z.matmul(s)).ctx("hyper-network forward")?,
-            None => out,
-        };
+        let mut out = self.out.forward(&h).ctx("hyper-network forward")?;
+        if let Some(s) = &self.skip {
+            out = (out + z.matmul(s)).ctx("hyper-network forward")?;
+        }
+        if let Some((base, inverse)) = &self.base {
+            out = base
+                .mul(inverse)
+                .and_then(|b| out.broadcast_add(&b))
+                .ctx("hyper-network forward")?;
+        }
         Ok(out)
     }
 }

@@ -142,6 +142,15 @@ impl ParamLayout {
         out
     }
 
+    /// Every element's gain, in flat order.
+    pub fn gains(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.total];
+        for s in &self.specs {
+            out[s.offset..s.offset + s.numel()].fill(s.gain as f32);
+        }
+        out
+    }
+
     /// Slices a flat vector of final values (see [`ParamLayout::scaled`]).
     pub fn slice_scaled(&self, flat: &Tensor) -> Result<Params> {
         let tensors = self

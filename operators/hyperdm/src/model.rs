@@ -204,16 +204,21 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             ))
         };
         let weights = match method {
-            Method::Hyperdm => {
-                WeightSource::Hyper(HyperNetwork::new(vb.pp("hyper"), hyper_config, total)?)
-            }
+            Method::Hyperdm => WeightSource::Hyper(HyperNetwork::new(
+                vb.pp("hyper"),
+                hyper_config,
+                &primary.layout().gains(),
+            )?),
             Method::McDropout { .. } => direct(1)?,
             Method::Ensemble { members } => direct(members)?,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (name, var) in named_vars(&varmap) {
             let dims = var.dims().to_vec();
-            let fan_in = if name.starts_with("direct.") {
+            // A baseline's vectors and the centred hyper-network's base are
+            // networks in final units: uniform ±1 times the layout's gains.
+            let whole_network = name.starts_with("direct.") || name == "hyper.base";
+            let fan_in = if whole_network {
                 1
             } else if name.ends_with("weight") {
                 dims.last().copied().unwrap_or(1)
@@ -231,6 +236,10 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 .collect();
             if name.starts_with("direct.") {
                 values = primary.layout().scaled(&values);
+            } else if whole_network {
+                // Without the +1 of normalisation scales: slicing adds it.
+                let gains = primary.layout().gains();
+                values.iter_mut().zip(&gains).for_each(|(v, g)| *v *= g);
             }
             var.set(&Tensor::from_vec(values, dims, device).ctx("initialising")?)
                 .ctx("initialising")?;
@@ -997,6 +1006,57 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A centred hyper-network generates a shared base plus a deviation odd
+    /// in z: φ(z) + φ(−z) is twice the base (in standardised units), the two
+    /// networks differ, and the base starts as a plain network's
+    /// initialisation (each value within ± its gain, spread like uniform
+    /// ±gain: mean square gain²/3 within 10%). Tolerance 1e-5 relative.
+    #[test]
+    fn centred_networks_are_a_base_plus_an_odd_deviation() {
+        let config = HyperConfig {
+            z_skip: true,
+            centred: true,
+            ..HyperConfig::default()
+        };
+        let model = small_model(Method::Hyperdm, &config, 3);
+        let z = Tensor::new(
+            &[[0.5f32, -1.0, 0.3, 1.2, -0.7, 0.1, 0.9, -0.4]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let both = Tensor::cat(&[&z, &z.neg().unwrap()], 0).unwrap();
+        let phi = model.hyper().unwrap().forward(&both).unwrap();
+        let plus: Vec<f32> = phi.get(0).unwrap().to_vec1().unwrap();
+        let minus: Vec<f32> = phi.get(1).unwrap().to_vec1().unwrap();
+        let gains = model.primary.layout().gains();
+        let base: Vec<f32> = named_vars(&model.varmap)
+            .into_iter()
+            .find(|(name, _)| name == "hyper.base")
+            .expect("a centred hyper-network has a base")
+            .1
+            .as_tensor()
+            .to_vec1()
+            .unwrap();
+        let scale = plus.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut apart = 0f32;
+        for (((p, m), b), g) in plus.iter().zip(&minus).zip(&base).zip(&gains) {
+            assert!(
+                (p + m - 2.0 * b / g).abs() <= 1e-5 * scale,
+                "{p} + {m} vs 2 × {b}/{g}"
+            );
+            assert!(b.abs() <= *g, "base {b} beyond its gain {g}");
+            apart += (p - m).powi(2);
+        }
+        assert!(apart.sqrt() > 1.0, "z and −z generate the same network");
+        let ratio = base
+            .iter()
+            .zip(&gains)
+            .map(|(b, g)| (b / g).powi(2))
+            .sum::<f32>()
+            / base.len() as f32;
+        assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
     }
 
     /// Antithetic pairs cancel the minibatch noise in the z path. With the

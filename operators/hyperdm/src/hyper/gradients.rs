@@ -55,9 +55,10 @@ impl HyperNetwork {
             .iter()
             .map(Dense::read)
             .collect::<Result<Vec<_>>>()?;
+        let odd = self.centred();
         let mut acts = vec![z_host.clone()];
         for layer in &layers {
-            let next = layer.forward_relu(&acts[acts.len() - 1], members);
+            let next = layer.forward(&acts[acts.len() - 1], members, odd);
             acts.push(next);
         }
         let h = &acts[acts.len() - 1];
@@ -94,14 +95,26 @@ impl HyperNetwork {
                 Tensor::from_vec(d_skip, (self.z_dim, outputs), device).ctx(CTX)?,
             );
         }
+        if let Some((base, inverse)) = &self.base {
+            // φ holds base/gain: ∂L/∂base is Σ_k ∂L/∂φ_k / gain.
+            let d_base = with_host(dphi, |dphi| {
+                with_host(inverse, |inverse| Ok(base_pass(dphi, inverse, members)))
+            })?;
+            grads.insert(base, Tensor::from_vec(d_base, outputs, device).ctx(CTX)?);
+        }
         // The hidden layers, last to first: ∂L/∂(pre-activation) is the
-        // activation's gradient where the ReLU passed its input.
+        // activation's gradient times its slope, written with its output a:
+        // 1 − a² for tanh, 1 where the ReLU passed its input.
         let mut d_act = d_hidden;
         for (l, (layer, linear)) in layers.iter().zip(&self.hidden).enumerate().rev() {
             let d_pre: Vec<f32> = d_act
                 .iter()
                 .zip(&acts[l + 1])
-                .map(|(&d, &a)| if a > 0.0 { d } else { 0.0 })
+                .map(|(&d, &a)| match (odd, a > 0.0) {
+                    (true, _) => d * (1.0 - a * a),
+                    (false, true) => d,
+                    (false, false) => 0.0,
+                })
                 .collect();
             let (d_w, d_b, d_in) = layer.backward(&d_pre, &acts[l], members);
             grads.insert(
@@ -177,6 +190,24 @@ fn skip_pass(
     d_skip
 }
 
+/// ∂L/∂base `[P]`: Σ_k ∂L/∂φ[k, p] / gain[p] (`inverse` holds 1/gain).
+fn base_pass(dphi: &[f32], inverse: &[f32], members: usize) -> Vec<f32> {
+    let outputs = inverse.len();
+    let mut d_base = vec![0f32; outputs];
+    d_base
+        .par_chunks_mut(ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            let first = block * ROWS_PER_TASK;
+            for (r, d) in chunk.iter_mut().enumerate() {
+                let p = first + r;
+                let sum: f32 = (0..members).map(|k| dphi[k * outputs + p]).sum();
+                *d = sum * inverse[p];
+            }
+        });
+    d_base
+}
+
 /// A hidden layer's weight `[outputs, inputs]` and bias, on the host.
 struct Dense {
     weight: Vec<f32>,
@@ -199,8 +230,8 @@ impl Dense {
         })
     }
 
-    /// relu(x·Wᵀ + b) for `members` rows of x.
-    fn forward_relu(&self, x: &[f32], members: usize) -> Vec<f32> {
+    /// relu(x·Wᵀ + b), or tanh when `odd`, for `members` rows of x.
+    fn forward(&self, x: &[f32], members: usize, odd: bool) -> Vec<f32> {
         let mut y = vec![0f32; members * self.outputs];
         for k in 0..members {
             let x_k = &x[k * self.inputs..(k + 1) * self.inputs];
@@ -208,7 +239,7 @@ impl Dense {
                 let w_o = &self.weight[o * self.inputs..(o + 1) * self.inputs];
                 let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
                 let s: f32 = b + w_o.iter().zip(x_k).map(|(w, x)| w * x).sum::<f32>();
-                y[k * self.outputs + o] = s.max(0.0);
+                y[k * self.outputs + o] = if odd { s.tanh() } else { s.max(0.0) };
             }
         }
         y
@@ -244,33 +275,37 @@ mod tests {
 
     /// Every θ tensor's gradient equals autograd's through `forward` for
     /// ⟨φ(z), G⟩ with a random G, with and without hidden layers and skip,
-    /// and with more output rows than one task holds. Tolerance: 1e-5
+    /// centred or not, and with more output rows than one task holds. Tolerance: 1e-5
     /// relative to the tensor's largest gradient entry (float sums in
     /// another order).
     #[test]
     fn hyper_gradients_match_autograd() {
         let device = Device::Cpu;
-        for (hidden, z_skip, outputs, members) in [
-            (vec![16, 16], true, 5000, 4),
-            (vec![6], false, 300, 1),
-            (vec![], true, 2100, 3),
+        for (hidden, z_skip, centred, outputs, members) in [
+            (vec![16, 16], true, false, 5000, 4),
+            (vec![6], false, false, 300, 1),
+            (vec![], true, false, 2100, 3),
+            (vec![16, 16], true, true, 5000, 4),
+            (vec![6], false, true, 300, 2),
         ] {
             let config = HyperConfig {
                 z_dim: 5,
                 hidden,
                 z_skip,
                 z_init: 1.0,
+                centred,
             };
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-            let net = HyperNetwork::new(vb, &config, outputs).unwrap();
-            if z_skip {
-                // The skip starts at zero; give it values so its path counts.
-                for (name, var) in varmap.data().lock().unwrap().iter() {
-                    if name == "skip" {
-                        let s = Tensor::randn(0f32, 0.3, var.shape(), &device).unwrap();
-                        var.set(&s).unwrap();
-                    }
+            // Gains as a layout has them: a few distinct values.
+            let gains: Vec<f32> = (0..outputs).map(|p| [0.125, 0.1, 0.5][p % 3]).collect();
+            let net = HyperNetwork::new(vb, &config, &gains).unwrap();
+            // The skip and base start at zero; give them values so their
+            // paths count.
+            for (name, var) in varmap.data().lock().unwrap().iter() {
+                if name == "skip" || name == "base" {
+                    let s = Tensor::randn(0f32, 0.3, var.shape(), &device).unwrap();
+                    var.set(&s).unwrap();
                 }
             }
             let z = Tensor::randn(0f32, 1.0, (members, 5), &device).unwrap();
@@ -287,9 +322,11 @@ mod tests {
             let more = Tensor::cat(&[&z, &z], 0).unwrap();
             assert!(net.gradients(&more, &dphi).is_err());
             let data = varmap.data().lock().unwrap();
+            // Weights and biases, or weights and the base when centred.
+            let per_layer = if centred { 1 } else { 2 };
             assert_eq!(
                 data.len(),
-                2 * (config.hidden.len() + 1) + usize::from(z_skip)
+                per_layer * (config.hidden.len() + 1) + usize::from(z_skip) + usize::from(centred)
             );
             for (name, var) in data.iter() {
                 let a = auto.get(var.as_tensor()).expect("autograd gradient");

@@ -107,7 +107,8 @@ mod tests {
 
     /// Same loss value and same gradient for every hyper-network tensor as
     /// back-propagating the stacked loss, for every combination of skip,
-    /// anchor, antithetic pairs and draws per update, sharded or not. Tolerance: 1e-5
+    /// anchor, antithetic pairs and draws per update, sharded or not, and
+    /// for a centred hyper-network. Tolerance: 1e-5
     /// relative to the tensor's largest gradient entry (float sums in
     /// another order).
     #[test]
@@ -122,15 +123,18 @@ mod tests {
         let (x0, cond) = data
             .batch(&(0..96).collect::<Vec<_>>(), &Device::Cpu)
             .unwrap();
-        for (z_skip, anchor, antithetic, z_per_step) in [
-            (false, 0.0, false, 1),
-            (true, 0.01, false, 1),
-            (true, 0.01, true, 2),
-            (true, 0.0, false, 3),
-            (false, 0.05, true, 1),
+        for (z_skip, centred, anchor, antithetic, z_per_step) in [
+            (false, false, 0.0, false, 1),
+            (true, false, 0.01, false, 1),
+            (true, false, 0.01, true, 2),
+            (true, false, 0.0, false, 3),
+            (false, false, 0.05, true, 1),
+            (true, true, 0.01, true, 2),
+            (false, true, 0.0, false, 3),
         ] {
             let config = HyperConfig {
                 z_skip,
+                centred,
                 ..HyperConfig::default()
             };
             let model = HyperDm::with_method(
@@ -157,7 +161,8 @@ mod tests {
                 .loss_gradients(&x0, &cond, z_per_step, antithetic, anchor, &mut rng)
                 .unwrap();
             let case = format!(
-                "skip {z_skip}, anchor {anchor:?}, antithetic {antithetic}, z/step {z_per_step}"
+                "skip {z_skip}, centred {centred}, anchor {anchor:?}, antithetic {antithetic}, \
+                 z/step {z_per_step}"
             );
             assert_same_update(
                 &case,
