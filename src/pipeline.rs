@@ -76,6 +76,10 @@ pub struct TrainSection {
     /// HyperConfig::centred; default false).
     #[serde(default)]
     pub centred: bool,
+    /// Learning rate of the layers that carry z, as a fraction of `lr`
+    /// (see HyperConfig::z_lr; default 1).
+    #[serde(default = "unit")]
+    pub z_lr: f64,
     /// Pull of each generated network toward its own random anchor, which
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
@@ -215,6 +219,9 @@ impl Pipeline {
         if !(self.train.z_init.is_finite() && self.train.z_init >= 0.0) {
             bad("train.z_init", "must be a number ≥ 0")?;
         }
+        if !(self.train.z_lr.is_finite() && self.train.z_lr > 0.0) {
+            bad("train.z_lr", "must be a number > 0")?;
+        }
         let pairs = if self.train.antithetic { 2 } else { 1 };
         if self.train.z_per_step == 0 || self.train.z_per_step * pairs > self.train.batch_size {
             bad(
@@ -294,6 +301,7 @@ impl Pipeline {
                 z_skip: t.z_skip,
                 z_init: t.z_init,
                 centred: t.centred,
+                z_lr: t.z_lr,
             },
             diffusion: DiffusionConfig {
                 steps: t.diffusion_steps,

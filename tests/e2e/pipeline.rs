@@ -607,6 +607,8 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "[train]\nz_init = -0.1",
         "train.z_init",
     );
+    // The z path cannot stand still.
+    edited_fails("z-lr.toml", "[train]", "[train]\nz_lr = 0", "train.z_lr");
 
     assert_eq!(
         forecast_csv(&out),

@@ -45,6 +45,14 @@ pub struct HyperConfig {
     /// pair the rows' shared gradient cancels exactly in W and S.
     #[serde(default)]
     pub centred: bool,
+    /// The learning rate of the layers that carry z (as for `z_init`), as a
+    /// fraction of the common rate. Below 1 their updates average the
+    /// minibatch noise of more steps, which matters where a z's network
+    /// trains on rows no other network shares (no antithetic pairs). It
+    /// needs `centred`: otherwise the shared function is learned through
+    /// the output weights too, and slowing them starves the fit.
+    #[serde(default = "one")]
+    pub z_lr: f64,
 }
 
 fn one() -> f64 {
@@ -59,6 +67,7 @@ impl Default for HyperConfig {
             z_skip: false,
             z_init: 1.0,
             centred: false,
+            z_lr: 1.0,
         }
     }
 }

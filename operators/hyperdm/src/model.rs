@@ -184,6 +184,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 problem: format!("must be a number ≥ 0, got {}", hyper_config.z_init),
             });
         }
+        if !(hyper_config.z_lr.is_finite() && hyper_config.z_lr > 0.0) {
+            return Err(HyperdmError::Config {
+                field: "hyper.z_lr",
+                problem: format!("must be a number > 0, got {}", hyper_config.z_lr),
+            });
+        }
         if matches!(method, Method::McDropout { .. }) && primary.dropout_widths().is_empty() {
             return Err(HyperdmError::Config {
                 field: "method",
@@ -272,9 +278,16 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    /// An optimiser over this model's variables.
+    /// An optimiser over this model's variables; the layers that carry z
+    /// learn at [`HyperConfig::z_lr`] times the common rate.
     pub fn optimizer(&self, config: &AdamWConfig) -> AdamW {
-        AdamW::new(named_vars(&self.varmap), config.clone())
+        let z_lr = self.hyper_config.z_lr;
+        AdamW::new(named_vars(&self.varmap), config.clone()).with_lr_scales(|name| {
+            match name.strip_prefix("hyper.") {
+                Some(own) if HyperNetwork::carries_z(own) => z_lr,
+                _ => 1.0,
+            }
+        })
     }
 
     /// The fixed random map z ↦ A·z of anchored training: A `[z_dim, P]`
@@ -988,24 +1001,35 @@ mod tests {
         for (f, t) in full.iter().zip(&tenth) {
             assert!((t - 0.1 * f).abs() <= 1e-5 * norm, "{t} vs 0.1 × {f}");
         }
-        let config = HyperConfig {
-            z_init: -1.0,
-            ..HyperConfig::default()
-        };
-        let refused = HyperDm::new(
-            PrimaryMlp::new(&MlpConfig::default()),
-            &config,
-            &DiffusionConfig::default(),
-            &Device::Cpu,
-            0,
-        );
-        assert!(matches!(
-            refused,
-            Err(HyperdmError::Config {
-                field: "hyper.z_init",
-                ..
-            })
-        ));
+        // Out of range: a negative start, and a z path that never learns.
+        for (config, name) in [
+            (
+                HyperConfig {
+                    z_init: -1.0,
+                    ..HyperConfig::default()
+                },
+                "hyper.z_init",
+            ),
+            (
+                HyperConfig {
+                    z_lr: 0.0,
+                    ..HyperConfig::default()
+                },
+                "hyper.z_lr",
+            ),
+        ] {
+            let refused = HyperDm::new(
+                PrimaryMlp::new(&MlpConfig::default()),
+                &config,
+                &DiffusionConfig::default(),
+                &Device::Cpu,
+                0,
+            );
+            assert!(
+                matches!(refused, Err(HyperdmError::Config { field, .. }) if field == name),
+                "{name}"
+            );
+        }
     }
 
     /// A centred hyper-network generates a shared base plus a deviation odd

@@ -43,6 +43,9 @@ pub struct AdamW {
     /// Variables sorted by name, each with its moments (none before the
     /// first update that reaches it).
     vars: Vec<(String, Var, Option<Moments>)>,
+    /// Learning-rate factors of variables that do not learn at the common
+    /// rate, by name.
+    lr_scales: HashMap<String, f64>,
 }
 
 /// A variable's first and second moments. On the CPU they are plain
@@ -63,7 +66,20 @@ impl AdamW {
             config,
             step: 0,
             vars: vars.into_iter().map(|(n, v)| (n, v, None)).collect(),
+            lr_scales: HashMap::new(),
         }
+    }
+
+    /// Every variable learns at `scale(name)` times the rate of each
+    /// update (1: the common rate).
+    pub fn with_lr_scales(mut self, scale: impl Fn(&str) -> f64) -> Self {
+        self.lr_scales = self
+            .vars
+            .iter()
+            .map(|(name, _, _)| (name.clone(), scale(name)))
+            .filter(|&(_, s)| s != 1.0)
+            .collect();
+        self
     }
 
     /// One update from `loss` at learning rate `lr`.
@@ -76,11 +92,13 @@ impl AdamW {
     /// pass is split over the threads too.
     pub fn apply(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
-        let update = Update::new(&self.config, self.step, lr);
-        let one = |(_, var, moments): &mut (String, Var, Option<Moments>)| -> Option<Result<()>> {
-            let g = grads.get(var)?;
-            Some(update.apply(var, g, moments))
-        };
+        let (config, step, scales) = (&self.config, self.step, &self.lr_scales);
+        let one =
+            |(name, var, moments): &mut (String, Var, Option<Moments>)| -> Option<Result<()>> {
+                let g = grads.get(var)?;
+                let lr = lr * scales.get(name.as_str()).copied().unwrap_or(1.0);
+                Some(Update::new(config, step, lr).apply(var, g, moments))
+            };
         let on_cpu = self.vars.iter().all(|(_, var, _)| var.device().is_cpu());
         let done: Vec<Result<()>> = if on_cpu {
             self.vars.par_iter_mut().filter_map(one).collect()
@@ -422,5 +440,41 @@ mod tests {
         let mut half = saved;
         half.remove("adam.m.w");
         assert!(resumed.restore(&half, 2).is_err());
+    }
+
+    /// A variable given a learning-rate factor moves by that factor times
+    /// the others' step: Adam's first step is lr·g/(|g| + ε) per element,
+    /// so with weight decay off each element moves by lr (2e-2) or
+    /// 0.25·lr. Tolerance 1e-6 (ε and float rounding).
+    #[test]
+    fn lr_scales_slow_the_named_variables_only() {
+        let dev = Device::Cpu;
+        let start = Tensor::new(&[1.0f32, -2.0, 0.5], &dev).unwrap();
+        let fast = Var::from_tensor(&start).unwrap();
+        let slow = Var::from_tensor(&start).unwrap();
+        let config = AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let mut optimizer = AdamW::new(
+            vec![("fast".into(), fast.clone()), ("slow".into(), slow.clone())],
+            config,
+        )
+        .with_lr_scales(|name| if name == "slow" { 0.25 } else { 1.0 });
+        let loss = (fast.as_tensor().sqr().and_then(|t| t.sum_all()).unwrap()
+            + slow.as_tensor().sqr().and_then(|t| t.sum_all()).unwrap())
+        .unwrap();
+        optimizer.step(&loss, 2e-2).unwrap();
+        let before = start.to_vec1::<f32>().unwrap();
+        for (var, factor) in [(&fast, 1.0f32), (&slow, 0.25)] {
+            let after = var.as_tensor().to_vec1::<f32>().unwrap();
+            for (b, a) in before.iter().zip(&after) {
+                let moved = b - a;
+                assert!(
+                    (moved - factor * 2e-2 * b.signum()).abs() < 1e-6,
+                    "moved {moved} at factor {factor}"
+                );
+            }
+        }
     }
 }

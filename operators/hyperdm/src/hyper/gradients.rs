@@ -294,6 +294,7 @@ mod tests {
                 z_skip,
                 z_init: 1.0,
                 centred,
+                z_lr: 1.0,
             };
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
