@@ -191,11 +191,20 @@ mod tests {
             Method::Ensemble { members: 2 },
             Method::McDropout { p: 0.3 },
         ] {
-            resume_case(method);
+            resume_case(method, &HyperConfig::default());
         }
+        // A centred hyper-network: its base is saved and restored, and the
+        // z path's own learning rate comes back with the settings.
+        let centred = HyperConfig {
+            z_skip: true,
+            centred: true,
+            z_lr: 0.5,
+            ..HyperConfig::default()
+        };
+        resume_case(Method::Hyperdm, &centred);
     }
 
-    fn resume_case(method: Method) {
+    fn resume_case(method: Method, hyper: &HyperConfig) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("toy.safetensors");
         let data = ToyData::generate(128, 0.04, None, 5);
@@ -207,7 +216,7 @@ mod tests {
             HyperDm::with_method(
                 PrimaryMlp::new(&mlp),
                 method,
-                &HyperConfig::default(),
+                hyper,
                 &DiffusionConfig::default(),
                 &Device::Cpu,
                 9,
