@@ -209,12 +209,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 named_vars(&varmap).into_iter().map(|(_, v)| v).collect(),
             ))
         };
+        let gains = primary.layout().gains();
         let weights = match method {
-            Method::Hyperdm => WeightSource::Hyper(HyperNetwork::new(
-                vb.pp("hyper"),
-                hyper_config,
-                &primary.layout().gains(),
-            )?),
+            Method::Hyperdm => {
+                WeightSource::Hyper(HyperNetwork::new(vb.pp("hyper"), hyper_config, &gains)?)
+            }
             Method::McDropout { .. } => direct(1)?,
             Method::Ensemble { members } => direct(members)?,
         };
@@ -244,7 +243,6 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 values = primary.layout().scaled(&values);
             } else if whole_network {
                 // Without the +1 of normalisation scales: slicing adds it.
-                let gains = primary.layout().gains();
                 values.iter_mut().zip(&gains).for_each(|(v, g)| *v *= g);
             }
             var.set(&Tensor::from_vec(values, dims, device).ctx("initialising")?)
