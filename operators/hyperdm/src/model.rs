@@ -241,7 +241,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 .collect();
             if name.starts_with("direct.") {
                 values = primary.layout().scaled(&values);
-            } else if whole_network {
+            } else if name == "hyper.base" {
                 // Without the +1 of normalisation scales: slicing adds it.
                 values.iter_mut().zip(&gains).for_each(|(v, g)| *v *= g);
             }

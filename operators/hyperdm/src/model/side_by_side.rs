@@ -81,9 +81,6 @@ pub(super) fn shard_loss(
     Ok((loss.detach(), leaves.flat_gradient(&grads)?))
 }
 
-/// Test support: the same loss value and, for every trained tensor, the
-/// same gradient, to 1e-5 relative to the tensor's largest entry (the
-/// side-by-side updates add the same floats in another order).
 /// Runs `f` in a rayon pool of `threads` threads (tests of work that must
 /// not depend on how many threads share it).
 #[cfg(test)]
@@ -95,6 +92,9 @@ pub(super) fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> 
         .install(f)
 }
 
+/// Test support: the same loss value and, for every trained tensor, the
+/// same gradient, to 1e-5 relative to the tensor's largest entry (the
+/// side-by-side updates add the same floats in another order).
 #[cfg(test)]
 pub(super) fn assert_same_update(
     case: &str,
