@@ -207,6 +207,18 @@ impl Pipeline {
             }
             _ => {}
         }
+        if self.train.iterations == 0 {
+            bad("train.iterations", "must be at least 1")?;
+        }
+        if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
+            bad("train.lr", "must be a number > 0")?;
+        }
+        if !(self.train.weight_decay.is_finite() && self.train.weight_decay >= 0.0) {
+            bad("train.weight_decay", "must be a number ≥ 0")?;
+        }
+        if !(self.train.anchor.is_finite() && self.train.anchor >= 0.0) {
+            bad("train.anchor", "must be a number ≥ 0 (0: off)")?;
+        }
         if self.train.patch.is_multiple_of(2) {
             bad("train.patch", "must be odd (the cell sits in the middle)")?;
         }

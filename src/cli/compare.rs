@@ -90,17 +90,7 @@ const TRAIN_START: &str = "2019-01-01T00:00Z";
 
 pub async fn run(b: Benchmark) -> Result<()> {
     let pipeline = Pipeline::load(&b.config)?;
-    if b.test_steps < 2 {
-        bail!(
-            "--test-steps {}: at least 2 steps make one forecast",
-            b.test_steps
-        );
-    }
-    let methods = b
-        .methods
-        .iter()
-        .map(|name| Method::from_name(name, b.members).context("--methods"))
-        .collect::<Result<Vec<_>>>()?;
+    let methods = check_options(&b)?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
     ensure_data(&train_dir, TRAIN_START, b.train_steps, 1, vec![]).await?;
@@ -170,6 +160,35 @@ pub async fn run(b: Benchmark) -> Result<()> {
         writeln!(out, "{}", table(&rows))?;
     }
     Ok(())
+}
+
+/// The methods to compare, once every option is known to be usable: a bad
+/// option fails here, before any data is written or a model trained.
+fn check_options(b: &Benchmark) -> Result<Vec<Method>> {
+    if b.members == 0 {
+        bail!("--m 0: every method needs at least one member");
+    }
+    if b.samples == 0 {
+        bail!("--n 0: every member needs at least one sample");
+    }
+    if b.iterations == Some(0) {
+        bail!("--iterations 0: training needs at least one update");
+    }
+    if b.test_steps < 2 {
+        bail!(
+            "--test-steps {}: at least 2 steps make one forecast",
+            b.test_steps
+        );
+    }
+    let mut methods: Vec<Method> = Vec::new();
+    for name in &b.methods {
+        let method = Method::from_name(name, b.members).context("--methods")?;
+        if methods.contains(&method) {
+            bail!("--methods: '{name}' is named twice");
+        }
+        methods.push(method);
+    }
+    Ok(methods)
 }
 
 /// Writes a synthetic span unless an earlier run did (same seed, same bytes).

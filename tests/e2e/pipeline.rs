@@ -510,6 +510,36 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "'bayes' is not one of hyperdm, mc-dropout, ensemble",
         ],
     );
+    // Unusable options fail before any data is written or model trained.
+    let fresh = dir.path().join("fresh");
+    for (option, value, needle) in [
+        ("--m", "0", "--m 0"),
+        ("--n", "0", "--n 0"),
+        ("--iterations", "0", "--iterations 0"),
+        (
+            "--methods",
+            "hyperdm,ensemble,hyperdm",
+            "'hyperdm' is named twice",
+        ),
+    ] {
+        fails_with(
+            &[
+                "eval",
+                "--config",
+                config.to_str().unwrap(),
+                "--work",
+                fresh.to_str().unwrap(),
+                option,
+                value,
+            ],
+            &[needle],
+        );
+        assert!(
+            !fresh.exists(),
+            "{option} {value} wrote {}",
+            fresh.display()
+        );
+    }
 }
 
 #[test]
@@ -609,6 +639,20 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     );
     // The z path cannot stand still.
     edited_fails("z-lr.toml", "[train]", "[train]\nz_lr = 0", "train.z_lr");
+    // A model needs at least one update, at a usable rate.
+    edited_fails(
+        "no-updates.toml",
+        "iterations = 150",
+        "iterations = 0",
+        "train.iterations",
+    );
+    edited_fails("nan-lr.toml", "lr = 3e-3", "lr = nan", "train.lr");
+    edited_fails(
+        "pushed-away.toml",
+        "anchor = 0.01",
+        "anchor = -0.5",
+        "train.anchor",
+    );
 
     assert_eq!(
         forecast_csv(&out),
