@@ -190,6 +190,61 @@ fn progress(label: String, quiet: bool) -> impl FnMut(Progress) {
     }
 }
 
+/// Fails on an option no experiment can run with, before any training.
+fn check(settings: &ToySettings, args: &ToyArgs) -> Result<()> {
+    let bad = |option: &str, value: &dyn std::fmt::Display, problem: &str| -> Result<()> {
+        bail!("toy option '{option}': {value} {problem}")
+    };
+    if settings.members == 0 {
+        bad("m", &0, "must be at least 1")?;
+    }
+    if settings.samples == 0 {
+        bad("n", &0, "must be at least 1")?;
+    }
+    if args.common.epochs.is_none() && settings.train.iterations == 0 {
+        bad("iterations", &0, "must be at least 1")?;
+    }
+    if args.common.epochs == Some(0) {
+        bad("epochs", &0, "must be at least 1")?;
+    }
+    let lr = settings.train.optimizer.lr;
+    if !(lr.is_finite() && lr > 0.0) {
+        bad("lr", &lr, "must be a number > 0")?;
+    }
+    let anchor = settings.train.anchor;
+    if !(anchor.is_finite() && anchor >= 0.0) {
+        bad("anchor", &anchor, "must be a number ≥ 0")?;
+    }
+    let z_init = settings.hyper.z_init;
+    if !(z_init.is_finite() && z_init >= 0.0) {
+        bad("z-init", &z_init, "must be a number ≥ 0")?;
+    }
+    let floor = settings.train.final_lr_fraction;
+    if !(0.0..=1.0).contains(&floor) {
+        bad("final-lr-fraction", &floor, "must be within 0..1")?;
+    }
+    let (size_option, sizes, sigma2): (&str, &[usize], &[f64]) = match &args.experiment {
+        Experiment::Au { sigma2, train_size } => {
+            ("train-size", std::slice::from_ref(train_size), sigma2)
+        }
+        Experiment::Eu { sizes, sigma2 } => ("sizes", sizes, std::slice::from_ref(sigma2)),
+        Experiment::Gap {
+            train_size, sigma2, ..
+        } => (
+            "train-size",
+            std::slice::from_ref(train_size),
+            std::slice::from_ref(sigma2),
+        ),
+    };
+    if let Some(size) = sizes.iter().find(|&&n| n == 0) {
+        bad(size_option, size, "must be at least 1 pair")?;
+    }
+    if let Some(s2) = sigma2.iter().find(|s2| !(s2.is_finite() && **s2 >= 0.0)) {
+        bad("sigma2", s2, "must be a noise variance ≥ 0")?;
+    }
+    Ok(())
+}
+
 pub async fn run_toy(args: ToyArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || experiment(args)).await?
 }
@@ -212,18 +267,7 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
         }
     }
     let settings = args.common.settings();
-    if !(settings.hyper.z_init.is_finite() && settings.hyper.z_init >= 0.0) {
-        bail!(
-            "toy option 'z-init': {} must be a number ≥ 0",
-            settings.hyper.z_init
-        );
-    }
-    if !(0.0..=1.0).contains(&settings.train.final_lr_fraction) {
-        bail!(
-            "toy option 'final-lr-fraction': {} must be within 0..1",
-            settings.train.final_lr_fraction
-        );
-    }
+    check(&settings, &args)?;
     let (device, seed, quiet) = (default_device(), args.common.seed, false);
     let started = Instant::now();
     let (name, rows): (&str, Vec<Value>) = match &args.experiment {

@@ -46,11 +46,30 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "eu", "--batch-size", "0"]);
     assert_eq!(o.status.code(), Some(2), "an update needs at least one row");
     assert!(stderr(&o).contains("batch-size"), "{}", stderr(&o));
-    for (option, value) in [("z-init", "-0.5"), ("final-lr-fraction", "1.5")] {
+    // Each fails before training, naming the option and the value.
+    for (option, value) in [
+        ("z-init", "-0.5"),
+        ("final-lr-fraction", "1.5"),
+        ("m", "0"),
+        ("n", "0"),
+        ("iterations", "0"),
+        ("epochs", "0"),
+        ("lr", "nan"),
+        ("anchor", "-1"),
+        ("sigma2", "-0.01"),
+        ("sizes", "100,0"),
+    ] {
         let flag = format!("--{option}={value}");
-        let o = uqcast(&["toy", "eu", &flag, "--iterations", "1"]);
-        assert_eq!(o.status.code(), Some(1), "{flag}: {}", stderr(&o));
-        assert!(stderr(&o).contains(option), "{}", stderr(&o));
+        let mut args = vec!["toy", "eu", &flag];
+        if !matches!(option, "iterations" | "epochs") {
+            args.extend(["--iterations", "1"]);
+        }
+        let o = uqcast(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flag}: {err}");
+        assert!(!err.contains("iteration 1/"), "{flag} trained: {err}");
+        let named = format!("toy option '{option}'");
+        assert!(err.contains(&named), "{flag}: {err}");
     }
     // The toy trains on minibatches of 256 rows: 200 antithetic pairs do not fit.
     let o = uqcast(&["toy", "au", "--z-per-step", "200", "--iterations", "1"]);

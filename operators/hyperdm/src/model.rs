@@ -733,6 +733,14 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         seeds: (u64, u64),
         mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Moments> {
+        if members == 0 || samples == 0 {
+            return Err(HyperdmError::Config {
+                field: "predict",
+                problem: format!(
+                    "needs at least one member and one sample, got M = {members}, N = {samples}"
+                ),
+            });
+        }
         let (weight_seed, noise_seed) = seeds;
         let sample_shape = self.sample_shape(cond)?;
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
@@ -1213,6 +1221,14 @@ mod tests {
         }
         // Members do differ, so the check compared five distinct networks.
         assert!(seq[2].iter().all(|&eu| eu > 0.0), "EU {:?}", seq[2]);
+        // No member or no sample is a named error, not an empty stack.
+        for (members, samples) in [(0, 40), (5, 0)] {
+            let err = model
+                .predict(&cond, members, samples, Sampler::Ddpm, 4)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("predict") && err.contains("M = "), "{err}");
+        }
     }
 
     /// The U-Net keeps any input size, odd ones included (padding inside).
