@@ -32,7 +32,8 @@ pub struct HyperConfig {
     /// of perturbed networks. Small, they start as one network, and the
     /// anchor spreads them where the data leave the weights free. On the
     /// pipeline's benchmark 0.1 did not fit measurably better and detected
-    /// OOD inputs less well (root README, "Where HyperDM's fit goes").
+    /// OOD inputs less well (docs/hyperdm-vs-ensemble.md, "where HyperDM's
+    /// fit goes").
     #[serde(default = "one")]
     pub z_init: f64,
     /// Splits each network into a shared part and its deviation:
