@@ -90,7 +90,7 @@ const TRAIN_START: &str = "2019-01-01T00:00Z";
 
 pub async fn run(b: Benchmark) -> Result<()> {
     let pipeline = Pipeline::load(&b.config)?;
-    let methods = check_options(&b)?;
+    let contenders = check_options(&b)?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
     ensure_data(&train_dir, TRAIN_START, b.train_steps, 1, vec![]).await?;
@@ -112,7 +112,7 @@ pub async fn run(b: Benchmark) -> Result<()> {
     let mut truth = Truth::load(&test_dir, &grid).await?;
     let iterations = b.iterations.unwrap_or(pipeline.train.iterations);
     let mut rows = Vec::new();
-    for method in methods {
+    for Contender { name, method } in contenders {
         let model = trained_model(
             &pipeline,
             method,
@@ -123,17 +123,23 @@ pub async fn run(b: Benchmark) -> Result<()> {
             &train_dir,
         )
         .await?;
+        // One set of weights: M members of it would repeat one another
+        // (members share their noise), so it samples N times. The others'
+        // means also rest on N noise draws, so SSIM, PSNR and RMSE of the
+        // means compare like with like (M·N draws would smooth its mean).
+        let (members, samples) = if name == SINGLE {
+            (1, b.samples)
+        } else {
+            (b.members, b.samples)
+        };
         let settings = InferenceSettings {
-            members: b.members,
-            samples: b.samples,
+            members,
+            samples,
             ..pipeline.inference()?
         };
         eprintln!(
-            "eval: {} sampling {} steps at M={} N={} {}",
-            method.name(),
+            "eval: {name} sampling {} steps at M={members} N={samples} {}",
             test_steps.len() - 1,
-            b.members,
-            b.samples,
             settings.sampler
         );
         let scores = tokio::task::block_in_place(|| {
@@ -146,8 +152,12 @@ pub async fn run(b: Benchmark) -> Result<()> {
                 iterations,
             )
         })?;
+        let no_eu = name == SINGLE;
         rows.push(MethodScores {
-            method: method.name().into(),
+            method: name.into(),
+            // EU is zero everywhere with one network: nothing to score.
+            eu_auroc: if no_eu { f64::NAN } else { scores.eu_auroc },
+            eu_auprc: if no_eu { f64::NAN } else { scores.eu_auprc },
             ..scores
         });
     }
@@ -162,9 +172,22 @@ pub async fn run(b: Benchmark) -> Result<()> {
     Ok(())
 }
 
+/// A method as `eval` runs it: the name its row carries and what trains.
+/// `single` is one plain network (an ensemble of one, no EU): the unit of
+/// training cost in the paper's claim, and the skill any method with EU
+/// should at least keep. It samples N times from its one set of weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Contender {
+    name: &'static str,
+    method: Method,
+}
+
+/// The name of the one-network reference in `--methods`.
+const SINGLE: &str = "single";
+
 /// The methods to compare, once every option is known to be usable: a bad
 /// option fails here, before any data is written or a model trained.
-fn check_options(b: &Benchmark) -> Result<Vec<Method>> {
+fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
     if b.members == 0 {
         bail!("--m 0: every method needs at least one member");
     }
@@ -180,15 +203,27 @@ fn check_options(b: &Benchmark) -> Result<Vec<Method>> {
             b.test_steps
         );
     }
-    let mut methods: Vec<Method> = Vec::new();
+    let mut contenders: Vec<Contender> = Vec::new();
     for name in &b.methods {
-        let method = Method::from_name(name, b.members).context("--methods")?;
-        if methods.contains(&method) {
+        let contender = if name == SINGLE {
+            Contender {
+                name: SINGLE,
+                method: Method::Ensemble { members: 1 },
+            }
+        } else {
+            let method = Method::from_name(name, b.members)
+                .with_context(|| format!("--methods (or '{SINGLE}', one plain network)"))?;
+            Contender {
+                name: method.name(),
+                method,
+            }
+        };
+        if contenders.iter().any(|c| c.name == contender.name) {
             bail!("--methods: '{name}' is named twice");
         }
-        methods.push(method);
+        contenders.push(contender);
     }
-    Ok(methods)
+    Ok(contenders)
 }
 
 /// Writes a synthetic span unless an earlier run did (same seed, same bytes).
@@ -455,8 +490,34 @@ fn score(
     })
 }
 
+/// The training time of one plain network, and where it comes from: the
+/// `single` row when there is one, else the ensemble's time over its M
+/// members (they train in lock step, so this slightly flatters the others).
+/// MC-Dropout is no unit: drawing its masks makes it slower than one network.
+fn one_network_seconds(rows: &[MethodScores]) -> Option<(f64, String)> {
+    if let Some(r) = rows.iter().find(|r| r.method == SINGLE) {
+        return Some((r.train_seconds, SINGLE.to_string()));
+    }
+    rows.iter()
+        .find(|r| r.method == "ensemble" && r.members > 0)
+        .map(|r| {
+            (
+                r.train_seconds / r.members as f64,
+                format!("ensemble ÷ {}", r.members),
+            )
+        })
+}
+
 /// The comparison as an aligned table.
 fn table(rows: &[MethodScores]) -> String {
+    // A score that does not apply (EU of one network) reads as a dash.
+    let or_dash = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "—".into()
+        }
+    };
     let mut s = format!(
         "{:<11} {:>6} {:>7} {:>7} {:>9} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9} {:>9}\n",
         "method",
@@ -475,7 +536,7 @@ fn table(rows: &[MethodScores]) -> String {
     );
     for r in rows {
         s.push_str(&format!(
-            "{:<11} {:>6.3} {:>7.2} {:>7.3} {:>9.3} {:>7.3} {:>8.3} {:>6.2} {:>6.2} {:>7.3} {:>7.3} {:>9.0} {:>9.1}\n",
+            "{:<11} {:>6.3} {:>7.2} {:>7.3} {:>9.3} {:>7.3} {:>8.3} {:>6.2} {:>6.2} {:>7} {:>7} {:>9.0} {:>9.1}\n",
             r.method,
             r.ssim,
             r.psnr,
@@ -485,31 +546,123 @@ fn table(rows: &[MethodScores]) -> String {
             r.rmse_lat_weighted,
             r.spread_skill,
             r.au_correlation,
-            r.eu_auroc,
-            r.eu_auprc,
+            or_dash(r.eu_auroc),
+            or_dash(r.eu_auprc),
             r.train_seconds,
             r.sample_seconds
         ));
     }
-    // MC-Dropout trains exactly one network: the unit of training cost.
-    if let Some(one) = rows.iter().find(|r| r.method == "mc-dropout") {
+    if let Some((seconds, unit)) = one_network_seconds(rows) {
         let ratios: Vec<String> = rows
             .iter()
-            .filter(|r| r.method != "mc-dropout")
-            .map(|r| format!("{} {:.2}×", r.method, r.train_seconds / one.train_seconds))
+            .filter(|r| r.method != SINGLE)
+            .map(|r| format!("{} {:.2}×", r.method, r.train_seconds / seconds))
             .collect();
         if !ratios.is_empty() {
             s.push_str(&format!(
-                "training time relative to one network (mc-dropout): {}\n",
+                "training time relative to one network ({unit}, {seconds:.0} s): {}\n",
                 ratios.join(", ")
             ));
         }
     }
-    if let Some(r) = rows.first() {
+    if let Some(r) = rows.iter().find(|r| r.method != SINGLE).or(rows.first()) {
         s.push_str(&format!(
             "(M={} N={}, {} updates per network; CRPS and RMSE in K, SSIM/PSNR of the mean on the [-1, 1] scale; SSR = spread-skill, 1 is calibrated)",
             r.members, r.samples, r.iterations
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, members: usize, train_seconds: f64) -> MethodScores {
+        MethodScores {
+            method: method.into(),
+            ssim: 0.95,
+            psnr: 40.0,
+            crps: 0.5,
+            crps_gaussian: 0.5,
+            rmse: 0.95,
+            rmse_lat_weighted: 0.95,
+            spread_skill: 0.9,
+            au_correlation: 0.9,
+            eu_auroc: if method == SINGLE { f64::NAN } else { 0.98 },
+            eu_auprc: if method == SINGLE { f64::NAN } else { 0.4 },
+            rank_histogram: vec![0.1; 10],
+            train_seconds,
+            sample_seconds: 1.0,
+            members,
+            samples: 16,
+            iterations: 12000,
+        }
+    }
+
+    /// Training time is relative to one plain network: the `single` row
+    /// when run, else the ensemble's time per member, never MC-Dropout
+    /// (slower than one network by its mask draws).
+    #[test]
+    fn training_time_is_relative_to_one_network() {
+        let mut rows = vec![
+            row("hyperdm", 4, 70.0),
+            row("mc-dropout", 4, 94.0),
+            row("ensemble", 4, 200.0),
+            row(SINGLE, 1, 50.0),
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains(
+                "relative to one network (single, 50 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"
+            ),
+            "{t}"
+        );
+        // The footer names the compared methods' M and N, not the single's.
+        assert!(t.contains("(M=4 N=16, 12000 updates"), "{t}");
+        // One network has no EU: its EU columns read as dashes.
+        let single = t.lines().find(|l| l.starts_with(SINGLE)).unwrap();
+        assert_eq!(single.matches('—').count(), 2, "{single}");
+        assert!(!t.contains("NaN"), "{t}");
+
+        rows.pop();
+        let t = table(&rows);
+        assert!(
+            t.contains("(ensemble ÷ 4, 50 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"),
+            "{t}"
+        );
+        rows.pop();
+        assert!(!table(&rows).contains("relative to one network"));
+    }
+
+    fn benchmark(methods: &[&str]) -> Benchmark {
+        Benchmark {
+            config: PathBuf::from("p.toml"),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            members: 4,
+            samples: 16,
+            iterations: None,
+            train_steps: 240,
+            test_steps: 6,
+            work: PathBuf::from("w"),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn single_is_an_ensemble_of_one_under_its_own_name() {
+        let c = check_options(&benchmark(&["ensemble", SINGLE])).unwrap();
+        assert_eq!(c[0].method, Method::Ensemble { members: 4 });
+        assert_eq!(
+            (c[1].name, c[1].method),
+            (SINGLE, Method::Ensemble { members: 1 })
+        );
+        let err = check_options(&benchmark(&[SINGLE, "hyperdm", SINGLE])).unwrap_err();
+        assert!(err.to_string().contains("'single' is named twice"), "{err}");
+        let err = format!("{:#}", check_options(&benchmark(&["bayes"])).unwrap_err());
+        assert!(
+            err.contains("'bayes' is not one of") && err.contains(SINGLE),
+            "{err}"
+        );
+    }
 }

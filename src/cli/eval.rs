@@ -40,11 +40,12 @@ pub struct EvalArgs {
     /// architecture and training settings.
     #[arg(long, conflicts_with_all = ["forecast", "data"])]
     config: Option<PathBuf>,
-    /// Methods to compare: hyperdm, mc-dropout, ensemble.
+    /// Methods to compare: hyperdm, mc-dropout, ensemble, and single (one
+    /// plain network, no EU: the unit of training time).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hyperdm,mc-dropout,ensemble"
+        default_value = "hyperdm,mc-dropout,ensemble,single"
     )]
     methods: Vec<String>,
     /// Members M (weight draws; dropout masks; ensemble size).

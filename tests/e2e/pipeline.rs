@@ -452,10 +452,11 @@ fn eval_compares_hyperdm_with_the_baselines() {
             .collect();
         (lines, stderr(&o))
     };
-    let (rows, _) = run_eval("hyperdm,mc-dropout,ensemble");
+    let (rows, _) = run_eval("hyperdm,mc-dropout,ensemble,single");
     let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
-    assert_eq!(names, ["hyperdm", "mc-dropout", "ensemble"]);
+    assert_eq!(names, ["hyperdm", "mc-dropout", "ensemble", "single"]);
     for r in &rows {
+        let single = r["method"] == "single";
         for key in [
             "ssim",
             "psnr",
@@ -468,12 +469,25 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "sample_seconds",
         ] {
             let v = r[key].as_f64().unwrap_or(f64::NAN);
-            assert!(v.is_finite(), "{key} in {r}");
+            if single && key.starts_with("eu_") {
+                // One network has no EU to score.
+                assert!(r[key].is_null(), "{key} in {r}");
+            } else {
+                assert!(v.is_finite(), "{key} in {r}");
+            }
         }
-        assert!(
-            (0.0..=1.0).contains(&r["eu_auroc"].as_f64().unwrap()),
-            "{r}"
-        );
+        if single {
+            // One network, sampled N = 3 times.
+            assert_eq!(
+                (r["members"].as_u64(), r["samples"].as_u64()),
+                (Some(1), Some(3))
+            );
+        } else {
+            assert!(
+                (0.0..=1.0).contains(&r["eu_auroc"].as_f64().unwrap()),
+                "{r}"
+            );
+        }
         assert!(r["ssim"].as_f64().unwrap() <= 1.0 && r["crps"].as_f64().unwrap() > 0.0);
         let ranks: Vec<f64> = r["rank_histogram"]
             .as_array()
@@ -485,6 +499,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
         assert!((ranks.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{r}");
     }
     assert!(work.join("models/ensemble-m2-i30.safetensors").is_file());
+    assert!(work.join("models/ensemble-m1-i30.safetensors").is_file());
     let (again, log) = run_eval("ensemble");
     assert!(log.contains("loaded from"), "{log}");
     assert_eq!(again[0]["crps"], rows[2]["crps"], "seeded sampling repeats");
