@@ -62,11 +62,18 @@ mod tests {
             let many: Vec<Vec<f32>> = many.to_vec2().unwrap();
             for (row, &t) in many.iter().zip(&steps) {
                 let one = timestep_embedding(&[t], total, dim, &Device::Cpu).unwrap();
-                assert_eq!(row, &one.to_vec2::<f32>().unwrap()[0], "step {t}, dim {dim}");
+                assert_eq!(
+                    row,
+                    &one.to_vec2::<f32>().unwrap()[0],
+                    "step {t}, dim {dim}"
+                );
             }
             let half = dim / 2;
             let mid = &many[steps.iter().position(|&t| t == 5).unwrap()];
-            assert!((mid[0] - 1.0).abs() < 1e-7 && mid[half].abs() < 1e-7, "{mid:?}");
+            assert!(
+                (mid[0] - 1.0).abs() < 1e-7 && mid[half].abs() < 1e-7,
+                "{mid:?}"
+            );
         }
     }
 }
