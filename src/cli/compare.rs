@@ -127,18 +127,16 @@ pub async fn run(b: Benchmark) -> Result<()> {
         // (members share their noise), so it samples N times. The others'
         // means also rest on N noise draws, so SSIM, PSNR and RMSE of the
         // means compare like with like (M·N draws would smooth its mean).
-        let (members, samples) = if name == SINGLE {
-            (1, b.samples)
-        } else {
-            (b.members, b.samples)
-        };
+        let single = name == SINGLE;
+        let members = if single { 1 } else { b.members };
         let settings = InferenceSettings {
             members,
-            samples,
+            samples: b.samples,
             ..pipeline.inference()?
         };
         eprintln!(
-            "eval: {name} sampling {} steps at M={members} N={samples} {}",
+            "eval: {name} sampling {} steps at M={members} N={} {}",
+            b.samples,
             test_steps.len() - 1,
             settings.sampler
         );
@@ -152,12 +150,11 @@ pub async fn run(b: Benchmark) -> Result<()> {
                 iterations,
             )
         })?;
-        let no_eu = name == SINGLE;
         rows.push(MethodScores {
             method: name.into(),
             // EU is zero everywhere with one network: nothing to score.
-            eu_auroc: if no_eu { f64::NAN } else { scores.eu_auroc },
-            eu_auprc: if no_eu { f64::NAN } else { scores.eu_auprc },
+            eu_auroc: if single { f64::NAN } else { scores.eu_auroc },
+            eu_auprc: if single { f64::NAN } else { scores.eu_auprc },
             ..scores
         });
     }
