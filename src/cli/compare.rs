@@ -135,10 +135,10 @@ pub async fn run(b: Benchmark) -> Result<()> {
             ..pipeline.inference()?
         };
         eprintln!(
-            "eval: {name} sampling {} steps at M={members} N={} {}",
-            b.samples,
-            test_steps.len() - 1,
-            settings.sampler
+            "eval: {name} sampling {steps} steps at M={members} N={samples} {sampler}",
+            steps = test_steps.len() - 1,
+            samples = b.samples,
+            sampler = settings.sampler
         );
         let scores = tokio::task::block_in_place(|| {
             score(

@@ -430,7 +430,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "--m".into(),
             "2".into(),
             "--n".into(),
-            "3".into(),
+            "4".into(),
             "--iterations".into(),
             "30".into(),
             "--train-steps".into(),
@@ -452,7 +452,14 @@ fn eval_compares_hyperdm_with_the_baselines() {
             .collect();
         (lines, stderr(&o))
     };
-    let (rows, _) = run_eval("hyperdm,mc-dropout,ensemble,single");
+    let (rows, log) = run_eval("hyperdm,mc-dropout,ensemble,single");
+    // The progress lines say what is sampled: 3 forecasts from 4 test steps.
+    for line in [
+        "hyperdm sampling 3 steps at M=2 N=4",
+        "single sampling 3 steps at M=1 N=4",
+    ] {
+        assert!(log.contains(line), "{line} in {log}");
+    }
     let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(names, ["hyperdm", "mc-dropout", "ensemble", "single"]);
     for r in &rows {
@@ -477,10 +484,10 @@ fn eval_compares_hyperdm_with_the_baselines() {
             }
         }
         if single {
-            // One network, sampled N = 3 times.
+            // One network, sampled N = 4 times.
             assert_eq!(
                 (r["members"].as_u64(), r["samples"].as_u64()),
-                (Some(1), Some(3))
+                (Some(1), Some(4))
             );
         } else {
             assert!(
