@@ -533,7 +533,7 @@ fn table(rows: &[MethodScores]) -> String {
     );
     for r in rows {
         s.push_str(&format!(
-            "{:<11} {:>6.3} {:>7.2} {:>7.3} {:>9.3} {:>7.3} {:>8.3} {:>6.2} {:>6.2} {:>7} {:>7} {:>9.0} {:>9.1}\n",
+            "{:<11} {:>6.3} {:>7.2} {:>7.3} {:>9.3} {:>7.3} {:>8.3} {:>6.2} {:>6.2} {:>7} {:>7} {:>9.1} {:>9.1}\n",
             r.method,
             r.ssim,
             r.psnr,
@@ -557,7 +557,7 @@ fn table(rows: &[MethodScores]) -> String {
             .collect();
         if !ratios.is_empty() {
             s.push_str(&format!(
-                "training time relative to one network ({unit}, {seconds:.0} s): {}\n",
+                "training time relative to one network ({unit}, {seconds:.1} s): {}\n",
                 ratios.join(", ")
             ));
         }
@@ -611,7 +611,7 @@ mod tests {
         let t = table(&rows);
         assert!(
             t.contains(
-                "relative to one network (single, 50 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"
+                "relative to one network (single, 50.0 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"
             ),
             "{t}"
         );
@@ -625,7 +625,7 @@ mod tests {
         rows.pop();
         let t = table(&rows);
         assert!(
-            t.contains("(ensemble ÷ 4, 50 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"),
+            t.contains("(ensemble ÷ 4, 50.0 s): hyperdm 1.40×, mc-dropout 1.88×, ensemble 4.00×"),
             "{t}"
         );
         rows.pop();
