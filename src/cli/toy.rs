@@ -103,7 +103,7 @@ struct Common {
     /// The learning rate decays (cosine) to this fraction of `--lr` (default 0.02).
     #[arg(long, global = true)]
     final_lr_fraction: Option<f64>,
-    /// ddpm or ddim-K.
+    /// ddpm, ddim-K or dpm2m-K.
     #[arg(long, global = true)]
     sampler: Option<Sampler>,
     /// What the network predicts: epsilon (the paper), x0 (the reference code) or v.

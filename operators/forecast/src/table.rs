@@ -5,7 +5,7 @@
 //! SELECT valid_time, avg(t2m_eu) FROM hyperdm_forecast(
 //!   'models/era5_t2m_6h.safetensors',
 //!   'SELECT * FROM era5 WHERE latitude % 1 = 0 AND longitude % 1 = 0',
-//!   4, 8, 'ddim-25', 0)
+//!   4, 8, 'dpm2m-20', 0)
 //! GROUP BY valid_time;
 //! ```
 //! The source query is planned in the calling session, so it sees the same

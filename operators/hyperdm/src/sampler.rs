@@ -1,5 +1,13 @@
-//! Reverse diffusion: DDPM (ancestral, stochastic) and DDIM (η = 0,
-//! deterministic, K ≤ T steps).
+//! Reverse diffusion: DDPM (ancestral, stochastic), DDIM (η = 0,
+//! deterministic, K ≤ T steps) and DPM-Solver++(2M) (Lu et al., 2022:
+//! deterministic, second order, K ≤ T steps at DDIM's cost).
+//!
+//! Why the second-order solver: DDIM is a first-order step of the
+//! probability-flow ODE, and on few steps it shrinks the spread it samples.
+//! With the exact denoiser for Gaussian data on the log-SNR schedule, DDIM
+//! over 20 steps returns 0.73 of the data variance at every width (the
+//! tests pin this), so AU would read 27% low whatever the network learned;
+//! DPM-Solver++(2M) over the same 20 network calls returns it within 6%.
 //!
 //! Noise comes from a seeded ChaCha stream on the host, so a seed gives the
 //! same samples on every device; one draw per step covers the whole batch.
@@ -20,6 +28,8 @@ pub enum Sampler {
     Ddpm,
     /// Deterministic DDIM over `steps` of the T steps.
     Ddim { steps: usize },
+    /// Deterministic DPM-Solver++(2M) over `steps` of the T steps.
+    DpmSolver2M { steps: usize },
 }
 
 impl std::fmt::Display for Sampler {
@@ -27,6 +37,7 @@ impl std::fmt::Display for Sampler {
         match self {
             Self::Ddpm => write!(f, "ddpm"),
             Self::Ddim { steps } => write!(f, "ddim-{steps}"),
+            Self::DpmSolver2M { steps } => write!(f, "dpm2m-{steps}"),
         }
     }
 }
@@ -34,14 +45,23 @@ impl std::fmt::Display for Sampler {
 impl std::str::FromStr for Sampler {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "ddpm" => Ok(Self::Ddpm),
-            other => other
-                .strip_prefix("ddim-")
+        let steps = |prefix: &str, lower: &str| {
+            lower
+                .strip_prefix(prefix)
                 .and_then(|k| k.parse().ok())
                 .filter(|k: &usize| *k > 0)
-                .map(|steps| Self::Ddim { steps })
-                .ok_or_else(|| format!("unknown sampler '{s}' (ddpm or ddim-K, e.g. ddim-25)")),
+        };
+        let lower = s.to_ascii_lowercase();
+        if lower == "ddpm" {
+            Ok(Self::Ddpm)
+        } else if let Some(steps) = steps("ddim-", &lower) {
+            Ok(Self::Ddim { steps })
+        } else if let Some(steps) = steps("dpm2m-", &lower) {
+            Ok(Self::DpmSolver2M { steps })
+        } else {
+            Err(format!(
+                "unknown sampler '{s}' (ddpm, ddim-K or dpm2m-K, e.g. dpm2m-20)"
+            ))
         }
     }
 }
@@ -88,6 +108,9 @@ pub fn sample(
     match sampler {
         Sampler::Ddpm => ddpm(schedule, x_t, Some(rng), denoise),
         Sampler::Ddim { steps } => ddim(schedule, &schedule.ddim_steps(steps), x_t, denoise),
+        Sampler::DpmSolver2M { steps } => {
+            dpm_solver_2m(schedule, &schedule.ddim_steps(steps), x_t, denoise)
+        }
     }
 }
 
@@ -141,6 +164,54 @@ pub fn ddim(
     Ok(x)
 }
 
+/// DPM-Solver++(2M) over the given descending steps: each step is the
+/// exact solution of the probability-flow ODE in log-SNR λ for an x̂₀ that
+/// is linear in λ, extrapolated from this step's and the previous step's
+/// x̂₀ (the first step has no previous one and is DDIM's). The last step
+/// lands on the clean sample, where λ is infinite, so it returns x̂₀ as DDIM
+/// does.
+pub fn dpm_solver_2m(
+    schedule: &Schedule,
+    steps: &[usize],
+    mut x: Tensor,
+    mut denoise: impl FnMut(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    // (α, σ, λ) at step t: x_t = α·x₀ + σ·ε, λ = ln(α/σ).
+    let coefficients = |t: usize| {
+        let ab = schedule.alpha_bars[t];
+        let (alpha, sigma) = (ab.sqrt(), (1.0 - ab).sqrt());
+        (alpha, sigma, (alpha / sigma).ln())
+    };
+    let mut previous: Option<(Tensor, f64)> = None;
+    for (i, &t) in steps.iter().enumerate() {
+        let out = denoise(&x, t)?;
+        let (x0, _) = split(schedule, t, &x, &out).ctx("DPM-Solver step")?;
+        let Some(&next) = steps.get(i + 1) else {
+            return Ok(x0);
+        };
+        let (_, sigma, lambda) = coefficients(t);
+        let (alpha_next, sigma_next, lambda_next) = coefficients(next);
+        let h = lambda_next - lambda;
+        let slope = match &previous {
+            // D = x̂₀ + (x̂₀ − x̂₀_prev)·h/(2·h_prev): the midpoint of a line in λ.
+            Some((x0_prev, h_prev)) => {
+                let r = 0.5 * h / h_prev;
+                (x0.affine(1.0 + r, 0.0).ctx("DPM-Solver step")?
+                    - x0_prev.affine(r, 0.0).ctx("DPM-Solver step")?)
+                .ctx("DPM-Solver step")?
+            }
+            None => x0.clone(),
+        };
+        x = (x.affine(sigma_next / sigma, 0.0).ctx("DPM-Solver step")?
+            + slope
+                .affine(-alpha_next * (-h).exp_m1(), 0.0)
+                .ctx("DPM-Solver step")?)
+        .ctx("DPM-Solver step")?;
+        previous = Some((x0, h));
+    }
+    Ok(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,7 +255,9 @@ mod tests {
     }
 
     /// With the exact denoiser the log-SNR schedule reproduces the data
-    /// variance at every scale (20,000 draws: standard error ≈ 1%).
+    /// variance at every scale (20,000 draws: standard error ≈ 1%). On 20
+    /// steps DDIM keeps only 0.72–0.74 of it and DPM-Solver++(2M) 1.03–1.06
+    /// (exact figures in the next test).
     #[test]
     fn exact_denoiser_recovers_gaussians_of_any_width() {
         for s2 in [0.0025, 0.01, 0.64] {
@@ -192,12 +265,57 @@ mod tests {
                 (Sampler::Ddim { steps: 100 }, 0.90, 1.0),
                 (Sampler::Ddpm, 0.85, 1.0),
                 (Sampler::Ddim { steps: 25 }, 0.70, 0.85),
+                (Sampler::Ddim { steps: 20 }, 0.68, 0.78),
+                (Sampler::DpmSolver2M { steps: 20 }, 0.98, 1.09),
+                (Sampler::DpmSolver2M { steps: 50 }, 0.97, 1.04),
             ] {
                 let (bias, ratio) = variance_ratio(ScheduleKind::LogSnr, sampler, s2);
                 assert!(bias.abs() < 0.01, "{sampler} s²={s2}: mean off by {bias}");
                 assert!(
                     (lo..hi).contains(&ratio),
                     "{sampler} s²={s2}: variance ratio {ratio}"
+                );
+            }
+        }
+    }
+
+    /// For Gaussian data the exact denoiser is linear in x, so a
+    /// deterministic sampler maps x_T = 1 to the square root of the variance
+    /// ratio it produces, free of sampling noise. The constants come from an
+    /// independent float64 NumPy implementation of both solvers (T = 100,
+    /// log-SNR with ᾱ as the product of 1 − β, steps as `ddim_steps`),
+    /// s² = 0.0025 / 0.01 / 0.04 / 0.64; f32 arithmetic keeps within 2e-3.
+    #[test]
+    fn variance_ratios_match_an_independent_implementation() {
+        let s = Schedule::new(&DiffusionConfig {
+            steps: 100,
+            prediction: Prediction::X0,
+            schedule: ScheduleKind::LogSnr,
+        });
+        let cases = [
+            (Sampler::Ddim { steps: 20 }, [0.721, 0.730, 0.735, 0.725]),
+            (
+                Sampler::DpmSolver2M { steps: 20 },
+                [1.058, 1.060, 1.050, 1.032],
+            ),
+            (
+                Sampler::DpmSolver2M { steps: 50 },
+                [1.008, 1.008, 1.007, 1.007],
+            ),
+            (Sampler::Ddim { steps: 100 }, [0.940, 0.941, 0.942, 0.942]),
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for (sampler, expected) in cases {
+            for (s2, want) in [0.0025, 0.01, 0.04, 0.64].into_iter().zip(expected) {
+                let start = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+                let end = sample(&s, sampler, start, &mut rng, oracle(&s, 0.0, s2))
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0] as f64;
+                let ratio = end * end / s2;
+                assert!(
+                    (ratio - want).abs() < 2e-3,
+                    "{sampler} s²={s2}: {ratio} against {want}"
                 );
             }
         }
@@ -274,6 +392,10 @@ mod tests {
             Sampler::Ddim { steps: 25 }
         );
         assert_eq!("DDPM".parse::<Sampler>().unwrap(), Sampler::Ddpm);
+        let dpm = "dpm2m-20".parse::<Sampler>().unwrap();
+        assert_eq!(dpm, Sampler::DpmSolver2M { steps: 20 });
+        assert_eq!(dpm.to_string(), "dpm2m-20");
+        assert!("dpm2m-0".parse::<Sampler>().is_err() && "dpm2m-".parse::<Sampler>().is_err());
         assert!("ddim-0".parse::<Sampler>().is_err() && "euler".parse::<Sampler>().is_err());
     }
 }
