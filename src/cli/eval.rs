@@ -267,7 +267,7 @@ pub fn render(r: &ScienceReport) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     format!(
         "forecast steps {} ({} in distribution with a truth step), OOD cells {}\n\
-         AU vs true noise variance: correlation {:.3} (target ≥ 0.8: {}), mean ratio {:.2}\n\
+         AU vs true noise variance: correlation {:.3} (target ≥ 0.8: {}), mean ratio {:.2} (1 = calibrated)\n\
          EU separates OOD cells: AUROC {:.3} (target ≥ 0.9: {})\n\
          RMSE of t2m_mean {:.3} K vs persistence {:.3} K ({})\n\
          spread–skill √mean(AU+EU)/RMSE {:.2} (1 = calibrated)",
