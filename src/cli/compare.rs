@@ -242,9 +242,14 @@ async fn ensure_data(
 
 /// Whether a kept model was trained, to the end, with exactly these
 /// settings: method, every training setting (seed, rate, anchor, ...),
-/// the hyper-network, the diffusion and the cell network. Anything else is
+/// the hyper-network, the diffusion, the cell network and the training span
+/// (`--train-steps`: a kept model may have learned from another). Anything else is
 /// retrained, so a changed pipeline never scores a stale model.
-fn trained_with(model: &ForecastModel, settings: &uqcast_forecast::FieldTraining) -> bool {
+fn trained_with(
+    model: &ForecastModel,
+    settings: &uqcast_forecast::FieldTraining,
+    steps: &[StepField],
+) -> bool {
     let c = &model.checkpoint;
     let same_network = match &c.primary {
         PrimaryConfig::Mlp(mlp) => {
@@ -260,6 +265,7 @@ fn trained_with(model: &ForecastModel, settings: &uqcast_forecast::FieldTraining
         && c.hyper == settings.hyper
         && c.diffusion == settings.diffusion
         && model.meta.patch == settings.patch
+        && model.meta.training.covers_the_same_steps(steps)
         && same_network
 }
 
@@ -286,7 +292,7 @@ async fn trained_model(
     settings.train.iterations = iterations;
     if path.is_file() {
         let model = ForecastModel::load(&path, &device)?;
-        if trained_with(&model, &settings) {
+        if trained_with(&model, &settings, steps) {
             eprintln!("eval: {} loaded from {}", method.name(), path.display());
             return Ok(model);
         }

@@ -442,8 +442,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "--json".into(),
         ]
     };
-    let run_eval = |methods: &str| {
-        let a = args(methods);
+    let run_with = |a: Vec<String>| {
         let o = uqcast(&a.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{}", stderr(&o));
         let lines: Vec<serde_json::Value> = stdout(&o)
@@ -452,6 +451,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
             .collect();
         (lines, stderr(&o))
     };
+    let run_eval = |methods: &str| run_with(args(methods));
     let (rows, log) = run_eval("hyperdm,mc-dropout,ensemble,single");
     // The progress lines say what is sampled: 3 forecasts from 4 test steps.
     for line in [
@@ -518,6 +518,13 @@ fn eval_compares_hyperdm_with_the_baselines() {
     assert!(!log.contains("loaded from"), "{log}");
     assert!(log.contains("training ensemble"), "{log}");
     assert_ne!(retrained[0]["crps"], rows[2]["crps"]);
+    // So does another training span: the kept model learned from 8 steps.
+    let mut shorter = args("ensemble");
+    let at = shorter.iter().position(|a| a == "--train-steps").unwrap();
+    shorter[at + 1] = "6".into();
+    let (_, log) = run_with(shorter);
+    assert!(log.contains("training ensemble"), "{log}");
+    assert!(!log.contains("loaded from"), "{log}");
 
     fails_with(
         &[

@@ -45,6 +45,17 @@ pub struct TrainingSpan {
     pub seconds: f64,
 }
 
+impl TrainingSpan {
+    /// Whether these steps are the span a model was trained on (same count,
+    /// first and last valid time); the source path may have moved.
+    pub fn covers_the_same_steps(&self, steps: &[StepField]) -> bool {
+        let times = steps.iter().map(|s| s.time);
+        self.steps == steps.len()
+            && self.first == iso(times.clone().min().unwrap_or_default())
+            && self.last == iso(times.max().unwrap_or_default())
+    }
+}
+
 /// Architecture and optimisation of a field model.
 #[derive(Debug, Clone)]
 pub struct FieldTraining {
