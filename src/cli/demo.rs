@@ -114,7 +114,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             ..RunOptions::default()
         },
     )
-    .await?;
+    .await
+    .with_context(|| {
+        // The likeliest cause after an upgrade: a kept table from an older
+        // model or sampler, which the job rightly refuses to mix with.
+        format!(
+            "the demo's job (if {} holds an earlier demo's forecast from another model or \
+             sampler, it is kept, not overwritten: remove it or pass --out DIR)",
+            output.display()
+        )
+    })?;
     writeln!(
         std::io::stdout().lock(),
         "   uqcast run: ok {}\n\n3. high-epistemic regions (flags table):\n{FLAGGED_SQL};\n",
