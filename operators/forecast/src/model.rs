@@ -46,13 +46,19 @@ pub struct TrainingSpan {
 }
 
 impl TrainingSpan {
+    /// The first and last valid time of `steps`, as the span records them.
+    fn bounds(steps: &[StepField]) -> (String, String) {
+        let times = steps.iter().map(|s| s.time);
+        (
+            iso(times.clone().min().unwrap_or_default()),
+            iso(times.max().unwrap_or_default()),
+        )
+    }
+
     /// Whether these steps are the span a model was trained on (same count,
     /// first and last valid time); the source path may have moved.
     pub fn covers_the_same_steps(&self, steps: &[StepField]) -> bool {
-        let times = steps.iter().map(|s| s.time);
-        self.steps == steps.len()
-            && self.first == iso(times.clone().min().unwrap_or_default())
-            && self.last == iso(times.max().unwrap_or_default())
+        self.steps == steps.len() && (self.first.clone(), self.last.clone()) == Self::bounds(steps)
     }
 }
 
@@ -331,10 +337,10 @@ pub fn train(
     )?;
     let mut optimizer: AdamW = model.optimizer(&settings.train.optimizer);
     model.fit(&data, &settings.train, &mut optimizer, &mut progress)?;
-    let times = steps.iter().map(|s| s.time);
+    let (first, last) = TrainingSpan::bounds(steps);
     let span = TrainingSpan {
-        first: iso(times.clone().min().unwrap_or_default()),
-        last: iso(times.max().unwrap_or_default()),
+        first,
+        last,
         steps: steps.len(),
         pairs: data.pairs(),
         unpaired: data.unpaired,
