@@ -11,8 +11,8 @@ use uqcast_forecast::InferenceSettings;
 use uqcast_forecast::features::{Normalisation, Patch};
 use uqcast_hyperdm::optim::AdamWConfig;
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, Method, MlpConfig, Prediction, Sampler, ScheduleKind,
-    TrainConfig,
+    Activation, DiffusionConfig, HyperConfig, HyperForm, Method, MlpConfig, Prediction, Sampler,
+    ScheduleKind, TrainConfig,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +80,10 @@ pub struct TrainSection {
     /// (see HyperConfig::z_lr; default 1).
     #[serde(default = "unit")]
     pub z_lr: f64,
+    /// `full` (default: the hyper-network emits every weight) or `rank1`
+    /// (per-channel factors of a shared base; see HyperForm).
+    #[serde(default)]
+    pub hyper_form: HyperForm,
     /// Pull of each generated network toward its own random anchor, which
     /// keeps the members apart away from the data (0: off; see
     /// operators/hyperdm/src/model.rs).
@@ -314,6 +318,7 @@ impl Pipeline {
                 z_init: t.z_init,
                 centred: t.centred,
                 z_lr: t.z_lr,
+                form: t.hyper_form,
             },
             diffusion: DiffusionConfig {
                 steps: t.diffusion_steps,

@@ -11,8 +11,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, HyperDm, Method, MlpConfig, Prediction, PrimaryMlp,
-    Result, ScheduleKind, TrainConfig, TrainingData, default_device,
+    Activation, DiffusionConfig, HyperConfig, HyperDm, HyperForm, Method, MlpConfig, Prediction,
+    PrimaryMlp, Result, ScheduleKind, TrainConfig, TrainingData, default_device,
 };
 
 const BATCH: usize = 2048;
@@ -98,6 +98,17 @@ fn training(c: &mut Criterion, device: &Device) {
             Method::Hyperdm,
             hyper(true),
             0.002,
+            true,
+            2,
+        ),
+        (
+            "hyperdm_rank1_antithetic_z2",
+            Method::Hyperdm,
+            HyperConfig {
+                form: HyperForm::Rank1,
+                ..hyper(true)
+            },
+            0.0,
             true,
             2,
         ),

@@ -162,6 +162,7 @@ pub fn load<P: PrimaryNetwork>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hyper::HyperForm;
     use crate::primary::{MlpConfig, PrimaryMlp};
     use crate::toy::ToyData;
 
@@ -202,6 +203,14 @@ mod tests {
             ..HyperConfig::default()
         };
         resume_case(Method::Hyperdm, &centred);
+        // The rank-1 form: its base and factor generator come back, and
+        // the form itself travels in the settings.
+        let rank1 = HyperConfig {
+            z_skip: true,
+            form: HyperForm::Rank1,
+            ..HyperConfig::default()
+        };
+        resume_case(Method::Hyperdm, &rank1);
     }
 
     fn resume_case(method: Method, hyper: &HyperConfig) {

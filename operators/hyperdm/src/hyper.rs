@@ -7,7 +7,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, Result};
 
+mod factors;
 mod gradients;
+
+use crate::layout::ParamLayout;
+use factors::Block;
+
+/// What the hyper-network's output is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HyperForm {
+    /// Every weight of the primary network (the paper).
+    #[default]
+    Full,
+    /// Per-channel factors of a shared, directly trained base: each weight
+    /// matrix is base ⊙ (1 + r(z))(1 + s(z))ᵀ (see `hyper/factors.rs`).
+    Rank1,
+}
 
 /// Shape of the hyper-network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +70,25 @@ pub struct HyperConfig {
     /// the output weights too, and slowing them starves the fit.
     #[serde(default = "one")]
     pub z_lr: f64,
+    /// Whether the output is the weights or per-channel factors of a
+    /// shared base ([`HyperForm`]).
+    #[serde(default)]
+    pub form: HyperForm,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+impl HyperConfig {
+    /// The plain MLP that emits the rank-1 form's factors.
+    fn with_outputs_for_factors(&self) -> Self {
+        Self {
+            centred: false,
+            form: HyperForm::Full,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for HyperConfig {
@@ -69,6 +100,7 @@ impl Default for HyperConfig {
             z_init: 1.0,
             centred: false,
             z_lr: 1.0,
+            form: HyperForm::Full,
         }
     }
 }
@@ -83,10 +115,37 @@ pub struct HyperNetwork {
     /// The shared part when centred: the vector `base` (final units) and
     /// 1/gain, which turns it into the standardised units of the output.
     base: Option<(Tensor, Tensor)>,
+    /// The rank-1 form's factor blocks (its base is `base`).
+    factors: Option<Vec<Block>>,
     z_dim: usize,
 }
 
 impl HyperNetwork {
+    /// The hyper-network of `config` for a primary network of `layout`.
+    pub fn for_layout(vb: VarBuilder, config: &HyperConfig, layout: &ParamLayout) -> Result<Self> {
+        let gains = layout.gains();
+        match config.form {
+            HyperForm::Full => Self::new(vb, config, &gains),
+            HyperForm::Rank1 => {
+                let (blocks, factors) = factors::blocks(layout);
+                let mut net = Self::new(
+                    vb.clone(),
+                    &config.with_outputs_for_factors(),
+                    &vec![1.0; factors],
+                )?;
+                let base = vb
+                    .get_with_hints(gains.len(), "base", Init::Const(0.0))
+                    .ctx("building the hyper-network")?;
+                let inverse: Vec<f32> = gains.iter().map(|g| 1.0 / g).collect();
+                let inverse = Tensor::from_vec(inverse, gains.len(), vb.device())
+                    .ctx("building the hyper-network")?;
+                net.base = Some((base, inverse));
+                net.factors = Some(blocks);
+                Ok(net)
+            }
+        }
+    }
+
     /// `gains`: each output's gain in the primary network's layout (the
     /// factor from standardised to final units), one per output.
     pub fn new(vb: VarBuilder, config: &HyperConfig, gains: &[f32]) -> Result<Self> {
@@ -131,6 +190,7 @@ impl HyperNetwork {
             out,
             skip,
             base,
+            factors: None,
             z_dim: config.z_dim,
         })
     }
@@ -148,11 +208,30 @@ impl HyperNetwork {
     /// Whether the hidden layers are odd in z with a separate shared part
     /// ([`HyperConfig::centred`]).
     pub fn centred(&self) -> bool {
-        self.base.is_some()
+        self.base.is_some() && self.factors.is_none()
+    }
+
+    /// Whether the output is per-channel factors ([`HyperForm::Rank1`]).
+    pub fn rank1(&self) -> bool {
+        self.factors.is_some()
     }
 
     /// `z`: `[members, z_dim]` → `[members, parameters]`.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_anchored(z)?.0)
+    }
+
+    /// The width of what anchored training pulls toward A·z: the weights,
+    /// or the rank-1 form's factors (a base scaled by factors cannot follow
+    /// an arbitrary weight vector, but its factors can follow theirs).
+    pub fn anchored_width(&self) -> Result<usize> {
+        // The output layer emits exactly that vector in either form.
+        Ok(self.out.weight().dims2().ctx("hyper-network")?.0)
+    }
+
+    /// [`HyperNetwork::forward`] and, alongside, the anchored vector
+    /// `[members, anchored_width]` (the weights themselves, or the factors).
+    pub fn forward_anchored(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = z.clone();
         for layer in &self.hidden {
             h = layer
@@ -164,12 +243,19 @@ impl HyperNetwork {
         if let Some(s) = &self.skip {
             out = (out + z.matmul(s)).ctx("hyper-network forward")?;
         }
+        if let (Some(blocks), Some((base, inverse))) = (&self.factors, &self.base) {
+            let shared = base.mul(inverse).ctx("hyper-network forward")?;
+            let phi = factors::multipliers(blocks, &out)?
+                .broadcast_mul(&shared)
+                .ctx("hyper-network forward")?;
+            return Ok((phi, out));
+        }
         if let Some((base, inverse)) = &self.base {
             out = base
                 .mul(inverse)
                 .and_then(|b| out.broadcast_add(&b))
                 .ctx("hyper-network forward")?;
         }
-        Ok(out)
+        Ok((out.clone(), out))
     }
 }

@@ -30,7 +30,7 @@ pub mod startup;
 pub mod toy;
 
 pub use error::{HyperdmError, Result};
-pub use hyper::HyperConfig;
+pub use hyper::{HyperConfig, HyperForm};
 pub use method::Method;
 pub use model::{HyperDm, Progress, TrainConfig, TrainingData, WeightSource};
 pub use moments::Moments;

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CandleContext, HyperdmError, Result};
-use crate::hyper::{HyperConfig, HyperNetwork};
+use crate::hyper::{HyperConfig, HyperForm, HyperNetwork};
 use crate::layout::Params;
 use crate::method::Method;
 use crate::moments::{MomentAccumulator, Moments};
@@ -190,6 +190,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 problem: format!("must be a number > 0, got {}", hyper_config.z_lr),
             });
         }
+        if hyper_config.form == HyperForm::Rank1 && hyper_config.centred {
+            return Err(HyperdmError::Config {
+                field: "hyper.centred",
+                problem: "the rank-1 form has its own shared base; centred is for the full form"
+                    .into(),
+            });
+        }
         if matches!(method, Method::McDropout { .. }) && primary.dropout_widths().is_empty() {
             return Err(HyperdmError::Config {
                 field: "method",
@@ -211,9 +218,11 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         };
         let gains = primary.layout().gains();
         let weights = match method {
-            Method::Hyperdm => {
-                WeightSource::Hyper(HyperNetwork::new(vb.pp("hyper"), hyper_config, &gains)?)
-            }
+            Method::Hyperdm => WeightSource::Hyper(HyperNetwork::for_layout(
+                vb.pp("hyper"),
+                hyper_config,
+                primary.layout(),
+            )?),
             Method::McDropout { .. } => direct(1)?,
             Method::Ensemble { members } => direct(members)?,
         };
@@ -297,7 +306,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let z_dim = self.hyper()?.z_dim();
         gaussian(
             &mut rng,
-            &[z_dim, self.primary.layout().total()],
+            &[z_dim, self.hyper()?.anchored_width()?],
             &self.device,
         )?
         .affine(1.0 / (z_dim as f64).sqrt(), 0.0)
@@ -383,7 +392,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         } else {
             z
         };
-        let flat = hyper.forward(&z)?;
+        let (flat, anchored) = hyper.forward_anchored(&z)?;
         // Every network sees `rows` rows of its draw's share of the
         // minibatch; an antithetic pair shares its rows, steps and noise
         // (drawn once), so only the sign of z tells the two apart.
@@ -402,6 +411,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         Ok(Draws {
             z,
             flat,
+            anchored,
             noised,
             order,
         })
@@ -869,15 +879,18 @@ impl<P: PrimaryNetwork> HyperDm<P> {
 struct Draws {
     z: Tensor,
     flat: Tensor,
+    /// What the anchor pulls toward A·z (see `HyperNetwork::forward_anchored`).
+    anchored: Tensor,
     noised: Vec<(Noised, Tensor)>,
     order: Vec<usize>,
 }
 
-/// λ·mean((φ(z) − A·z)²) for `anchor = Some((A, λ))` with λ > 0.
+/// λ·mean((φ(z) − A·z)²) for `anchor = Some((A, λ))` with λ > 0 (the
+/// rank-1 form: its factors in place of φ).
 fn anchor_term(draws: &Draws, anchor: Option<(&Tensor, f64)>) -> Result<Option<Tensor>> {
     match anchor {
         Some((map, weight)) if weight > 0.0 => Ok(Some(
-            (draws.flat.clone() - draws.z.matmul(map).ctx("anchor")?)
+            (draws.anchored.clone() - draws.z.matmul(map).ctx("anchor")?)
                 .and_then(|d| d.sqr())
                 .and_then(|d| d.mean_all())
                 .and_then(|d| d.affine(weight, 0.0))
@@ -1087,6 +1100,101 @@ mod tests {
             .sum::<f32>()
             / base.len() as f32;
         assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
+    }
+
+    /// A rank-1 hyper-network scales one shared base: member z's weight
+    /// matrix divided by the base is the outer product (1 + r)(1 + s)ᵀ (its
+    /// 2×2 minors vanish), two members differ in every weight, the base
+    /// starts as a plain network's initialisation (mean square gain²/3
+    /// within 10%), and it refuses the centred option.
+    /// Tolerance 1e-4 relative to the minor's terms.
+    #[test]
+    fn rank1_members_scale_a_shared_base_by_row_and_column() {
+        let config = HyperConfig {
+            z_skip: true,
+            form: HyperForm::Rank1,
+            ..HyperConfig::default()
+        };
+        let model = small_model(Method::Hyperdm, &config, 3);
+        let z = Tensor::new(
+            &[
+                [0.5f32, -1.0, 0.3, 1.2, -0.7, 0.1, 0.9, -0.4],
+                [-0.2, 0.8, 1.1, -0.6, 0.4, -1.3, 0.2, 0.7],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let phi: Vec<Vec<f32>> = model
+            .hyper()
+            .unwrap()
+            .forward(&z)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let gains = model.primary.layout().gains();
+        let base: Vec<f32> = named_vars(&model.varmap)
+            .into_iter()
+            .find(|(name, _)| name == "hyper.base")
+            .expect("a rank-1 hyper-network has a base")
+            .1
+            .as_tensor()
+            .to_vec1()
+            .unwrap();
+        // Member k's multiplier of every weight: final value over base.
+        let factor = |k: usize, p: usize| phi[k][p] * gains[p] / base[p];
+        let mut matrices = 0;
+        for spec in model.primary.layout().specs() {
+            if spec.shape.len() < 2 {
+                continue;
+            }
+            matrices += 1;
+            let (rows, cols) = (spec.shape[0], spec.numel() / spec.shape[0]);
+            let at = |k, i, j| factor(k, spec.offset + i * cols + j);
+            for k in 0..2 {
+                for i in 1..rows {
+                    for j in 1..cols {
+                        let (a, b) = (at(k, i, j) * at(k, 0, 0), at(k, i, 0) * at(k, 0, j));
+                        let scale = a.abs().max(b.abs()).max(1e-6);
+                        assert!(
+                            (a - b).abs() <= 1e-4 * scale,
+                            "{} ({i}, {j}): {a} vs {b}",
+                            spec.name
+                        );
+                    }
+                }
+            }
+        }
+        assert!(matrices >= 3, "the MLP has {matrices} weight matrices");
+        for (p, (a, b)) in phi[0].iter().zip(&phi[1]).enumerate() {
+            assert!((a - b).abs() > 1e-6 * a.abs(), "members share weight {p}");
+        }
+        let ratio = base
+            .iter()
+            .zip(&gains)
+            .map(|(b, g)| (b / g).powi(2))
+            .sum::<f32>()
+            / base.len() as f32;
+        assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
+
+        let centred = HyperConfig {
+            centred: true,
+            ..config.clone()
+        };
+        let refused = HyperDm::with_method(
+            PrimaryMlp::new(&MlpConfig::default()),
+            Method::Hyperdm,
+            &centred,
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            3,
+        );
+        assert!(matches!(
+            refused,
+            Err(HyperdmError::Config {
+                field: "hyper.centred",
+                ..
+            })
+        ));
     }
 
     /// Antithetic pairs cancel the minibatch noise in the z path. With the

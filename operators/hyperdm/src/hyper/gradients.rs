@@ -31,6 +31,9 @@ impl HyperNetwork {
     /// back-propagating through [`HyperNetwork::forward`] up to the order of
     /// float additions (`hyper_gradients_match_autograd`).
     pub fn gradients(&self, z: &Tensor, dphi: &Tensor) -> Result<GradStore> {
+        if self.rank1() {
+            return Ok(self.rank1_gradients(z, dphi, None)?.0);
+        }
         let (members, outputs) = dphi.dims2().ctx(CTX)?;
         let z_shape = z.dims2().ctx(CTX)?;
         let out_shape = self.out.weight().dims2().ctx(CTX)?;
@@ -127,6 +130,36 @@ impl HyperNetwork {
             d_act = d_in;
         }
         Ok(grads)
+    }
+}
+
+impl HyperNetwork {
+    /// The rank-1 form's θ gradients from ∂L/∂φ, with the anchor term
+    /// λ·mean((f(z) − A·z)²) on its factors f when `anchor` is given; also
+    /// that term's value. Its outputs are factors, a few hundred, not
+    /// weights: autograd through the forward pass against the fixed ∂L/∂φ
+    /// costs little here.
+    pub fn rank1_gradients(
+        &self,
+        z: &Tensor,
+        dphi: &Tensor,
+        anchor: Option<(&Tensor, f64)>,
+    ) -> Result<(GradStore, Option<Tensor>)> {
+        let (phi, factors) = self.forward_anchored(z)?;
+        let mut surrogate = (phi * dphi.detach()).and_then(|p| p.sum_all()).ctx(CTX)?;
+        let mut value = None;
+        if let Some((map, weight)) = anchor.filter(|&(_, w)| w > 0.0) {
+            let term = z
+                .matmul(map)
+                .and_then(|target| factors - target)
+                .and_then(|gap| gap.sqr())
+                .and_then(|gap| gap.mean_all())
+                .and_then(|gap| gap.affine(weight, 0.0))
+                .ctx("anchor")?;
+            surrogate = (surrogate + &term).ctx(CTX)?;
+            value = Some(term.detach());
+        }
+        Ok((surrogate.backward().ctx(CTX)?, value))
     }
 }
 
@@ -271,7 +304,7 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
 
-    use crate::hyper::{HyperConfig, HyperNetwork};
+    use crate::hyper::{HyperConfig, HyperForm, HyperNetwork};
 
     /// Every θ tensor's gradient equals autograd's through `forward` for
     /// ⟨φ(z), G⟩ with a random G, with and without hidden layers and skip,
@@ -295,6 +328,7 @@ mod tests {
                 z_init: 1.0,
                 centred,
                 z_lr: 1.0,
+                form: HyperForm::Full,
             };
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
