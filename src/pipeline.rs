@@ -238,6 +238,12 @@ impl Pipeline {
         if !(self.train.z_lr.is_finite() && self.train.z_lr > 0.0) {
             bad("train.z_lr", "must be a number > 0")?;
         }
+        if self.train.hyper_form == HyperForm::Rank1 && self.train.centred {
+            bad(
+                "train.centred",
+                "the rank-1 form has its own shared base; centred is for hyper_form = \"full\"",
+            )?;
+        }
         let pairs = if self.train.antithetic { 2 } else { 1 };
         if self.train.z_per_step == 0 || self.train.z_per_step * pairs > self.train.batch_size {
             bad(

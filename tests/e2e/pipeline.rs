@@ -668,6 +668,19 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     );
     // The z path cannot stand still.
     edited_fails("z-lr.toml", "[train]", "[train]\nz_lr = 0", "train.z_lr");
+    // A hyper-network form that does not exist, and one that cannot be centred.
+    edited_fails(
+        "form.toml",
+        "[train]",
+        "[train]\nhyper_form = \"rank2\"",
+        "hyper_form",
+    );
+    edited_fails(
+        "rank1-centred.toml",
+        "[train]",
+        "[train]\nhyper_form = \"rank1\"\ncentred = true",
+        "train.centred",
+    );
     // A model needs at least one update, at a usable rate.
     edited_fails(
         "no-updates.toml",
