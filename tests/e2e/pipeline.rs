@@ -702,3 +702,45 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "a failed run changed the table"
     );
 }
+
+/// `hyper_form = "rank1"` in a pipeline trains a rank-1 hyper-network (the
+/// checkpoint says so) whose members disagree: the forecast has EU > 0,
+/// AU > 0 and plausible means in every one of its rows.
+#[test]
+fn rank1_pipeline_trains_and_forecasts_with_both_uncertainties() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("data"), 4, "nc4", &[]);
+    let config = write_pipeline(dir.path(), 2, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[train]", "[train]\nhyper_form = \"rank1\"");
+    std::fs::write(&config, text).unwrap();
+    let o = uqcast(&["train", "--config", config.to_str().unwrap()]);
+    assert!(o.status.success(), "train: {}", stderr(&o));
+    let meta = std::fs::read_to_string(dir.path().join("model/m.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["hyper"]["form"], "rank1", "{}", meta["hyper"]);
+
+    let out = dir.path().join("out");
+    let o = run(&config, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = format!("f={}", out.join("forecast").display());
+    let o = uqcast(&[
+        "sql",
+        "SELECT count(*) AS n,
+                count(*) FILTER (WHERE t2m_eu > 0) AS with_eu,
+                count(*) FILTER (WHERE t2m_au > 0) AS with_au,
+                max(abs(t2m_mean - t2m)) < 30 AS mean_plausible
+         FROM f",
+        "--table",
+        &table,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(row["n"], 4 * 39 * 68, "{row}");
+    assert_eq!(row["with_eu"], row["n"], "{row}");
+    assert_eq!(row["with_au"], row["n"], "{row}");
+    assert_eq!(row["mean_plausible"], true, "{row}");
+}
