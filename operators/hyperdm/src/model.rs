@@ -299,7 +299,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
 
     /// The fixed random map z ↦ A·z of anchored training: A `[z_dim, P]`
     /// with N(0, 1/z_dim) entries, so each anchor parameter is N(0, 1) over z
-    /// (the standardised scale the layout's gains turn into weights).
+    /// (the standardised scale the layout's gains turn into weights); for
+    /// the rank-1 form `[z_dim, factors]`, one N(0, 1) anchor per factor.
     pub fn anchor_map(&self, seed: u64) -> Result<Tensor> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(u64::MAX - 1);
