@@ -88,6 +88,13 @@ fn parquet_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The one row a query over `table` (`NAME=PATH`) returns, as JSON.
+fn sql_row(table: &str, query: &str) -> serde_json::Value {
+    let o = uqcast(&["sql", query, "--table", table, "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(stdout(&o).trim()).unwrap()
+}
+
 /// The forecast table's rows as CSV, in a fixed order.
 fn forecast_csv(out: &Path) -> String {
     let table = format!("f={}", out.join("forecast").display());
@@ -241,20 +248,11 @@ fn forecast_flags_sql_function_plot_and_eval() {
 
     // The forecast contract: columns, units, valid time = init + 6 h, AU, EU ≥ 0.
     let table = format!("f={}", out.join("forecast").display());
-    let o = uqcast(&[
-        "sql",
-        "SELECT count(*) AS n, count(DISTINCT valid_time) AS steps,
+    let row = sql_row(&table, "SELECT count(*) AS n, count(DISTINCT valid_time) AS steps,
                 min(valid_time - init_time) = INTERVAL '6 hours' AND max(valid_time - init_time) = INTERVAL '6 hours' AS lead_ok,
                 min(t2m_au) >= 0 AND min(t2m_eu) >= 0 AS variances_ok,
                 max(abs(t2m_mean - t2m)) < 30 AS mean_plausible
-         FROM f",
-        "--table",
-        &table,
-        "--format",
-        "json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+         FROM f");
     // 2° grid over 7..83 × 191..325: 39 × 68 cells.
     assert_eq!(row["n"], 12 * 39 * 68, "{row}");
     assert_eq!(row["steps"], 12);
@@ -264,16 +262,7 @@ fn forecast_flags_sql_function_plot_and_eval() {
 
     // The flags contract.
     let flags = format!("g={}", out.join("flags").display());
-    let o = uqcast(&[
-        "sql",
-        "SELECT * FROM g ORDER BY valid_time LIMIT 1",
-        "--table",
-        &flags,
-        "--format",
-        "json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let row = sql_row(&flags, "SELECT * FROM g ORDER BY valid_time LIMIT 1");
     let contract: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/flags.json"))
             .unwrap(),
@@ -725,20 +714,14 @@ fn rank1_pipeline_trains_and_forecasts_with_both_uncertainties() {
     let o = run(&config, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = format!("f={}", out.join("forecast").display());
-    let o = uqcast(&[
-        "sql",
+    let row = sql_row(
+        &table,
         "SELECT count(*) AS n,
                 count(*) FILTER (WHERE t2m_eu > 0) AS with_eu,
                 count(*) FILTER (WHERE t2m_au > 0) AS with_au,
                 max(abs(t2m_mean - t2m)) < 30 AS mean_plausible
          FROM f",
-        "--table",
-        &table,
-        "--format",
-        "json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    );
     assert_eq!(row["n"], 4 * 39 * 68, "{row}");
     assert_eq!(row["with_eu"], row["n"], "{row}");
     assert_eq!(row["with_au"], row["n"], "{row}");

@@ -1052,6 +1052,30 @@ mod tests {
         }
     }
 
+    /// The `hyper.base` vector of a centred or rank-1 hyper-network.
+    fn shared_base(model: &HyperDm<PrimaryMlp>) -> Vec<f32> {
+        named_vars(&model.varmap)
+            .into_iter()
+            .find(|(name, _)| name == "hyper.base")
+            .expect("the hyper-network has a base")
+            .1
+            .as_tensor()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// A base drawn like a plain network's weights: uniform ±gain, so its
+    /// mean square over gain² is 1/3 (within 10%).
+    fn assert_starts_like_a_plain_network(base: &[f32], gains: &[f32]) {
+        let ratio = base
+            .iter()
+            .zip(gains)
+            .map(|(b, g)| (b / g).powi(2))
+            .sum::<f32>()
+            / base.len() as f32;
+        assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
+    }
+
     /// A centred hyper-network generates a shared base plus a deviation odd
     /// in z: φ(z) + φ(−z) is twice the base (in standardised units), the two
     /// networks differ, and the base starts as a plain network's
@@ -1075,14 +1099,7 @@ mod tests {
         let plus: Vec<f32> = phi.get(0).unwrap().to_vec1().unwrap();
         let minus: Vec<f32> = phi.get(1).unwrap().to_vec1().unwrap();
         let gains = model.primary.layout().gains();
-        let base: Vec<f32> = named_vars(&model.varmap)
-            .into_iter()
-            .find(|(name, _)| name == "hyper.base")
-            .expect("a centred hyper-network has a base")
-            .1
-            .as_tensor()
-            .to_vec1()
-            .unwrap();
+        let base = shared_base(&model);
         let scale = plus.iter().fold(0f32, |m, v| m.max(v.abs()));
         let mut apart = 0f32;
         for (((p, m), b), g) in plus.iter().zip(&minus).zip(&base).zip(&gains) {
@@ -1094,13 +1111,7 @@ mod tests {
             apart += (p - m).powi(2);
         }
         assert!(apart.sqrt() > 1.0, "z and −z generate the same network");
-        let ratio = base
-            .iter()
-            .zip(&gains)
-            .map(|(b, g)| (b / g).powi(2))
-            .sum::<f32>()
-            / base.len() as f32;
-        assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
+        assert_starts_like_a_plain_network(&base, &gains);
     }
 
     /// A rank-1 hyper-network scales one shared base: member z's weight
@@ -1133,14 +1144,7 @@ mod tests {
             .to_vec2()
             .unwrap();
         let gains = model.primary.layout().gains();
-        let base: Vec<f32> = named_vars(&model.varmap)
-            .into_iter()
-            .find(|(name, _)| name == "hyper.base")
-            .expect("a rank-1 hyper-network has a base")
-            .1
-            .as_tensor()
-            .to_vec1()
-            .unwrap();
+        let base = shared_base(&model);
         // Member k's multiplier of every weight: final value over base.
         let factor = |k: usize, p: usize| phi[k][p] * gains[p] / base[p];
         let mut matrices = 0;
@@ -1169,13 +1173,7 @@ mod tests {
         for (p, (a, b)) in phi[0].iter().zip(&phi[1]).enumerate() {
             assert!((a - b).abs() > 1e-6 * a.abs(), "members share weight {p}");
         }
-        let ratio = base
-            .iter()
-            .zip(&gains)
-            .map(|(b, g)| (b / g).powi(2))
-            .sum::<f32>()
-            / base.len() as f32;
-        assert!((ratio - 1.0 / 3.0).abs() < 0.1 / 3.0, "mean square {ratio}");
+        assert_starts_like_a_plain_network(&base, &gains);
 
         let centred = HyperConfig {
             centred: true,
