@@ -232,6 +232,27 @@ impl HyperNetwork {
     /// [`HyperNetwork::forward`] and, alongside, the anchored vector
     /// `[members, anchored_width]` (the weights themselves, or the factors).
     pub fn forward_anchored(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        let out = self.generated(z)?;
+        if let (Some(blocks), Some((base, inverse))) = (&self.factors, &self.base) {
+            let shared = base.mul(inverse).ctx("hyper-network forward")?;
+            let phi = factors::multipliers(blocks, &out)?
+                .broadcast_mul(&shared)
+                .ctx("hyper-network forward")?;
+            return Ok((phi, out));
+        }
+        let out = match &self.base {
+            Some((base, inverse)) => base
+                .mul(inverse)
+                .and_then(|b| out.broadcast_add(&b))
+                .ctx("hyper-network forward")?,
+            None => out,
+        };
+        Ok((out.clone(), out))
+    }
+
+    /// The MLP's output plus the skip: the weights (less the centred base)
+    /// or the rank-1 form's factors, `[members, anchored_width]`.
+    fn generated(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = z.clone();
         for layer in &self.hidden {
             h = layer
@@ -243,19 +264,6 @@ impl HyperNetwork {
         if let Some(s) = &self.skip {
             out = (out + z.matmul(s)).ctx("hyper-network forward")?;
         }
-        if let (Some(blocks), Some((base, inverse))) = (&self.factors, &self.base) {
-            let shared = base.mul(inverse).ctx("hyper-network forward")?;
-            let phi = factors::multipliers(blocks, &out)?
-                .broadcast_mul(&shared)
-                .ctx("hyper-network forward")?;
-            return Ok((phi, out));
-        }
-        if let Some((base, inverse)) = &self.base {
-            out = base
-                .mul(inverse)
-                .and_then(|b| out.broadcast_add(&b))
-                .ctx("hyper-network forward")?;
-        }
-        Ok((out.clone(), out))
+        Ok(out)
     }
 }

@@ -79,3 +79,64 @@ pub(crate) fn multipliers(blocks: &[Block], factors: &Tensor) -> Result<Tensor> 
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 1).ctx(CTX)
 }
+
+/// The rank-1 form's backward pass on the host: from ∂L/∂φ (`dphi`,
+/// `[K, P]`, standardised units), the factors `f` (`[K, F]`), the base
+/// (final units) and 1/gain, returns ∂L/∂f `[K, F]` and ∂L/∂base `[P]`.
+/// φ_k = m_k ⊙ base/gain with m = (1 + r)(1 + s)ᵀ per matrix, 1 + t per
+/// vector, so ∂L/∂r_i = Σ_j e_ij (1 + s_j), ∂L/∂s_j = Σ_i e_ij (1 + r_i)
+/// with e = ∂L/∂φ ⊙ base/gain, and ∂L/∂base = Σ_k ∂L/∂φ_k ⊙ m_k / gain.
+pub(crate) fn backward(
+    blocks: &[Block],
+    f: &[f32],
+    dphi: &[f32],
+    base: &[f32],
+    inverse: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let outputs = base.len();
+    let width = blocks.last().map_or(0, |b| match *b {
+        Block::Matrix { at, rows, cols } => at + rows + cols,
+        Block::Vector { at, len } => at + len,
+    });
+    let members = dphi.len() / outputs.max(1);
+    let mut d_f = vec![0f32; members * width];
+    let mut d_base = vec![0f32; outputs];
+    for k in 0..members {
+        let f = &f[k * width..(k + 1) * width];
+        let dphi = &dphi[k * outputs..(k + 1) * outputs];
+        let d_f = &mut d_f[k * width..(k + 1) * width];
+        let mut p = 0;
+        for block in blocks {
+            match *block {
+                Block::Matrix { at, rows, cols } => {
+                    let (r, s) = f[at..at + rows + cols].split_at(rows);
+                    let mut d_s = vec![0f32; cols];
+                    for (i, &ri) in r.iter().enumerate() {
+                        let mut d_r = 0f32;
+                        for (j, &sj) in s.iter().enumerate() {
+                            let q = p + i * cols + j;
+                            let g = dphi[q] * inverse[q];
+                            let e = g * base[q];
+                            d_base[q] += g * (1.0 + ri) * (1.0 + sj);
+                            d_r += e * (1.0 + sj);
+                            d_s[j] += e * (1.0 + ri);
+                        }
+                        d_f[at + i] = d_r;
+                    }
+                    d_f[at + rows..at + rows + cols].copy_from_slice(&d_s);
+                    p += rows * cols;
+                }
+                Block::Vector { at, len } => {
+                    for i in 0..len {
+                        let q = p + i;
+                        let g = dphi[q] * inverse[q];
+                        d_base[q] += g * (1.0 + f[at + i]);
+                        d_f[at + i] = g * base[q];
+                    }
+                    p += len;
+                }
+            }
+        }
+    }
+    (d_f, d_base)
+}

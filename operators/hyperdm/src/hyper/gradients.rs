@@ -34,6 +34,13 @@ impl HyperNetwork {
         if self.rank1() {
             return Ok(self.rank1_gradients(z, dphi, None)?.0);
         }
+        self.output_gradients(z, dphi)
+    }
+
+    /// θ's gradients, but the centred base's, from ∂L/∂(the output layer
+    /// plus skip), `dphi` `[K, outputs]`: the weights for the full form,
+    /// the factors for the rank-1 form (whose base `rank1_gradients` adds).
+    fn output_gradients(&self, z: &Tensor, dphi: &Tensor) -> Result<GradStore> {
         let (members, outputs) = dphi.dims2().ctx(CTX)?;
         let z_shape = z.dims2().ctx(CTX)?;
         let out_shape = self.out.weight().dims2().ctx(CTX)?;
@@ -98,7 +105,7 @@ impl HyperNetwork {
                 Tensor::from_vec(d_skip, (self.z_dim, outputs), device).ctx(CTX)?,
             );
         }
-        if let Some((base, inverse)) = &self.base {
+        if let Some((base, inverse)) = self.base.as_ref().filter(|_| self.centred()) {
             // φ holds base/gain: ∂L/∂base is Σ_k ∂L/∂φ_k / gain.
             let d_base = with_host(dphi, |dphi| {
                 with_host(inverse, |inverse| Ok(base_pass(dphi, inverse, members)))
@@ -136,30 +143,67 @@ impl HyperNetwork {
 impl HyperNetwork {
     /// The rank-1 form's θ gradients from ∂L/∂φ, with the anchor term
     /// λ·mean((f(z) − A·z)²) on its factors f when `anchor` is given; also
-    /// that term's value. Autograd through the forward pass against the
-    /// fixed ∂L/∂φ: simple, but about 0.4 ms per update more than host loops
-    /// would cost (the crate README's training benchmark).
+    /// that term's value. ∂L/∂φ becomes ∂L/∂f and ∂L/∂base in one host
+    /// pass over P (`factors::backward`), then ∂L/∂f goes through the
+    /// generator like the full form's ∂L/∂φ.
     pub fn rank1_gradients(
         &self,
         z: &Tensor,
         dphi: &Tensor,
         anchor: Option<(&Tensor, f64)>,
     ) -> Result<(GradStore, Option<Tensor>)> {
-        let (phi, factors) = self.forward_anchored(z)?;
-        let mut surrogate = (phi * dphi.detach()).and_then(|p| p.sum_all()).ctx(CTX)?;
+        let (Some(blocks), Some((base, inverse))) = (&self.factors, &self.base) else {
+            return Err(HyperdmError::Config {
+                field: "hyper-network gradients",
+                problem: "not a rank-1 hyper-network".into(),
+            });
+        };
+        let f = self.generated(z)?;
+        let (members, width) = f.dims2().ctx(CTX)?;
+        if dphi.dims2().ctx(CTX)? != (members, base.dim(0).ctx(CTX)?) {
+            return Err(HyperdmError::Config {
+                field: "hyper-network gradients",
+                problem: format!(
+                    "∂L/∂φ {:?} does not fit {members} networks of {} weights",
+                    dphi.dims(),
+                    base.dim(0).ctx(CTX)?
+                ),
+            });
+        }
+        let f_host = with_host(&f, |v| Ok(v.to_vec()))?;
+        let (mut d_f, d_base) = with_host(dphi, |dphi| {
+            with_host(base, |base| {
+                with_host(inverse, |inverse| {
+                    Ok(super::factors::backward(
+                        blocks, &f_host, dphi, base, inverse,
+                    ))
+                })
+            })
+        })?;
         let mut value = None;
         if let Some((map, weight)) = anchor.filter(|&(_, w)| w > 0.0) {
-            let term = z
-                .matmul(map)
-                .and_then(|target| factors - target)
-                .and_then(|gap| gap.sqr())
-                .and_then(|gap| gap.mean_all())
-                .and_then(|gap| gap.affine(weight, 0.0))
-                .ctx("anchor")?;
-            surrogate = (surrogate + &term).ctx(CTX)?;
-            value = Some(term.detach());
+            // λ·mean(gap²) adds 2λ·gap/numel to ∂L/∂f.
+            let gap = z.matmul(map).and_then(|t| &f - t).ctx("anchor")?;
+            let scale = (2.0 * weight / gap.elem_count() as f64) as f32;
+            with_host(&gap, |gap| {
+                d_f.iter_mut().zip(gap).for_each(|(d, g)| *d += scale * g);
+                Ok(())
+            })?;
+            value = Some(
+                gap.sqr()
+                    .and_then(|g| g.mean_all())
+                    .and_then(|g| g.affine(weight, 0.0))
+                    .ctx("anchor")?,
+            );
         }
-        Ok((surrogate.backward().ctx(CTX)?, value))
+        let device = dphi.device();
+        let d_f = Tensor::from_vec(d_f, (members, width), device).ctx(CTX)?;
+        let mut grads = self.output_gradients(z, &d_f)?;
+        grads.insert(
+            base,
+            Tensor::from_vec(d_base, base.dim(0).ctx(CTX)?, device).ctx(CTX)?,
+        );
+        Ok((grads, value))
     }
 }
 
