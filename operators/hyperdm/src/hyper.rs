@@ -80,6 +80,19 @@ fn one() -> f64 {
     1.0
 }
 
+/// The shared base of a centred or rank-1 hyper-network: the variable
+/// `base` (final units, one per weight) and 1/gain, which turns it into the
+/// standardised units of the generated vector.
+fn shared_base(vb: &VarBuilder, gains: &[f32]) -> Result<(Tensor, Tensor)> {
+    let base = vb
+        .get_with_hints(gains.len(), "base", Init::Const(0.0))
+        .ctx("building the hyper-network")?;
+    let inverse: Vec<f32> = gains.iter().map(|g| 1.0 / g).collect();
+    let inverse =
+        Tensor::from_vec(inverse, gains.len(), vb.device()).ctx("building the hyper-network")?;
+    Ok((base, inverse))
+}
+
 impl HyperConfig {
     /// The plain MLP that emits the rank-1 form's factors.
     fn with_outputs_for_factors(&self) -> Self {
@@ -133,13 +146,7 @@ impl HyperNetwork {
                     &config.with_outputs_for_factors(),
                     &vec![1.0; factors],
                 )?;
-                let base = vb
-                    .get_with_hints(gains.len(), "base", Init::Const(0.0))
-                    .ctx("building the hyper-network")?;
-                let inverse: Vec<f32> = gains.iter().map(|g| 1.0 / g).collect();
-                let inverse = Tensor::from_vec(inverse, gains.len(), vb.device())
-                    .ctx("building the hyper-network")?;
-                net.base = Some((base, inverse));
+                net.base = Some(shared_base(&vb, &gains)?);
                 net.factors = Some(blocks);
                 Ok(net)
             }
@@ -167,13 +174,7 @@ impl HyperNetwork {
         }
         let out = dense(width, outputs, "out".into())?;
         let base = if config.centred {
-            let base = vb
-                .get_with_hints(outputs, "base", Init::Const(0.0))
-                .ctx("building the hyper-network")?;
-            let inverse: Vec<f32> = gains.iter().map(|g| 1.0 / g).collect();
-            let inverse = Tensor::from_vec(inverse, outputs, vb.device())
-                .ctx("building the hyper-network")?;
-            Some((base, inverse))
+            Some(shared_base(&vb, gains)?)
         } else {
             None
         };

@@ -81,23 +81,19 @@ pub(crate) fn multipliers(blocks: &[Block], factors: &Tensor) -> Result<Tensor> 
 }
 
 /// The rank-1 form's backward pass on the host: from ∂L/∂φ (`dphi`,
-/// `[K, P]`, standardised units), the factors `f` (`[K, F]`), the base
+/// `[K, P]`, standardised units), the factors `f` (`[K, F]`, F = `width`), the base
 /// (final units) and 1/gain, returns ∂L/∂f `[K, F]` and ∂L/∂base `[P]`.
 /// φ_k = m_k ⊙ base/gain with m = (1 + r)(1 + s)ᵀ per matrix, 1 + t per
 /// vector, so ∂L/∂r_i = Σ_j e_ij (1 + s_j), ∂L/∂s_j = Σ_i e_ij (1 + r_i)
 /// with e = ∂L/∂φ ⊙ base/gain, and ∂L/∂base = Σ_k ∂L/∂φ_k ⊙ m_k / gain.
 pub(crate) fn backward(
     blocks: &[Block],
-    f: &[f32],
+    (f, width): (&[f32], usize),
     dphi: &[f32],
     base: &[f32],
     inverse: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let outputs = base.len();
-    let width = blocks.last().map_or(0, |b| match *b {
-        Block::Matrix { at, rows, cols } => at + rows + cols,
-        Block::Vector { at, len } => at + len,
-    });
     let members = dphi.len() / outputs.max(1);
     let mut d_f = vec![0f32; members * width];
     let mut d_base = vec![0f32; outputs];

@@ -160,13 +160,13 @@ impl HyperNetwork {
         };
         let f = self.generated(z)?;
         let (members, width) = f.dims2().ctx(CTX)?;
-        if dphi.dims2().ctx(CTX)? != (members, base.dim(0).ctx(CTX)?) {
+        let weights = base.dim(0).ctx(CTX)?;
+        if dphi.dims2().ctx(CTX)? != (members, weights) {
             return Err(HyperdmError::Config {
                 field: "hyper-network gradients",
                 problem: format!(
-                    "∂L/∂φ {:?} does not fit {members} networks of {} weights",
-                    dphi.dims(),
-                    base.dim(0).ctx(CTX)?
+                    "∂L/∂φ {:?} does not fit {members} networks of {weights} weights",
+                    dphi.dims()
                 ),
             });
         }
@@ -175,7 +175,11 @@ impl HyperNetwork {
             with_host(base, |base| {
                 with_host(inverse, |inverse| {
                     Ok(super::factors::backward(
-                        blocks, &f_host, dphi, base, inverse,
+                        blocks,
+                        (&f_host, width),
+                        dphi,
+                        base,
+                        inverse,
                     ))
                 })
             })
@@ -199,10 +203,7 @@ impl HyperNetwork {
         let device = dphi.device();
         let d_f = Tensor::from_vec(d_f, (members, width), device).ctx(CTX)?;
         let mut grads = self.output_gradients(z, &d_f)?;
-        grads.insert(
-            base,
-            Tensor::from_vec(d_base, base.dim(0).ctx(CTX)?, device).ctx(CTX)?,
-        );
+        grads.insert(base, Tensor::from_vec(d_base, weights, device).ctx(CTX)?);
         Ok((grads, value))
     }
 }
