@@ -27,8 +27,8 @@ use uqcast_forecast::model::mix;
 use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
 use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
-    AreaWeight, CrpsEstimator, auprc, auroc, crps_common_noise, crps_gaussian, pearson, psnr,
-    rank_deciles, rank_histogram, spread_skill, ssim, weighted_rmse,
+    AreaWeight, CrpsEstimator, auprc, auroc, crps_common_noise, crps_gaussian, crps_member_mean,
+    pearson, psnr, rank_deciles, rank_histogram, spread_skill, ssim, weighted_rmse,
 };
 use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
 
@@ -60,6 +60,10 @@ pub struct MethodScores {
     pub psnr: f64,
     /// Fair CRPS of the M×N samples, kelvin.
     pub crps: f64,
+    /// The members' own fair CRPS (each from its N samples), averaged:
+    /// what one member scores alone. `crps_member − crps` is what drawing
+    /// M members buys over one.
+    pub crps_member: f64,
     /// CRPS of N(mean, AU + EU), kelvin.
     pub crps_gaussian: f64,
     pub rmse: f64,
@@ -394,7 +398,7 @@ fn score(
         .flat_map(|&y| std::iter::repeat_n(y, grid.cols()))
         .collect();
     let (mut ssims, mut psnrs, mut sampling) = (vec![], vec![], vec![]);
-    let (mut crps, mut crps_g, mut n) = (0.0, 0.0, 0usize);
+    let (mut crps, mut crps_member, mut crps_g, mut n) = (0.0, 0.0, 0.0, 0usize);
     let (mut means, mut variances, mut obs, mut lats) = (vec![], vec![], vec![], vec![]);
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
@@ -435,6 +439,8 @@ fn score(
                 .collect();
             let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
             crps += crps_common_noise(&members, settings.members, y, estimator).context("CRPS")?;
+            crps_member +=
+                crps_member_mean(&members, settings.members, y, estimator).context("CRPS")?;
             let one_per_noise: Vec<f64> = (0..settings.samples)
                 .map(|j| {
                     let draw = mix(settings.seed ^ mix((i * grid.cells() + cell) as u64));
@@ -477,6 +483,7 @@ fn score(
         ssim: mean(&ssims),
         psnr: mean(&psnrs),
         crps: crps / n as f64,
+        crps_member: crps_member / n as f64,
         crps_gaussian: crps_g / n as f64,
         rmse,
         rmse_lat_weighted: weighted_rmse(&means, &obs, &lats, AreaWeight::CosLatitude)
@@ -568,6 +575,20 @@ fn table(rows: &[MethodScores]) -> String {
             ));
         }
     }
+    // The members' own CRPS against their mixture's: whether the M members
+    // average out each other's errors (independent networks do) or are,
+    // in-distribution, one network.
+    let gains: Vec<String> = rows
+        .iter()
+        .filter(|r| r.members > 1)
+        .map(|r| format!("{} {:.4}", r.method, r.crps_member - r.crps))
+        .collect();
+    if !gains.is_empty() {
+        s.push_str(&format!(
+            "CRPS gained by mixing the members (one member's CRPS − the table's, K): {}\n",
+            gains.join(", ")
+        ));
+    }
     if let Some(r) = rows.iter().find(|r| r.method != SINGLE).or(rows.first()) {
         s.push_str(&format!(
             "(M={} N={}, {} updates per network; CRPS and RMSE in K, SSIM/PSNR of the mean on the [-1, 1] scale; SSR = spread-skill, 1 is calibrated)",
@@ -587,6 +608,7 @@ mod tests {
             ssim: 0.95,
             psnr: 40.0,
             crps: 0.5,
+            crps_member: 0.5,
             crps_gaussian: 0.5,
             rmse: 0.95,
             rmse_lat_weighted: 0.95,
@@ -627,6 +649,20 @@ mod tests {
         let single = t.lines().find(|l| l.starts_with(SINGLE)).unwrap();
         assert_eq!(single.matches('—').count(), 2, "{single}");
         assert!(!t.contains("NaN"), "{t}");
+
+        // Only methods with several members have a mixing gain.
+        assert!(
+            t.contains(
+                "mixing the members (one member's CRPS − the table's, K): hyperdm 0.0000, mc-dropout 0.0000, ensemble 0.0000\n"
+            ),
+            "{t}"
+        );
+        rows[2].crps_member = 0.5031;
+        assert!(
+            table(&rows).contains("ensemble 0.0031\n"),
+            "{}",
+            table(&rows)
+        );
 
         rows.pop();
         let t = table(&rows);

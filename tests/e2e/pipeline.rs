@@ -457,6 +457,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
             "ssim",
             "psnr",
             "crps",
+            "crps_member",
             "rmse",
             "spread_skill",
             "eu_auroc",
@@ -473,11 +474,12 @@ fn eval_compares_hyperdm_with_the_baselines() {
             }
         }
         if single {
-            // One network, sampled N = 4 times.
+            // One network, sampled N = 4 times: its one member is the mixture.
             assert_eq!(
                 (r["members"].as_u64(), r["samples"].as_u64()),
                 (Some(1), Some(4))
             );
+            assert_eq!(r["crps_member"], r["crps"], "{r}");
         } else {
             assert!(
                 (0.0..=1.0).contains(&r["eu_auroc"].as_f64().unwrap()),

@@ -77,6 +77,29 @@ pub fn crps_common_noise(
     }
 }
 
+/// The members' own CRPS, averaged: member i scored from its N samples
+/// alone (`samples` as in [`crps_common_noise`], N per member). It is what
+/// one member would score by itself, so its excess over the mixture's
+/// [`crps_common_noise`] is what drawing several members buys: nothing when
+/// they are one network, more the more their errors differ. `None` as for
+/// [`crps_ensemble`] on any member's samples, or for a bad shape.
+pub fn crps_member_mean(
+    samples: &[f64],
+    members: usize,
+    obs: f64,
+    estimator: CrpsEstimator,
+) -> Option<f64> {
+    if members == 0 || samples.is_empty() || !samples.len().is_multiple_of(members) {
+        return None;
+    }
+    let per_member = samples.len() / members;
+    let mut total = 0.0;
+    for member in samples.chunks_exact(per_member) {
+        total += crps_ensemble(member, obs, estimator)?;
+    }
+    Some(total / members as f64)
+}
+
 /// mean|xᵢ − y|.
 fn mean_abs_error(values: &[f64], obs: f64) -> f64 {
     values.iter().map(|x| (x - obs).abs()).sum::<f64>() / values.len() as f64
@@ -240,6 +263,34 @@ mod tests {
         assert_eq!(crps_common_noise(&s, 0, 0.0, CrpsEstimator::Fair), None);
     }
 
+    #[test]
+    fn member_mean_crps_by_hand() {
+        // Members a = (0, 2), b = (4, 6), y = 3. Each alone (fair):
+        // mean|x − y| = 2, pair term ½·(2 + 2)/2 = 1, CRPS 1; mean 1.
+        // Their mixture (common noise): mean|x − y| = 2; all ordered pairs
+        // of {0, 2, 4, 6} sum to 40, the same-noise pairs (0, 4) and
+        // (2, 6) to 16, over 16 − 2·4 = 8 pairs: 2 − ½·24/8 = 0.5. Two
+        // members that miss on either side gain 0.5 by mixing.
+        let s = [0.0, 2.0, 4.0, 6.0];
+        let each = crps_member_mean(&s, 2, 3.0, CrpsEstimator::Fair).unwrap();
+        assert!((each - 1.0).abs() < 1e-12, "{each}");
+        let mixed = crps_common_noise(&s, 2, 3.0, CrpsEstimator::Fair).unwrap();
+        assert!((mixed - 0.5).abs() < 1e-12, "{mixed}");
+        // Classic with one sample per member: each member's absolute error.
+        let c = crps_member_mean(&[1.0, 5.0], 2, 2.0, CrpsEstimator::Classic).unwrap();
+        assert!((c - 2.0).abs() < 1e-12, "{c}");
+        // One member is the plain estimator; bad shapes and N = 1 with the
+        // fair estimator have no score.
+        assert_eq!(
+            crps_member_mean(&s, 1, 3.0, CrpsEstimator::Fair),
+            crps_ensemble(&s, 3.0, CrpsEstimator::Fair)
+        );
+        assert_eq!(crps_member_mean(&s, 3, 3.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_member_mean(&s, 0, 3.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_member_mean(&s, 4, 3.0, CrpsEstimator::Fair), None);
+        assert_eq!(crps_member_mean(&[], 1, 3.0, CrpsEstimator::Fair), None);
+    }
+
     /// M identical members that share their noise are one member: they
     /// score exactly that member's fair CRPS (the plain estimator, counting
     /// the copies as independent, scores them worse).
@@ -251,6 +302,9 @@ mod tests {
         let c = crps_common_noise(&four, 4, 0.45, CrpsEstimator::Fair).unwrap();
         assert!((c - expected).abs() < 1e-12, "{c} vs {expected}");
         assert!(crps_ensemble(&four, 0.45, CrpsEstimator::Fair).unwrap() > expected + 0.05);
+        // Mixing them buys nothing: each scores what the mixture does.
+        let each = crps_member_mean(&four, 4, 0.45, CrpsEstimator::Fair).unwrap();
+        assert!((each - c).abs() < 1e-12, "{each} vs {c}");
     }
 
     /// E|N(m, s²)| in closed form.

@@ -21,7 +21,7 @@ pub mod sql;
 pub use correlation::pearson;
 pub use detection::{auprc, auroc};
 pub use ensemble::{
-    CrpsEstimator, crps_common_noise, crps_ensemble, crps_gaussian, rank_deciles, rank_histogram,
-    spread_skill,
+    CrpsEstimator, crps_common_noise, crps_ensemble, crps_gaussian, crps_member_mean, rank_deciles,
+    rank_histogram, spread_skill,
 };
 pub use field::{AreaWeight, psnr, ssim, weighted_rmse};
