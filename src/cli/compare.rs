@@ -60,7 +60,8 @@ pub struct MethodScores {
     pub psnr: f64,
     /// Fair CRPS of the M×N samples, kelvin.
     pub crps: f64,
-    /// The members' own fair CRPS (each from its N samples), averaged:
+    /// The members' own CRPS (each from its N samples, same estimator as
+    /// `crps`), averaged:
     /// what one member scores alone. `crps_member − crps` is what drawing
     /// M members buys over one.
     pub crps_member: f64,

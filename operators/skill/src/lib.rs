@@ -1,7 +1,8 @@
 //! Scores that check forecasts and their uncertainty against the truth.
 //!
 //! - [`ensemble`]: CRPS (fair and classic from samples, also for members
-//!   that share their sampling noise; closed form for a Gaussian), the spread–skill ratio and the rank histogram;
+//!   that share their sampling noise or scored one by one; closed form for
+//!   a Gaussian), the spread–skill ratio and the rank histogram;
 //! - [`field`]: PSNR, SSIM and latitude-weighted RMSE of whole fields;
 //! - [`detection`]: AUROC and AUPRC of a score for a binary label (EU for
 //!   out-of-distribution cells);
