@@ -57,10 +57,7 @@ pub fn crps_common_noise(
     estimator: CrpsEstimator,
 ) -> Option<f64> {
     let k = samples.len();
-    if members == 0 || k == 0 || !k.is_multiple_of(members) {
-        return None;
-    }
-    let per_member = k / members;
+    let per_member = samples_per_member(k, members)?;
     match estimator {
         CrpsEstimator::Classic => crps_ensemble(samples, obs, estimator),
         CrpsEstimator::Fair => {
@@ -89,15 +86,17 @@ pub fn crps_member_mean(
     obs: f64,
     estimator: CrpsEstimator,
 ) -> Option<f64> {
-    if members == 0 || samples.is_empty() || !samples.len().is_multiple_of(members) {
-        return None;
-    }
-    let per_member = samples.len() / members;
+    let per_member = samples_per_member(samples.len(), members)?;
     let mut total = 0.0;
     for member in samples.chunks_exact(per_member) {
         total += crps_ensemble(member, obs, estimator)?;
     }
     Some(total / members as f64)
+}
+
+/// N, when `samples` values split into `members` non-empty groups.
+fn samples_per_member(samples: usize, members: usize) -> Option<usize> {
+    (members > 0 && samples > 0 && samples.is_multiple_of(members)).then(|| samples / members)
 }
 
 /// mean|xᵢ − y|.
