@@ -498,6 +498,33 @@ fn eval_compares_hyperdm_with_the_baselines() {
     }
     assert!(work.join("models/ensemble-m2-i30.safetensors").is_file());
     assert!(work.join("models/ensemble-m1-i30.safetensors").is_file());
+    // Without --json, from the kept models: the table ends with the paper's
+    // claims, decided from the same (seeded) scores as the JSON lines.
+    let mut text_args = args("hyperdm,mc-dropout,ensemble,single");
+    assert_eq!(text_args.pop().as_deref(), Some("--json"));
+    let o = uqcast(&text_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let crps = |i: usize| rows[i]["crps"].as_f64().unwrap();
+    let verdict = |holds: bool| if holds { "holds" } else { "does not hold" };
+    for claim in [
+        format!(
+            "  HyperDM ≥ deep ensemble on CRPS: {} (hyperdm {:.4} K, ensemble {:.4} K)\n",
+            verdict(crps(0) <= crps(2)),
+            crps(0),
+            crps(2)
+        ),
+        format!(
+            "  deep ensemble > MC-Dropout on CRPS: {} (ensemble {:.4} K, mc-dropout {:.4} K)\n",
+            verdict(crps(2) < crps(1)),
+            crps(2),
+            crps(1)
+        ),
+        "  HyperDM trains within 1.5× one network's time: ".to_string(),
+        "  the deep ensemble trains in about M× one network's time (within 25 %): ".to_string(),
+    ] {
+        assert!(table.contains(&claim), "{claim} in {table}");
+    }
     let (again, log) = run_eval("ensemble");
     assert!(log.contains("loaded from"), "{log}");
     assert_eq!(again[0]["crps"], rows[2]["crps"], "seeded sampling repeats");
