@@ -10,7 +10,7 @@ use uqcast_netcdf::Era5TableProvider;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
-/// `weighted_rmse`).
+/// `weighted_rmse`, `spread_skill`).
 pub fn new_context() -> SessionContext {
     let ctx = SessionContext::new();
     ctx.register_udtf(

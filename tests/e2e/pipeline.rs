@@ -355,7 +355,8 @@ fn forecast_flags_sql_function_plot_and_eval() {
     let join = "FROM f JOIN era5 e ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude";
     let q = format!(
         "SELECT weighted_rmse(f.t2m_mean, e.t2m, lat_weight(f.latitude)) AS wrmse,
-                avg(crps_gaussian(e.t2m, f.t2m_mean, f.t2m_au + f.t2m_eu)) AS crps, count(*) AS n {join}"
+                avg(crps_gaussian(e.t2m, f.t2m_mean, f.t2m_au + f.t2m_eu)) AS crps,
+                spread_skill(e.t2m, f.t2m_mean, f.t2m_au + f.t2m_eu, 3 * 4) AS ssr, count(*) AS n {join}"
     );
     let o = uqcast(&[
         "sql", &q, "--table", &table, "--table", &era5, "--format", "json",
@@ -388,6 +389,9 @@ fn forecast_flags_sql_function_plot_and_eval() {
         .map(|r| uqcast_skill::crps_gaussian(r[2], r[1], r[3]).unwrap())
         .sum::<f64>()
         / rows.len() as f64;
+    // The run draws M = 3 members × N = 4 samples per cell.
+    let variance: Vec<f64> = rows.iter().map(|r| r[3]).collect();
+    let ssr = uqcast_skill::spread_skill(&mean, &variance, &truth, 12).unwrap();
     // CSV round-trips f32 values through decimal text: 1e-5 relative.
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
     assert!(
@@ -398,6 +402,7 @@ fn forecast_flags_sql_function_plot_and_eval() {
         close(sql["crps"].as_f64().unwrap(), crps),
         "{sql} vs {crps}"
     );
+    assert!(close(sql["ssr"].as_f64().unwrap(), ssr), "{sql} vs {ssr}");
 }
 
 /// `uqcast eval --config`: the three methods trained on a small synthetic

@@ -5,7 +5,9 @@
 //!   where the variance is negative or an input is NULL);
 //! - `lat_weight(latitude)` — cos(latitude), the usual area weight;
 //! - `weighted_rmse(prediction, truth, weight)` — aggregate
-//!   √(Σ w·(p − t)² / Σ w), NULL rows skipped.
+//!   √(Σ w·(p − t)² / Σ w), NULL rows skipped;
+//! - `spread_skill(obs, mean, variance, k [, weight])` — aggregate
+//!   spread–skill ratio of k-sample forecasts (`sql/spread_skill.rs`).
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+mod spread_skill;
+
 use crate::ensemble::crps_gaussian;
 use crate::field::AreaWeight;
 
@@ -26,6 +30,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(crps_gaussian_udf());
     ctx.register_udf(lat_weight_udf());
     ctx.register_udaf(weighted_rmse_udaf());
+    ctx.register_udaf(spread_skill::spread_skill_udaf());
 }
 
 /// One argument column as `Float64`.

@@ -1,0 +1,250 @@
+//! `spread_skill(obs, mean, variance, k [, weight])`: the spread–skill ratio
+//! of a forecast table as an SQL aggregate, with the small-ensemble
+//! correction of [`crate::spread_skill`] applied row by row.
+//!
+//! `variance` is the forecast's variance over its `k` samples with divisor
+//! k (as `t2m_au + t2m_eu` over the run's M × N samples is), so each row's
+//! unbiased spread, corrected for a finite ensemble, is
+//! variance · k/(k − 1) · (k + 1)/k = variance · (k + 1)/(k − 1). The ratio
+//! is √(Σ w·variance·(k + 1)/(k − 1) / Σ w·(mean − obs)²): 1 for a reliable
+//! forecast, below 1 when it is too sure of itself. The weights cancel
+//! from the two means, so only the two weighted sums are kept.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
+};
+
+use super::to_f64;
+
+const NAME: &str = "spread_skill";
+
+pub(super) fn spread_skill_udaf() -> AggregateUDF {
+    AggregateUDF::from(SpreadSkill {
+        signature: Signature::one_of(
+            vec![
+                TypeSignature::Exact(vec![DataType::Float64; 4]),
+                TypeSignature::Exact(vec![DataType::Float64; 5]),
+            ],
+            Volatility::Immutable,
+        ),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SpreadSkill {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for SpreadSkill {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::<Sums>::default())
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(["spread", "squared_error"]
+            .iter()
+            .map(|part| {
+                Arc::new(Field::new(
+                    format_state_name(args.name, part),
+                    DataType::Float64,
+                    true,
+                ))
+            })
+            .collect())
+    }
+}
+
+/// Running Σ w·corrected spread and Σ w·(mean − obs)².
+#[derive(Debug, Default)]
+struct Sums {
+    spread: f64,
+    squared_error: f64,
+}
+
+impl Accumulator for Sums {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let cols: Vec<Float64Array> = values.iter().map(to_f64).collect::<Result<_>>()?;
+        for i in 0..cols[0].len() {
+            // A row with a NULL (a cell without an observation) drops out.
+            if cols.iter().any(|c| c.is_null(i)) {
+                continue;
+            }
+            let (obs, mean, variance, k) = (
+                cols[0].value(i),
+                cols[1].value(i),
+                cols[2].value(i),
+                cols[3].value(i),
+            );
+            let weight = cols.get(4).map_or(1.0, |w| w.value(i));
+            // Bad rows end the query: a ratio over them would mean nothing.
+            if k.is_nan() || k < 2.0 {
+                return exec_err!("{NAME}: the ensemble size k must be at least 2, got {k}");
+            }
+            if variance.is_nan() || variance < 0.0 {
+                return exec_err!("{NAME}: variance must be non-negative, got {variance}");
+            }
+            if weight.is_nan() || weight < 0.0 {
+                return exec_err!("{NAME}: weight must be non-negative, got {weight}");
+            }
+            self.spread += weight * variance * (k + 1.0) / (k - 1.0);
+            self.squared_error += weight * (mean - obs) * (mean - obs);
+        }
+        Ok(())
+    }
+
+    /// NULL without rows, or with a perfect mean (no skill to compare with).
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Float64(
+            (self.squared_error > 0.0).then(|| (self.spread / self.squared_error).sqrt()),
+        ))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![
+            ScalarValue::Float64(Some(self.spread)),
+            ScalarValue::Float64(Some(self.squared_error)),
+        ])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.spread += states[0]
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .sum::<f64>();
+        self.squared_error += states[1]
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .sum::<f64>();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+
+    use super::super::register;
+    use super::*;
+    use crate::spread_skill;
+
+    /// Column `column` of the query's result, or its error as text.
+    async fn values(sql: &str, column: usize) -> Result<Vec<Option<f64>>, String> {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let batches = async { ctx.sql(sql).await?.collect().await }
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| b.column(column).as_primitive::<Float64Type>().iter())
+            .collect())
+    }
+
+    const CELLS: &str = "(VALUES (1.0, 0.0, 0.5, 3, 1.0), (-1.0, 0.0, 1.0, 3, 3.0), \
+                         (NULL, 0.0, 9.0, 3, 1.0)) AS c(obs, mean, var, k, w)";
+
+    /// Two cells that miss by ±1 with variances 0.5 and 1 from k = 3
+    /// samples: corrected spreads 0.5·4/2 = 1 and 2, squared errors 1 and
+    /// 1, ratio √(3/2); weighted 1 : 3, √((1 + 6)/(1 + 3)). The library's
+    /// `spread_skill` agrees, and the row without an observation drops out.
+    /// Tolerance 1e-12 (a handful of float operations).
+    #[tokio::test]
+    async fn spread_skill_in_sql_is_the_hand_worked_ratio() {
+        let plain = values(
+            &format!("SELECT spread_skill(obs, mean, var, k) FROM {CELLS}"),
+            0,
+        )
+        .await
+        .unwrap();
+        let plain = plain[0].unwrap();
+        assert!((plain - 1.5f64.sqrt()).abs() < 1e-12, "{plain}");
+        let library = spread_skill(&[0.0, 0.0], &[0.5, 1.0], &[1.0, -1.0], 3).unwrap();
+        assert!((plain - library).abs() < 1e-12, "{plain} vs {library}");
+
+        let weighted = values(
+            &format!("SELECT spread_skill(obs, mean, var, k, w) FROM {CELLS}"),
+            0,
+        )
+        .await
+        .unwrap();
+        assert!(
+            (weighted[0].unwrap() - 1.75f64.sqrt()).abs() < 1e-12,
+            "{weighted:?}"
+        );
+
+        // One ratio per group: w = 1 holds the first cell (1/1), w = 3 the
+        // second (2/1).
+        let grouped = values(
+            &format!(
+                "SELECT w, spread_skill(obs, mean, var, k) FROM {CELLS} GROUP BY w ORDER BY w"
+            ),
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(grouped.len(), 2);
+        assert!((grouped[0].unwrap() - 1.0).abs() < 1e-12, "{grouped:?}");
+        assert!(
+            (grouped[1].unwrap() - 2f64.sqrt()).abs() < 1e-12,
+            "{grouped:?}"
+        );
+
+        // A perfect mean has no error to compare the spread with.
+        assert_eq!(
+            values("SELECT spread_skill(1.0, 1.0, 0.5, 4)", 0).await,
+            Ok(vec![None])
+        );
+    }
+
+    /// Bad rows end the query with the function and the value named.
+    #[tokio::test]
+    async fn bad_rows_fail_the_query() {
+        for (args, needle) in [
+            (
+                "0.0, 1.0, 0.5, 1",
+                "the ensemble size k must be at least 2, got 1",
+            ),
+            (
+                "0.0, 1.0, -0.5, 8",
+                "variance must be non-negative, got -0.5",
+            ),
+            (
+                "0.0, 1.0, 0.5, 8, -1.0",
+                "weight must be non-negative, got -1",
+            ),
+        ] {
+            let err = values(&format!("SELECT spread_skill({args})"), 0)
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains("spread_skill: ") && err.contains(needle),
+                "{err}"
+            );
+        }
+    }
+}
