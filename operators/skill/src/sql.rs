@@ -40,6 +40,22 @@ fn to_f64(array: &ArrayRef) -> Result<Float64Array> {
         .clone())
 }
 
+/// An accumulator's running sums as its partial state.
+fn sums_state(sums: &[f64]) -> Vec<ScalarValue> {
+    sums.iter()
+        .map(|&x| ScalarValue::Float64(Some(x)))
+        .collect()
+}
+
+/// The total of partial-state column `column` (what `sums_state` wrote).
+fn state_total(states: &[ArrayRef], column: usize) -> f64 {
+    states[column]
+        .as_primitive::<Float64Type>()
+        .iter()
+        .flatten()
+        .sum()
+}
+
 /// The arguments as `Float64` arrays of one length (scalars broadcast).
 fn float_args(args: &[ColumnarValue]) -> Result<Vec<Float64Array>> {
     ColumnarValue::values_to_arrays(args)?
@@ -129,19 +145,12 @@ impl Accumulator for WeightedRmse {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![
-            ScalarValue::Float64(Some(self.weighted_squares)),
-            ScalarValue::Float64(Some(self.weights)),
-        ])
+        Ok(sums_state(&[self.weighted_squares, self.weights]))
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let (squares, weights) = (
-            states[0].as_primitive::<Float64Type>(),
-            states[1].as_primitive::<Float64Type>(),
-        );
-        self.weighted_squares += squares.iter().flatten().sum::<f64>();
-        self.weights += weights.iter().flatten().sum::<f64>();
+        self.weighted_squares += state_total(states, 0);
+        self.weights += state_total(states, 1);
         Ok(())
     }
 }

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
 };
 
-use super::to_f64;
+use super::{state_total, sums_state, to_f64};
 
 const NAME: &str = "spread_skill";
 
@@ -123,29 +123,20 @@ impl Accumulator for Sums {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![
-            ScalarValue::Float64(Some(self.spread)),
-            ScalarValue::Float64(Some(self.squared_error)),
-        ])
+        Ok(sums_state(&[self.spread, self.squared_error]))
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.spread += states[0]
-            .as_primitive::<Float64Type>()
-            .iter()
-            .flatten()
-            .sum::<f64>();
-        self.squared_error += states[1]
-            .as_primitive::<Float64Type>()
-            .iter()
-            .flatten()
-            .sum::<f64>();
+        self.spread += state_total(states, 0);
+        self.squared_error += state_total(states, 1);
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
     use datafusion::prelude::SessionContext;
 
     use super::super::register;
