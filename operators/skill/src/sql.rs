@@ -40,22 +40,6 @@ fn to_f64(array: &ArrayRef) -> Result<Float64Array> {
         .clone())
 }
 
-/// An accumulator's running sums as its partial state.
-fn sums_state(sums: &[f64]) -> Vec<ScalarValue> {
-    sums.iter()
-        .map(|&x| ScalarValue::Float64(Some(x)))
-        .collect()
-}
-
-/// The total of partial-state column `column` (what `sums_state` wrote).
-fn state_total(states: &[ArrayRef], column: usize) -> f64 {
-    states[column]
-        .as_primitive::<Float64Type>()
-        .iter()
-        .flatten()
-        .sum()
-}
-
 /// The arguments as `Float64` arrays of one length (scalars broadcast).
 fn float_args(args: &[ColumnarValue]) -> Result<Vec<Float64Array>> {
     ColumnarValue::values_to_arrays(args)?
@@ -108,36 +92,53 @@ fn weighted_rmse_udaf() -> AggregateUDF {
         vec![DataType::Float64; 3],
         Arc::new(DataType::Float64),
         Volatility::Immutable,
-        Arc::new(|_| Ok(Box::<WeightedRmse>::default())),
+        Arc::new(|_| Ok(Box::new(weighted_rmse_sums()))),
         Arc::new(vec![DataType::Float64, DataType::Float64]),
     )
 }
 
-/// Running Σ w·e² and Σ w.
-#[derive(Debug, Default)]
-struct WeightedRmse {
-    weighted_squares: f64,
-    weights: f64,
+/// An aggregate kept as two running sums of per-row terms: a row with a
+/// NULL argument drops out, the partial state is the two sums, and `finish`
+/// turns the totals into the result (NULL where it has none).
+#[derive(Debug)]
+struct TwoSums {
+    sums: [f64; 2],
+    /// A row's two terms from its arguments (in call order); an error ends
+    /// the query.
+    terms: fn(&[f64]) -> Result<[f64; 2]>,
+    finish: fn([f64; 2]) -> Option<f64>,
 }
 
-impl Accumulator for WeightedRmse {
+impl TwoSums {
+    fn new(terms: fn(&[f64]) -> Result<[f64; 2]>, finish: fn([f64; 2]) -> Option<f64>) -> Self {
+        Self {
+            sums: [0.0; 2],
+            terms,
+            finish,
+        }
+    }
+}
+
+impl Accumulator for TwoSums {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let cols: Vec<Float64Array> = values.iter().map(to_f64).collect::<Result<_>>()?;
-        for i in 0..cols[0].len() {
+        let mut row = vec![0.0; cols.len()];
+        for i in 0..cols.first().map_or(0, |c| c.len()) {
             if cols.iter().any(|c| c.is_null(i)) {
                 continue;
             }
-            let (p, t, w) = (cols[0].value(i), cols[1].value(i), cols[2].value(i));
-            self.weighted_squares += w * (p - t) * (p - t);
-            self.weights += w;
+            for (x, c) in row.iter_mut().zip(&cols) {
+                *x = c.value(i);
+            }
+            let [a, b] = (self.terms)(&row)?;
+            self.sums[0] += a;
+            self.sums[1] += b;
         }
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(
-            (self.weights > 0.0).then(|| (self.weighted_squares / self.weights).sqrt()),
-        ))
+        Ok(ScalarValue::Float64((self.finish)(self.sums)))
     }
 
     fn size(&self) -> usize {
@@ -145,14 +146,31 @@ impl Accumulator for WeightedRmse {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(sums_state(&[self.weighted_squares, self.weights]))
+        Ok(self
+            .sums
+            .iter()
+            .map(|&x| ScalarValue::Float64(Some(x)))
+            .collect())
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.weighted_squares += state_total(states, 0);
-        self.weights += state_total(states, 1);
+        for (sum, state) in self.sums.iter_mut().zip(states) {
+            *sum += state
+                .as_primitive::<Float64Type>()
+                .iter()
+                .flatten()
+                .sum::<f64>();
+        }
         Ok(())
     }
+}
+
+/// `weighted_rmse`'s accumulator: Σ w·(p − t)² and Σ w.
+fn weighted_rmse_sums() -> TwoSums {
+    TwoSums::new(
+        |r| Ok([r[2] * (r[0] - r[1]) * (r[0] - r[1]), r[2]]),
+        |[squares, weights]| (weights > 0.0).then(|| (squares / weights).sqrt()),
+    )
 }
 
 #[cfg(test)]

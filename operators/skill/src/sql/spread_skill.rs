@@ -12,16 +12,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
 };
 
-use super::{state_total, sums_state, to_f64};
+use super::TwoSums;
 
 const NAME: &str = "spread_skill";
 
@@ -56,7 +55,7 @@ impl AggregateUDFImpl for SpreadSkill {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::<Sums>::default())
+        Ok(Box::new(TwoSums::new(terms, ratio)))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -73,64 +72,29 @@ impl AggregateUDFImpl for SpreadSkill {
     }
 }
 
-/// Running Σ w·corrected spread and Σ w·(mean − obs)².
-#[derive(Debug, Default)]
-struct Sums {
-    spread: f64,
-    squared_error: f64,
+/// A row's Σ terms: w·variance·(k + 1)/(k − 1) and w·(mean − obs)². Bad
+/// rows end the query: a ratio over them would mean nothing.
+fn terms(row: &[f64]) -> Result<[f64; 2]> {
+    let (obs, mean, variance, k) = (row[0], row[1], row[2], row[3]);
+    let weight = row.get(4).copied().unwrap_or(1.0);
+    if k.is_nan() || k < 2.0 {
+        return exec_err!("{NAME}: the ensemble size k must be at least 2, got {k}");
+    }
+    if variance.is_nan() || variance < 0.0 {
+        return exec_err!("{NAME}: variance must be non-negative, got {variance}");
+    }
+    if weight.is_nan() || weight < 0.0 {
+        return exec_err!("{NAME}: weight must be non-negative, got {weight}");
+    }
+    Ok([
+        weight * variance * (k + 1.0) / (k - 1.0),
+        weight * (mean - obs) * (mean - obs),
+    ])
 }
 
-impl Accumulator for Sums {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let cols: Vec<Float64Array> = values.iter().map(to_f64).collect::<Result<_>>()?;
-        for i in 0..cols[0].len() {
-            // A row with a NULL (a cell without an observation) drops out.
-            if cols.iter().any(|c| c.is_null(i)) {
-                continue;
-            }
-            let (obs, mean, variance, k) = (
-                cols[0].value(i),
-                cols[1].value(i),
-                cols[2].value(i),
-                cols[3].value(i),
-            );
-            let weight = cols.get(4).map_or(1.0, |w| w.value(i));
-            // Bad rows end the query: a ratio over them would mean nothing.
-            if k.is_nan() || k < 2.0 {
-                return exec_err!("{NAME}: the ensemble size k must be at least 2, got {k}");
-            }
-            if variance.is_nan() || variance < 0.0 {
-                return exec_err!("{NAME}: variance must be non-negative, got {variance}");
-            }
-            if weight.is_nan() || weight < 0.0 {
-                return exec_err!("{NAME}: weight must be non-negative, got {weight}");
-            }
-            self.spread += weight * variance * (k + 1.0) / (k - 1.0);
-            self.squared_error += weight * (mean - obs) * (mean - obs);
-        }
-        Ok(())
-    }
-
-    /// NULL without rows, or with a perfect mean (no skill to compare with).
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(
-            (self.squared_error > 0.0).then(|| (self.spread / self.squared_error).sqrt()),
-        ))
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self)
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(sums_state(&[self.spread, self.squared_error]))
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.spread += state_total(states, 0);
-        self.squared_error += state_total(states, 1);
-        Ok(())
-    }
+/// NULL without rows, or with a perfect mean (no error to compare with).
+fn ratio([spread, squared_error]: [f64; 2]) -> Option<f64> {
+    (squared_error > 0.0).then(|| (spread / squared_error).sqrt())
 }
 
 #[cfg(test)]
