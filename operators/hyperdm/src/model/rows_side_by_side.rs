@@ -15,7 +15,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::side_by_side::{Job, run_summed, shard_jobs, shard_loss};
-use super::{HyperDm, TrainConfig, TrainingData, WeightSource, member_seed};
+use super::training::member_seed;
+use super::{HyperDm, TrainConfig, TrainingData, WeightSource};
 use crate::error::{CandleContext, HyperdmError, Result};
 use crate::method::Method;
 use crate::primary::PrimaryNetwork;

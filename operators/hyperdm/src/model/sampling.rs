@@ -1,0 +1,194 @@
+//! Inference: M members' weights, N samples each, their moments.
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::{HyperDm, WeightSource};
+use crate::error::{CandleContext, HyperdmError, Result};
+use crate::layout::Params;
+use crate::method::Method;
+use crate::moments::{MomentAccumulator, Moments};
+use crate::primary::PrimaryNetwork;
+use crate::sampler::{Sampler, gaussian, sample};
+
+impl<P: PrimaryNetwork> HyperDm<P> {
+    /// Draws `members` weight sets and `samples` predictions per member for
+    /// every condition in `cond` (`[C, ...]`); returns per-element moments
+    /// with shape `[C, ...sample]`.
+    pub fn predict(
+        &self,
+        cond: &Tensor,
+        members: usize,
+        samples: usize,
+        sampler: Sampler,
+        seed: u64,
+    ) -> Result<Moments> {
+        self.predict_seeded(cond, members, samples, sampler, seed, seed)
+    }
+
+    /// As [`HyperDm::predict`], with the weight draws (z) and the diffusion
+    /// noise seeded apart: conditions predicted in several calls (chunks of
+    /// a field) must share `weight_seed` to see the same M networks, while
+    /// each call takes its own `noise_seed`.
+    pub fn predict_seeded(
+        &self,
+        cond: &Tensor,
+        members: usize,
+        samples: usize,
+        sampler: Sampler,
+        weight_seed: u64,
+        noise_seed: u64,
+    ) -> Result<Moments> {
+        self.predict_each(
+            cond,
+            members,
+            samples,
+            sampler,
+            (weight_seed, noise_seed),
+            |_, _| Ok(()),
+        )
+    }
+
+    /// As [`HyperDm::predict_seeded`] (`seeds` = (weight, noise)), also
+    /// handing each member's samples `[N, C, ...sample]` to `visit` (for
+    /// scores that need every sample, such as the ensemble CRPS).
+    pub fn predict_each(
+        &self,
+        cond: &Tensor,
+        members: usize,
+        samples: usize,
+        sampler: Sampler,
+        seeds: (u64, u64),
+        mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Moments> {
+        if members == 0 || samples == 0 {
+            return Err(HyperdmError::Config {
+                field: "predict",
+                problem: format!(
+                    "needs at least one member and one sample, got M = {members}, N = {samples}"
+                ),
+            });
+        }
+        let (weight_seed, noise_seed) = seeds;
+        let sample_shape = self.sample_shape(cond)?;
+        let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
+        let mut shared_noise = ChaCha8Rng::seed_from_u64(noise_seed);
+        shared_noise.set_stream(u64::MAX);
+        let run = |member: usize| {
+            self.member_samples(
+                member,
+                weight_seed,
+                &shared_noise,
+                (&repeated, samples, &sample_shape),
+                sampler,
+            )
+        };
+        let mut acc = MomentAccumulator::default();
+        let members_at_once = self.members_at_once(members);
+        let order: Vec<usize> = (0..members).collect();
+        for group in order.chunks(members_at_once) {
+            let x0s: Vec<Result<Tensor>> = if group.len() > 1 {
+                group.par_iter().map(|&member| run(member)).collect()
+            } else {
+                group.iter().map(|&member| run(member)).collect()
+            };
+            // Visited and accumulated in member order, whatever finished first.
+            for (&member, x0) in group.iter().zip(x0s) {
+                let x0 = x0?;
+                visit(member, &x0)?;
+                acc.push(&x0)?;
+            }
+        }
+        acc.finish()
+    }
+
+    /// How many members sample side by side. On the CPU, one per thread of
+    /// the pool: a member's forward passes are small GEMMs and element-wise
+    /// operations that split badly over threads (the U-Net bench kept two
+    /// cores only 1.25 busy), while whole members are independent work of
+    /// equal size. Results do not depend on it: every member has its own
+    /// weights and its own copy of the shared noise stream. Accelerators run
+    /// members one after another, each forward already filling the device.
+    pub(super) fn members_at_once(&self, members: usize) -> usize {
+        if self.device.is_cpu() {
+            rayon::current_num_threads().clamp(1, members.max(1))
+        } else {
+            1
+        }
+    }
+
+    /// Member `member`'s N samples of every condition: `[N, C, ...sample]`.
+    /// `batch` is (the conditions repeated N times, N, the sample shape).
+    fn member_samples(
+        &self,
+        member: usize,
+        weight_seed: u64,
+        shared_noise: &ChaCha8Rng,
+        batch: (&Tensor, usize, &[usize]),
+        sampler: Sampler,
+    ) -> Result<Tensor> {
+        let (repeated, samples, sample_shape) = batch;
+        let rows = repeated.dim(0).ctx("predict")?;
+        let (params, masks) = self.member_network(member, weight_seed)?;
+        // Common random numbers: every member starts from the same noise, so
+        // members differ by their weights only.
+        let mut rng = shared_noise.clone();
+        let mut shape = vec![rows];
+        shape.extend_from_slice(sample_shape);
+        let x_t = gaussian(&mut rng, &shape, &self.device)?;
+        let x0 = sample(&self.schedule, sampler, x_t, &mut rng, |x, t| {
+            self.primary
+                .forward_masked(&params, x, &vec![t; rows], repeated, &masks)
+        })?;
+        let mut per = vec![samples, rows / samples];
+        per.extend_from_slice(sample_shape);
+        x0.reshape(per).ctx("predict")
+    }
+
+    /// Member `member`'s network: its weights (detached, no graph is kept)
+    /// and, for MC-Dropout, its dropout masks, fixed for all its samples.
+    /// HyperDM draws z and MC-Dropout its masks from stream `member` of
+    /// `weight_seed`, so every chunk of a field sees the same M networks.
+    fn member_network(&self, member: usize, weight_seed: u64) -> Result<(Params, Vec<Tensor>)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(weight_seed);
+        rng.set_stream(member as u64);
+        match (&self.weights, self.method) {
+            (WeightSource::Hyper(hyper), _) => {
+                let z = gaussian(&mut rng, &[1, hyper.z_dim()], &self.device)?;
+                let flat = hyper.forward(&z)?.detach().squeeze(0).ctx("predict")?;
+                Ok((self.primary.layout().slice(&flat)?, Vec::new()))
+            }
+            (WeightSource::Direct(vars), Method::McDropout { p }) => {
+                let params = self
+                    .primary
+                    .layout()
+                    .slice_scaled(&vars[0].as_tensor().detach())?;
+                Ok((params, self.dropout_masks(p, 1, &mut rng)?))
+            }
+            (WeightSource::Direct(vars), _) => {
+                let var = vars.get(member).ok_or_else(|| HyperdmError::Config {
+                    field: "members",
+                    problem: format!(
+                        "asked for {} or more members of an ensemble of {}",
+                        member + 1,
+                        vars.len()
+                    ),
+                })?;
+                Ok((
+                    self.primary
+                        .layout()
+                        .slice_scaled(&var.as_tensor().detach())?,
+                    Vec::new(),
+                ))
+            }
+        }
+    }
+
+    /// The shape of one sample for these conditions (without the batch axis).
+    fn sample_shape(&self, cond: &Tensor) -> Result<Vec<usize>> {
+        let one = cond.narrow(0, 0, 1).ctx("predict")?;
+        Ok(self.primary.sample_input_like(&one)?.dims()[1..].to_vec())
+    }
+}
