@@ -190,8 +190,11 @@ impl Pipeline {
                 "must be at least 2 (EU needs two weight draws)",
             )?;
         }
-        if self.inference.samples < 1 {
-            bad("inference.samples", "must be at least 1")?;
+        if self.inference.samples < 2 {
+            bad(
+                "inference.samples",
+                "must be at least 2 (AU is the variance of each weight draw's samples)",
+            )?;
         }
         if let Err(e) = self.inference.sampler.parse::<Sampler>() {
             bad("inference.sampler", &e)?;

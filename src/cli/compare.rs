@@ -197,8 +197,11 @@ fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
     if b.members == 0 {
         bail!("--m 0: every method needs at least one member");
     }
-    if b.samples == 0 {
-        bail!("--n 0: every member needs at least one sample");
+    if b.samples < 2 {
+        bail!(
+            "--n {}: AU is the variance of each member's samples, so every member needs at least two",
+            b.samples
+        );
     }
     if b.iterations == Some(0) {
         bail!("--iterations 0: training needs at least one update");

@@ -198,8 +198,12 @@ fn check(settings: &ToySettings, args: &ToyArgs) -> Result<()> {
     if settings.members == 0 {
         bad("m", &0, "must be at least 1")?;
     }
-    if settings.samples == 0 {
-        bad("n", &0, "must be at least 1")?;
+    if settings.samples < 2 {
+        bad(
+            "n",
+            &settings.samples,
+            "must be at least 2 (AU is a variance over samples)",
+        )?;
     }
     if args.common.epochs.is_none() && settings.train.iterations == 0 {
         bad("iterations", &0, "must be at least 1")?;

@@ -302,6 +302,15 @@ fn forecast_flags_sql_function_plot_and_eval() {
         plan.contains("HyperdmExec") && plan.contains("steps_forecast=2"),
         "{plan}"
     );
+    // One sample per weight draw leaves AU undefined: refused at planning.
+    let q = format!(
+        "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5', 3, 1)",
+        model.display()
+    );
+    fails_with(
+        &["sql", &q, "--table", &era5],
+        &["hyperdm_forecast", "samples ≥ 2 (for AU)"],
+    );
 
     // Maps.
     let png = dir.path().join("map.png");
@@ -566,7 +575,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
     let fresh = dir.path().join("fresh");
     for (option, value, needle) in [
         ("--m", "0", "--m 0"),
-        ("--n", "0", "--n 0"),
+        ("--n", "1", "--n 1: AU is the variance"),
         ("--iterations", "0", "--iterations 0"),
         (
             "--methods",
@@ -712,6 +721,13 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "train.iterations",
     );
     edited_fails("nan-lr.toml", "lr = 3e-3", "lr = nan", "train.lr");
+    // AU is a variance over each weight draw's samples: one sample has none.
+    edited_fails(
+        "one-sample.toml",
+        "samples = 2",
+        "samples = 1",
+        "inference.samples",
+    );
     edited_fails(
         "pushed-away.toml",
         "anchor = 0.01",

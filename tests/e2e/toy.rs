@@ -51,7 +51,7 @@ fn toy_rejects_bad_options() {
         ("z-init", "-0.5"),
         ("final-lr-fraction", "1.5"),
         ("m", "0"),
-        ("n", "0"),
+        ("n", "1"),
         ("iterations", "0"),
         ("epochs", "0"),
         ("lr", "nan"),

@@ -198,8 +198,11 @@ impl TableFunctionImpl for HyperdmForecastFunction {
         if let Some(seed) = count(exprs, 5, "seed")? {
             settings.seed = seed;
         }
-        if settings.members < 2 || settings.samples < 1 {
-            return plan_err!("{}: needs members ≥ 2 (for EU) and samples ≥ 1", Self::NAME);
+        if settings.members < 2 || settings.samples < 2 {
+            return plan_err!(
+                "{}: needs members ≥ 2 (for EU) and samples ≥ 2 (for AU)",
+                Self::NAME
+            );
         }
         let device = uqcast_hyperdm::default_device();
         let model = ForecastModel::load(&PathBuf::from(&model), &device)?;
