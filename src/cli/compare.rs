@@ -138,6 +138,7 @@ pub async fn run(b: Benchmark) -> Result<()> {
         // means compare like with like (M·N draws would smooth its mean).
         let single = name == SINGLE;
         let members = if single { 1 } else { b.members };
+        let one_network = members < 2;
         let settings = InferenceSettings {
             members,
             samples: b.samples,
@@ -161,9 +162,18 @@ pub async fn run(b: Benchmark) -> Result<()> {
         })?;
         rows.push(MethodScores {
             method: name.into(),
-            // EU is zero everywhere with one network: nothing to score.
-            eu_auroc: if single { f64::NAN } else { scores.eu_auroc },
-            eu_auprc: if single { f64::NAN } else { scores.eu_auprc },
+            // EU is zero everywhere with one network (`single`, or any
+            // method at M = 1): nothing to score.
+            eu_auroc: if one_network {
+                f64::NAN
+            } else {
+                scores.eu_auroc
+            },
+            eu_auprc: if one_network {
+                f64::NAN
+            } else {
+                scores.eu_auprc
+            },
             ..scores
         });
     }
@@ -413,13 +423,9 @@ fn score(
     let mut ranks = vec![0u64; settings.samples + 1];
     // Sample j of every member starts from the same noise, so the fair
     // estimator pairs samples of different noise only
-    // (`uqcast_skill::crps_common_noise`) and needs two samples per member;
-    // with one, the samples are scored as they stand.
-    let estimator = if settings.samples > 1 {
-        CrpsEstimator::Fair
-    } else {
-        CrpsEstimator::Classic
-    };
+    // (`uqcast_skill::crps_common_noise`); `check_options` makes sure every
+    // member has the two samples it needs.
+    let estimator = CrpsEstimator::Fair;
     let lead = model.lead_micros();
     for (i, step) in steps.iter().enumerate() {
         let Some(next) = steps[i + 1..].iter().find(|s| s.time == step.time + lead) else {

@@ -543,6 +543,18 @@ fn eval_compares_hyperdm_with_the_baselines() {
     assert!(log.contains("loaded from"), "{log}");
     assert_eq!(again[0]["crps"], rows[2]["crps"], "seeded sampling repeats");
     assert_eq!(again[0]["train_seconds"], rows[2]["train_seconds"]);
+    // One weight draw has no EU either: HyperDM at M = 1, from its kept model.
+    let mut one_draw = args("hyperdm");
+    let at = one_draw.iter().position(|a| a == "--m").unwrap();
+    one_draw[at + 1] = "1".into();
+    let (one, log) = run_with(one_draw);
+    assert!(log.contains("loaded from"), "{log}");
+    let one = &one[0];
+    assert!(
+        one["eu_auroc"].is_null() && one["eu_auprc"].is_null(),
+        "{one}"
+    );
+    assert_eq!(one["crps_member"], one["crps"], "{one}");
     // A changed training setting retrains instead of scoring the kept model.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replacen("lr = 3e-3", "lr = 1e-3", 1)).unwrap();
