@@ -3,9 +3,10 @@
 //!
 //! - `crps_gaussian(obs, mean, variance)` — CRPS of N(mean, variance) (NULL
 //!   where the variance is negative or an input is NULL);
-//! - `lat_weight(latitude)` — cos(latitude), the usual area weight;
+//! - `lat_weight(latitude)` — cos(latitude), the usual area weight (a
+//!   latitude beyond ±90° ends the query);
 //! - `weighted_rmse(prediction, truth, weight)` — aggregate
-//!   √(Σ w·(p − t)² / Σ w), NULL rows skipped;
+//!   √(Σ w·(p − t)² / Σ w), NULL rows skipped, a negative weight an error;
 //! - `spread_skill(obs, mean, variance, k [, weight])` — aggregate
 //!   spread–skill ratio of k-sample forecasts (`sql/spread_skill.rs`).
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility, create_udaf, create_udf,
 };
@@ -79,8 +80,15 @@ fn lat_weight_udf() -> ScalarUDF {
             let a = float_args(args)?;
             let out: Float64Array = a[0]
                 .iter()
-                .map(|lat| lat.map(|l| AreaWeight::CosLatitude.weight(l)))
-                .collect();
+                .map(|lat| match lat {
+                    // A latitude off the globe is a unit or column mix-up
+                    // (radians, a longitude): a weight for it would mislead.
+                    Some(l) if !(-90.0..=90.0).contains(&l) => {
+                        exec_err!("lat_weight: latitude must be within -90..90 degrees, got {l}")
+                    }
+                    _ => Ok(lat.map(|l| AreaWeight::CosLatitude.weight(l))),
+                })
+                .collect::<Result<_>>()?;
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
     )
@@ -165,10 +173,17 @@ impl Accumulator for TwoSums {
     }
 }
 
-/// `weighted_rmse`'s accumulator: Σ w·(p − t)² and Σ w.
+/// `weighted_rmse`'s accumulator: Σ w·(p − t)² and Σ w. A negative weight
+/// ends the query: among positive ones it would bend the mean unseen.
 fn weighted_rmse_sums() -> TwoSums {
     TwoSums::new(
-        |r| Ok([r[2] * (r[0] - r[1]) * (r[0] - r[1]), r[2]]),
+        |r| {
+            let (prediction, truth, weight) = (r[0], r[1], r[2]);
+            if weight.is_nan() || weight < 0.0 {
+                return exec_err!("weighted_rmse: weight must be non-negative, got {weight}");
+            }
+            Ok([weight * (prediction - truth) * (prediction - truth), weight])
+        },
         |[squares, weights]| (weights > 0.0).then(|| (squares / weights).sqrt()),
     )
 }
@@ -239,5 +254,35 @@ mod tests {
         }
         let negative = query("SELECT crps_gaussian(1.0, 0.0, -1.0)").await;
         assert_eq!(negative, vec![None]);
+    }
+
+    /// Inputs no weight or score can be made of end the query, naming the
+    /// function and the value.
+    #[tokio::test]
+    async fn impossible_latitudes_and_weights_fail_the_query() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        for (sql, needle) in [
+            (
+                "SELECT lat_weight(95.0)",
+                "lat_weight: latitude must be within -90..90 degrees, got 95",
+            ),
+            (
+                "SELECT weighted_rmse(p, 0.0, w) FROM (VALUES (1.0, 1.0), (2.0, -0.5)) t(p, w)",
+                "weighted_rmse: weight must be non-negative, got -0.5",
+            ),
+        ] {
+            let result = match ctx.sql(sql).await {
+                Ok(frame) => frame.collect().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let err = result.expect_err(sql).to_string();
+            assert!(err.contains(needle), "{sql}: {err}");
+        }
+        // The poles and a zero weight are in range.
+        let v = query("SELECT lat_weight(-90.0) + lat_weight(90.0)").await;
+        assert!(v[0].unwrap().abs() < 1e-12, "{v:?}");
+        let v = query("SELECT weighted_rmse(p, t, 0.0 * lat) FROM cells").await;
+        assert_eq!(v, vec![None], "no weight at all: no score");
     }
 }
