@@ -138,7 +138,9 @@ pub async fn run(b: Benchmark) -> Result<()> {
         // means compare like with like (M·N draws would smooth its mean).
         let single = name == SINGLE;
         let members = if single { 1 } else { b.members };
-        let one_network = members < 2;
+        // EU is zero everywhere with one network (`single`, or any method
+        // at M = 1): nothing to score.
+        let eu_score = |x: f64| if members < 2 { f64::NAN } else { x };
         let settings = InferenceSettings {
             members,
             samples: b.samples,
@@ -162,18 +164,8 @@ pub async fn run(b: Benchmark) -> Result<()> {
         })?;
         rows.push(MethodScores {
             method: name.into(),
-            // EU is zero everywhere with one network (`single`, or any
-            // method at M = 1): nothing to score.
-            eu_auroc: if one_network {
-                f64::NAN
-            } else {
-                scores.eu_auroc
-            },
-            eu_auprc: if one_network {
-                f64::NAN
-            } else {
-                scores.eu_auprc
-            },
+            eu_auroc: eu_score(scores.eu_auroc),
+            eu_auprc: eu_score(scores.eu_auprc),
             ..scores
         });
     }
@@ -421,11 +413,6 @@ fn score(
     let (mut au_sum, mut au_steps) = (vec![0.0; grid.cells()], 0usize);
     let (mut eu_scores, mut eu_labels) = (vec![], vec![]);
     let mut ranks = vec![0u64; settings.samples + 1];
-    // Sample j of every member starts from the same noise, so the fair
-    // estimator pairs samples of different noise only
-    // (`uqcast_skill::crps_common_noise`); `check_options` makes sure every
-    // member has the two samples it needs.
-    let estimator = CrpsEstimator::Fair;
     let lead = model.lead_micros();
     for (i, step) in steps.iter().enumerate() {
         let Some(next) = steps[i + 1..].iter().find(|s| s.time == step.time + lead) else {
@@ -452,9 +439,13 @@ fn score(
                 .map(|&x| f64::from(x))
                 .collect();
             let var = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
-            crps += crps_common_noise(&members, settings.members, y, estimator).context("CRPS")?;
-            crps_member +=
-                crps_member_mean(&members, settings.members, y, estimator).context("CRPS")?;
+            // Sample j of every member starts from the same noise, so the
+            // fair estimator pairs samples of different noise only
+            // (`crps_common_noise`); `check_options` makes sure every member
+            // has the two samples it needs.
+            let fair = CrpsEstimator::Fair;
+            crps += crps_common_noise(&members, settings.members, y, fair).context("CRPS")?;
+            crps_member += crps_member_mean(&members, settings.members, y, fair).context("CRPS")?;
             let one_per_noise: Vec<f64> = (0..settings.samples)
                 .map(|j| {
                     let draw = mix(settings.seed ^ mix((i * grid.cells() + cell) as u64));
