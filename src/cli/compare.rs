@@ -208,6 +208,12 @@ fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
     if b.iterations == Some(0) {
         bail!("--iterations 0: training needs at least one update");
     }
+    if b.train_steps < 2 {
+        bail!(
+            "--train-steps {}: at least 2 steps make one training pair",
+            b.train_steps
+        );
+    }
     if b.test_steps < 2 {
         bail!(
             "--test-steps {}: at least 2 steps make one forecast",

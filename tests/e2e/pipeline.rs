@@ -589,6 +589,7 @@ fn eval_compares_hyperdm_with_the_baselines() {
         ("--m", "0", "--m 0"),
         ("--n", "1", "--n 1: AU is the variance"),
         ("--iterations", "0", "--iterations 0"),
+        ("--train-steps", "1", "--train-steps 1: at least 2 steps"),
         (
             "--methods",
             "hyperdm,ensemble,hyperdm",
