@@ -145,15 +145,21 @@ pub fn spread_skill(mean: &[f64], variance: &[f64], obs: &[f64], members: usize)
     if n == 0 || variance.len() != n || obs.len() != n || members < 2 {
         return None;
     }
-    let k = members as f64;
-    let unbiased = variance.iter().sum::<f64>() / n as f64 * k / (k - 1.0);
+    let spread = variance.iter().sum::<f64>() / n as f64 * spread_correction(members as f64);
     let mse = mean
         .iter()
         .zip(obs)
         .map(|(m, y)| (m - y) * (m - y))
         .sum::<f64>()
         / n as f64;
-    (mse > 0.0).then(|| ((k + 1.0) / k * unbiased).sqrt() / mse.sqrt())
+    (mse > 0.0).then(|| spread.sqrt() / mse.sqrt())
+}
+
+/// The factor that turns a K-sample variance with divisor K into the
+/// spread a reliable ensemble's RMSE matches: K/(K − 1) makes it unbiased,
+/// (K + 1)/K adds the finite ensemble's own error, (K + 1)/(K − 1) in all.
+pub(crate) fn spread_correction(k: f64) -> f64 {
+    (k + 1.0) / (k - 1.0)
 }
 
 /// Rank histogram (Talagrand diagram): `samples` holds K members per cell,

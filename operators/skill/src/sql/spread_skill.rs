@@ -21,6 +21,7 @@ use datafusion::logical_expr::{
 };
 
 use super::TwoSums;
+use crate::ensemble::spread_correction;
 
 const NAME: &str = "spread_skill";
 
@@ -87,7 +88,7 @@ fn terms(row: &[f64]) -> Result<[f64; 2]> {
         return exec_err!("{NAME}: weight must be non-negative, got {weight}");
     }
     Ok([
-        weight * variance * (k + 1.0) / (k - 1.0),
+        weight * variance * spread_correction(k),
         weight * (mean - obs) * (mean - obs),
     ])
 }
