@@ -4,7 +4,13 @@
 //!
 //! - toy MLP: M = 10 draws × N = 1,000 samples of one condition (10,000
 //!   predictions; the paper made these in 0.7 s on a GPU), DDIM-100;
-//! - U-Net (base 16, multipliers 1,2,4,8): M = 2 × N = 8 at 32×32 and 64×64, DDIM-25.
+//! - U-Net (base 16, multipliers 1,2,4,8): M = 2 × N = 8 at 32×32 and 64×64,
+//!   and M = 1 × N = 16 at 32×32, DDIM-25;
+//! - the default pipeline's cell model (MLP 64×3 on a 5×5 patch plus position):
+//!   N = 16 samples of 2,000 cells, DPM-Solver++(2M)-20, for M = 1, 2 and 4.
+//!   Members sample side by side, one per thread, so M below the thread count
+//!   is where a member's rows must share the machine; predictions per second
+//!   at M = 1 against M = 4 says how well they do.
 //!
 //! Run: `cargo bench -p uqcast-hyperdm --bench sampling --profile dev`
 //! (add `--features cuda` on a GPU machine).
@@ -12,8 +18,8 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uqcast_hyperdm::{
-    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryMlp, PrimaryUnet, Sampler, UnetConfig,
-    default_device,
+    Activation, DiffusionConfig, HyperConfig, HyperDm, MlpConfig, Prediction, PrimaryMlp,
+    PrimaryUnet, Sampler, ScheduleKind, UnetConfig, default_device,
 };
 
 fn sync(device: &Device) {
@@ -93,6 +99,63 @@ fn unet(c: &mut Criterion, device: &Device) {
             })
         });
     }
+    // The same 16 predictions from one member: its rows cut into shards.
+    let cond = Tensor::randn(0f32, 1.0, (1, 1, 32, 32), device).expect("cond");
+    group.bench_function("32x32_m1_n16_ddim25", |b| {
+        b.iter(|| {
+            model
+                .predict(&cond, 1, 16, Sampler::Ddim { steps: 25 }, 0)
+                .expect("predict");
+            sync(device);
+        })
+    });
+    group.finish();
+}
+
+fn cell_mlp(c: &mut Criterion, device: &Device) {
+    const CELLS: usize = 2000;
+    const COND_DIM: usize = 5 * 5 + 4;
+    const SAMPLES: usize = 16;
+    let mlp = MlpConfig {
+        data_dim: 1,
+        cond_dim: COND_DIM,
+        time_dim: 16,
+        hidden: vec![64, 64, 64],
+        steps: 100,
+        activation: Activation::Relu,
+    };
+    let diffusion = DiffusionConfig {
+        steps: 100,
+        prediction: Prediction::V,
+        schedule: ScheduleKind::LogSnr,
+    };
+    let hyper = HyperConfig {
+        z_dim: 8,
+        hidden: vec![16, 16],
+        z_skip: true,
+        ..HyperConfig::default()
+    };
+    let model = HyperDm::new(PrimaryMlp::new(&mlp), &hyper, &diffusion, device, 0).expect("model");
+    let cond = Tensor::randn(0f32, 1.0, (CELLS, COND_DIM), device).expect("cond");
+    let mut group = c.benchmark_group("hyperdm_cell_mlp");
+    group.sample_size(10);
+    for members in [1, 2, 4] {
+        group.throughput(Throughput::Elements((members * SAMPLES * CELLS) as u64));
+        group.bench_function(format!("m{members}_n{SAMPLES}_cells{CELLS}_dpm2m20"), |b| {
+            b.iter(|| {
+                model
+                    .predict(
+                        &cond,
+                        members,
+                        SAMPLES,
+                        Sampler::DpmSolver2M { steps: 20 },
+                        0,
+                    )
+                    .expect("predict");
+                sync(device);
+            })
+        });
+    }
     group.finish();
 }
 
@@ -102,6 +165,7 @@ fn benches(c: &mut Criterion) {
     matmul(c, &device);
     toy(c, &device);
     unet(c, &device);
+    cell_mlp(c, &device);
 }
 
 criterion_group!(sampling, benches);

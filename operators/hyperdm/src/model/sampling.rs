@@ -76,17 +76,22 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
         let mut shared_noise = ChaCha8Rng::seed_from_u64(noise_seed);
         shared_noise.set_stream(u64::MAX);
+        let members_at_once = self.members_at_once(members);
+        let rows = repeated.dim(0).ctx("predict")?;
+        let shards = self.shards_per_member(
+            members_at_once,
+            rows * sample_shape.iter().product::<usize>(),
+        );
         let run = |member: usize| {
             self.member_samples(
                 member,
                 weight_seed,
                 &shared_noise,
                 (&repeated, samples, &sample_shape),
-                sampler,
+                (sampler, shards),
             )
         };
         let mut acc = MomentAccumulator::default();
-        let members_at_once = self.members_at_once(members);
         let order: Vec<usize> = (0..members).collect();
         for group in order.chunks(members_at_once) {
             let x0s: Vec<Result<Tensor>> = if group.len() > 1 {
@@ -108,7 +113,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     /// the pool: a member's forward passes are small GEMMs and element-wise
     /// operations that split badly over threads (the U-Net bench kept two
     /// cores only 1.25 busy), while whole members are independent work of
-    /// equal size. Results do not depend on it: every member has its own
+    /// equal size (threads left over take shards of a member's rows,
+    /// `shards_per_member`). Results do not depend on it: every member has its own
     /// weights and its own copy of the shared noise stream. Accelerators run
     /// members one after another, each forward already filling the device.
     pub(super) fn members_at_once(&self, members: usize) -> usize {
@@ -119,17 +125,43 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         }
     }
 
+    /// Into how many shards of rows each member's forward passes are cut,
+    /// run side by side. With fewer members than threads (one network, or
+    /// M = 10 on 16 cores) whole members leave threads idle, and the
+    /// element-wise half of a forward pass runs on one thread whatever
+    /// the GEMMs do; rows are independent, so shards fill the pool. Only
+    /// the forward passes are cut: the sampler still draws each step's
+    /// noise for the whole batch from one stream, so the samples do not
+    /// depend on the shard count beyond float rounding. `elements` is the
+    /// batch's sample values (rows × values per row); a shard keeps at least
+    /// `MIN_SHARD_ELEMENTS` of them (1,024 cells of the cell model, one
+    /// 32×32 field of the U-Net), below which the hand-off costs more than
+    /// the split saves.
+    pub(super) fn shards_per_member(&self, members_at_once: usize, elements: usize) -> usize {
+        const MIN_SHARD_ELEMENTS: usize = 1024;
+        if !self.device.is_cpu() {
+            return 1;
+        }
+        let threads = rayon::current_num_threads();
+        threads
+            .div_ceil(members_at_once.max(1))
+            .min(elements / MIN_SHARD_ELEMENTS)
+            .max(1)
+    }
+
     /// Member `member`'s N samples of every condition: `[N, C, ...sample]`.
-    /// `batch` is (the conditions repeated N times, N, the sample shape).
+    /// `batch` is (the conditions repeated N times, N, the sample shape);
+    /// `run` is (the sampler, how many shards its forward passes take).
     fn member_samples(
         &self,
         member: usize,
         weight_seed: u64,
         shared_noise: &ChaCha8Rng,
         batch: (&Tensor, usize, &[usize]),
-        sampler: Sampler,
+        run: (Sampler, usize),
     ) -> Result<Tensor> {
         let (repeated, samples, sample_shape) = batch;
+        let (sampler, shards) = run;
         let rows = repeated.dim(0).ctx("predict")?;
         let (params, masks) = self.member_network(member, weight_seed)?;
         // Common random numbers: every member starts from the same noise, so
@@ -138,9 +170,28 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let mut shape = vec![rows];
         shape.extend_from_slice(sample_shape);
         let x_t = gaussian(&mut rng, &shape, &self.device)?;
+        let bounds: Vec<(usize, usize)> = (0..shards)
+            .map(|s| (s * rows / shards, (s + 1) * rows / shards))
+            .collect();
+        let forward = |x: &Tensor, t: usize, (start, end): (usize, usize)| {
+            let len = end - start;
+            self.primary.forward_masked(
+                &params,
+                &x.narrow(0, start, len).ctx("predict")?,
+                &vec![t; len],
+                &repeated.narrow(0, start, len).ctx("predict")?,
+                &masks,
+            )
+        };
         let x0 = sample(&self.schedule, sampler, x_t, &mut rng, |x, t| {
-            self.primary
-                .forward_masked(&params, x, &vec![t; rows], repeated, &masks)
+            if shards == 1 {
+                return forward(x, t, (0, rows));
+            }
+            let parts = bounds
+                .par_iter()
+                .map(|&bound| forward(x, t, bound))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0).ctx("predict")
         })?;
         let mut per = vec![samples, rows / samples];
         per.extend_from_slice(sample_shape);

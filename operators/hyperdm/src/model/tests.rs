@@ -422,6 +422,44 @@ fn members_side_by_side_match_one_after_another() {
     }
 }
 
+/// With fewer members than threads a member's forward passes are cut into
+/// shards of rows that run side by side; the samples must be those of the
+/// uncut passes (the noise is still drawn for the whole batch from one
+/// stream). DDPM, so every step's noise is checked, and MC-Dropout, whose
+/// masks broadcast over the rows of each shard. 1,100 conditions × 2
+/// samples give two shards of 1,100 rows in a pool of two threads.
+/// Tolerance 1e-5: the same rows through the same operations, with the
+/// GEMMs blocked over fewer rows.
+#[test]
+fn a_member_cut_into_shards_samples_what_it_samples_whole() {
+    let cond: Vec<f32> = (0..1100).map(|i| (i as f32 / 1100.0) * 4.0 - 2.0).collect();
+    let cond = Tensor::from_vec(cond, (1100, 1), &Device::Cpu).unwrap();
+    for method in [Method::Hyperdm, Method::McDropout { p: 0.3 }] {
+        let model = small_model(method, &HyperConfig::default(), 3);
+        let run = |threads: usize| {
+            in_pool(threads, || {
+                let mut samples = Vec::new();
+                model
+                    .predict_each(&cond, 1, 2, Sampler::Ddpm, (4, 11), |_, x0| {
+                        samples = x0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        Ok(())
+                    })
+                    .unwrap();
+                (model.shards_per_member(1, 2200), samples)
+            })
+        };
+        let (whole_shards, whole) = run(1);
+        let (cut_shards, cut) = run(2);
+        assert_eq!((whole_shards, cut_shards), (1, 2), "{method:?}");
+        assert_eq!(whole.len(), 2200);
+        for (i, (a, b)) in whole.iter().zip(&cut).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "{method:?} row {i}: {a} vs {b}");
+        }
+        // Shards keep at least 1,024 rows: a small batch stays whole.
+        assert_eq!(in_pool(2, || model.shards_per_member(1, 2047)), 1);
+    }
+}
+
 /// The U-Net keeps any input size, odd ones included (padding inside).
 #[test]
 fn unet_forward_at_odd_sizes_returns_the_input_size() {
