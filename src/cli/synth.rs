@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use uqcast_netcdf::Encoding;
 use uqcast_synth::{BoundingBox, LatLonGrid, OodEvent, SynthConfig, SynthReport, write_dataset};
@@ -100,6 +100,27 @@ pub async fn generate(args: &SynthArgs) -> Result<SynthReport> {
 }
 
 pub async fn run(args: SynthArgs) -> Result<()> {
+    // An event the data would not hold is a mistake in its time or place;
+    // refused before anything is written. (`uqcast eval` and the demo place
+    // their own events and call `generate`.)
+    let config = args.config()?;
+    config.check()?;
+    let times = config.times();
+    for (event, spec) in config.ood.iter().zip(&args.ood) {
+        if !event.touches(&config.grid, &times) {
+            let needs = match event {
+                OodEvent::Disk { .. } => {
+                    "a disk's TIME must be one of them and the disk must overlap the box"
+                }
+                OodEvent::Regime { .. } => "a regime's FROM_TIME must come by the last of them",
+            };
+            bail!(
+                "synth option 'ood': '{spec}' changes no grid cell in the {} steps from {}: {needs}",
+                times.len(),
+                args.start
+            );
+        }
+    }
     let report = generate(&args).await?;
     let mut out = std::io::stdout().lock();
     for f in &report.files {

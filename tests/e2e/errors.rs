@@ -148,46 +148,91 @@ fn bad_sql() {
 #[test]
 fn bad_synth_options_and_existing_output_survives() {
     let dir = tempfile::tempdir().unwrap();
-    fails_with(
-        &[
-            "synth",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--start",
-            "soon",
-            "--steps",
-            "2",
-        ],
-        &["start", "soon"],
-    );
-    fails_with(
-        &[
-            "synth",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--start",
+    let out = dir.path().join("never");
+    let disk = |spec: &str| format!("disk:2020-01-01T06:00Z,{spec}");
+    // (start, steps, extra options, what the message names)
+    let cases: Vec<(&str, &str, Vec<String>, Vec<&str>)> = vec![
+        ("soon", "2", vec![], vec!["start", "soon"]),
+        (
             "2020-01-01",
-            "--steps",
             "2",
-            "--grid",
-            "3by4",
-        ],
-        &["grid", "3by4"],
-    );
-    fails_with(
-        &[
+            vec!["--grid".into(), "3by4".into()],
+            vec!["grid", "3by4"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), "blob:1".into()],
+            vec!["ood", "blob:1"],
+        ),
+        // A NaN shift would be written into the data; a disk of no radius,
+        // off the globe, at a time not written or outside the box, or a
+        // regime after the last step leaves data said to hold an event
+        // without it.
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), disk("45,260,6,nan")],
+            vec!["ood", "DELTA_K nan"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), disk("45,260,-6,30")],
+            vec!["ood", "RADIUS_DEG -6"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), disk("95,260,6,30")],
+            vec!["ood", "LAT 95"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), "disk:2020-01-02T06:00Z,45,260,6,30".into()],
+            vec!["ood", "changes no grid cell", "TIME must be one of them"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), disk("45,50,6,30")],
+            vec!["ood", "overlap the box"],
+        ),
+        (
+            "2020-01-01",
+            "2",
+            vec!["--ood".into(), "regime:2020-01-01T12:00Z,5".into()],
+            vec!["ood", "FROM_TIME must come by the last"],
+        ),
+        // Sizes that could not be held are refused before any allocation.
+        (
+            "2020-01-01",
+            "1000000000",
+            vec![],
+            vec!["steps", "1000000000"],
+        ),
+        (
+            "2020-01-01",
+            "100000",
+            vec!["--res".into(), "0.25".into()],
+            vec!["steps", "values in one file", "--files-per-day"],
+        ),
+    ];
+    for (start, steps, extra, needles) in &cases {
+        let mut args = vec![
             "synth",
             "--out",
-            dir.path().to_str().unwrap(),
+            out.to_str().unwrap(),
             "--start",
-            "2020-01-01",
+            start,
             "--steps",
-            "2",
-            "--ood",
-            "blob:1",
-        ],
-        &["ood", "blob:1"],
-    );
+            steps,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        fails_with(&args, needles);
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
     // A failed Parquet write leaves an existing file untouched.
     let data = dir.path().join("data");
     synth(&data, 1, "nc4", &[]);

@@ -28,6 +28,12 @@ pub use grid::{BoundingBox, LatLonGrid};
 pub use ood::OodEvent;
 
 const SIX_HOURS_MICROS: i64 = 6 * 3_600_000_000;
+/// The most steps one data set takes (about 685 years of 6-hour steps):
+/// the step times are listed up front.
+pub const MAX_STEPS: usize = 1_000_000;
+/// The most values one file holds: a file's field is built in memory before
+/// it is written (2 GB of float32).
+pub const MAX_FILE_VALUES: usize = 500_000_000;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -40,6 +46,48 @@ pub struct SynthConfig {
     pub files_per_day: bool,
     pub seed: u64,
     pub ood: Vec<OodEvent>,
+}
+
+impl SynthConfig {
+    /// The step times, UTC microseconds.
+    pub fn times(&self) -> Vec<i64> {
+        (0..self.steps as i64)
+            .map(|k| self.start + k * SIX_HOURS_MICROS)
+            .collect()
+    }
+
+    /// Refuses what cannot be written: no steps, a start off the 6-hour
+    /// grid, more than [`MAX_STEPS`] steps, or a file above
+    /// [`MAX_FILE_VALUES`] values (one file holds every step unless
+    /// `files_per_day`). Checked before anything is allocated or written.
+    pub fn check(&self) -> Result<(), SynthError> {
+        let config = |field, problem| Err(SynthError::Config { field, problem });
+        if self.steps == 0 {
+            return config("steps", "must be at least 1".into());
+        }
+        if self.steps > MAX_STEPS {
+            return config(
+                "steps",
+                format!("{} is above the {MAX_STEPS} a data set takes", self.steps),
+            );
+        }
+        if self.start.rem_euclid(SIX_HOURS_MICROS) != 0 {
+            return config("start", "must fall on 00, 06, 12 or 18 UTC".into());
+        }
+        let per_file = if self.files_per_day { 4 } else { self.steps };
+        let values = per_file.saturating_mul(self.grid.cells());
+        if values > MAX_FILE_VALUES {
+            return config(
+                "steps",
+                format!(
+                    "{per_file} steps × {} cells = {values} values in one file, above {MAX_FILE_VALUES}; \
+                     write one file per day (--files-per-day) or fewer steps",
+                    self.grid.cells()
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// What was written.
@@ -78,18 +126,7 @@ pub fn read_ood_events(path: &Path) -> Result<Vec<OodEvent>, SynthError> {
 
 /// Writes the data set under `out` (created if needed).
 pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, SynthError> {
-    if config.steps == 0 {
-        return Err(SynthError::Config {
-            field: "steps",
-            problem: "must be at least 1".into(),
-        });
-    }
-    if config.start.rem_euclid(SIX_HOURS_MICROS) != 0 {
-        return Err(SynthError::Config {
-            field: "start",
-            problem: "must fall on 00, 06, 12 or 18 UTC".into(),
-        });
-    }
+    config.check()?;
     let truth_dir = out.join("truth");
     std::fs::create_dir_all(&truth_dir).map_err(|source| SynthError::Io {
         path: truth_dir.display().to_string(),
@@ -97,9 +134,7 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
     })?;
 
     let mut model = FieldModel::new(config.grid.clone(), config.seed);
-    let times: Vec<i64> = (0..config.steps as i64)
-        .map(|k| config.start + k * SIX_HOURS_MICROS)
-        .collect();
+    let times = config.times();
     let mut files = Vec::new();
     let mut ood_steps = Vec::new();
     for group in file_groups(&times, config.files_per_day) {

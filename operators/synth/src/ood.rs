@@ -43,21 +43,53 @@ impl OodEvent {
             x.parse::<f64>()
                 .map_err(|_| err(format!("'{x}' is not a number")))
         };
+        // A NaN or infinite shift would be written into the data as is.
+        let num = |x: &str, what: &str| {
+            num(x).and_then(|v| {
+                if v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(err(format!("'{s}': {what} {x} is not a finite number")))
+                }
+            })
+        };
         match (kind, parts.as_slice()) {
-            ("disk", [t, lat, lon, r, d]) => Ok(Self::Disk {
-                time: time(t)?,
-                latitude: num(lat)?,
-                longitude: num(lon)?,
-                radius_degrees: num(r)?,
-                delta_kelvin: num(d)?,
-            }),
+            ("disk", [t, lat, lon, r, d]) => {
+                let latitude = num(lat, "LAT")?;
+                let radius_degrees = num(r, "RADIUS_DEG")?;
+                if latitude.abs() > 90.0 {
+                    return Err(err(format!("'{s}': LAT {lat} is beyond ±90°")));
+                }
+                if radius_degrees <= 0.0 {
+                    return Err(err(format!("'{s}': RADIUS_DEG {r} must be positive")));
+                }
+                Ok(Self::Disk {
+                    time: time(t)?,
+                    latitude,
+                    longitude: num(lon, "LON")?,
+                    radius_degrees,
+                    delta_kelvin: num(d, "DELTA_K")?,
+                })
+            }
             ("regime", [t, d]) => Ok(Self::Regime {
                 from: time(t)?,
-                delta_kelvin: num(d)?,
+                delta_kelvin: num(d, "DELTA_K")?,
             }),
             _ => Err(err(format!(
                 "'{s}': expected disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K or regime:FROM_TIME,DELTA_K"
             ))),
+        }
+    }
+
+    /// Whether the event changes any cell of `grid` at any of `times`: a
+    /// disk at a time that is not written, or outside the box, changes
+    /// nothing, and data said to hold an OOD event must hold it.
+    pub fn touches(&self, grid: &LatLonGrid, times: &[i64]) -> bool {
+        match *self {
+            Self::Disk { time, .. } => {
+                times.contains(&time) && self.mask(grid, time).into_iter().any(|m| m)
+            }
+            Self::Regime { from, .. } => times.iter().any(|&t| t >= from),
         }
     }
 
