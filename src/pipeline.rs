@@ -196,8 +196,13 @@ impl Pipeline {
                 "must be at least 2 (AU is the variance of each weight draw's samples)",
             )?;
         }
-        if let Err(e) = self.inference.sampler.parse::<Sampler>() {
-            bad("inference.sampler", &e)?;
+        match self.inference.sampler.parse::<Sampler>() {
+            Err(e) => bad("inference.sampler", &e)?,
+            Ok(sampler) => {
+                if let Err(e) = sampler.check(self.train.diffusion_steps) {
+                    bad("inference.sampler", &format!("{e} (train.diffusion_steps)"))?;
+                }
+            }
         }
         if self.flags.tile_degrees.is_nan() || self.flags.tile_degrees <= 0.0 {
             bad("flags.tile_degrees", "must be positive")?;
@@ -231,6 +236,21 @@ impl Pipeline {
         }
         if self.train.hidden.is_empty() || self.train.hidden.contains(&0) {
             bad("train.hidden", "needs at least one layer, none of width 0")?;
+        }
+        if self.train.hyper_hidden.contains(&0) {
+            bad("train.hyper_hidden", "no layer may have width 0")?;
+        }
+        if self.train.z_dim == 0 {
+            bad(
+                "train.z_dim",
+                "must be at least 1 (z is what tells the networks apart)",
+            )?;
+        }
+        if self.train.time_dim < 2 {
+            bad(
+                "train.time_dim",
+                "must be at least 2 (without the step's embedding a denoiser cannot tell how noisy its input is)",
+            )?;
         }
         if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
             bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;

@@ -101,6 +101,13 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             pipeline.model.lead_hours
         );
     }
+    if let Err(e) = settings.sampler.check(model.model.schedule.steps()) {
+        anyhow::bail!(
+            "{}: pipeline {} inference.sampler: {e}",
+            model_path.display(),
+            pipeline.file.display()
+        );
+    }
     let store = ForecastStore::open(&out_dir)?;
     store.clean_temporaries()?;
     let provenance: Provenance = [

@@ -747,6 +747,46 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "anchor = -0.5",
         "train.anchor",
     );
+    // Shapes no network can take: no z, a hyper-network layer of width 0,
+    // a denoiser that cannot see its step.
+    edited_fails("no-z.toml", "z_dim = 4", "z_dim = 0", "train.z_dim");
+    edited_fails(
+        "empty-layer.toml",
+        "hyper_hidden = [8]",
+        "hyper_hidden = [8, 0]",
+        "train.hyper_hidden",
+    );
+    edited_fails(
+        "blind.toml",
+        "time_dim = 8",
+        "time_dim = 1",
+        "train.time_dim",
+    );
+    // More sampler steps than the model has: refused against the pipeline's
+    // diffusion_steps, and against the checkpoint's (trained with 50) when
+    // the pipeline claims more; before, the sampler ran 50 steps under
+    // the name it was given.
+    edited_fails(
+        "long-sampler.toml",
+        "sampler = \"ddpm\"",
+        "sampler = \"ddim-51\"",
+        "inference.sampler",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("sampler = \"ddpm\"", "sampler = \"ddim-400\"")
+        .replace("diffusion_steps = 50", "diffusion_steps = 500");
+    let claims_more = dir.path().join("claims-more.toml");
+    std::fs::write(&claims_more, text).unwrap();
+    fails_with(
+        &["run", "--config", claims_more.to_str().unwrap()],
+        &[
+            "m.safetensors",
+            "inference.sampler",
+            "ddim-400",
+            "trained with 50",
+        ],
+    );
 
     assert_eq!(
         forecast_csv(&out),

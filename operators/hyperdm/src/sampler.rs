@@ -32,6 +32,22 @@ pub enum Sampler {
     DpmSolver2M { steps: usize },
 }
 
+impl Sampler {
+    /// Refuses more steps than the model's T: the sampler would run T and
+    /// its name (recorded with the forecasts) would claim more.
+    pub fn check(&self, diffusion_steps: usize) -> Result<(), String> {
+        match *self {
+            Self::Ddim { steps } | Self::DpmSolver2M { steps } if steps > diffusion_steps => {
+                Err(format!(
+                    "{self} asks for {steps} steps of a model trained with {diffusion_steps} \
+                     diffusion steps (at most {diffusion_steps})"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl std::fmt::Display for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

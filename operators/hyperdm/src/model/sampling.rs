@@ -71,6 +71,12 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                 ),
             });
         }
+        sampler
+            .check(self.schedule.steps())
+            .map_err(|problem| HyperdmError::Config {
+                field: "sampler",
+                problem,
+            })?;
         let (weight_seed, noise_seed) = seeds;
         let sample_shape = self.sample_shape(cond)?;
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
