@@ -211,6 +211,9 @@ fn check(settings: &ToySettings, args: &ToyArgs) -> Result<()> {
     if args.common.epochs == Some(0) {
         bad("epochs", &0, "must be at least 1")?;
     }
+    if let Err(e) = settings.sampler.check(settings.diffusion.steps) {
+        bail!("toy option 'sampler': {e}");
+    }
     let lr = settings.train.optimizer.lr;
     if !(lr.is_finite() && lr > 0.0) {
         bad("lr", &lr, "must be a number > 0")?;

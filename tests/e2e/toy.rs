@@ -40,6 +40,19 @@ fn toy_rejects_bad_options() {
     assert!(stderr(&o).contains("band"), "{}", stderr(&o));
     let o = uqcast(&["toy", "au", "--sampler", "euler"]);
     assert_eq!(o.status.code(), Some(2), "clap rejects an unknown sampler");
+    // More steps than the toy model's 100, refused before training.
+    let o = uqcast(&["toy", "au", "--sampler", "ddim-500"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("toy option 'sampler': ddim-500 asks for 500 steps"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("iteration 1/"),
+        "trained first: {}",
+        stderr(&o)
+    );
     let o = uqcast(&["toy", "eu", "--z-per-step", "0"]);
     assert_eq!(o.status.code(), Some(2), "an update needs at least one z");
     assert!(stderr(&o).contains("z-per-step"), "{}", stderr(&o));
