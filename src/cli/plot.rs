@@ -20,7 +20,7 @@ pub struct PlotArgs {
     /// Forecast valid time (UTC).
     #[arg(long, value_parser = crate::time::parse_utc_arg)]
     time: i64,
-    /// PNG to write.
+    /// Image to write: PNG (`.png`) or JPEG (`.jpg`, `.jpeg`); its directory is created if needed.
     #[arg(long)]
     out: PathBuf,
 }
@@ -200,6 +200,22 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
         time: t,
         out: out.to_path_buf(),
     };
+    // The image format follows the extension; checked before any query, so
+    // a typo costs nothing.
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+        bail!(
+            "{}: --out needs a .png, .jpg or .jpeg file name (the extension picks the format)",
+            out.display()
+        );
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: creating the directory for --out", dir.display()))?;
+    }
     let time_sql = format!("to_timestamp_micros({t}, 'UTC')");
     let forecast = query(
         &args.input,
@@ -297,7 +313,7 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
             draw_map(panel, layer, &cells, spacing, outlined)?;
         }
         root.present()
-            .with_context(|| format!("{}: writing PNG", args.out.display()))?;
+            .with_context(|| format!("{}: writing the image", args.out.display()))?;
     }
     Ok(())
 }

@@ -312,8 +312,8 @@ fn forecast_flags_sql_function_plot_and_eval() {
         &["hyperdm_forecast", "samples ≥ 2 (for AU)"],
     );
 
-    // Maps.
-    let png = dir.path().join("map.png");
+    // Maps, into a directory that does not exist yet.
+    let png = dir.path().join("maps/map.png");
     let o = uqcast(&[
         "plot",
         "--input",
@@ -342,6 +342,21 @@ fn forecast_flags_sql_function_plot_and_eval() {
         ],
         &["no forecast valid at 2021-01-01T00:00Z"],
     );
+    // A file name whose extension picks no image format fails before any work.
+    let txt = dir.path().join("map.txt");
+    fails_with(
+        &[
+            "plot",
+            "--input",
+            out.to_str().unwrap(),
+            "--time",
+            "2020-01-02T18:00Z",
+            "--out",
+            txt.to_str().unwrap(),
+        ],
+        &["map.txt", "--out", ".png"],
+    );
+    assert!(!txt.exists());
 
     // The science report runs on it (numbers of a 150-update model are not judged here).
     let o = uqcast(&[
