@@ -47,8 +47,28 @@ fn main() -> ExitCode {
                 })
                 .collect();
             eprintln!("error: {}", dedupe(causes).join(": "));
-            ExitCode::FAILURE
+            exit_failed()
         }
+    }
+}
+
+/// Exits with status 1 without the C libraries' exit handlers. After
+/// libnetcdf fails to open a corrupt NetCDF4 file, HDF5 keeps objects it
+/// cannot close, and its exit handler then prints dozens of lines
+/// ("HDF5: infinite loop closing library") after the one-line error. A
+/// failed command has nothing left for those handlers to do: every file it
+/// wrote was closed when its owner dropped, before `run` returned.
+fn exit_failed() -> ExitCode {
+    use std::io::Write;
+    let flushed = std::io::stdout().flush().is_ok() && std::io::stderr().flush().is_ok();
+    if !flushed {
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: `_exit` ends the process at once; Rust's own buffers were
+    // flushed above and no Rust destructor is needed past this point.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(1)
     }
 }
 

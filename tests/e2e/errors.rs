@@ -91,6 +91,24 @@ fn truncated_files_in_both_encodings() {
     }
 }
 
+/// Four bytes of a NetCDF4 file's HDF5 object headers overwritten: libnetcdf
+/// cannot open it, and HDF5, left with objects it cannot close, used to
+/// print dozens of lines at exit after the error. One line, exit 1.
+#[test]
+fn corrupt_netcdf4_header() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 4, "nc4", &[]);
+    let mut bytes = std::fs::read(dir.path().join("era5_t2m_2020010100_2020010118.nc")).unwrap();
+    bytes[1000..1004].copy_from_slice(&[0xff; 4]);
+    let bad = dir.path().join("bad_header.nc");
+    std::fs::write(&bad, bytes).unwrap();
+    sql_over(
+        &bad,
+        "SELECT avg(t2m) FROM era5",
+        &["bad_header.nc", "cannot open as NetCDF"],
+    );
+}
+
 #[test]
 fn not_netcdf() {
     let dir = tempfile::tempdir().unwrap();
