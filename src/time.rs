@@ -38,6 +38,26 @@ pub fn parse_utc(s: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_micros())
 }
 
+/// Refuses `--since` after `--until`: the span would hold no time, and a
+/// job that silently does nothing looks like one with nothing to do.
+pub fn check_span(since: Option<i64>, until: Option<i64>) -> anyhow::Result<()> {
+    if let (Some(a), Some(b)) = (since, until)
+        && a > b
+    {
+        let iso = |t: i64| {
+            DateTime::from_timestamp_micros(t)
+                .map(|d| d.format("%Y-%m-%dT%H:%MZ").to_string())
+                .unwrap_or_else(|| t.to_string())
+        };
+        anyhow::bail!(
+            "--since {} is after --until {}: no time is in between",
+            iso(a),
+            iso(b)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

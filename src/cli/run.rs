@@ -34,6 +34,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    crate::time::check_span(args.since, args.until)?;
     let pipeline = Pipeline::load(&args.config)?;
     let options = RunOptions {
         input: args.input,

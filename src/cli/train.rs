@@ -64,6 +64,7 @@ pub async fn read_steps(location: String, sql: &str) -> Result<(ModelGrid, Vec<S
 }
 
 pub async fn run(args: TrainArgs) -> Result<()> {
+    crate::time::check_span(args.since, args.until)?;
     let pipeline = Pipeline::load(&args.config)?;
     let location = args
         .input

@@ -667,6 +667,22 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         ],
         &["not on the model's grid", "39×68"],
     );
+    // A span that holds no time: an empty run would look like one with
+    // nothing new to do.
+    for command in ["run", "train"] {
+        fails_with(
+            &[
+                command,
+                "--config",
+                c,
+                "--since",
+                "2020-01-02T00:00Z",
+                "--until",
+                "2020-01-01",
+            ],
+            &["--since 2020-01-02T00:00Z is after --until 2020-01-01T00:00Z"],
+        );
+    }
     // A missing model.
     fails_with(
         &[
