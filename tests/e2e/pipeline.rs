@@ -311,6 +311,27 @@ fn forecast_flags_sql_function_plot_and_eval() {
         &["sql", &q, "--table", &era5],
         &["hyperdm_forecast", "samples ≥ 2 (for AU)"],
     );
+    // A fractional count is not rounded down, and a sampler longer than the
+    // model's 50 diffusion steps is refused naming the model.
+    for (args, needles) in [
+        ("2.5, 2", vec!["hyperdm_forecast", "members", "2.5"]),
+        (
+            "2, 2, 'ddim-80'",
+            vec![
+                "hyperdm_forecast",
+                "sampler",
+                "ddim-80",
+                "trained with 50",
+                "m.safetensors",
+            ],
+        ),
+    ] {
+        let q = format!(
+            "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5', {args})",
+            model.display()
+        );
+        fails_with(&["sql", &q, "--table", &era5], &needles);
+    }
 
     // Maps, into a directory that does not exist yet.
     let png = dir.path().join("maps/map.png");

@@ -158,8 +158,18 @@ fn text(args: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
 }
 
 fn count(args: &[Expr], i: usize, what: &str) -> Result<Option<u64>> {
+    // A cast alone would truncate 2.5 to 2.
+    let fractional = |v: &ScalarValue| match v {
+        ScalarValue::Float64(Some(x)) => x.fract() != 0.0,
+        ScalarValue::Float32(Some(x)) => x.fract() != 0.0,
+        _ => false,
+    };
     match literal(args, i, what)? {
         None => Ok(None),
+        Some(v) if fractional(v) => plan_err!(
+            "{}: {what} must be a non-negative integer, got {v}",
+            HyperdmForecastFunction::NAME
+        ),
         Some(v) => match v.cast_to(&datafusion::arrow::datatypes::DataType::UInt64) {
             Ok(ScalarValue::UInt64(Some(n))) => Ok(Some(n)),
             _ => plan_err!(
@@ -205,7 +215,11 @@ impl TableFunctionImpl for HyperdmForecastFunction {
             );
         }
         let device = uqcast_hyperdm::default_device();
-        let model = ForecastModel::load(&PathBuf::from(&model), &device)?;
+        let path = PathBuf::from(&model);
+        let model = ForecastModel::load(&path, &device)?;
+        if let Err(e) = settings.sampler.check(model.model.schedule.steps()) {
+            return plan_err!("{}: sampler: {e} ({})", Self::NAME, path.display());
+        }
         Ok(Arc::new(ForecastTable::new(
             Arc::new(model),
             source,
