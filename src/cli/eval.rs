@@ -96,12 +96,19 @@ struct Rows {
     au: Vec<f64>,
     eu: Vec<f64>,
     truth: Vec<Option<f64>>,
+    /// The data's t2m at the forecast's initial time and cell: the
+    /// forecast's input, if these data are its source.
+    source_now: Vec<Option<f64>>,
 }
 
 async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
-    let sql = "SELECT f.init_time, f.valid_time, f.latitude, f.longitude, f.t2m, f.t2m_mean, f.t2m_au, f.t2m_eu, e.t2m AS truth
-               FROM forecast f LEFT JOIN era5 e
-                 ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude";
+    let sql = "SELECT f.init_time, f.valid_time, f.latitude, f.longitude, f.t2m, f.t2m_mean, f.t2m_au, f.t2m_eu,
+                      e.t2m AS truth, s.t2m AS source_now
+               FROM forecast f
+               LEFT JOIN era5 e
+                 ON e.valid_time = f.valid_time AND e.latitude = f.latitude AND e.longitude = f.longitude
+               LEFT JOIN era5 s
+                 ON s.valid_time = f.init_time AND s.latitude = f.latitude AND s.longitude = f.longitude";
     let batches = ctx
         .sql(sql)
         .await?
@@ -118,6 +125,7 @@ async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
         au: vec![],
         eu: vec![],
         truth: vec![],
+        source_now: vec![],
     };
     for b in &batches {
         let t = |name: &str| -> Result<Vec<i64>> {
@@ -137,8 +145,43 @@ async fn forecast_rows(ctx: &SessionContext) -> Result<Rows> {
         r.au.extend(req(f64_column(b, "t2m_au")?));
         r.eu.extend(req(f64_column(b, "t2m_eu")?));
         r.truth.extend(f64_column(b, "truth")?);
+        r.source_now.extend(f64_column(b, "source_now")?);
     }
     Ok(r)
+}
+
+/// Refuses data that are not the forecast's source: scores against another
+/// data set's truth (another seed or grid) would look like a bad model.
+/// The forecast's `t2m` is its input at the initial time; the source has
+/// the same value there (0.01 K: both decode the same stored numbers).
+fn check_source(rows: &Rows, forecast: &Path, data: &Path) -> Result<()> {
+    let mut found = 0usize;
+    for k in 0..rows.init.len() {
+        let Some(source) = rows.source_now[k] else {
+            continue;
+        };
+        found += 1;
+        if (source - rows.now[k]).abs() > 0.01 {
+            bail!(
+                "{}: t2m at {} ({}, {}) is {source:.2} K, but the forecast in {} started from {:.2} K: \
+                 these data are not the ones it was run on",
+                data.display(),
+                uqcast_forecast::error::iso(rows.init[k]),
+                rows.lat[k],
+                rows.lon[k],
+                forecast.display(),
+                rows.now[k]
+            );
+        }
+    }
+    if found == 0 {
+        bail!(
+            "{}: no cell and initial time of the forecast in {} is in these data",
+            data.display(),
+            forecast.display()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) async fn true_variance(path: &Path) -> Result<HashMap<(i64, i64), f64>> {
@@ -195,6 +238,7 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
     if rows.init.is_empty() {
         bail!("{}: no forecasts", forecast.display());
     }
+    check_source(&rows, forecast, data)?;
     let variance = true_variance(&data.join("truth").join("innovation_variance.nc")).await?;
     let events = read_ood_events(&data.join("truth").join("ood.json"))?;
 

@@ -688,6 +688,37 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         ],
         &["not on the model's grid", "39×68"],
     );
+    // Scoring against data the forecast was not run on: another seed on the
+    // same grid and times, and data sharing no cell and time with it.
+    let reseeded = dir.path().join("reseeded");
+    let s = uqcast(&[
+        "synth",
+        "--out",
+        reseeded.to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        "12",
+        "--res",
+        "2",
+        "--seed",
+        "8",
+    ]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    fails_with(
+        &[
+            "eval",
+            "--forecast",
+            o,
+            "--data",
+            reseeded.to_str().unwrap(),
+        ],
+        &["reseeded", "not the ones it was run on"],
+    );
+    fails_with(
+        &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
+        &["other", "no cell and initial time of the forecast"],
+    );
     // A span that holds no time: an empty run would look like one with
     // nothing new to do.
     for command in ["run", "train"] {
