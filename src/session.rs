@@ -109,6 +109,15 @@ fn contains_parquet(dir: &Path, depth: usize) -> bool {
 /// partitions inferred), everything else as ERA5 NetCDF tables.
 pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Result<()> {
     for t in tables {
+        // Object stores are not read yet: say so, rather than "no such file".
+        if let Some((scheme, _)) = t.location.split_once("://") {
+            bail!(
+                "table '{}': {}: {scheme}:// locations are not supported yet; uqcast reads local \
+                 files, directories and globs (copy the files to disk first)",
+                t.name,
+                t.location
+            );
+        }
         if is_parquet(&t.location) {
             if !Path::new(&t.location).exists() {
                 bail!(

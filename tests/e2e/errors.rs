@@ -71,6 +71,13 @@ fn missing_path() {
         &["sql", "SELECT 1", "--table", "era5=/no/such/dir/x.nc"],
         &["/no/such/dir/x.nc", "no such file"],
     );
+    // Object stores are not read yet, and the message says so.
+    for location in ["s3://bucket/era5/*.nc", "s3://bucket/forecast/x.parquet"] {
+        fails_with(
+            &["sql", "SELECT 1", "--table", &format!("t={location}")],
+            &[location, "s3:// locations are not supported yet"],
+        );
+    }
 }
 
 #[test]
