@@ -235,6 +235,19 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    /// K ≤ T: a longer sampler would run T steps under its own name.
+    #[test]
+    fn a_sampler_longer_than_the_model_is_refused() {
+        assert!(Sampler::Ddpm.check(50).is_ok());
+        assert!(Sampler::Ddim { steps: 50 }.check(50).is_ok());
+        let err = Sampler::DpmSolver2M { steps: 51 }.check(50).unwrap_err();
+        assert!(
+            err.contains("dpm2m-51") && err.contains("at most 50"),
+            "{err}"
+        );
+        assert!(Sampler::Ddim { steps: 400 }.check(100).is_err());
+    }
+
     /// The exact denoiser for data x₀ ~ N(μ, s²): E[x₀ | x_t] (x₀-prediction).
     fn oracle(
         schedule: &Schedule,

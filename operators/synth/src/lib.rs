@@ -308,5 +308,60 @@ mod tests {
                 .to_string()
                 .contains("'start'")
         );
+        // Sizes are refused before anything is allocated or written.
+        let mut c = config(Encoding::Nc4, false);
+        c.steps = MAX_STEPS + 1;
+        assert!(c.check().unwrap_err().to_string().contains("'steps'"));
+        c.steps = MAX_FILE_VALUES / c.grid.cells() + 1;
+        let err = c.check().unwrap_err().to_string();
+        assert!(err.contains("values in one file"), "{err}");
+        c.files_per_day = true;
+        c.check().unwrap();
+        let out = dir.path().join("never");
+        c.steps = MAX_STEPS + 1;
+        assert!(write_dataset(&c, &out).is_err());
+        assert!(!out.exists(), "nothing is written for a refused size");
+    }
+
+    /// What `--ood` accepts, and whether an event lands on the data:
+    /// a disk only at its own time and inside the box, a regime from its
+    /// start on.
+    #[test]
+    fn ood_events_parse_checked_and_land_where_they_say() {
+        let c = config(Encoding::Nc4, true);
+        let times = c.times();
+        let parse = |s: &str| {
+            OodEvent::parse(s, |t| match t {
+                "T0" => Some(times[0]),
+                "T1" => Some(times[1]),
+                "LATE" => Some(times[5] + SIX_HOURS_MICROS),
+                _ => None,
+            })
+        };
+        for (bad, says) in [
+            ("disk:T1,45,260,9,nan", "DELTA_K"),
+            ("disk:T1,45,260,0,30", "RADIUS_DEG"),
+            ("disk:T1,91,260,9,30", "LAT"),
+            ("disk:T1,45,inf,9,30", "LON"),
+            ("regime:T1,-inf", "DELTA_K"),
+            ("disk:never,45,260,9,30", "not a time"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("'ood'"), "{bad}: {err}");
+        }
+        let disk = parse("disk:T1,45,260,9,30").unwrap();
+        assert!(disk.touches(&c.grid, &times));
+        assert!(
+            !disk.touches(&c.grid, &times[..1]),
+            "its time is not written"
+        );
+        assert!(
+            !parse("disk:T1,45,60,9,30")
+                .unwrap()
+                .touches(&c.grid, &times),
+            "outside the box"
+        );
+        assert!(parse("regime:T0,5").unwrap().touches(&c.grid, &times));
+        assert!(!parse("regime:LATE,5").unwrap().touches(&c.grid, &times));
     }
 }
