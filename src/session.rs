@@ -108,6 +108,16 @@ fn contains_parquet(dir: &Path, depth: usize) -> bool {
 /// Registers each table: Parquet locations as Parquet tables (Hive
 /// partitions inferred), everything else as ERA5 NetCDF tables.
 pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Result<()> {
+    for (i, t) in tables.iter().enumerate() {
+        if let Some(first) = tables[..i].iter().find(|u| u.name == t.name) {
+            bail!(
+                "--table '{}' is given twice ({} and {}); each table needs its own name",
+                t.name,
+                first.location,
+                t.location
+            );
+        }
+    }
     for t in tables {
         // Object stores are not read yet: say so, rather than "no such file".
         if let Some((scheme, _)) = t.location.split_once("://") {

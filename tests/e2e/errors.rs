@@ -71,6 +71,18 @@ fn missing_path() {
         &["sql", "SELECT 1", "--table", "era5=/no/such/dir/x.nc"],
         &["/no/such/dir/x.nc", "no such file"],
     );
+    // One name for two tables.
+    fails_with(
+        &[
+            "sql",
+            "SELECT 1",
+            "--table",
+            "t=/data/a.nc",
+            "--table",
+            "t=/data/b.nc",
+        ],
+        &["--table 't' is given twice", "/data/a.nc", "/data/b.nc"],
+    );
     // Object stores are not read yet, and the message says so.
     for location in ["s3://bucket/era5/*.nc", "s3://bucket/forecast/x.parquet"] {
         fails_with(

@@ -173,14 +173,18 @@ impl Accumulator for TwoSums {
     }
 }
 
-/// `weighted_rmse`'s accumulator: Σ w·(p − t)² and Σ w. A negative weight
-/// ends the query: among positive ones it would bend the mean unseen.
+/// `weighted_rmse`'s accumulator: Σ w·(p − t)² and Σ w. A negative or
+/// infinite weight ends the query: among finite positive ones it would bend
+/// the mean unseen.
 fn weighted_rmse_sums() -> TwoSums {
     TwoSums::new(
         |r| {
             let (prediction, truth, weight) = (r[0], r[1], r[2]);
-            if weight.is_nan() || weight < 0.0 {
-                return exec_err!("weighted_rmse: weight must be non-negative, got {weight}");
+            // An infinite weight would turn the ratio into NaN.
+            if !(weight.is_finite() && weight >= 0.0) {
+                return exec_err!(
+                    "weighted_rmse: weight must be finite and non-negative, got {weight}"
+                );
             }
             Ok([weight * (prediction - truth) * (prediction - truth), weight])
         },
@@ -269,7 +273,11 @@ mod tests {
             ),
             (
                 "SELECT weighted_rmse(p, 0.0, w) FROM (VALUES (1.0, 1.0), (2.0, -0.5)) t(p, w)",
-                "weighted_rmse: weight must be non-negative, got -0.5",
+                "weighted_rmse: weight must be finite and non-negative, got -0.5",
+            ),
+            (
+                "SELECT weighted_rmse(p, 0.0, w) FROM (VALUES (1.0, 1.0), (2.0, 1.0 / 0.0)) t(p, w)",
+                "weighted_rmse: weight must be finite and non-negative, got inf",
             ),
         ] {
             let result = match ctx.sql(sql).await {

@@ -81,11 +81,11 @@ fn terms(row: &[f64]) -> Result<[f64; 2]> {
     if k.is_nan() || k < 2.0 {
         return exec_err!("{NAME}: the ensemble size k must be at least 2, got {k}");
     }
-    if variance.is_nan() || variance < 0.0 {
-        return exec_err!("{NAME}: variance must be non-negative, got {variance}");
+    if !(variance.is_finite() && variance >= 0.0) {
+        return exec_err!("{NAME}: variance must be finite and non-negative, got {variance}");
     }
-    if weight.is_nan() || weight < 0.0 {
-        return exec_err!("{NAME}: weight must be non-negative, got {weight}");
+    if !(weight.is_finite() && weight >= 0.0) {
+        return exec_err!("{NAME}: weight must be finite and non-negative, got {weight}");
     }
     Ok([
         weight * variance * spread_correction(k),
@@ -187,11 +187,15 @@ mod tests {
             ),
             (
                 "0.0, 1.0, -0.5, 8",
-                "variance must be non-negative, got -0.5",
+                "variance must be finite and non-negative, got -0.5",
             ),
             (
                 "0.0, 1.0, 0.5, 8, -1.0",
-                "weight must be non-negative, got -1",
+                "weight must be finite and non-negative, got -1",
+            ),
+            (
+                "0.0, 1.0, 1.0 / 0.0, 8",
+                "variance must be finite and non-negative, got inf",
             ),
         ] {
             let err = values(&format!("SELECT spread_skill({args})"), 0)
