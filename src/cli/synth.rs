@@ -91,8 +91,10 @@ impl SynthArgs {
 
 /// Generates the data set (off the async executor) and returns what was written.
 pub async fn generate(args: &SynthArgs) -> Result<SynthReport> {
-    let config = args.config()?;
-    let out = args.out.clone();
+    write(args.config()?, args.out.clone()).await
+}
+
+async fn write(config: SynthConfig, out: PathBuf) -> Result<SynthReport> {
     tokio::task::spawn_blocking(move || write_dataset(&config, &out))
         .await
         .context("synth task failed")?
@@ -121,7 +123,7 @@ pub async fn run(args: SynthArgs) -> Result<()> {
             );
         }
     }
-    let report = generate(&args).await?;
+    let report = write(config, args.out.clone()).await?;
     let mut out = std::io::stdout().lock();
     for f in &report.files {
         writeln!(out, "wrote {}", f.display())?;

@@ -334,16 +334,12 @@ fn forecast_flags_sql_function_plot_and_eval() {
     }
 
     // Maps, into a directory that does not exist yet.
+    fn plot<'a>(input: &'a Path, time: &'a str, file: &'a Path) -> [&'a str; 7] {
+        let (input, file) = (input.to_str().unwrap(), file.to_str().unwrap());
+        ["plot", "--input", input, "--time", time, "--out", file]
+    }
     let png = dir.path().join("maps/map.png");
-    let o = uqcast(&[
-        "plot",
-        "--input",
-        out.to_str().unwrap(),
-        "--time",
-        "2020-01-02T18:00Z",
-        "--out",
-        png.to_str().unwrap(),
-    ]);
+    let o = uqcast(&plot(&out, "2020-01-02T18:00Z", &png));
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(&png).unwrap();
     assert!(
@@ -352,29 +348,13 @@ fn forecast_flags_sql_function_plot_and_eval() {
         bytes.len()
     );
     fails_with(
-        &[
-            "plot",
-            "--input",
-            out.to_str().unwrap(),
-            "--time",
-            "2021-01-01T00:00Z",
-            "--out",
-            png.to_str().unwrap(),
-        ],
+        &plot(&out, "2021-01-01T00:00Z", &png),
         &["no forecast valid at 2021-01-01T00:00Z"],
     );
     // A file name whose extension picks no image format fails before any work.
     let txt = dir.path().join("map.txt");
     fails_with(
-        &[
-            "plot",
-            "--input",
-            out.to_str().unwrap(),
-            "--time",
-            "2020-01-02T18:00Z",
-            "--out",
-            txt.to_str().unwrap(),
-        ],
+        &plot(&out, "2020-01-02T18:00Z", &txt),
         &["map.txt", "--out", ".png"],
     );
     assert!(!txt.exists());

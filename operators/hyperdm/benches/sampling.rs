@@ -18,9 +18,11 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, HyperDm, MlpConfig, Prediction, PrimaryMlp,
-    PrimaryUnet, Sampler, ScheduleKind, UnetConfig, default_device,
+    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryMlp, PrimaryUnet, Sampler, UnetConfig,
+    default_device,
 };
+
+mod cell_model;
 
 fn sync(device: &Device) {
     device.synchronize().expect("synchronize");
@@ -114,29 +116,14 @@ fn unet(c: &mut Criterion, device: &Device) {
 
 fn cell_mlp(c: &mut Criterion, device: &Device) {
     const CELLS: usize = 2000;
-    const COND_DIM: usize = 5 * 5 + 4;
     const SAMPLES: usize = 16;
-    let mlp = MlpConfig {
-        data_dim: 1,
-        cond_dim: COND_DIM,
-        time_dim: 16,
-        hidden: vec![64, 64, 64],
-        steps: 100,
-        activation: Activation::Relu,
-    };
-    let diffusion = DiffusionConfig {
-        steps: 100,
-        prediction: Prediction::V,
-        schedule: ScheduleKind::LogSnr,
-    };
-    let hyper = HyperConfig {
-        z_dim: 8,
-        hidden: vec![16, 16],
-        z_skip: true,
-        ..HyperConfig::default()
-    };
+    let (mlp, diffusion, hyper) = (
+        cell_model::mlp(),
+        cell_model::diffusion(),
+        cell_model::hyper(true),
+    );
     let model = HyperDm::new(PrimaryMlp::new(&mlp), &hyper, &diffusion, device, 0).expect("model");
-    let cond = Tensor::randn(0f32, 1.0, (CELLS, COND_DIM), device).expect("cond");
+    let cond = Tensor::randn(0f32, 1.0, (CELLS, cell_model::COND_DIM), device).expect("cond");
     let mut group = c.benchmark_group("hyperdm_cell_mlp");
     group.sample_size(10);
     for members in [1, 2, 4] {

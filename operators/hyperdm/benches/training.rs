@@ -11,12 +11,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use uqcast_hyperdm::{
-    Activation, DiffusionConfig, HyperConfig, HyperDm, HyperForm, Method, MlpConfig, Prediction,
-    PrimaryMlp, Result, ScheduleKind, TrainConfig, TrainingData, default_device,
+    HyperConfig, HyperDm, HyperForm, Method, PrimaryMlp, Result, TrainConfig, TrainingData,
+    default_device,
 };
 
+mod cell_model;
+use cell_model::COND_DIM;
+
 const BATCH: usize = 2048;
-const COND_DIM: usize = 5 * 5 + 4;
 const UPDATES_PER_ITERATION: u64 = 20;
 
 /// Random pairs shaped like the cell model's.
@@ -55,25 +57,11 @@ impl TrainingData for CellPairs {
 }
 
 fn training(c: &mut Criterion, device: &Device) {
-    let mlp = MlpConfig {
-        data_dim: 1,
-        cond_dim: COND_DIM,
-        time_dim: 16,
-        hidden: vec![64, 64, 64],
-        steps: 100,
-        activation: Activation::Relu,
-    };
-    let diffusion = DiffusionConfig {
-        steps: 100,
-        prediction: Prediction::V,
-        schedule: ScheduleKind::LogSnr,
-    };
-    let hyper = |z_skip| HyperConfig {
-        z_dim: 8,
-        hidden: vec![16, 16],
-        z_skip,
-        ..HyperConfig::default()
-    };
+    let (mlp, diffusion, hyper) = (
+        cell_model::mlp(),
+        cell_model::diffusion(),
+        cell_model::hyper,
+    );
     let data = CellPairs::new(20_000);
     // (name, method, hyper-network, anchor, antithetic, z per update)
     let runs = [
