@@ -186,87 +186,64 @@ fn bad_sql() {
 fn bad_synth_options_and_existing_output_survives() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");
-    let disk = |spec: &str| format!("disk:2020-01-01T06:00Z,{spec}");
-    // (start, steps, extra options, what the message names)
-    let cases: Vec<(&str, &str, Vec<String>, Vec<&str>)> = vec![
-        ("soon", "2", vec![], vec!["start", "soon"]),
-        (
-            "2020-01-01",
-            "2",
-            vec!["--grid".into(), "3by4".into()],
-            vec!["grid", "3by4"],
-        ),
-        (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), "blob:1".into()],
-            vec!["ood", "blob:1"],
-        ),
+    // (options after `--out`, what the message names); two steps from
+    // 2020-01-01 00 UTC unless the options say otherwise.
+    let two_steps = "--start 2020-01-01 --steps 2";
+    let cases: Vec<(String, Vec<&str>)> = [
+        ("--start soon --steps 2", vec!["start", "soon"]),
+        ("--grid 3by4", vec!["grid", "3by4"]),
+        ("--ood blob:1", vec!["ood", "blob:1"]),
         // A NaN shift would be written into the data; a disk of no radius,
         // off the globe, at a time not written or outside the box, or a
         // regime after the last step leaves data said to hold an event
         // without it.
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), disk("45,260,6,nan")],
+            "--ood disk:2020-01-01T06:00Z,45,260,6,nan",
             vec!["ood", "DELTA_K nan"],
         ),
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), disk("45,260,-6,30")],
+            "--ood disk:2020-01-01T06:00Z,45,260,-6,30",
             vec!["ood", "RADIUS_DEG -6"],
         ),
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), disk("95,260,6,30")],
+            "--ood disk:2020-01-01T06:00Z,95,260,6,30",
             vec!["ood", "LAT 95"],
         ),
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), "disk:2020-01-02T06:00Z,45,260,6,30".into()],
+            "--ood disk:2020-01-02T06:00Z,45,260,6,30",
             vec!["ood", "changes no grid cell", "TIME must be one of them"],
         ),
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), disk("45,50,6,30")],
+            "--ood disk:2020-01-01T06:00Z,45,50,6,30",
             vec!["ood", "overlap the box"],
         ),
         (
-            "2020-01-01",
-            "2",
-            vec!["--ood".into(), "regime:2020-01-01T12:00Z,5".into()],
+            "--ood regime:2020-01-01T12:00Z,5",
             vec!["ood", "FROM_TIME must come by the last"],
         ),
         // Sizes that could not be held are refused before any allocation.
         (
-            "2020-01-01",
-            "1000000000",
-            vec![],
+            "--start 2020-01-01 --steps 1000000000",
             vec!["steps", "1000000000"],
         ),
         (
-            "2020-01-01",
-            "100000",
-            vec!["--res".into(), "0.25".into()],
+            "--start 2020-01-01 --steps 100000 --res 0.25",
             vec!["steps", "values in one file", "--files-per-day"],
         ),
-    ];
-    for (start, steps, extra, needles) in &cases {
-        let mut args = vec![
-            "synth",
-            "--out",
-            out.to_str().unwrap(),
-            "--start",
-            start,
-            "--steps",
-            steps,
-        ];
-        args.extend(extra.iter().map(String::as_str));
+    ]
+    .into_iter()
+    .map(|(options, needles)| {
+        let options = if options.contains("--start") {
+            options.to_string()
+        } else {
+            format!("{two_steps} {options}")
+        };
+        (options, needles)
+    })
+    .collect();
+    for (options, needles) in &cases {
+        let mut args = vec!["synth", "--out", out.to_str().unwrap()];
+        args.extend(options.split_whitespace());
         fails_with(&args, needles);
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }

@@ -29,7 +29,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Synthesises `steps` steps on a small grid into `dir`; panics on failure.
 pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
-    let steps = steps.to_string();
+    synth_seeded(dir, steps, encoding, 7, extra);
+}
+
+/// As [`synth`], with another seed: the same grid and times, other values.
+pub fn synth_seeded(dir: &Path, steps: usize, encoding: &str, seed: u64, extra: &[&str]) {
+    let (steps, seed) = (steps.to_string(), seed.to_string());
     let mut args = vec![
         "synth",
         "--out",
@@ -43,7 +48,7 @@ pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
         "--encoding",
         encoding,
         "--seed",
-        "7",
+        &seed,
     ];
     args.extend_from_slice(extra);
     let o = uqcast(&args);

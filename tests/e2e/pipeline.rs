@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::errors::fails_with;
-use crate::{stderr, stdout, synth, uqcast};
+use crate::{stderr, stdout, synth, synth_seeded, uqcast};
 
 /// A small pipeline: the whole (small) grid, a tiny cell model, slow enough
 /// sampling (`samples`) that a run can be killed between steps.
@@ -671,20 +671,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     // Scoring against data the forecast was not run on: another seed on the
     // same grid and times, and data sharing no cell and time with it.
     let reseeded = dir.path().join("reseeded");
-    let s = uqcast(&[
-        "synth",
-        "--out",
-        reseeded.to_str().unwrap(),
-        "--start",
-        "2020-01-01T00:00Z",
-        "--steps",
-        "12",
-        "--res",
-        "2",
-        "--seed",
-        "8",
-    ]);
-    assert!(s.status.success(), "{}", stderr(&s));
+    synth_seeded(&reseeded, 12, "nc4", 8, &[]);
     fails_with(
         &[
             "eval",

@@ -16,10 +16,11 @@
 //! (add `--features cuda` on a GPU machine).
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use uqcast_hyperdm::{
-    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryMlp, PrimaryUnet, Sampler, UnetConfig,
-    default_device,
+    DiffusionConfig, HyperConfig, HyperDm, MlpConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet,
+    Sampler, UnetConfig, default_device,
 };
 
 mod cell_model;
@@ -43,6 +44,27 @@ fn matmul(c: &mut Criterion, device: &Device) {
     group.finish();
 }
 
+/// One benchmark: `model` makes `members` × `samples` predictions of every
+/// condition in `cond` (the device synchronised, so GPU time is counted).
+fn bench_predict<P: PrimaryNetwork>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    model: &HyperDm<P>,
+    cond: &Tensor,
+    (members, samples): (usize, usize),
+    sampler: Sampler,
+    device: &Device,
+) {
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            model
+                .predict(cond, members, samples, sampler, 0)
+                .expect("predict");
+            sync(device);
+        })
+    });
+}
+
 fn toy(c: &mut Criterion, device: &Device) {
     let diffusion = DiffusionConfig::default();
     let model = HyperDm::new(
@@ -57,14 +79,16 @@ fn toy(c: &mut Criterion, device: &Device) {
     let mut group = c.benchmark_group("hyperdm_toy_mlp");
     group.sample_size(10);
     group.throughput(Throughput::Elements(10 * 1000));
-    group.bench_function("m10_n1000_ddim100", |b| {
-        b.iter(|| {
-            model
-                .predict(&cond, 10, 1000, Sampler::Ddim { steps: 100 }, 0)
-                .expect("predict");
-            sync(device);
-        })
-    });
+    let ddim100 = Sampler::Ddim { steps: 100 };
+    bench_predict(
+        &mut group,
+        "m10_n1000_ddim100",
+        &model,
+        &cond,
+        (10, 1000),
+        ddim100,
+        device,
+    );
     group.finish();
 }
 
@@ -90,27 +114,23 @@ fn unet(c: &mut Criterion, device: &Device) {
     let mut group = c.benchmark_group("hyperdm_unet16");
     group.sample_size(10);
     group.throughput(Throughput::Elements(2 * 8));
+    let ddim25 = Sampler::Ddim { steps: 25 };
     for size in [32, 64] {
         let cond = Tensor::randn(0f32, 1.0, (1, 1, size, size), device).expect("cond");
-        group.bench_function(format!("{size}x{size}_m2_n8_ddim25"), |b| {
-            b.iter(|| {
-                model
-                    .predict(&cond, 2, 8, Sampler::Ddim { steps: 25 }, 0)
-                    .expect("predict");
-                sync(device);
-            })
-        });
+        let name = format!("{size}x{size}_m2_n8_ddim25");
+        bench_predict(&mut group, &name, &model, &cond, (2, 8), ddim25, device);
     }
     // The same 16 predictions from one member: its rows cut into shards.
     let cond = Tensor::randn(0f32, 1.0, (1, 1, 32, 32), device).expect("cond");
-    group.bench_function("32x32_m1_n16_ddim25", |b| {
-        b.iter(|| {
-            model
-                .predict(&cond, 1, 16, Sampler::Ddim { steps: 25 }, 0)
-                .expect("predict");
-            sync(device);
-        })
-    });
+    bench_predict(
+        &mut group,
+        "32x32_m1_n16_ddim25",
+        &model,
+        &cond,
+        (1, 16),
+        ddim25,
+        device,
+    );
     group.finish();
 }
 
@@ -128,20 +148,17 @@ fn cell_mlp(c: &mut Criterion, device: &Device) {
     group.sample_size(10);
     for members in [1, 2, 4] {
         group.throughput(Throughput::Elements((members * SAMPLES * CELLS) as u64));
-        group.bench_function(format!("m{members}_n{SAMPLES}_cells{CELLS}_dpm2m20"), |b| {
-            b.iter(|| {
-                model
-                    .predict(
-                        &cond,
-                        members,
-                        SAMPLES,
-                        Sampler::DpmSolver2M { steps: 20 },
-                        0,
-                    )
-                    .expect("predict");
-                sync(device);
-            })
-        });
+        let name = format!("m{members}_n{SAMPLES}_cells{CELLS}_dpm2m20");
+        let dpm2m20 = Sampler::DpmSolver2M { steps: 20 };
+        bench_predict(
+            &mut group,
+            &name,
+            &model,
+            &cond,
+            (members, SAMPLES),
+            dpm2m20,
+            device,
+        );
     }
     group.finish();
 }
