@@ -108,6 +108,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             pipeline.file.display()
         );
     }
+    // The input is opened before the output, so a run that cannot read its
+    // input leaves no empty forecast directory behind.
+    let ctx = context_with_table("era5", location).await?;
+    let sql = source_sql(pipeline, options.since, options.until)?;
     let store = ForecastStore::open(&out_dir)?;
     store.clean_temporaries()?;
     let provenance: Provenance = [
@@ -131,8 +135,6 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let lead = model.lead_micros();
     let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
 
-    let ctx = context_with_table("era5", location).await?;
-    let sql = source_sql(pipeline, options.since, options.until)?;
     let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
     let plan = table.scan(&ctx.state(), None, &[], None).await?;
     let mut stream = execute_stream(plan, ctx.task_ctx())?;

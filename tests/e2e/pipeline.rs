@@ -702,6 +702,21 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
             &["--since 2020-01-02T00:00Z is after --until 2020-01-01T00:00Z"],
         );
     }
+    // A missing input fails before the output directory is made.
+    let fresh = dir.path().join("fresh-out");
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            fresh.to_str().unwrap(),
+            "--input",
+            "/nonexistent/era5",
+        ],
+        &["/nonexistent/era5"],
+    );
+    assert!(!fresh.exists(), "a failed run made {}", fresh.display());
     // A missing model.
     fails_with(
         &[
