@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                         .join(" ")
                 })
                 .collect();
-            eprintln!("error: {}", dedupe(causes).join(": "));
+            eprintln!("error: {}", one_line(causes));
             exit_failed()
         }
     }
@@ -72,13 +72,48 @@ fn exit_failed() -> ExitCode {
     }
 }
 
-/// Drops causes already spelled out by the cause above them.
-fn dedupe(causes: Vec<String>) -> Vec<String> {
+/// Drops causes already spelled out by the cause above them, and a part
+/// said twice in a row (DataFusion wraps a parquet error whose own text
+/// begins "Parquet error:" in another "Parquet error:").
+fn one_line(causes: Vec<String>) -> String {
     let mut out: Vec<String> = Vec::new();
     for c in causes {
         if !out.last().is_some_and(|prev| prev.contains(&c)) {
             out.push(c);
         }
     }
-    out
+    let mut parts: Vec<&str> = Vec::new();
+    let joined = out.join(": ");
+    for part in joined.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let causes = |v: &[&str]| one_line(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            causes(&[
+                "table 't': a.parquet",
+                "Parquet error: Parquet error: Unexpected struct field type 15",
+            ]),
+            "table 't': a.parquet: Parquet error: Unexpected struct field type 15"
+        );
+        // A cause the one above already quotes is not repeated.
+        assert_eq!(
+            causes(&["x.nc: no variable t2m", "no variable t2m"]),
+            "x.nc: no variable t2m"
+        );
+        // Different parts stay, in order; a part ending one cause and
+        // beginning the next is said once.
+        assert_eq!(causes(&["a: b", "c"]), "a: b: c");
+        assert_eq!(causes(&["a: b", "b: c"]), "a: b: c");
+    }
 }

@@ -8,6 +8,8 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
 
+mod footers;
+
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
 /// `weighted_rmse`, `spread_skill`).
@@ -136,9 +138,24 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
                     t.location
                 );
             }
-            ctx.register_parquet(&t.name, &t.location, ParquetReadOptions::default())
-                .await
-                .with_context(|| format!("table '{}': {}", t.name, t.location))?;
+            footers::check(Path::new(&t.location))
+                .with_context(|| format!("table '{}'", t.name))?;
+            let registered = ctx
+                .register_parquet(&t.name, &t.location, ParquetReadOptions::default())
+                .await;
+            if let Err(e) = registered {
+                let location = Path::new(&t.location);
+                if let (true, Some((file, cause))) =
+                    (location.is_dir(), footers::first_unreadable(location))
+                {
+                    bail!(
+                        "table '{}': {}: not readable as Parquet: {cause}",
+                        t.name,
+                        file.display()
+                    );
+                }
+                return Err(e).with_context(|| format!("table '{}': {}", t.name, t.location));
+            }
         } else {
             let location = t.location.clone();
             let provider =

@@ -1,5 +1,6 @@
 //! `uqcast sql` and `uqcast synth` through the binary.
 
+use crate::errors::fails_with;
 use crate::{stderr, stdout, synth, uqcast};
 
 #[test]
@@ -86,6 +87,44 @@ fn parquet_output_reads_back_as_a_table() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+
+    // Damage in the copy's footer, then in its metadata: one named line
+    // each. The first ended in a parquet-crate overflow panic before the
+    // footer check (`src/session/footers.rs`).
+    let bytes = std::fs::read(&out).unwrap();
+    let n = bytes.len();
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    let copy = damaged.join("north.parquet");
+    let table = format!("north={}", damaged.display());
+    let query = ["sql", "SELECT count(*) FROM north", "--table", &table];
+    let mut long_footer = bytes.clone();
+    long_footer[n - 8..n - 4].copy_from_slice(&(n as u32).to_le_bytes());
+    std::fs::write(&copy, &long_footer).unwrap();
+    let claim = format!("gives {n} bytes of metadata, the file holds {n} bytes");
+    fails_with(
+        &query,
+        &["damaged/north.parquet", "corrupt Parquet footer", &claim],
+    );
+    // Damaged metadata: a table on the folder names the file (DataFusion's
+    // error names only the folder), and one on the file says DataFusion's
+    // "Parquet error:" around the parquet crate's own once.
+    let mut bad_metadata = bytes;
+    bad_metadata[n - 20..n - 14].fill(0xff);
+    std::fs::write(&copy, &bad_metadata).unwrap();
+    fails_with(
+        &query,
+        &["damaged/north.parquet: not readable as Parquet: "],
+    );
+    let table = format!("north={}", copy.display());
+    let o = uqcast(&["sql", "SELECT count(*) FROM north", "--table", &table]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("damaged/north.parquet: Parquet error: "),
+        "{err}"
+    );
+    assert!(!err.contains("Parquet error: Parquet error"), "{err}");
 }
 
 #[test]

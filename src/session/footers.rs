@@ -1,0 +1,184 @@
+//! A check of every Parquet file's footer before DataFusion reads it.
+//!
+//! The parquet crate (59.3) computes where the metadata starts as
+//! `file length − 8 − metadata length` without checking that the file is
+//! that long, so a file whose footer claims more metadata than it holds (a
+//! damaged length field, or a file cut at its start) ends the process with
+//! an arithmetic-overflow panic in builds with overflow checks, and in other
+//! builds asks the store for a range before the file's start. Reading the
+//! last 8 bytes of each file first turns every such file into an error that
+//! names it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// "PAR1" at both ends of a plain file; "PARE" ends a file with an
+/// encrypted footer.
+const MAGIC: &[u8; 4] = b"PAR1";
+const MAGIC_ENCRYPTED: &[u8; 4] = b"PARE";
+/// Leading magic + metadata length + trailing magic.
+const SMALLEST: u64 = 4 + 4 + 4;
+
+/// Checks the footer of `location` (a `.parquet` file) or of every
+/// `.parquet` file below it. That is every file DataFusion may read there,
+/// and a few it may not (those in folders that are not `key=value`
+/// partitions): a damaged one of those is named too, rather than guessed at.
+pub fn check(location: &Path) -> Result<()> {
+    for file in parquet_files(location)? {
+        check_file(&file)?;
+    }
+    Ok(())
+}
+
+/// The first file below `location` whose metadata the parquet crate
+/// cannot read, with its error: DataFusion's error for a table names the
+/// table's location, not the file, so a failed registration asks this.
+pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
+    use parquet::file::reader::SerializedFileReader;
+    parquet_files(location).ok()?.into_iter().find_map(|path| {
+        let opened = File::open(&path).map_err(|e| e.to_string());
+        match opened.and_then(|f| SerializedFileReader::new(f).map_err(|e| e.to_string())) {
+            Ok(_) => None,
+            Err(e) => Some((path, e)),
+        }
+    })
+}
+
+fn parquet_files(location: &Path) -> Result<Vec<PathBuf>> {
+    if !location.is_dir() {
+        return Ok(vec![location.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![location.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let path = entry.with_context(|| format!("{}", dir.display()))?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.to_ascii_lowercase().ends_with(".parquet") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn check_file(path: &Path) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("{}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?
+        .len();
+    if len < SMALLEST {
+        bail!(
+            "{}: not a Parquet file: {len} bytes, fewer than the {SMALLEST} of an empty one",
+            path.display()
+        );
+    }
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::End(-8))
+        .and_then(|_| file.read_exact(&mut tail))
+        .with_context(|| format!("{}: cannot read the footer", path.display()))?;
+    let magic = &tail[4..];
+    if magic != MAGIC && magic != MAGIC_ENCRYPTED {
+        bail!(
+            "{}: not a Parquet file or cut short: it does not end in PAR1",
+            path.display()
+        );
+    }
+    let metadata_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if metadata_len + SMALLEST > len {
+        bail!(
+            "{}: corrupt Parquet footer: it gives {metadata_len} bytes of metadata, the file holds \
+             {len} bytes in all",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn footer(metadata_len: u32, magic: &[u8; 4]) -> Vec<u8> {
+        let mut v = metadata_len.to_le_bytes().to_vec();
+        v.extend_from_slice(magic);
+        v
+    }
+
+    #[test]
+    fn a_footer_that_fits_its_file_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        // PAR1, 10 bytes of "metadata", length 10, PAR1: 22 bytes.
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[0; 10]);
+        bytes.extend(footer(10, MAGIC));
+        check(&file_with(dir.path(), "ok.parquet", &bytes)).unwrap();
+        // Exactly one byte short of its claimed metadata.
+        let mut short = MAGIC.to_vec();
+        short.extend_from_slice(&[0; 9]);
+        short.extend(footer(10, MAGIC));
+        let e = check(&file_with(dir.path(), "short.parquet", &short)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("short.parquet: corrupt Parquet footer: it gives 10 bytes of metadata, the file holds 21 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_damage_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            (
+                "tiny.parquet",
+                b"PAR1".to_vec(),
+                "4 bytes, fewer than the 12",
+            ),
+            (
+                "cut.parquet",
+                [MAGIC.as_slice(), &[7; 20]].concat(),
+                "does not end in PAR1",
+            ),
+            (
+                "huge.parquet",
+                [MAGIC.as_slice(), &[0; 4], &footer(u32::MAX, MAGIC)].concat(),
+                "4294967295 bytes of metadata",
+            ),
+        ];
+        for (name, bytes, needle) in cases {
+            let e = check(&file_with(dir.path(), name, &bytes)).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains(name) && message.contains(needle),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_directory_is_checked_below_but_only_its_parquet_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("year=2020");
+        std::fs::create_dir(&part).unwrap();
+        // A writer's temporary and other files are not read as the table.
+        file_with(&part, ".t2m.parquet.tmp-1", b"junk");
+        file_with(&part, "notes.txt", b"junk");
+        check(dir.path()).unwrap();
+        file_with(&part, "bad.parquet", b"junk");
+        let e = check(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("year=2020/bad.parquet"), "{e}");
+    }
+}
