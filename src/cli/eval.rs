@@ -69,6 +69,10 @@ pub struct EvalArgs {
     /// JSON instead of a table (one object per line with `--config`).
     #[arg(long)]
     json: bool,
+    /// With `--forecast`: exit 1, naming them, when targets are not met (the
+    /// report is printed first), so a scheduled job can stop on it.
+    #[arg(long, requires = "forecast")]
+    require_targets: bool,
 }
 
 /// The science acceptance numbers.
@@ -84,6 +88,46 @@ pub struct ScienceReport {
     pub rmse_mean: f64,
     pub rmse_persistence: f64,
     pub spread_skill: f64,
+}
+
+/// The AU correlation a forecast must reach.
+const TARGET_AU_CORRELATION: f64 = 0.8;
+/// The EU AUROC on the OOD cells a forecast must reach.
+const TARGET_EU_AUROC: f64 = 0.9;
+
+impl ScienceReport {
+    /// Whether the AU, EU and RMSE targets are met, in the report's order.
+    fn targets(&self) -> [(bool, String); 3] {
+        [
+            (
+                self.au_correlation >= TARGET_AU_CORRELATION,
+                format!(
+                    "AU correlation {:.3} < {TARGET_AU_CORRELATION}",
+                    self.au_correlation
+                ),
+            ),
+            (
+                self.eu_auroc >= TARGET_EU_AUROC,
+                format!("EU AUROC {:.3} < {TARGET_EU_AUROC}", self.eu_auroc),
+            ),
+            (
+                self.rmse_mean < self.rmse_persistence,
+                format!(
+                    "RMSE {:.3} K not below persistence {:.3} K",
+                    self.rmse_mean, self.rmse_persistence
+                ),
+            ),
+        ]
+    }
+
+    /// The targets not met, each as a phrase with its figure.
+    pub fn missed(&self) -> Vec<String> {
+        self.targets()
+            .into_iter()
+            .filter(|(met, _)| !met)
+            .map(|(_, why)| why)
+            .collect()
+    }
 }
 
 struct Rows {
@@ -309,23 +353,24 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
 /// The report as aligned lines with the acceptance targets.
 pub fn render(r: &ScienceReport) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let [au, eu, rmse] = r.targets().map(|(met, _)| met);
     format!(
         "forecast steps {} ({} in distribution with a truth step), OOD cells {}\n\
-         AU vs true noise variance: correlation {:.3} (target ≥ 0.8: {}), mean ratio {:.2} (1 = calibrated)\n\
-         EU separates OOD cells: AUROC {:.3} (target ≥ 0.9: {})\n\
+         AU vs true noise variance: correlation {:.3} (target ≥ {TARGET_AU_CORRELATION}: {}), mean ratio {:.2} (1 = calibrated)\n\
+         EU separates OOD cells: AUROC {:.3} (target ≥ {TARGET_EU_AUROC}: {})\n\
          RMSE of t2m_mean {:.3} K vs persistence {:.3} K ({})\n\
          spread–skill √mean(AU+EU)/RMSE {:.2} (1 = calibrated)",
         r.forecast_steps,
         r.in_distribution_steps,
         r.ood_cells,
         r.au_correlation,
-        verdict(r.au_correlation >= 0.8),
+        verdict(au),
         r.au_mean_ratio,
         r.eu_auroc,
-        verdict(r.eu_auroc >= 0.9),
+        verdict(eu),
         r.rmse_mean,
         r.rmse_persistence,
-        verdict(r.rmse_mean < r.rmse_persistence),
+        verdict(rmse),
         r.spread_skill
     )
 }
@@ -350,11 +395,56 @@ pub async fn run(args: EvalArgs) -> Result<()> {
         _ => bail!("eval needs --config, or --forecast with --data"),
     };
     let report = science(&forecast, &data).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
-    } else {
-        writeln!(out, "{}", render(&report))?;
+    {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            writeln!(out, "{}", render(&report))?;
+        }
+    }
+    let missed = report.missed();
+    if args.require_targets && !missed.is_empty() {
+        bail!(
+            "{}: --require-targets: not met: {}",
+            forecast.display(),
+            missed.join("; ")
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScienceReport;
+
+    fn report(au_correlation: f64, eu_auroc: f64, rmse_mean: f64) -> ScienceReport {
+        ScienceReport {
+            forecast_steps: 12,
+            in_distribution_steps: 8,
+            au_correlation,
+            au_mean_ratio: 1.0,
+            eu_auroc,
+            ood_cells: 40,
+            rmse_mean,
+            rmse_persistence: 3.0,
+            spread_skill: 1.0,
+        }
+    }
+
+    #[test]
+    fn each_missed_target_is_named_with_its_figure() {
+        // On the thresholds counts as met (≥ 0.8, ≥ 0.9); RMSE must be below.
+        assert!(report(0.8, 0.9, 2.999).missed().is_empty());
+        assert_eq!(
+            report(0.5, 0.95, 3.0).missed(),
+            [
+                "AU correlation 0.500 < 0.8",
+                "RMSE 3.000 K not below persistence 3.000 K"
+            ]
+        );
+        assert_eq!(report(0.9, 0.85, 1.0).missed(), ["EU AUROC 0.850 < 0.9"]);
+        // A NaN correlation (no truth cells) is not a pass.
+        assert_eq!(report(f64::NAN, 0.95, 1.0).missed().len(), 1);
+    }
 }

@@ -374,6 +374,33 @@ fn forecast_flags_sql_function_plot_and_eval() {
     assert!(r["ood_cells"].as_u64().unwrap() > 0, "{r}");
     let auroc = r["eu_auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auroc), "{r}");
+    // As a gate for a scheduled job: the report, then exit 1 naming each
+    // target this short-trained model misses (worked out here from the JSON).
+    let field = |k: &str| r[k].as_f64().unwrap();
+    let missed: Vec<&str> = [
+        (field("au_correlation") < 0.8, "AU correlation"),
+        (auroc < 0.9, "EU AUROC"),
+        (field("rmse_mean") >= field("rmse_persistence"), "RMSE"),
+    ]
+    .into_iter()
+    .filter_map(|(miss, name)| miss.then_some(name))
+    .collect();
+    assert!(!missed.is_empty(), "150 updates met every target: {r}");
+    let o = uqcast(&[
+        "eval",
+        "--forecast",
+        out.to_str().unwrap(),
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--require-targets",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(stdout(&o).contains("NOT met"), "{}", stdout(&o));
+    assert!(err.contains("--require-targets: not met: "), "{err}");
+    for name in ["AU correlation", "EU AUROC", "RMSE"] {
+        assert_eq!(err.contains(name), missed.contains(&name), "{name}: {err}");
+    }
 
     // Skill in one SQL query (forecast Parquet joined with era5 NetCDF)
     // equals the library's scores of the same rows.
