@@ -360,14 +360,12 @@ fn forecast_flags_sql_function_plot_and_eval() {
     assert!(!txt.exists());
 
     // The science report runs on it (numbers of a 150-update model are not judged here).
-    let o = uqcast(&[
-        "eval",
-        "--forecast",
-        out.to_str().unwrap(),
-        "--data",
-        dir.path().join("data").to_str().unwrap(),
-        "--json",
-    ]);
+    let data = dir.path().join("data");
+    let eval = |option: &str| {
+        let (out, data) = (out.to_str().unwrap(), data.to_str().unwrap());
+        uqcast(&["eval", "--forecast", out, "--data", data, option])
+    };
+    let o = eval("--json");
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(r["forecast_steps"], 12, "{r}");
@@ -386,14 +384,7 @@ fn forecast_flags_sql_function_plot_and_eval() {
     .filter_map(|(miss, name)| miss.then_some(name))
     .collect();
     assert!(!missed.is_empty(), "150 updates met every target: {r}");
-    let o = uqcast(&[
-        "eval",
-        "--forecast",
-        out.to_str().unwrap(),
-        "--data",
-        dir.path().join("data").to_str().unwrap(),
-        "--require-targets",
-    ]);
+    let o = eval("--require-targets");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(stdout(&o).contains("NOT met"), "{}", stdout(&o));
