@@ -89,7 +89,7 @@ fn choose_variables(first: &FileInfo, requested: Option<&[String]>) -> Result<Ve
     match requested {
         Some(names) => Ok(names.to_vec()),
         None => {
-            first.variable(T2M)?;
+            describe_or_explain(first, T2M)?;
             let mut names = vec![T2M.to_string()];
             names.extend(
                 first

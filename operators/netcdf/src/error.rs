@@ -85,6 +85,14 @@ pub enum NetcdfError {
         problem: String,
     },
 
+    #[error("{}: coordinate '{variable}' has no value at index {index} (it holds the fill value {fill}: never written, or the file was cut short while being written)", path.display())]
+    Unwritten {
+        path: PathBuf,
+        variable: String,
+        index: usize,
+        fill: f64,
+    },
+
     #[error("{}: coordinate '{variable}' is not strictly monotonic at index {index}", path.display())]
     NotMonotonic {
         path: PathBuf,

@@ -205,6 +205,44 @@ fn read_values(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
         })
 }
 
+/// A coordinate's values; one equal to the variable's fill value is an
+/// error. Such a value was never written (libnetcdf fills unwritten
+/// entries), and as a number it can pass for a real one: an int32 "seconds
+/// since 1970" axis reads its default fill as December 1901.
+fn read_coordinate(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
+    let values = read_values(var, path)?;
+    if let Some(fill) = fill_of(var) {
+        if let Some(index) = values.iter().position(|&v| v == fill) {
+            return Err(NetcdfError::Unwritten {
+                path: path.to_path_buf(),
+                variable: var.name(),
+                index,
+                fill,
+            });
+        }
+    }
+    Ok(values)
+}
+
+/// The value libnetcdf stores where nothing was written (`_FillValue`, else
+/// the type's default), as f64; none when the variable is written without
+/// fill.
+fn fill_of(var: &Variable<'_>) -> Option<f64> {
+    match var.vartype() {
+        NcVariableType::Int(IntType::I8) => var.fill_value::<i8>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::U8) => var.fill_value::<u8>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::I16) => var.fill_value::<i16>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::U16) => var.fill_value::<u16>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::I32) => var.fill_value::<i32>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::U32) => var.fill_value::<u32>().ok()?.map(f64::from),
+        NcVariableType::Int(IntType::I64) => var.fill_value::<i64>().ok()?.map(|x| x as f64),
+        NcVariableType::Int(IntType::U64) => var.fill_value::<u64>().ok()?.map(|x| x as f64),
+        NcVariableType::Float(FloatType::F32) => var.fill_value::<f32>().ok()?.map(f64::from),
+        NcVariableType::Float(FloatType::F64) => var.fill_value::<f64>().ok()?,
+        _ => None,
+    }
+}
+
 fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> {
     let var = coordinate(file, path, name)?;
     let attr_err = |attribute: &str, problem: String| NetcdfError::Attribute {
@@ -221,7 +259,7 @@ fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> 
     })?;
     let calendar = string_attr(&var, "calendar");
     let axis = TimeAxis::parse(&units, calendar.as_deref()).map_err(|p| attr_err("units", p))?;
-    read_values(&var, path)?
+    read_coordinate(&var, path)?
         .into_iter()
         .map(|v| axis.to_micros(v).map_err(|p| attr_err("units", p)))
         .collect()
@@ -229,7 +267,7 @@ fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> 
 
 fn read_axis(file: &netcdf::File, path: &Path, name: &str) -> Result<Axis> {
     let var = coordinate(file, path, name)?;
-    let values = read_values(&var, path)?;
+    let values = read_coordinate(&var, path)?;
     let increasing = values.len() < 2 || values[1] > values[0];
     for i in 1..values.len() {
         let ok = if increasing {

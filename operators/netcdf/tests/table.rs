@@ -427,4 +427,80 @@ fn bad_inputs_name_the_file_and_field() {
         "{err}"
     );
     assert!(err.to_string().contains("t2m, u10"), "{err}");
+
+    // t2m stored (time, longitude, latitude): present, but not on the grid's
+    // axes in order; the error says so instead of "not found".
+    let swapped = dir.path().join("swapped.nc");
+    {
+        let mut f = netcdf::create(&swapped).unwrap();
+        f.add_dimension("time", 1).unwrap();
+        f.add_dimension("latitude", 2).unwrap();
+        f.add_dimension("longitude", 3).unwrap();
+        f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
+        f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
+        f.add_variable::<i64>("time", &["time"])
+            .unwrap()
+            .put_attribute("units", "seconds since 1970-01-01")
+            .unwrap();
+        f.add_variable::<f32>("t2m", &["time", "longitude", "latitude"])
+            .unwrap()
+            .put_attribute("units", "K")
+            .unwrap();
+        let mut put = |name: &str, values: &[f32]| {
+            f.variable_mut(name)
+                .unwrap()
+                .put_values(values, ..)
+                .unwrap();
+        };
+        put("latitude", &[50.0, 49.0]);
+        put("longitude", &[0.0, 1.0, 2.0]);
+        f.variable_mut("time")
+            .unwrap()
+            .put_values(&[1_577_836_800_i64], ..)
+            .unwrap();
+        f.close().unwrap();
+    }
+    // The second of two steps never written: its int32 time holds the
+    // default fill, which as seconds since 1970 would read as 1901-12-13.
+    let unwritten = dir.path().join("unwritten.nc");
+    {
+        let mut f = netcdf::create(&unwritten).unwrap();
+        f.add_dimension("time", 2).unwrap();
+        f.add_dimension("latitude", 1).unwrap();
+        f.add_dimension("longitude", 1).unwrap();
+        f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
+        f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
+        let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
+        t.put_attribute("units", "seconds since 1970-01-01")
+            .unwrap();
+        t.put_value(1_577_836_800_i32, [0]).unwrap();
+        for axis in ["latitude", "longitude"] {
+            f.variable_mut(axis)
+                .unwrap()
+                .put_value(10.0_f32, [0])
+                .unwrap();
+        }
+        f.add_variable::<f32>("t2m", &["time", "latitude", "longitude"])
+            .unwrap()
+            .put_attribute("units", "K")
+            .unwrap();
+        f.close().unwrap();
+    }
+    let err = Era5TableProvider::try_new(&[unwritten.display().to_string()], None).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "unwritten.nc: coordinate 'time' has no value at index 1 (it holds the fill value \
+             -2147483647"
+        ),
+        "{err}"
+    );
+
+    let err = Era5TableProvider::try_new(&[swapped.display().to_string()], None).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "swapped.nc: variable 't2m' has dimensions (time, longitude, latitude); expected \
+             (time, latitude, longitude)"
+        ),
+        "{err}"
+    );
 }
