@@ -211,15 +211,15 @@ fn read_values(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
 /// since 1970" axis reads its default fill as December 1901.
 fn read_coordinate(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
     let values = read_values(var, path)?;
-    if let Some(fill) = fill_of(var) {
-        if let Some(index) = values.iter().position(|&v| v == fill) {
-            return Err(NetcdfError::Unwritten {
-                path: path.to_path_buf(),
-                variable: var.name(),
-                index,
-                fill,
-            });
-        }
+    if let Some(fill) = fill_of(var)
+        && let Some(index) = values.iter().position(|&v| v == fill)
+    {
+        return Err(NetcdfError::Unwritten {
+            path: path.to_path_buf(),
+            variable: var.name(),
+            index,
+            fill,
+        });
     }
     Ok(values)
 }
