@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use netcdf::types::{FloatType, IntType, NcVariableType};
 use netcdf::{AttributeValue, Variable};
 
-use crate::cf::{Packing, TimeAxis};
+use crate::cf::{Calendar, Packing, TimeAxis};
 use crate::error::{NetcdfError, Result};
 
 const TIME_NAMES: &[&str] = &["valid_time", "time"];
@@ -258,6 +258,8 @@ fn read_times(file: &netcdf::File, path: &Path, name: &str) -> Result<Vec<i64>> 
         )
     })?;
     let calendar = string_attr(&var, "calendar");
+    // Checked on its own first, so a calendar error names that attribute.
+    Calendar::parse(calendar.as_deref()).map_err(|p| attr_err("calendar", p))?;
     let axis = TimeAxis::parse(&units, calendar.as_deref()).map_err(|p| attr_err("units", p))?;
     read_coordinate(&var, path)?
         .into_iter()

@@ -428,79 +428,92 @@ fn bad_inputs_name_the_file_and_field() {
     );
     assert!(err.to_string().contains("t2m, u10"), "{err}");
 
-    // t2m stored (time, longitude, latitude): present, but not on the grid's
-    // axes in order; the error says so instead of "not found".
-    let swapped = dir.path().join("swapped.nc");
-    {
-        let mut f = netcdf::create(&swapped).unwrap();
-        f.add_dimension("time", 1).unwrap();
-        f.add_dimension("latitude", 2).unwrap();
-        f.add_dimension("longitude", 3).unwrap();
-        f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
-        f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
-        f.add_variable::<i64>("time", &["time"])
-            .unwrap()
-            .put_attribute("units", "seconds since 1970-01-01")
-            .unwrap();
-        f.add_variable::<f32>("t2m", &["time", "longitude", "latitude"])
-            .unwrap()
-            .put_attribute("units", "K")
-            .unwrap();
-        let mut put = |name: &str, values: &[f32]| {
-            f.variable_mut(name)
-                .unwrap()
-                .put_values(values, ..)
-                .unwrap();
-        };
-        put("latitude", &[50.0, 49.0]);
-        put("longitude", &[0.0, 1.0, 2.0]);
-        f.variable_mut("time")
-            .unwrap()
-            .put_values(&[1_577_836_800_i64], ..)
-            .unwrap();
-        f.close().unwrap();
+    // Hand-built one-cell files, each wrong in one way.
+    let cases = [
+        // t2m present, but not on the grid's axes in order: said so, not
+        // "not found".
+        (
+            "swapped.nc",
+            OneCell {
+                t2m_dims: ["time", "longitude", "latitude"],
+                ..OneCell::default()
+            },
+            "swapped.nc: variable 't2m' has dimensions (time, longitude, latitude); expected \
+             (time, latitude, longitude)",
+        ),
+        // The second step's time never written: its int32 holds the default
+        // fill, which as seconds since 1970 would read as 1901-12-13.
+        (
+            "unwritten.nc",
+            OneCell {
+                times_written: 1,
+                ..OneCell::default()
+            },
+            "unwritten.nc: coordinate 'time' has no value at index 1 (it holds the fill value \
+             -2147483647",
+        ),
+        (
+            "calendar.nc",
+            OneCell {
+                calendar: "360_day",
+                ..OneCell::default()
+            },
+            "calendar.nc: attribute 'time:calendar': calendar '360_day' has dates that are not \
+             UTC dates",
+        ),
+    ];
+    for (name, file, needle) in cases {
+        let path = dir.path().join(name);
+        file.write(&path);
+        let err = Era5TableProvider::try_new(&[path.display().to_string()], None).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
     }
-    // The second of two steps never written: its int32 time holds the
-    // default fill, which as seconds since 1970 would read as 1901-12-13.
-    let unwritten = dir.path().join("unwritten.nc");
-    {
-        let mut f = netcdf::create(&unwritten).unwrap();
+    OneCell::default().write(&dir.path().join("sound.nc"));
+    Era5TableProvider::try_new(&[dir.path().join("sound.nc").display().to_string()], None).unwrap();
+}
+
+/// A two-step, one-cell file written with raw libnetcdf calls: an int32
+/// time axis in seconds since 1970, t2m in kelvin.
+struct OneCell {
+    t2m_dims: [&'static str; 3],
+    calendar: &'static str,
+    /// How many of the two time entries are written.
+    times_written: usize,
+}
+
+impl Default for OneCell {
+    fn default() -> Self {
+        Self {
+            t2m_dims: ["time", "latitude", "longitude"],
+            calendar: "standard",
+            times_written: 2,
+        }
+    }
+}
+
+impl OneCell {
+    fn write(&self, path: &Path) {
+        let mut f = netcdf::create(path).unwrap();
         f.add_dimension("time", 2).unwrap();
         f.add_dimension("latitude", 1).unwrap();
         f.add_dimension("longitude", 1).unwrap();
-        f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
-        f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
-        let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
-        t.put_attribute("units", "seconds since 1970-01-01")
-            .unwrap();
-        t.put_value(1_577_836_800_i32, [0]).unwrap();
         for axis in ["latitude", "longitude"] {
-            f.variable_mut(axis)
+            f.add_variable::<f32>(axis, &[axis])
                 .unwrap()
                 .put_value(10.0_f32, [0])
                 .unwrap();
         }
-        f.add_variable::<f32>("t2m", &["time", "latitude", "longitude"])
+        let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
+        t.put_attribute("units", "seconds since 1970-01-01")
+            .unwrap();
+        t.put_attribute("calendar", self.calendar).unwrap();
+        for k in 0..self.times_written {
+            t.put_value(1_577_836_800 + 21_600 * k as i32, [k]).unwrap();
+        }
+        f.add_variable::<f32>("t2m", &self.t2m_dims)
             .unwrap()
             .put_attribute("units", "K")
             .unwrap();
         f.close().unwrap();
     }
-    let err = Era5TableProvider::try_new(&[unwritten.display().to_string()], None).unwrap_err();
-    assert!(
-        err.to_string().contains(
-            "unwritten.nc: coordinate 'time' has no value at index 1 (it holds the fill value \
-             -2147483647"
-        ),
-        "{err}"
-    );
-
-    let err = Era5TableProvider::try_new(&[swapped.display().to_string()], None).unwrap_err();
-    assert!(
-        err.to_string().contains(
-            "swapped.nc: variable 't2m' has dimensions (time, longitude, latitude); expected \
-             (time, latitude, longitude)"
-        ),
-        "{err}"
-    );
 }
