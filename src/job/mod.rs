@@ -86,11 +86,21 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let device = uqcast_hyperdm::default_device();
     let model = {
         let path = model_path.clone();
-        tokio::task::spawn_blocking(move || {
+        let loaded = tokio::task::spawn_blocking(move || {
             ForecastModel::load(&path, &device).map_err(anyhow::Error::from)
         })
         .await
-        .context("model loading task failed")??
+        .context("model loading task failed")?;
+        // A model the pipeline names: say where it was named.
+        match (&options.model, loaded) {
+            (None, Err(e)) => {
+                return Err(e.context(format!(
+                    "pipeline {} model.checkpoint",
+                    pipeline.file.display()
+                )));
+            }
+            (_, loaded) => loaded?,
+        }
     };
     if model.meta.lead_hours != pipeline.model.lead_hours {
         anyhow::bail!(

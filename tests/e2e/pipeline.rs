@@ -780,6 +780,13 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "lead_hours = 6\nlead_minutes = 0",
         "lead_minutes",
     );
+    // A checkpoint the pipeline names that is not there.
+    edited_fails(
+        "no-model.toml",
+        "checkpoint = \"model/m.safetensors\"",
+        "checkpoint = \"model/none.safetensors\"",
+        "model.checkpoint: ",
+    );
     // No z draw per minibatch.
     edited_fails(
         "no-draws.toml",

@@ -13,6 +13,8 @@ pub enum ForecastError {
         path: PathBuf,
         source: uqcast_hyperdm::HyperdmError,
     },
+    #[error("{path}: no such model file (train one with `uqcast train`)")]
+    NoModel { path: PathBuf },
     #[error("{path}: model metadata field '{field}': {problem}")]
     Meta {
         path: PathBuf,

@@ -148,10 +148,8 @@ impl ForecastModel {
             source,
         };
         if !path.is_file() {
-            return Err(ForecastError::Meta {
+            return Err(ForecastError::NoModel {
                 path: path.to_path_buf(),
-                field: "checkpoint",
-                problem: "no such model file (train one with `uqcast train`)".into(),
             });
         }
         let (model, _, checkpoint) =
