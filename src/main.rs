@@ -72,9 +72,10 @@ fn exit_failed() -> ExitCode {
     }
 }
 
-/// Drops causes already spelled out by the cause above them, and a part
-/// said twice in a row (DataFusion wraps a parquet error whose own text
-/// begins "Parquet error:" in another "Parquet error:").
+/// Drops causes already spelled out by the cause above them, a part said
+/// twice in a row (DataFusion wraps a parquet error whose own text begins
+/// "Parquet error:" in another "Parquet error:"), and DataFusion's
+/// "External error:", which says only that the error came from our code.
 fn one_line(causes: Vec<String>) -> String {
     let mut out: Vec<String> = Vec::new();
     for c in causes {
@@ -85,7 +86,7 @@ fn one_line(causes: Vec<String>) -> String {
     let mut parts: Vec<&str> = Vec::new();
     let joined = out.join(": ");
     for part in joined.split(": ") {
-        if parts.last() != Some(&part) {
+        if parts.last() != Some(&part) && part != "External error" {
             parts.push(part);
         }
     }
@@ -105,6 +106,10 @@ mod tests {
                 "Parquet error: Parquet error: Unexpected struct field type 15",
             ]),
             "table 't': a.parquet: Parquet error: Unexpected struct field type 15"
+        );
+        assert_eq!(
+            causes(&["External error: source query: no column t2m"]),
+            "source query: no column t2m"
         );
         // A cause the one above already quotes is not repeated.
         assert_eq!(
