@@ -79,9 +79,20 @@ fn exit_failed() -> ExitCode {
 fn one_line(causes: Vec<String>) -> String {
     let mut out: Vec<String> = Vec::new();
     for c in causes {
-        if !out.last().is_some_and(|prev| prev.contains(&c)) {
-            out.push(c);
+        if out.last().is_some_and(|prev| prev.contains(&c)) {
+            continue;
         }
+        // A wrapper that quotes its source's message in Debug form
+        // (DataFusion's `SQL error: ParserError("…")`) gives way to the
+        // source, which says the same in plain words.
+        let message = c.split_once(": ").map_or(c.as_str(), |(_, m)| m);
+        if let Some(prev) = out.last_mut()
+            && prev.contains(&format!("(\"{message}\")"))
+        {
+            *prev = c;
+            continue;
+        }
+        out.push(c);
     }
     let mut parts: Vec<&str> = Vec::new();
     let joined = out.join(": ");
@@ -110,6 +121,14 @@ mod tests {
         assert_eq!(
             causes(&["External error: source query: no column t2m"]),
             "source query: no column t2m"
+        );
+        assert_eq!(
+            causes(&[
+                "query",
+                "SQL error: ParserError(\"Expected: an SQL statement, found: SELEKT\")",
+                "sql parser error: Expected: an SQL statement, found: SELEKT",
+            ]),
+            "query: sql parser error: Expected: an SQL statement, found: SELEKT"
         );
         // A cause the one above already quotes is not repeated.
         assert_eq!(

@@ -173,7 +173,11 @@ fn wrong_units() {
 fn bad_sql() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path(), 1, "nc4", &[]);
-    sql_over(dir.path(), "SELEKT * FROM era5", &["query", "SELEKT"]);
+    sql_over(
+        dir.path(),
+        "SELEKT * FROM era5",
+        &["error: query: sql parser error: Expected: an SQL statement, found: SELEKT"],
+    );
     sql_over(dir.path(), "SELECT wind FROM era5", &["wind"]);
     sql_over(
         dir.path(),
