@@ -263,6 +263,17 @@ pub(crate) fn grid_key(lat: f64, lon: f64) -> (i64, i64) {
 }
 
 pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
+    // Checked first: real ERA5 has no truth to score against, and the
+    // forecast query below is the slow part.
+    let truth = data.join("truth");
+    if data.is_dir() && !truth.is_dir() {
+        bail!(
+            "{}: no truth/ folder: `eval --forecast` scores against the truth `uqcast synth` \
+             writes beside its data (noise variance, OOD cells); score forecasts of real ERA5 \
+             with the SQL skill functions (README, Skill)",
+            data.display()
+        );
+    }
     let ctx = new_context();
     register_tables(
         &ctx,
@@ -283,8 +294,8 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
         bail!("{}: no forecasts", forecast.display());
     }
     check_source(&rows, forecast, data)?;
-    let variance = true_variance(&data.join("truth").join("innovation_variance.nc")).await?;
-    let events = read_ood_events(&data.join("truth").join("ood.json"))?;
+    let variance = true_variance(&truth.join("innovation_variance.nc")).await?;
+    let events = read_ood_events(&truth.join("ood.json"))?;
 
     // OOD labels: a forecast cell is OOD when its input cell was altered.
     let grid = ModelGrid::from_coordinates(rows.lat.iter().copied(), rows.lon.iter().copied());

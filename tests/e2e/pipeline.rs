@@ -704,6 +704,12 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
         &["other", "no cell and initial time of the forecast"],
     );
+    // Data without the synthetic truth (as real ERA5): said so, pointing to SQL.
+    std::fs::remove_dir_all(other.join("truth")).unwrap();
+    fails_with(
+        &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
+        &["other: no truth/ folder", "SQL skill functions"],
+    );
     // A span that holds no time: an empty run would look like one with
     // nothing new to do.
     for command in ["run", "train"] {
