@@ -10,7 +10,7 @@ use futures::StreamExt;
 use uqcast_forecast::assemble::{StepAssembler, check_source_columns};
 use uqcast_forecast::{ModelGrid, StepField};
 
-use crate::job::source_sql;
+use crate::job::{empty_source, source_sql};
 use crate::pipeline::Pipeline;
 use crate::session::{context_with_table, f64_column};
 
@@ -74,12 +74,20 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
+    let sql = source_sql(&pipeline, args.since, args.until)?;
+    let (grid, steps) = read_steps(location.clone(), &sql).await?;
+    if steps.is_empty() {
+        let ctx = context_with_table("era5", location.clone()).await?;
+        if empty_source::is_empty(&ctx, &source_sql(&pipeline, None, None)?).await? {
+            return Err(empty_source::error(&ctx, &pipeline, &location).await);
+        }
+        anyhow::bail!("{location}: no step between --since and --until");
+    }
+    // Made once there is something to train on.
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("model directory {}", dir.display()))?;
     }
-    let sql = source_sql(&pipeline, args.since, args.until)?;
-    let (grid, steps) = read_steps(location.clone(), &sql).await?;
     let mut settings = pipeline.field_training(pipeline.method()?);
     if let Some(n) = args.iterations {
         settings.train.iterations = n;

@@ -8,6 +8,7 @@
 //! settings and the step, so resumed and uninterrupted runs write the same
 //! values.
 
+pub mod empty_source;
 pub mod flags;
 pub mod store;
 
@@ -120,8 +121,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     }
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
+    let location_text = location.clone();
     let ctx = context_with_table("era5", location).await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
+    let created = !out_dir.exists();
     let store = ForecastStore::open(&out_dir)?;
     store.clean_temporaries()?;
     let provenance: Provenance = [
@@ -163,6 +166,19 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         eprintln!("forecast {}", path.display());
     }
 
+    // Nothing written, ever: if the query keeps no row of the data at all
+    // (not merely none in --since/--until), that is an error, not "ok".
+    if summary.new_steps == 0
+        && summary.existing_steps == 0
+        && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
+    {
+        // Leave no empty output behind (remove_dir fails on a non-empty one).
+        if created {
+            let _ = std::fs::remove_dir(&store.root);
+            let _ = std::fs::remove_dir(&out_dir);
+        }
+        return Err(empty_source::error(&ctx, pipeline, &location_text).await);
+    }
     let flags_file = out_dir.join("flags").join("flags.parquet");
     if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
         let ctx = context_with_table("forecast", store.root.display().to_string()).await?;

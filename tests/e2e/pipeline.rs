@@ -762,6 +762,48 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["run", "--config", c, "--output", blocked.to_str().unwrap()],
         &["blocker/out"],
     );
+    // A query for 0…360 longitudes over data in −180…180 keeps no row: run
+    // and train say so, with the data's extent, and make no output.
+    let west = dir.path().join("west");
+    let s = uqcast(&[
+        "synth",
+        "--out",
+        west.to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        "2",
+        "--res",
+        "4",
+        "--bbox",
+        "7,83,-169,-35",
+    ]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE longitude BETWEEN 191 AND 325",
+    )
+    .unwrap();
+    let model = dir.path().join("fresh-model/m.safetensors");
+    let (w, f, m) = (
+        west.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    for args in [
+        ["run", "--config", c, "--input", w, "--output", f],
+        ["train", "--config", c, "--input", w, "--out", m],
+    ] {
+        fails_with(
+            &args,
+            &[
+                "source.sql returns no rows from these data; they hold latitude",
+                "these data use −180…180 longitudes",
+                "valid_time 2020-01-01T00:00:00Z … 2020-01-01T06:00:00Z",
+            ],
+        );
+    }
+    assert!(!fresh.exists() && !model.parent().unwrap().exists());
     // A source query without t2m.
     std::fs::write(
         dir.path().join("source.sql"),
