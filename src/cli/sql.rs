@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::output::{Format, print, write_parquet};
@@ -19,11 +19,24 @@ pub struct SqlArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Write the result to this Parquet file instead of printing it.
-    #[arg(long, value_name = "FILE.parquet")]
+    #[arg(long, value_name = "FILE.parquet", conflicts_with = "format")]
     output: Option<PathBuf>,
 }
 
 pub async fn run(args: SqlArgs) -> Result<()> {
+    // Checked before any work: a `--output x.csv` would otherwise hold
+    // Parquet under a CSV name.
+    if let Some(path) = &args.output
+        && !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
+        bail!(
+            "--output {}: the result is written as Parquet, so the name must end in .parquet \
+             (for CSV or JSON, use --format csv or json and redirect the printed result)",
+            path.display()
+        );
+    }
     let ctx = crate::session::new_context();
     register_tables(&ctx, &args.tables).await?;
     let df = ctx.sql(&args.query).await.context("query")?;

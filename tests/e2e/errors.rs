@@ -187,7 +187,7 @@ fn bad_sql() {
 }
 
 #[test]
-fn bad_synth_options_and_existing_output_survives() {
+fn bad_synth_and_sql_options_and_existing_output_survives() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");
     // (options after `--out`, what the message names); two steps from
@@ -269,4 +269,17 @@ fn bad_synth_options_and_existing_output_survives() {
         &["nope"],
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    // Parquet is not written under another format's name.
+    let csv = dir.path().join("result.csv");
+    let csv_arg = csv.to_str().unwrap();
+    fails_with(
+        &["sql", "SELECT 1", "--output", csv_arg],
+        &[
+            "--output",
+            "result.csv",
+            "must end in .parquet",
+            "--format csv",
+        ],
+    );
+    assert!(!csv.exists());
 }
