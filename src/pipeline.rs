@@ -196,6 +196,15 @@ impl Pipeline {
                 "must be at least 2 (AU is the variance of each weight draw's samples)",
             )?;
         }
+        if self.inference.samples > uqcast_forecast::model::MAX_SAMPLES {
+            bad(
+                "inference.samples",
+                &format!(
+                    "must be at most {} (one cell's samples go through the network in one pass)",
+                    uqcast_forecast::model::MAX_SAMPLES
+                ),
+            )?;
+        }
         match self.inference.sampler.parse::<Sampler>() {
             Err(e) => bad("inference.sampler", &e)?,
             Ok(sampler) => {

@@ -193,6 +193,9 @@ struct Contender {
 /// The name of the one-network reference in `--methods`.
 const SINGLE: &str = "single";
 
+/// The most samples (M × N) per cell `eval` keeps for a step.
+const MAX_DRAWS_PER_CELL: usize = 100_000;
+
 /// The methods to compare, once every option is known to be usable: a bad
 /// option fails here, before any data is written or a model trained.
 fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
@@ -203,6 +206,17 @@ fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
         bail!(
             "--n {}: AU is the variance of each member's samples, so every member needs at least two",
             b.samples
+        );
+    }
+    // eval keeps every sample of a step for CRPS and the rank histogram:
+    // M × N × 10,395 cells × 4 bytes, 4.2 GB at this bound.
+    if b.members.saturating_mul(b.samples) > MAX_DRAWS_PER_CELL {
+        bail!(
+            "--m {} --n {}: {} samples per cell; eval keeps every sample of a step, so at most \
+             {MAX_DRAWS_PER_CELL} (M × N)",
+            b.members,
+            b.samples,
+            b.members.saturating_mul(b.samples)
         );
     }
     if b.iterations == Some(0) {

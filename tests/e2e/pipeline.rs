@@ -623,6 +623,11 @@ fn eval_compares_hyperdm_with_the_baselines() {
         ("--m", "0", "--m 0"),
         ("--n", "1", "--n 1: AU is the variance"),
         ("--iterations", "0", "--iterations 0"),
+        (
+            "--n",
+            "20000",
+            "--m 10 --n 20000: 200000 samples per cell; eval keeps every sample",
+        ),
         ("--train-steps", "1", "--train-steps 1: at least 2 steps"),
         (
             "--methods",
@@ -834,6 +839,13 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "checkpoint = \"model/m.safetensors\"",
         "checkpoint = \"model/none.safetensors\"",
         "model.checkpoint: ",
+    );
+    // More samples per cell than one forward pass holds.
+    edited_fails(
+        "many-samples.toml",
+        "samples = 2",
+        "samples = 1000000000",
+        "inference.samples",
     );
     // No z draw per minibatch.
     edited_fails(

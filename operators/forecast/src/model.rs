@@ -120,8 +120,21 @@ fn build_cell_mlp(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryMlp> 
     }
 }
 
-/// Cells sampled together (see [`ForecastModel::forecast`]).
+/// Cells sampled together at N ≤ 100 (see [`ForecastModel::forecast`]).
 const CELLS_PER_CHUNK: usize = 1024;
+/// Rows (N samples × cells) one forward pass holds at most. A row of the
+/// cell model costs about 1.5 KB in flight (measured peak: 6.3 GB at
+/// N = 4,000 with 1,024-cell chunks), so a pass stays near 150 MB whatever
+/// N is: above N = 100 a chunk holds fewer cells.
+const ROWS_PER_PASS: usize = CELLS_PER_CHUNK * 100;
+/// The most samples per member and cell: one cell's N samples must fit a pass.
+pub const MAX_SAMPLES: usize = ROWS_PER_PASS;
+
+/// Cells per chunk for N samples: 1,024 up to N = 100 (the streams, so the
+/// numbers, of those runs are unchanged), fewer above.
+fn cells_per_chunk(samples: usize) -> usize {
+    (ROWS_PER_PASS / samples.max(1)).clamp(1, CELLS_PER_CHUNK)
+}
 
 /// FNV-1a: a stable content hash for model ids (not for security).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -233,14 +246,25 @@ impl ForecastModel {
         let per_cell = settings.members * settings.samples;
         let scale = norm.kelvin_per_unit();
         let mut samples: Vec<f32> = Vec::new();
+        if settings.samples > MAX_SAMPLES {
+            return Err(ForecastError::Step {
+                time: crate::error::iso(step.time),
+                problem: format!(
+                    "{} samples per member and cell; at most {MAX_SAMPLES} fit one forward pass",
+                    settings.samples
+                ),
+            });
+        }
         // Cells go through in chunks: the tensors of a chunk stay in cache
         // and the allocator reuses their memory (whole-field tensors of
-        // N × cells rows spend more time in page faults than in arithmetic).
-        for (k, chunk) in cond.chunks(CELLS_PER_CHUNK * dim).enumerate() {
+        // N × cells rows spend more time in page faults than in arithmetic),
+        // and a pass's memory stays bounded for any N.
+        let chunk_cells = cells_per_chunk(settings.samples);
+        for (k, chunk) in cond.chunks(chunk_cells * dim).enumerate() {
             let rows = chunk.len() / dim;
             let cond = Tensor::from_vec(chunk.to_vec(), (rows, dim), &self.model.device)
                 .ctx("forecast input")?;
-            let first = k * CELLS_PER_CHUNK;
+            let first = k * chunk_cells;
             let mut chunk_samples = vec![0f32; if keep_samples { rows * per_cell } else { 0 }];
             let moments = self.model.predict_each(
                 &cond,
@@ -366,6 +390,21 @@ pub fn train(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chunks_hold_fewer_cells_only_above_a_hundred_samples() {
+        use super::{MAX_SAMPLES, cells_per_chunk};
+        assert_eq!(cells_per_chunk(8), 1024);
+        assert_eq!(cells_per_chunk(100), 1024);
+        assert_eq!(cells_per_chunk(101), 1013);
+        assert_eq!(cells_per_chunk(4000), 25);
+        assert_eq!(cells_per_chunk(MAX_SAMPLES), 1);
+        // Rows per pass never exceed 1,024 × 100.
+        for n in [2, 99, 101, 333, 4000, 50_000, MAX_SAMPLES] {
+            assert!(n * cells_per_chunk(n) <= 102_400, "N = {n}");
+        }
+    }
+
     use super::*;
     use crate::features::Normalisation;
     use uqcast_hyperdm::optim::AdamWConfig;
@@ -423,22 +462,32 @@ mod tests {
             sampler: Sampler::Ddim { steps: 5 },
             seed: 1,
         };
-        let (f, samples) = model.forecast_with_samples(&steps[2], &inference).unwrap();
-        assert_eq!(f, model.forecast(&steps[2], &inference).unwrap());
-        assert_eq!(samples.len(), 12 * 10);
-        for (cell, s) in samples.chunks_exact(10).enumerate() {
-            let mean = s.iter().map(|&x| f64::from(x)).sum::<f64>() / 10.0;
-            let var = s
-                .iter()
-                .map(|&x| (f64::from(x) - mean).powi(2))
-                .sum::<f64>()
-                / 10.0;
-            let total = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
-            assert!((mean - f64::from(f.mean[cell])).abs() < 1e-3 * mean.abs());
-            assert!(
-                (var - total).abs() < 1e-3 * total.max(1e-3),
-                "{var} vs {total}"
-            );
+        // N = 5 samples the 12 cells in one chunk, N = 20,000 in chunks of
+        // 5 cells (`cells_per_chunk`): each cell's samples and moments must
+        // still be that cell's.
+        for samples_per_member in [5, 20_000] {
+            let inference = InferenceSettings {
+                samples: samples_per_member,
+                ..inference
+            };
+            let draws = 2 * samples_per_member;
+            let (f, samples) = model.forecast_with_samples(&steps[2], &inference).unwrap();
+            assert_eq!(f, model.forecast(&steps[2], &inference).unwrap());
+            assert_eq!(samples.len(), 12 * draws);
+            for (cell, s) in samples.chunks_exact(draws).enumerate() {
+                let mean = s.iter().map(|&x| f64::from(x)).sum::<f64>() / draws as f64;
+                let var = s
+                    .iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / draws as f64;
+                let total = f64::from(f.au[cell]) + f64::from(f.eu[cell]);
+                assert!((mean - f64::from(f.mean[cell])).abs() < 1e-3 * mean.abs());
+                assert!(
+                    (var - total).abs() < 1e-3 * total.max(1e-3),
+                    "N = {samples_per_member}, cell {cell}: {var} vs {total}"
+                );
+            }
         }
         let three = InferenceSettings {
             members: 3,
