@@ -214,6 +214,14 @@ impl TableFunctionImpl for HyperdmForecastFunction {
                 Self::NAME
             );
         }
+        if settings.samples > crate::model::MAX_SAMPLES {
+            return plan_err!(
+                "{}: samples {} is above the {} that fit one forward pass",
+                Self::NAME,
+                settings.samples,
+                crate::model::MAX_SAMPLES
+            );
+        }
         let device = uqcast_hyperdm::default_device();
         let path = PathBuf::from(&model);
         let model = ForecastModel::load(&path, &device)?;
