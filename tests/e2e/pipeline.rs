@@ -775,20 +775,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     // A query for 0…360 longitudes over data in −180…180 keeps no row: run
     // and train say so, with the data's extent, and make no output.
     let west = dir.path().join("west");
-    let s = uqcast(&[
-        "synth",
-        "--out",
-        west.to_str().unwrap(),
-        "--start",
-        "2020-01-01T00:00Z",
-        "--steps",
-        "2",
-        "--res",
-        "4",
-        "--bbox",
-        "7,83,-169,-35",
-    ]);
-    assert!(s.status.success(), "{}", stderr(&s));
+    synth(&west, 2, "nc4", &["--bbox", "7,83,-169,-35"]);
     std::fs::write(
         dir.path().join("source.sql"),
         "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE longitude BETWEEN 191 AND 325",
