@@ -93,14 +93,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .await
         .context("model loading task failed")?;
         // A model the pipeline names: say where it was named.
-        match (&options.model, loaded) {
-            (None, Err(e)) => {
-                return Err(e.context(format!(
-                    "pipeline {} model.checkpoint",
-                    pipeline.file.display()
-                )));
-            }
-            (_, loaded) => loaded?,
+        match options.model {
+            None => loaded.with_context(|| {
+                format!("pipeline {} model.checkpoint", pipeline.file.display())
+            })?,
+            Some(_) => loaded?,
         }
     };
     if model.meta.lead_hours != pipeline.model.lead_hours {
@@ -121,8 +118,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     }
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
-    let location_text = location.clone();
-    let ctx = context_with_table("era5", location).await?;
+    let ctx = context_with_table("era5", location.clone()).await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
     let created = !out_dir.exists();
     let store = ForecastStore::open(&out_dir)?;
@@ -177,7 +173,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             let _ = std::fs::remove_dir(&store.root);
             let _ = std::fs::remove_dir(&out_dir);
         }
-        return Err(empty_source::error(&ctx, pipeline, &location_text).await);
+        return Err(empty_source::error(&ctx, pipeline, &location).await);
     }
     let flags_file = out_dir.join("flags").join("flags.parquet");
     if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
