@@ -58,20 +58,7 @@ impl ForecastStore {
     }
 
     fn files(&self) -> Result<Vec<PathBuf>> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        crate::session::files_below(&self.root)
     }
 
     /// Removes temporaries a killed run left behind.

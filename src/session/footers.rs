@@ -51,21 +51,12 @@ fn parquet_files(location: &Path) -> Result<Vec<PathBuf>> {
     if !location.is_dir() {
         return Ok(vec![location.to_path_buf()]);
     }
-    let mut out = Vec::new();
-    let mut stack = vec![location.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-            let path = entry.with_context(|| format!("{}", dir.display()))?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if path.is_dir() {
-                stack.push(path);
-            } else if name.to_ascii_lowercase().ends_with(".parquet") {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    let mut files = super::files_below(location)?;
+    files.retain(|p| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    });
+    Ok(files)
 }
 
 fn check_file(path: &Path) -> Result<()> {

@@ -80,6 +80,24 @@ impl std::str::FromStr for TableArg {
     }
 }
 
+/// Every file below `dir`, at any depth, sorted.
+pub fn files_below(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let path = entry.with_context(|| format!("{}", dir.display()))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Whether a location is Parquet (a `.parquet` file, or a directory holding some).
 fn is_parquet(location: &str) -> bool {
     let path = Path::new(location);
