@@ -168,10 +168,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         && summary.existing_steps == 0
         && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
     {
-        // Leave no empty output behind (remove_dir fails on a non-empty one).
+        // Leave no empty output behind.
         if created {
-            let _ = std::fs::remove_dir(&store.root);
-            let _ = std::fs::remove_dir(&out_dir);
+            store.remove_unused(&out_dir);
         }
         return Err(empty_source::error(&ctx, pipeline, &location).await);
     }

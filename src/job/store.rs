@@ -9,9 +9,16 @@
 //! readers and re-runs see a step entirely or not at all. Provenance (model
 //! id, M, N, sampler, seed, lead) is Parquet file metadata; a run refuses to
 //! add steps from a different model or sampling to an existing table.
+//!
+//! One run writes a table at a time: `DIR/.uqcast-run.lock` is held (an OS
+//! file lock, released when the process ends, however it ends) for as long
+//! as the store is open. A second run on the same `DIR` (a scheduled run
+//! overlapping a slow one) is refused: it would sample the same steps again
+//! and delete the first run's temporaries as a killed run's.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -32,6 +39,52 @@ const MUST_MATCH: [&str; 5] = ["model_id", "members", "samples", "sampler", "see
 #[derive(Debug)]
 pub struct ForecastStore {
     pub root: PathBuf,
+    /// Held until the store is dropped; the OS releases it if the process dies.
+    _lock: File,
+}
+
+/// The lock file of the run writing `dir`, beside `forecast/` and `flags/`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join(".uqcast-run.lock")
+}
+
+/// Takes `dir`'s run lock without waiting and writes this process's id into
+/// it (so a refused run can say which process holds it).
+fn lock_output(dir: &Path) -> Result<File> {
+    let path = lock_path(dir);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("output {}: cannot open the run lock", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            bail!(
+                "output {}: another uqcast run{holder} is writing this table and holds {}; \
+                 wait for it to end, or write to another --output",
+                dir.display(),
+                path.display()
+            );
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e)
+                .with_context(|| format!("output {}: cannot take the run lock", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("output {}: cannot write the run lock", path.display()))?;
+    Ok(file)
 }
 
 fn valid_time_of(name: &str) -> Option<i64> {
@@ -41,7 +94,8 @@ fn valid_time_of(name: &str) -> Option<i64> {
 }
 
 impl ForecastStore {
-    /// Creates `DIR/forecast` if needed (a clear error if it cannot).
+    /// Creates `DIR/forecast` if needed (a clear error if it cannot) and
+    /// takes the run lock, refusing if another run holds it.
     pub fn open(dir: &Path) -> Result<Self> {
         let root = dir.join("forecast");
         std::fs::create_dir_all(&root).with_context(|| {
@@ -50,11 +104,20 @@ impl ForecastStore {
                 root.display()
             )
         })?;
+        let lock = lock_output(dir)?;
         let probe = root.join(format!(".write-test-{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .with_context(|| format!("output {}: not writable", root.display()))?;
-        Ok(Self { root })
+        Ok(Self { root, _lock: lock })
+    }
+
+    /// Removes the store's folders and lock, for a run that made them and
+    /// wrote nothing (`remove_dir` leaves a folder that holds anything).
+    pub fn remove_unused(self, dir: &Path) {
+        let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_file(lock_path(dir));
+        let _ = std::fs::remove_dir(dir);
     }
 
     fn files(&self) -> Result<Vec<PathBuf>> {

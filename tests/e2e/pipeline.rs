@@ -670,6 +670,36 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     let c = config.to_str().unwrap();
     let o = out.to_str().unwrap();
 
+    // A run while another holds the output's lock (a scheduled run
+    // overlapping a slow one) is refused and writes nothing; the step it
+    // would have added is written once the lock is free.
+    let steps = parquet_files(&out.join("forecast"));
+    std::fs::remove_file(&steps[0]).unwrap();
+    {
+        let lock = std::fs::File::options()
+            .write(true)
+            .open(out.join(".uqcast-run.lock"))
+            .expect("a run leaves its lock file");
+        lock.try_lock().unwrap();
+        fails_with(
+            &["run", "--config", c, "--output", o],
+            &["another uqcast run", ".uqcast-run.lock", "another --output"],
+        );
+        assert!(
+            !steps[0].exists(),
+            "a refused run wrote {}",
+            steps[0].display()
+        );
+    }
+    let resumed = run(&config, &out);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("new_steps=1 "),
+        "{}",
+        stdout(&resumed)
+    );
+    assert_eq!(forecast_csv(&out), snapshot);
+
     // Input on another grid.
     let other = dir.path().join("other");
     let s = uqcast(&[
