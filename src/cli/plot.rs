@@ -86,7 +86,22 @@ fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
     let location = input.join(table);
+    if !input.is_dir() {
+        bail!(
+            "{}: no such directory (--input is the output directory of `uqcast run`)",
+            input.display()
+        );
+    }
     if !location.exists() {
+        // The table's own folder given instead of the run's output.
+        if input.file_name().is_some_and(|n| n == "forecast") {
+            let parent = input.parent().unwrap_or(Path::new("."));
+            bail!(
+                "{}: no {table} table; --input is the output directory of `uqcast run`, the folder holding forecast/ ({})",
+                location.display(),
+                parent.display()
+            );
+        }
         bail!(
             "{}: no {table} table (run `uqcast run` first)",
             location.display()
@@ -94,6 +109,28 @@ async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch
     }
     let ctx = context_with_table(table, location.display().to_string()).await?;
     Ok(ctx.sql(&sql).await?.collect().await?)
+}
+
+/// The forecast table's valid times in words, for a time it does not hold.
+async fn valid_times(input: &Path) -> Result<String> {
+    let sql = "SELECT count(DISTINCT valid_time) AS n, \
+               to_unixtime(min(valid_time)) AS first, to_unixtime(max(valid_time)) AS last \
+               FROM forecast";
+    let batches = query(input, "forecast", sql.to_string()).await?;
+    let Some(b) = batches.first().filter(|b| b.num_rows() == 1) else {
+        return Ok("the table holds no step".into());
+    };
+    let [n, first, last] = ["n", "first", "last"].map(|c| column(b, c).map(|v| v[0]));
+    let (n, first, last) = (n?, first?, last?);
+    if n == 0.0 {
+        return Ok("the table holds no step".into());
+    }
+    let iso = |secs: f64| uqcast_forecast::error::iso(secs as i64 * 1_000_000);
+    Ok(format!(
+        "the table holds {n} valid times from {} to {}",
+        iso(first),
+        iso(last)
+    ))
 }
 
 fn range(values: &[f64], upper_quantile: f64) -> (f64, f64) {
@@ -212,10 +249,6 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
             out.display()
         );
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: creating the directory for --out", dir.display()))?;
-    }
     let time_sql = format!("to_timestamp_micros({t}, 'UTC')");
     let forecast = query(
         &args.input,
@@ -226,9 +259,10 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
     let rows: usize = forecast.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
         bail!(
-            "{}: no forecast valid at {}",
+            "{}: no forecast valid at {}; {}",
             args.input.display(),
-            uqcast_forecast::error::iso(t)
+            uqcast_forecast::error::iso(t),
+            valid_times(&args.input).await?
         );
     }
     let mut cells = Vec::with_capacity(rows);
@@ -278,6 +312,11 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
         min_spacing(&cells.iter().map(|c| c.1).collect::<Vec<_>>()),
     );
 
+    // Made only now, so a plot that fails on its input leaves no folder.
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: creating the directory for --out", dir.display()))?;
+    }
     register_font()?;
     let title = format!("t2m forecast valid {}", uqcast_forecast::error::iso(t));
     let out = args.out.clone();

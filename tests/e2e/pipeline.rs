@@ -352,9 +352,20 @@ fn forecast_flags_sql_function_plot_and_eval() {
         "{} bytes",
         bytes.len()
     );
+    // A time the table does not hold says which it does, and a failed plot
+    // makes no folder; the table's own folder given as --input is named.
+    let unmade = dir.path().join("unmade/map.png");
     fails_with(
-        &plot(&out, "2021-01-01T00:00Z", &png),
-        &["no forecast valid at 2021-01-01T00:00Z"],
+        &plot(&out, "2021-01-01T00:00Z", &unmade),
+        &[
+            "no forecast valid at 2021-01-01T00:00Z",
+            "the table holds 12 valid times from 2020-01-01T06:00Z to 2020-01-04T00:00Z",
+        ],
+    );
+    assert!(!unmade.parent().unwrap().exists());
+    fails_with(
+        &plot(&out.join("forecast"), "2020-01-02T18:00Z", &png),
+        &["the folder holding forecast/", out.to_str().unwrap()],
     );
     // A file name whose extension picks no image format fails before any work.
     let txt = dir.path().join("map.txt");
