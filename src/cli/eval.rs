@@ -280,7 +280,9 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
         &[
             TableArg {
                 name: "forecast".into(),
-                location: forecast.join("forecast").display().to_string(),
+                location: crate::job::output_table(forecast, "forecast", "--forecast")?
+                    .display()
+                    .to_string(),
             },
             TableArg {
                 name: "era5".into(),

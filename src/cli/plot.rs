@@ -85,28 +85,7 @@ fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
 }
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
-    let location = input.join(table);
-    if !input.is_dir() {
-        bail!(
-            "{}: no such directory (--input is the output directory of `uqcast run`)",
-            input.display()
-        );
-    }
-    if !location.exists() {
-        // The table's own folder given instead of the run's output.
-        if input.file_name().is_some_and(|n| n == "forecast") {
-            let parent = input.parent().unwrap_or(Path::new("."));
-            bail!(
-                "{}: no {table} table; --input is the output directory of `uqcast run`, the folder holding forecast/ ({})",
-                location.display(),
-                parent.display()
-            );
-        }
-        bail!(
-            "{}: no {table} table (run `uqcast run` first)",
-            location.display()
-        );
-    }
+    let location = crate::job::output_table(input, table, "--input")?;
     let ctx = context_with_table(table, location.display().to_string()).await?;
     Ok(ctx.sql(&sql).await?.collect().await?)
 }

@@ -185,6 +185,37 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
+/// `DIR/TABLE` of the run output `dir` (`forecast` or `flags`), or an error
+/// saying what the command's `flag` expects: the folder given does not
+/// exist, is the table's own folder, or holds no such table yet.
+pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
+    let location = dir.join(table);
+    if location.exists() {
+        return Ok(location);
+    }
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: no such directory ({flag} is the output directory of `uqcast run`)",
+            dir.display()
+        );
+    }
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "forecast" || n == "flags")
+    {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        anyhow::bail!(
+            "{}: no {table} table; {flag} is the output directory of `uqcast run`, the folder holding forecast/ ({})",
+            location.display(),
+            parent.display()
+        );
+    }
+    anyhow::bail!(
+        "{}: no {table} table (run `uqcast run` first)",
+        location.display()
+    )
+}
+
 /// The forecast valid time of a one-step batch.
 fn step_valid_time(batch: &RecordBatch) -> Result<i64> {
     let column = batch

@@ -755,6 +755,17 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
         &["other", "no cell and initial time of the forecast"],
     );
+    // The table's own folder instead of the run's output.
+    fails_with(
+        &[
+            "eval",
+            "--forecast",
+            out.join("forecast").to_str().unwrap(),
+            "--data",
+            reseeded.to_str().unwrap(),
+        ],
+        &["--forecast is the output directory", "holding forecast/", o],
+    );
     // Data without the synthetic truth (as real ERA5): said so, pointing to SQL.
     std::fs::remove_dir_all(other.join("truth")).unwrap();
     fails_with(
