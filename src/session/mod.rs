@@ -125,6 +125,32 @@ fn contains_parquet(dir: &Path, depth: usize) -> bool {
     })
 }
 
+/// The subfolders holding Parquet of a directory DataFusion would find
+/// empty: it reads a directory's own files and `key=value` (Hive partition)
+/// folders, and skips other subfolders, such as a run output's `forecast/`
+/// and `flags/`. Empty when the directory has files DataFusion reads.
+fn parquet_only_in_plain_subfolders(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut plain = Vec::new();
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !path.is_dir() {
+            if is_parquet(&path.to_string_lossy()) {
+                return Vec::new();
+            }
+        } else if contains_parquet(&path, 3) {
+            if name.contains('=') {
+                return Vec::new();
+            }
+            plain.push(path);
+        }
+    }
+    plain.sort();
+    plain
+}
+
 /// Registers each table: Parquet locations as Parquet tables (Hive
 /// partitions inferred), everything else as ERA5 NetCDF tables.
 pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Result<()> {
@@ -154,6 +180,17 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
                     "table '{}': {}: no such file or directory",
                     t.name,
                     t.location
+                );
+            }
+            let unread = parquet_only_in_plain_subfolders(Path::new(&t.location));
+            if !unread.is_empty() {
+                let names: Vec<String> = unread.iter().map(|p| p.display().to_string()).collect();
+                bail!(
+                    "table '{}': {}: its Parquet files are in subfolders, which are read only \
+                     when named key=value (Hive partitions); name one as the table: {}",
+                    t.name,
+                    t.location,
+                    names.join(", ")
                 );
             }
             footers::check(Path::new(&t.location))

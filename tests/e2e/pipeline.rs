@@ -288,6 +288,18 @@ fn forecast_flags_sql_function_plot_and_eval() {
         "{row}"
     );
 
+    // The run's output folder itself is not one table: DataFusion would
+    // skip its non-partition subfolders and report no files at all.
+    let whole = format!("w={}", out.display());
+    fails_with(
+        &["sql", "SELECT count(*) FROM w", "--table", &whole],
+        &[
+            "read only when named key=value",
+            &out.join("flags").display().to_string(),
+            &out.join("forecast").display().to_string(),
+        ],
+    );
+
     // The same forecast from SQL, with the operator's metrics.
     let era5 = format!("era5={}", dir.path().join("data").display());
     let model = dir.path().join("model/m.safetensors");
