@@ -51,6 +51,7 @@ impl Catalog {
             .collect::<Result<Vec<_>>>()?;
         let first = files.first().ok_or_else(|| NetcdfError::NoFiles {
             path: locations.join(", "),
+            hint: String::new(),
         })?;
         let names = choose_variables(first, variables)?;
         let mut chosen = Vec::with_capacity(names.len());
@@ -145,12 +146,7 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
             let mut files = Vec::new();
             for entry in std::fs::read_dir(path).map_err(list_err)? {
                 let p = entry.map_err(list_err)?.path();
-                let ext = p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                if p.is_file() && NETCDF_EXTENSIONS.contains(&ext.as_str()) {
+                if is_netcdf(&p) {
                     files.push(p);
                 }
             }
@@ -171,11 +167,50 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
         } else {
             NetcdfError::NoFiles {
                 path: location.to_string(),
+                hint: subfolder_hint(Path::new(location)),
             }
         });
     }
     found.sort();
     Ok(found)
+}
+
+fn is_netcdf(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    path.is_file() && NETCDF_EXTENSIONS.contains(&ext.as_str())
+}
+
+/// For a directory without NetCDF files of its own (ERA5 downloads kept in
+/// one folder per year, say): which subfolders hold some, and the glob that
+/// reads them.
+fn subfolder_hint(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut holding: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && std::fs::read_dir(p)
+                    .map(|sub| sub.filter_map(|e| e.ok()).any(|e| is_netcdf(&e.path())))
+                    .unwrap_or(false)
+        })
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    if holding.is_empty() {
+        return String::new();
+    }
+    holding.sort();
+    format!(
+        " (its subfolders {} hold some; a glob reads them: '{}')",
+        holding.join(", "),
+        dir.join("*").join("*.nc").display()
+    )
 }
 
 fn check_same_grid(reference: &FileInfo, file: &FileInfo) -> Result<()> {

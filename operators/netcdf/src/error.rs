@@ -12,8 +12,10 @@ pub enum NetcdfError {
     #[error("{path}: no such file, directory or glob match")]
     NotFound { path: String },
 
-    #[error("{path}: no NetCDF files (*.nc) in this directory or glob")]
-    NoFiles { path: String },
+    /// `hint` is empty, or says which subfolders hold files (a directory is
+    /// not searched below its own files).
+    #[error("{path}: no NetCDF files (*.nc) in this directory or glob{hint}")]
+    NoFiles { path: String, hint: String },
 
     #[error("{path}: cannot list: {source}")]
     List {

@@ -410,6 +410,22 @@ fn bad_inputs_name_the_file_and_field() {
     let empty = tempfile::tempdir().unwrap();
     let err = Era5TableProvider::try_new(&[empty.path().display().to_string()], None).unwrap_err();
     assert!(matches!(err, NetcdfError::NoFiles { .. }), "{err}");
+    assert!(!err.to_string().contains("subfolders"), "{err}");
+    // Files one folder down (a folder per year) are not read, but named.
+    for year in ["2020", "2021"] {
+        let sub = empty.path().join(year);
+        std::fs::create_dir(&sub).unwrap();
+        Fixture::new(2, 0).write(&sub.join("t2m.nc"), Encoding::Nc4);
+    }
+    std::fs::create_dir(empty.path().join("notes")).unwrap();
+    let err = Era5TableProvider::try_new(&[empty.path().display().to_string()], None).unwrap_err();
+    let glob = empty.path().join("*/*.nc").display().to_string();
+    assert!(
+        err.to_string().ends_with(&format!(
+            "its subfolders 2020, 2021 hold some; a glob reads them: '{glob}')"
+        )),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.nc");
     std::fs::write(&garbage, b"this is not netcdf").unwrap();
