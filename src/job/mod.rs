@@ -145,21 +145,18 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
 
     let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
-    let plan = table.scan(&ctx.state(), None, &[], None).await?;
-    let mut stream = execute_stream(plan, ctx.task_ctx())?;
     let mut summary = Summary {
         existing_steps: existing.len(),
         ..Summary::default()
     };
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
+    let written = write_new_steps(&ctx, &table, &store, &provenance, &mut summary).await;
+    if let Err(e) = written {
+        // A run that made the output and fails before its first step (bad
+        // values in the first step read) leaves no empty table behind.
+        if created && summary.new_steps == 0 {
+            store.remove_unused(&out_dir);
         }
-        let valid_time = step_valid_time(&batch)?;
-        let path = store.write_step(valid_time, &batch, &provenance)?;
-        summary.new_steps += 1;
-        eprintln!("forecast {}", path.display());
+        return Err(e);
     }
 
     // Nothing written, ever: if the query keeps no row of the data at all
@@ -214,6 +211,29 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
         "{}: no {table} table (run `uqcast run` first)",
         location.display()
     )
+}
+
+/// Forecasts the steps `table` does not skip and writes each as it comes.
+async fn write_new_steps(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &ForecastTable,
+    store: &ForecastStore,
+    provenance: &Provenance,
+    summary: &mut Summary,
+) -> Result<()> {
+    let plan = table.scan(&ctx.state(), None, &[], None).await?;
+    let mut stream = execute_stream(plan, ctx.task_ctx())?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let valid_time = step_valid_time(&batch)?;
+        let path = store.write_step(valid_time, &batch, provenance)?;
+        summary.new_steps += 1;
+        eprintln!("forecast {}", path.display());
+    }
+    Ok(())
 }
 
 /// The forecast valid time of a one-step batch.

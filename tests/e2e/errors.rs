@@ -167,6 +167,24 @@ fn wrong_units() {
     let f = dir.path().join("celsius.nc");
     write_nc3(&f, Some("hours since 1900-01-01"), "t2m", "degC");
     sql_over(&f, "SELECT 1", &["celsius.nc", "t2m:units", "degC"]);
+    // Labelled kelvin, holding a value in °C: named with its cell and step,
+    // not forecast as 7.5 K.
+    let f = dir.path().join("mislabelled.nc");
+    write_nc3(&f, Some("hours since 1900-01-01"), "t2m", "K");
+    let mut file = netcdf::append(&f).unwrap();
+    file.variable_mut("t2m")
+        .unwrap()
+        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
+        .unwrap();
+    file.close().unwrap();
+    sql_over(
+        &f,
+        "SELECT avg(t2m) FROM era5",
+        &[
+            "mislabelled.nc: t2m at 2020-01-01T00:00:00Z, latitude 0, longitude 0 is 7.5 K",
+            "outside the 150…350 K",
+        ],
+    );
 }
 
 #[test]

@@ -815,6 +815,38 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         &["/nonexistent/era5"],
     );
     assert!(!fresh.exists(), "a failed run made {}", fresh.display());
+    // Values in °C under units "K" are named, and the run that fails on its
+    // first step leaves no empty table (its output was opened by then).
+    let celsius = dir.path().join("celsius");
+    synth(&celsius, 2, "nc4", &[]);
+    let nc = std::fs::read_dir(&celsius)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "nc"))
+        .unwrap();
+    let mut file = netcdf::append(&nc).unwrap();
+    let mut t2m = file.variable_mut("t2m").unwrap();
+    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
+    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
+    t2m.put_values(&degrees, ..).unwrap();
+    file.close().unwrap();
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            fresh.to_str().unwrap(),
+            "--input",
+            celsius.to_str().unwrap(),
+        ],
+        &[
+            nc.to_str().unwrap(),
+            "t2m at 2020-01-01T",
+            "outside the 150…350 K",
+        ],
+    );
+    assert!(!fresh.exists(), "a failed run left {}", fresh.display());
     // A missing model.
     fails_with(
         &[

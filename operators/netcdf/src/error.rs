@@ -49,6 +49,22 @@ pub enum NetcdfError {
         source: netcdf::Error,
     },
 
+    #[error(
+        "{}: {variable} at {time}, latitude {latitude}, longitude {longitude} is {value} K, \
+         outside the {low}…{high} K a 2 m temperature can be (values in °C or °F under units \"K\"?)",
+        path.display()
+    )]
+    Implausible {
+        path: PathBuf,
+        variable: String,
+        time: String,
+        latitude: f64,
+        longitude: f64,
+        value: f32,
+        low: f32,
+        high: f32,
+    },
+
     #[error("{}: variable '{variable}' not found{}", path.display(), hint_available(available))]
     MissingVariable {
         path: PathBuf,

@@ -26,6 +26,7 @@ pub mod error;
 pub mod exec;
 pub mod inspect;
 pub mod io_thread;
+pub mod plausible;
 pub mod provider;
 pub mod pushdown;
 pub mod reader;

@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
+    ArrayRef, Float32Array, Float64Array, RecordBatch, RecordBatchOptions,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::metrics::{BaselineMetrics, Count, Time};
 use tokio::sync::mpsc::Sender;
 
-use crate::catalog::{Catalog, Step};
+use crate::catalog::{Catalog, Step, T2M};
+use crate::error::NetcdfError;
 use crate::reader::{Hyperslab, StepReader};
 use crate::schema::COORDINATES;
 
@@ -87,6 +89,28 @@ impl PartitionScan {
         [latitude, longitude]
     }
 
+    /// Errors on the first t2m value no temperature in kelvin can have,
+    /// naming the file, step and cell.
+    fn check_kelvin(&self, values: &Float32Array, step: &Step) -> Result<()> {
+        let range = crate::plausible::T2M_KELVIN;
+        let Some((i, value)) = crate::plausible::first_outside(values, &range) else {
+            return Ok(());
+        };
+        let columns = self.slab.longitude.len();
+        let (row, column) = (i / columns, i % columns);
+        Err(NetcdfError::Implausible {
+            path: self.catalog.files[step.file].path.clone(),
+            variable: T2M.to_string(),
+            time: crate::cf::time::format_micros(step.time),
+            latitude: self.catalog.latitude().values[self.slab.latitude.start + row],
+            longitude: self.catalog.longitude().values[self.slab.longitude.start + column],
+            value,
+            low: *range.start(),
+            high: *range.end(),
+        }
+        .into())
+    }
+
     fn batch(
         &self,
         reader: &StepReader,
@@ -108,12 +132,12 @@ impl PartitionScan {
                 _ => {
                     let name = &self.catalog.variables[index - COORDINATES].name;
                     let variable = self.catalog.variable_in(step.file, name)?;
-                    Arc::new(reader.read(
-                        variable,
-                        step.index,
-                        &self.slab,
-                        &self.metrics.read_time,
-                    )?) as ArrayRef
+                    let values =
+                        reader.read(variable, step.index, &self.slab, &self.metrics.read_time)?;
+                    if name == T2M {
+                        self.check_kelvin(&values, step)?;
+                    }
+                    Arc::new(values) as ArrayRef
                 }
             };
             columns.push(column);
