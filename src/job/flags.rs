@@ -20,8 +20,16 @@ pub fn flags_schema() -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
-/// The flagging SQL with its `{{placeholders}}` filled from the pipeline.
-pub fn render(pipeline: &Pipeline) -> Result<String> {
+/// The flagging SQL with its `{{placeholders}}` filled, and its file (for
+/// messages: an edited query that fails is named).
+#[derive(Debug)]
+pub struct FlagsQuery {
+    pub sql: String,
+    pub file: PathBuf,
+}
+
+/// The pipeline's flagging SQL with its `{{placeholders}}` filled.
+pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
     let path = pipeline.resolve(&pipeline.flags.sql);
     let template = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -46,28 +54,29 @@ pub fn render(pipeline: &Pipeline) -> Result<String> {
             path.display()
         );
     }
-    Ok(sql)
+    Ok(FlagsQuery { sql, file: path })
 }
 
 /// Runs the flag SQL in `ctx` (which has `forecast` registered) and writes
 /// `DIR/flags/flags.parquet`; returns (tiles, flagged tiles, path).
 pub async fn write_flags(
     ctx: &SessionContext,
-    sql: &str,
+    query: &FlagsQuery,
     dir: &Path,
     provenance: &Provenance,
 ) -> Result<(usize, usize, PathBuf)> {
+    let label = format!("flags SQL {}", query.file.display());
     let batches = ctx
-        .sql(sql)
+        .sql(&query.sql)
         .await
-        .context("flags SQL")?
+        .context(label.clone())?
         .collect()
         .await
-        .context("flags SQL")?;
+        .context(label.clone())?;
     let schema = flags_schema()?;
     let batches = batches
         .iter()
-        .map(|b| conform(b, &schema))
+        .map(|b| conform(b, &schema).context(label.clone()))
         .collect::<Result<Vec<_>>>()?;
     let tiles = batches.iter().map(RecordBatch::num_rows).sum();
     let flagged = batches
@@ -108,7 +117,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if got != want {
         bail!(
-            "flags SQL returns columns [{}]; schemas/flags.json needs [{}]",
+            "returns columns [{}]; schemas/flags.json needs [{}]",
             got.join(", "),
             want.join(", ")
         );
@@ -119,9 +128,9 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .zip(schema.fields())
         .map(|(c, f)| {
             if c.null_count() > 0 {
-                bail!("flags SQL: column '{}' has NULLs", f.name());
+                bail!("column '{}' has NULLs", f.name());
             }
-            cast(c, f.data_type()).with_context(|| format!("flags SQL: column '{}'", f.name()))
+            cast(c, f.data_type()).with_context(|| format!("column '{}'", f.name()))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)

@@ -174,8 +174,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let flags_file = out_dir.join("flags").join("flags.parquet");
     if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
         let ctx = context_with_table("forecast", store.root.display().to_string()).await?;
-        let sql = flags::render(pipeline)?;
-        let (tiles, flagged, _) = flags::write_flags(&ctx, &sql, &out_dir, &provenance).await?;
+        let query = flags::render(pipeline)?;
+        let (tiles, flagged, _) = flags::write_flags(&ctx, &query, &out_dir, &provenance).await?;
         summary.tiles = tiles;
         summary.flagged = flagged;
     }

@@ -723,6 +723,36 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     );
     assert_eq!(forecast_csv(&out), snapshot);
 
+    // A flags query that fails (an edit gone wrong) is named; the forecast
+    // steps stay, and the next run writes the flags without sampling again.
+    let flags_sql = dir.path().join("flags.sql");
+    let good_flags = std::fs::read_to_string(&flags_sql).unwrap();
+    std::fs::write(&flags_sql, good_flags.replace("FROM cells", "FROM cels")).unwrap();
+    let second = dir.path().join("second");
+    let failed = run(&config, &second);
+    let last = stderr(&failed)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(failed.status.code(), Some(1), "{last}");
+    assert!(
+        ["flags SQL", "flags.sql", "cels"]
+            .iter()
+            .all(|n| last.contains(n)),
+        "{last}"
+    );
+    assert_eq!(forecast_csv(&second), snapshot);
+    assert!(!second.join("flags").join("flags.parquet").exists());
+    std::fs::write(&flags_sql, good_flags).unwrap();
+    let mended = run(&config, &second);
+    assert!(
+        stdout(&mended).contains("new_steps=0 ") && stdout(&mended).contains("flagged_tiles="),
+        "{}",
+        stdout(&mended)
+    );
+    assert!(second.join("flags").join("flags.parquet").exists());
+
     // Input on another grid.
     let other = dir.path().join("other");
     let s = uqcast(&[
