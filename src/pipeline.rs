@@ -168,11 +168,7 @@ impl Pipeline {
             )
         })?;
         p.file = path.to_path_buf();
-        p.dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        p.dir = directory_of(path);
         p.check()?;
         Ok(p)
     }
@@ -380,5 +376,34 @@ impl Pipeline {
             normalisation: Normalisation::default(),
             lead_hours: self.model.lead_hours,
         }
+    }
+}
+
+/// The directory a pipeline's relative paths resolve against. A pipeline in
+/// the current directory has the empty parent, so its paths print as
+/// written ("../models/m"), not "./../models/m".
+fn directory_of(pipeline_file: &Path) -> PathBuf {
+    pipeline_file
+        .parent()
+        .unwrap_or(Path::new(""))
+        .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_pipeline_directory() {
+        let join = |file: &str, path: &str| directory_of(Path::new(file)).join(path);
+        assert_eq!(join("p.toml", "../models/m"), Path::new("../models/m"));
+        assert_eq!(
+            join("pipelines/p.toml", "../models/m"),
+            Path::new("pipelines/../models/m")
+        );
+        assert_eq!(
+            join("/etc/uqcast/p.toml", "q.sql"),
+            Path::new("/etc/uqcast/q.sql")
+        );
     }
 }
