@@ -177,6 +177,12 @@ impl Pipeline {
         let bad = |field: &str, problem: &str| -> Result<()> {
             bail!("pipeline {}: {field}: {problem}", self.file.display())
         };
+        if !is_checkpoint_name(&self.model.checkpoint) {
+            bad(
+                "model.checkpoint",
+                "must name a .safetensors file (the weights; the metadata is the .json beside it)",
+            )?;
+        }
         if self.model.lead_hours == 0 {
             bad("model.lead_hours", "must be at least 1")?;
         }
@@ -377,6 +383,13 @@ impl Pipeline {
             lead_hours: self.model.lead_hours,
         }
     }
+}
+
+/// Whether `path` can name a checkpoint: its weights are `X.safetensors` and
+/// its metadata `X.json`, so another extension (`.json` above all, which
+/// would put both in one file) is refused before any training.
+pub fn is_checkpoint_name(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
 }
 
 /// The directory a pipeline's relative paths resolve against. A pipeline in

@@ -74,6 +74,12 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
+    if !crate::pipeline::is_checkpoint_name(&out) {
+        anyhow::bail!(
+            "{}: --out needs a .safetensors file name (the weights; the metadata is written beside it as .json)",
+            out.display()
+        );
+    }
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let (grid, steps) = read_steps(location.clone(), &sql).await?;
     if steps.is_empty() {

@@ -877,6 +877,20 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         ],
     );
     assert!(!fresh.exists(), "a failed run left {}", fresh.display());
+    // Weights named .json would be overwritten by their own metadata:
+    // refused before training, from --out or from the pipeline.
+    let json_model = dir.path().join("json-model/m.json");
+    fails_with(
+        &[
+            "train",
+            "--config",
+            c,
+            "--out",
+            json_model.to_str().unwrap(),
+        ],
+        &["json-model/m.json", "--out needs a .safetensors file name"],
+    );
+    assert!(!json_model.parent().unwrap().exists());
     // A missing model.
     fails_with(
         &[
@@ -957,6 +971,12 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "checkpoint = \"model/m.safetensors\"",
         "checkpoint = \"model/none.safetensors\"",
         "model.checkpoint: ",
+    );
+    edited_fails(
+        "json-checkpoint.toml",
+        "checkpoint = \"model/m.safetensors\"",
+        "checkpoint = \"model/m.json\"",
+        "model.checkpoint: must name a .safetensors file",
     );
     // More samples per cell than one forward pass holds.
     edited_fails(

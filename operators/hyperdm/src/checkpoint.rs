@@ -78,6 +78,13 @@ pub fn save<P: PrimaryNetwork>(
         }
     };
     let (weights_tmp, meta_path) = (tmp(path), json_path(path));
+    if meta_path == path {
+        return Err(HyperdmError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: "weights and metadata would share this file; name the weights X.safetensors"
+                .into(),
+        });
+    }
     let meta_tmp = tmp(&meta_path);
     candle_core::safetensors::save(&tensors, &weights_tmp).ctx("writing safetensors")?;
     let text = serde_json::to_string_pretty(&meta).map_err(|e| HyperdmError::Checkpoint {
@@ -298,6 +305,20 @@ mod tests {
             serde_json::Value::Null,
         )
         .unwrap();
+        // Weights named .json would share the metadata's file: refused, and
+        // nothing written.
+        let clash = dir.path().join("clash.json");
+        let err = save(
+            &clash,
+            &model,
+            &opt,
+            &TrainConfig::default(),
+            serde_json::Value::Null,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("clash.json") && err.contains("share"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         // A config whose hyper-network is wider than the stored weights.
         let mut meta = read_meta(&path).unwrap();
         meta.hyper.hidden[0] = 16;
