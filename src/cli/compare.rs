@@ -100,6 +100,7 @@ const TRAIN_START: &str = "2019-01-01T00:00Z";
 pub async fn run(b: Benchmark) -> Result<()> {
     let pipeline = Pipeline::load(&b.config)?;
     let contenders = check_options(&b)?;
+    super::output::make_dir(&b.work, "--work")?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
     ensure_data(&train_dir, TRAIN_START, b.train_steps, 1, vec![]).await?;

@@ -76,6 +76,7 @@ fn unpack(root: &Path) -> Result<PathBuf> {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    super::output::make_dir(&args.out, "--out")?;
     let data = args.out.join("era5");
     let ood = vec!["disk:2020-01-03T12:00Z,45,260,6,30".to_string()];
     let report = generate(&SynthArgs::new(

@@ -11,6 +11,23 @@ use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 
+/// Creates the folder a command writes into (`option` names where it came
+/// from), saying which file is in the way when one is: the OS says only
+/// "Not a directory", about a path below it.
+pub fn make_dir(dir: &Path, option: &str) -> Result<()> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Some(file) = dir.ancestors().find(|a| a.is_file()) {
+            anyhow::bail!(
+                "{option} {}: {} is a file, not a folder",
+                dir.display(),
+                file.display()
+            );
+        }
+        return Err(e).with_context(|| format!("{option} {}: cannot create", dir.display()));
+    }
+    Ok(())
+}
+
 /// How `uqcast sql` prints results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

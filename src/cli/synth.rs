@@ -123,6 +123,7 @@ pub async fn run(args: SynthArgs) -> Result<()> {
             );
         }
     }
+    super::output::make_dir(&args.out, "--out")?;
     let report = write(config, args.out.clone()).await?;
     let mut out = std::io::stdout().lock();
     for f in &report.files {

@@ -269,6 +269,27 @@ fn bad_synth_and_sql_options_and_existing_output_survives() {
         fails_with(&args, needles);
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
+    // A file where a folder of --out should be is named as such (the OS
+    // says "Not a directory" about a path below it), and left as it was.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"precious").unwrap();
+    let under = blocker.join("era5");
+    fails_with(
+        &[
+            "synth",
+            "--out",
+            under.to_str().unwrap(),
+            "--start",
+            "2020-01-01",
+            "--steps",
+            "2",
+        ],
+        &[
+            &format!("--out {}", under.display()),
+            &format!("{} is a file, not a folder", blocker.display()),
+        ],
+    );
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"precious");
     // A failed Parquet write leaves an existing file untouched.
     let data = dir.path().join("data");
     synth(&data, 1, "nc4", &[]);
