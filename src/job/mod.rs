@@ -116,6 +116,13 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             pipeline.file.display()
         );
     }
+    if let Err(e) = model.checkpoint.method.check_members(settings.members) {
+        anyhow::bail!(
+            "{}: pipeline {} inference.members: {e}",
+            model_path.display(),
+            pipeline.file.display()
+        );
+    }
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
     let ctx = context_with_table("era5", location.clone()).await?;

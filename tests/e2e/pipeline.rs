@@ -574,6 +574,84 @@ fn eval_compares_hyperdm_with_the_baselines() {
     }
     assert!(work.join("models/ensemble-m2-i30.safetensors").is_file());
     assert!(work.join("models/ensemble-m1-i30.safetensors").is_file());
+    // The baselines run behind the same operator: `uqcast run` forecasts
+    // with the kept MC-Dropout and ensemble models, both uncertainties
+    // present, and the table records which method made it. The pipeline's
+    // three members are more than the two-network ensemble holds: refused
+    // before any output, naming the model and the field.
+    let ensemble = work.join("models/ensemble-m2-i30.safetensors");
+    let refused = dir.path().join("run-refused");
+    fails_with(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--model",
+            ensemble.to_str().unwrap(),
+            "--output",
+            refused.to_str().unwrap(),
+        ],
+        &[
+            "ensemble-m2-i30.safetensors",
+            "inference.members",
+            "an ensemble of 2 networks gives at most 2 members, 3 were asked for",
+        ],
+    );
+    assert!(!refused.exists());
+    let q = format!(
+        "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5', 3, 2)",
+        ensemble.display()
+    );
+    let era5 = format!("era5={}", work.join("test-seed0-4steps").display());
+    fails_with(
+        &["sql", &q, "--table", &era5],
+        &["hyperdm_forecast: members: an ensemble of 2 networks"],
+    );
+    let two_members = dir.path().join("two-members.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&two_members, text.replace("members = 3", "members = 2")).unwrap();
+    for method in ["mc-dropout-m1", "ensemble-m2"] {
+        let model = work.join(format!("models/{method}-i30.safetensors"));
+        let out = dir.path().join(format!("run-{method}"));
+        let o = uqcast(&[
+            "run",
+            "--config",
+            two_members.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            work.join("test-seed0-4steps").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let table = format!("f={}", out.join("forecast").display());
+        let row = sql_row(
+            &table,
+            "SELECT count(DISTINCT valid_time) AS steps, min(t2m_au) > 0 AS au, \
+             max(t2m_eu) > 0 AS eu FROM f",
+        );
+        assert_eq!(
+            (row["steps"].as_u64(), &row["au"], &row["eu"]),
+            (Some(4), &serde_json::json!(true), &serde_json::json!(true)),
+            "{method}: {row}"
+        );
+        let file = std::fs::File::open(&parquet_files(&out.join("forecast"))[0]).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        let stored = parquet::file::reader::FileReader::metadata(&reader)
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .find(|kv| kv.key == "uqcast.method")
+            .and_then(|kv| kv.value.clone());
+        let name = method.rsplit_once("-m").unwrap().0;
+        // e.g. "mc-dropout(p=0.3)": the method with its setting.
+        assert!(
+            stored.as_deref().is_some_and(|m| m.starts_with(name)),
+            "{method}: {stored:?}"
+        );
+    }
     // Without --json, from the kept models: the table ends with the paper's
     // claims, decided from the same (seeded) scores as the JSON lines.
     let mut text_args = args("hyperdm,mc-dropout,ensemble,single");

@@ -228,6 +228,9 @@ impl TableFunctionImpl for HyperdmForecastFunction {
         if let Err(e) = settings.sampler.check(model.model.schedule.steps()) {
             return plan_err!("{}: sampler: {e} ({})", Self::NAME, path.display());
         }
+        if let Err(e) = model.checkpoint.method.check_members(settings.members) {
+            return plan_err!("{}: members: {e} ({})", Self::NAME, path.display());
+        }
         Ok(Arc::new(ForecastTable::new(
             Arc::new(model),
             source,

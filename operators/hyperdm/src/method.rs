@@ -54,6 +54,17 @@ impl Method {
         .and_then(Self::validated)
     }
 
+    /// Whether a forecast can draw `members` weight draws: a hyper-network
+    /// and dropout masks give any number, an ensemble at most its networks.
+    pub fn check_members(&self, members: usize) -> std::result::Result<(), String> {
+        match self {
+            Self::Ensemble { members: have } if members > *have => Err(format!(
+                "an ensemble of {have} networks gives at most {have} members, {members} were asked for"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the method's own settings.
     pub fn validated(self) -> Result<Self> {
         match self {
@@ -83,6 +94,18 @@ impl fmt::Display for Method {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_ensemble_limits_the_members() {
+        assert!(Method::Hyperdm.check_members(1000).is_ok());
+        assert!(Method::McDropout { p: 0.3 }.check_members(1000).is_ok());
+        let two = Method::Ensemble { members: 2 };
+        assert!(two.check_members(2).is_ok());
+        assert_eq!(
+            two.check_members(3).unwrap_err(),
+            "an ensemble of 2 networks gives at most 2 members, 3 were asked for"
+        );
+    }
 
     #[test]
     fn names_round_trip_and_bad_settings_are_refused() {
