@@ -79,7 +79,7 @@ pub enum NetcdfError {
         candidates: &'static str,
     },
 
-    #[error("{}: variable '{variable}' has dimensions ({found}); expected ({expected})", path.display())]
+    #[error("{}: variable '{variable}' has dimensions ({found}); expected ({expected}){}", path.display(), hint_extra_dimension(found))]
     Dimensions {
         path: PathBuf,
         variable: String,
@@ -154,6 +154,22 @@ fn hint_available(available: &[String]) -> String {
         String::new()
     } else {
         format!(" (gridded variables present: {})", available.join(", "))
+    }
+}
+
+/// What an extra dimension the CDS adds means, and how to get a file
+/// without it.
+fn hint_extra_dimension(found: &str) -> &'static str {
+    let has = |name: &str| found.split(", ").any(|d| d == name);
+    if has("expver") {
+        "; the expver dimension mixes final ERA5 with preliminary ERA5T (the legacy CDS \
+         NetCDF of a request reaching the last three months): request those months \
+         apart from the final ones"
+    } else if has("number") {
+        "; the number dimension holds ensemble members (ERA5's EDA): request the \
+         reanalysis (product type reanalysis), one value per cell"
+    } else {
+        ""
     }
 }
 

@@ -451,11 +451,23 @@ fn bad_inputs_name_the_file_and_field() {
         (
             "swapped.nc",
             OneCell {
-                t2m_dims: ["time", "longitude", "latitude"],
+                t2m_dims: &["time", "longitude", "latitude"],
                 ..OneCell::default()
             },
             "swapped.nc: variable 't2m' has dimensions (time, longitude, latitude); expected \
              (time, latitude, longitude)",
+        ),
+        // The legacy CDS NetCDF of a request mixing ERA5 and ERA5T: the
+        // extra dimension is explained.
+        (
+            "expver.nc",
+            OneCell {
+                t2m_dims: &["time", "expver", "latitude", "longitude"],
+                ..OneCell::default()
+            },
+            "expver.nc: variable 't2m' has dimensions (time, expver, latitude, longitude); \
+             expected (time, latitude, longitude); the expver dimension mixes final ERA5 with \
+             preliminary ERA5T",
         ),
         // The second step's time never written: its int32 holds the default
         // fill, which as seconds since 1970 would read as 1901-12-13.
@@ -491,7 +503,7 @@ fn bad_inputs_name_the_file_and_field() {
 /// A two-step, one-cell file written with raw libnetcdf calls: an int32
 /// time axis in seconds since 1970, t2m in kelvin.
 struct OneCell {
-    t2m_dims: [&'static str; 3],
+    t2m_dims: &'static [&'static str],
     calendar: &'static str,
     /// How many of the two time entries are written.
     times_written: usize,
@@ -500,7 +512,7 @@ struct OneCell {
 impl Default for OneCell {
     fn default() -> Self {
         Self {
-            t2m_dims: ["time", "latitude", "longitude"],
+            t2m_dims: &["time", "latitude", "longitude"],
             calendar: "standard",
             times_written: 2,
         }
@@ -513,6 +525,7 @@ impl OneCell {
         f.add_dimension("time", 2).unwrap();
         f.add_dimension("latitude", 1).unwrap();
         f.add_dimension("longitude", 1).unwrap();
+        f.add_dimension("expver", 2).unwrap();
         for axis in ["latitude", "longitude"] {
             f.add_variable::<f32>(axis, &[axis])
                 .unwrap()
