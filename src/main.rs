@@ -35,6 +35,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the results stopped early (`| head`): not a failure.
+        Err(_) if cli::output::stdout_closed() => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes, outermost first.
             let causes: Vec<String> = e

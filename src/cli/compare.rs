@@ -170,7 +170,7 @@ pub async fn run(b: Benchmark) -> Result<()> {
             ..scores
         });
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::stdout();
     if b.json {
         for r in &rows {
             writeln!(out, "{}", serde_json::to_string(r)?)?;

@@ -89,7 +89,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .await?;
     let config = unpack(&args.out)?;
     let output = args.out.join("output");
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::stdout();
     writeln!(
         out,
         "1. synthesised {} steps into {} (ground truth: {})",
@@ -126,7 +126,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         )
     })?;
     writeln!(
-        std::io::stdout().lock(),
+        super::output::stdout(),
         "   uqcast run: ok {}\n\n3. high-epistemic regions (flags table):\n{FLAGGED_SQL};\n",
         describe(&summary, &output)
     )?;
@@ -135,7 +135,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let science_report = science(&output, &data).await?;
     writeln!(
-        std::io::stdout().lock(),
+        super::output::stdout(),
         "\n4. checked against the synthetic ground truth:\n{}\n",
         render(&science_report)
     )?;
@@ -151,7 +151,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         super::plot::draw(&output, crate::time::parse_utc(time).context("time")?, &png).await?;
         written.push(png);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::stdout();
     writeln!(
         out,
         "5. maps: {}",

@@ -409,7 +409,7 @@ pub async fn run(args: EvalArgs) -> Result<()> {
     };
     let report = science(&forecast, &data).await?;
     {
-        let mut out = std::io::stdout().lock();
+        let mut out = super::output::stdout();
         if args.json {
             writeln!(out, "{}", serde_json::to_string(&report)?)?;
         } else {

@@ -3,7 +3,7 @@
 mod compare;
 mod demo;
 mod eval;
-mod output;
+pub mod output;
 mod plot;
 mod run;
 mod sql;

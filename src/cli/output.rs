@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use datafusion::arrow::csv::WriterBuilder;
@@ -28,6 +29,48 @@ pub fn make_dir(dir: &Path, option: &str) -> Result<()> {
     Ok(())
 }
 
+/// Set once a write to standard output found its reader gone.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Standard output for every command's results. A reader that stops early
+/// (`uqcast sql … | head`) closes the pipe; the write then fails with
+/// "Broken pipe", which the libraries wrap in their own errors (arrow's CSV
+/// writer keeps only its text), so it is noted here, where its kind is known,
+/// and the command ends quietly and successfully, as `cat` or `grep` do.
+pub fn stdout() -> PipeAware<std::io::StdoutLock<'static>> {
+    PipeAware(std::io::stdout().lock())
+}
+
+/// Whether standard output's reader has gone.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// A writer that notes a broken pipe (see [`stdout`]).
+#[derive(Debug)]
+pub struct PipeAware<W>(W);
+
+impl<W: Write> PipeAware<W> {
+    fn note<T>(result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &result
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<W: Write> Write for PipeAware<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::note(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::note(self.0.flush())
+    }
+}
+
 /// How `uqcast sql` prints results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -42,7 +85,7 @@ pub enum Format {
 /// Streams the result to stdout in `format` (CSV and JSON never hold more
 /// than one batch; the table needs all rows to size its columns).
 pub async fn print(df: DataFrame, format: Format) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     match format {
         Format::Table => {
             let batches = df.collect().await?;

@@ -48,7 +48,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
     let summary = run_job(&pipeline, &options).await?;
     writeln!(
-        std::io::stdout().lock(),
+        super::output::stdout(),
         "uqcast run: ok {}",
         describe(&summary, &out)
     )?;

@@ -125,7 +125,7 @@ pub async fn run(args: SynthArgs) -> Result<()> {
     }
     super::output::make_dir(&args.out, "--out")?;
     let report = write(config, args.out.clone()).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::stdout();
     for f in &report.files {
         writeln!(out, "wrote {}", f.display())?;
     }

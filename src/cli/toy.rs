@@ -356,7 +356,7 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
         "batch_size": settings.train.batch_size,
         // Per row with --epochs (each data size gets its own count).
         "iterations": args.common.epochs.is_none().then_some(settings.train.iterations)});
-    let mut out = std::io::stdout().lock();
+    let mut out = super::output::stdout();
     if args.common.json {
         writeln!(out, "{report}")?;
     } else {

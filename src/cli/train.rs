@@ -132,7 +132,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     if interactive {
         eprintln!();
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = super::output::stdout();
     writeln!(
         stdout,
         "wrote {} ({} pairs from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",

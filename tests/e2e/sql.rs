@@ -17,6 +17,28 @@ fn formats_and_encodings_agree() {
         stdout(&o)
     };
     let (x, y) = (csv(&a), csv(&b));
+    // A reader that stops early (`| head`) ends the command quietly and
+    // successfully, in every format (the results are ~500 kB, more than a
+    // pipe holds).
+    for format in ["csv", "json", "table"] {
+        let table = format!("era5={}", a.display());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .args(["sql", query, "--table", &table, "--format", format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "{format}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+    }
     assert!(x.starts_with("valid_time,latitude,longitude,t\n"), "{x}");
     assert_eq!(x.lines().count(), 1 + 4 * 39 * 68);
     // Same coordinates; values within the int16 packing precision: the field
