@@ -349,8 +349,9 @@ async fn trained_model(
     );
     tokio::task::spawn_blocking(move || {
         let device = uqcast_hyperdm::default_device();
-        uqcast_forecast::model::train(&steps, &grid, &settings, &source, &out, &device, |p| {
-            if p.iteration == p.iterations || p.iteration % (p.iterations / 4).max(1) == 0 {
+        let progress = |p: uqcast_hyperdm::Progress| {
+            if p.iteration == p.iterations || p.iteration.is_multiple_of((p.iterations / 4).max(1))
+            {
                 eprintln!(
                     "eval: {} {}/{} loss {:.4} {:.0} s",
                     method.name(),
@@ -360,7 +361,11 @@ async fn trained_model(
                     p.elapsed_seconds
                 );
             }
-        })
+        };
+        let notes = |note: &str| eprintln!("eval: {} {note}", method.name());
+        uqcast_forecast::model::train(
+            &steps, &grid, &settings, &source, &out, &device, progress, notes,
+        )
         .map_err(anyhow::Error::from)
     })
     .await

@@ -110,7 +110,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     let out_path = out.clone();
     let span = tokio::task::spawn_blocking(move || {
         let device = uqcast_hyperdm::default_device();
-        uqcast_forecast::model::train(&steps, &grid, &settings, &source, &out_path, &device, |p| {
+        let progress = |p: uqcast_hyperdm::Progress| {
             let done = p.iteration as f64 / p.iterations.max(1) as f64;
             let bar: String = (0..30)
                 .map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' })
@@ -124,7 +124,11 @@ pub async fn run(args: TrainArgs) -> Result<()> {
             } else {
                 eprintln!("{line}");
             }
-        })
+        };
+        let notes = |note: &str| eprintln!("{note}");
+        uqcast_forecast::model::train(
+            &steps, &grid, &settings, &source, &out_path, &device, progress, notes,
+        )
         .map_err(anyhow::Error::from)
     })
     .await

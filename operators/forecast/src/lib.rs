@@ -4,6 +4,7 @@
 //!   solar time) and predicts (the 6-hour change);
 //! - [`pairs`]: training pairs exactly one lead apart;
 //! - [`model`]: training and loading a field checkpoint, sampling a step;
+//! - [`resume`]: the partial checkpoints that make training resumable;
 //! - [`assemble`]: source rows → whole steps on the model grid;
 //! - [`exec`] / [`table`]: the DataFusion operator, the table provider and
 //!   the `hyperdm_forecast` SQL table function.
@@ -15,6 +16,7 @@ pub mod features;
 pub mod grid;
 pub mod model;
 pub mod pairs;
+pub mod resume;
 pub mod schema;
 pub mod table;
 

@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::{self, CheckpointMeta};
 use uqcast_hyperdm::error::CandleContext;
-use uqcast_hyperdm::optim::AdamW;
 use uqcast_hyperdm::{
     DiffusionConfig, HyperConfig, HyperDm, Method, MlpConfig, PrimaryConfig, PrimaryMlp, Progress,
     Sampler, TrainConfig,
@@ -18,6 +17,7 @@ use crate::error::{ForecastError, Result, iso};
 use crate::features::{Normalisation, Patch, StepFeatures};
 use crate::grid::ModelGrid;
 use crate::pairs::{PairData, StepField};
+use crate::resume;
 
 /// What a field checkpoint records about its data (the checkpoint's `data`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ pub struct ForecastModel {
     pub id: String,
 }
 
-fn build_cell_mlp(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryMlp> {
+pub(crate) fn build_cell_mlp(config: &PrimaryConfig) -> uqcast_hyperdm::Result<PrimaryMlp> {
     match config {
         PrimaryConfig::Mlp(c) => Ok(PrimaryMlp::new(c)),
         other => Err(uqcast_hyperdm::HyperdmError::Config {
@@ -324,6 +324,12 @@ impl ForecastModel {
 }
 
 /// Trains a field model on `steps` (all on `grid`) and writes the checkpoint.
+///
+/// Resumable (see [`crate::resume`]): a partial checkpoint is kept every
+/// tenth of the updates, and a training started again on the same data with
+/// the same settings continues from it to the same model. `notes` hears
+/// where training starts, when that is not simply the beginning.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     steps: &[StepField],
     grid: &ModelGrid,
@@ -332,6 +338,7 @@ pub fn train(
     out: &Path,
     device: &Device,
     mut progress: impl FnMut(Progress),
+    mut notes: impl FnMut(&str),
 ) -> Result<TrainingSpan> {
     let started = Instant::now();
     let lead = i64::from(settings.lead_hours) * 3_600_000_000;
@@ -349,7 +356,7 @@ pub fn train(
         steps: settings.diffusion.steps,
         ..settings.mlp.clone()
     };
-    let model = HyperDm::with_method(
+    let fresh = HyperDm::with_method(
         PrimaryMlp::new(&mlp),
         settings.method,
         &settings.hyper,
@@ -357,34 +364,93 @@ pub fn train(
         device,
         settings.train.seed,
     )?;
-    let mut optimizer: AdamW = model.optimizer(&settings.train.optimizer);
-    model.fit(&data, &settings.train, &mut optimizer, &mut progress)?;
     let (first, last) = TrainingSpan::bounds(steps);
-    let span = TrainingSpan {
+    let mut span = TrainingSpan {
         first,
         last,
         steps: steps.len(),
         pairs: data.pairs(),
         unpaired: data.unpaired,
         source: source.to_string(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
     };
-    let meta = FieldMeta {
-        variable: "t2m".into(),
-        lead_hours: settings.lead_hours,
-        grid: grid.clone(),
-        patch: settings.patch,
-        normalisation: settings.normalisation,
-        training: span.clone(),
+    let data_json = |span: &TrainingSpan| {
+        serde_json::to_value(FieldMeta {
+            variable: "t2m".into(),
+            lead_hours: settings.lead_hours,
+            grid: grid.clone(),
+            patch: settings.patch,
+            normalisation: settings.normalisation,
+            training: span.clone(),
+        })
+        .map_err(|e| ForecastError::Training(e.to_string()))
     };
-    let data_json =
-        serde_json::to_value(&meta).map_err(|e| ForecastError::Training(e.to_string()))?;
-    checkpoint::save(out, &model, &optimizer, &settings.train, data_json).map_err(|source| {
-        ForecastError::Model {
+
+    let partial = resume::folder(out);
+    let fingerprint = resume::fingerprint(steps);
+    let start = resume::start(
+        &partial,
+        &fingerprint,
+        &fresh,
+        &settings.train,
+        &data_json(&span)?,
+        device,
+    );
+    let (model, mut optimizer, spent) = match start {
+        resume::Start::Resumed {
+            model,
+            optimizer,
+            seconds,
+            from,
+        } => {
+            notes(&format!(
+                "resuming from update {} of {} ({})",
+                optimizer.step,
+                settings.train.iterations,
+                from.display()
+            ));
+            (*model, optimizer, seconds)
+        }
+        resume::Start::Fresh(why) => {
+            if let Some(why) = why {
+                notes(&why);
+            }
+            let optimizer = fresh.optimizer(&settings.train.optimizer);
+            (fresh, optimizer, 0.0)
+        }
+    };
+    let seconds = |spent: f64| spent + started.elapsed().as_secs_f64();
+    let iterations = settings.train.iterations;
+    let every = (iterations / 10).max(1);
+    loop {
+        let stop = ((optimizer.step / every + 1) * every).min(iterations);
+        model.fit_until(&data, &settings.train, &mut optimizer, stop, |p| {
+            progress(Progress {
+                elapsed_seconds: seconds(spent),
+                ..p
+            })
+        })?;
+        if optimizer.step >= iterations {
+            break;
+        }
+        span.seconds = seconds(spent);
+        resume::save(
+            &partial,
+            &fingerprint,
+            &model,
+            &optimizer,
+            &settings.train,
+            data_json(&span)?,
+        )?;
+    }
+    span.seconds = seconds(spent);
+    checkpoint::save(out, &model, &optimizer, &settings.train, data_json(&span)?).map_err(
+        |source| ForecastError::Model {
             path: out.to_path_buf(),
             source,
-        }
-    })?;
+        },
+    )?;
+    resume::finish(&partial);
     Ok(span)
 }
 
@@ -451,6 +517,7 @@ mod tests {
             "test",
             &path,
             &Device::Cpu,
+            |_| {},
             |_| {},
         )
         .unwrap();
