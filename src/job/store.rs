@@ -75,6 +75,14 @@ fn lock_output(dir: &Path) -> Result<File> {
                 path.display()
             );
         }
+        // A filesystem without locks (some network mounts) must not stop
+        // the job; it only loses the guard against overlapping runs.
+        Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            eprintln!(
+                "warning: {}: this filesystem has no file locks; overlapping runs on this output are not prevented",
+                path.display()
+            );
+        }
         Err(TryLockError::Error(e)) => {
             return Err(e)
                 .with_context(|| format!("output {}: cannot take the run lock", path.display()));
