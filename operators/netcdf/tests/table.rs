@@ -539,7 +539,7 @@ impl OneCell {
         for k in 0..self.times_written {
             t.put_value(1_577_836_800 + 21_600 * k as i32, [k]).unwrap();
         }
-        f.add_variable::<f32>("t2m", &self.t2m_dims)
+        f.add_variable::<f32>("t2m", self.t2m_dims)
             .unwrap()
             .put_attribute("units", "K")
             .unwrap();
