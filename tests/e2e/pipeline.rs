@@ -908,21 +908,18 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
             &["--since 2020-01-02T00:00Z is after --until 2020-01-01T00:00Z"],
         );
     }
-    // A missing input fails before the output directory is made.
+    // A run into a new output that fails on its input leaves no output.
     let fresh = dir.path().join("fresh-out");
-    fails_with(
-        &[
-            "run",
-            "--config",
-            c,
-            "--output",
-            fresh.to_str().unwrap(),
-            "--input",
-            "/nonexistent/era5",
-        ],
-        &["/nonexistent/era5"],
-    );
-    assert!(!fresh.exists(), "a failed run made {}", fresh.display());
+    let fails_into_fresh = |input: &str, needles: &[&str]| {
+        let f = fresh.to_str().unwrap();
+        fails_with(
+            &["run", "--config", c, "--output", f, "--input", input],
+            needles,
+        );
+        assert!(!fresh.exists(), "a failed run left {}", fresh.display());
+    };
+    // A missing input fails before the output directory is made.
+    fails_into_fresh("/nonexistent/era5", &["/nonexistent/era5"]);
     // Values in °C under units "K" are named, and the run that fails on its
     // first step leaves no empty table (its output was opened by then).
     let celsius = dir.path().join("celsius");
@@ -938,23 +935,14 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
     t2m.put_values(&degrees, ..).unwrap();
     file.close().unwrap();
-    fails_with(
-        &[
-            "run",
-            "--config",
-            c,
-            "--output",
-            fresh.to_str().unwrap(),
-            "--input",
-            celsius.to_str().unwrap(),
-        ],
+    fails_into_fresh(
+        celsius.to_str().unwrap(),
         &[
             nc.to_str().unwrap(),
             "t2m at 2020-01-01T",
             "outside the 150…350 K",
         ],
     );
-    assert!(!fresh.exists(), "a failed run left {}", fresh.display());
     // Weights named .json would be overwritten by their own metadata:
     // refused before training, from --out or from the pipeline.
     let json_model = dir.path().join("json-model/m.json");

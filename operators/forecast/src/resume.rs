@@ -242,39 +242,43 @@ mod tests {
         }
     }
 
-    /// Trains to `out`; returns what `notes` heard.
-    fn trained(out: &Path, steps: &[StepField], settings: &FieldTraining) -> Vec<String> {
+    /// Trains to `out`, `progress` watching; returns the outcome and what
+    /// `notes` heard.
+    fn train_to(
+        out: &Path,
+        steps: &[StepField],
+        settings: &FieldTraining,
+        progress: impl FnMut(uqcast_hyperdm::Progress),
+    ) -> (Result<crate::model::TrainingSpan>, Vec<String>) {
         let grid = ModelGrid::new(vec![30.0, 29.0, 28.0], vec![250.0, 251.0, 252.0, 253.0]);
         let mut heard = Vec::new();
-        train(
+        let outcome = train(
             steps,
             &grid,
             settings,
             "test",
             out,
             &Device::Cpu,
-            |_| {},
+            progress,
             |n| heard.push(n.to_string()),
-        )
-        .unwrap();
+        );
+        (outcome, heard)
+    }
+
+    /// Trains to `out`; returns what `notes` heard.
+    fn trained(out: &Path, steps: &[StepField], settings: &FieldTraining) -> Vec<String> {
+        let (outcome, heard) = train_to(out, steps, settings, |_| {});
+        outcome.unwrap();
         heard
     }
 
     /// Trains to `out` and stops it at update 24 of 40, as a kill would:
     /// the partial checkpoint of update 20 is the last one kept.
     fn interrupted(out: &Path, steps: &[StepField], settings: &FieldTraining) {
-        let grid = ModelGrid::new(vec![30.0, 29.0, 28.0], vec![250.0, 251.0, 252.0, 253.0]);
         let stopped = catch_unwind(AssertUnwindSafe(|| {
-            train(
-                steps,
-                &grid,
-                settings,
-                "test",
-                out,
-                &Device::Cpu,
-                |p| assert!(p.iteration < 24, "stopped at update {}", p.iteration),
-                |_| {},
-            )
+            train_to(out, steps, settings, |p| {
+                assert!(p.iteration < 24, "stopped at update {}", p.iteration)
+            })
         }));
         assert!(stopped.is_err() && !out.exists());
     }
