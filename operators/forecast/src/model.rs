@@ -415,6 +415,10 @@ pub fn train(
             if let Some(why) = why {
                 notes(&why);
             }
+            // Partials of another training go: one of theirs numbered past
+            // this training's first save would otherwise be taken for its
+            // newest.
+            resume::finish(&partial);
             let optimizer = fresh.optimizer(&settings.train.optimizer);
             (fresh, optimizer, 0.0)
         }

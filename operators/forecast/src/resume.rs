@@ -242,17 +242,17 @@ mod tests {
         }
     }
 
-    /// Trains to `out`, `progress` watching; returns the outcome and what
-    /// `notes` heard.
+    /// Trains to `out`, `progress` watching, what `notes` says going to
+    /// `heard`.
     fn train_to(
         out: &Path,
         steps: &[StepField],
         settings: &FieldTraining,
         progress: impl FnMut(uqcast_hyperdm::Progress),
-    ) -> (Result<crate::model::TrainingSpan>, Vec<String>) {
+        heard: &mut Vec<String>,
+    ) -> Result<crate::model::TrainingSpan> {
         let grid = ModelGrid::new(vec![30.0, 29.0, 28.0], vec![250.0, 251.0, 252.0, 253.0]);
-        let mut heard = Vec::new();
-        let outcome = train(
+        train(
             steps,
             &grid,
             settings,
@@ -261,26 +261,34 @@ mod tests {
             &Device::Cpu,
             progress,
             |n| heard.push(n.to_string()),
-        );
-        (outcome, heard)
+        )
     }
 
-    /// Trains to `out`; returns what `notes` heard.
+    /// Trains to `out`; returns what `notes` said.
     fn trained(out: &Path, steps: &[StepField], settings: &FieldTraining) -> Vec<String> {
-        let (outcome, heard) = train_to(out, steps, settings, |_| {});
-        outcome.unwrap();
+        let mut heard = Vec::new();
+        train_to(out, steps, settings, |_| {}, &mut heard).unwrap();
         heard
     }
 
-    /// Trains to `out` and stops it at update 24 of 40, as a kill would:
-    /// the partial checkpoint of update 20 is the last one kept.
-    fn interrupted(out: &Path, steps: &[StepField], settings: &FieldTraining) {
+    /// Trains to `out` and stops it at update `stop` of 40, as a kill would
+    /// (at 24, the partial checkpoint of update 20 is the last one kept);
+    /// returns what `notes` said.
+    fn interrupted(
+        out: &Path,
+        steps: &[StepField],
+        settings: &FieldTraining,
+        stop: u64,
+    ) -> Vec<String> {
+        let mut heard = Vec::new();
         let stopped = catch_unwind(AssertUnwindSafe(|| {
-            train_to(out, steps, settings, |p| {
-                assert!(p.iteration < 24, "stopped at update {}", p.iteration)
-            })
+            let progress = |p: uqcast_hyperdm::Progress| {
+                assert!(p.iteration < stop, "stopped at update {}", p.iteration)
+            };
+            train_to(out, steps, settings, progress, &mut heard)
         }));
         assert!(stopped.is_err() && !out.exists());
+        heard
     }
 
     /// The hash of the weights (the model id after its file stem).
@@ -298,7 +306,7 @@ mod tests {
         assert!(!folder(&straight).exists(), "partials left behind");
 
         let resumed = dir.path().join("resumed.safetensors");
-        interrupted(&resumed, &data, &plain);
+        interrupted(&resumed, &data, &plain, 24);
         let kept = folder(&resumed);
         assert_eq!(complete_pairs(&kept)[0].0, 20);
         // A newer pair whose metadata was never written (killed while
@@ -315,16 +323,24 @@ mod tests {
 
         // Other settings, or other data: the partial is not continued.
         let other = dir.path().join("other.safetensors");
-        interrupted(&other, &data, &plain);
+        interrupted(&other, &data, &plain, 24);
         let heard = trained(&other, &data, &settings(5e-3));
         assert!(
             heard[0].contains("trained with other settings"),
             "{heard:?}"
         );
+        // The other data's training is itself stopped early: its partial of
+        // update 4 is newer than the first data's of update 20, though
+        // numbered lower, and is the one the next start continues.
         let other_data = dir.path().join("other-data.safetensors");
-        interrupted(&other_data, &data, &plain);
-        let heard = trained(&other_data, &steps(0.5), &plain);
+        interrupted(&other_data, &data, &plain, 24);
+        let heard = interrupted(&other_data, &steps(0.5), &plain, 8);
         assert!(heard[0].contains("trained on other data"), "{heard:?}");
+        let heard = trained(&other_data, &steps(0.5), &plain);
+        assert!(
+            heard[0].starts_with("resuming from update 4 of 40"),
+            "{heard:?}"
+        );
         assert!(!folder(&other).exists() && !folder(&other_data).exists());
     }
 }
