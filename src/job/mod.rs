@@ -109,16 +109,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             pipeline.model.lead_hours
         );
     }
-    if let Err(e) = settings.sampler.check(model.model.schedule.steps()) {
+    if let Err((field, e)) = model.check_settings(&settings) {
         anyhow::bail!(
-            "{}: pipeline {} inference.sampler: {e}",
-            model_path.display(),
-            pipeline.file.display()
-        );
-    }
-    if let Err(e) = model.checkpoint.method.check_members(settings.members) {
-        anyhow::bail!(
-            "{}: pipeline {} inference.members: {e}",
+            "{}: pipeline {} inference.{field}: {e}",
             model_path.display(),
             pipeline.file.display()
         );

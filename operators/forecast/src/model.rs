@@ -154,6 +154,24 @@ pub fn mix(mut x: u64) -> u64 {
 }
 
 impl ForecastModel {
+    /// Whether this model can sample with `settings`: the sampler fits its
+    /// diffusion steps and the members its method (an ensemble has only so
+    /// many networks). On failure, the setting at fault and why; callers
+    /// name where the setting came from.
+    pub fn check_settings(
+        &self,
+        settings: &InferenceSettings,
+    ) -> std::result::Result<(), (&'static str, String)> {
+        settings
+            .sampler
+            .check(self.model.schedule.steps())
+            .map_err(|e| ("sampler", e))?;
+        self.checkpoint
+            .method
+            .check_members(settings.members)
+            .map_err(|e| ("members", e))
+    }
+
     /// Loads `path` (`.safetensors` beside its `.json`).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let model_err = |source| ForecastError::Model {

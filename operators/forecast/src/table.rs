@@ -225,11 +225,8 @@ impl TableFunctionImpl for HyperdmForecastFunction {
         let device = uqcast_hyperdm::default_device();
         let path = PathBuf::from(&model);
         let model = ForecastModel::load(&path, &device)?;
-        if let Err(e) = settings.sampler.check(model.model.schedule.steps()) {
-            return plan_err!("{}: sampler: {e} ({})", Self::NAME, path.display());
-        }
-        if let Err(e) = model.checkpoint.method.check_members(settings.members) {
-            return plan_err!("{}: members: {e} ({})", Self::NAME, path.display());
+        if let Err((field, e)) = model.check_settings(&settings) {
+            return plan_err!("{}: {field}: {e} ({})", Self::NAME, path.display());
         }
         Ok(Arc::new(ForecastTable::new(
             Arc::new(model),
