@@ -48,7 +48,8 @@ fn main() -> ExitCode {
                         .join(" ")
                 })
                 .collect();
-            eprintln!("error: {}", one_line(causes));
+            // Errors about an s3:// table's local copies name the objects.
+            eprintln!("error: {}", session::s3::in_urls(&one_line(causes)));
             exit_failed()
         }
     }

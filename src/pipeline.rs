@@ -177,6 +177,20 @@ impl Pipeline {
         let bad = |field: &str, problem: &str| -> Result<()> {
             bail!("pipeline {}: {field}: {problem}", self.file.display())
         };
+        // Only the source may be remote: checkpoints are opened as files and
+        // the output is written with local renames and a file lock.
+        for (field, path) in [
+            ("model.checkpoint", &self.model.checkpoint),
+            ("output.dir", &self.output.dir),
+        ] {
+            if is_url(&path.to_string_lossy()) {
+                bad(
+                    field,
+                    "must be a local path (only source.path may be s3://; copy the output to a \
+                     bucket after the run, e.g. with `aws s3 sync`)",
+                )?;
+            }
+        }
         if !is_checkpoint_name(&self.model.checkpoint) {
             bad(
                 "model.checkpoint",
@@ -299,7 +313,7 @@ impl Pipeline {
 
     pub fn source_location(&self) -> String {
         let p = Path::new(&self.source.path);
-        if p.is_absolute() {
+        if p.is_absolute() || is_url(&self.source.path) {
             self.source.path.clone()
         } else {
             self.dir.join(p).display().to_string()
@@ -383,6 +397,11 @@ impl Pipeline {
             lead_hours: self.model.lead_hours,
         }
     }
+}
+
+/// Whether a location is a URL (`s3://…`) rather than a local path.
+pub fn is_url(location: &str) -> bool {
+    location.contains("://")
 }
 
 /// Whether `path` can name a checkpoint: its weights are `X.safetensors` and

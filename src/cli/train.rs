@@ -74,6 +74,13 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
+    if crate::pipeline::is_url(&out.to_string_lossy()) {
+        anyhow::bail!(
+            "{}: --out must be a local file (a model is read and written as files; copy it to \
+             a bucket afterwards)",
+            out.display()
+        );
+    }
     if !crate::pipeline::is_checkpoint_name(&out) {
         anyhow::bail!(
             "{}: --out needs a .safetensors file name (the weights; the metadata is written beside it as .json)",

@@ -82,6 +82,15 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .output
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
+    for (option, path) in [("--output", &out_dir), ("--model", &model_path)] {
+        if crate::pipeline::is_url(&path.to_string_lossy()) {
+            anyhow::bail!(
+                "{}: {option} must be a local path (only the input may be s3://; copy the output \
+                 to a bucket after the run, e.g. with `aws s3 sync`)",
+                path.display()
+            );
+        }
+    }
     let settings = pipeline.inference()?;
 
     let device = uqcast_hyperdm::default_device();

@@ -4,11 +4,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
 
 mod footers;
+pub mod s3;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
@@ -151,6 +154,61 @@ fn parquet_only_in_plain_subfolders(dir: &Path) -> Vec<std::path::PathBuf> {
     plain
 }
 
+/// Registers a Parquet table with its Hive partition columns (`year=…/`
+/// folders become a `year` column), which `register_parquet` alone leaves out.
+async fn register_parquet(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
+    use datafusion::arrow::datatypes::DataType;
+    let probe = ParquetReadOptions::default()
+        .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let url = ListingTableUrl::parse(location)?;
+    let partitions = probe
+        .infer_partitions(&ctx.state(), &url)
+        .await?
+        .into_iter()
+        // The type DataFusion's own inference gives partition values.
+        .map(|c| {
+            (
+                c,
+                DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8)),
+            )
+        })
+        .collect();
+    let options = ParquetReadOptions::default().table_partition_cols(partitions);
+    ctx.register_parquet(name, location, options).await?;
+    Ok(())
+}
+
+/// Registers an `s3://` table: Parquet read in place, NetCDF from local copies.
+async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location) -> Result<()> {
+    let context = || format!("table '{}'", t.name);
+    let prepared = s3::prepare(ctx, remote)
+        .await
+        .with_context(|| format!("table '{}': {}", t.name, t.location))?;
+    match prepared {
+        s3::S3Table::Parquet => {
+            // DataFusion lists a location as a folder only with a trailing slash.
+            let is_file = remote.key.ends_with(".parquet") || remote.key.contains(['*', '?', '[']);
+            let location = if is_file || t.location.ends_with('/') {
+                t.location.clone()
+            } else {
+                format!("{}/", t.location)
+            };
+            register_parquet(ctx, &t.name, &location)
+                .await
+                .with_context(|| format!("table '{}': {}", t.name, t.location))?;
+        }
+        s3::S3Table::Netcdf(files) => {
+            let provider =
+                tokio::task::spawn_blocking(move || Era5TableProvider::try_new(&files, None))
+                    .await
+                    .context("NetCDF inspection task failed")?
+                    .with_context(context)?;
+            ctx.register_table(&t.name, Arc::new(provider))?;
+        }
+    }
+    Ok(())
+}
+
 /// Registers each table: Parquet locations as Parquet tables (Hive
 /// partitions inferred), everything else as ERA5 NetCDF tables.
 pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Result<()> {
@@ -165,14 +223,11 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
         }
     }
     for t in tables {
-        // Object stores are not read yet: say so, rather than "no such file".
-        if let Some((scheme, _)) = t.location.split_once("://") {
-            bail!(
-                "table '{}': {}: {scheme}:// locations are not supported yet; uqcast reads local \
-                 files, directories and globs (copy the files to disk first)",
-                t.name,
-                t.location
-            );
+        if let Some(remote) =
+            s3::S3Location::parse(&t.location).with_context(|| format!("table '{}'", t.name))?
+        {
+            register_s3(ctx, t, &remote).await?;
+            continue;
         }
         if is_parquet(&t.location) {
             if !Path::new(&t.location).exists() {
@@ -195,9 +250,7 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
             }
             footers::check(Path::new(&t.location))
                 .with_context(|| format!("table '{}'", t.name))?;
-            let registered = ctx
-                .register_parquet(&t.name, &t.location, ParquetReadOptions::default())
-                .await;
+            let registered = register_parquet(ctx, &t.name, &t.location).await;
             if let Err(e) = registered {
                 let location = Path::new(&t.location);
                 if let (true, Some((file, cause))) =

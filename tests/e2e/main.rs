@@ -5,6 +5,7 @@
 mod default_pipeline;
 mod errors;
 mod pipeline;
+mod s3;
 mod sql;
 mod toy;
 

@@ -10,7 +10,7 @@ use crate::{stderr, stdout, synth, synth_seeded, uqcast};
 
 /// A small pipeline: the whole (small) grid, a tiny cell model, slow enough
 /// sampling (`samples`) that a run can be killed between steps.
-fn write_pipeline(dir: &Path, samples: usize, extra_source: &str) -> PathBuf {
+pub(crate) fn write_pipeline(dir: &Path, samples: usize, extra_source: &str) -> PathBuf {
     std::fs::write(
         dir.join("source.sql"),
         format!("SELECT valid_time, latitude, longitude, t2m FROM era5 {extra_source}"),
@@ -63,7 +63,7 @@ min_fraction = 0.3
 }
 
 /// Data (12 steps on a 2° grid, an OOD disk) and a trained model.
-fn trained(dir: &Path, samples: usize) -> PathBuf {
+pub(crate) fn trained(dir: &Path, samples: usize) -> PathBuf {
     synth(
         &dir.join("data"),
         12,
@@ -96,7 +96,7 @@ fn sql_row(table: &str, query: &str) -> serde_json::Value {
 }
 
 /// The forecast table's rows as CSV, in a fixed order.
-fn forecast_csv(out: &Path) -> String {
+pub(crate) fn forecast_csv(out: &Path) -> String {
     let table = format!("f={}", out.join("forecast").display());
     let o = uqcast(&[
         "sql",

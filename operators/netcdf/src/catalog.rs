@@ -11,7 +11,8 @@ use crate::inspect::{Axis, FileInfo, VariableInfo};
 /// The variable every ERA5 table must have.
 pub const T2M: &str = "t2m";
 
-const NETCDF_EXTENSIONS: &[&str] = &["nc", "nc4", "netcdf", "cdf"];
+/// File name extensions a folder's NetCDF files are found by.
+pub const NETCDF_EXTENSIONS: &[&str] = &["nc", "nc4", "netcdf", "cdf"];
 
 /// One 6-hour (or whatever the files hold) step: which file, which index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,435 @@
+//! `s3://` table locations: Parquet is read in place through DataFusion's
+//! object store; NetCDF, which libnetcdf opens only from a local file, is
+//! copied into a local cache first and read from there.
+//!
+//! Credentials and endpoint come from the standard AWS environment
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL` for S3-compatible stores).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
+
+/// Downloads at once when a NetCDF table spans many objects.
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Location {
+    /// `Ok(None)` for a local path; an error for another URL scheme or an
+    /// `s3://` without a bucket.
+    pub fn parse(location: &str) -> Result<Option<Self>> {
+        let Some((scheme, rest)) = location.split_once("://") else {
+            return Ok(None);
+        };
+        if !scheme.eq_ignore_ascii_case("s3") {
+            bail!(
+                "{location}: {scheme}:// locations are not supported; uqcast reads local files, \
+                 directories and globs, and s3:// (S3 and S3-compatible stores)"
+            );
+        }
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("{location}: no bucket (expected s3://BUCKET/KEY)");
+        }
+        Ok(Some(Self {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        }))
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn is_glob(&self) -> bool {
+        self.key.contains(['*', '?', '['])
+    }
+
+    /// The key up to the first glob character's folder: where to list.
+    fn list_prefix(&self) -> &str {
+        match self.key.find(['*', '?', '[']) {
+            Some(i) => &self.key[..self.key[..i].rfind('/').map_or(0, |j| j + 1)],
+            None => &self.key,
+        }
+    }
+}
+
+/// The store for one bucket, configured from the AWS environment.
+fn store(location: &S3Location) -> Result<Arc<AmazonS3>> {
+    let has_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+    let unsigned = std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v == "true" || v == "1");
+    let other_source = [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some());
+    if !(has_keys || unsigned || other_source) {
+        // Without these the client falls back to the EC2 metadata service,
+        // which off EC2 means a long wait and an unclear error.
+        bail!(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+             AWS_ENDPOINT_URL for an S3-compatible store), or AWS_SKIP_SIGNATURE=true for a \
+             public bucket"
+        );
+    }
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&location.bucket)
+        // A scheduled job should ride out a brief outage, not hang for the
+        // client's default three minutes on an unreachable endpoint.
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            ..RetryConfig::default()
+        });
+    // An endpoint written as http:// (a store on the local network) is meant.
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .unwrap_or_default();
+    if endpoint.starts_with("http://") {
+        builder = builder.with_allow_http(true);
+    }
+    let store = builder.build().context("S3 client")?;
+    Ok(Arc::new(store))
+}
+
+/// Every object under `prefix` (recursively), sorted by key.
+async fn list(store: &AmazonS3, location: &S3Location, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    let prefix_path = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let mut objects: Vec<ObjectMeta> = store
+        .list(prefix_path.as_ref())
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {}", location.url(prefix)))?;
+    objects.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    Ok(objects)
+}
+
+/// The objects a location chooses from: the one object a plain key names,
+/// else everything below the key's folder. A plain key is looked up in its
+/// parent folder's one-level listing, which tells an object from a folder
+/// on every store (a HEAD of a folder's key differs between stores).
+async fn objects_of(location: &S3Location) -> Result<(Arc<AmazonS3>, Vec<ObjectMeta>)> {
+    let store = store(location)?;
+    let key = &location.key;
+    let prefix = if !location.is_glob() && !key.is_empty() && !key.ends_with('/') {
+        let parent = key.rfind('/').map(|i| &key[..i]).unwrap_or("");
+        let parent_path = (!parent.is_empty()).then(|| ObjectPath::from(parent));
+        let level = store
+            .list_with_delimiter(parent_path.as_ref())
+            .await
+            .with_context(|| format!("listing {}", location.url(parent)))?;
+        if let Some(object) = level
+            .objects
+            .into_iter()
+            .find(|o| o.location.as_ref() == key)
+        {
+            return Ok((store, vec![object]));
+        }
+        format!("{key}/")
+    } else {
+        location.list_prefix().to_string()
+    };
+    let objects = list(&store, location, &prefix).await?;
+    Ok((store, objects))
+}
+
+fn extension(key: &str) -> String {
+    Path::new(key)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// What an `s3://` table location is, after one listing.
+#[derive(Debug)]
+pub enum S3Table {
+    /// Read in place: the store is registered with the session.
+    Parquet,
+    /// Copied to these local files, in the location's order.
+    Netcdf(Vec<String>),
+}
+
+/// Cache folders of the buckets read in this process, with their URLs.
+static CACHED_BUCKETS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// `message` with every local copy's path written as the `s3://` URL it is a
+/// copy of: the user named the object, not the cache, and a file's errors
+/// (at inspection or mid-scan) come from code that knows only the copy.
+pub fn in_urls(message: &str) -> String {
+    let buckets = CACHED_BUCKETS.lock().map(|b| b.clone()).unwrap_or_default();
+    buckets
+        .iter()
+        .fold(message.to_string(), |m, (local, url)| m.replace(local, url))
+}
+
+/// Makes an `s3://` location readable in `ctx`: registers the bucket's
+/// store, and for NetCDF copies the objects the location names into the
+/// local cache (reusing copies whose ETag and size still match).
+pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Table> {
+    let (store, objects) = objects_of(location).await?;
+    let named = select(location, &objects)?;
+    if named
+        .iter()
+        .all(|o| extension(o.location.as_ref()) == "parquet")
+    {
+        let url = url::Url::parse(&format!("s3://{}", location.bucket)).context("bucket URL")?;
+        ctx.register_object_store(&url, store);
+        return Ok(S3Table::Parquet);
+    }
+    let cache = cache_root()?;
+    let files = futures::stream::iter(named.into_iter().map(|meta| {
+        let store = store.clone();
+        let cache = cache.clone();
+        async move { cached_copy(&store, location, &meta, &cache).await }
+    }))
+    .buffered(PARALLEL_DOWNLOADS)
+    .try_collect::<Vec<_>>()
+    .await?;
+    let bucket = (
+        format!("{}/", cache.join("s3").join(&location.bucket).display()),
+        format!("s3://{}/", location.bucket),
+    );
+    if let Ok(mut known) = CACHED_BUCKETS.lock()
+        && !known.contains(&bucket)
+    {
+        known.push(bucket);
+    }
+    Ok(S3Table::Netcdf(
+        files.iter().map(|p| p.display().to_string()).collect(),
+    ))
+}
+
+/// The objects a location names, as a local path would: one key, a glob
+/// over keys (`*` stays within one folder), or a "folder" whose own
+/// NetCDF or Parquet objects (Parquet at any depth: Hive partitions).
+fn select(location: &S3Location, objects: &[ObjectMeta]) -> Result<Vec<ObjectMeta>> {
+    let named: Vec<ObjectMeta> = if location.is_glob() {
+        let pattern = glob::Pattern::new(&location.key).context("not a valid glob")?;
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::default()
+        };
+        objects
+            .iter()
+            .filter(|o| pattern.matches_with(o.location.as_ref(), options))
+            .cloned()
+            .collect()
+    } else if let Some(exact) = objects.iter().find(|o| o.location.as_ref() == location.key) {
+        vec![exact.clone()]
+    } else {
+        let folder = format!("{}/", location.key.trim_end_matches('/'));
+        let folder = if location.key.is_empty() { "" } else { &folder };
+        let below: Vec<&ObjectMeta> = objects
+            .iter()
+            .filter(|o| o.location.as_ref().starts_with(folder))
+            .collect();
+        let own_netcdf: Vec<ObjectMeta> = below
+            .iter()
+            .filter(|o| {
+                let rest = &o.location.as_ref()[folder.len()..];
+                !rest.contains('/')
+                    && uqcast_netcdf::catalog::NETCDF_EXTENSIONS.contains(&extension(rest).as_str())
+            })
+            .map(|o| (*o).clone())
+            .collect();
+        if own_netcdf.is_empty() {
+            below
+                .into_iter()
+                .filter(|o| extension(o.location.as_ref()) == "parquet")
+                .cloned()
+                .collect()
+        } else {
+            own_netcdf
+        }
+    };
+    if named.is_empty() {
+        let listed = if objects.is_empty() {
+            format!(
+                "nothing is stored under {}",
+                location.url(location.list_prefix())
+            )
+        } else {
+            let keys: Vec<&str> = objects
+                .iter()
+                .take(5)
+                .map(|o| o.location.as_ref())
+                .collect();
+            format!(
+                "{} object(s) under {}, none NetCDF or Parquet named by it (first: {})",
+                objects.len(),
+                location.url(location.list_prefix()),
+                keys.join(", ")
+            )
+        };
+        bail!("no NetCDF or Parquet objects found: {listed}");
+    }
+    Ok(named)
+}
+
+/// Where downloaded objects are kept: `UQCAST_CACHE_DIR`, else the XDG cache
+/// folder, else `~/.cache`, each with `uqcast/` below it.
+fn cache_root() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("UQCAST_CACHE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache folder for S3 downloads: set UQCAST_CACHE_DIR (or HOME)")?;
+    Ok(base.join("uqcast"))
+}
+
+/// The local copy of one object: `CACHE/s3/BUCKET/KEY`, with its ETag, time
+/// and size beside it in `KEY.etag`; a copy is reused only while all match, and
+/// a download lands under a temporary name and is renamed when complete, so
+/// an interrupted one is never taken for a copy.
+async fn cached_copy(
+    store: &AmazonS3,
+    location: &S3Location,
+    meta: &ObjectMeta,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let key = meta.location.as_ref();
+    let url = location.url(key);
+    let local = cache.join("s3").join(&location.bucket).join(key);
+    // Stores without ETags (some S3-compatible ones) are judged by time and size.
+    let stamp = format!(
+        "{} {} {}",
+        meta.e_tag.as_deref().unwrap_or("-"),
+        meta.last_modified.to_rfc3339(),
+        meta.size
+    );
+    let stamp_file = PathBuf::from(format!("{}.etag", local.display()));
+    let fresh = std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+        && std::fs::metadata(&local).is_ok_and(|m| m.len() == meta.size);
+    if fresh {
+        return Ok(local);
+    }
+    let parent = local.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{url}: cache folder {}", parent.display()))?;
+    let partial = PathBuf::from(format!("{}.part-{}", local.display(), std::process::id()));
+    eprintln!(
+        "downloading {url} ({} bytes) to {}",
+        meta.size,
+        local.display()
+    );
+    let written = download(store, meta, &partial).await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!("{url}: download to {}", partial.display())));
+    }
+    std::fs::rename(&partial, &local)
+        .with_context(|| format!("{url}: cache file {}", local.display()))?;
+    std::fs::write(&stamp_file, stamp)
+        .with_context(|| format!("{url}: cache file {}", stamp_file.display()))?;
+    Ok(local)
+}
+
+async fn download(store: &AmazonS3, meta: &ObjectMeta, to: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(to)?);
+    let mut stream = store.get(&meta.location).await?.into_stream();
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        received += chunk.len() as u64;
+        file.write_all(&chunk)?;
+    }
+    if received != meta.size {
+        bail!("received {received} of {} bytes", meta.size);
+    }
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            location: ObjectPath::from(key),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size: 1,
+            e_tag: None,
+            version: None,
+        }
+    }
+
+    fn keys(location: &str, objects: &[&str]) -> Result<Vec<String>> {
+        let location = S3Location::parse(location)?.expect("an s3 location");
+        let objects: Vec<ObjectMeta> = objects.iter().map(|k| meta(k)).collect();
+        Ok(select(&location, &objects)?
+            .iter()
+            .map(|o| o.location.to_string())
+            .collect())
+    }
+
+    #[test]
+    fn locations_parse_like_urls() -> Result<()> {
+        assert_eq!(S3Location::parse("data/x.nc")?, None);
+        let l = S3Location::parse("s3://b/era5/*.nc")?.expect("s3");
+        assert_eq!((l.bucket.as_str(), l.key.as_str()), ("b", "era5/*.nc"));
+        assert_eq!(l.list_prefix(), "era5/");
+        let l = S3Location::parse("s3://b/y=*/m/*.nc")?.expect("s3");
+        assert_eq!(l.list_prefix(), "");
+        assert!(S3Location::parse("s3:///x.nc").is_err());
+        let gs = S3Location::parse("gs://b/x.nc").expect_err("gs is refused");
+        assert!(gs.to_string().contains("gs:// locations are not supported"));
+        Ok(())
+    }
+
+    #[test]
+    fn selection_follows_local_paths() -> Result<()> {
+        let objects = [
+            "era5/2021/a.nc",
+            "era5/2021/b.nc",
+            "era5/2022/c.nc",
+            "era5/readme.txt",
+            "era5/top.nc",
+            "out/forecast/year=2021/month=3/x.parquet",
+        ];
+        // A glob's `*` stays in its folder, as on disk.
+        assert_eq!(keys("s3://b/era5/*.nc", &objects)?, ["era5/top.nc"]);
+        assert_eq!(
+            keys("s3://b/era5/*/*.nc", &objects)?,
+            ["era5/2021/a.nc", "era5/2021/b.nc", "era5/2022/c.nc"]
+        );
+        // A folder names its own NetCDF files, not its subfolders'.
+        assert_eq!(keys("s3://b/era5/", &objects)?, ["era5/top.nc"]);
+        assert_eq!(
+            keys("s3://b/era5/2021", &objects)?,
+            ["era5/2021/a.nc", "era5/2021/b.nc"]
+        );
+        assert_eq!(keys("s3://b/era5/2022/c.nc", &objects)?, ["era5/2022/c.nc"]);
+        // Parquet below a folder at any depth (Hive partitions).
+        assert_eq!(
+            keys("s3://b/out/forecast", &objects)?,
+            ["out/forecast/year=2021/month=3/x.parquet"]
+        );
+        let missing = keys("s3://b/era5/2023/*.nc", &objects).expect_err("nothing there");
+        assert!(
+            missing
+                .to_string()
+                .contains("no NetCDF or Parquet objects found"),
+            "{missing}"
+        );
+        Ok(())
+    }
+}

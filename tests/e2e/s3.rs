@@ -1,0 +1,382 @@
+//! `s3://` inputs against a real S3-compatible server on loopback (s3s-fs,
+//! which `.ci/s3-server` installs and checks request signatures): NetCDF
+//! tables and the forecast job read from a bucket match the same files read
+//! from disk, Parquet output is queried in place, downloads are cached and
+//! refreshed when an object changes, and bad credentials, buckets and
+//! objects fail naming the `s3://` URL.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pipeline::{forecast_csv, trained};
+use crate::{stderr, stdout, synth_seeded};
+
+const BUCKET: &str = "era5-bucket";
+const KEY_ID: &str = "uqcast-test";
+const SECRET: &str = "uqcast-test-secret";
+
+/// The server binary: `UQCAST_S3S_FS`, else where `.ci/s3-server` puts it.
+fn server_binary() -> PathBuf {
+    let path = std::env::var_os("UQCAST_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/s3s-fs"));
+    assert!(
+        path.is_file(),
+        "{} is missing: the s3:// tests need an S3-compatible server; run .ci/s3-server \
+         (or .ci/run, which does), or point UQCAST_S3S_FS at an s3s-fs binary",
+        path.display()
+    );
+    path
+}
+
+/// An s3s-fs server serving `root` (one folder per bucket), killed on drop.
+struct Server {
+    child: Child,
+    endpoint: String,
+    root: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        // A free port: bind, note it, release it for the server.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(server_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+        }
+    }
+
+    /// The folder holding `key` in the bucket (writing there stores objects).
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(key)
+    }
+
+    /// `uqcast args` with this server's endpoint and `secret`, its cache in `cache`.
+    fn uqcast_with(&self, secret: &str, cache: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("UQCAST_CACHE_DIR", cache)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn sql_csv(output: &Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    stdout(output)
+}
+
+#[test]
+fn s3_tables_and_runs_read_as_local_files_do() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let config = trained(work.path(), 4);
+    let config = config.to_str().unwrap();
+    let uq = |args: &[&str]| server.uqcast_with(SECRET, &cache, args);
+
+    // NetCDF4 (the job's data) and NetCDF3 (other values) in the bucket.
+    copy_tree(&work.path().join("data"), &server.path("era5/nc4"));
+    let nc3 = work.path().join("nc3");
+    synth_seeded(&nc3, 3, "nc3", 11, &[]);
+    copy_tree(&nc3, &server.path("era5/nc3"));
+
+    let query = "SELECT valid_time, count(*) AS n, sum(t2m) AS s, min(latitude) AS lat \
+                 FROM t GROUP BY valid_time ORDER BY valid_time";
+    for (local, remote) in [
+        (work.path().join("data"), format!("s3://{BUCKET}/era5/nc4/")),
+        (nc3.clone(), format!("s3://{BUCKET}/era5/nc3/*.nc")),
+    ] {
+        let local = format!("t={}", local.display());
+        let from_disk = sql_csv(&uq(&["sql", query, "--table", &local, "--format", "csv"]));
+        let remote_table = format!("t={remote}");
+        let o = uq(&["sql", query, "--table", &remote_table, "--format", "csv"]);
+        assert_eq!(sql_csv(&o), from_disk, "{remote}");
+        assert!(stderr(&o).contains("downloading s3://"), "{}", stderr(&o));
+        // Read again: the cached copies serve, nothing is downloaded.
+        let again = uq(&["sql", query, "--table", &remote_table, "--format", "csv"]);
+        assert_eq!(sql_csv(&again), from_disk);
+        assert!(
+            !stderr(&again).contains("downloading"),
+            "{}",
+            stderr(&again)
+        );
+    }
+
+    // An object replaced in the bucket is downloaded again, not served stale.
+    let first_nc3 = std::fs::read_dir(server.path("era5/nc3"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    // Past the second the first copy was listed at: a store without ETags
+    // (s3s-fs) is judged by modification time and size, and the size is equal.
+    std::thread::sleep(Duration::from_millis(1100));
+    let other = work.path().join("nc3-other");
+    synth_seeded(&other, 3, "nc3", 12, &[]);
+    std::fs::copy(other.join(first_nc3.file_name().unwrap()), &first_nc3).unwrap();
+    let refreshed = uq(&[
+        "sql",
+        query,
+        "--table",
+        &format!("t=s3://{BUCKET}/era5/nc3/*.nc"),
+        "--format",
+        "csv",
+    ]);
+    assert!(
+        stderr(&refreshed).contains("downloading"),
+        "{}",
+        stderr(&refreshed)
+    );
+    let mixed = sql_csv(&refreshed);
+    let original = sql_csv(&uq(&[
+        "sql",
+        query,
+        "--table",
+        &format!("t={}", nc3.display()),
+        "--format",
+        "csv",
+    ]));
+    assert_ne!(mixed, original, "the replaced object's new values are read");
+
+    // The forecast job with its input in the bucket writes the table a run
+    // over the same files on disk writes.
+    let local_out = work.path().join("out-local");
+    let remote_out = work.path().join("out-s3");
+    let input = format!("s3://{BUCKET}/era5/nc4");
+    let o = uq(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        local_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = uq(&[
+        "run",
+        "--config",
+        config,
+        "--input",
+        &input,
+        "--output",
+        remote_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local_rows = forecast_csv(&local_out);
+    assert!(local_rows.lines().count() > 100, "{local_rows}");
+    assert_eq!(forecast_csv(&remote_out), local_rows);
+
+    // Dashboards' Parquet read in place from the bucket, Hive partitions too.
+    copy_tree(&local_out.join("forecast"), &server.path("out/forecast"));
+    let summary = "SELECT year, month, count(*) AS n, sum(t2m_eu) AS eu FROM f \
+                   GROUP BY year, month ORDER BY year, month";
+    let on_disk = format!("f={}", local_out.join("forecast").display());
+    let in_bucket = format!("f=s3://{BUCKET}/out/forecast");
+    let o = uq(&["sql", summary, "--table", &in_bucket, "--format", "csv"]);
+    assert_eq!(
+        sql_csv(&o),
+        sql_csv(&uq(&[
+            "sql", summary, "--table", &on_disk, "--format", "csv"
+        ]))
+    );
+    assert!(!stderr(&o).contains("downloading"), "Parquet is not copied");
+}
+
+#[test]
+fn s3_failures_name_the_url_and_exit_non_zero() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let data = work.path().join("data");
+    synth_seeded(&data, 2, "nc4", 7, &[]);
+    copy_tree(&data, &server.path("era5"));
+    let good = server.path("era5");
+    let file = std::fs::read_dir(&good)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "nc"))
+        .unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    // A truncated object, as an interrupted upload leaves.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::create_dir_all(server.path("bad")).unwrap();
+    std::fs::write(server.path("bad").join(&name), &bytes[..bytes.len() / 2]).unwrap();
+
+    let fails = |secret: &str, location: &str, needles: &[&str]| {
+        let table = format!("t={location}");
+        let o = server.uqcast_with(
+            secret,
+            &cache,
+            &["sql", "SELECT count(*) FROM t", "--table", &table],
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{location}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "'{n}' missing from: {err}");
+        }
+        err
+    };
+    let era5 = format!("s3://{BUCKET}/era5/");
+    fails("wrong-secret", &era5, &["table 't'", &era5]);
+    let missing = "s3://no-such-bucket/era5/";
+    fails(SECRET, missing, &[missing]);
+    let empty = format!("s3://{BUCKET}/era6/*.nc");
+    fails(SECRET, &empty, &[&empty, "nothing is stored under"]);
+    let bad = format!("s3://{BUCKET}/bad/{name}");
+    let err = fails(SECRET, &bad, &[&bad, "NetCDF"]);
+    // The error names the object, not its local copy.
+    let error_line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        !error_line.contains(&cache.display().to_string()),
+        "names the cache: {err}"
+    );
+    // A value found wrong mid-scan (°C under units "K") names the object too.
+    let celsius = server.path("bad/celsius.nc");
+    crate::errors::write_nc3(&celsius, Some("hours since 1900-01-01"), "t2m", "K");
+    let mut file = netcdf::append(&celsius).unwrap();
+    file.variable_mut("t2m")
+        .unwrap()
+        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
+        .unwrap();
+    file.close().unwrap();
+    let table = format!("t=s3://{BUCKET}/bad/celsius.nc");
+    let o = server.uqcast_with(
+        SECRET,
+        &cache,
+        &["sql", "SELECT avg(t2m) FROM t", "--table", &table],
+    );
+    let error_line = stderr(&o)
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        error_line.contains(&format!("s3://{BUCKET}/bad/celsius.nc: t2m at")),
+        "{error_line}"
+    );
+    assert!(error_line.contains("outside the 150…350 K"), "{error_line}");
+    // None of the failures left a partial download in the cache.
+    let partial = walk(&cache)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(".part-"));
+    assert_eq!(partial, None);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for path in entries.map(|e| e.unwrap().path()) {
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn s3_needs_credentials_and_writes_only_locally() {
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+        let o = command
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        stderr(&o)
+    };
+    // Without credentials the client would wait on the EC2 metadata service.
+    let err = run(&["sql", "SELECT 1", "--table", "t=s3://b/era5/*.nc"]);
+    assert!(err.contains("s3://b/era5/*.nc: no S3 credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+
+    // Outputs and models are local: refused before anything is read.
+    let config = crate::pipeline::write_pipeline(work.path(), 4, "");
+    let config = config.to_str().unwrap();
+    let err = run(&["run", "--config", config, "--output", "s3://b/out"]);
+    assert!(
+        err.contains("s3://b/out: --output must be a local path"),
+        "{err}"
+    );
+    let err = run(&["train", "--config", config, "--out", "s3://b/m.safetensors"]);
+    assert!(
+        err.contains("s3://b/m.safetensors: --out must be a local file"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace("dir = \"out\"", "dir = \"s3://b/out\""),
+    )
+    .unwrap();
+    let err = run(&["run", "--config", config]);
+    assert!(err.contains("output.dir: must be a local path"), "{err}");
+    assert!(
+        !work.path().join("s3:").exists(),
+        "no folder named after the URL"
+    );
+}
