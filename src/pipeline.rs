@@ -177,19 +177,12 @@ impl Pipeline {
         let bad = |field: &str, problem: &str| -> Result<()> {
             bail!("pipeline {}: {field}: {problem}", self.file.display())
         };
-        // Only the source may be remote: checkpoints are opened as files and
-        // the output is written with local renames and a file lock.
-        for (field, path) in [
-            ("model.checkpoint", &self.model.checkpoint),
-            ("output.dir", &self.output.dir),
-        ] {
-            if is_url(&path.to_string_lossy()) {
-                bad(
-                    field,
-                    "must be a local path (only source.path may be s3://; copy the output to a \
-                     bucket after the run, e.g. with `aws s3 sync`)",
-                )?;
-            }
+        // Checkpoints are opened as files (the source and output may be s3://).
+        if is_url(&self.model.checkpoint.to_string_lossy()) {
+            bad(
+                "model.checkpoint",
+                "must be a local path (a model is opened as files; copy it from the bucket first)",
+            )?;
         }
         if !is_checkpoint_name(&self.model.checkpoint) {
             bad(
@@ -304,7 +297,7 @@ impl Pipeline {
 
     /// A path from the pipeline, resolved against its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
+        if path.is_absolute() || is_url(&path.to_string_lossy()) {
             path.to_path_buf()
         } else {
             self.dir.join(path)

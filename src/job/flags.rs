@@ -57,14 +57,17 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
     Ok(FlagsQuery { sql, file: path })
 }
 
-/// Runs the flag SQL in `ctx` (which has `forecast` registered) and writes
-/// `DIR/flags/flags.parquet`; returns (tiles, flagged tiles, path).
-pub async fn write_flags(
-    ctx: &SessionContext,
-    query: &FlagsQuery,
-    dir: &Path,
-    provenance: &Provenance,
-) -> Result<(usize, usize, PathBuf)> {
+/// The flags table a query produced: its batches in the contract schema
+/// (one empty batch when no tile qualifies), tiles and flagged tiles.
+#[derive(Debug)]
+pub struct Flags {
+    pub batches: Vec<RecordBatch>,
+    pub tiles: usize,
+    pub flagged: usize,
+}
+
+/// Runs the flag SQL in `ctx` (which has `forecast` registered).
+pub async fn compute(ctx: &SessionContext, query: &FlagsQuery) -> Result<Flags> {
     let label = format!("flags SQL {}", query.file.display());
     let batches = ctx
         .sql(&query.sql)
@@ -87,22 +90,32 @@ pub async fn write_flags(
                 .map_or(0, BooleanArray::true_count)
         })
         .sum();
-    let out = dir.join("flags");
-    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
-    let path = out.join("flags.parquet");
-    let tmp = out.join(format!(".flags.parquet.tmp-{}", std::process::id()));
     let batches = if batches.is_empty() {
         vec![RecordBatch::new_empty(schema)]
     } else {
         batches
     };
-    write_parquet_file(&tmp, &batches, provenance)
+    Ok(Flags {
+        batches,
+        tiles,
+        flagged,
+    })
+}
+
+/// Writes `DIR/flags/flags.parquet` atomically (a temporary renamed into
+/// place); returns its path.
+pub fn write_local(flags: &Flags, dir: &Path, provenance: &Provenance) -> Result<PathBuf> {
+    let out = dir.join("flags");
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    let path = out.join("flags.parquet");
+    let tmp = out.join(format!(".flags.parquet.tmp-{}", std::process::id()));
+    write_parquet_file(&tmp, &flags.batches, provenance)
         .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
         .with_context(|| format!("{}: writing flags", path.display()))?;
-    Ok((tiles, flagged, path))
+    Ok(path)
 }
 
 /// Puts a result batch into the contract schema (names must match; numeric

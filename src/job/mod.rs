@@ -10,6 +10,9 @@
 
 pub mod empty_source;
 pub mod flags;
+pub mod output;
+pub mod s3_lock;
+pub mod s3_store;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -26,7 +29,8 @@ use uqcast_forecast::{ForecastModel, ForecastTable};
 
 use crate::pipeline::Pipeline;
 use crate::session::context_with_table;
-use store::{ForecastStore, Provenance};
+use output::Output;
+use store::Provenance;
 
 /// What a run did, for the summary line.
 #[derive(Debug, Default)]
@@ -82,14 +86,12 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .output
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
-    for (option, path) in [("--output", &out_dir), ("--model", &model_path)] {
-        if crate::pipeline::is_url(&path.to_string_lossy()) {
-            anyhow::bail!(
-                "{}: {option} must be a local path (only the input may be s3://; copy the output \
-                 to a bucket after the run, e.g. with `aws s3 sync`)",
-                path.display()
-            );
-        }
+    if crate::pipeline::is_url(&model_path.to_string_lossy()) {
+        anyhow::bail!(
+            "{}: --model must be a local file (a model is opened as files; copy it from the \
+             bucket first)",
+            model_path.display()
+        );
     }
     let settings = pipeline.inference()?;
 
@@ -129,9 +131,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     // input leaves no empty forecast directory behind.
     let ctx = context_with_table("era5", location.clone()).await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
-    let created = !out_dir.exists();
-    let store = ForecastStore::open(&out_dir)?;
-    store.clean_temporaries()?;
+    let output = Output::open(&out_dir).await?;
     let provenance: Provenance = [
         ("model_id", model.id.clone()),
         ("method", model.checkpoint.method.to_string()),
@@ -146,48 +146,44 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let (existing, sample) = store.existing()?;
-    if let Some(file) = &sample {
-        ForecastStore::check_provenance(file, &provenance)?;
-    }
-    let lead = model.lead_micros();
-    let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
-
-    let table = ForecastTable::new(Arc::new(model), sql, settings, skip.clone());
-    let mut summary = Summary {
-        existing_steps: existing.len(),
-        ..Summary::default()
-    };
-    let written = write_new_steps(&ctx, &table, &store, &provenance, &mut summary).await;
-    if let Err(e) = written {
-        // A run that made the output and fails before its first step (bad
-        // values in the first step read) leaves no empty table behind.
-        if created && summary.new_steps == 0 {
-            store.remove_unused(&out_dir);
+    let mut summary = Summary::default();
+    let result = async {
+        let (existing, sample) = output.existing().await?;
+        if let Some(sample) = &sample {
+            output.check_provenance(sample, &provenance).await?;
         }
-        return Err(e);
-    }
+        summary.existing_steps = existing.len();
+        let lead = model.lead_micros();
+        let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
+        let table = ForecastTable::new(Arc::new(model), sql, settings, skip);
+        write_new_steps(&ctx, &table, &output, &provenance, &mut summary).await?;
 
-    // Nothing written, ever: if the query keeps no row of the data at all
-    // (not merely none in --since/--until), that is an error, not "ok".
-    if summary.new_steps == 0
-        && summary.existing_steps == 0
-        && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
-    {
-        // Leave no empty output behind.
-        if created {
-            store.remove_unused(&out_dir);
+        // Nothing written, ever: if the query keeps no row of the data at
+        // all (not merely none in --since/--until), that is an error, not "ok".
+        if summary.new_steps == 0
+            && summary.existing_steps == 0
+            && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
+        {
+            return Err(empty_source::error(&ctx, pipeline, &location).await);
         }
-        return Err(empty_source::error(&ctx, pipeline, &location).await);
+        let stale_flags = summary.existing_steps > 0 && !output.has_flags().await?;
+        if summary.new_steps > 0 || stale_flags {
+            let ctx = context_with_table("forecast", output.forecast_location()).await?;
+            let flags = flags::compute(&ctx, &flags::render(pipeline)?).await?;
+            output.write_flags(&flags, &provenance).await?;
+            summary.tiles = flags.tiles;
+            summary.flagged = flags.flagged;
+        }
+        Ok(())
     }
-    let flags_file = out_dir.join("flags").join("flags.parquet");
-    if summary.new_steps > 0 || (!flags_file.exists() && summary.existing_steps > 0) {
-        let ctx = context_with_table("forecast", store.root.display().to_string()).await?;
-        let query = flags::render(pipeline)?;
-        let (tiles, flagged, _) = flags::write_flags(&ctx, &query, &out_dir, &provenance).await?;
-        summary.tiles = tiles;
-        summary.flagged = flagged;
-    }
+    .await;
+    // A run that made the output and fails before its first step (bad
+    // values in the first step read, a source query keeping nothing) leaves
+    // no empty table behind; every run releases the output's lock.
+    output
+        .close(result.is_err() && summary.new_steps == 0)
+        .await;
+    result?;
     Ok(summary)
 }
 
@@ -226,7 +222,7 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
 async fn write_new_steps(
     ctx: &datafusion::prelude::SessionContext,
     table: &ForecastTable,
-    store: &ForecastStore,
+    output: &Output,
     provenance: &Provenance,
     summary: &mut Summary,
 ) -> Result<()> {
@@ -238,9 +234,9 @@ async fn write_new_steps(
             continue;
         }
         let valid_time = step_valid_time(&batch)?;
-        let path = store.write_step(valid_time, &batch, provenance)?;
+        let written = output.write_step(valid_time, &batch, provenance).await?;
         summary.new_steps += 1;
-        eprintln!("forecast {}", path.display());
+        eprintln!("forecast {written}");
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 
 /// Provenance stored in every file, as `uqcast.*` key-value metadata.
 pub type Provenance = BTreeMap<String, String>;
@@ -95,12 +95,6 @@ fn lock_output(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn valid_time_of(name: &str) -> Option<i64> {
-    let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
-    let t = chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M").ok()?;
-    Some(t.and_utc().timestamp_micros())
-}
-
 impl ForecastStore {
     /// Creates `DIR/forecast` if needed (a clear error if it cannot) and
     /// takes the run lock, refusing if another run holds it.
@@ -162,34 +156,12 @@ impl ForecastStore {
 
     /// Errors if `file` was written with different provenance.
     pub fn check_provenance(file: &Path, expected: &Provenance) -> Result<()> {
+        let label = file.display().to_string();
         let reader = File::open(file)
             .map_err(anyhow::Error::from)
             .and_then(|f| Ok(SerializedFileReader::new(f)?))
-            .with_context(|| format!("{}: unreadable forecast file", file.display()))?;
-        let stored: Provenance = reader
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .map(|kv| {
-                kv.iter()
-                    .filter_map(|e| {
-                        Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for key in MUST_MATCH {
-            let (have, want) = (stored.get(key), expected.get(key));
-            if have != want {
-                bail!(
-                    "{}: written with {key} = {}, this run uses {}; write to another --output or remove the old table",
-                    file.display(),
-                    have.map_or("(none)", String::as_str),
-                    want.map_or("(none)", String::as_str)
-                );
-            }
-        }
-        Ok(())
+            .with_context(|| format!("{label}: unreadable forecast file"))?;
+        check_stored_provenance(&label, &reader, expected)
     }
 
     /// Writes one step (all rows share `valid_time`) atomically; returns its path.
@@ -199,14 +171,9 @@ impl ForecastStore {
         batch: &RecordBatch,
         provenance: &Provenance,
     ) -> Result<PathBuf> {
-        let t: DateTime<Utc> =
-            DateTime::from_timestamp_micros(valid_time).context("valid time out of range")?;
-        let dir = self
-            .root
-            .join(format!("year={:04}", t.year()))
-            .join(format!("month={:02}", t.month()));
+        let (name, partition) = step_name(valid_time)?;
+        let dir = self.root.join(partition);
         std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-        let name = format!("t2m_{}.parquet", t.format("%Y%m%dT%H%M"));
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         write_parquet_file(&tmp, std::slice::from_ref(batch), provenance)
@@ -219,6 +186,38 @@ impl ForecastStore {
     }
 }
 
+/// Errors if the forecast file `label` (read by `reader`) was written with
+/// other provenance than `expected`.
+pub fn check_stored_provenance<R: ChunkReader + 'static>(
+    label: &str,
+    reader: &SerializedFileReader<R>,
+    expected: &Provenance,
+) -> Result<()> {
+    let stored: Provenance = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| {
+                    Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in MUST_MATCH {
+        let (have, want) = (stored.get(key), expected.get(key));
+        if have != want {
+            bail!(
+                "{label}: written with {key} = {}, this run uses {}; write to another --output or remove the old table",
+                have.map_or("(none)", String::as_str),
+                want.map_or("(none)", String::as_str)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes batches to one Parquet file with zstd and `uqcast.*` metadata
 /// (the Arrow schema, with its field units, travels in the footer).
 pub fn write_parquet_file(
@@ -226,6 +225,18 @@ pub fn write_parquet_file(
     batches: &[RecordBatch],
     provenance: &Provenance,
 ) -> Result<()> {
+    let file = write_parquet(File::create(path)?, batches, provenance)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Writes batches as one Parquet file into `sink` (a file, or memory for an
+/// object store's single atomic put), as [`write_parquet_file`].
+pub fn write_parquet<W: Write + Send>(
+    sink: W,
+    batches: &[RecordBatch],
+    provenance: &Provenance,
+) -> Result<W> {
     let Some(first) = batches.first() else {
         bail!("nothing to write");
     };
@@ -238,14 +249,29 @@ pub fn write_parquet_file(
                 .collect(),
         ))
         .build();
-    let file = File::create(path)?;
-    let mut writer = ArrowWriter::try_new(file, first.schema(), Some(props))?;
+    let mut writer = ArrowWriter::try_new(sink, first.schema(), Some(props))?;
     for b in batches {
         writer.write(b)?;
     }
-    let file = writer.into_inner()?;
-    file.sync_all()?;
-    Ok(())
+    Ok(writer.into_inner()?)
+}
+
+/// The file name of the step valid at `t`, and its Hive partition folder
+/// (`year=YYYY/month=MM`), shared by the local and S3 stores.
+pub fn step_name(valid_time: i64) -> Result<(String, String)> {
+    let t: DateTime<Utc> =
+        DateTime::from_timestamp_micros(valid_time).context("valid time out of range")?;
+    Ok((
+        format!("t2m_{}.parquet", t.format("%Y%m%dT%H%M")),
+        format!("year={:04}/month={:02}", t.year(), t.month()),
+    ))
+}
+
+/// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`).
+pub fn valid_time_of(name: &str) -> Option<i64> {
+    let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
+    let t = chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M").ok()?;
+    Some(t.and_utc().timestamp_micros())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
 
@@ -50,7 +50,7 @@ impl S3Location {
         }))
     }
 
-    fn url(&self, key: &str) -> String {
+    pub fn url(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
 
@@ -67,8 +67,14 @@ impl S3Location {
     }
 }
 
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
 /// The store for one bucket, configured from the AWS environment.
-fn store(location: &S3Location) -> Result<Arc<AmazonS3>> {
+pub fn connect(location: &S3Location) -> Result<Arc<AmazonS3>> {
     let has_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
     let unsigned = std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v == "true" || v == "1");
     let other_source = [
@@ -88,6 +94,8 @@ fn store(location: &S3Location) -> Result<Arc<AmazonS3>> {
     }
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&location.bucket)
+        // The run lock's create-if-absent and renew-if-unchanged puts.
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
         // A scheduled job should ride out a brief outage, not hang for the
         // client's default three minutes on an unreachable endpoint.
         .with_retry(RetryConfig {
@@ -123,7 +131,7 @@ async fn list(store: &AmazonS3, location: &S3Location, prefix: &str) -> Result<V
 /// parent folder's one-level listing, which tells an object from a folder
 /// on every store (a HEAD of a folder's key differs between stores).
 async fn objects_of(location: &S3Location) -> Result<(Arc<AmazonS3>, Vec<ObjectMeta>)> {
-    let store = store(location)?;
+    let store = connect(location)?;
     let key = &location.key;
     let prefix = if !location.is_glob() && !key.is_empty() && !key.ends_with('/') {
         let parent = key.rfind('/').map(|i| &key[..i]).unwrap_or("");

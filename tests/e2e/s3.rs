@@ -218,20 +218,76 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(local_rows.lines().count() > 100, "{local_rows}");
     assert_eq!(forecast_csv(&remote_out), local_rows);
 
-    // Dashboards' Parquet read in place from the bucket, Hive partitions too.
-    copy_tree(&local_out.join("forecast"), &server.path("out/forecast"));
+    // The job writes its tables into a bucket: incrementally (a first run
+    // up to a time, then the rest), the same rows and flags as on disk, read
+    // in place by `uqcast sql` with its Hive partitions, and its lock gone.
+    let output = format!("s3://{BUCKET}/runs/a");
+    let to_bucket = |extra: &[&str]| {
+        let mut args = vec![
+            "run", "--config", config, "--input", &input, "--output", &output,
+        ];
+        args.extend_from_slice(extra);
+        let o = uq(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let first = to_bucket(&["--until", "2020-01-01T18:00Z"]);
+    assert!(first.contains("new_steps=4 existing_steps=0"), "{first}");
+    let rest = to_bucket(&[]);
+    assert!(rest.contains("existing_steps=4"), "{rest}");
+    assert!(
+        !server.path("runs/a/.uqcast-run.lock").exists(),
+        "lock left behind"
+    );
+    let in_bucket = |table: &str, query: &str| {
+        let table = format!("f=s3://{BUCKET}/runs/a/{table}");
+        sql_csv(&uq(&["sql", query, "--table", &table, "--format", "csv"]))
+    };
+    let on_disk = |table: &str, query: &str| {
+        let table = format!("f={}", local_out.join(table).display());
+        sql_csv(&uq(&["sql", query, "--table", &table, "--format", "csv"]))
+    };
+    let rows = "SELECT * FROM f ORDER BY valid_time, latitude, longitude";
+    assert_eq!(in_bucket("forecast", rows), local_rows);
     let summary = "SELECT year, month, count(*) AS n, sum(t2m_eu) AS eu FROM f \
                    GROUP BY year, month ORDER BY year, month";
-    let on_disk = format!("f={}", local_out.join("forecast").display());
-    let in_bucket = format!("f=s3://{BUCKET}/out/forecast");
-    let o = uq(&["sql", summary, "--table", &in_bucket, "--format", "csv"]);
-    assert_eq!(
-        sql_csv(&o),
-        sql_csv(&uq(&[
-            "sql", summary, "--table", &on_disk, "--format", "csv"
-        ]))
+    assert_eq!(in_bucket("forecast", summary), on_disk("forecast", summary));
+    let tiles = "SELECT * FROM f ORDER BY valid_time, tile_lat, tile_lon";
+    assert_eq!(in_bucket("flags", tiles), on_disk("flags", tiles));
+    let again = to_bucket(&[]);
+    assert!(again.contains("new_steps=0"), "{again}");
+
+    // One writer: a lock another run renews keeps this one out, and
+    // nothing is written; a lock left unrenewed past its lease (a killed
+    // run's) is taken over.
+    let lock = server.path("runs/b/.uqcast-run.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "pid 4242 on elsewhere, since 2020-01-01T00:00:00Z").unwrap();
+    let b = format!("s3://{BUCKET}/runs/b");
+    let args = ["run", "--config", config, "--input", &input, "--output", &b];
+    let o = uq(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("another uqcast run (pid 4242 on elsewhere"),
+        "{err}"
     );
-    assert!(!stderr(&o).contains("downloading"), "Parquet is not copied");
+    assert!(err.contains("runs/b/.uqcast-run.lock"), "{err}");
+    assert!(
+        !server.path("runs/b/forecast").exists(),
+        "written under a held lock"
+    );
+    let ten_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(ten_minutes_ago)
+        .unwrap();
+    let o = uq(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("taking it over"), "{}", stderr(&o));
+    assert!(!lock.exists(), "the taken-over lock is released at the end");
 }
 
 #[test]
@@ -331,7 +387,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn s3_needs_credentials_and_writes_only_locally() {
+fn s3_needs_credentials_and_models_stay_local() {
     let work = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
@@ -354,12 +410,12 @@ fn s3_needs_credentials_and_writes_only_locally() {
     assert!(err.contains("s3://b/era5/*.nc: no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
 
-    // Outputs and models are local: refused before anything is read.
+    // Models are files: refused as s3:// before anything is read.
     let config = crate::pipeline::write_pipeline(work.path(), 4, "");
     let config = config.to_str().unwrap();
-    let err = run(&["run", "--config", config, "--output", "s3://b/out"]);
+    let err = run(&["run", "--config", config, "--model", "s3://b/m.safetensors"]);
     assert!(
-        err.contains("s3://b/out: --output must be a local path"),
+        err.contains("s3://b/m.safetensors: --model must be a local file"),
         "{err}"
     );
     let err = run(&["train", "--config", config, "--out", "s3://b/m.safetensors"]);
@@ -368,13 +424,13 @@ fn s3_needs_credentials_and_writes_only_locally() {
         "{err}"
     );
     let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(
-        config,
-        text.replace("dir = \"out\"", "dir = \"s3://b/out\""),
-    )
-    .unwrap();
+    let remote_model = text.replace("\"model/m.safetensors\"", "\"s3://b/m.safetensors\"");
+    std::fs::write(config, remote_model).unwrap();
     let err = run(&["run", "--config", config]);
-    assert!(err.contains("output.dir: must be a local path"), "{err}");
+    assert!(
+        err.contains("model.checkpoint: must be a local path"),
+        "{err}"
+    );
     assert!(
         !work.path().join("s3:").exists(),
         "no folder named after the URL"

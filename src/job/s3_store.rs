@@ -1,0 +1,162 @@
+//! The `forecast` and `flags` tables in an S3 bucket, laid out as on disk
+//! (`PREFIX/forecast/year=…/month=…/t2m_….parquet`, `PREFIX/flags/flags.parquet`).
+//!
+//! Each file is encoded in memory and stored with one PUT, which S3 makes
+//! visible entirely or not at all: the atomic rename of the local store
+//! comes free, and a killed run leaves no temporaries. One writer at a time
+//! holds `PREFIX/.uqcast-run.lock` ([`S3Lock`]).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::file::reader::SerializedFileReader;
+
+use super::flags::Flags;
+use super::s3_lock::S3Lock;
+use super::store::{Provenance, check_stored_provenance, step_name, valid_time_of, write_parquet};
+use crate::session::s3::{S3Location, connect};
+
+#[derive(Debug)]
+pub struct S3ForecastStore {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    /// The output's key prefix, without a trailing slash ("" for the bucket).
+    prefix: String,
+    lock: S3Lock,
+}
+
+impl S3ForecastStore {
+    /// Connects and takes the output's run lock.
+    pub async fn open(location: &S3Location) -> Result<Self> {
+        if location.key.contains(['*', '?', '[']) {
+            bail!("{location}: an output is a prefix, not a glob");
+        }
+        let store = connect(location).with_context(|| format!("output {location}"))?;
+        let prefix = location.key.trim_end_matches('/').to_string();
+        let lock_key = join(&prefix, ".uqcast-run.lock");
+        let lock_url = format!("s3://{}/{lock_key}", location.bucket);
+        let lock = S3Lock::acquire(store.clone(), ObjectPath::from(lock_key), lock_url)
+            .await
+            .with_context(|| format!("output {location}"))?;
+        Ok(Self {
+            store,
+            bucket: location.bucket.clone(),
+            prefix,
+            lock,
+        })
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// The forecast table's location, as `uqcast sql` reads it.
+    pub fn forecast_url(&self) -> String {
+        self.url(&join(&self.prefix, "forecast/"))
+    }
+
+    async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
+        let prefix = ObjectPath::from(join(&self.prefix, folder));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {}", self.url(prefix.as_ref())))?;
+        let mut keys: Vec<ObjectPath> = objects.into_iter().map(|o| o.location).collect();
+        keys.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        Ok(keys)
+    }
+
+    /// Valid times (UTC µs) already in the table, with one file's key to
+    /// check provenance on.
+    pub async fn existing(&self) -> Result<(Vec<i64>, Option<ObjectPath>)> {
+        let mut times = Vec::new();
+        let mut sample = None;
+        for key in self.keys_below("forecast").await? {
+            if let Some(t) = key.filename().and_then(valid_time_of) {
+                times.push(t);
+                sample.get_or_insert(key);
+            }
+        }
+        times.sort_unstable();
+        Ok((times, sample))
+    }
+
+    /// Errors if the file at `key` was written with other provenance.
+    pub async fn check_provenance(&self, key: &ObjectPath, expected: &Provenance) -> Result<()> {
+        let url = self.url(key.as_ref());
+        let fetched = match self.store.get(key).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = fetched.with_context(|| format!("{url}: unreadable forecast file"))?;
+        let reader = SerializedFileReader::new(bytes)
+            .with_context(|| format!("{url}: unreadable forecast file"))?;
+        check_stored_provenance(&url, &reader, expected)
+    }
+
+    /// Stores one step (all rows share `valid_time`); returns its URL.
+    pub async fn write_step(
+        &self,
+        valid_time: i64,
+        batch: &RecordBatch,
+        provenance: &Provenance,
+    ) -> Result<String> {
+        self.lock.check()?;
+        let (name, partition) = step_name(valid_time)?;
+        let key = join(&self.prefix, &format!("forecast/{partition}/{name}"));
+        self.put(&key, std::slice::from_ref(batch), provenance)
+            .await
+            .with_context(|| format!("{}: writing forecast step", self.url(&key)))
+    }
+
+    /// Whether the flags table exists.
+    pub async fn has_flags(&self) -> Result<bool> {
+        let key = join(&self.prefix, "flags/flags.parquet");
+        Ok(self
+            .keys_below("flags")
+            .await?
+            .iter()
+            .any(|k| k.as_ref() == key))
+    }
+
+    /// Stores `PREFIX/flags/flags.parquet`; returns its URL.
+    pub async fn write_flags(&self, flags: &Flags, provenance: &Provenance) -> Result<String> {
+        self.lock.check()?;
+        let key = join(&self.prefix, "flags/flags.parquet");
+        self.put(&key, &flags.batches, provenance)
+            .await
+            .with_context(|| format!("{}: writing flags", self.url(&key)))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        batches: &[RecordBatch],
+        provenance: &Provenance,
+    ) -> Result<String> {
+        let bytes = write_parquet(Vec::new(), batches, provenance)?;
+        self.store.put(&ObjectPath::from(key), bytes.into()).await?;
+        Ok(self.url(key))
+    }
+
+    /// Ends the run: stops renewing the lock and removes it.
+    pub async fn close(self) {
+        self.lock.release().await;
+    }
+}
+
+/// `prefix/rest`, or `rest` for the bucket's root.
+fn join(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
