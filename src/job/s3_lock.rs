@@ -4,7 +4,7 @@
 //! anything, so the lock is a lease: created only if absent (a conditional
 //! put), renewed by the holder every minute (a put conditional on the ETag it
 //! last wrote), and taken over by a new run only once it has gone
-//! [`LEASE`] without renewal (conditional on the stale ETag, so of two runs
+//! a lease ([`lease`], five renewals long) without renewal (conditional on the stale ETag, so of two runs
 //! taking over, one wins). A holder that finds its lease taken stops before
 //! writing another step.
 
@@ -17,14 +17,23 @@ use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 
-/// How long a lock may go unrenewed before it is taken for a killed run's.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// How often the holder renews it.
-const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// How long a lock may go unrenewed before it is taken for a killed run's:
+/// `UQCAST_S3_LOCK_LEASE` seconds, 300 by default. A shorter lease lets a
+/// killed run's successor start sooner and needs a steadier connection.
+pub fn lease() -> Result<Duration> {
+    let Ok(text) = std::env::var("UQCAST_S3_LOCK_LEASE") else {
+        return Ok(Duration::from_secs(300));
+    };
+    match text.trim().parse::<u64>() {
+        Ok(seconds) if seconds >= 2 => Ok(Duration::from_secs(seconds)),
+        _ => bail!("UQCAST_S3_LOCK_LEASE = '{text}': expected whole seconds, at least 2"),
+    }
+}
 
 #[derive(Debug)]
 pub struct S3Lock {
     store: Arc<AmazonS3>,
+    lease: Duration,
     path: ObjectPath,
     url: String,
     lost: Arc<AtomicBool>,
@@ -53,6 +62,7 @@ fn put_mode(mode: PutMode) -> PutOptions {
 impl S3Lock {
     /// Takes the lock at `path` (`url` for messages) or says who holds it.
     pub async fn acquire(store: Arc<AmazonS3>, path: ObjectPath, url: String) -> Result<Self> {
+        let lease = lease()?;
         let body = holder();
         let created = store
             .put_opts(&path, body.clone().into(), put_mode(PutMode::Create))
@@ -63,7 +73,7 @@ impl S3Lock {
                 version: r.version,
             },
             Err(object_store::Error::AlreadyExists { .. }) => {
-                Self::take_over_stale(&store, &path, &url, body.clone()).await?
+                Self::take_over_stale(&store, &path, &url, body.clone(), lease).await?
             }
             Err(e) => return Err(e).with_context(|| format!("{url}: cannot take the run lock")),
         };
@@ -73,10 +83,12 @@ impl S3Lock {
             path.clone(),
             version,
             body,
+            lease,
             lost.clone(),
         ));
         Ok(Self {
             store,
+            lease,
             path,
             url,
             lost,
@@ -90,6 +102,7 @@ impl S3Lock {
         path: &ObjectPath,
         url: &str,
         body: String,
+        lease: Duration,
     ) -> Result<UpdateVersion> {
         let meta = store
             .head(path)
@@ -98,7 +111,7 @@ impl S3Lock {
         let age = (chrono::Utc::now() - meta.last_modified)
             .num_seconds()
             .max(0);
-        if age < LEASE.as_secs() as i64 {
+        if age < lease.as_secs() as i64 {
             let held_by = match store.get(path).await {
                 Ok(r) => r
                     .bytes()
@@ -111,7 +124,7 @@ impl S3Lock {
                 "another uqcast run ({held_by}) is writing this table and holds {url}, renewed \
                  {age} s ago; wait for it to end, or write to another --output (a lock left \
                  unrenewed for {} s, a killed run's, is taken over)",
-                LEASE.as_secs()
+                lease.as_secs()
             );
         }
         let stale = UpdateVersion {
@@ -146,7 +159,7 @@ impl S3Lock {
                 "{}: this run lost its lock (not renewed for {} s, or taken over); stopping \
                  before writing another step",
                 self.url,
-                LEASE.as_secs()
+                self.lease.as_secs()
             );
         }
         Ok(())
@@ -161,18 +174,20 @@ impl S3Lock {
     }
 }
 
-/// Renews the lease until aborted; marks it lost when another run has
+/// Renews the lease every fifth of it until aborted; marks it lost when another run has
 /// replaced it or renewals have failed for a whole lease.
 async fn renew(
     store: Arc<AmazonS3>,
     path: ObjectPath,
     mut version: UpdateVersion,
     body: String,
+    lease: Duration,
     lost: Arc<AtomicBool>,
 ) {
+    let every = lease / 5;
     let mut last_renewed = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(every).await;
         let renewed = store
             .put_opts(
                 &path,
@@ -193,7 +208,7 @@ async fn renew(
                 return;
             }
             // A brief outage: try again at the next renewal, within the lease.
-            Err(_) if last_renewed.elapsed() < LEASE - RENEW_EVERY => {}
+            Err(_) if last_renewed.elapsed() < lease - every => {}
             Err(_) => {
                 lost.store(true, Ordering::SeqCst);
                 return;

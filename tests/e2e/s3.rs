@@ -93,6 +93,31 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stores `body` at `folder/name` through the S3 API, as another writer
+    /// would (s3s-fs keeps ETags of what it stored, not of files changed beside it).
+    fn put(&self, name: &str, folder: &str, body: &str) {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(BUCKET)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .build()
+            .unwrap();
+        let path = object_store::path::Path::from(format!("{folder}/{name}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(store.put(&path, body.to_string().into()))
+            .unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -434,5 +459,96 @@ fn s3_needs_credentials_and_models_stay_local() {
     assert!(
         !work.path().join("s3:").exists(),
         "no folder named after the URL"
+    );
+}
+
+#[test]
+fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // Slow sampling: a step takes long enough to watch the lock between steps.
+    let config = trained(work.path(), 256);
+    let output = format!("s3://{BUCKET}/runs/slow");
+    let forecast = server.path("runs/slow/forecast");
+    let lock = server.path("runs/slow/.uqcast-run.lock");
+    let log = work.path().join("run.log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+    run.env("AWS_ENDPOINT_URL", &server.endpoint)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("UQCAST_CACHE_DIR", &cache)
+        // Renewed every 0.6 s; taken for a killed run's after 3 s unrenewed.
+        .env("UQCAST_S3_LOCK_LEASE", "3")
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            &output,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = run.spawn().unwrap();
+    let steps = || walk(&forecast).len();
+    let started = Instant::now();
+    while steps() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step written"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Renewed while the run works: its time moves, and past a whole lease a
+    // second run is still kept out.
+    let renewed_at = || std::fs::metadata(&lock).unwrap().modified().unwrap();
+    let before = renewed_at();
+    std::thread::sleep(Duration::from_millis(4000));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended too soon to test"
+    );
+    assert!(renewed_at() > before, "the lock was not renewed");
+    let second = server.uqcast_with(
+        SECRET,
+        &cache,
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            &output,
+        ],
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another uqcast run (pid"),
+        "{}",
+        stderr(&second)
+    );
+
+    // Another writer replaces the lock: the run notices at its next renewal
+    // and stops before writing another step; what it wrote stays.
+    server.put(
+        ".uqcast-run.lock",
+        "runs/slow",
+        "pid 1 on elsewhere, since 2020-01-01T00:00:00Z",
+    );
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("this run lost its lock"), "{log}");
+    let written = steps();
+    assert!((1..12).contains(&written), "{written} of 12 steps written");
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "pid 1 on elsewhere, since 2020-01-01T00:00:00Z",
+        "the lost lock is not deleted"
     );
 }
