@@ -191,6 +191,14 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
 /// saying what the command's `flag` expects: the folder given does not
 /// exist, is the table's own folder, or holds no such table yet.
 pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
+    // A run output in a bucket: the table's prefix (listing it says the rest).
+    let text = dir.to_string_lossy();
+    if crate::pipeline::is_url(&text) {
+        return Ok(PathBuf::from(format!(
+            "{}/{table}/",
+            text.trim_end_matches('/')
+        )));
+    }
     let location = dir.join(table);
     if location.exists() {
         return Ok(location);

@@ -281,6 +281,26 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert_eq!(in_bucket("flags", tiles), on_disk("flags", tiles));
     let again = to_bucket(&[]);
     assert!(again.contains("new_steps=0"), "{again}");
+    // Maps drawn from the bucket's tables are the maps of the local ones.
+    let map = |input: &str, name: &str| {
+        let png = work.path().join(name);
+        let png_arg = png.to_str().unwrap();
+        let args = [
+            "plot",
+            "--input",
+            input,
+            "--time",
+            "2020-01-02T18:00Z",
+            "--out",
+            png_arg,
+        ];
+        let o = uq(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&png).unwrap()
+    };
+    let from_bucket = map(&output, "bucket.png");
+    assert!(from_bucket.starts_with(b"\x89PNG"));
+    assert!(from_bucket == map(local_out.to_str().unwrap(), "local.png"));
 
     // One writer: a lock another run renews keeps this one out, and
     // nothing is written; a lock left unrenewed past its lease (a killed
