@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::{DataFrame, SessionContext};
+
 use super::output::{Format, print, write_parquet};
+use crate::session::s3::S3Location;
 use crate::session::{TableArg, register_tables};
 
 #[derive(Debug, Args)]
@@ -18,9 +22,21 @@ pub struct SqlArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Write the result to this Parquet file instead of printing it.
+    /// Write the result to this Parquet file (or s3:// object) instead of printing it.
     #[arg(long, value_name = "FILE.parquet", conflicts_with = "format")]
     output: Option<PathBuf>,
+}
+
+/// Writes the result as one object; S3 makes a completed upload visible
+/// whole, so no temporary is needed.
+async fn write_parquet_s3(ctx: &SessionContext, df: DataFrame, remote: &S3Location) -> Result<()> {
+    crate::session::s3::register_store(ctx, remote)
+        .with_context(|| format!("--output {remote}"))?;
+    let options = DataFrameWriteOptions::new().with_single_file_output(true);
+    df.write_parquet(&remote.to_string(), options, None)
+        .await
+        .with_context(|| format!("{remote}: writing Parquet"))?;
+    Ok(())
 }
 
 pub async fn run(args: SqlArgs) -> Result<()> {
@@ -41,7 +57,12 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     register_tables(&ctx, &args.tables).await?;
     let df = ctx.sql(&args.query).await.context("query")?;
     match &args.output {
-        Some(path) => write_parquet(df, path).await,
+        Some(path) => {
+            if let Some(remote) = S3Location::parse(&path.to_string_lossy())? {
+                return write_parquet_s3(&ctx, df, &remote).await;
+            }
+            write_parquet(df, path).await
+        }
         None => print(df, args.format).await.context("query"),
     }
 }

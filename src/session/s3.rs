@@ -185,6 +185,15 @@ pub fn in_urls(message: &str) -> String {
         .fold(message.to_string(), |m, (local, url)| m.replace(local, url))
 }
 
+/// Registers the bucket's store with `ctx`, for DataFusion to read or write
+/// `s3://BUCKET/…` paths itself.
+pub fn register_store(ctx: &SessionContext, location: &S3Location) -> Result<()> {
+    let store = connect(location)?;
+    let url = url::Url::parse(&format!("s3://{}", location.bucket)).context("bucket URL")?;
+    ctx.register_object_store(&url, store);
+    Ok(())
+}
+
 /// Makes an `s3://` location readable in `ctx`: registers the bucket's
 /// store, and for NetCDF copies the objects the location names into the
 /// local cache (reusing copies whose ETag and size still match).

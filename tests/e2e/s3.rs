@@ -180,6 +180,24 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         );
     }
 
+    // A query's result stored as one object, read back as it was computed.
+    let nc4_table = format!("t=s3://{BUCKET}/era5/nc4/");
+    let result = format!("s3://{BUCKET}/results/sums.parquet");
+    let o = uq(&["sql", query, "--table", &nc4_table, "--output", &result]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read_back = "SELECT * FROM t ORDER BY valid_time";
+    let o = uq(&[
+        "sql",
+        read_back,
+        "--table",
+        &format!("t={result}"),
+        "--format",
+        "csv",
+    ]);
+    let local = format!("t={}", work.path().join("data").display());
+    let computed = sql_csv(&uq(&["sql", query, "--table", &local, "--format", "csv"]));
+    assert_eq!(sql_csv(&o), computed);
+
     // An object replaced in the bucket is downloaded again, not served stale.
     let first_nc3 = std::fs::read_dir(server.path("era5/nc3"))
         .unwrap()
