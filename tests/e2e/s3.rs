@@ -261,6 +261,24 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(local_rows.lines().count() > 100, "{local_rows}");
     assert_eq!(forecast_csv(&remote_out), local_rows);
 
+    // Training from the bucket makes the model training from disk made.
+    let retrained = work.path().join("from-s3/m.safetensors");
+    let o = uq(&[
+        "train",
+        "--config",
+        config,
+        "--input",
+        &input,
+        "--out",
+        retrained.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::read(&retrained).unwrap()
+            == std::fs::read(work.path().join("model/m.safetensors")).unwrap(),
+        "weights trained from s3:// differ"
+    );
+
     // The job writes its tables into a bucket: incrementally (a first run
     // up to a time, then the rest), the same rows and flags as on disk, read
     // in place by `uqcast sql` with its Hive partitions, and its lock gone.
