@@ -261,14 +261,18 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(local_rows.lines().count() > 100, "{local_rows}");
     assert_eq!(forecast_csv(&remote_out), local_rows);
 
-    // Training from the bucket makes the model training from disk made.
+    // Training from the bucket (named by the pipeline's source.path, kept
+    // as a URL, not resolved against the pipeline's folder) makes the model
+    // training from disk made.
+    let remote_source = work.path().join("remote-source.toml");
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replace("path = \"data\"", &format!("path = \"{input}\""));
+    std::fs::write(&remote_source, text).unwrap();
     let retrained = work.path().join("from-s3/m.safetensors");
     let o = uq(&[
         "train",
         "--config",
-        config,
-        "--input",
-        &input,
+        remote_source.to_str().unwrap(),
         "--out",
         retrained.to_str().unwrap(),
     ]);
@@ -524,7 +528,7 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     // Slow sampling: a step takes long enough to watch the lock between steps.
-    let config = trained(work.path(), 256);
+    let config = trained(work.path(), 512);
     let output = format!("s3://{BUCKET}/runs/slow");
     let forecast = server.path("runs/slow/forecast");
     let lock = server.path("runs/slow/.uqcast-run.lock");
@@ -535,8 +539,9 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", "us-east-1")
         .env("UQCAST_CACHE_DIR", &cache)
-        // Renewed every 0.6 s; taken for a killed run's after 3 s unrenewed.
-        .env("UQCAST_S3_LOCK_LEASE", "3")
+        // Renewed every second; taken for a killed run's after 5 s unrenewed
+        // (long enough that a loaded machine does not miss a renewal).
+        .env("UQCAST_S3_LOCK_LEASE", "5")
         .args([
             "run",
             "--config",
@@ -565,7 +570,7 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     // second run is still kept out.
     let renewed_at = || std::fs::metadata(&lock).unwrap().modified().unwrap();
     let before = renewed_at();
-    std::thread::sleep(Duration::from_millis(4000));
+    std::thread::sleep(Duration::from_millis(6000));
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended too soon to test"
