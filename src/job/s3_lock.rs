@@ -1,12 +1,12 @@
 //! One writer per S3 output: a lease on `PREFIX/.uqcast-run.lock`.
 //!
 //! An object store has no file locks, and a killed run cannot release
-//! anything, so the lock is a lease: created only if absent (a conditional
-//! put), renewed by the holder every minute (a put conditional on the ETag it
-//! last wrote), and taken over by a new run only once it has gone
-//! a lease ([`lease`], five renewals long) without renewal (conditional on the stale ETag, so of two runs
-//! taking over, one wins). A holder that finds its lease taken stops before
-//! writing another step.
+//! anything, so the lock is a lease. It is created only if absent (a
+//! conditional put), renewed by its holder every fifth of the lease (a put
+//! conditional on the ETag the holder last wrote), and taken over by a new
+//! run only once it has gone a whole lease ([`lease`]) without renewal (a put
+//! conditional on the stale ETag, so of two runs taking over, one wins). A
+//! holder that finds its lease taken stops before writing another step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
