@@ -222,7 +222,7 @@ fn killed_run_resumes_to_the_same_table_and_reruns_write_nothing() {
     );
 }
 
-fn walk_all(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk_all(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

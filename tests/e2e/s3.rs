@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{forecast_csv, trained};
+use crate::pipeline::{forecast_csv, trained, walk_all};
 use crate::{stderr, stdout, synth_seeded};
 
 const BUCKET: &str = "era5-bucket";
@@ -75,22 +75,32 @@ impl Server {
 
     /// `uqcast args` with this server's endpoint and `secret`, its cache in `cache`.
     fn uqcast_with(&self, secret: &str, cache: &Path, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                command.env_remove(key);
-            }
-        }
+        self.command(secret, cache).args(args).output().unwrap()
+    }
+
+    /// `uqcast` set up for this server, with `secret` and its cache in `cache`.
+    fn command(&self, secret: &str, cache: &Path) -> Command {
+        let mut command = uqcast_without_aws();
         command
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_REGION", "us-east-1")
-            .env("UQCAST_CACHE_DIR", cache)
-            .args(args)
-            .output()
-            .unwrap()
+            .env("UQCAST_CACHE_DIR", cache);
+        command
     }
+}
+
+/// `uqcast` without the caller's AWS settings (a developer's own must not
+/// reach a test, nor a real bucket).
+fn uqcast_without_aws() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
 }
 
 impl Server {
@@ -450,38 +460,17 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
     );
     assert!(error_line.contains("outside the 150…350 K"), "{error_line}");
     // None of the failures left a partial download in the cache.
-    let partial = walk(&cache)
+    let partial = walk_all(&cache)
         .into_iter()
         .find(|p| p.to_string_lossy().contains(".part-"));
     assert_eq!(partial, None);
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for path in entries.map(|e| e.unwrap().path()) {
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
 fn s3_needs_credentials_and_models_stay_local() {
     let work = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                command.env_remove(key);
-            }
-        }
-        let o = command
+        let o = uqcast_without_aws()
             .args(args)
             .current_dir(work.path())
             .output()
@@ -533,12 +522,8 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     let forecast = server.path("runs/slow/forecast");
     let lock = server.path("runs/slow/.uqcast-run.lock");
     let log = work.path().join("run.log");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_uqcast"));
-    run.env("AWS_ENDPOINT_URL", &server.endpoint)
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("UQCAST_CACHE_DIR", &cache)
+    let mut run = server.command(SECRET, &cache);
+    run
         // Renewed every second; taken for a killed run's after 5 s unrenewed
         // (long enough that a loaded machine does not miss a renewal).
         .env("UQCAST_S3_LOCK_LEASE", "5")
@@ -552,7 +537,7 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let mut child = run.spawn().unwrap();
-    let steps = || walk(&forecast).len();
+    let steps = || walk_all(&forecast).len();
     let started = Instant::now();
     while steps() == 0 {
         assert!(
