@@ -33,7 +33,7 @@ pub struct S3ForecastStore {
 impl S3ForecastStore {
     /// Connects and takes the output's run lock.
     pub async fn open(location: &S3Location) -> Result<Self> {
-        if location.key.contains(['*', '?', '[']) {
+        if location.is_glob() {
             bail!("{location}: an output is a prefix, not a glob");
         }
         let store = connect(location).with_context(|| format!("output {location}"))?;

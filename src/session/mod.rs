@@ -187,7 +187,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
     match prepared {
         s3::S3Table::Parquet => {
             // DataFusion lists a location as a folder only with a trailing slash.
-            let is_file = remote.key.ends_with(".parquet") || remote.key.contains(['*', '?', '[']);
+            let is_file = remote.key.ends_with(".parquet") || remote.is_glob();
             let location = if is_file || t.location.ends_with('/') {
                 t.location.clone()
             } else {

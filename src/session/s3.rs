@@ -54,7 +54,8 @@ impl S3Location {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    fn is_glob(&self) -> bool {
+    /// Whether the key holds a glob (`*`, `?`, `[`).
+    pub fn is_glob(&self) -> bool {
         self.key.contains(['*', '?', '['])
     }
 
