@@ -148,10 +148,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     .collect();
     let mut summary = Summary::default();
     let result = async {
-        let (existing, sample) = output.existing().await?;
-        if let Some(sample) = &sample {
-            output.check_provenance(sample, &provenance).await?;
-        }
+        let existing = output.existing(&provenance).await?;
         summary.existing_steps = existing.len();
         let lead = model.lead_micros();
         let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();

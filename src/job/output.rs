@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use datafusion::arrow::array::RecordBatch;
-use object_store::path::Path as ObjectPath;
 
 use super::flags::{self, Flags};
 use super::s3_store::S3ForecastStore;
@@ -21,13 +20,6 @@ pub enum Output {
         created: bool,
     },
     S3(S3ForecastStore),
-}
-
-/// A file of the forecast table to check a run's provenance against.
-#[derive(Debug)]
-pub enum Sample {
-    Local(PathBuf),
-    S3(ObjectPath),
 }
 
 impl Output {
@@ -48,25 +40,24 @@ impl Output {
         })
     }
 
-    /// Valid times already in the table, and a file to check provenance on.
-    pub async fn existing(&self) -> Result<(Vec<i64>, Option<Sample>)> {
-        Ok(match self {
+    /// Valid times already in the table, after checking that the table was
+    /// written with `expected` provenance (one file speaks for the table).
+    pub async fn existing(&self, expected: &Provenance) -> Result<Vec<i64>> {
+        match self {
             Self::Local { store, .. } => {
                 let (times, sample) = store.existing()?;
-                (times, sample.map(Sample::Local))
+                if let Some(file) = sample {
+                    ForecastStore::check_provenance(&file, expected)?;
+                }
+                Ok(times)
             }
             Self::S3(store) => {
                 let (times, sample) = store.existing().await?;
-                (times, sample.map(Sample::S3))
+                if let Some(key) = sample {
+                    store.check_provenance(&key, expected).await?;
+                }
+                Ok(times)
             }
-        })
-    }
-
-    pub async fn check_provenance(&self, sample: &Sample, expected: &Provenance) -> Result<()> {
-        match (self, sample) {
-            (_, Sample::Local(file)) => ForecastStore::check_provenance(file, expected),
-            (Self::S3(store), Sample::S3(key)) => store.check_provenance(key, expected).await,
-            (Self::Local { .. }, Sample::S3(_)) => anyhow::bail!("an S3 sample of a local table"),
         }
     }
 
