@@ -4,6 +4,7 @@
 //! command, and turn any error into a one-line message and a non-zero exit.
 
 mod cli;
+mod cluster;
 mod job;
 mod pipeline;
 mod session;

@@ -1,5 +1,6 @@
 //! The command line: one subcommand per file.
 
+mod cluster;
 mod compare;
 mod demo;
 mod eval;
@@ -40,6 +41,10 @@ enum Command {
     Plot(plot::PlotArgs),
     /// The HyperDM paper's toy experiment: AU vs noise, EU vs data size, EU in a data gap.
     Toy(toy::ToyArgs),
+    /// A Ballista scheduler for `uqcast sql --ballista` (runs until stopped).
+    Scheduler(cluster::SchedulerArgs),
+    /// A Ballista executor joining a `uqcast scheduler` (runs until stopped).
+    Executor(cluster::ExecutorArgs),
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -52,5 +57,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args).await,
         Command::Plot(args) => plot::run(args).await,
         Command::Toy(args) => toy::run_toy(args).await,
+        Command::Scheduler(args) => cluster::run_scheduler(args).await,
+        Command::Executor(args) => cluster::run_executor(args).await,
     }
 }

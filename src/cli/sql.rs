@@ -25,6 +25,10 @@ pub struct SqlArgs {
     /// Write the result to this Parquet file (or s3:// object) instead of printing it.
     #[arg(long, value_name = "FILE.parquet", conflicts_with = "format")]
     output: Option<PathBuf>,
+    /// Run the query on a Ballista cluster (`uqcast scheduler`), df://HOST:PORT.
+    /// Its executors read the tables' files at the same paths.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    ballista: Option<String>,
 }
 
 /// Writes the result as one object; S3 makes a completed upload visible
@@ -53,9 +57,17 @@ pub async fn run(args: SqlArgs) -> Result<()> {
             path.display()
         );
     }
-    let ctx = crate::session::new_context();
+    let ctx = match &args.ballista {
+        Some(url) => crate::cluster::client(url).await?,
+        None => crate::session::new_context(),
+    };
     register_tables(&ctx, &args.tables).await?;
-    let df = ctx.sql(&args.query).await.context("query")?;
+    // A cluster is reached only when the query runs: name it in errors.
+    let what = match &args.ballista {
+        Some(url) => format!("query on the cluster at {url}"),
+        None => "query".to_string(),
+    };
+    let df = ctx.sql(&args.query).await.context(what.clone())?;
     match &args.output {
         Some(path) => {
             if let Some(remote) = S3Location::parse(&path.to_string_lossy())? {
@@ -63,6 +75,6 @@ pub async fn run(args: SqlArgs) -> Result<()> {
             }
             write_parquet(df, path).await
         }
-        None => print(df, args.format).await.context("query"),
+        None => print(df, args.format).await.context(what),
     }
 }

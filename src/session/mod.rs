@@ -10,6 +10,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
 
+pub mod codec;
 mod footers;
 pub mod s3;
 
@@ -18,12 +19,17 @@ pub mod s3;
 /// `weighted_rmse`, `spread_skill`).
 pub fn new_context() -> SessionContext {
     let ctx = SessionContext::new();
+    register_functions(&ctx);
+    ctx
+}
+
+/// Registers uqcast's functions in `ctx` (see [`new_context`]).
+pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udtf(
         HyperdmForecastFunction::NAME,
         Arc::new(HyperdmForecastFunction),
     );
-    uqcast_skill::sql::register(&ctx);
-    ctx
+    uqcast_skill::sql::register(ctx);
 }
 
 /// A session (as [`new_context`]) with one table registered.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod default_pipeline;
 mod errors;
 mod pipeline;
@@ -11,6 +12,27 @@ mod toy;
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+/// A port that was free a moment ago: bound, noted, released for a server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 20 s) until something accepts connections on `port`.
+pub fn wait_until_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 /// Runs `uqcast` with `args`.
 pub fn uqcast(args: &[&str]) -> Output {

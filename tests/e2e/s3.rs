@@ -5,13 +5,12 @@
 //! refreshed when an object changes, and bad credentials, buckets and
 //! objects fail naming the `s3://` URL.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pipeline::{forecast_csv, trained, walk_all};
-use crate::{stderr, stdout, synth_seeded};
+use crate::{free_port, stderr, stdout, synth_seeded, wait_until_listening};
 
 const BUCKET: &str = "era5-bucket";
 const KEY_ID: &str = "uqcast-test";
@@ -42,12 +41,7 @@ impl Server {
     fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        // A free port: bind, note it, release it for the server.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(server_binary())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", KEY_ID, "--secret-key", SECRET])
@@ -56,11 +50,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_listening(port, "s3s-fs");
         Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -88,6 +88,12 @@ impl HyperdmExec {
     }
 }
 
+impl HyperdmExec {
+    pub(crate) fn parts(&self) -> (&ForecastModel, &InferenceSettings, &BTreeSet<i64>) {
+        (&self.model, &self.settings, &self.skip)
+    }
+}
+
 impl DisplayAs for HyperdmExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.settings;

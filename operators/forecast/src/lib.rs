@@ -18,6 +18,7 @@ pub mod model;
 pub mod pairs;
 pub mod resume;
 pub mod schema;
+pub mod spec;
 pub mod table;
 
 pub use error::{ForecastError, Result};
@@ -26,4 +27,5 @@ pub use grid::ModelGrid;
 pub use model::{FieldMeta, FieldTraining, ForecastModel, InferenceSettings, StepForecast};
 pub use pairs::StepField;
 pub use schema::forecast_schema;
+pub use spec::ForecastSpec;
 pub use table::{ForecastTable, HyperdmForecastFunction};

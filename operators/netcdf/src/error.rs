@@ -17,6 +17,13 @@ pub enum NetcdfError {
     #[error("{path}: no NetCDF files (*.nc) in this directory or glob{hint}")]
     NoFiles { path: String, hint: String },
 
+    /// A serialised scan or table rebuilt where its files no longer match
+    /// what it was planned over (changed since, or different on this machine).
+    #[error(
+        "{files}: {problem}; the files changed since the query was planned, or differ on this machine"
+    )]
+    Replanned { files: String, problem: String },
+
     #[error("{path}: cannot list: {source}")]
     List {
         path: String,

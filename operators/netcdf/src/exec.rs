@@ -85,8 +85,23 @@ impl NetcdfExec {
         let partitions: Vec<Vec<Step>> = (0..n)
             .map(|i| steps[i * steps.len() / n..(i + 1) * steps.len() / n].to_vec())
             .collect();
-        let properties = Arc::new(Self::compute_properties(&schema, n));
-        Ok(Self {
+        Ok(Self::from_parts(
+            catalog, schema, projection, selection, slab, partitions,
+        ))
+    }
+
+    /// A scan whose steps and partitions are already chosen (by [`Self::new`],
+    /// or in another process: see [`crate::spec`]).
+    pub(crate) fn from_parts(
+        catalog: Arc<Catalog>,
+        schema: SchemaRef,
+        projection: Vec<usize>,
+        selection: Selection,
+        slab: Hyperslab,
+        partitions: Vec<Vec<Step>>,
+    ) -> Self {
+        let properties = Arc::new(Self::compute_properties(&schema, partitions.len()));
+        Self {
             catalog,
             schema,
             projection,
@@ -95,7 +110,7 @@ impl NetcdfExec {
             partitions,
             properties,
             metrics: Default::default(),
-        })
+        }
     }
 
     /// Each partition emits its steps in time order, so it is sorted by `valid_time`.
@@ -111,6 +126,18 @@ impl NetcdfExec {
             Partitioning::UnknownPartitioning(partitions),
             EmissionType::Incremental,
             Boundedness::Bounded,
+        )
+    }
+
+    /// What the scan was planned as: catalog, projection, selection,
+    /// hyperslab and steps per partition.
+    pub(crate) fn parts(&self) -> (&Catalog, &[usize], &Selection, &Hyperslab, &[Vec<Step>]) {
+        (
+            &self.catalog,
+            &self.projection,
+            &self.selection,
+            &self.slab,
+            &self.partitions,
         )
     }
 

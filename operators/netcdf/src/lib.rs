@@ -31,12 +31,13 @@ pub mod provider;
 pub mod pushdown;
 pub mod reader;
 pub mod schema;
+pub mod spec;
 pub mod stream;
 pub mod writer;
 
 pub use catalog::Catalog;
 pub use error::{NetcdfError, Result};
 pub use exec::NetcdfExec;
-pub use provider::Era5TableProvider;
+pub use provider::{Era5TableProvider, OnePartitionPerScan};
 pub use schema::era5_schema;
 pub use writer::{Encoding, Grid, GridVariable, write_era5};

@@ -15,6 +15,14 @@ use crate::exec::NetcdfExec;
 use crate::pushdown::{Selection, support};
 use crate::schema::era5_schema;
 
+/// A session configuration extension: plan every NetCDF scan as one
+/// partition. A distributed scheduler sets it when it cannot give each task
+/// only its own partitions of a scan (Ballista 55 restricts only the scans it
+/// knows, file and memory sources): unrestricted, every task would read
+/// partitions that are not its own, and rows would be counted again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OnePartitionPerScan;
+
 /// A table over one file, a directory or a glob of ERA5 NetCDF files, in
 /// either CDS encoding. Columns: `valid_time`, `latitude`, `longitude`, `t2m`,
 /// then the files' other (time, latitude, longitude) variables.
@@ -28,12 +36,15 @@ impl Era5TableProvider {
     /// Opens every file's metadata (blocking I/O; call via `spawn_blocking`
     /// from async code). `variables`: `None` = `t2m` plus all gridded variables.
     pub fn try_new(locations: &[String], variables: Option<&[String]>) -> crate::Result<Self> {
-        let catalog = Catalog::open(locations, variables)?;
+        Ok(Self::from_catalog(Catalog::open(locations, variables)?))
+    }
+
+    pub(crate) fn from_catalog(catalog: Catalog) -> Self {
         let schema = era5_schema(&catalog.variables);
-        Ok(Self {
+        Self {
             catalog: Arc::new(catalog),
             schema,
-        })
+        }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -64,7 +75,10 @@ impl TableProvider for Era5TableProvider {
             projection,
             Selection::from_filters(filters),
             limit,
-            state.config().target_partitions(),
+            match state.config().get_extension::<OnePartitionPerScan>() {
+                Some(_) => 1,
+                None => state.config().target_partitions(),
+            },
         )?;
         Ok(Arc::new(exec))
     }

@@ -10,11 +10,12 @@ use std::ops::Range;
 
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::scalar::ScalarValue;
+use serde::{Deserialize, Serialize};
 
 use crate::schema::{LATITUDE, LONGITUDE, VALID_TIME};
 
 /// A one-sided or two-sided interval; bounds carry their inclusiveness.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval<T> {
     lower: Option<(T, bool)>,
     upper: Option<(T, bool)>,
@@ -111,7 +112,7 @@ impl<T: fmt::Display> fmt::Display for Interval<T> {
 }
 
 /// What the pushed-down filters select.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
     /// Nanoseconds since 1970-01-01 UTC (i128: exact for every timestamp unit).
     pub time: Interval<i128>,

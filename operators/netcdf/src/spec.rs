@@ -1,0 +1,180 @@
+//! Plan serialisation: what an [`Era5TableProvider`] or a [`NetcdfExec`] is
+//! rebuilt from in another process (a distributed scheduler or executor).
+//!
+//! A spec names the files, not their contents: the process that decodes it
+//! opens the same paths (shared storage) and checks they still hold the grid
+//! and the steps that were planned, so a plan is never run against data it
+//! was not planned for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Step};
+use crate::error::{NetcdfError, Result};
+use crate::exec::NetcdfExec;
+use crate::provider::Era5TableProvider;
+use crate::pushdown::Selection;
+use crate::reader::Hyperslab;
+use crate::schema::era5_schema;
+
+/// An ERA5 table: its files (expanded, sorted) and its data variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSpec {
+    pub files: Vec<PathBuf>,
+    pub variables: Vec<String>,
+}
+
+/// A planned scan: the table, the columns, the pushed-down selection, the
+/// hyperslab, and each partition's steps by time (UTC microseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanSpec {
+    pub table: TableSpec,
+    pub projection: Vec<usize>,
+    pub selection: Selection,
+    /// Latitude and longitude index ranges, `[start, end)`.
+    pub latitude: (usize, usize),
+    pub longitude: (usize, usize),
+    pub partitions: Vec<Vec<i64>>,
+}
+
+impl TableSpec {
+    fn of(catalog: &Catalog) -> Self {
+        Self {
+            files: catalog.files.iter().map(|f| f.path.clone()).collect(),
+            variables: catalog.variables.iter().map(|v| v.name.clone()).collect(),
+        }
+    }
+
+    /// Opens the files again (blocking I/O) and checks they are the same set.
+    fn open(&self) -> Result<Catalog> {
+        let locations: Vec<String> = self
+            .files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let catalog = Catalog::open(&locations, Some(&self.variables))?;
+        let found = TableSpec::of(&catalog);
+        if found.files != self.files {
+            return Err(self.replanned(format!(
+                "planned over {} files, {} found",
+                self.files.len(),
+                found.files.len()
+            )));
+        }
+        Ok(catalog)
+    }
+
+    fn replanned(&self, problem: String) -> NetcdfError {
+        let files = match self.files.as_slice() {
+            [] => "(no files)".to_string(),
+            [one] => one.display().to_string(),
+            [first, .., last] => format!(
+                "{} … {} ({} files)",
+                first.display(),
+                last.display(),
+                self.files.len()
+            ),
+        };
+        NetcdfError::Replanned { files, problem }
+    }
+}
+
+impl Era5TableProvider {
+    pub fn spec(&self) -> TableSpec {
+        TableSpec::of(self.catalog())
+    }
+
+    /// Rebuilds the table from its spec (blocking I/O).
+    pub fn from_spec(spec: &TableSpec) -> Result<Self> {
+        Ok(Self::from_catalog(spec.open()?))
+    }
+}
+
+impl NetcdfExec {
+    pub fn spec(&self) -> ScanSpec {
+        let (catalog, projection, selection, slab, partitions) = self.parts();
+        ScanSpec {
+            table: TableSpec::of(catalog),
+            projection: projection.to_vec(),
+            selection: selection.clone(),
+            latitude: (slab.latitude.start, slab.latitude.end),
+            longitude: (slab.longitude.start, slab.longitude.end),
+            partitions: partitions
+                .iter()
+                .map(|steps| steps.iter().map(|s| s.time).collect())
+                .collect(),
+        }
+    }
+
+    /// Rebuilds the scan from its spec (blocking I/O), with the same
+    /// partitions and steps; fails if a planned step or cell is gone.
+    pub fn from_spec(spec: &ScanSpec) -> Result<Self> {
+        let table = &spec.table;
+        let catalog = table.open()?;
+        let full_schema = era5_schema(&catalog.variables);
+        if let Some(&bad) = spec
+            .projection
+            .iter()
+            .find(|&&i| i >= full_schema.fields().len())
+        {
+            return Err(table.replanned(format!(
+                "column {bad} planned, the table has {}",
+                full_schema.fields().len()
+            )));
+        }
+        let schema = Arc::new(
+            full_schema
+                .project(&spec.projection)
+                .map_err(|e| table.replanned(format!("projection {:?}: {e}", spec.projection)))?,
+        );
+        let axis = |(start, end): (usize, usize), len: usize, name: &str| {
+            if start <= end && end <= len {
+                Ok(start..end)
+            } else {
+                Err(table.replanned(format!(
+                    "{name} cells {start}..{end} planned, the grid has {len}"
+                )))
+            }
+        };
+        let slab = Hyperslab {
+            latitude: axis(spec.latitude, catalog.latitude().values.len(), "latitude")?,
+            longitude: axis(
+                spec.longitude,
+                catalog.longitude().values.len(),
+                "longitude",
+            )?,
+        };
+        let step_at = |time: i64| -> Result<Step> {
+            catalog
+                .steps
+                .binary_search_by_key(&time, |s| s.time)
+                .map(|i| catalog.steps[i])
+                .map_err(|_| {
+                    table.replanned(format!(
+                        "step {} planned, not in the files",
+                        crate::cf::time::format_micros(time)
+                    ))
+                })
+        };
+        let partitions = spec
+            .partitions
+            .iter()
+            .map(|times| {
+                times
+                    .iter()
+                    .map(|&t| step_at(t))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_parts(
+            Arc::new(catalog),
+            schema,
+            spec.projection.clone(),
+            spec.selection.clone(),
+            slab,
+            partitions,
+        ))
+    }
+}

@@ -1,0 +1,65 @@
+//! `uqcast scheduler` and `uqcast executor`: a Ballista cluster that runs
+//! `uqcast sql --ballista df://HOST:PORT` queries (see `crate::cluster`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::cluster::{ExecutorSettings, executor, scheduler};
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on (clients and executors connect here).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    bind: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler to join, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    /// Address to listen on; other executors fetch shuffle data from it.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port for shuffle data (Arrow Flight).
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Port for task requests from the scheduler.
+    #[arg(long, default_value_t = 50052)]
+    grpc_port: u16,
+    /// Where shuffle files are written.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// Tasks run at once (default: the machine's cores).
+    #[arg(long)]
+    concurrent_tasks: Option<usize>,
+}
+
+pub async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
+    scheduler(args.bind).await
+}
+
+pub async fn run_executor(args: ExecutorArgs) -> Result<()> {
+    let Some((host, port)) = args.scheduler.rsplit_once(':') else {
+        bail!("--scheduler {}: expected HOST:PORT", args.scheduler);
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        bail!(
+            "--scheduler {}: port '{port}' is not a number",
+            args.scheduler
+        );
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    executor(ExecutorSettings {
+        scheduler: (host.to_string(), port),
+        bind: args.bind,
+        port: args.port,
+        grpc_port: args.grpc_port,
+        work_dir: args.work_dir,
+        concurrent_tasks: args.concurrent_tasks.unwrap_or(cores).max(1),
+    })
+    .await
+}

@@ -1,0 +1,136 @@
+//! Beyond one machine: a Ballista scheduler and executors built into the
+//! uqcast binary, and client sessions that send queries to them.
+//!
+//! ```text
+//! uqcast sql --ballista df://HOST:50050 ──logical plan (LogicalCodec)──► uqcast scheduler
+//!     plans stages ──physical plans (PhysicalCodec)──► uqcast executor × K
+//!     (each opens the NetCDF files and models the plan names: shared storage)
+//! ```
+//! Every process builds its sessions here, so all three register the same
+//! functions and wrap Ballista's codecs in uqcast's (`session::codec`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use datafusion::execution::SessionState;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use uqcast_netcdf::OnePartitionPerScan;
+
+use crate::session::codec::{LogicalCodec, PhysicalCodec};
+use crate::session::register_functions;
+
+fn logical_codec() -> Arc<LogicalCodec> {
+    Arc::new(LogicalCodec::new(Arc::new(
+        BallistaLogicalExtensionCodec::default(),
+    )))
+}
+
+fn physical_codec() -> Arc<PhysicalCodec> {
+    Arc::new(PhysicalCodec::new(Arc::new(
+        BallistaPhysicalExtensionCodec::default(),
+    )))
+}
+
+/// Ballista's session configuration with uqcast's codecs.
+fn session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_ballista_logical_extension_codec(logical_codec())
+        .with_ballista_physical_extension_codec(physical_codec())
+}
+
+/// A scheduler's or executor's session: Ballista's, plus uqcast's functions;
+/// NetCDF scans are planned as one partition (see [`OnePartitionPerScan`]).
+fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionState> {
+    let config = config.with_extension(Arc::new(OnePartitionPerScan));
+    let ctx =
+        SessionContext::new_with_state(ballista_core::utils::default_session_builder(config)?);
+    register_functions(&ctx);
+    Ok(ctx.state())
+}
+
+/// A client session whose queries run on the cluster at `url`
+/// (`df://HOST:PORT`). Tables are registered on it as on a local one.
+pub async fn client(url: &str) -> Result<SessionContext> {
+    if !url.starts_with("df://") {
+        bail!("--ballista {url}: expected df://HOST:PORT (a uqcast scheduler)");
+    }
+    let state = session_state(session_config())?;
+    let ctx = SessionContext::remote_with_state(url, state)
+        .await
+        .with_context(|| format!("--ballista {url}"))?;
+    // Ballista's upgrade resets the functions to its own list.
+    register_functions(&ctx);
+    Ok(ctx)
+}
+
+/// Runs a scheduler on `bind` until the process is stopped.
+pub async fn scheduler(bind: SocketAddr) -> Result<()> {
+    let mut config = SchedulerConfig {
+        bind_host: bind.ip().to_string(),
+        bind_port: bind.port(),
+        external_host: bind.ip().to_string(),
+        ..SchedulerConfig::default()
+    }
+    .with_override_config_producer(Arc::new(session_config))
+    .with_override_session_builder(Arc::new(session_state));
+    config.override_logical_codec = Some(logical_codec());
+    config.override_physical_codec = Some(physical_codec());
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .context("scheduler: cluster state")?;
+    start_server(cluster, bind, Arc::new(config))
+        .await
+        .with_context(|| format!("scheduler on {bind}"))
+}
+
+/// Where an executor listens, which scheduler it joins, and its resources.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub scheduler: (String, u16),
+    pub bind: std::net::IpAddr,
+    pub port: u16,
+    pub grpc_port: u16,
+    pub work_dir: PathBuf,
+    pub concurrent_tasks: usize,
+}
+
+/// Runs an executor until the process is stopped.
+pub async fn executor(settings: ExecutorSettings) -> Result<()> {
+    std::fs::create_dir_all(&settings.work_dir)
+        .with_context(|| format!("--work-dir {}", settings.work_dir.display()))?;
+    let registry = BallistaFunctionRegistry::from(&session_state(session_config())?);
+    let config = ExecutorProcessConfig {
+        scheduler_host: settings.scheduler.0.clone(),
+        scheduler_port: settings.scheduler.1,
+        bind_host: settings.bind.to_string(),
+        external_host: Some(settings.bind.to_string()),
+        port: settings.port,
+        grpc_port: settings.grpc_port,
+        work_dir: Some(settings.work_dir.to_string_lossy().into_owned()),
+        vcores: settings.concurrent_tasks,
+        print_thread_info: false,
+        override_config_producer: Some(Arc::new(session_config)),
+        override_logical_codec: Some(logical_codec()),
+        override_physical_codec: Some(physical_codec()),
+        override_function_registry: Some(Arc::new(registry)),
+        ..ExecutorProcessConfig::default()
+    };
+    start_executor_process(Arc::new(config))
+        .await
+        .with_context(|| {
+            format!(
+                "executor on {}:{} (scheduler {}:{})",
+                settings.bind, settings.port, settings.scheduler.0, settings.scheduler.1
+            )
+        })
+}

@@ -1,0 +1,274 @@
+//! Plan serialisation: uqcast's operators through DataFusion's protobuf
+//! codecs, so a plan made in one process runs in another (a distributed
+//! scheduler hands plans to executors this way).
+//!
+//! DataFusion encodes its own operators and expressions; these codecs add
+//! the ERA5 table and scan (`uqcast_netcdf::spec`) and the forecast operator
+//! (`uqcast_forecast::spec`). The payload is JSON, tagged by node kind, so a
+//! plan carries names, settings and step times, never data: the decoding
+//! process opens the same files and model (shared storage) and checks they
+//! are the ones planned with. Functions (`crps_gaussian`, …) travel by name
+//! and are found in the decoding session, which must be a uqcast session.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::{TableReference, not_impl_err};
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use serde::{Deserialize, Serialize};
+use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec};
+use uqcast_netcdf::spec::{ScanSpec, TableSpec};
+use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
+
+/// One uqcast node of a plan, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "node", content = "spec", rename_all = "snake_case")]
+enum Node {
+    NetcdfScan(ScanSpec),
+    HyperdmForecast(ForecastSpec),
+}
+
+/// Marks uqcast's payloads among those of the codec it wraps (Ballista's
+/// own nodes, protobuf), which it hands everything else to.
+const MAGIC: &[u8] = b"uqcast\0";
+
+fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    buf.extend_from_slice(MAGIC);
+    serde_json::to_writer(buf, value).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+/// The payload, if `buf` is one of uqcast's.
+fn ours(buf: &[u8]) -> Option<&[u8]> {
+    buf.strip_prefix(MAGIC)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(buf: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(buf).map_err(|e| {
+        DataFusionError::Plan(format!(
+            "a serialised {what} is not one this uqcast build reads \
+             (built from another version?): {e}"
+        ))
+    })
+}
+
+/// Rebuilds blocking work (opening files) off the async workers when
+/// called on a multi-threaded runtime; plain call otherwise.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The physical codec: `NetcdfExec` and `HyperdmExec`.
+///
+/// Models are loaded once per file and weights id, on the device this
+/// process forecasts with, and shared by every plan that names them.
+/// Every other node goes to the wrapped codec.
+#[derive(Debug)]
+pub struct PhysicalCodec {
+    inner: Arc<dyn PhysicalExtensionCodec>,
+    models: Mutex<HashMap<(PathBuf, String), Arc<ForecastModel>>>,
+}
+
+impl PhysicalCodec {
+    pub fn new(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        Self {
+            inner,
+            models: Mutex::default(),
+        }
+    }
+
+    fn model(&self, spec: &ForecastSpec) -> Result<Arc<ForecastModel>> {
+        let key = (spec.model_path.clone(), spec.model_id.clone());
+        if let Some(model) = self.models.lock().map_err(poisoned)?.get(&key) {
+            return Ok(model.clone());
+        }
+        let device = uqcast_hyperdm::default_device();
+        let model = Arc::new(blocking(|| {
+            ForecastModel::load(&spec.model_path, &device).map_err(DataFusionError::from)
+        })?);
+        // Refuse a file replaced since planning before it is cached.
+        spec.check_model(&model)?;
+        self.models
+            .lock()
+            .map_err(poisoned)?
+            .insert(key, model.clone());
+        Ok(model)
+    }
+}
+
+fn poisoned<T>(_: T) -> DataFusionError {
+    DataFusionError::Internal("the model cache's lock was poisoned by a panic".into())
+}
+
+impl PhysicalExtensionCodec for PhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(buf) = ours(buf) else {
+            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        match decode::<Node>(buf, "plan node")? {
+            Node::NetcdfScan(spec) => Ok(Arc::new(blocking(|| NetcdfExec::from_spec(&spec))?)),
+            Node::HyperdmForecast(spec) => {
+                let [input] = inputs else {
+                    return Err(DataFusionError::Plan(format!(
+                        "a serialised HyperdmExec has {} inputs, expected 1",
+                        inputs.len()
+                    )));
+                };
+                let model = self.model(&spec)?;
+                Ok(Arc::new(HyperdmExec::from_spec(
+                    &spec,
+                    input.clone(),
+                    model,
+                )?))
+            }
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        if let Some(scan) = node.downcast_ref::<NetcdfExec>() {
+            encode(&Node::NetcdfScan(scan.spec()), buf)
+        } else if let Some(forecast) = node.downcast_ref::<HyperdmExec>() {
+            encode(&Node::HyperdmForecast(forecast.spec()), buf)
+        } else {
+            self.inner.try_encode(node, buf, proto_converter)
+        }
+    }
+
+    // Functions travel by name; the wrapped codec decides how.
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+}
+
+/// The logical codec: ERA5 NetCDF tables; every other table, node and
+/// file format goes to the wrapped codec (Parquet tables are DataFusion's).
+#[derive(Debug)]
+pub struct LogicalCodec {
+    inner: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl LogicalCodec {
+    pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
+        Self { inner }
+    }
+}
+
+impl LogicalExtensionCodec for LogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let Some(payload) = ours(buf) else {
+            return self
+                .inner
+                .try_decode_table_provider(buf, table_ref, schema, ctx);
+        };
+        let spec: TableSpec = decode(payload, &format!("table {table_ref}"))?;
+        Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&spec))?))
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if let Some(table) = node.downcast_ref::<Era5TableProvider>() {
+            return encode(&table.spec(), buf);
+        }
+        if node.downcast_ref::<ForecastTable>().is_some() {
+            return not_impl_err!(
+                "table {table_ref}: a hyperdm_forecast table is planned where its model and \
+                 source tables are; run forecasts with `uqcast run` or a local `uqcast sql`"
+            );
+        }
+        self.inner.try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests;

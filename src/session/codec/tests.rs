@@ -1,0 +1,279 @@
+//! Plans through bytes and back: what a distributed executor rebuilds must
+//! run as the planned plan does, and must refuse files or models that
+//! changed since planning.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::{collect, displayable};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::{
+    logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
+use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+use uqcast_forecast::features::{Normalisation, Patch};
+use uqcast_forecast::{FieldTraining, ModelGrid, StepField};
+use uqcast_hyperdm::optim::AdamWConfig;
+use uqcast_hyperdm::{DiffusionConfig, HyperConfig, Method, MlpConfig, TrainConfig};
+use uqcast_netcdf::{Encoding, Grid, GridVariable, write_era5};
+
+use super::*;
+use crate::session::{TableArg, new_context, register_tables};
+
+const LAT: [f64; 3] = [30.0, 29.0, 28.0];
+const LON: [f64; 4] = [250.0, 251.0, 252.0, 253.0];
+const HOUR: i64 = 3_600_000_000;
+/// 2021-01-01T00:00Z in microseconds.
+const START: i64 = 1_609_459_200_000_000;
+
+fn t2m(step: i64, cell: usize) -> f32 {
+    270.0 + cell as f32 * 0.7 + step as f32 * 0.5 + ((step as usize * 7 + cell) % 5) as f32
+}
+
+/// Four 6-hourly steps from `first` (a step index), one NetCDF4 file.
+fn write_steps(path: &Path, first: i64) {
+    let times: Vec<i64> = (first..first + 4).map(|k| START + k * 6 * HOUR).collect();
+    let values = (first..first + 4)
+        .flat_map(|k| (0..12).map(move |c| t2m(k, c)))
+        .collect();
+    write_era5(
+        path,
+        Encoding::Nc4,
+        Grid {
+            latitude: LAT.to_vec(),
+            longitude: LON.to_vec(),
+            times,
+        },
+        vec![GridVariable::new("t2m", "K", "2 metre temperature", values)],
+    )
+    .unwrap();
+}
+
+/// Two files of four steps each, registered as `era5` in a uqcast session
+/// with two partitions (so plans have repartitioning and merges to carry).
+async fn era5(dir: &Path) -> SessionContext {
+    write_steps(&dir.join("a.nc"), 0);
+    write_steps(&dir.join("b.nc"), 4);
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+    );
+    crate::session::register_functions(&ctx);
+    register_tables(
+        &ctx,
+        &[TableArg {
+            name: "era5".into(),
+            location: dir.to_string_lossy().into_owned(),
+        }],
+    )
+    .await
+    .unwrap();
+    ctx
+}
+
+fn physical() -> PhysicalCodec {
+    PhysicalCodec::new(Arc::new(DefaultPhysicalExtensionCodec {}))
+}
+
+fn logical() -> LogicalCodec {
+    LogicalCodec::new(Arc::new(DefaultLogicalExtensionCodec {}))
+}
+
+async fn planned(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+    ctx.sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap()
+}
+
+async fn run(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext) -> String {
+    let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// Decodes in a fresh uqcast session, as another process would.
+fn decoded(bytes: &[u8], codec: &PhysicalCodec) -> Result<Arc<dyn ExecutionPlan>> {
+    physical_plan_from_bytes_with_extension_codec(bytes, &new_context().task_ctx(), codec)
+}
+
+fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
+    displayable(plan.as_ref()).indent(true).to_string()
+}
+
+const SCORES: &str = "SELECT valid_time, count(*) AS cells, avg(t2m) AS mean_t2m, \
+     sum(crps_gaussian(t2m, 280.0, 4.0)) AS crps \
+     FROM era5 WHERE valid_time >= '2021-01-01T12:00:00Z' AND latitude < 30 \
+     GROUP BY valid_time ORDER BY valid_time";
+
+/// A scan with pushed-down time and latitude filters, an aggregate with a
+/// skill function and a sort: the rebuilt plan reads the same steps and
+/// cells, and gives the same table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_and_its_functions_run_the_same_after_the_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let plan = planned(&ctx, SCORES).await;
+    assert!(
+        shown(&plan).contains("NetcdfExec: files=2, steps=6/8"),
+        "{}",
+        shown(&plan)
+    );
+    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
+    let again = decoded(&bytes, &physical()).unwrap();
+    assert_eq!(shown(&again), shown(&plan));
+    let expected = run(plan, &ctx).await;
+    assert_eq!(
+        expected.lines().count(),
+        6 + 4,
+        "six steps of two rows:\n{expected}"
+    );
+    assert!(expected.contains("| 8     |"), "{expected}");
+    assert_eq!(run(again, &ctx).await, expected);
+}
+
+/// Files that no longer hold the planned steps are refused, naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_refuses_files_changed_since_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let bytes =
+        physical_plan_to_bytes_with_extension_codec(planned(&ctx, SCORES).await, &physical())
+            .unwrap();
+    write_steps(&dir.path().join("b.nc"), 8);
+    let e = decoded(&bytes, &physical()).unwrap_err().to_string();
+    assert!(
+        e.contains("step 2021-01-02T00:00:00Z planned, not in the files"),
+        "{e}"
+    );
+    assert!(e.contains("a.nc … ") && e.contains("b.nc (2 files)"), "{e}");
+    assert!(e.contains("changed since the query was planned"), "{e}");
+    std::fs::remove_file(dir.path().join("b.nc")).unwrap();
+    let e = decoded(&bytes, &physical()).unwrap_err().to_string();
+    assert!(e.contains("b.nc: no such file"), "{e}");
+}
+
+/// The logical plan of a query over an ERA5 table travels (a scheduler
+/// receives queries this way) and plans to the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_era5_table_travels_in_a_logical_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let plan = ctx
+        .sql(SCORES)
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
+    let other = new_context();
+    let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
+        .unwrap();
+    let expected = run(planned(&ctx, SCORES).await, &ctx).await;
+    let batches = other
+        .execute_logical_plan(again)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        expected
+    );
+}
+
+fn train_model(path: &Path, iterations: u64) {
+    let steps: Vec<StepField> = (0..8)
+        .map(|k| StepField {
+            time: START + k * 6 * HOUR,
+            values: (0..12).map(|c| t2m(k, c)).collect(),
+        })
+        .collect();
+    let settings = FieldTraining {
+        mlp: MlpConfig {
+            hidden: vec![8],
+            time_dim: 4,
+            ..MlpConfig::default()
+        },
+        patch: Patch(3),
+        method: Method::Hyperdm,
+        hyper: HyperConfig::default(),
+        diffusion: DiffusionConfig::default(),
+        train: TrainConfig {
+            iterations,
+            batch_size: 8,
+            optimizer: AdamWConfig::default(),
+            ..TrainConfig::default()
+        },
+        normalisation: Normalisation::default(),
+        lead_hours: 6,
+    };
+    let grid = ModelGrid::new(LAT.to_vec(), LON.to_vec());
+    uqcast_forecast::model::train(
+        &steps,
+        &grid,
+        &settings,
+        "test",
+        path,
+        &Device::Cpu,
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+}
+
+fn forecast_sql(model: &Path) -> String {
+    format!(
+        "SELECT valid_time, latitude, longitude, t2m_mean, t2m_au, t2m_eu \
+         FROM hyperdm_forecast('{}', 'SELECT * FROM era5 WHERE valid_time < ''2021-01-01T18:00:00Z''', \
+         2, 3, 'ddim-5', 7) ORDER BY valid_time, latitude, longitude",
+        model.display()
+    )
+}
+
+/// The forecast operator travels with its model's path and weights id:
+/// rebuilt, it samples the same numbers; a model file replaced since
+/// planning is refused; the table function itself stays local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forecast_runs_the_same_after_the_round_trip_and_refuses_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let model: PathBuf = dir.path().join("model.safetensors");
+    train_model(&model, 20);
+    let sql = forecast_sql(&model);
+    let plan = planned(&ctx, &sql).await;
+    assert!(
+        shown(&plan).contains("HyperdmExec: model=model@"),
+        "{}",
+        shown(&plan)
+    );
+    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
+    let codec = physical();
+    let again = decoded(&bytes, &codec).unwrap();
+    assert_eq!(shown(&again), shown(&plan));
+    let expected = run(plan, &ctx).await;
+    assert_eq!(expected.lines().count(), 3 * 12 + 4, "{expected}");
+    assert_eq!(run(again, &ctx).await, expected);
+
+    train_model(&model, 21);
+    let e = decoded(&bytes, &physical()).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors: model metadata field 'weights': the query was planned with model model@"),
+        "{e}"
+    );
+    // A codec that already holds the planned weights keeps using them.
+    assert_eq!(run(decoded(&bytes, &codec).unwrap(), &ctx).await, expected);
+
+    let forecast = ctx.sql(&sql).await.unwrap().into_optimized_plan().unwrap();
+    let e = logical_plan_to_bytes_with_extension_codec(&forecast, &logical())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a hyperdm_forecast table is planned where its model"),
+        "{e}"
+    );
+}

@@ -1,0 +1,160 @@
+//! `uqcast scheduler` + `uqcast executor` on loopback, and `uqcast sql
+//! --ballista`: queries answer as on one machine, and run on the executor.
+
+use std::process::{Child, Command, Stdio};
+
+use super::pipeline::{trained, walk_all};
+use super::{free_port, stderr, stdout, synth, uqcast, wait_until_listening};
+
+/// A scheduler and one executor, stopped when dropped.
+struct Cluster {
+    processes: Vec<Child>,
+    url: String,
+    work: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let scheduler = free_port();
+        let spawn = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_uqcast"))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let address = format!("127.0.0.1:{scheduler}");
+        let mut processes = vec![spawn(&["scheduler", "--bind", &address])];
+        wait_until_listening(scheduler, "uqcast scheduler");
+        let (flight, grpc) = (free_port(), free_port());
+        processes.push(spawn(&[
+            "executor",
+            "--scheduler",
+            &address,
+            "--port",
+            &flight.to_string(),
+            "--grpc-port",
+            &grpc.to_string(),
+            "--work-dir",
+            work.path().to_str().unwrap(),
+            "--concurrent-tasks",
+            "2",
+        ]));
+        wait_until_listening(flight, "uqcast executor");
+        Self {
+            processes,
+            url: format!("df://{address}"),
+            work,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn sql(query: &str, tables: &[String], ballista: Option<&str>) -> std::process::Output {
+    let mut args = vec!["sql", query, "--format", "csv"];
+    for t in tables {
+        args.extend(["--table", t.as_str()]);
+    }
+    if let Some(url) = ballista {
+        args.extend(["--ballista", url]);
+    }
+    uqcast(&args)
+}
+
+/// The same answer from the cluster as from one process: a NetCDF scan with
+/// pushed-down filters, a skill function, an aggregate (a shuffle between
+/// stages), and a join with a Parquet table.
+#[test]
+fn queries_on_the_cluster_answer_as_on_one_machine() {
+    let data = tempfile::tempdir().unwrap();
+    synth(data.path(), 8, "nc4", &[]);
+    let parquet = data.path().join("climatology.parquet");
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
+        "--table",
+        &format!("era5={}", data.path().display()),
+        "--output",
+        parquet.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tables = [
+        format!("era5={}/*.nc", data.path().display()),
+        format!("clim={}", parquet.display()),
+    ];
+    let cluster = Cluster::start();
+    let queries = [
+        "SELECT valid_time, count(*) AS cells, round(avg(t2m), 3) AS t2m, \
+         round(sum(crps_gaussian(t2m, 280.0, 4.0)), 2) AS crps \
+         FROM era5 WHERE valid_time >= '2020-01-01T12:00:00Z' AND latitude > 40 \
+         GROUP BY valid_time ORDER BY valid_time",
+        "SELECT e.valid_time, round(avg(abs(e.t2m - c.t2m_clim)), 3) AS anomaly \
+         FROM era5 e JOIN clim c ON e.latitude = c.latitude AND e.longitude = c.longitude \
+         GROUP BY e.valid_time ORDER BY e.valid_time",
+    ];
+    for query in queries {
+        let local = sql(query, &tables, None);
+        assert!(local.status.success(), "{}", stderr(&local));
+        let remote = sql(query, &tables, Some(&cluster.url));
+        assert!(remote.status.success(), "{query}: {}", stderr(&remote));
+        assert_eq!(stdout(&remote), stdout(&local), "{query}");
+        assert!(stdout(&local).lines().count() > 6, "{}", stdout(&local));
+    }
+    // The stages ran on the executor: it wrote their shuffle files.
+    assert!(
+        walk_all(cluster.work.path())
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "arrow" || e == "data")),
+        "no shuffle files in the executor's work dir: {:?}",
+        walk_all(cluster.work.path())
+    );
+}
+
+/// What cannot run on a cluster says so: no scheduler at the address, a
+/// forecast table (its model and source stay local).
+#[test]
+fn cluster_failures_are_one_clear_line() {
+    let data = tempfile::tempdir().unwrap();
+    synth(data.path(), 2, "nc4", &[]);
+    let table = [format!("era5={}", data.path().display())];
+    let nobody = format!("df://127.0.0.1:{}", free_port());
+    let o = sql("SELECT count(*) FROM era5", &table, Some(&nobody));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&nobody), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    let o = sql("SELECT 1", &[], Some("http://127.0.0.1:50050"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("expected df://HOST:PORT"),
+        "{}",
+        stderr(&o)
+    );
+
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    trained(dir.path(), 2);
+    let forecast = format!(
+        "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5')",
+        dir.path().join("model/m.safetensors").display()
+    );
+    let table = [format!("era5={}", dir.path().join("data").display())];
+    let o = sql(&forecast, &table, Some(&cluster.url));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a hyperdm_forecast table is planned where its model"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
