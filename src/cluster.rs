@@ -24,6 +24,7 @@ use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use uqcast_forecast::StepPartitions;
 use uqcast_netcdf::OnePartitionPerScan;
 
 use crate::session::codec::{LogicalCodec, PhysicalCodec};
@@ -49,9 +50,14 @@ fn session_config() -> SessionConfig {
 }
 
 /// A scheduler's or executor's session: Ballista's, plus uqcast's functions;
-/// NetCDF scans are planned as one partition (see [`OnePartitionPerScan`]).
+/// NetCDF scans are planned as one partition (see [`OnePartitionPerScan`]),
+/// forecasts as one partition per target partition, whole steps in each
+/// ([`StepPartitions`]), so executors sample different steps at once.
 fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionState> {
-    let config = config.with_extension(Arc::new(OnePartitionPerScan));
+    let steps = StepPartitions(config.target_partitions());
+    let config = config
+        .with_extension(Arc::new(OnePartitionPerScan))
+        .with_extension(Arc::new(steps));
     let ctx =
         SessionContext::new_with_state(ballista_core::utils::default_session_builder(config)?);
     register_functions(&ctx);

@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// Only initial times at or before this time.
     #[arg(long, value_parser = crate::time::parse_utc_arg)]
     until: Option<i64>,
+    /// Forecast on a Ballista cluster (`uqcast scheduler`), df://HOST:PORT:
+    /// executors sample different steps at once. They read the input and
+    /// the model at the same paths; the output is written from here.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    ballista: Option<String>,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -42,6 +47,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         model: args.model,
         since: args.since,
         until: args.until,
+        ballista: args.ballista,
     };
     let out = args
         .output

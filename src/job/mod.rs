@@ -13,6 +13,7 @@ pub mod flags;
 pub mod output;
 pub mod s3_lock;
 pub mod s3_store;
+pub mod steps;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -20,12 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::catalog::TableProvider;
 use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
-use uqcast_forecast::{ForecastModel, ForecastTable};
+use uqcast_forecast::{ForecastModel, ForecastTable, Source};
 
 use crate::pipeline::Pipeline;
 use crate::session::context_with_table;
@@ -49,6 +48,9 @@ pub struct RunOptions {
     pub model: Option<PathBuf>,
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Forecast on this Ballista cluster (`df://HOST:PORT`); the output is
+    /// written here, as always.
+    pub ballista: Option<String>,
 }
 
 /// The source SQL, limited to initial times in [since, until].
@@ -129,7 +131,21 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     }
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
-    let ctx = context_with_table("era5", location.clone()).await?;
+    let ctx = match &options.ballista {
+        None => context_with_table("era5", location.clone()).await?,
+        Some(url) => {
+            let ctx = crate::cluster::client(url).await?;
+            crate::session::register_tables(
+                &ctx,
+                &[crate::session::TableArg {
+                    name: "era5".into(),
+                    location: location.clone(),
+                }],
+            )
+            .await?;
+            ctx
+        }
+    };
     let sql = source_sql(pipeline, options.since, options.until)?;
     let output = Output::open(&out_dir).await?;
     let provenance: Provenance = [
@@ -152,8 +168,28 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         summary.existing_steps = existing.len();
         let lead = model.lead_micros();
         let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
-        let table = ForecastTable::new(Arc::new(model), sql, settings, skip);
-        write_new_steps(&ctx, &table, &output, &provenance, &mut summary).await?;
+        let cells = model.meta.grid.cells();
+        let table = match &options.ballista {
+            None => ForecastTable::new(Arc::new(model), sql, settings, skip),
+            // The source travels planned: the scheduler has not the client's tables.
+            Some(_) => {
+                let source = ctx
+                    .state()
+                    .create_logical_plan(&sql)
+                    .await
+                    .with_context(|| format!("source query: {sql}"))?;
+                ForecastTable::with_source(Arc::new(model), Source::Plan(source), settings, skip)
+            }
+        };
+        let steps = if options.ballista.is_some() {
+            ctx.read_table(Arc::new(table))?.execute_stream().await?
+        } else {
+            execute_stream(
+                table.scan(&ctx.state(), None, &[], None).await?,
+                ctx.task_ctx(),
+            )?
+        };
+        write_new_steps(steps, cells, &output, &provenance, &mut summary).await?;
 
         // Nothing written, ever: if the query keeps no row of the data at
         // all (not merely none in --since/--until), that is an error, not "ok".
@@ -224,40 +260,26 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
 }
 
 /// Forecasts the steps `table` does not skip and writes each as it comes.
+/// Writes each step of `steps` once all its cells have arrived. The
+/// operator emits one batch per step, but a cluster returns batches as its
+/// shuffle and transport cut them: rows of one step may come in pieces, or
+/// share a batch with another step's.
 async fn write_new_steps(
-    ctx: &datafusion::prelude::SessionContext,
-    table: &ForecastTable,
+    mut steps: datafusion::physical_plan::SendableRecordBatchStream,
+    cells: usize,
     output: &Output,
     provenance: &Provenance,
     summary: &mut Summary,
 ) -> Result<()> {
-    let plan = table.scan(&ctx.state(), None, &[], None).await?;
-    let mut stream = execute_stream(plan, ctx.task_ctx())?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
+    let mut pending = steps::Pending::new(cells);
+    while let Some(batch) = steps.next().await {
+        for (valid_time, step) in pending.push(&batch?)? {
+            let written = output.write_step(valid_time, &step, provenance).await?;
+            summary.new_steps += 1;
+            eprintln!("forecast {written}");
         }
-        let valid_time = step_valid_time(&batch)?;
-        let written = output.write_step(valid_time, &batch, provenance).await?;
-        summary.new_steps += 1;
-        eprintln!("forecast {written}");
     }
-    Ok(())
-}
-
-/// The forecast valid time of a one-step batch.
-fn step_valid_time(batch: &RecordBatch) -> Result<i64> {
-    let column = batch
-        .column_by_name(uqcast_forecast::schema::VALID_TIME)
-        .context("forecast batch without valid_time")?;
-    let times = column.as_primitive::<TimestampMicrosecondType>();
-    let first = times.value(0);
-    anyhow::ensure!(
-        times.values().iter().all(|&t| t == first),
-        "forecast batch holds more than one step"
-    );
-    Ok(first)
+    pending.finish()
 }
 
 /// Where the output of a run lives, for messages.

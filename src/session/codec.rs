@@ -22,10 +22,13 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::bytes::{
+    logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
-use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec};
+use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, Source};
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
@@ -40,6 +43,22 @@ enum Node {
 /// Marks uqcast's payloads among those of the codec it wraps (Ballista's
 /// own nodes, protobuf), which it hands everything else to.
 const MAGIC: &[u8] = b"uqcast\0";
+
+/// One uqcast table of a logical plan, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "table", content = "spec", rename_all = "snake_case")]
+enum LogicalNode {
+    Era5(TableSpec),
+    Forecast(ForecastTableSpec),
+}
+
+/// A forecast table: the operator's settings and its source's logical plan
+/// (DataFusion's protobuf, its tables encoded by this codec).
+#[derive(Debug, Serialize, Deserialize)]
+struct ForecastTableSpec {
+    forecast: ForecastSpec,
+    source: Vec<u8>,
+}
 
 fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
     buf.extend_from_slice(MAGIC);
@@ -215,8 +234,27 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
-        let spec: TableSpec = decode(payload, &format!("table {table_ref}"))?;
-        Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&spec))?))
+        match decode::<LogicalNode>(payload, &format!("table {table_ref}"))? {
+            LogicalNode::Era5(spec) => {
+                Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&spec))?))
+            }
+            LogicalNode::Forecast(spec) => {
+                let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
+                let forecast = spec.forecast;
+                let device = uqcast_hyperdm::default_device();
+                let model = blocking(|| {
+                    ForecastModel::load(&forecast.model_path, &device)
+                        .map_err(DataFusionError::from)
+                })?;
+                forecast.check_model(&model)?;
+                Ok(Arc::new(ForecastTable::with_source(
+                    Arc::new(model),
+                    Source::Plan(source),
+                    forecast.settings,
+                    forecast.skip.into_iter().collect(),
+                )))
+            }
+        }
     }
 
     fn try_encode_table_provider(
@@ -226,13 +264,27 @@ impl LogicalExtensionCodec for LogicalCodec {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         if let Some(table) = node.downcast_ref::<Era5TableProvider>() {
-            return encode(&table.spec(), buf);
+            return encode(&LogicalNode::Era5(table.spec()), buf);
         }
-        if node.downcast_ref::<ForecastTable>().is_some() {
-            return not_impl_err!(
-                "table {table_ref}: a hyperdm_forecast table is planned where its model and \
-                 source tables are; run forecasts with `uqcast run` or a local `uqcast sql`"
-            );
+        if let Some(table) = node.downcast_ref::<ForecastTable>() {
+            let Source::Plan(source) = table.source() else {
+                return not_impl_err!(
+                    "table {table_ref}: a hyperdm_forecast(…) table plans its source query \
+                     where it is scanned, against the client's tables; forecast on a cluster \
+                     with `uqcast run --ballista`, or run this query without --ballista"
+                );
+            };
+            let model = table.model();
+            let spec = ForecastTableSpec {
+                forecast: ForecastSpec {
+                    model_path: model.path.clone(),
+                    model_id: model.id.clone(),
+                    settings: *table.settings(),
+                    skip: table.skip().iter().copied().collect(),
+                },
+                source: logical_plan_to_bytes_with_extension_codec(source, self)?.to_vec(),
+            };
+            return encode(&LogicalNode::Forecast(spec), buf);
         }
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }

@@ -3,7 +3,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::pipeline::{trained, walk_all};
+use super::pipeline::{forecast_csv, trained, walk_all};
 use super::{free_port, stderr, stdout, synth, uqcast, wait_until_listening};
 
 /// A scheduler and one executor, stopped when dropped.
@@ -120,6 +120,57 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
     );
 }
 
+/// `uqcast run --ballista`: executors sample the steps (two at once, whole
+/// steps each); the client writes the same forecast table, step for step,
+/// as a run on one machine, and a rerun writes nothing.
+#[test]
+fn a_forecast_run_on_the_cluster_writes_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 16);
+    let config = config.to_str().unwrap();
+    let local = dir.path().join("local");
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cluster = Cluster::start();
+    let remote = dir.path().join("remote");
+    let remote_run = || {
+        uqcast(&[
+            "run",
+            "--config",
+            config,
+            "--output",
+            remote.to_str().unwrap(),
+            "--ballista",
+            &cluster.url,
+        ])
+    };
+    let o = remote_run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=12 existing_steps=0"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(forecast_csv(&remote), forecast_csv(&local));
+    let shuffled = walk_all(cluster.work.path()).len();
+    assert!(shuffled > 0, "the executor wrote no shuffle files");
+
+    let o = remote_run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=12"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 /// What cannot run on a cluster says so: no scheduler at the address, a
 /// forecast table (its model and source stay local).
 #[test]
@@ -152,7 +203,7 @@ fn cluster_failures_are_one_clear_line() {
     let o = sql(&forecast, &table, Some(&cluster.url));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("a hyperdm_forecast table is planned where its model"),
+        stderr(&o).contains("plans its source query where it is scanned"),
         "{}",
         stderr(&o)
     );

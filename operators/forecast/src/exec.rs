@@ -21,12 +21,14 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan,
@@ -52,27 +54,51 @@ pub struct HyperdmExec {
 }
 
 impl HyperdmExec {
-    /// Checks the input has the needed columns.
+    /// Checks the input has the needed columns. `partitions`: 1 reads every
+    /// input partition into one stream; more hash-partition the input by
+    /// `valid_time`, so each partition holds whole steps and the steps are
+    /// sampled in parallel (on a cluster, by different executors).
     pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        model: Arc<ForecastModel>,
+        settings: InferenceSettings,
+        skip: Arc<BTreeSet<i64>>,
+        partitions: usize,
+    ) -> Result<Self> {
+        check_source_columns(&input.schema())?;
+        // The job runs the plan directly, without the physical optimiser
+        // that would add these for `required_input_distribution`.
+        let count = input.properties().output_partitioning().partition_count();
+        let input: Arc<dyn ExecutionPlan> = if partitions > 1 {
+            let time = input.schema().index_of(crate::schema::VALID_TIME)?;
+            let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new(crate::schema::VALID_TIME, time));
+            Arc::new(RepartitionExec::try_new(
+                input,
+                Partitioning::Hash(vec![key], partitions),
+            )?)
+        } else if count > 1 {
+            Arc::new(CoalescePartitionsExec::new(input))
+        } else {
+            input
+        };
+        Self::over(input, model, settings, skip)
+    }
+
+    /// The operator over an input already distributed as it needs: one
+    /// partition, or whole steps per partition (a rebuilt plan's input, or
+    /// a cluster task's share of it). One output partition per input one.
+    pub(crate) fn over(
         input: Arc<dyn ExecutionPlan>,
         model: Arc<ForecastModel>,
         settings: InferenceSettings,
         skip: Arc<BTreeSet<i64>>,
     ) -> Result<Self> {
         check_source_columns(&input.schema())?;
-        // Steps may be spread over the input's partitions: read them all
-        // (the physical optimiser would add this too, but the job runs the
-        // plan directly).
-        let input: Arc<dyn ExecutionPlan> =
-            if input.properties().output_partitioning().partition_count() > 1 {
-                Arc::new(CoalescePartitionsExec::new(input))
-            } else {
-                input
-            };
+        let partitions = input.properties().output_partitioning().partition_count();
         let schema = forecast_schema();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -136,7 +162,10 @@ impl ExecutionPlan for HyperdmExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
+        match self.input.properties().output_partitioning() {
+            Partitioning::Hash(keys, _) => vec![Distribution::KeyPartitioned(keys.clone())],
+            _ => vec![Distribution::SinglePartition],
+        }
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -161,7 +190,7 @@ impl ExecutionPlan for HyperdmExec {
             ));
         }
         let input = children.remove(0);
-        Ok(Arc::new(Self::try_new(
+        Ok(Arc::new(Self::over(
             input,
             self.model.clone(),
             self.settings,
@@ -184,12 +213,7 @@ impl ExecutionPlan for HyperdmExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "HyperdmExec has one partition, not {partition}"
-            )));
-        }
-        let mut input = self.input.execute(0, context)?;
+        let mut input = self.input.execute(partition, context)?;
         let metrics = ForecastMetrics {
             baseline: BaselineMetrics::new(&self.metrics, partition),
             sampling_time: MetricBuilder::new(&self.metrics)

@@ -28,4 +28,4 @@ pub use model::{FieldMeta, FieldTraining, ForecastModel, InferenceSettings, Step
 pub use pairs::StepField;
 pub use schema::forecast_schema;
 pub use spec::ForecastSpec;
-pub use table::{ForecastTable, HyperdmForecastFunction};
+pub use table::{ForecastTable, HyperdmForecastFunction, Source, StepPartitions};

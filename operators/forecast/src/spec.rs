@@ -71,7 +71,7 @@ impl HyperdmExec {
         model: Arc<ForecastModel>,
     ) -> Result<Self> {
         spec.check_model(&model)?;
-        Self::try_new(
+        Self::over(
             input,
             model,
             spec.settings,

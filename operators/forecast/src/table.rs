@@ -21,7 +21,7 @@ use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TablePr
 use datafusion::common::{ScalarValue, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -35,10 +35,26 @@ use crate::schema::forecast_schema;
 #[derive(Debug, Clone)]
 pub struct ForecastTable {
     model: Arc<ForecastModel>,
-    source_sql: String,
+    source: Source,
     settings: InferenceSettings,
     skip: Arc<BTreeSet<i64>>,
 }
+
+/// The source query: SQL, planned when the table is scanned (in the
+/// scanning session), or a plan already made (one that can travel to a
+/// distributed scheduler with the table).
+#[derive(Debug, Clone)]
+pub enum Source {
+    Sql(String),
+    Plan(LogicalPlan),
+}
+
+/// A session configuration extension: forecast with this many partitions,
+/// the source hash-partitioned by step, so steps are sampled in parallel
+/// (on a cluster's executors). Without it, one partition: sampling already
+/// takes every core of one machine.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPartitions(pub usize);
 
 impl ForecastTable {
     /// `skip`: initial times (UTC microseconds) not to forecast.
@@ -48,12 +64,37 @@ impl ForecastTable {
         settings: InferenceSettings,
         skip: BTreeSet<i64>,
     ) -> Self {
+        Self::with_source(model, Source::Sql(source_sql.into()), settings, skip)
+    }
+
+    pub fn with_source(
+        model: Arc<ForecastModel>,
+        source: Source,
+        settings: InferenceSettings,
+        skip: BTreeSet<i64>,
+    ) -> Self {
         Self {
             model,
-            source_sql: source_sql.into(),
+            source,
             settings,
             skip: Arc::new(skip),
         }
+    }
+
+    pub fn model(&self) -> &Arc<ForecastModel> {
+        &self.model
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn settings(&self) -> &InferenceSettings {
+        &self.settings
+    }
+
+    pub fn skip(&self) -> &BTreeSet<i64> {
+        &self.skip
     }
 }
 
@@ -77,22 +118,31 @@ impl TableProvider for ForecastTable {
         let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("hyperdm_forecast needs a DataFusion SessionState");
         };
-        let source = |e: DataFusionError| -> DataFusionError {
-            ForecastError::Source(format!("{}: {e}", one_line(&self.source_sql))).into()
+        let described = match &self.source {
+            Source::Sql(sql) => one_line(sql),
+            Source::Plan(plan) => one_line(&plan.display_indent().to_string()),
         };
-        let logical = session
-            .create_logical_plan(&self.source_sql)
-            .await
-            .map_err(source)?;
+        let source = |e: DataFusionError| -> DataFusionError {
+            ForecastError::Source(format!("{described}: {e}")).into()
+        };
+        let logical = match &self.source {
+            Source::Sql(sql) => session.create_logical_plan(sql).await.map_err(source)?,
+            Source::Plan(plan) => plan.clone(),
+        };
         let input = session
             .create_physical_plan(&logical)
             .await
             .map_err(source)?;
+        let partitions = session
+            .config()
+            .get_extension::<StepPartitions>()
+            .map_or(1, |p| p.0.max(1));
         let exec: Arc<dyn ExecutionPlan> = Arc::new(HyperdmExec::try_new(
             input,
             self.model.clone(),
             self.settings,
             self.skip.clone(),
+            partitions,
         )?);
         match projection {
             None => Ok(exec),

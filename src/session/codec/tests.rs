@@ -273,7 +273,7 @@ async fn a_forecast_runs_the_same_after_the_round_trip_and_refuses_another_model
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("a hyperdm_forecast table is planned where its model"),
+        e.contains("plans its source query where it is scanned"),
         "{e}"
     );
 }
