@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UQCAST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| args.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
         .init();

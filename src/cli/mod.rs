@@ -23,6 +23,16 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Services (a scheduler, an executor) log what they do; commands warn only.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Scheduler(_) | Command::Executor(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run SQL over NetCDF and Parquet tables.

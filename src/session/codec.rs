@@ -281,6 +281,8 @@ impl LogicalExtensionCodec for LogicalCodec {
                     model_id: model.id.clone(),
                     settings: *table.settings(),
                     skip: table.skip().iter().copied().collect(),
+                    // Decided where the table is scanned (StepPartitions).
+                    partitions: 1,
                 },
                 source: logical_plan_to_bytes_with_extension_codec(source, self)?.to_vec(),
             };

@@ -48,6 +48,8 @@ pub struct HyperdmExec {
     model: Arc<ForecastModel>,
     settings: InferenceSettings,
     skip: Arc<BTreeSet<i64>>,
+    /// Partitions asked for: 1, or whole steps in each of this many.
+    step_partitions: usize,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -81,7 +83,7 @@ impl HyperdmExec {
         } else {
             input
         };
-        Self::over(input, model, settings, skip)
+        Self::over(input, model, settings, skip, partitions)
     }
 
     /// The operator over an input already distributed as it needs: one
@@ -92,6 +94,7 @@ impl HyperdmExec {
         model: Arc<ForecastModel>,
         settings: InferenceSettings,
         skip: Arc<BTreeSet<i64>>,
+        step_partitions: usize,
     ) -> Result<Self> {
         check_source_columns(&input.schema())?;
         let partitions = input.properties().output_partitioning().partition_count();
@@ -107,6 +110,7 @@ impl HyperdmExec {
             model,
             settings,
             skip,
+            step_partitions: step_partitions.max(1),
             schema,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -115,8 +119,13 @@ impl HyperdmExec {
 }
 
 impl HyperdmExec {
-    pub(crate) fn parts(&self) -> (&ForecastModel, &InferenceSettings, &BTreeSet<i64>) {
-        (&self.model, &self.settings, &self.skip)
+    pub(crate) fn parts(&self) -> (&ForecastModel, &InferenceSettings, &BTreeSet<i64>, usize) {
+        (
+            &self.model,
+            &self.settings,
+            &self.skip,
+            self.step_partitions,
+        )
     }
 }
 
@@ -161,9 +170,17 @@ impl ExecutionPlan for HyperdmExec {
         &self.properties
     }
 
+    // From the partitions asked for, not from the input: the optimiser asks
+    // this of the operator over an input stripped of its repartitioning.
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        match self.input.properties().output_partitioning() {
-            Partitioning::Hash(keys, _) => vec![Distribution::KeyPartitioned(keys.clone())],
+        let time = self.input.schema().index_of(crate::schema::VALID_TIME);
+        match time {
+            Ok(i) if self.step_partitions > 1 => {
+                vec![Distribution::KeyPartitioned(vec![Arc::new(Column::new(
+                    crate::schema::VALID_TIME,
+                    i,
+                ))])]
+            }
             _ => vec![Distribution::SinglePartition],
         }
     }
@@ -195,6 +212,7 @@ impl ExecutionPlan for HyperdmExec {
             self.model.clone(),
             self.settings,
             self.skip.clone(),
+            self.step_partitions,
         )?))
     }
 

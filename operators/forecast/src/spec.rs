@@ -26,6 +26,8 @@ pub struct ForecastSpec {
     pub settings: InferenceSettings,
     /// Initial times (UTC microseconds) not to forecast.
     pub skip: Vec<i64>,
+    /// Partitions asked for (see [`crate::StepPartitions`]).
+    pub partitions: usize,
 }
 
 impl ForecastSpec {
@@ -53,12 +55,13 @@ impl ForecastSpec {
 
 impl HyperdmExec {
     pub fn spec(&self) -> ForecastSpec {
-        let (model, settings, skip) = self.parts();
+        let (model, settings, skip, partitions) = self.parts();
         ForecastSpec {
             model_path: model.path.clone(),
             model_id: model.id.clone(),
             settings: *settings,
             skip: skip.iter().copied().collect(),
+            partitions,
         }
     }
 
@@ -76,6 +79,7 @@ impl HyperdmExec {
             model,
             spec.settings,
             Arc::new(spec.skip.iter().copied().collect()),
+            spec.partitions,
         )
     }
 }

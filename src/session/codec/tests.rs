@@ -55,11 +55,13 @@ fn write_steps(path: &Path, first: i64) {
 /// Two files of four steps each, registered as `era5` in a uqcast session
 /// with two partitions (so plans have repartitioning and merges to carry).
 async fn era5(dir: &Path) -> SessionContext {
+    era5_with(dir, datafusion::prelude::SessionConfig::new()).await
+}
+
+async fn era5_with(dir: &Path, config: datafusion::prelude::SessionConfig) -> SessionContext {
     write_steps(&dir.join("a.nc"), 0);
     write_steps(&dir.join("b.nc"), 4);
-    let ctx = SessionContext::new_with_config(
-        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
-    );
+    let ctx = SessionContext::new_with_config(config.with_target_partitions(2));
     crate::session::register_functions(&ctx);
     register_tables(
         &ctx,
@@ -276,4 +278,32 @@ async fn a_forecast_runs_the_same_after_the_round_trip_and_refuses_another_model
         e.contains("plans its source query where it is scanned"),
         "{e}"
     );
+}
+
+/// Forecast partitioned by step (as on a cluster): the source is
+/// hash-partitioned by valid time, each partition samples whole steps, and
+/// the rebuilt plan, partitions and all, gives the one-partition answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forecast_partitioned_by_step_gives_the_same_forecast_after_the_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_extension(Arc::new(uqcast_forecast::StepPartitions(2)));
+    let ctx = era5_with(dir.path(), config).await;
+    let model: PathBuf = dir.path().join("model.safetensors");
+    train_model(&model, 20);
+    let sql = forecast_sql(&model);
+    let plan = planned(&ctx, &sql).await;
+    assert!(
+        shown(&plan).contains("RepartitionExec: partitioning=Hash([valid_time@0], 2)"),
+        "{}",
+        shown(&plan)
+    );
+    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
+    let again = decoded(&bytes, &physical()).unwrap();
+    assert_eq!(shown(&again), shown(&plan));
+    let other = tempfile::tempdir().unwrap();
+    let one = era5(other.path()).await;
+    let expected = run(planned(&one, &sql).await, &one).await;
+    assert_eq!(run(plan, &ctx).await, expected);
+    assert_eq!(run(again, &ctx).await, expected);
 }
