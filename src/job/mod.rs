@@ -181,15 +181,22 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
                 ForecastTable::with_source(Arc::new(model), Source::Plan(source), settings, skip)
             }
         };
-        let steps = if options.ballista.is_some() {
-            ctx.read_table(Arc::new(table))?.execute_stream().await?
+        let steps = if let Some(url) = &options.ballista {
+            ctx.read_table(Arc::new(table))?
+                .execute_stream()
+                .await
+                .with_context(|| format!("forecast on the cluster at {url}"))?
         } else {
             execute_stream(
                 table.scan(&ctx.state(), None, &[], None).await?,
                 ctx.task_ctx(),
             )?
         };
-        write_new_steps(steps, cells, &output, &provenance, &mut summary).await?;
+        let cluster = options
+            .ballista
+            .as_ref()
+            .map(|url| format!("forecast on the cluster at {url}"));
+        write_new_steps(steps, cells, cluster, &output, &provenance, &mut summary).await?;
 
         // Nothing written, ever: if the query keeps no row of the data at
         // all (not merely none in --since/--until), that is an error, not "ok".
@@ -267,13 +274,19 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
 async fn write_new_steps(
     mut steps: datafusion::physical_plan::SendableRecordBatchStream,
     cells: usize,
+    cluster: Option<String>,
     output: &Output,
     provenance: &Provenance,
     summary: &mut Summary,
 ) -> Result<()> {
     let mut pending = steps::Pending::new(cells);
     while let Some(batch) = steps.next().await {
-        for (valid_time, step) in pending.push(&batch?)? {
+        // A cluster is reached only as the stream is read: name it in errors.
+        let batch = match (batch, &cluster) {
+            (Err(e), Some(cluster)) => return Err(anyhow::Error::from(e).context(cluster.clone())),
+            (batch, _) => batch?,
+        };
+        for (valid_time, step) in pending.push(&batch)? {
             let written = output.write_step(valid_time, &step, provenance).await?;
             summary.new_steps += 1;
             eprintln!("forecast {written}");

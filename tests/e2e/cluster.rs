@@ -192,9 +192,30 @@ fn cluster_failures_are_one_clear_line() {
         stderr(&o)
     );
 
-    let cluster = Cluster::start();
     let dir = tempfile::tempdir().unwrap();
-    trained(dir.path(), 2);
+    let config = trained(dir.path(), 2);
+    let out = dir.path().join("out");
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--ballista",
+        &nobody,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("forecast on the cluster at {nobody}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !out.join("forecast").exists(),
+        "a failed first run leaves no table"
+    );
+
+    let cluster = Cluster::start();
     let forecast = format!(
         "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5')",
         dir.path().join("model/m.safetensors").display()
