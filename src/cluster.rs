@@ -64,6 +64,12 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
     Ok(ctx.state())
 }
 
+/// How errors of work sent to the cluster at `url` begin: Ballista tells a
+/// client only that a task failed, its executor's log says why.
+pub fn failed(what: &str, url: &str) -> String {
+    format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
+}
+
 /// A client session whose queries run on the cluster at `url`
 /// (`df://HOST:PORT`). Tables are registered on it as on a local one.
 pub async fn client(url: &str) -> Result<SessionContext> {

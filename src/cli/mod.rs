@@ -24,11 +24,12 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Services (a scheduler, an executor) log what they do; commands warn only.
+    /// Services (a scheduler, an executor) log what they do. Commands warn
+    /// only, and not through Ballista's client, whose failures they report.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Scheduler(_) | Command::Executor(_) => "info",
-            _ => "warn",
+            _ => "warn,ballista=off,ballista_core=off",
         }
     }
 }

@@ -64,7 +64,7 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     register_tables(&ctx, &args.tables).await?;
     // A cluster is reached only when the query runs: name it in errors.
     let what = match &args.ballista {
-        Some(url) => format!("query on the cluster at {url}"),
+        Some(url) => crate::cluster::failed("query", url),
         None => "query".to_string(),
     };
     let df = ctx.sql(&args.query).await.context(what.clone())?;

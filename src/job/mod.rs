@@ -185,7 +185,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             ctx.read_table(Arc::new(table))?
                 .execute_stream()
                 .await
-                .with_context(|| format!("forecast on the cluster at {url}"))?
+                .with_context(|| crate::cluster::failed("forecast", url))?
         } else {
             execute_stream(
                 table.scan(&ctx.state(), None, &[], None).await?,
@@ -195,7 +195,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let cluster = options
             .ballista
             .as_ref()
-            .map(|url| format!("forecast on the cluster at {url}"));
+            .map(|url| crate::cluster::failed("forecast", url));
         write_new_steps(steps, cells, cluster, &output, &provenance, &mut summary).await?;
 
         // Nothing written, ever: if the query keeps no row of the data at

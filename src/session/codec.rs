@@ -32,6 +32,10 @@ use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, S
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
+/// Marks uqcast's payloads among those of the codec it wraps (Ballista's
+/// own nodes, protobuf), which it hands everything else to.
+const MAGIC: &[u8] = b"uqcast\0";
+
 /// One uqcast node of a plan, as it travels.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "node", content = "spec", rename_all = "snake_case")]
@@ -39,10 +43,6 @@ enum Node {
     NetcdfScan(ScanSpec),
     HyperdmForecast(ForecastSpec),
 }
-
-/// Marks uqcast's payloads among those of the codec it wraps (Ballista's
-/// own nodes, protobuf), which it hands everything else to.
-const MAGIC: &[u8] = b"uqcast\0";
 
 /// One uqcast table of a logical plan, as it travels.
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,8 +79,8 @@ fn decode<T: for<'de> Deserialize<'de>>(buf: &[u8], what: &str) -> Result<T> {
     })
 }
 
-/// Rebuilds blocking work (opening files) off the async workers when
-/// called on a multi-threaded runtime; plain call otherwise.
+/// Runs blocking work (opening files, loading a model) without stalling
+/// the async workers when on a multi-threaded runtime; a plain call otherwise.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {

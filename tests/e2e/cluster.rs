@@ -1,6 +1,8 @@
 //! `uqcast scheduler` + `uqcast executor` on loopback, and `uqcast sql
 //! --ballista`: queries answer as on one machine, and run on the executor.
 
+use std::fs::File;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::pipeline::{forecast_csv, trained, walk_all};
@@ -11,25 +13,37 @@ struct Cluster {
     processes: Vec<Child>,
     url: String,
     work: tempfile::TempDir,
+    logs: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Self {
-        let work = tempfile::tempdir().unwrap();
+        Self::start_in(Path::new("."), Path::new("."))
+    }
+
+    /// The scheduler and the executor run in folders of their own, so a
+    /// relative path may name other files on each (as on two machines).
+    fn start_in(scheduler_dir: &Path, executor_dir: &Path) -> Self {
+        let (work, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let scheduler = free_port();
-        let spawn = |args: &[&str]| {
+        let spawn = |dir: &Path, args: &[&str], log: &str| {
             Command::new(env!("CARGO_BIN_EXE_uqcast"))
+                .current_dir(dir)
                 .args(args)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(File::create(logs.path().join(log)).unwrap())
                 .spawn()
                 .unwrap()
         };
         let address = format!("127.0.0.1:{scheduler}");
-        let mut processes = vec![spawn(&["scheduler", "--bind", &address])];
+        let mut processes = vec![spawn(
+            scheduler_dir,
+            &["scheduler", "--bind", &address],
+            "scheduler.log",
+        )];
         wait_until_listening(scheduler, "uqcast scheduler");
         let (flight, grpc) = (free_port(), free_port());
-        processes.push(spawn(&[
+        let executor = [
             "executor",
             "--scheduler",
             &address,
@@ -41,13 +55,19 @@ impl Cluster {
             work.path().to_str().unwrap(),
             "--concurrent-tasks",
             "2",
-        ]));
+        ];
+        processes.push(spawn(executor_dir, &executor, "executor.log"));
         wait_until_listening(flight, "uqcast executor");
         Self {
             processes,
             url: format!("df://{address}"),
             work,
+            logs,
         }
+    }
+
+    fn executor_log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("executor.log")).unwrap()
     }
 }
 
@@ -206,7 +226,9 @@ fn cluster_failures_are_one_clear_line() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(&format!("forecast on the cluster at {nobody}")),
+        stderr(&o).contains(&format!(
+            "forecast on the cluster at {nobody} (a failed task"
+        )),
         "{}",
         stderr(&o)
     );
@@ -229,4 +251,59 @@ fn cluster_failures_are_one_clear_line() {
         stderr(&o)
     );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+/// An executor whose files differ from those the query was planned over
+/// (here: a relative path, another folder, fewer steps) refuses the task,
+/// and says why in its log; the client fails pointing there.
+#[test]
+fn an_executor_that_sees_other_files_refuses_the_task() {
+    let (client, executor) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    synth(&client.path().join("data"), 4, "nc4", &[]);
+    synth(&executor.path().join("data"), 2, "nc4", &[]);
+    let name = |dir: &Path| {
+        let files = walk_all(&dir.join("data"));
+        files
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "nc"))
+            .unwrap()
+    };
+    // The same file name, two steps instead of four.
+    let planned = name(client.path());
+    std::fs::rename(
+        name(executor.path()),
+        executor
+            .path()
+            .join("data")
+            .join(planned.file_name().unwrap()),
+    )
+    .unwrap();
+
+    let cluster = Cluster::start_in(client.path(), executor.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .current_dir(client.path())
+        .args([
+            "sql",
+            "SELECT valid_time, count(*) FROM era5 GROUP BY valid_time",
+        ])
+        .args(["--table", "era5=data", "--ballista", &cluster.url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "error: query on the cluster at {} (a failed task's reason is in its executor's log)",
+            cluster.url
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let log = cluster.executor_log();
+    assert!(
+        log.contains("step 2020-01-01T12:00:00Z planned, not in the files")
+            && log.contains(
+                "the files changed since the query was planned, or differ on this machine"
+            ),
+        "{log}"
+    );
 }
