@@ -24,7 +24,7 @@ use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use uqcast_forecast::StepPartitions;
+use uqcast_forecast::{PlanSourceWhenCalled, StepPartitions};
 use uqcast_netcdf::OnePartitionPerScan;
 
 use crate::session::codec::{LogicalCodec, PhysicalCodec};
@@ -76,7 +76,8 @@ pub async fn client(url: &str) -> Result<SessionContext> {
     if !url.starts_with("df://") {
         bail!("--ballista {url}: expected df://HOST:PORT (a uqcast scheduler)");
     }
-    let state = session_state(session_config())?;
+    // Forecast tables plan their source here, where the tables are.
+    let state = session_state(session_config().with_extension(Arc::new(PlanSourceWhenCalled)))?;
     let ctx = SessionContext::remote_with_state(url, state)
         .await
         .with_context(|| format!("--ballista {url}"))?;

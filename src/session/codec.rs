@@ -269,9 +269,9 @@ impl LogicalExtensionCodec for LogicalCodec {
         if let Some(table) = node.downcast_ref::<ForecastTable>() {
             let Source::Plan(source) = table.source() else {
                 return not_impl_err!(
-                    "table {table_ref}: a hyperdm_forecast(…) table plans its source query \
-                     where it is scanned, against the client's tables; forecast on a cluster \
-                     with `uqcast run --ballista`, or run this query without --ballista"
+                    "table {table_ref}: this hyperdm_forecast(…) table plans its source query \
+                     where it is scanned, against this session's tables, so it cannot travel \
+                     (a cluster client's session plans it when called)"
                 );
             };
             let model = table.model();

@@ -28,4 +28,6 @@ pub use model::{FieldMeta, FieldTraining, ForecastModel, InferenceSettings, Step
 pub use pairs::StepField;
 pub use schema::forecast_schema;
 pub use spec::ForecastSpec;
-pub use table::{ForecastTable, HyperdmForecastFunction, Source, StepPartitions};
+pub use table::{
+    ForecastTable, HyperdmForecastFunction, PlanSourceWhenCalled, Source, StepPartitions,
+};

@@ -56,6 +56,13 @@ pub enum Source {
 #[derive(Debug, Clone, Copy)]
 pub struct StepPartitions(pub usize);
 
+/// A session configuration extension: `hyperdm_forecast(…)` plans its
+/// source query when it is called, in the calling session, so the table
+/// can travel (to a cluster's scheduler, which has not the caller's tables).
+/// Needs a multi-threaded runtime: planning is async, the call is not.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanSourceWhenCalled;
+
 impl ForecastTable {
     /// `skip`: initial times (UTC microseconds) not to forecast.
     pub fn new(
@@ -160,6 +167,19 @@ impl TableProvider for ForecastTable {
             }
         }
     }
+}
+
+/// Plans `sql` in `session` from the synchronous table-function call.
+fn plan_now(session: &dyn Session, sql: &str) -> Result<LogicalPlan> {
+    let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+        return plan_err!("hyperdm_forecast needs a DataFusion SessionState");
+    };
+    let handle = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => h,
+        _ => return plan_err!("hyperdm_forecast plans its source on a multi-threaded runtime"),
+    };
+    tokio::task::block_in_place(|| handle.block_on(state.create_logical_plan(sql)))
+        .map_err(|e| ForecastError::Source(format!("{}: {e}", one_line(sql))).into())
 }
 
 fn one_line(sql: &str) -> String {
@@ -278,7 +298,15 @@ impl TableFunctionImpl for HyperdmForecastFunction {
         if let Err((field, e)) = model.check_settings(&settings) {
             return plan_err!("{}: {field}: {e} ({})", Self::NAME, path.display());
         }
-        Ok(Arc::new(ForecastTable::new(
+        let source = match args
+            .session()
+            .config()
+            .get_extension::<PlanSourceWhenCalled>()
+        {
+            None => Source::Sql(source),
+            Some(_) => Source::Plan(plan_now(args.session(), &source)?),
+        };
+        Ok(Arc::new(ForecastTable::with_source(
             Arc::new(model),
             source,
             settings,
