@@ -86,12 +86,13 @@ pub async fn client(url: &str) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Runs a scheduler on `bind` until the process is stopped.
-pub async fn scheduler(bind: SocketAddr) -> Result<()> {
+/// Runs a scheduler on `bind`, known to others as `external_host`, until
+/// the process is stopped.
+pub async fn scheduler(bind: SocketAddr, external_host: String) -> Result<()> {
     let mut config = SchedulerConfig {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
-        external_host: bind.ip().to_string(),
+        external_host,
         ..SchedulerConfig::default()
     }
     .with_override_config_producer(Arc::new(session_config))
@@ -111,6 +112,8 @@ pub async fn scheduler(bind: SocketAddr) -> Result<()> {
 pub struct ExecutorSettings {
     pub scheduler: (String, u16),
     pub bind: std::net::IpAddr,
+    /// `None`: the scheduler uses the address it sees the executor connect from.
+    pub external_host: Option<String>,
     pub port: u16,
     pub grpc_port: u16,
     pub work_dir: PathBuf,
@@ -126,7 +129,7 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
         scheduler_host: settings.scheduler.0.clone(),
         scheduler_port: settings.scheduler.1,
         bind_host: settings.bind.to_string(),
-        external_host: Some(settings.bind.to_string()),
+        external_host: settings.external_host.clone(),
         port: settings.port,
         grpc_port: settings.grpc_port,
         work_dir: Some(settings.work_dir.to_string_lossy().into_owned()),

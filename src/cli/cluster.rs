@@ -14,6 +14,10 @@ pub struct SchedulerArgs {
     /// Address to listen on (clients and executors connect here).
     #[arg(long, default_value = "127.0.0.1:50050")]
     bind: SocketAddr,
+    /// The name others reach this scheduler by (default: the bind address,
+    /// or localhost when binding all interfaces).
+    #[arg(long)]
+    external_host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -24,6 +28,11 @@ pub struct ExecutorArgs {
     /// Address to listen on; other executors fetch shuffle data from it.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
+    /// The name other executors reach this one by (default: the bind
+    /// address, or, when binding all interfaces, the address the scheduler
+    /// sees this executor connect from).
+    #[arg(long)]
+    external_host: Option<String>,
     /// Port for shuffle data (Arrow Flight).
     #[arg(long, default_value_t = 50051)]
     port: u16,
@@ -39,7 +48,11 @@ pub struct ExecutorArgs {
 }
 
 pub async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
-    scheduler(args.bind).await
+    let external = args.external_host.unwrap_or_else(|| match args.bind.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        ip => ip.to_string(),
+    });
+    scheduler(args.bind, external).await
 }
 
 pub async fn run_executor(args: ExecutorArgs) -> Result<()> {
@@ -56,6 +69,9 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<()> {
     executor(ExecutorSettings {
         scheduler: (host.to_string(), port),
         bind: args.bind,
+        external_host: args
+            .external_host
+            .or_else(|| (!args.bind.is_unspecified()).then(|| args.bind.to_string())),
         port: args.port,
         grpc_port: args.grpc_port,
         work_dir: args.work_dir,

@@ -17,13 +17,15 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Both bound to all interfaces: the scheduler names itself localhost,
+    /// and knows the executor by the address it connects from.
     fn start() -> Self {
-        Self::start_in(Path::new("."), Path::new("."))
+        Self::start_in(Path::new("."), Path::new("."), "0.0.0.0")
     }
 
     /// The scheduler and the executor run in folders of their own, so a
     /// relative path may name other files on each (as on two machines).
-    fn start_in(scheduler_dir: &Path, executor_dir: &Path) -> Self {
+    fn start_in(scheduler_dir: &Path, executor_dir: &Path, bind: &str) -> Self {
         let (work, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let scheduler = free_port();
         let spawn = |dir: &Path, args: &[&str], log: &str| {
@@ -38,7 +40,7 @@ impl Cluster {
         let address = format!("127.0.0.1:{scheduler}");
         let mut processes = vec![spawn(
             scheduler_dir,
-            &["scheduler", "--bind", &address],
+            &["scheduler", "--bind", &format!("{bind}:{scheduler}")],
             "scheduler.log",
         )];
         wait_until_listening(scheduler, "uqcast scheduler");
@@ -47,6 +49,8 @@ impl Cluster {
             "executor",
             "--scheduler",
             &address,
+            "--bind",
+            bind,
             "--port",
             &flight.to_string(),
             "--grpc-port",
@@ -281,7 +285,7 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
     )
     .unwrap();
 
-    let cluster = Cluster::start_in(client.path(), executor.path());
+    let cluster = Cluster::start_in(client.path(), executor.path(), "127.0.0.1");
     let o = Command::new(env!("CARGO_BIN_EXE_uqcast"))
         .current_dir(client.path())
         .args([
