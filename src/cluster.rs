@@ -25,7 +25,7 @@ use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use uqcast_forecast::{PlanSourceWhenCalled, StepPartitions};
-use uqcast_netcdf::OnePartitionPerScan;
+use uqcast_netcdf::StepsAsInput;
 
 use crate::session::codec::{LogicalCodec, PhysicalCodec};
 use crate::session::register_functions;
@@ -50,13 +50,14 @@ fn session_config() -> SessionConfig {
 }
 
 /// A scheduler's or executor's session: Ballista's, plus uqcast's functions;
-/// NetCDF scans are planned as one partition (see [`OnePartitionPerScan`]),
+/// NetCDF scans carry their steps as an input Ballista can cut per task
+/// ([`StepsAsInput`]),
 /// forecasts as one partition per target partition, whole steps in each
 /// ([`StepPartitions`]), so executors sample different steps at once.
 fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionState> {
     let steps = StepPartitions(config.target_partitions());
     let config = config
-        .with_extension(Arc::new(OnePartitionPerScan))
+        .with_extension(Arc::new(StepsAsInput))
         .with_extension(Arc::new(steps));
     let ctx =
         SessionContext::new_with_state(ballista_core::utils::default_session_builder(config)?);

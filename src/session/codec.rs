@@ -144,7 +144,17 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
         match decode::<Node>(buf, "plan node")? {
-            Node::NetcdfScan(spec) => Ok(Arc::new(blocking(|| NetcdfExec::from_spec(&spec))?)),
+            Node::NetcdfScan(spec) => {
+                let scan = blocking(|| NetcdfExec::from_spec(&spec))?;
+                match inputs {
+                    [] => Ok(Arc::new(scan)),
+                    [steps] => Ok(Arc::new(scan.over_steps(steps.clone())?)),
+                    _ => Err(DataFusionError::Plan(format!(
+                        "a serialised NetcdfExec has {} inputs, expected at most 1",
+                        inputs.len()
+                    ))),
+                }
+            }
             Node::HyperdmForecast(spec) => {
                 let [input] = inputs else {
                     return Err(DataFusionError::Plan(format!(

@@ -96,8 +96,8 @@ fn sql(query: &str, tables: &[String], ballista: Option<&str>) -> std::process::
 }
 
 /// The same answer from the cluster as from one process: a NetCDF scan with
-/// pushed-down filters, a skill function, an aggregate (a shuffle between
-/// stages), and a join with a Parquet table.
+/// pushed-down filters (spread over tasks), a skill function, an aggregate
+/// (a shuffle between stages), and a join with a Parquet table.
 #[test]
 fn queries_on_the_cluster_answer_as_on_one_machine() {
     let data = tempfile::tempdir().unwrap();
@@ -134,6 +134,14 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
         assert_eq!(stdout(&remote), stdout(&local), "{query}");
         assert!(stdout(&local).lines().count() > 6, "{}", stdout(&local));
     }
+    // The scan is spread over tasks, one per step here (6 steps from
+    // 12:00, target partitions 16): Ballista cuts its steps input per task.
+    let plans = std::fs::read_to_string(cluster.logs.path().join("scheduler.log")).unwrap();
+    assert!(
+        plans.contains("NetcdfExec: files=1, steps=6/8")
+            && plans.contains("DataSourceExec: partitions=6, partition_sizes=[1, 1, 1, 1, 1, 1]"),
+        "{plans}"
+    );
     // The stages ran on the executor: it wrote their shuffle files.
     assert!(
         walk_all(cluster.work.path())

@@ -45,6 +45,9 @@ pub struct NetcdfExec {
     selection: Selection,
     slab: Hyperslab,
     partitions: Vec<Vec<Step>>,
+    /// The partitions' steps as an in-memory input, on a cluster
+    /// (`crate::steps_input`); `None`: a leaf.
+    steps_input: Option<Arc<dyn ExecutionPlan>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -108,9 +111,50 @@ impl NetcdfExec {
             selection,
             slab,
             partitions,
+            steps_input: None,
             properties,
             metrics: Default::default(),
         }
+    }
+
+    /// The same scan, carrying its steps as an input a distributed
+    /// scheduler can cut to each task's partitions (see `crate::steps_input`).
+    pub fn with_steps_input(&self) -> Result<Self> {
+        self.over_steps(crate::steps_input::plan_of(&self.partitions)?)
+    }
+
+    /// The scan of the steps `input` lists, partition by partition.
+    pub fn over_steps(&self, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let partitions = crate::steps_input::times_of(&input)?
+            .iter()
+            .map(|times| {
+                times
+                    .iter()
+                    .map(|&t| {
+                        self.catalog
+                            .steps
+                            .binary_search_by_key(&t, |s| s.time)
+                            .map(|i| self.catalog.steps[i])
+                            .map_err(|_| {
+                                DataFusionError::Internal(format!(
+                                    "NetcdfExec: step {} is not in the table's files",
+                                    crate::cf::time::format_micros(t)
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<Step>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut scan = Self::from_parts(
+            self.catalog.clone(),
+            self.schema.clone(),
+            self.projection.clone(),
+            self.selection.clone(),
+            self.slab.clone(),
+            partitions,
+        );
+        scan.steps_input = Some(input);
+        Ok(scan)
     }
 
     /// Each partition emits its steps in time order, so it is sorted by `valid_time`.
@@ -249,7 +293,12 @@ impl ExecutionPlan for NetcdfExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        self.steps_input.iter().collect()
+    }
+
+    // The steps input only lists steps: repartitioning it would hide them.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; self.children().len()]
     }
 
     fn apply_expressions(
@@ -261,10 +310,14 @@ impl ExecutionPlan for NetcdfExec {
 
     fn replace_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        match <[_; 1]>::try_from(children) {
+            // A new steps input (a task's share): the partitions follow it.
+            Ok([input]) if self.steps_input.is_some() => Ok(Arc::new(self.over_steps(input)?)),
+            _ => Ok(self),
+        }
     }
 
     fn with_new_children(

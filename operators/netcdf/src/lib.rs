@@ -32,12 +32,13 @@ pub mod pushdown;
 pub mod reader;
 pub mod schema;
 pub mod spec;
+pub mod steps_input;
 pub mod stream;
 pub mod writer;
 
 pub use catalog::Catalog;
 pub use error::{NetcdfError, Result};
 pub use exec::NetcdfExec;
-pub use provider::{Era5TableProvider, OnePartitionPerScan};
+pub use provider::{Era5TableProvider, StepsAsInput};
 pub use schema::era5_schema;
 pub use writer::{Encoding, Grid, GridVariable, write_era5};

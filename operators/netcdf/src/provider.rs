@@ -15,13 +15,11 @@ use crate::exec::NetcdfExec;
 use crate::pushdown::{Selection, support};
 use crate::schema::era5_schema;
 
-/// A session configuration extension: plan every NetCDF scan as one
-/// partition. A distributed scheduler sets it when it cannot give each task
-/// only its own partitions of a scan (Ballista 55 restricts only the scans it
-/// knows, file and memory sources): unrestricted, every task would read
-/// partitions that are not its own, and rows would be counted again.
+/// A session configuration extension: every NetCDF scan carries its steps
+/// as an in-memory input, so a distributed scheduler can give each task its
+/// own partitions of the scan (see `crate::steps_input`).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct OnePartitionPerScan;
+pub struct StepsAsInput;
 
 /// A table over one file, a directory or a glob of ERA5 NetCDF files, in
 /// either CDS encoding. Columns: `valid_time`, `latitude`, `longitude`, `t2m`,
@@ -75,11 +73,11 @@ impl TableProvider for Era5TableProvider {
             projection,
             Selection::from_filters(filters),
             limit,
-            match state.config().get_extension::<OnePartitionPerScan>() {
-                Some(_) => 1,
-                None => state.config().target_partitions(),
-            },
+            state.config().target_partitions(),
         )?;
+        if state.config().get_extension::<StepsAsInput>().is_some() {
+            return Ok(Arc::new(exec.with_steps_input()?));
+        }
         Ok(Arc::new(exec))
     }
 

@@ -307,3 +307,64 @@ async fn a_forecast_partitioned_by_step_gives_the_same_forecast_after_the_round_
     assert_eq!(run(plan, &ctx).await, expected);
     assert_eq!(run(again, &ctx).await, expected);
 }
+
+fn find_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if plan.downcast_ref::<NetcdfExec>().is_some() {
+        return Some(plan.clone());
+    }
+    plan.children().into_iter().find_map(find_scan)
+}
+
+/// On a cluster a scan carries its steps as an in-memory input: the plan
+/// still travels and answers the same, and when the input is cut down to
+/// one task's partition (as Ballista cuts it), the scan reads only those
+/// steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_carrying_its_steps_follows_its_cut_down_input() {
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::datasource::source::DataSourceExec;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_extension(Arc::new(uqcast_netcdf::StepsAsInput));
+    let ctx = era5_with(dir.path(), config).await;
+    let sql =
+        "SELECT valid_time, count(*) AS cells FROM era5 GROUP BY valid_time ORDER BY valid_time";
+    let plan = planned(&ctx, sql).await;
+    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
+    let again = decoded(&bytes, &physical()).unwrap();
+    assert_eq!(shown(&again), shown(&plan));
+    let expected = run(plan.clone(), &ctx).await;
+    assert_eq!(expected.lines().count(), 8 + 4, "{expected}");
+    assert_eq!(run(again, &ctx).await, expected);
+
+    let scan = find_scan(&plan).unwrap();
+    let steps = scan.children()[0].clone();
+    let memory = steps
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|e| e.data_source().downcast_ref::<MemorySourceConfig>())
+        .unwrap();
+    assert_eq!(memory.partitions().len(), 2);
+    let second =
+        MemorySourceConfig::try_new_exec(&[memory.partitions()[1].clone()], steps.schema(), None)
+            .unwrap();
+    use datafusion::physical_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+    let recompute = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+    let task = scan.replace_children(vec![second], recompute).unwrap();
+    assert_eq!(task.properties().output_partitioning().partition_count(), 1);
+    let batches = collect(task, ctx.task_ctx()).await.unwrap();
+    let times: Vec<i64> = batches
+        .iter()
+        .map(|b| {
+            use datafusion::arrow::array::AsArray;
+            b.column(0)
+                .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
+                .value(0)
+        })
+        .collect();
+    let second_file: Vec<i64> = (4..8).map(|k| START + k * 6 * HOUR).collect();
+    assert_eq!(
+        times, second_file,
+        "the task reads the second partition's steps only"
+    );
+}
