@@ -73,6 +73,21 @@ impl Catalog {
         })
     }
 
+    /// The steps at `times` (UTC µs), partition by partition; `Err` holds
+    /// the first time no file has.
+    pub fn steps_at(&self, times: &[Vec<i64>]) -> std::result::Result<Vec<Vec<Step>>, i64> {
+        let at = |t: i64| {
+            self.steps
+                .binary_search_by_key(&t, |s| s.time)
+                .map(|i| self.steps[i])
+                .map_err(|_| t)
+        };
+        times
+            .iter()
+            .map(|partition| partition.iter().map(|&t| at(t)).collect())
+            .collect()
+    }
+
     pub fn latitude(&self) -> &Axis {
         &self.files[0].latitude
     }

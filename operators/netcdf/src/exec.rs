@@ -125,26 +125,13 @@ impl NetcdfExec {
 
     /// The scan of the steps `input` lists, partition by partition.
     pub fn over_steps(&self, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let partitions = crate::steps_input::times_of(&input)?
-            .iter()
-            .map(|times| {
-                times
-                    .iter()
-                    .map(|&t| {
-                        self.catalog
-                            .steps
-                            .binary_search_by_key(&t, |s| s.time)
-                            .map(|i| self.catalog.steps[i])
-                            .map_err(|_| {
-                                DataFusionError::Internal(format!(
-                                    "NetcdfExec: step {} is not in the table's files",
-                                    crate::cf::time::format_micros(t)
-                                ))
-                            })
-                    })
-                    .collect::<Result<Vec<Step>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let times = crate::steps_input::times_of(&input)?;
+        let partitions = self.catalog.steps_at(&times).map_err(|t| {
+            DataFusionError::Internal(format!(
+                "NetcdfExec: step {} is not in the table's files",
+                crate::cf::time::format_micros(t)
+            ))
+        })?;
         let mut scan = Self::from_parts(
             self.catalog.clone(),
             self.schema.clone(),

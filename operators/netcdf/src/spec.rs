@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Step};
+use crate::catalog::Catalog;
 use crate::error::{NetcdfError, Result};
 use crate::exec::NetcdfExec;
 use crate::provider::Era5TableProvider;
@@ -146,28 +146,12 @@ impl NetcdfExec {
                 "longitude",
             )?,
         };
-        let step_at = |time: i64| -> Result<Step> {
-            catalog
-                .steps
-                .binary_search_by_key(&time, |s| s.time)
-                .map(|i| catalog.steps[i])
-                .map_err(|_| {
-                    table.replanned(format!(
-                        "step {} planned, not in the files",
-                        crate::cf::time::format_micros(time)
-                    ))
-                })
-        };
-        let partitions = spec
-            .partitions
-            .iter()
-            .map(|times| {
-                times
-                    .iter()
-                    .map(|&t| step_at(t))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let partitions = catalog.steps_at(&spec.partitions).map_err(|time| {
+            table.replanned(format!(
+                "step {} planned, not in the files",
+                crate::cf::time::format_micros(time)
+            ))
+        })?;
         Ok(Self::from_parts(
             Arc::new(catalog),
             schema,
