@@ -169,34 +169,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let lead = model.lead_micros();
         let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
         let cells = model.meta.grid.cells();
-        let table = match &options.ballista {
-            None => ForecastTable::new(Arc::new(model), sql, settings, skip),
-            // The source travels planned: the scheduler has not the client's tables.
-            Some(_) => {
-                let source = ctx
-                    .state()
-                    .create_logical_plan(&sql)
-                    .await
-                    .with_context(|| format!("source query: {sql}"))?;
-                ForecastTable::with_source(Arc::new(model), Source::Plan(source), settings, skip)
-            }
-        };
-        let steps = if let Some(url) = &options.ballista {
-            ctx.read_table(Arc::new(table))?
-                .execute_stream()
-                .await
-                .with_context(|| crate::cluster::failed("forecast", url))?
-        } else {
-            execute_stream(
-                table.scan(&ctx.state(), None, &[], None).await?,
-                ctx.task_ctx(),
-            )?
-        };
-        let cluster = options
-            .ballista
-            .as_ref()
-            .map(|url| crate::cluster::failed("forecast", url));
-        write_new_steps(steps, cells, cluster, &output, &provenance, &mut summary).await?;
+        let ballista = options.ballista.as_deref();
+        let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
+        write_new_steps(steps, cells, ballista, &output, &provenance, &mut summary).await?;
 
         // Nothing written, ever: if the query keeps no row of the data at
         // all (not merely none in --since/--until), that is an error, not "ok".
@@ -266,7 +241,34 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
     )
 }
 
-/// Forecasts the steps `table` does not skip and writes each as it comes.
+/// The forecast of the steps not in `skip`: run here, or on the cluster at
+/// `ballista`, where the source travels planned (the scheduler has not the
+/// client's tables).
+async fn forecast_stream(
+    ctx: &datafusion::prelude::SessionContext,
+    model: ForecastModel,
+    sql: String,
+    settings: uqcast_forecast::InferenceSettings,
+    skip: BTreeSet<i64>,
+    ballista: Option<&str>,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+    let Some(url) = ballista else {
+        let table = ForecastTable::new(Arc::new(model), sql, settings, skip);
+        let plan = table.scan(&ctx.state(), None, &[], None).await?;
+        return Ok(execute_stream(plan, ctx.task_ctx())?);
+    };
+    let source = ctx
+        .state()
+        .create_logical_plan(&sql)
+        .await
+        .with_context(|| format!("source query: {sql}"))?;
+    let table = ForecastTable::with_source(Arc::new(model), Source::Plan(source), settings, skip);
+    ctx.read_table(Arc::new(table))?
+        .execute_stream()
+        .await
+        .with_context(|| crate::cluster::failed("forecast", url))
+}
+
 /// Writes each step of `steps` once all its cells have arrived. The
 /// operator emits one batch per step, but a cluster returns batches as its
 /// shuffle and transport cut them: rows of one step may come in pieces, or
@@ -274,7 +276,7 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
 async fn write_new_steps(
     mut steps: datafusion::physical_plan::SendableRecordBatchStream,
     cells: usize,
-    cluster: Option<String>,
+    ballista: Option<&str>,
     output: &Output,
     provenance: &Provenance,
     summary: &mut Summary,
@@ -282,8 +284,10 @@ async fn write_new_steps(
     let mut pending = steps::Pending::new(cells);
     while let Some(batch) = steps.next().await {
         // A cluster is reached only as the stream is read: name it in errors.
-        let batch = match (batch, &cluster) {
-            (Err(e), Some(cluster)) => return Err(anyhow::Error::from(e).context(cluster.clone())),
+        let batch = match (batch, ballista) {
+            (Err(e), Some(url)) => {
+                return Err(anyhow::Error::from(e).context(crate::cluster::failed("forecast", url)));
+            }
             (batch, _) => batch?,
         };
         for (valid_time, step) in pending.push(&batch)? {
