@@ -106,6 +106,21 @@ fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
     displayable(plan.as_ref()).indent(true).to_string()
 }
 
+/// `plan` to bytes and rebuilt by `codec` in a fresh session; the rebuilt
+/// plan must print as the planned one. The bytes come back too, to decode
+/// again later.
+fn round_trip(
+    plan: &Arc<dyn ExecutionPlan>,
+    codec: &PhysicalCodec,
+) -> (Vec<u8>, Arc<dyn ExecutionPlan>) {
+    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical())
+        .unwrap()
+        .to_vec();
+    let again = decoded(&bytes, codec).unwrap();
+    assert_eq!(shown(&again), shown(plan));
+    (bytes, again)
+}
+
 const SCORES: &str = "SELECT valid_time, count(*) AS cells, avg(t2m) AS mean_t2m, \
      sum(crps_gaussian(t2m, 280.0, 4.0)) AS crps \
      FROM era5 WHERE valid_time >= '2021-01-01T12:00:00Z' AND latitude < 30 \
@@ -124,9 +139,7 @@ async fn a_scan_and_its_functions_run_the_same_after_the_round_trip() {
         "{}",
         shown(&plan)
     );
-    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
-    let again = decoded(&bytes, &physical()).unwrap();
-    assert_eq!(shown(&again), shown(&plan));
+    let (_, again) = round_trip(&plan, &physical());
     let expected = run(plan, &ctx).await;
     assert_eq!(
         expected.lines().count(),
@@ -253,10 +266,8 @@ async fn a_forecast_runs_the_same_after_the_round_trip_and_refuses_another_model
         "{}",
         shown(&plan)
     );
-    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
     let codec = physical();
-    let again = decoded(&bytes, &codec).unwrap();
-    assert_eq!(shown(&again), shown(&plan));
+    let (bytes, again) = round_trip(&plan, &codec);
     let expected = run(plan, &ctx).await;
     assert_eq!(expected.lines().count(), 3 * 12 + 4, "{expected}");
     assert_eq!(run(again, &ctx).await, expected);
@@ -298,9 +309,7 @@ async fn a_forecast_partitioned_by_step_gives_the_same_forecast_after_the_round_
         "{}",
         shown(&plan)
     );
-    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
-    let again = decoded(&bytes, &physical()).unwrap();
-    assert_eq!(shown(&again), shown(&plan));
+    let (_, again) = round_trip(&plan, &physical());
     let other = tempfile::tempdir().unwrap();
     let one = era5(other.path()).await;
     let expected = run(planned(&one, &sql).await, &one).await;
@@ -331,9 +340,7 @@ async fn a_scan_carrying_its_steps_follows_its_cut_down_input() {
     let sql =
         "SELECT valid_time, count(*) AS cells FROM era5 GROUP BY valid_time ORDER BY valid_time";
     let plan = planned(&ctx, sql).await;
-    let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &physical()).unwrap();
-    let again = decoded(&bytes, &physical()).unwrap();
-    assert_eq!(shown(&again), shown(&plan));
+    let (_, again) = round_trip(&plan, &physical());
     let expected = run(plan.clone(), &ctx).await;
     assert_eq!(expected.lines().count(), 8 + 4, "{expected}");
     assert_eq!(run(again, &ctx).await, expected);
