@@ -4,7 +4,8 @@
 //! ```text
 //! uqcast sql --ballista df://HOST:50050 ──logical plan (LogicalCodec)──► uqcast scheduler
 //!     plans stages ──physical plans (PhysicalCodec)──► uqcast executor × K
-//!     (each opens the NetCDF files and models the plan names: shared storage)
+//!     (each opens the NetCDF files and models the plan names: shared storage,
+//!      or its own copies of the `s3://` objects the plan names)
 //! ```
 //! Every process builds its sessions here, so all three register the same
 //! functions and wrap Ballista's codecs in uqcast's (`session::codec`).
@@ -22,12 +23,15 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use uqcast_forecast::{PlanSourceWhenCalled, StepPartitions};
 use uqcast_netcdf::StepsAsInput;
 
 use crate::session::codec::{LogicalCodec, PhysicalCodec};
+use crate::session::object_stores::ConnectingRegistry;
 use crate::session::register_functions;
 
 fn logical_codec() -> Arc<LogicalCodec> {
@@ -59,8 +63,14 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
     let config = config
         .with_extension(Arc::new(StepsAsInput))
         .with_extension(Arc::new(steps));
-    let ctx =
-        SessionContext::new_with_state(ballista_core::utils::default_session_builder(config)?);
+    let state = ballista_core::utils::default_session_builder(config)?;
+    let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+        .with_object_store_registry(Arc::new(ConnectingRegistry::default()))
+        .build_arc()?;
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_runtime_env(runtime)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     register_functions(&ctx);
     Ok(ctx.state())
 }
@@ -126,6 +136,8 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
     std::fs::create_dir_all(&settings.work_dir)
         .with_context(|| format!("--work-dir {}", settings.work_dir.display()))?;
     let registry = BallistaFunctionRegistry::from(&session_state(session_config())?);
+    // Tasks spill here, as Ballista's own runtime would have them do.
+    let work_dir = settings.work_dir.clone();
     let config = ExecutorProcessConfig {
         scheduler_host: settings.scheduler.0.clone(),
         scheduler_port: settings.scheduler.1,
@@ -137,6 +149,12 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
         vcores: settings.concurrent_tasks,
         print_thread_info: false,
         override_config_producer: Some(Arc::new(session_config)),
+        override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| {
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(&work_dir)
+                .with_object_store_registry(Arc::new(ConnectingRegistry::default()))
+                .build_arc()
+        })),
         override_logical_codec: Some(logical_codec()),
         override_physical_codec: Some(physical_codec()),
         override_function_registry: Some(Arc::new(registry)),

@@ -32,6 +32,8 @@ use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, S
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
+use objects::{Objects, inbound, outbound};
+
 /// Marks uqcast's payloads among those of the codec it wraps (Ballista's
 /// own nodes, protobuf), which it hands everything else to.
 const MAGIC: &[u8] = b"uqcast\0";
@@ -40,7 +42,11 @@ const MAGIC: &[u8] = b"uqcast\0";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "node", content = "spec", rename_all = "snake_case")]
 enum Node {
-    NetcdfScan(ScanSpec),
+    NetcdfScan {
+        scan: ScanSpec,
+        #[serde(default)]
+        objects: Objects,
+    },
     HyperdmForecast(ForecastSpec),
 }
 
@@ -48,7 +54,11 @@ enum Node {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "table", content = "spec", rename_all = "snake_case")]
 enum LogicalNode {
-    Era5(TableSpec),
+    Era5 {
+        table: TableSpec,
+        #[serde(default)]
+        objects: Objects,
+    },
     Forecast(ForecastTableSpec),
 }
 
@@ -87,6 +97,32 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+/// Waits for `future` from synchronous code (the codec's), on the runtime
+/// it is called from when that can block, else on a runtime of its own.
+fn wait<F>(future: F) -> Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| h.block_on(future)))
+        }
+        // A current-thread runtime cannot block in place: another thread waits.
+        _ => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    Ok(runtime.block_on(future))
+                })
+                .join()
+                .map_err(|_| DataFusionError::Internal("a plan's download panicked".into()))?
+        }),
     }
 }
 
@@ -144,8 +180,9 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
         match decode::<Node>(buf, "plan node")? {
-            Node::NetcdfScan(spec) => {
-                let scan = blocking(|| NetcdfExec::from_spec(&spec))?;
+            Node::NetcdfScan { mut scan, objects } => {
+                inbound(&mut scan.table.files, &objects)?;
+                let scan = blocking(|| NetcdfExec::from_spec(&scan))?;
                 match inputs {
                     [] => Ok(Arc::new(scan)),
                     [steps] => Ok(Arc::new(scan.over_steps(steps.clone())?)),
@@ -179,7 +216,9 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         if let Some(scan) = node.downcast_ref::<NetcdfExec>() {
-            encode(&Node::NetcdfScan(scan.spec()), buf)
+            let mut scan = scan.spec();
+            let objects = outbound(&mut scan.table.files);
+            encode(&Node::NetcdfScan { scan, objects }, buf)
         } else if let Some(forecast) = node.downcast_ref::<HyperdmExec>() {
             encode(&Node::HyperdmForecast(forecast.spec()), buf)
         } else {
@@ -245,8 +284,9 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
         match decode::<LogicalNode>(payload, &format!("table {table_ref}"))? {
-            LogicalNode::Era5(spec) => {
-                Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&spec))?))
+            LogicalNode::Era5 { mut table, objects } => {
+                inbound(&mut table.files, &objects)?;
+                Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&table))?))
             }
             LogicalNode::Forecast(spec) => {
                 let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
@@ -274,7 +314,9 @@ impl LogicalExtensionCodec for LogicalCodec {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         if let Some(table) = node.downcast_ref::<Era5TableProvider>() {
-            return encode(&LogicalNode::Era5(table.spec()), buf);
+            let mut table = table.spec();
+            let objects = outbound(&mut table.files);
+            return encode(&LogicalNode::Era5 { table, objects }, buf);
         }
         if let Some(table) = node.downcast_ref::<ForecastTable>() {
             let Source::Plan(source) = table.source() else {
@@ -334,5 +376,6 @@ impl LogicalExtensionCodec for LogicalCodec {
     }
 }
 
+mod objects;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use uqcast_netcdf::Era5TableProvider;
 
 pub mod codec;
 mod footers;
+pub mod object_stores;
 pub mod s3;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`

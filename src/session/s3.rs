@@ -1,11 +1,14 @@
 //! `s3://` table locations: Parquet is read in place through DataFusion's
 //! object store; NetCDF, which libnetcdf opens only from a local file, is
-//! copied into a local cache first and read from there.
+//! copied into a local cache first and read from there. A plan made here
+//! names the objects its copies came from ([`origin`]); a process that runs
+//! it elsewhere fetches its own copies ([`copy_of`]).
 //!
 //! Credentials and endpoint come from the standard AWS environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 //! `AWS_REGION`, `AWS_ENDPOINT_URL` for S3-compatible stores).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +179,86 @@ pub enum S3Table {
 /// Cache folders of the buckets read in this process, with their URLs.
 static CACHED_BUCKETS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
+/// The object each local copy made or checked in this process is a copy of.
+static COPIES: std::sync::Mutex<BTreeMap<PathBuf, ObjectCopy>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// An S3 object as a plan names it: its URL, and the stamp (ETag, time,
+/// size) it had when the plan was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectCopy {
+    pub url: String,
+    pub stamp: String,
+}
+
+/// The object `local` is a copy of, if it is one made in this process.
+pub fn origin(local: &Path) -> Option<ObjectCopy> {
+    COPIES.lock().ok()?.get(local).cloned()
+}
+
+/// This process's local copy of a planned object (another process planned
+/// the query): the cached copy if it has the planned stamp, else a fresh
+/// download, checked against the stamp first. An object changed or removed
+/// since planning is refused, so a plan never runs on data it was not
+/// planned for.
+pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
+    let location = match S3Location::parse(&planned.url)? {
+        Some(l) if !l.is_glob() && !l.key.is_empty() => l,
+        _ => bail!("{}: not the URL of one S3 object", planned.url),
+    };
+    let cache = cache_root()?;
+    let local = copy_path(&cache, &location.bucket, &location.key);
+    if is_fresh(&local, &planned.stamp) {
+        remember(&cache, &location, &local, &planned.stamp);
+        return Ok(local);
+    }
+    let (store, objects) = objects_of(&location)
+        .await
+        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let Some(meta) = objects.iter().find(|o| o.location.as_ref() == location.key) else {
+        bail!(
+            "{}: planned, no longer in the bucket; the objects changed since the query was \
+             planned",
+            planned.url
+        );
+    };
+    let now = stamp(meta);
+    if now != planned.stamp {
+        bail!(
+            "{}: changed since the query was planned (planned as {}, stored now as {now})",
+            planned.url,
+            planned.stamp
+        );
+    }
+    cached_copy(&store, &location, meta, &cache).await
+}
+
+/// Records `local` as a copy of `location`'s object, for [`origin`] and [`in_urls`].
+fn remember(cache: &Path, location: &S3Location, local: &Path, stamp: &str) {
+    let bucket = (
+        format!("{}/", cache.join("s3").join(&location.bucket).display()),
+        format!("s3://{}/", location.bucket),
+    );
+    if let Ok(mut known) = CACHED_BUCKETS.lock()
+        && !known.contains(&bucket)
+    {
+        known.push(bucket);
+    }
+    let key = local
+        .strip_prefix(cache.join("s3").join(&location.bucket))
+        .map(|k| k.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Ok(mut copies) = COPIES.lock() {
+        copies.insert(
+            local.to_path_buf(),
+            ObjectCopy {
+                url: location.url(&key),
+                stamp: stamp.to_string(),
+            },
+        );
+    }
+}
+
 /// `message` with every local copy's path written as the `s3://` URL it is a
 /// copy of: the user named the object, not the cache, and a file's errors
 /// (at inspection or mid-scan) come from code that knows only the copy.
@@ -218,15 +301,6 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
     .buffered(PARALLEL_DOWNLOADS)
     .try_collect::<Vec<_>>()
     .await?;
-    let bucket = (
-        format!("{}/", cache.join("s3").join(&location.bucket).display()),
-        format!("s3://{}/", location.bucket),
-    );
-    if let Ok(mut known) = CACHED_BUCKETS.lock()
-        && !known.contains(&bucket)
-    {
-        known.push(bucket);
-    }
     Ok(S3Table::Netcdf(
         files.iter().map(|p| p.display().to_string()).collect(),
     ))
@@ -312,6 +386,47 @@ fn cache_root() -> Result<PathBuf> {
     Ok(base.join("uqcast"))
 }
 
+fn copy_path(cache: &Path, bucket: &str, key: &str) -> PathBuf {
+    cache.join("s3").join(bucket).join(key)
+}
+
+/// What a copy is judged by: ETag, time and size (stores without ETags,
+/// some S3-compatible ones, are judged by time and size).
+fn stamp(meta: &ObjectMeta) -> String {
+    format!(
+        "{} {} {}",
+        meta.e_tag.as_deref().unwrap_or("-"),
+        meta.last_modified.to_rfc3339(),
+        meta.size
+    )
+}
+
+fn stamp_file(local: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.etag", local.display()))
+}
+
+/// Whether `local` is a complete copy of the object as `stamp` describes it.
+fn is_fresh(local: &Path, stamp: &str) -> bool {
+    let size = stamp.rsplit(' ').next().and_then(|s| s.parse::<u64>().ok());
+    std::fs::read_to_string(stamp_file(local)).is_ok_and(|s| s == stamp)
+        && std::fs::metadata(local).is_ok_and(|m| Some(m.len()) == size)
+}
+
+/// The lock of one local copy, for [`cached_copy`].
+fn fetch_lock(local: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    match LOCKS.lock() {
+        Ok(mut locks) => locks.entry(local.to_path_buf()).or_default().clone(),
+        // A panic elsewhere: fetch unserialised rather than not at all.
+        Err(_) => Arc::default(),
+    }
+}
+
+/// Tells apart the downloads of one process (tasks of an executor may
+/// fetch the same object at once).
+static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The local copy of one object: `CACHE/s3/BUCKET/KEY`, with its ETag, time
 /// and size beside it in `KEY.etag`; a copy is reused only while all match, and
 /// a download lands under a temporary name and is renamed when complete, so
@@ -324,24 +439,24 @@ async fn cached_copy(
 ) -> Result<PathBuf> {
     let key = meta.location.as_ref();
     let url = location.url(key);
-    let local = cache.join("s3").join(&location.bucket).join(key);
-    // Stores without ETags (some S3-compatible ones) are judged by time and size.
-    let stamp = format!(
-        "{} {} {}",
-        meta.e_tag.as_deref().unwrap_or("-"),
-        meta.last_modified.to_rfc3339(),
-        meta.size
-    );
-    let stamp_file = PathBuf::from(format!("{}.etag", local.display()));
-    let fresh = std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
-        && std::fs::metadata(&local).is_ok_and(|m| m.len() == meta.size);
-    if fresh {
+    let local = copy_path(cache, &location.bucket, key);
+    let stamp = stamp(meta);
+    // One download per copy at a time: tasks that need it wait for the first.
+    let lock = fetch_lock(&local);
+    let _fetching = lock.lock().await;
+    if is_fresh(&local, &stamp) {
+        remember(cache, location, &local, &stamp);
         return Ok(local);
     }
     let parent = local.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(parent)
         .with_context(|| format!("{url}: cache folder {}", parent.display()))?;
-    let partial = PathBuf::from(format!("{}.part-{}", local.display(), std::process::id()));
+    let partial = PathBuf::from(format!(
+        "{}.part-{}-{}",
+        local.display(),
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     eprintln!(
         "downloading {url} ({} bytes) to {}",
         meta.size,
@@ -354,8 +469,10 @@ async fn cached_copy(
     }
     std::fs::rename(&partial, &local)
         .with_context(|| format!("{url}: cache file {}", local.display()))?;
-    std::fs::write(&stamp_file, stamp)
+    let stamp_file = stamp_file(&local);
+    std::fs::write(&stamp_file, &stamp)
         .with_context(|| format!("{url}: cache file {}", stamp_file.display()))?;
+    remember(cache, location, &local, &stamp);
     Ok(local)
 }
 

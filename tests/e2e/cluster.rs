@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::pipeline::{forecast_csv, trained, walk_all};
-use super::{free_port, stderr, stdout, synth, uqcast, wait_until_listening};
+use super::s3::{BUCKET, SECRET, Server, copy_tree};
+use super::{free_port, stderr, stdout, synth, synth_seeded, uqcast, wait_until_listening};
 
 /// A scheduler and one executor, stopped when dropped.
 struct Cluster {
@@ -26,10 +27,23 @@ impl Cluster {
     /// The scheduler and the executor run in folders of their own, so a
     /// relative path may name other files on each (as on two machines).
     fn start_in(scheduler_dir: &Path, executor_dir: &Path, bind: &str) -> Self {
+        Self::start_with(scheduler_dir, executor_dir, bind, &|_, _| {})
+    }
+
+    /// As [`Cluster::start_in`], each process's command set up by `set_up`
+    /// (given "scheduler" or "executor") before it starts.
+    fn start_with(
+        scheduler_dir: &Path,
+        executor_dir: &Path,
+        bind: &str,
+        set_up: &dyn Fn(&str, &mut Command),
+    ) -> Self {
         let (work, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let scheduler = free_port();
         let spawn = |dir: &Path, args: &[&str], log: &str| {
-            Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+            set_up(args[0], &mut command);
+            command
                 .current_dir(dir)
                 .args(args)
                 .stdout(Stdio::null())
@@ -318,6 +332,145 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
             && log.contains(
                 "the files changed since the query was planned, or differ on this machine"
             ),
+        "{log}"
+    );
+}
+
+/// `s3://` tables on a cluster: the plan names the objects and the stamps
+/// they were planned with, not the client's copies; the scheduler and the
+/// executor each fetch their own NetCDF copies with their own credentials,
+/// and read Parquet in place. Answers equal those from local files, and an
+/// object replaced in the bucket is fetched again everywhere.
+#[test]
+fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 8, "nc4", &[]);
+    copy_tree(&data, &server.path("era5"));
+    let climatology = server.path("clim/climatology.parquet");
+    std::fs::create_dir_all(climatology.parent().unwrap()).unwrap();
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
+        "--table",
+        &format!("era5={}", data.display()),
+        "--output",
+        climatology.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cache = |role: &str| dir.path().join(format!("{role}-cache"));
+    let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
+        server.set_up(c, SECRET, &cache(role))
+    });
+    let query = "SELECT e.valid_time, count(*) AS cells, round(avg(e.t2m), 3) AS t2m, \
+                 round(avg(abs(e.t2m - c.t2m_clim)), 3) AS anomaly \
+                 FROM era5 e JOIN clim c ON e.latitude = c.latitude AND e.longitude = c.longitude \
+                 WHERE e.valid_time >= '2020-01-01T06:00:00Z' \
+                 GROUP BY e.valid_time ORDER BY e.valid_time";
+    let on_disk = |era5: &Path| {
+        let tables = [
+            format!("era5={}", era5.display()),
+            format!("clim={}", climatology.display()),
+        ];
+        let o = sql(query, &tables, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let on_cluster = || {
+        let o = server
+            .command(SECRET, &cache("client"))
+            .args(["sql", query, "--format", "csv", "--ballista", &cluster.url])
+            .args(["--table", &format!("era5=s3://{BUCKET}/era5/*.nc")])
+            .args([
+                "--table",
+                &format!("clim=s3://{BUCKET}/clim/climatology.parquet"),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let expected = on_disk(&data);
+    assert_eq!(on_cluster(), expected);
+    assert_eq!(expected.lines().count(), 1 + 7, "{expected}");
+
+    // Every process holds its own copies of the NetCDF objects, and none
+    // of the Parquet one.
+    let copies = |role: &str| {
+        let mut found: Vec<String> = walk_all(&cache(role))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "nc" || e == "parquet"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    let planned = copies("client");
+    assert_eq!(planned, ["era5_t2m_2020010100_2020010218.nc"]);
+    assert_eq!(copies("scheduler"), planned);
+    assert_eq!(copies("executor"), planned);
+
+    // Another writer replaces every object with other values for the same
+    // steps: the next query is planned over the new objects, and the
+    // executor fetches them instead of reading its stale copies.
+    let replaced = dir.path().join("replaced");
+    synth_seeded(&replaced, 8, "nc4", 11, &[]);
+    let replacements = std::fs::read_dir(&replaced)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "nc"));
+    for file in replacements {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        server.put(name, "era5", &std::fs::read(&file).unwrap());
+    }
+    let expected_now = on_disk(&replaced);
+    assert_ne!(expected_now, expected, "seed 7 gives other values");
+    assert_eq!(on_cluster(), expected_now);
+    let downloads = cluster.executor_log().matches("downloading s3://").count();
+    assert_eq!(downloads, 2, "{}", cluster.executor_log());
+}
+
+/// An executor that cannot reach the bucket a plan names refuses the task
+/// and says which object and why; the client fails pointing to its log.
+#[test]
+fn an_executor_without_s3_credentials_names_the_object() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("data"), 2, "nc4", &[]);
+    copy_tree(&dir.path().join("data"), &server.path("era5"));
+    let cache = |role: &str| dir.path().join(format!("{role}-cache"));
+    let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
+        server.set_up(c, SECRET, &cache(role));
+        if role == "executor" {
+            c.env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY");
+        }
+    });
+    let o = server
+        .command(SECRET, &cache("client"))
+        .args([
+            "sql",
+            "SELECT sum(t2m) FROM era5",
+            "--ballista",
+            &cluster.url,
+        ])
+        .args(["--table", &format!("era5=s3://{BUCKET}/era5/")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(a failed task's reason is in its executor's log)"),
+        "{}",
+        stderr(&o)
+    );
+    let log = cluster.executor_log();
+    assert!(
+        log.contains(&format!(
+            "s3://{BUCKET}/era5/era5_t2m_2020010100_2020010106.nc: a plan names it, this \
+             process has no copy"
+        )) && log.contains("no S3 credentials"),
         "{log}"
     );
 }

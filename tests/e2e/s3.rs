@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use crate::pipeline::{forecast_csv, trained, walk_all};
 use crate::{free_port, stderr, stdout, synth_seeded, wait_until_listening};
 
-const BUCKET: &str = "era5-bucket";
+pub const BUCKET: &str = "era5-bucket";
 const KEY_ID: &str = "uqcast-test";
-const SECRET: &str = "uqcast-test-secret";
+pub const SECRET: &str = "uqcast-test-secret";
 
 /// The server binary: `UQCAST_S3S_FS`, else where `.ci/s3-server` puts it.
 fn server_binary() -> PathBuf {
@@ -31,14 +31,14 @@ fn server_binary() -> PathBuf {
 }
 
 /// An s3s-fs server serving `root` (one folder per bucket), killed on drop.
-struct Server {
+pub struct Server {
     child: Child,
     endpoint: String,
     root: tempfile::TempDir,
 }
 
 impl Server {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let port = free_port();
@@ -59,7 +59,7 @@ impl Server {
     }
 
     /// The folder holding `key` in the bucket (writing there stores objects).
-    fn path(&self, key: &str) -> PathBuf {
+    pub fn path(&self, key: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(key)
     }
 
@@ -69,15 +69,22 @@ impl Server {
     }
 
     /// `uqcast` set up for this server, with `secret` and its cache in `cache`.
-    fn command(&self, secret: &str, cache: &Path) -> Command {
-        let mut command = uqcast_without_aws();
+    pub fn command(&self, secret: &str, cache: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+        self.set_up(&mut command, secret, cache);
+        command
+    }
+
+    /// Sets `command` up for this server (and no other S3: the caller's
+    /// own AWS settings are removed), with `secret` and its cache in `cache`.
+    pub fn set_up(&self, command: &mut Command, secret: &str, cache: &Path) {
+        without_aws(command);
         command
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_REGION", "us-east-1")
             .env("UQCAST_CACHE_DIR", cache);
-        command
     }
 }
 
@@ -85,18 +92,22 @@ impl Server {
 /// reach a test, nor a real bucket).
 fn uqcast_without_aws() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+    without_aws(&mut command);
+    command
+}
+
+fn without_aws(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AWS_") {
             command.env_remove(key);
         }
     }
-    command
 }
 
 impl Server {
     /// Stores `body` at `folder/name` through the S3 API, as another writer
     /// would (s3s-fs keeps ETags of what it stored, not of files changed beside it).
-    fn put(&self, name: &str, folder: &str, body: &str) {
+    pub fn put(&self, name: &str, folder: &str, body: &[u8]) {
         use object_store::ObjectStoreExt;
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
@@ -113,7 +124,7 @@ impl Server {
             .build()
             .unwrap();
         runtime
-            .block_on(store.put(&path, body.to_string().into()))
+            .block_on(store.put(&path, body.to_vec().into()))
             .unwrap();
     }
 }
@@ -125,7 +136,7 @@ impl Drop for Server {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
@@ -574,7 +585,7 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     server.put(
         ".uqcast-run.lock",
         "runs/slow",
-        "pid 1 on elsewhere, since 2020-01-01T00:00:00Z",
+        b"pid 1 on elsewhere, since 2020-01-01T00:00:00Z",
     );
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(&log).unwrap();

@@ -1,0 +1,72 @@
+//! NetCDF files that are local copies of S3 objects travel as the objects'
+//! URLs, each with the stamp it was planned with: a process on another
+//! machine has none of the planner's copies, and fetches its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use datafusion::error::{DataFusionError, Result};
+
+use super::wait;
+use crate::session::s3::{self, ObjectCopy};
+
+/// The objects a spec's files name: URL → stamp (ETag, time, size).
+pub type Objects = BTreeMap<String, String>;
+
+/// Writes each file that is a copy of an S3 object as the object's URL, and
+/// returns the objects' stamps.
+pub fn outbound(files: &mut [PathBuf]) -> Objects {
+    let mut objects = Objects::new();
+    for file in files {
+        if let Some(copy) = s3::origin(file) {
+            *file = PathBuf::from(&copy.url);
+            objects.insert(copy.url, copy.stamp);
+        }
+    }
+    objects
+}
+
+/// Writes each object URL among `files` as this process's copy of it,
+/// fetching copies it lacks; an object changed since planning is refused.
+pub fn inbound(files: &mut [PathBuf], objects: &Objects) -> Result<()> {
+    for file in files {
+        let url = file.to_string_lossy().into_owned();
+        if !url.starts_with("s3://") {
+            continue;
+        }
+        let stamp = objects.get(&url).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{url}: a serialised plan names it without its stamp"
+            ))
+        })?;
+        let planned = ObjectCopy {
+            url: url.clone(),
+            stamp: stamp.clone(),
+        };
+        let local = wait(s3::copy_of(&planned))?
+            .map_err(|e| DataFusionError::Execution(format!("{e:#}")))?;
+        *file = local;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_files_travel_as_they_are_and_objects_need_their_stamp() {
+        let mut files = vec![PathBuf::from("/data/era5/a.nc")];
+        assert!(outbound(&mut files).is_empty());
+        inbound(&mut files, &Objects::new()).unwrap();
+        assert_eq!(files, [PathBuf::from("/data/era5/a.nc")]);
+
+        let mut files = vec![PathBuf::from("s3://bucket/era5/a.nc")];
+        let e = inbound(&mut files, &Objects::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("s3://bucket/era5/a.nc: a serialised plan names it without its stamp"),
+            "{e}"
+        );
+    }
+}
