@@ -339,14 +339,15 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
 /// `s3://` tables on a cluster: the plan names the objects and the stamps
 /// they were planned with, not the client's copies; the scheduler and the
 /// executor each fetch their own NetCDF copies with their own credentials,
-/// and read Parquet in place. Answers equal those from local files, and an
-/// object replaced in the bucket is fetched again everywhere.
+/// and read Parquet in place. Answers and a forecast run's table equal
+/// those from local files, and an object replaced in the bucket is fetched
+/// again everywhere.
 #[test]
 fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 4);
     let data = dir.path().join("data");
-    synth(&data, 8, "nc4", &[]);
     copy_tree(&data, &server.path("era5"));
     let climatology = server.path("clim/climatology.parquet");
     std::fs::create_dir_all(climatology.parent().unwrap()).unwrap();
@@ -394,7 +395,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     };
     let expected = on_disk(&data);
     assert_eq!(on_cluster(), expected);
-    assert_eq!(expected.lines().count(), 1 + 7, "{expected}");
+    assert_eq!(expected.lines().count(), 1 + 11, "{expected}");
 
     // Every process holds its own copies of the NetCDF objects, and none
     // of the Parquet one.
@@ -408,15 +409,51 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         found
     };
     let planned = copies("client");
-    assert_eq!(planned, ["era5_t2m_2020010100_2020010218.nc"]);
+    assert!(
+        !planned.is_empty() && planned.iter().all(|f| f.starts_with("era5_t2m_")),
+        "{planned:?}"
+    );
     assert_eq!(copies("scheduler"), planned);
     assert_eq!(copies("executor"), planned);
+
+    // The forecast job with its input in the bucket, sampled on the
+    // cluster, writes the table a run over the files on disk writes.
+    let config = config.to_str().unwrap();
+    let local = dir.path().join("out-local");
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let remote = dir.path().join("out-cluster");
+    let o = server
+        .command(SECRET, &cache("client"))
+        .args([
+            "run",
+            "--config",
+            config,
+            "--output",
+            remote.to_str().unwrap(),
+        ])
+        .args([
+            "--input",
+            &format!("s3://{BUCKET}/era5"),
+            "--ballista",
+            &cluster.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(forecast_csv(&remote), forecast_csv(&local));
 
     // Another writer replaces every object with other values for the same
     // steps: the next query is planned over the new objects, and the
     // executor fetches them instead of reading its stale copies.
     let replaced = dir.path().join("replaced");
-    synth_seeded(&replaced, 8, "nc4", 11, &[]);
+    synth_seeded(&replaced, 12, "nc4", 11, &[]);
     let replacements = std::fs::read_dir(&replaced)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -429,7 +466,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     assert_ne!(expected_now, expected, "seed 7 gives other values");
     assert_eq!(on_cluster(), expected_now);
     let downloads = cluster.executor_log().matches("downloading s3://").count();
-    assert_eq!(downloads, 2, "{}", cluster.executor_log());
+    assert_eq!(downloads, 2 * planned.len(), "{}", cluster.executor_log());
 }
 
 /// An executor that cannot reach the bucket a plan names refuses the task
