@@ -10,7 +10,6 @@
 //! are the ones planned with. Functions (`crps_gaussian`, …) travel by name
 //! and are found in the decoding session, which must be a uqcast session.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +32,7 @@ use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
 use objects::{Objects, inbound, outbound};
+use recent::Recent;
 
 /// Marks uqcast's payloads among those of the codec it wraps (Ballista's
 /// own nodes, protobuf), which it hands everything else to.
@@ -129,26 +129,30 @@ where
 /// The physical codec: `NetcdfExec` and `HyperdmExec`.
 ///
 /// Models are loaded once per file and weights id, on the device this
-/// process forecasts with, and shared by every plan that names them.
+/// process forecasts with, and shared by every plan that names them; the
+/// [`MODELS_KEPT`] most recently used stay loaded between plans.
 /// Every other node goes to the wrapped codec.
 #[derive(Debug)]
 pub struct PhysicalCodec {
     inner: Arc<dyn PhysicalExtensionCodec>,
-    models: Mutex<HashMap<(PathBuf, String), Arc<ForecastModel>>>,
+    models: Mutex<Recent<(PathBuf, String), Arc<ForecastModel>>>,
 }
+
+/// Models an executor keeps loaded: a job's model and a few analysts' ones.
+pub const MODELS_KEPT: usize = 4;
 
 impl PhysicalCodec {
     pub fn new(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
         Self {
             inner,
-            models: Mutex::default(),
+            models: Mutex::new(Recent::new(MODELS_KEPT)),
         }
     }
 
     fn model(&self, spec: &ForecastSpec) -> Result<Arc<ForecastModel>> {
         let key = (spec.model_path.clone(), spec.model_id.clone());
         if let Some(model) = self.models.lock().map_err(poisoned)?.get(&key) {
-            return Ok(model.clone());
+            return Ok(model);
         }
         let device = uqcast_hyperdm::default_device();
         let model = Arc::new(blocking(|| {
@@ -377,5 +381,6 @@ impl LogicalExtensionCodec for LogicalCodec {
 }
 
 mod objects;
+mod recent;
 #[cfg(test)]
 mod tests;
