@@ -81,6 +81,32 @@ pub fn failed(what: &str, url: &str) -> String {
     format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
 }
 
+/// The error of work sent to the cluster at `url`. A plan the scheduler
+/// could not rebuild comes back with the scheduler's reason, wrapped in a
+/// gRPC status's debug text: that reason is given alone. Any other failure
+/// begins as [`failed`] says.
+pub fn failure(what: &str, url: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e = e.into();
+    match scheduler_refusal(&format!("{e:#}")) {
+        Some(reason) => {
+            anyhow::anyhow!(
+                "{what} on the cluster at {url}: the scheduler could not plan it: {reason}"
+            )
+        }
+        None => e.context(failed(what, url)),
+    }
+}
+
+/// The reason in Ballista's "Could not parse plan" status, if `text` holds one.
+fn scheduler_refusal(text: &str) -> Option<String> {
+    const MARK: &str = "Could not parse plan: ";
+    let rest = &text[text.find(MARK)? + MARK.len()..];
+    let reason = rest.split("\", metadata:").next().unwrap_or(rest);
+    let reason = reason.replace("\\\"", "\"");
+    let reason = reason.trim_start_matches("DataFusion error: ");
+    Some(reason.trim_start_matches("Execution error: ").to_string())
+}
+
 /// A client session whose queries run on the cluster at `url`
 /// (`df://HOST:PORT`). Tables are registered on it as on a local one.
 pub async fn client(url: &str) -> Result<SessionContext> {
@@ -168,4 +194,27 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
                 settings.bind, settings.port, settings.scheduler.0, settings.scheduler.1
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduler_refusal_is_given_as_its_reason() {
+        // As a client saw it from Ballista 55 (headers shortened).
+        let seen = "Execution error: Status { code: InvalidArgument, message: \"Could not parse \
+                    plan: DataFusion error: Execution error: s3://b/era5/a.nc: no S3 \
+                    credentials: set \\\"AWS_ACCESS_KEY_ID\\\"\", metadata: MetadataMap { \
+                    headers: {\"server\": \"ballista/55.0.0\"} }, source: None }";
+        let e = failure("query", "df://h:50050", anyhow::anyhow!("{seen}"));
+        assert_eq!(
+            e.to_string(),
+            "query on the cluster at df://h:50050: the scheduler could not plan it: \
+             s3://b/era5/a.nc: no S3 credentials: set \"AWS_ACCESS_KEY_ID\""
+        );
+        let e = failure("forecast", "df://h:50050", anyhow::anyhow!("task failed"));
+        assert_eq!(e.to_string(), failed("forecast", "df://h:50050"));
+        assert_eq!(format!("{:#}", e.root_cause()), "task failed");
+    }
 }

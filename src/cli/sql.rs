@@ -63,11 +63,11 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     };
     register_tables(&ctx, &args.tables).await?;
     // A cluster is reached only when the query runs: name it in errors.
-    let what = match &args.ballista {
-        Some(url) => crate::cluster::failed("query", url),
-        None => "query".to_string(),
+    let failed = |e: anyhow::Error| match &args.ballista {
+        Some(url) => crate::cluster::failure("query", url, e),
+        None => e.context("query"),
     };
-    let df = ctx.sql(&args.query).await.context(what.clone())?;
+    let df = ctx.sql(&args.query).await.map_err(|e| failed(e.into()))?;
     match &args.output {
         Some(path) => {
             if let Some(remote) = S3Location::parse(&path.to_string_lossy())? {
@@ -75,6 +75,6 @@ pub async fn run(args: SqlArgs) -> Result<()> {
             }
             write_parquet(df, path).await
         }
-        None => print(df, args.format).await.context(what),
+        None => print(df, args.format).await.map_err(failed),
     }
 }

@@ -266,7 +266,7 @@ async fn forecast_stream(
     ctx.read_table(Arc::new(table))?
         .execute_stream()
         .await
-        .with_context(|| crate::cluster::failed("forecast", url))
+        .map_err(|e| crate::cluster::failure("forecast", url, e))
 }
 
 /// Writes each step of `steps` once all its cells have arrived. The
@@ -286,7 +286,7 @@ async fn write_new_steps(
         // A cluster is reached only as the stream is read: name it in errors.
         let batch = match (batch, ballista) {
             (Err(e), Some(url)) => {
-                return Err(anyhow::Error::from(e).context(crate::cluster::failed("forecast", url)));
+                return Err(crate::cluster::failure("forecast", url, e));
             }
             (batch, _) => batch?,
         };

@@ -469,33 +469,56 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     assert_eq!(downloads, 2 * planned.len(), "{}", cluster.executor_log());
 }
 
-/// An executor that cannot reach the bucket a plan names refuses the task
-/// and says which object and why; the client fails pointing to its log.
+/// A process that cannot reach the bucket a plan names says which object
+/// and why: a scheduler to the client, an executor in its log (the client
+/// fails pointing there).
 #[test]
-fn an_executor_without_s3_credentials_names_the_object() {
+fn processes_without_s3_credentials_name_the_object() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     synth(&dir.path().join("data"), 2, "nc4", &[]);
     copy_tree(&dir.path().join("data"), &server.path("era5"));
+    let object = format!("s3://{BUCKET}/era5/era5_t2m_2020010100_2020010106.nc");
     let cache = |role: &str| dir.path().join(format!("{role}-cache"));
-    let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
-        server.set_up(c, SECRET, &cache(role));
-        if role == "executor" {
-            c.env_remove("AWS_ACCESS_KEY_ID")
-                .env_remove("AWS_SECRET_ACCESS_KEY");
-        }
-    });
-    let o = server
-        .command(SECRET, &cache("client"))
-        .args([
-            "sql",
-            "SELECT sum(t2m) FROM era5",
-            "--ballista",
-            &cluster.url,
-        ])
-        .args(["--table", &format!("era5=s3://{BUCKET}/era5/")])
-        .output()
-        .unwrap();
+    let without_credentials = |lacking: &'static str| {
+        Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
+            server.set_up(c, SECRET, &cache(role));
+            if role == lacking {
+                c.env_remove("AWS_ACCESS_KEY_ID")
+                    .env_remove("AWS_SECRET_ACCESS_KEY");
+            }
+        })
+    };
+    let query = |cluster: &Cluster| {
+        server
+            .command(SECRET, &cache("client"))
+            .args([
+                "sql",
+                "SELECT sum(t2m) FROM era5",
+                "--ballista",
+                &cluster.url,
+            ])
+            .args(["--table", &format!("era5=s3://{BUCKET}/era5/")])
+            .output()
+            .unwrap()
+    };
+
+    let cluster = without_credentials("scheduler");
+    let o = query(&cluster);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "error: query on the cluster at {}: the scheduler could not plan it: {object}: a plan \
+             names it, this process has no copy: no S3 credentials",
+            cluster.url
+        )),
+        "{}",
+        stderr(&o)
+    );
+    drop(cluster);
+
+    let cluster = without_credentials("executor");
+    let o = query(&cluster);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("(a failed task's reason is in its executor's log)"),
@@ -505,8 +528,7 @@ fn an_executor_without_s3_credentials_names_the_object() {
     let log = cluster.executor_log();
     assert!(
         log.contains(&format!(
-            "s3://{BUCKET}/era5/era5_t2m_2020010100_2020010106.nc: a plan names it, this \
-             process has no copy"
+            "{object}: a plan names it, this process has no copy"
         )) && log.contains("no S3 credentials"),
         "{log}"
     );
