@@ -337,25 +337,28 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
 }
 
 /// `s3://` tables on a cluster: the plan names the objects and the stamps
-/// they were planned with, not the client's copies; the scheduler and the
-/// executor each fetch their own NetCDF copies with their own credentials,
-/// and read Parquet in place. Answers and a forecast run's table equal
-/// those from local files, and an object replaced in the bucket is fetched
-/// again everywhere.
+/// they were planned with, not the client's copies. The scheduler (to plan)
+/// and the executor (only the objects its tasks read) fetch their own NetCDF
+/// copies with their own credentials, and read Parquet in place. Answers
+/// and a forecast run's table equal those from local files, and an object
+/// replaced in the bucket is fetched again everywhere.
 #[test]
 fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let config = trained(dir.path(), 4);
-    let data = dir.path().join("data");
-    copy_tree(&data, &server.path("era5"));
+    copy_tree(&dir.path().join("data"), &server.path("era5-run"));
+    // Three days, one file each, for the queries.
+    let daily = dir.path().join("daily");
+    synth(&daily, 12, "nc4", &["--files-per-day"]);
+    copy_tree(&daily, &server.path("era5"));
     let climatology = server.path("clim/climatology.parquet");
     std::fs::create_dir_all(climatology.parent().unwrap()).unwrap();
     let o = uqcast(&[
         "sql",
         "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
         "--table",
-        &format!("era5={}", data.display()),
+        &format!("era5={}", daily.display()),
         "--output",
         climatology.to_str().unwrap(),
     ]);
@@ -365,12 +368,15 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
         server.set_up(c, SECRET, &cache(role))
     });
-    let query = "SELECT e.valid_time, count(*) AS cells, round(avg(e.t2m), 3) AS t2m, \
+    let last_day = "SELECT valid_time, count(*) AS cells, round(avg(t2m), 3) AS t2m FROM era5 \
+                    WHERE valid_time >= '2020-01-03T00:00:00Z' \
+                    GROUP BY valid_time ORDER BY valid_time";
+    let anomalies = "SELECT e.valid_time, count(*) AS cells, round(avg(e.t2m), 3) AS t2m, \
                  round(avg(abs(e.t2m - c.t2m_clim)), 3) AS anomaly \
                  FROM era5 e JOIN clim c ON e.latitude = c.latitude AND e.longitude = c.longitude \
                  WHERE e.valid_time >= '2020-01-01T06:00:00Z' \
                  GROUP BY e.valid_time ORDER BY e.valid_time";
-    let on_disk = |era5: &Path| {
+    let on_disk = |query: &str, era5: &Path| {
         let tables = [
             format!("era5={}", era5.display()),
             format!("clim={}", climatology.display()),
@@ -379,7 +385,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)
     };
-    let on_cluster = || {
+    let on_cluster = |query: &str| {
         let o = server
             .command(SECRET, &cache("client"))
             .args(["sql", query, "--format", "csv", "--ballista", &cluster.url])
@@ -393,12 +399,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)
     };
-    let expected = on_disk(&data);
-    assert_eq!(on_cluster(), expected);
-    assert_eq!(expected.lines().count(), 1 + 11, "{expected}");
-
-    // Every process holds its own copies of the NetCDF objects, and none
-    // of the Parquet one.
+    // The NetCDF copies a process holds (none of the Parquet object).
     let copies = |role: &str| {
         let mut found: Vec<String> = walk_all(&cache(role))
             .iter()
@@ -408,13 +409,25 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         found.sort();
         found
     };
-    let planned = copies("client");
-    assert!(
-        !planned.is_empty() && planned.iter().all(|f| f.starts_with("era5_t2m_")),
-        "{planned:?}"
-    );
-    assert_eq!(copies("scheduler"), planned);
-    assert_eq!(copies("executor"), planned);
+    let days = [
+        "era5_t2m_20200101.nc",
+        "era5_t2m_20200102.nc",
+        "era5_t2m_20200103.nc",
+    ];
+
+    // The last day's steps: the client and the scheduler open every
+    // object to plan, the executor fetches only the one its tasks read.
+    let expected = on_disk(last_day, &daily);
+    assert_eq!(on_cluster(last_day), expected);
+    assert_eq!(expected.lines().count(), 1 + 4, "{expected}");
+    assert_eq!(copies("client"), days);
+    assert_eq!(copies("scheduler"), days);
+    assert_eq!(copies("executor"), days[2..]);
+
+    let expected = on_disk(anomalies, &daily);
+    assert_eq!(on_cluster(anomalies), expected);
+    assert_eq!(expected.lines().count(), 1 + 11, "{expected}");
+    assert_eq!(copies("executor"), days);
 
     // The forecast job with its input in the bucket, sampled on the
     // cluster, writes the table a run over the files on disk writes.
@@ -440,7 +453,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         ])
         .args([
             "--input",
-            &format!("s3://{BUCKET}/era5"),
+            &format!("s3://{BUCKET}/era5-run"),
             "--ballista",
             &cluster.url,
         ])
@@ -453,7 +466,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     // steps: the next query is planned over the new objects, and the
     // executor fetches them instead of reading its stale copies.
     let replaced = dir.path().join("replaced");
-    synth_seeded(&replaced, 12, "nc4", 11, &[]);
+    synth_seeded(&replaced, 12, "nc4", 11, &["--files-per-day"]);
     let replacements = std::fs::read_dir(&replaced)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -462,11 +475,14 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         let name = file.file_name().unwrap().to_str().unwrap();
         server.put(name, "era5", &std::fs::read(&file).unwrap());
     }
-    let expected_now = on_disk(&replaced);
-    assert_ne!(expected_now, expected, "seed 7 gives other values");
-    assert_eq!(on_cluster(), expected_now);
-    let downloads = cluster.executor_log().matches("downloading s3://").count();
-    assert_eq!(downloads, 2 * planned.len(), "{}", cluster.executor_log());
+    let expected_now = on_disk(anomalies, &replaced);
+    assert_ne!(expected_now, expected, "seed 11 gives other values");
+    assert_eq!(on_cluster(anomalies), expected_now);
+    let log = cluster.executor_log();
+    let downloads = log
+        .matches(&format!("downloading s3://{BUCKET}/era5/"))
+        .count();
+    assert_eq!(downloads, 2 * days.len(), "{log}");
 }
 
 /// A process that cannot reach the bucket a plan names says which object

@@ -93,10 +93,22 @@ impl Era5TableProvider {
 }
 
 impl NetcdfExec {
+    /// The scan as it travels. Its table is the files its steps are in
+    /// (the first file if none, for the grid): a distributed scheduler cuts
+    /// a scan to each task's steps before sending it, so an executor opens,
+    /// or fetches, only the files its tasks read.
     pub fn spec(&self) -> ScanSpec {
         let (catalog, projection, selection, slab, partitions) = self.parts();
+        let mut read: Vec<usize> = partitions.iter().flatten().map(|s| s.file).collect();
+        read.sort_unstable();
+        read.dedup();
+        if read.is_empty() {
+            read.push(0);
+        }
+        let mut table = TableSpec::of(catalog);
+        table.files = read.iter().map(|&i| table.files[i].clone()).collect();
         ScanSpec {
-            table: TableSpec::of(catalog),
+            table,
             projection: projection.to_vec(),
             selection: selection.clone(),
             latitude: (slab.latitude.start, slab.latitude.end),
