@@ -119,7 +119,11 @@ pub fn connect(location: &S3Location) -> Result<Arc<AmazonS3>> {
 }
 
 /// Every object under `prefix` (recursively), sorted by key.
-async fn list(store: &AmazonS3, location: &S3Location, prefix: &str) -> Result<Vec<ObjectMeta>> {
+async fn list(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    prefix: &str,
+) -> Result<Vec<ObjectMeta>> {
     let prefix_path = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
     let mut objects: Vec<ObjectMeta> = store
         .list(prefix_path.as_ref())
@@ -136,6 +140,12 @@ async fn list(store: &AmazonS3, location: &S3Location, prefix: &str) -> Result<V
 /// on every store (a HEAD of a folder's key differs between stores).
 async fn objects_of(location: &S3Location) -> Result<(Arc<AmazonS3>, Vec<ObjectMeta>)> {
     let store = connect(location)?;
+    let objects = objects_in(store.as_ref(), location).await?;
+    Ok((store, objects))
+}
+
+/// [`objects_of`] in a given store.
+async fn objects_in(store: &dyn ObjectStore, location: &S3Location) -> Result<Vec<ObjectMeta>> {
     let key = &location.key;
     let prefix = if !location.is_glob() && !key.is_empty() && !key.ends_with('/') {
         let parent = key.rfind('/').map(|i| &key[..i]).unwrap_or("");
@@ -149,14 +159,13 @@ async fn objects_of(location: &S3Location) -> Result<(Arc<AmazonS3>, Vec<ObjectM
             .into_iter()
             .find(|o| o.location.as_ref() == key)
         {
-            return Ok((store, vec![object]));
+            return Ok(vec![object]);
         }
         format!("{key}/")
     } else {
         location.list_prefix().to_string()
     };
-    let objects = list(&store, location, &prefix).await?;
-    Ok((store, objects))
+    list(store, location, &prefix).await
 }
 
 fn extension(key: &str) -> String {
@@ -212,7 +221,19 @@ pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
         remember(&cache, &location, &local, &planned.stamp);
         return Ok(local);
     }
-    let (store, objects) = objects_of(&location)
+    let store = connect(&location)
+        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    fetch_planned(store.as_ref(), &location, planned, &cache).await
+}
+
+/// Downloads a planned object into `cache`, if it still has the planned stamp.
+async fn fetch_planned(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    planned: &ObjectCopy,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let objects = objects_in(store, location)
         .await
         .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
     let Some(meta) = objects.iter().find(|o| o.location.as_ref() == location.key) else {
@@ -230,7 +251,7 @@ pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
             planned.stamp
         );
     }
-    cached_copy(&store, &location, meta, &cache).await
+    cached_copy(store, location, meta, cache).await
 }
 
 /// Records `local` as a copy of `location`'s object, for [`origin`] and [`in_urls`].
@@ -432,7 +453,7 @@ static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// a download lands under a temporary name and is renamed when complete, so
 /// an interrupted one is never taken for a copy.
 async fn cached_copy(
-    store: &AmazonS3,
+    store: &dyn ObjectStore,
     location: &S3Location,
     meta: &ObjectMeta,
     cache: &Path,
@@ -476,7 +497,7 @@ async fn cached_copy(
     Ok(local)
 }
 
-async fn download(store: &AmazonS3, meta: &ObjectMeta, to: &Path) -> Result<()> {
+async fn download(store: &dyn ObjectStore, meta: &ObjectMeta, to: &Path) -> Result<()> {
     use std::io::Write;
     let mut file = std::io::BufWriter::new(std::fs::File::create(to)?);
     let mut stream = store.get(&meta.location).await?.into_stream();
@@ -527,6 +548,52 @@ mod tests {
         assert!(S3Location::parse("s3:///x.nc").is_err());
         let gs = S3Location::parse("gs://b/x.nc").expect_err("gs is refused");
         assert!(gs.to_string().contains("gs:// locations are not supported"));
+        Ok(())
+    }
+
+    /// A plan's object is fetched only while it is the object planned with:
+    /// replaced or removed since, it is refused, naming it.
+    #[tokio::test]
+    async fn a_planned_object_is_fetched_only_as_planned() -> Result<()> {
+        let store = object_store::memory::InMemory::new();
+        let location = S3Location::parse("s3://b/era5/a.nc")?.expect("an s3 location");
+        let key = ObjectPath::from("era5/a.nc");
+        store.put(&key, b"as planned".to_vec().into()).await?;
+        let listed = objects_in(&store, &location).await?;
+        let planned = ObjectCopy {
+            url: "s3://b/era5/a.nc".into(),
+            stamp: stamp(&listed[0]),
+        };
+        let cache = tempfile::tempdir()?;
+        let local = fetch_planned(&store, &location, &planned, cache.path()).await?;
+        assert_eq!(std::fs::read(&local)?, b"as planned");
+        assert_eq!(origin(&local), Some(planned.clone()));
+        assert!(is_fresh(&local, &planned.stamp));
+
+        store.put(&key, b"written since".to_vec().into()).await?;
+        let e = fetch_planned(&store, &location, &planned, cache.path())
+            .await
+            .expect_err("replaced since planning");
+        let e = format!("{e:#}");
+        assert!(
+            e.starts_with(&format!(
+                "s3://b/era5/a.nc: changed since the query was planned (planned as {}, stored \
+                 now as ",
+                planned.stamp
+            )),
+            "{e}"
+        );
+        // The copy made before is still the planned object's.
+        assert_eq!(std::fs::read(&local)?, b"as planned");
+
+        store.delete(&key).await?;
+        let e = fetch_planned(&store, &location, &planned, cache.path())
+            .await
+            .expect_err("removed since planning");
+        assert!(
+            format!("{e:#}").contains("s3://b/era5/a.nc: planned, no longer in the bucket"),
+            "{e:#}"
+        );
         Ok(())
     }
 
