@@ -109,6 +109,18 @@ fn sql(query: &str, tables: &[String], ballista: Option<&str>) -> std::process::
     uqcast(&args)
 }
 
+/// The pipeline `config` run in this process (no cluster) into `output`.
+fn run_here(config: &str, output: &Path) {
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// The same answer from the cluster as from one process: a NetCDF scan with
 /// pushed-down filters (spread over tasks), a skill function, an aggregate
 /// (a shuffle between stages), and a join with a Parquet table.
@@ -176,14 +188,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let config = trained(dir.path(), 16);
     let config = config.to_str().unwrap();
     let local = dir.path().join("local");
-    let o = uqcast(&[
-        "run",
-        "--config",
-        config,
-        "--output",
-        local.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_here(config, &local);
 
     let cluster = Cluster::start();
     let remote = dir.path().join("remote");
@@ -433,14 +438,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     // cluster, writes the table a run over the files on disk writes.
     let config = config.to_str().unwrap();
     let local = dir.path().join("out-local");
-    let o = uqcast(&[
-        "run",
-        "--config",
-        config,
-        "--output",
-        local.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_here(config, &local);
     let remote = dir.path().join("out-cluster");
     let o = server
         .command(SECRET, &cache("client"))
