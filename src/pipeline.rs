@@ -177,13 +177,8 @@ impl Pipeline {
         let bad = |field: &str, problem: &str| -> Result<()> {
             bail!("pipeline {}: {field}: {problem}", self.file.display())
         };
-        // Checkpoints are opened as files (the source and output may be s3://).
-        if is_url(&self.model.checkpoint.to_string_lossy()) {
-            bad(
-                "model.checkpoint",
-                "must be a local path (a model is opened as files; copy it from the bucket first)",
-            )?;
-        }
+        // A checkpoint may be s3:// for runs (copied into the cache); training
+        // refuses it (`uqcast train`).
         if !is_checkpoint_name(&self.model.checkpoint) {
             bad(
                 "model.checkpoint",

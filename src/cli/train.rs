@@ -75,9 +75,13 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
     if crate::pipeline::is_url(&out.to_string_lossy()) {
+        let named_by = match args.out {
+            Some(_) => "--out".to_string(),
+            None => format!("pipeline {} model.checkpoint", args.config.display()),
+        };
         anyhow::bail!(
-            "{}: --out must be a local file (a model is read and written as files; copy it to \
-             a bucket afterwards)",
+            "{}: {named_by} must be a local file for training (a model is written as files; \
+             copy it to a bucket afterwards, where runs can read it)",
             out.display()
         );
     }

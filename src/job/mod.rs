@@ -28,6 +28,7 @@ use uqcast_forecast::{ForecastModel, ForecastTable, Source};
 
 use crate::pipeline::Pipeline;
 use crate::session::context_with_table;
+use crate::session::s3::S3Location;
 use output::Output;
 use store::Provenance;
 
@@ -88,18 +89,25 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .output
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
-    if crate::pipeline::is_url(&model_path.to_string_lossy()) {
-        anyhow::bail!(
-            "{}: --model must be a local file (a model is opened as files; copy it from the \
-             bucket first)",
-            model_path.display()
-        );
-    }
     let settings = pipeline.inference()?;
 
     let device = uqcast_hyperdm::default_device();
     let model = {
-        let path = model_path.clone();
+        // A model in a bucket is read from this process's copy.
+        let path = match S3Location::parse(&model_path.to_string_lossy())? {
+            Some(_) => crate::session::s3::model_copy(&model_path.to_string_lossy()).await,
+            None => Ok(model_path.clone()),
+        };
+        let path = match (path, &options.model) {
+            (Ok(path), _) => path,
+            (Err(e), Some(_)) => return Err(e.context("--model")),
+            (Err(e), None) => {
+                return Err(e.context(format!(
+                    "pipeline {} model.checkpoint",
+                    pipeline.file.display()
+                )));
+            }
+        };
         let loaded = tokio::task::spawn_blocking(move || {
             ForecastModel::load(&path, &device).map_err(anyhow::Error::from)
         })

@@ -31,7 +31,7 @@ use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, S
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
-use objects::{Objects, inbound, outbound};
+use objects::{Objects, inbound, model_inbound, model_outbound, outbound};
 use recent::Recent;
 
 /// Marks uqcast's payloads among those of the codec it wraps (Ballista's
@@ -155,8 +155,9 @@ impl PhysicalCodec {
             return Ok(model);
         }
         let device = uqcast_hyperdm::default_device();
+        let local = model_inbound(&spec.model_path)?;
         let model = Arc::new(blocking(|| {
-            ForecastModel::load(&spec.model_path, &device).map_err(DataFusionError::from)
+            ForecastModel::load(&local, &device).map_err(DataFusionError::from)
         })?);
         // Refuse a file replaced since planning before it is cached.
         spec.check_model(&model)?;
@@ -224,7 +225,9 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             let objects = outbound(&mut scan.table.files);
             encode(&Node::NetcdfScan { scan, objects }, buf)
         } else if let Some(forecast) = node.downcast_ref::<HyperdmExec>() {
-            encode(&Node::HyperdmForecast(forecast.spec()), buf)
+            let mut spec = forecast.spec();
+            spec.model_path = model_outbound(&spec.model_path);
+            encode(&Node::HyperdmForecast(spec), buf)
         } else {
             self.inner.try_encode(node, buf, proto_converter)
         }
@@ -296,9 +299,9 @@ impl LogicalExtensionCodec for LogicalCodec {
                 let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
                 let forecast = spec.forecast;
                 let device = uqcast_hyperdm::default_device();
+                let local = model_inbound(&forecast.model_path)?;
                 let model = blocking(|| {
-                    ForecastModel::load(&forecast.model_path, &device)
-                        .map_err(DataFusionError::from)
+                    ForecastModel::load(&local, &device).map_err(DataFusionError::from)
                 })?;
                 forecast.check_model(&model)?;
                 Ok(Arc::new(ForecastTable::with_source(
@@ -333,7 +336,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             let model = table.model();
             let spec = ForecastTableSpec {
                 forecast: ForecastSpec {
-                    model_path: model.path.clone(),
+                    model_path: model_outbound(&model.path),
                     model_id: model.id.clone(),
                     settings: *table.settings(),
                     skip: table.skip().iter().copied().collect(),

@@ -226,6 +226,41 @@ pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
     fetch_planned(store.as_ref(), &location, planned, &cache).await
 }
 
+/// This process's copy of the model at `url` (`s3://…/X.safetensors`): its
+/// weights and, beside them, its metadata (`X.json`), each downloaded into
+/// the cache or reused while unchanged. Returns the weights' copy. Whether
+/// they are the weights a plan was made with is the model's weights id's
+/// to tell, not the objects' stamps.
+pub async fn model_copy(url: &str) -> Result<PathBuf> {
+    let weights = match S3Location::parse(url)? {
+        Some(l) if !l.is_glob() && !l.key.is_empty() => l,
+        _ => bail!("{url}: not the URL of one model (s3://BUCKET/KEY.safetensors)"),
+    };
+    let store = connect(&weights).with_context(|| url.to_string())?;
+    let cache = cache_root()?;
+    let metadata = S3Location {
+        bucket: weights.bucket.clone(),
+        key: Path::new(&weights.key)
+            .with_extension("json")
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let mut copies = Vec::with_capacity(2);
+    for object in [&weights, &metadata] {
+        let listed = objects_in(store.as_ref(), object)
+            .await
+            .with_context(|| object.to_string())?;
+        let Some(meta) = listed.iter().find(|o| o.location.as_ref() == object.key) else {
+            bail!(
+                "{object}: no such object (a model is its weights, X.safetensors, with its \
+                 metadata, X.json, beside them)"
+            );
+        };
+        copies.push(cached_copy(store.as_ref(), object, meta, &cache).await?);
+    }
+    Ok(copies.swap_remove(0))
+}
+
 /// Downloads a planned object into `cache`, if it still has the planned stamp.
 async fn fetch_planned(
     store: &dyn ObjectStore,

@@ -353,6 +353,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let config = trained(dir.path(), 4);
     copy_tree(&dir.path().join("data"), &server.path("era5-run"));
+    copy_tree(&dir.path().join("model"), &server.path("models"));
     // Three days, one file each, for the queries.
     let daily = dir.path().join("daily");
     synth(&daily, 12, "nc4", &["--files-per-day"]);
@@ -434,8 +435,9 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     assert_eq!(expected.lines().count(), 1 + 11, "{expected}");
     assert_eq!(copies("executor"), days);
 
-    // The forecast job with its input in the bucket, sampled on the
-    // cluster, writes the table a run over the files on disk writes.
+    // The forecast job with its input and its model in the bucket, sampled
+    // on the cluster, writes the table a run over the files on disk writes;
+    // the scheduler and the executor load the model from their own copies.
     let config = config.to_str().unwrap();
     let local = dir.path().join("out-local");
     run_here(config, &local);
@@ -452,6 +454,8 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         .args([
             "--input",
             &format!("s3://{BUCKET}/era5-run"),
+            "--model",
+            &format!("s3://{BUCKET}/models/m.safetensors"),
             "--ballista",
             &cluster.url,
         ])
@@ -459,6 +463,14 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(forecast_csv(&remote), forecast_csv(&local));
+    for role in ["scheduler", "executor"] {
+        let models = cache(role).join("s3").join(BUCKET).join("models");
+        assert!(
+            models.join("m.safetensors").is_file() && models.join("m.json").is_file(),
+            "{role}: {:?}",
+            walk_all(&cache(role))
+        );
+    }
 
     // Another writer replaces every object with other values for the same
     // steps: the next query is planned over the new objects, and the

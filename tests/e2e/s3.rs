@@ -245,11 +245,13 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     ]));
     assert_ne!(mixed, original, "the replaced object's new values are read");
 
-    // The forecast job with its input in the bucket writes the table a run
-    // over the same files on disk writes.
+    // The forecast job with its input and its model in the bucket writes
+    // the table a run over the same files on disk writes.
     let local_out = work.path().join("out-local");
     let remote_out = work.path().join("out-s3");
     let input = format!("s3://{BUCKET}/era5/nc4");
+    copy_tree(&work.path().join("model"), &server.path("models"));
+    let model = format!("s3://{BUCKET}/models/m.safetensors");
     let o = uq(&[
         "run",
         "--config",
@@ -264,13 +266,35 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         config,
         "--input",
         &input,
+        "--model",
+        &model,
         "--output",
         remote_out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    for copied in ["m.safetensors", "m.json"] {
+        let url = format!("downloading s3://{BUCKET}/models/{copied}");
+        assert!(stderr(&o).contains(&url), "{}", stderr(&o));
+    }
     let local_rows = forecast_csv(&local_out);
     assert!(local_rows.lines().count() > 100, "{local_rows}");
     assert_eq!(forecast_csv(&remote_out), local_rows);
+    // Weights without their metadata are not a model.
+    std::fs::copy(
+        work.path().join("model/m.safetensors"),
+        server.path("models/bare.safetensors"),
+    )
+    .unwrap();
+    let bare = format!("s3://{BUCKET}/models/bare.safetensors");
+    let o = uq(&["run", "--config", config, "--model", &bare]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "--model: s3://{BUCKET}/models/bare.json: no such object (a model is its weights"
+        )),
+        "{}",
+        stderr(&o)
+    );
 
     // Training from the bucket (named by the pipeline's source.path, kept
     // as a URL, not resolved against the pipeline's folder) makes the model
@@ -468,7 +492,7 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
 }
 
 #[test]
-fn s3_needs_credentials_and_models_stay_local() {
+fn s3_needs_credentials_and_models_are_read_not_trained_there() {
     let work = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let o = uqcast_without_aws()
@@ -485,17 +509,18 @@ fn s3_needs_credentials_and_models_stay_local() {
     assert!(err.contains("s3://b/era5/*.nc: no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
 
-    // Models are files: refused as s3:// before anything is read.
+    // A run reads a model from a bucket (credentials first); training
+    // writes files, so it refuses one before anything is read.
     let config = crate::pipeline::write_pipeline(work.path(), 4, "");
     let config = config.to_str().unwrap();
     let err = run(&["run", "--config", config, "--model", "s3://b/m.safetensors"]);
     assert!(
-        err.contains("s3://b/m.safetensors: --model must be a local file"),
+        err.contains("--model: s3://b/m.safetensors: no S3 credentials"),
         "{err}"
     );
     let err = run(&["train", "--config", config, "--out", "s3://b/m.safetensors"]);
     assert!(
-        err.contains("s3://b/m.safetensors: --out must be a local file"),
+        err.contains("s3://b/m.safetensors: --out must be a local file for training"),
         "{err}"
     );
     let text = std::fs::read_to_string(config).unwrap();
@@ -503,7 +528,15 @@ fn s3_needs_credentials_and_models_stay_local() {
     std::fs::write(config, remote_model).unwrap();
     let err = run(&["run", "--config", config]);
     assert!(
-        err.contains("model.checkpoint: must be a local path"),
+        err.contains("model.checkpoint: s3://b/m.safetensors: no S3 credentials"),
+        "{err}"
+    );
+    let err = run(&["train", "--config", config]);
+    assert!(
+        err.contains(&format!(
+            "s3://b/m.safetensors: pipeline {config} model.checkpoint must be a local file for \
+             training"
+        )),
         "{err}"
     );
     assert!(

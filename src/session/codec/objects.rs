@@ -3,7 +3,7 @@
 //! machine has none of the planner's copies, and fetches its own.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use datafusion::error::{DataFusionError, Result};
 
@@ -24,6 +24,22 @@ pub fn outbound(files: &mut [PathBuf]) -> Objects {
         }
     }
     objects
+}
+
+/// A model as it travels: a copy of an S3 object goes as the object's URL.
+pub fn model_outbound(path: &Path) -> PathBuf {
+    s3::origin(path).map_or_else(|| path.to_path_buf(), |copy| PathBuf::from(copy.url))
+}
+
+/// The file to load a travelling model from: an object URL is fetched into
+/// this process's cache (weights and metadata); whether it holds the planned
+/// weights is checked by weights id where it is loaded.
+pub fn model_inbound(path: &Path) -> Result<PathBuf> {
+    let url = path.to_string_lossy();
+    if !url.starts_with("s3://") {
+        return Ok(path.to_path_buf());
+    }
+    wait(s3::model_copy(&url))?.map_err(|e| DataFusionError::Execution(format!("{e:#}")))
 }
 
 /// Writes each object URL among `files` as this process's copy of it,
