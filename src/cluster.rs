@@ -62,7 +62,8 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
     let steps = StepPartitions(config.target_partitions());
     let config = config
         .with_extension(Arc::new(StepsAsInput))
-        .with_extension(Arc::new(steps));
+        .with_extension(Arc::new(steps))
+        .with_extension(Arc::new(crate::session::codec::model_files()));
     let state = ballista_core::utils::default_session_builder(config)?;
     let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
         .with_object_store_registry(Arc::new(ConnectingRegistry::default()))

@@ -27,7 +27,9 @@ use datafusion_proto::bytes::{
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
-use uqcast_forecast::{ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, Source};
+use uqcast_forecast::{
+    ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, ModelFiles, Source,
+};
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
@@ -98,6 +100,12 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
         }
         _ => f(),
     }
+}
+
+/// Where `hyperdm_forecast(…)` finds a model's files: a local path as it is,
+/// an `s3://` model in this process's copy (as a decoded plan's model).
+pub fn model_files() -> ModelFiles {
+    ModelFiles(Arc::new(model_inbound))
 }
 
 /// Waits for `future` from synchronous code (the codec's), on the runtime

@@ -19,7 +19,9 @@ pub mod s3;
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
 /// `weighted_rmse`, `spread_skill`).
 pub fn new_context() -> SessionContext {
-    let ctx = SessionContext::new();
+    let config =
+        datafusion::prelude::SessionConfig::new().with_extension(Arc::new(codec::model_files()));
+    let ctx = SessionContext::new_with_config(config);
     register_functions(&ctx);
     ctx
 }

@@ -279,6 +279,20 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     let local_rows = forecast_csv(&local_out);
     assert!(local_rows.lines().count() > 100, "{local_rows}");
     assert_eq!(forecast_csv(&remote_out), local_rows);
+    // An analyst's forecast with the model in the bucket answers as with
+    // the model on disk.
+    let forecast = |model: &str| {
+        let query = format!(
+            "SELECT valid_time, round(avg(t2m_mean), 3) AS mean, round(avg(t2m_eu), 6) AS eu \
+             FROM hyperdm_forecast('{model}', 'SELECT * FROM era5 WHERE valid_time < \
+             ''2020-01-01T12:00:00Z''', 2, 3, 'ddim-5', 5) GROUP BY valid_time ORDER BY valid_time"
+        );
+        let table = format!("era5={}", work.path().join("data").display());
+        sql_csv(&uq(&["sql", &query, "--table", &table, "--format", "csv"]))
+    };
+    let on_disk = forecast(work.path().join("model/m.safetensors").to_str().unwrap());
+    assert_eq!(on_disk.lines().count(), 1 + 2, "{on_disk}");
+    assert_eq!(forecast(&model), on_disk);
     // Weights without their metadata are not a model.
     std::fs::copy(
         work.path().join("model/m.safetensors"),

@@ -29,5 +29,6 @@ pub use pairs::StepField;
 pub use schema::forecast_schema;
 pub use spec::ForecastSpec;
 pub use table::{
-    ForecastTable, HyperdmForecastFunction, PlanSourceWhenCalled, Source, StepPartitions,
+    ForecastTable, HyperdmForecastFunction, ModelFiles, PlanSourceWhenCalled, Source,
+    StepPartitions,
 };

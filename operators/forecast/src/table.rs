@@ -12,7 +12,7 @@
 //! tables and functions as the outer query.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -55,6 +55,21 @@ pub enum Source {
 /// takes every core of one machine.
 #[derive(Debug, Clone, Copy)]
 pub struct StepPartitions(pub usize);
+
+/// A session configuration extension: where `hyperdm_forecast(…)` finds the
+/// files of a model named by something other than a local path (a URL the
+/// application knows how to fetch). Without it, a model path is a file.
+#[derive(Clone)]
+pub struct ModelFiles(pub Arc<LocalModelFile>);
+
+/// The local weights file for a model path.
+pub type LocalModelFile = dyn Fn(&Path) -> Result<PathBuf> + Send + Sync;
+
+impl std::fmt::Debug for ModelFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelFiles")
+    }
+}
 
 /// A session configuration extension: `hyperdm_forecast(…)` plans its
 /// source query when it is called, in the calling session, so the table
@@ -294,7 +309,11 @@ impl TableFunctionImpl for HyperdmForecastFunction {
         }
         let device = uqcast_hyperdm::default_device();
         let path = PathBuf::from(&model);
-        let model = ForecastModel::load(&path, &device)?;
+        let local = match args.session().config().get_extension::<ModelFiles>() {
+            Some(files) => (files.0)(&path)?,
+            None => path.clone(),
+        };
+        let model = ForecastModel::load(&local, &device)?;
         if let Err((field, e)) = model.check_settings(&settings) {
             return plan_err!("{}: {field}: {e} ({})", Self::NAME, path.display());
         }
