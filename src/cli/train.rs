@@ -12,6 +12,7 @@ use uqcast_forecast::{ModelGrid, StepField};
 
 use crate::job::{empty_source, source_sql};
 use crate::pipeline::Pipeline;
+use crate::session::s3::{self, S3Location};
 use crate::session::{context_with_table, f64_column};
 
 #[derive(Debug, Args)]
@@ -74,23 +75,21 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
-    if crate::pipeline::is_url(&out.to_string_lossy()) {
-        let named_by = match args.out {
-            Some(_) => "--out".to_string(),
-            None => format!("pipeline {} model.checkpoint", args.config.display()),
-        };
-        anyhow::bail!(
-            "{}: {named_by} must be a local file for training (a model is written as files; \
-             copy it to a bucket afterwards, where runs can read it)",
-            out.display()
-        );
-    }
     if !crate::pipeline::is_checkpoint_name(&out) {
         anyhow::bail!(
             "{}: --out needs a .safetensors file name (the weights; the metadata is written beside it as .json)",
             out.display()
         );
     }
+    // Into a bucket: trained here as files (and resumable from them), then
+    // stored. The credentials are checked before any training.
+    let (out, bucket) = match S3Location::parse(&out.to_string_lossy())? {
+        Some(remote) => {
+            let staged = s3::staged_model(&remote).with_context(|| remote.to_string())?;
+            (staged, Some(remote))
+        }
+        None => (out, None),
+    };
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let (grid, steps) = read_steps(location.clone(), &sql).await?;
     if steps.is_empty() {
@@ -147,11 +146,18 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     if interactive {
         eprintln!();
     }
+    let written = match &bucket {
+        Some(remote) => {
+            s3::store_model(&out, remote).await?;
+            remote.to_string()
+        }
+        None => out.display().to_string(),
+    };
     let mut stdout = super::output::stdout();
     writeln!(
         stdout,
         "wrote {} ({} pairs from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",
-        out.display(),
+        written,
         span.pairs,
         span.first,
         span.last,

@@ -261,6 +261,38 @@ pub async fn model_copy(url: &str) -> Result<PathBuf> {
     Ok(copies.swap_remove(0))
 }
 
+/// Where a model bound for `remote` is trained: its place in the cache, so
+/// an interrupted training resumes from its partial checkpoints there.
+/// Fails at once without credentials, before anything is trained.
+pub fn staged_model(remote: &S3Location) -> Result<PathBuf> {
+    connect(remote)?;
+    Ok(copy_path(&cache_root()?, &remote.bucket, &remote.key))
+}
+
+/// Stores a trained model (`X.safetensors` and `X.json` beside it) at
+/// `remote`: the weights first, then the metadata, each one PUT, which S3
+/// makes visible whole. S3 has no two-object transaction: a run that reads
+/// between the two PUTs of a model replaced in place pairs the new weights
+/// with the old metadata (its provenance records the new weights' id).
+pub async fn store_model(local: &Path, remote: &S3Location) -> Result<()> {
+    let store = connect(remote).with_context(|| remote.to_string())?;
+    let metadata = Path::new(&remote.key).with_extension("json");
+    for (file, key) in [
+        (local.to_path_buf(), remote.key.clone()),
+        (
+            local.with_extension("json"),
+            metadata.to_string_lossy().into_owned(),
+        ),
+    ] {
+        let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+        store
+            .put(&ObjectPath::from(key.as_str()), bytes.into())
+            .await
+            .with_context(|| format!("storing {}", remote.url(&key)))?;
+    }
+    Ok(())
+}
+
 /// Downloads a planned object into `cache`, if it still has the planned stamp.
 async fn fetch_planned(
     store: &dyn ObjectStore,

@@ -311,26 +311,32 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     );
 
     // Training from the bucket (named by the pipeline's source.path, kept
-    // as a URL, not resolved against the pipeline's folder) makes the model
-    // training from disk made.
+    // as a URL, not resolved against the pipeline's folder) into the bucket
+    // stores the model training from disk made, weights and metadata.
     let remote_source = work.path().join("remote-source.toml");
     let text = std::fs::read_to_string(config).unwrap();
     let text = text.replace("path = \"data\"", &format!("path = \"{input}\""));
     std::fs::write(&remote_source, text).unwrap();
-    let retrained = work.path().join("from-s3/m.safetensors");
+    let retrained = format!("s3://{BUCKET}/models/retrained.safetensors");
     let o = uq(&[
         "train",
         "--config",
         remote_source.to_str().unwrap(),
         "--out",
-        retrained.to_str().unwrap(),
+        &retrained,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        std::fs::read(&retrained).unwrap()
-            == std::fs::read(work.path().join("model/m.safetensors")).unwrap(),
-        "weights trained from s3:// differ"
+        stdout(&o).starts_with(&format!("wrote {retrained} (")),
+        "{}",
+        stdout(&o)
     );
+    assert!(
+        std::fs::read(server.path("models/retrained.safetensors")).unwrap()
+            == std::fs::read(work.path().join("model/m.safetensors")).unwrap(),
+        "weights trained from s3:// into s3:// differ"
+    );
+    assert!(server.path("models/retrained.json").is_file());
 
     // The job writes its tables into a bucket: incrementally (a first run
     // up to a time, then the rest), the same rows and flags as on disk, read
@@ -506,7 +512,7 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
 }
 
 #[test]
-fn s3_needs_credentials_and_models_are_read_not_trained_there() {
+fn s3_needs_credentials_for_tables_and_models() {
     let work = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let o = uqcast_without_aws()
@@ -523,8 +529,8 @@ fn s3_needs_credentials_and_models_are_read_not_trained_there() {
     assert!(err.contains("s3://b/era5/*.nc: no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
 
-    // A run reads a model from a bucket (credentials first); training
-    // writes files, so it refuses one before anything is read.
+    // A run reads a model from a bucket, a training stores one there: both
+    // need credentials, and say so before anything is read or trained.
     let config = crate::pipeline::write_pipeline(work.path(), 4, "");
     let config = config.to_str().unwrap();
     let err = run(&["run", "--config", config, "--model", "s3://b/m.safetensors"]);
@@ -534,7 +540,7 @@ fn s3_needs_credentials_and_models_are_read_not_trained_there() {
     );
     let err = run(&["train", "--config", config, "--out", "s3://b/m.safetensors"]);
     assert!(
-        err.contains("s3://b/m.safetensors: --out must be a local file for training"),
+        err.contains("s3://b/m.safetensors: no S3 credentials") && !err.contains("training on"),
         "{err}"
     );
     let text = std::fs::read_to_string(config).unwrap();
@@ -547,10 +553,7 @@ fn s3_needs_credentials_and_models_are_read_not_trained_there() {
     );
     let err = run(&["train", "--config", config]);
     assert!(
-        err.contains(&format!(
-            "s3://b/m.safetensors: pipeline {config} model.checkpoint must be a local file for \
-             training"
-        )),
+        err.contains("s3://b/m.safetensors: no S3 credentials") && !err.contains("training on"),
         "{err}"
     );
     assert!(
