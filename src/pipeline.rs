@@ -177,8 +177,8 @@ impl Pipeline {
         let bad = |field: &str, problem: &str| -> Result<()> {
             bail!("pipeline {}: {field}: {problem}", self.file.display())
         };
-        // A checkpoint may be s3:// for runs (copied into the cache); training
-        // refuses it (`uqcast train`).
+        // A checkpoint may be s3://: runs load a cached copy, training stores
+        // what it trained in the cache (`session::s3::model_copy`, `store_model`).
         if !is_checkpoint_name(&self.model.checkpoint) {
             bad(
                 "model.checkpoint",
