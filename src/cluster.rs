@@ -66,7 +66,7 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
         .with_extension(Arc::new(crate::session::codec::model_files()));
     let state = ballista_core::utils::default_session_builder(config)?;
     let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-        .with_object_store_registry(Arc::new(ConnectingRegistry::default()))
+        .with_object_store_registry(ConnectingRegistry::shared())
         .build_arc()?;
     let state = SessionStateBuilder::new_from_existing(state)
         .with_runtime_env(runtime)
@@ -179,7 +179,7 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| {
             RuntimeEnvBuilder::new()
                 .with_temp_file_path(&work_dir)
-                .with_object_store_registry(Arc::new(ConnectingRegistry::default()))
+                .with_object_store_registry(ConnectingRegistry::shared())
                 .build_arc()
         })),
         override_logical_codec: Some(logical_codec()),

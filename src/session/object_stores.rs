@@ -18,6 +18,15 @@ pub struct ConnectingRegistry {
     known: DefaultObjectStoreRegistry,
 }
 
+impl ConnectingRegistry {
+    /// The process's registry: every session and task of a scheduler or
+    /// executor shares its stores, and their connection pools.
+    pub fn shared() -> Arc<Self> {
+        static SHARED: std::sync::OnceLock<Arc<ConnectingRegistry>> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Arc::default).clone()
+    }
+}
+
 impl ObjectStoreRegistry for ConnectingRegistry {
     fn register_store(
         &self,
