@@ -9,7 +9,14 @@ use clap::Args;
 
 use crate::cluster::{ExecutorSettings, executor, scheduler};
 
+/// What every cluster process reads, printed below both services' options.
+const DATA: &str = "Data: NetCDF files and models are opened at the paths plans name (shared \
+storage); s3:// objects are fetched into $UQCAST_CACHE_DIR (default: $XDG_CACHE_HOME/uqcast or ~/.cache/uqcast) with this \
+process's AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
+AWS_ENDPOINT_URL). UQCAST_LOG sets the log level (default info).";
+
 #[derive(Debug, Args)]
+#[command(after_help = DATA)]
 pub struct SchedulerArgs {
     /// Address to listen on (clients and executors connect here).
     #[arg(long, default_value = "127.0.0.1:50050")]
@@ -21,6 +28,7 @@ pub struct SchedulerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = DATA)]
 pub struct ExecutorArgs {
     /// The scheduler to join, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:50050")]
