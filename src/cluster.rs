@@ -46,11 +46,14 @@ fn physical_codec() -> Arc<PhysicalCodec> {
     )))
 }
 
-/// Ballista's session configuration with uqcast's codecs.
+/// Ballista's session configuration with uqcast's codecs, for every role.
+/// An executor's tasks run with it, so their scans name S3 objects by URL,
+/// not by this machine's copies.
 fn session_config() -> SessionConfig {
     SessionConfig::new_with_ballista()
         .with_ballista_logical_extension_codec(logical_codec())
         .with_ballista_physical_extension_codec(physical_codec())
+        .with_extension(Arc::new(crate::session::s3::file_names()))
 }
 
 /// A scheduler's or executor's session: Ballista's, plus uqcast's functions;

@@ -33,6 +33,7 @@ use uqcast_forecast::{
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
+use crate::session::s3::file_names;
 use objects::{Objects, inbound, model_inbound, model_outbound, outbound};
 use recent::Recent;
 
@@ -175,23 +176,13 @@ impl PhysicalCodec {
             .insert(key, model.clone());
         Ok(model)
     }
-}
 
-fn poisoned<T>(_: T) -> DataFusionError {
-    DataFusionError::Internal("the model cache's lock was poisoned by a panic".into())
-}
-
-impl PhysicalExtensionCodec for PhysicalCodec {
-    fn try_decode(
+    /// Rebuilds one of uqcast's plan nodes.
+    fn decode_node(
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        ctx: &TaskContext,
-        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(buf) = ours(buf) else {
-            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
-        };
         match decode::<Node>(buf, "plan node")? {
             Node::NetcdfScan { mut scan, objects } => {
                 inbound(&mut scan.table.files, &objects)?;
@@ -220,6 +211,28 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                 )?))
             }
         }
+    }
+}
+
+fn poisoned<T>(_: T) -> DataFusionError {
+    DataFusionError::Internal("the model cache's lock was poisoned by a panic".into())
+}
+
+impl PhysicalExtensionCodec for PhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(buf) = ours(buf) else {
+            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        // The files and models were opened from this process's copies;
+        // the error names them as the planner did.
+        self.decode_node(buf, inputs)
+            .map_err(|e| file_names().apply(e))
     }
 
     fn try_encode(
@@ -270,6 +283,37 @@ impl LogicalCodec {
     pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
         Self { inner }
     }
+
+    /// Rebuilds one of uqcast's tables.
+    fn decode_table(
+        &self,
+        payload: &[u8],
+        table_ref: &TableReference,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        match decode::<LogicalNode>(payload, &format!("table {table_ref}"))? {
+            LogicalNode::Era5 { mut table, objects } => {
+                inbound(&mut table.files, &objects)?;
+                Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&table))?))
+            }
+            LogicalNode::Forecast(spec) => {
+                let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
+                let forecast = spec.forecast;
+                let device = uqcast_hyperdm::default_device();
+                let local = model_inbound(&forecast.model_path)?;
+                let model = blocking(|| {
+                    ForecastModel::load(&local, &device).map_err(DataFusionError::from)
+                })?;
+                forecast.check_model(&model)?;
+                Ok(Arc::new(ForecastTable::with_source(
+                    Arc::new(model),
+                    Source::Plan(source),
+                    forecast.settings,
+                    forecast.skip.into_iter().collect(),
+                )))
+            }
+        }
+    }
 }
 
 impl LogicalExtensionCodec for LogicalCodec {
@@ -298,28 +342,9 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
-        match decode::<LogicalNode>(payload, &format!("table {table_ref}"))? {
-            LogicalNode::Era5 { mut table, objects } => {
-                inbound(&mut table.files, &objects)?;
-                Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&table))?))
-            }
-            LogicalNode::Forecast(spec) => {
-                let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
-                let forecast = spec.forecast;
-                let device = uqcast_hyperdm::default_device();
-                let local = model_inbound(&forecast.model_path)?;
-                let model = blocking(|| {
-                    ForecastModel::load(&local, &device).map_err(DataFusionError::from)
-                })?;
-                forecast.check_model(&model)?;
-                Ok(Arc::new(ForecastTable::with_source(
-                    Arc::new(model),
-                    Source::Plan(source),
-                    forecast.settings,
-                    forecast.skip.into_iter().collect(),
-                )))
-            }
-        }
+        // As for plan nodes: errors name objects, not this process's copies.
+        self.decode_table(payload, table_ref, ctx)
+            .map_err(|e| file_names().apply(e))
     }
 
     fn try_encode_table_provider(

@@ -17,10 +17,11 @@ pub mod s3;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
-/// `weighted_rmse`, `spread_skill`).
+/// `weighted_rmse`, `spread_skill`); its scans name S3 objects by URL.
 pub fn new_context() -> SessionContext {
-    let config =
-        datafusion::prelude::SessionConfig::new().with_extension(Arc::new(codec::model_files()));
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_extension(Arc::new(codec::model_files()))
+        .with_extension(Arc::new(s3::file_names()));
     let ctx = SessionContext::new_with_config(config);
     register_functions(&ctx);
     ctx

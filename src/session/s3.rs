@@ -19,6 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
+use uqcast_netcdf::FileNames;
 
 /// Downloads at once when a NetCDF table spans many objects.
 const PARALLEL_DOWNLOADS: usize = 4;
@@ -355,6 +356,12 @@ pub fn in_urls(message: &str) -> String {
     buckets
         .iter()
         .fold(message.to_string(), |m, (local, url)| m.replace(local, url))
+}
+
+/// How errors of this process's scans and plans name its copies: by the
+/// `s3://` URLs they are copies of (a session extension, see [`in_urls`]).
+pub fn file_names() -> FileNames {
+    FileNames::new(in_urls)
 }
 
 /// Registers the bucket's store with `ctx`, for DataFusion to read or write

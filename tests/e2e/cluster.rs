@@ -493,6 +493,35 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         .matches(&format!("downloading s3://{BUCKET}/era5/"))
         .count();
     assert_eq!(downloads, 2 * days.len(), "{log}");
+
+    // A value found wrong mid-scan (°C under units "K") fails the task on
+    // the executor, whose log names the object, not its copy of it.
+    let celsius = dir.path().join("celsius.nc");
+    crate::errors::write_nc3(&celsius, Some("hours since 1900-01-01"), "t2m", "K");
+    let mut file = netcdf::append(&celsius).unwrap();
+    file.variable_mut("t2m")
+        .unwrap()
+        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
+        .unwrap();
+    file.close().unwrap();
+    server.put("celsius.nc", "bad", &std::fs::read(&celsius).unwrap());
+    let o = server
+        .command(SECRET, &cache("client"))
+        .args(["sql", "SELECT avg(t2m) FROM t", "--ballista", &cluster.url])
+        .args(["--table", &format!("t=s3://{BUCKET}/bad/celsius.nc")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let log = cluster.executor_log();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("t2m at 2020-01-01T00:00:00Z"))
+        .unwrap_or_else(|| panic!("no failed task in the log: {log}"));
+    assert!(
+        failure.contains(&format!("s3://{BUCKET}/bad/celsius.nc: t2m at"))
+            && !failure.contains(&cache("executor").display().to_string()),
+        "{failure}"
+    );
 }
 
 /// A process that cannot reach the bucket a plan names says which object

@@ -15,13 +15,17 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
 };
+use futures::TryStreamExt;
 
 use crate::catalog::{Catalog, Step};
+use crate::names::FileNames;
 use crate::pushdown::Selection;
 use crate::reader::Hyperslab;
 use crate::stream::{PartitionScan, ScanMetrics};
@@ -320,7 +324,7 @@ impl ExecutionPlan for NetcdfExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let steps = self
             .partitions
@@ -345,7 +349,14 @@ impl ExecutionPlan for NetcdfExec {
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 1);
         let tx = builder.tx();
         builder.spawn_blocking(move || scan.run(tx));
-        Ok(builder.build())
+        let stream = builder.build();
+        match context.session_config().get_extension::<FileNames>() {
+            None => Ok(stream),
+            Some(names) => Ok(Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                stream.map_err(move |e| names.apply(e)),
+            ))),
+        }
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimestampMicrosecondType};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use uqcast_netcdf::{Encoding, Era5TableProvider, Grid, GridVariable, NetcdfError, write_era5};
+use uqcast_netcdf::{
+    Encoding, Era5TableProvider, FileNames, Grid, GridVariable, NetcdfError, write_era5,
+};
 
 const HOUR: i64 = 3_600_000_000;
 /// 2020-01-01T00:00Z in microseconds.
@@ -498,6 +500,45 @@ fn bad_inputs_name_the_file_and_field() {
     }
     OneCell::default().write(&dir.path().join("sound.nc"));
     Era5TableProvider::try_new(&[dir.path().join("sound.nc").display().to_string()], None).unwrap();
+}
+
+/// A value found wrong mid-scan names the file as the session's
+/// [`FileNames`] says: a cached copy of an object by the object's URL.
+#[tokio::test]
+async fn scan_errors_name_files_as_the_session_knows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("cache").join("era5.nc");
+    std::fs::create_dir(copy.parent().unwrap()).unwrap();
+    let mut fixture = Fixture::new(2, 0);
+    fixture.t2m[5] = 7.5; // °C under units "K": step 0, lat 57.5, lon 350
+    fixture.write(&copy, Encoding::Nc4);
+    let query = "SELECT avg(t2m) FROM era5";
+    let cell = "t2m at 2020-01-01T00:00:00Z, latitude 57.5, longitude 350 is 7.5 K";
+
+    let ctx = context(2);
+    table(&ctx, "era5", std::slice::from_ref(&copy));
+    let err = ctx.sql(query).await.unwrap().collect().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("{}: {cell}", copy.display())),
+        "{err}"
+    );
+
+    let cache = format!("{}", dir.path().join("cache").display());
+    let names = FileNames::new(move |m| m.replace(&cache, "s3://bucket"));
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(2)
+            .with_extension(Arc::new(names)),
+    );
+    table(&ctx, "era5", std::slice::from_ref(&copy));
+    let err = ctx.sql(query).await.unwrap().collect().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("s3://bucket/era5.nc: {cell}")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("cache"), "{err}");
 }
 
 /// A two-step, one-cell file written with raw libnetcdf calls: an int32
