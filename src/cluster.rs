@@ -34,6 +34,9 @@ use crate::session::codec::{LogicalCodec, PhysicalCodec};
 use crate::session::object_stores::ConnectingRegistry;
 use crate::session::register_functions;
 
+mod failures;
+pub use failures::failure;
+
 fn logical_codec() -> Arc<LogicalCodec> {
     Arc::new(LogicalCodec::new(Arc::new(
         BallistaLogicalExtensionCodec::default(),
@@ -47,13 +50,14 @@ fn physical_codec() -> Arc<PhysicalCodec> {
 }
 
 /// Ballista's session configuration with uqcast's codecs, for every role.
-/// An executor's tasks run with it, so their scans name S3 objects by URL,
-/// not by this machine's copies.
+/// An executor's tasks run with it, so their scans' errors name S3 objects
+/// by URL, not by this machine's copies, and travel to the client as
+/// messages it can read out (`failures`).
 fn session_config() -> SessionConfig {
     SessionConfig::new_with_ballista()
         .with_ballista_logical_extension_codec(logical_codec())
         .with_ballista_physical_extension_codec(physical_codec())
-        .with_extension(Arc::new(crate::session::s3::file_names()))
+        .with_extension(Arc::new(crate::session::s3::file_names().as_messages()))
 }
 
 /// A scheduler's or executor's session: Ballista's, plus uqcast's functions;
@@ -77,38 +81,6 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
     let ctx = SessionContext::new_with_state(state);
     register_functions(&ctx);
     Ok(ctx.state())
-}
-
-/// How errors of work sent to the cluster at `url` begin: Ballista tells a
-/// client only that a task failed, its executor's log says why.
-pub fn failed(what: &str, url: &str) -> String {
-    format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
-}
-
-/// The error of work sent to the cluster at `url`. A plan the scheduler
-/// could not rebuild comes back with the scheduler's reason, wrapped in a
-/// gRPC status's debug text: that reason is given alone. Any other failure
-/// begins as [`failed`] says.
-pub fn failure(what: &str, url: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
-    let e = e.into();
-    match scheduler_refusal(&format!("{e:#}")) {
-        Some(reason) => {
-            anyhow::anyhow!(
-                "{what} on the cluster at {url}: the scheduler could not plan it: {reason}"
-            )
-        }
-        None => e.context(failed(what, url)),
-    }
-}
-
-/// The reason in Ballista's "Could not parse plan" status, if `text` holds one.
-fn scheduler_refusal(text: &str) -> Option<String> {
-    const MARK: &str = "Could not parse plan: ";
-    let rest = &text[text.find(MARK)? + MARK.len()..];
-    let reason = rest.split("\", metadata:").next().unwrap_or(rest);
-    let reason = reason.replace("\\\"", "\"");
-    let reason = reason.trim_start_matches("DataFusion error: ");
-    Some(reason.trim_start_matches("Execution error: ").to_string())
 }
 
 /// A client session whose queries run on the cluster at `url`
@@ -198,27 +170,4 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
                 settings.bind, settings.port, settings.scheduler.0, settings.scheduler.1
             )
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_scheduler_refusal_is_given_as_its_reason() {
-        // As a client saw it from Ballista 55 (headers shortened).
-        let seen = "Execution error: Status { code: InvalidArgument, message: \"Could not parse \
-                    plan: DataFusion error: Execution error: s3://b/era5/a.nc: no S3 \
-                    credentials: set \\\"AWS_ACCESS_KEY_ID\\\"\", metadata: MetadataMap { \
-                    headers: {\"server\": \"ballista/55.0.0\"} }, source: None }";
-        let e = failure("query", "df://h:50050", anyhow::anyhow!("{seen}"));
-        assert_eq!(
-            e.to_string(),
-            "query on the cluster at df://h:50050: the scheduler could not plan it: \
-             s3://b/era5/a.nc: no S3 credentials: set \"AWS_ACCESS_KEY_ID\""
-        );
-        let e = failure("forecast", "df://h:50050", anyhow::anyhow!("task failed"));
-        assert_eq!(e.to_string(), failed("forecast", "df://h:50050"));
-        assert_eq!(format!("{:#}", e.root_cause()), "task failed");
-    }
 }

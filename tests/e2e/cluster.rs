@@ -237,6 +237,48 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     assert!(there.status.success(), "{}", stderr(&there));
     assert_eq!(stdout(&there), stdout(&here));
     assert_eq!(stdout(&here).lines().count(), 1 + 3, "{}", stdout(&here));
+
+    // Input in °C under units "K": the task reading it fails, the client
+    // says why, naming the file, and the failed first run leaves no table.
+    let celsius = dir.path().join("celsius");
+    synth(&celsius, 2, "nc4", &[]);
+    let nc = walk_all(&celsius)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|x| x == "nc"))
+        .unwrap();
+    let mut file = netcdf::append(&nc).unwrap();
+    let mut t2m = file.variable_mut("t2m").unwrap();
+    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
+    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
+    t2m.put_values(&degrees, ..).unwrap();
+    file.close().unwrap();
+    let fresh = dir.path().join("fresh");
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        fresh.to_str().unwrap(),
+        "--input",
+        celsius.to_str().unwrap(),
+        "--ballista",
+        &cluster.url,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let error_line = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert!(
+        error_line.starts_with(&format!(
+            "error: forecast on the cluster at {}: a task failed: {}: t2m at 2020-01-01T",
+            cluster.url,
+            nc.display()
+        )) && error_line.contains("outside the 150…350 K"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !fresh.join("forecast").exists(),
+        "a failed run left a table"
+    );
 }
 
 /// What cannot reach a cluster says so, naming it; a failed first run
@@ -495,7 +537,8 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     assert_eq!(downloads, 2 * days.len(), "{log}");
 
     // A value found wrong mid-scan (°C under units "K") fails the task on
-    // the executor, whose log names the object, not its copy of it.
+    // the executor: the client's error and the executor's log name the
+    // object, not a copy of it.
     let celsius = dir.path().join("celsius.nc");
     crate::errors::write_nc3(&celsius, Some("hours since 1900-01-01"), "t2m", "K");
     let mut file = netcdf::append(&celsius).unwrap();
@@ -512,6 +555,19 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let wrong = format!(
+        "s3://{BUCKET}/bad/celsius.nc: t2m at 2020-01-01T00:00:00Z, latitude 0, longitude 0 \
+         is 7.5 K, outside the 150…350 K a 2 m temperature can be (values in °C or °F under \
+         units \"K\"?)"
+    );
+    let error_line = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        error_line,
+        format!(
+            "error: query on the cluster at {}: a task failed: {wrong}",
+            cluster.url
+        )
+    );
     let log = cluster.executor_log();
     let failure = log
         .lines()

@@ -11,25 +11,40 @@ use datafusion::error::DataFusionError;
 /// A session extension: rewrites the file names in the messages of a scan's
 /// errors (set with `SessionConfig::with_extension`).
 #[derive(Clone)]
-pub struct FileNames(Arc<dyn Fn(&str) -> String + Send + Sync>);
+pub struct FileNames {
+    rename: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    as_messages: bool,
+}
 
 impl FileNames {
     /// `rename` rewrites a message, naming each copy as its user knows it.
     pub fn new(rename: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
-        Self(Arc::new(rename))
+        Self {
+            rename: Arc::new(rename),
+            as_messages: false,
+        }
     }
 
-    /// `e` with its message rewritten; `e` itself where nothing changes,
-    /// else of the same kind where the kind is only a message.
+    /// The same, passing every error on as its message, for a process that
+    /// reports errors in their debug form (a Ballista executor, to its
+    /// scheduler): the message, not the error's fields, is what is read.
+    pub fn as_messages(self) -> Self {
+        Self {
+            as_messages: true,
+            ..self
+        }
+    }
+
+    /// `e` with its message rewritten; `e` itself where nothing changes
+    /// (unless passed on as messages), else of the same kind where the kind
+    /// is only a message.
     pub fn apply(&self, e: DataFusionError) -> DataFusionError {
         let message = e.message().into_owned();
-        let named = (self.0)(&message);
-        if named == message {
-            return e;
-        }
+        let named = (self.rename)(&message);
         match e {
             DataFusionError::Execution(_) => DataFusionError::Execution(named),
             DataFusionError::Plan(_) => DataFusionError::Plan(named),
+            e if named == message && !self.as_messages => e,
             _ => DataFusionError::External(named.into()),
         }
     }
@@ -37,7 +52,9 @@ impl FileNames {
 
 impl fmt::Debug for FileNames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FileNames")
+        f.debug_struct("FileNames")
+            .field("as_messages", &self.as_messages)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,5 +98,19 @@ mod tests {
             panic!("kind changed: {same}");
         };
         assert!(inner.downcast_ref::<NetcdfError>().is_some());
+    }
+
+    #[test]
+    fn as_messages_every_error_debugs_as_its_message() {
+        let e: DataFusionError = NetcdfError::NotFound {
+            path: "/data/a.nc".into(),
+        }
+        .into();
+        assert!(format!("{e:?}").contains("NotFound { path:"), "{e:?}");
+        let e = to_urls().as_messages().apply(e);
+        assert_eq!(
+            format!("{e:?}"),
+            "External(\"/data/a.nc: no such file, directory or glob match\")"
+        );
     }
 }
