@@ -158,7 +158,12 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
                 .build_arc()
         })),
         override_logical_codec: Some(logical_codec()),
-        override_physical_codec: Some(physical_codec()),
+        // Tasks this executor cannot rebuild fail when run, so their
+        // reasons reach the client (`session::codec::refused`).
+        override_physical_codec: Some(Arc::new(
+            PhysicalCodec::new(Arc::new(BallistaPhysicalExtensionCodec::default()))
+                .standing_in_for_refusals(),
+        )),
         override_function_registry: Some(Arc::new(registry)),
         ..ExecutorProcessConfig::default()
     };

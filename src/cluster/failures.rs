@@ -4,7 +4,8 @@
 //! where it can be read out; otherwise the error says where to look.
 
 /// How errors of work sent to the cluster at `url` begin when no reason
-/// came back (a task an executor could not prepare): its log says why.
+/// can be read out of what came back (a task rejected before it ran, an
+/// error that is not one message): the executor's log says why.
 pub fn failed(what: &str, url: &str) -> String {
     format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
 }

@@ -28,7 +28,7 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 use uqcast_forecast::{
-    ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, ModelFiles, Source,
+    ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, ModelFiles, Source, forecast_schema,
 };
 use uqcast_netcdf::spec::{ScanSpec, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
@@ -36,6 +36,7 @@ use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 use crate::session::s3::file_names;
 use objects::{Objects, inbound, model_inbound, model_outbound, outbound};
 use recent::Recent;
+use refused::RefusedExec;
 
 /// Marks uqcast's payloads among those of the codec it wraps (Ballista's
 /// own nodes, protobuf), which it hands everything else to.
@@ -145,6 +146,9 @@ where
 pub struct PhysicalCodec {
     inner: Arc<dyn PhysicalExtensionCodec>,
     models: Mutex<Recent<(PathBuf, String), Arc<ForecastModel>>>,
+    /// Whether a node that cannot be rebuilt decodes as a [`RefusedExec`]
+    /// (an executor's codec), rather than failing to decode.
+    stands_in: bool,
 }
 
 /// Models an executor keeps loaded: a job's model and a few analysts' ones.
@@ -155,6 +159,17 @@ impl PhysicalCodec {
         Self {
             inner,
             models: Mutex::new(Recent::new(MODELS_KEPT)),
+            stands_in: false,
+        }
+    }
+
+    /// The same, decoding a node it cannot rebuild as a [`RefusedExec`] that
+    /// fails with the reason when run: for an executor, whose decoding
+    /// errors Ballista does not pass on (see `codec::refused`).
+    pub fn standing_in_for_refusals(self) -> Self {
+        Self {
+            stands_in: true,
+            ..self
         }
     }
 
@@ -177,13 +192,31 @@ impl PhysicalCodec {
         Ok(model)
     }
 
-    /// Rebuilds one of uqcast's plan nodes.
+    /// Rebuilds one of uqcast's plan nodes, or stands in for it (see
+    /// [`Self::standing_in_for_refusals`]). The files and models were opened
+    /// from this process's copies; errors name them as the planner did.
     fn decode_node(
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match decode::<Node>(buf, "plan node")? {
+        let node = decode::<Node>(buf, "plan node")?;
+        let stand_in = self.stands_in.then(|| stand_in_shape(&node, inputs));
+        match (self.rebuild(node, inputs), stand_in) {
+            (Err(e), Some(Ok((name, schema, partitions)))) => {
+                let e = file_names().apply(e);
+                Ok(Arc::new(RefusedExec::new(name, &e, schema, partitions)))
+            }
+            (rebuilt, _) => rebuilt.map_err(|e| file_names().apply(e)),
+        }
+    }
+
+    fn rebuild(
+        &self,
+        node: Node,
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match node {
             Node::NetcdfScan { mut scan, objects } => {
                 inbound(&mut scan.table.files, &objects)?;
                 let scan = blocking(|| NetcdfExec::from_spec(&scan))?;
@@ -214,6 +247,32 @@ impl PhysicalCodec {
     }
 }
 
+/// What a node was planned to produce, from its spec and inputs alone: its
+/// name, schema and partition count.
+fn stand_in_shape(
+    node: &Node,
+    inputs: &[Arc<dyn ExecutionPlan>],
+) -> Result<(&'static str, SchemaRef, usize)> {
+    let input_partitions = || match inputs {
+        [input] => Ok(input.properties().output_partitioning().partition_count()),
+        _ => Err(DataFusionError::Plan(format!(
+            "a serialised plan node has {} inputs, expected 1",
+            inputs.len()
+        ))),
+    };
+    match node {
+        Node::NetcdfScan { scan, .. } => {
+            let partitions = match inputs {
+                [] => scan.partitions.len(),
+                [steps] => uqcast_netcdf::steps_input::times_of(steps)?.len(),
+                _ => input_partitions()?,
+            };
+            Ok(("NetcdfExec", scan.planned_schema()?, partitions))
+        }
+        Node::HyperdmForecast(_) => Ok(("HyperdmExec", forecast_schema(), input_partitions()?)),
+    }
+}
+
 fn poisoned<T>(_: T) -> DataFusionError {
     DataFusionError::Internal("the model cache's lock was poisoned by a panic".into())
 }
@@ -229,10 +288,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         let Some(buf) = ours(buf) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
-        // The files and models were opened from this process's copies;
-        // the error names them as the planner did.
         self.decode_node(buf, inputs)
-            .map_err(|e| file_names().apply(e))
     }
 
     fn try_encode(
@@ -418,5 +474,6 @@ impl LogicalExtensionCodec for LogicalCodec {
 
 mod objects;
 mod recent;
+mod refused;
 #[cfg(test)]
 mod tests;

@@ -330,7 +330,7 @@ fn cluster_failures_are_one_clear_line() {
 
 /// An executor whose files differ from those the query was planned over
 /// (here: a relative path, another folder, fewer steps) refuses the task,
-/// and says why in its log; the client fails pointing there.
+/// and the client's error says why, as the executor's log does.
 #[test]
 fn an_executor_that_sees_other_files_refuses_the_task() {
     let (client, executor) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -365,13 +365,15 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).starts_with(&format!(
-            "error: query on the cluster at {} (a failed task's reason is in its executor's log)",
+    let refusal = "data/era5_t2m_2020010100_2020010118.nc: step 2020-01-01T12:00:00Z planned, \
+                   not in the files; the files changed since the query was planned, or differ \
+                   on this machine";
+    assert_eq!(
+        stderr(&o).trim_end(),
+        format!(
+            "error: query on the cluster at {}: a task failed: {refusal}",
             cluster.url
-        )),
-        "{}",
-        stderr(&o)
+        )
     );
     let log = cluster.executor_log();
     assert!(
@@ -581,8 +583,8 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
 }
 
 /// A process that cannot reach the bucket a plan names says which object
-/// and why: a scheduler to the client, an executor in its log (the client
-/// fails pointing there).
+/// and why, to the client: a scheduler as the plan it cannot make, an
+/// executor as the task it cannot run (and in its log).
 #[test]
 fn processes_without_s3_credentials_name_the_object() {
     let server = Server::start();
@@ -632,7 +634,11 @@ fn processes_without_s3_credentials_name_the_object() {
     let o = query(&cluster);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("(a failed task's reason is in its executor's log)"),
+        stderr(&o).contains(&format!(
+            "error: query on the cluster at {}: a task failed: {object}: a plan names it, this \
+             process has no copy: no S3 credentials",
+            cluster.url
+        )),
         "{}",
         stderr(&o)
     );

@@ -9,11 +9,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
+use crate::cf::Packing;
 use crate::error::{NetcdfError, Result};
 use crate::exec::NetcdfExec;
+use crate::inspect::{StoredType, VariableInfo};
 use crate::provider::Era5TableProvider;
 use crate::pushdown::Selection;
 use crate::reader::Hyperslab;
@@ -89,6 +92,33 @@ impl Era5TableProvider {
     /// Rebuilds the table from its spec (blocking I/O).
     pub fn from_spec(spec: &TableSpec) -> Result<Self> {
         Ok(Self::from_catalog(spec.open()?))
+    }
+}
+
+impl ScanSpec {
+    /// The columns the scan was planned to produce, known without opening
+    /// its files (which add each variable's units and long name): for a
+    /// process that must stand in for a scan it could not rebuild.
+    pub fn planned_schema(&self) -> Result<SchemaRef> {
+        let variables: Vec<VariableInfo> = self
+            .table
+            .variables
+            .iter()
+            .map(|name| VariableInfo {
+                name: name.clone(),
+                stored: StoredType::F32,
+                packing: Packing::default(),
+                units: None,
+                long_name: None,
+            })
+            .collect();
+        let schema = era5_schema(&variables)
+            .project(&self.projection)
+            .map_err(|e| {
+                self.table
+                    .replanned(format!("projection {:?}: {e}", self.projection))
+            })?;
+        Ok(Arc::new(schema))
     }
 }
 

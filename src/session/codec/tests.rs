@@ -188,6 +188,34 @@ async fn a_scan_refuses_files_changed_since_planning() {
     std::fs::remove_file(dir.path().join("b.nc")).unwrap();
     let e = decoded(&bytes, &physical()).unwrap_err().to_string();
     assert!(e.contains("b.nc: no such file"), "{e}");
+
+    // An executor's codec stands in for the scan, so the task fails when
+    // run, with the reason: its plan decodes, with the scan's columns and
+    // partitions (no field metadata, which came from the files).
+    let planned = planned(&ctx, SCORES).await;
+    let stood_in = decoded(&bytes, &physical().standing_in_for_refusals()).unwrap();
+    let shape = |plan: &Arc<dyn ExecutionPlan>| {
+        let scan = find_node(plan, "NetcdfExec").or_else(|| find_node(plan, "RefusedExec"));
+        let scan = scan.expect("a scan or its stand-in");
+        let fields: Vec<_> = scan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+            .collect();
+        (
+            fields,
+            scan.properties().output_partitioning().partition_count(),
+        )
+    };
+    assert_eq!(shape(&stood_in), shape(&planned));
+    assert!(
+        shown(&stood_in).contains("RefusedExec: NetcdfExec could not be rebuilt: "),
+        "{}",
+        shown(&stood_in)
+    );
+    let e = collect(stood_in, ctx.task_ctx()).await.unwrap_err();
+    assert!(e.to_string().contains("b.nc: no such file"), "{e}");
 }
 
 /// The logical plan of a query over an ERA5 table travels (a scheduler
@@ -300,10 +328,15 @@ async fn a_forecast_runs_the_same_after_the_round_trip_and_refuses_another_model
 
     train_model(&model, 21);
     let e = decoded(&bytes, &physical()).unwrap_err().to_string();
-    assert!(
-        e.contains("model.safetensors: model metadata field 'weights': the query was planned with model model@"),
-        "{e}"
-    );
+    let refusal = "model.safetensors: model metadata field 'weights': the query was planned \
+                   with model model@";
+    assert!(e.contains(refusal), "{e}");
+    // Stood in for on an executor: the forecast's columns, failing when run.
+    let stood_in = decoded(&bytes, &physical().standing_in_for_refusals()).unwrap();
+    let refused = find_node(&stood_in, "RefusedExec").expect("a stand-in");
+    assert_eq!(refused.schema(), uqcast_forecast::forecast_schema());
+    let e = collect(stood_in, ctx.task_ctx()).await.unwrap_err();
+    assert!(e.to_string().contains(refusal), "{e}");
     // A codec that already holds the planned weights keeps using them.
     assert_eq!(run(decoded(&bytes, &codec).unwrap(), &ctx).await, expected);
 
@@ -343,11 +376,18 @@ async fn a_forecast_partitioned_by_step_gives_the_same_forecast_after_the_round_
     assert_eq!(run(again, &ctx).await, expected);
 }
 
-fn find_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    if plan.downcast_ref::<NetcdfExec>().is_some() {
+/// The first node named `name` in `plan`, depth first.
+fn find_node(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<Arc<dyn ExecutionPlan>> {
+    if plan.name() == name {
         return Some(plan.clone());
     }
-    plan.children().into_iter().find_map(find_scan)
+    plan.children()
+        .into_iter()
+        .find_map(|child| find_node(child, name))
+}
+
+fn find_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    find_node(plan, "NetcdfExec")
 }
 
 /// On a cluster a scan carries its steps as an in-memory input: the plan
