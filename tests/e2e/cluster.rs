@@ -241,17 +241,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     // Input in °C under units "K": the task reading it fails, the client
     // says why, naming the file, and the failed first run leaves no table.
     let celsius = dir.path().join("celsius");
-    synth(&celsius, 2, "nc4", &[]);
-    let nc = walk_all(&celsius)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|x| x == "nc"))
-        .unwrap();
-    let mut file = netcdf::append(&nc).unwrap();
-    let mut t2m = file.variable_mut("t2m").unwrap();
-    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
-    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
-    t2m.put_values(&degrees, ..).unwrap();
-    file.close().unwrap();
+    let nc = super::pipeline::synth_in_celsius(&celsius);
     let fresh = dir.path().join("fresh");
     let o = uqcast(&[
         "run",
@@ -542,13 +532,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     // the executor: the client's error and the executor's log name the
     // object, not a copy of it.
     let celsius = dir.path().join("celsius.nc");
-    crate::errors::write_nc3(&celsius, Some("hours since 1900-01-01"), "t2m", "K");
-    let mut file = netcdf::append(&celsius).unwrap();
-    file.variable_mut("t2m")
-        .unwrap()
-        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
-        .unwrap();
-    file.close().unwrap();
+    crate::errors::write_mislabelled(&celsius);
     server.put("celsius.nc", "bad", &std::fs::read(&celsius).unwrap());
     let o = server
         .command(SECRET, &cache("client"))

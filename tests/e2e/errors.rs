@@ -65,6 +65,18 @@ pub(crate) fn write_nc3(path: &Path, time_units: Option<&str>, var: &str, units:
     f.close().unwrap();
 }
 
+/// A [`write_nc3`] file labelled kelvin holding 7.5 (°C) at 2020-01-01T00Z,
+/// latitude 0, longitude 0: found wrong only when its data are read.
+pub(crate) fn write_mislabelled(path: &Path) {
+    write_nc3(path, Some("hours since 1900-01-01"), "t2m", "K");
+    let mut file = netcdf::append(path).unwrap();
+    file.variable_mut("t2m")
+        .unwrap()
+        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
+        .unwrap();
+    file.close().unwrap();
+}
+
 #[test]
 fn missing_path() {
     fails_with(
@@ -169,13 +181,7 @@ fn wrong_units() {
     // Labelled kelvin, holding a value in °C: named with its cell and step,
     // not forecast as 7.5 K.
     let f = dir.path().join("mislabelled.nc");
-    write_nc3(&f, Some("hours since 1900-01-01"), "t2m", "K");
-    let mut file = netcdf::append(&f).unwrap();
-    file.variable_mut("t2m")
-        .unwrap()
-        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
-        .unwrap();
-    file.close().unwrap();
+    write_mislabelled(&f);
     sql_over(
         &f,
         "SELECT avg(t2m) FROM era5",

@@ -222,6 +222,25 @@ fn killed_run_resumes_to_the_same_table_and_reruns_write_nothing() {
     );
 }
 
+/// Two synthetic steps into `dir` with every value rewritten in °C, still
+/// labelled kelvin: found wrong only when read. Returns the file.
+pub(crate) fn synth_in_celsius(dir: &Path) -> PathBuf {
+    synth(dir, 2, "nc4", &[]);
+    // The data file, not the truth maps in truth/.
+    let nc = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "nc"))
+        .unwrap();
+    let mut file = netcdf::append(&nc).unwrap();
+    let mut t2m = file.variable_mut("t2m").unwrap();
+    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
+    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
+    t2m.put_values(&degrees, ..).unwrap();
+    file.close().unwrap();
+    nc
+}
+
 pub(crate) fn walk_all(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -923,18 +942,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     // Values in °C under units "K" are named, and the run that fails on its
     // first step leaves no empty table (its output was opened by then).
     let celsius = dir.path().join("celsius");
-    synth(&celsius, 2, "nc4", &[]);
-    let nc = std::fs::read_dir(&celsius)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "nc"))
-        .unwrap();
-    let mut file = netcdf::append(&nc).unwrap();
-    let mut t2m = file.variable_mut("t2m").unwrap();
-    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
-    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
-    t2m.put_values(&degrees, ..).unwrap();
-    file.close().unwrap();
+    let nc = synth_in_celsius(&celsius);
     fails_into_fresh(
         celsius.to_str().unwrap(),
         &[

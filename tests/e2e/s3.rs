@@ -480,14 +480,7 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
         "names the cache: {err}"
     );
     // A value found wrong mid-scan (°C under units "K") names the object too.
-    let celsius = server.path("bad/celsius.nc");
-    crate::errors::write_nc3(&celsius, Some("hours since 1900-01-01"), "t2m", "K");
-    let mut file = netcdf::append(&celsius).unwrap();
-    file.variable_mut("t2m")
-        .unwrap()
-        .put_values(&[280.0f32, 280.0, 7.5, 280.0], ..)
-        .unwrap();
-    file.close().unwrap();
+    crate::errors::write_mislabelled(&server.path("bad/celsius.nc"));
     let table = format!("t=s3://{BUCKET}/bad/celsius.nc");
     let o = server.uqcast_with(
         SECRET,
