@@ -9,7 +9,7 @@ use super::pipeline::{forecast_csv, trained, walk_all};
 use super::s3::{BUCKET, SECRET, Server, copy_tree};
 use super::{free_port, stderr, stdout, synth, synth_seeded, uqcast, wait_until_listening};
 
-/// A scheduler and one executor, stopped when dropped.
+/// A scheduler and its executors, stopped when dropped.
 struct Cluster {
     processes: Vec<Child>,
     url: String,
@@ -31,51 +31,70 @@ impl Cluster {
     }
 
     /// As [`Cluster::start_in`], each process's command set up by `set_up`
-    /// (given "scheduler" or "executor") before it starts.
+    /// (given "scheduler" or "executor": the process's name) before it starts.
     fn start_with(
         scheduler_dir: &Path,
         executor_dir: &Path,
         bind: &str,
         set_up: &dyn Fn(&str, &mut Command),
     ) -> Self {
+        Self::start_many(scheduler_dir, executor_dir, bind, 1, set_up)
+    }
+
+    /// As [`Cluster::start_with`], with `executors` executors, each with
+    /// its own ports and work folder, named "executor", "executor-1", ….
+    fn start_many(
+        scheduler_dir: &Path,
+        executor_dir: &Path,
+        bind: &str,
+        executors: usize,
+        set_up: &dyn Fn(&str, &mut Command),
+    ) -> Self {
         let (work, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let scheduler = free_port();
-        let spawn = |dir: &Path, args: &[&str], log: &str| {
+        // Each process's log is `{name}.log`.
+        let spawn = |dir: &Path, name: &str, args: &[&str]| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
-            set_up(args[0], &mut command);
+            set_up(name, &mut command);
+            let log = File::create(logs.path().join(format!("{name}.log"))).unwrap();
             command
                 .current_dir(dir)
                 .args(args)
                 .stdout(Stdio::null())
-                .stderr(File::create(logs.path().join(log)).unwrap())
+                .stderr(log)
                 .spawn()
                 .unwrap()
         };
         let address = format!("127.0.0.1:{scheduler}");
         let mut processes = vec![spawn(
             scheduler_dir,
+            "scheduler",
             &["scheduler", "--bind", &format!("{bind}:{scheduler}")],
-            "scheduler.log",
         )];
         wait_until_listening(scheduler, "uqcast scheduler");
-        let (flight, grpc) = (free_port(), free_port());
-        let executor = [
-            "executor",
-            "--scheduler",
-            &address,
-            "--bind",
-            bind,
-            "--port",
-            &flight.to_string(),
-            "--grpc-port",
-            &grpc.to_string(),
-            "--work-dir",
-            work.path().to_str().unwrap(),
-            "--concurrent-tasks",
-            "2",
-        ];
-        processes.push(spawn(executor_dir, &executor, "executor.log"));
-        wait_until_listening(flight, "uqcast executor");
+        for i in 0..executors {
+            let (flight, grpc) = (free_port(), free_port());
+            let name = executor_name(i);
+            let work_dir = work.path().join(&name);
+            std::fs::create_dir(&work_dir).unwrap();
+            let executor = [
+                "executor",
+                "--scheduler",
+                &address,
+                "--bind",
+                bind,
+                "--port",
+                &flight.to_string(),
+                "--grpc-port",
+                &grpc.to_string(),
+                "--work-dir",
+                work_dir.to_str().unwrap(),
+                "--concurrent-tasks",
+                "2",
+            ];
+            processes.push(spawn(executor_dir, &name, &executor));
+            wait_until_listening(flight, "uqcast executor");
+        }
         Self {
             processes,
             url: format!("df://{address}"),
@@ -85,7 +104,19 @@ impl Cluster {
     }
 
     fn executor_log(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("executor.log")).unwrap()
+        self.log_of(&executor_name(0))
+    }
+
+    fn log_of(&self, process: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(format!("{process}.log"))).unwrap()
+    }
+}
+
+/// The name of the `i`th executor: its log's and its work folder's.
+fn executor_name(i: usize) -> String {
+    match i {
+        0 => "executor".to_string(),
+        i => format!("executor-{i}"),
     }
 }
 
@@ -121,38 +152,47 @@ fn run_here(config: &str, output: &Path) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A scan with filters, a skill function and an aggregate; a join of the
+/// scan with a Parquet table (`era5` and `clim` of [`with_climatology`]).
+const QUERIES: [&str; 2] = [
+    "SELECT valid_time, count(*) AS cells, round(avg(t2m), 3) AS t2m, \
+     round(sum(crps_gaussian(t2m, 280.0, 4.0)), 2) AS crps \
+     FROM era5 WHERE valid_time >= '2020-01-01T12:00:00Z' AND latitude > 40 \
+     GROUP BY valid_time ORDER BY valid_time",
+    "SELECT e.valid_time, round(avg(abs(e.t2m - c.t2m_clim)), 3) AS anomaly \
+     FROM era5 e JOIN clim c ON e.latitude = c.latitude AND e.longitude = c.longitude \
+     GROUP BY e.valid_time ORDER BY e.valid_time",
+];
+
+/// Eight synthetic steps in `data` and their per-cell mean as Parquet: the
+/// `--table` arguments of `era5` and `clim`.
+fn with_climatology(data: &Path) -> [String; 2] {
+    synth(data, 8, "nc4", &[]);
+    let parquet = data.join("climatology.parquet");
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
+        "--table",
+        &format!("era5={}", data.display()),
+        "--output",
+        parquet.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    [
+        format!("era5={}/*.nc", data.display()),
+        format!("clim={}", parquet.display()),
+    ]
+}
+
 /// The same answer from the cluster as from one process: a NetCDF scan with
 /// pushed-down filters (spread over tasks), a skill function, an aggregate
 /// (a shuffle between stages), and a join with a Parquet table.
 #[test]
 fn queries_on_the_cluster_answer_as_on_one_machine() {
     let data = tempfile::tempdir().unwrap();
-    synth(data.path(), 8, "nc4", &[]);
-    let parquet = data.path().join("climatology.parquet");
-    let o = uqcast(&[
-        "sql",
-        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
-        "--table",
-        &format!("era5={}", data.path().display()),
-        "--output",
-        parquet.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let tables = [
-        format!("era5={}/*.nc", data.path().display()),
-        format!("clim={}", parquet.display()),
-    ];
+    let tables = with_climatology(data.path());
     let cluster = Cluster::start();
-    let queries = [
-        "SELECT valid_time, count(*) AS cells, round(avg(t2m), 3) AS t2m, \
-         round(sum(crps_gaussian(t2m, 280.0, 4.0)), 2) AS crps \
-         FROM era5 WHERE valid_time >= '2020-01-01T12:00:00Z' AND latitude > 40 \
-         GROUP BY valid_time ORDER BY valid_time",
-        "SELECT e.valid_time, round(avg(abs(e.t2m - c.t2m_clim)), 3) AS anomaly \
-         FROM era5 e JOIN clim c ON e.latitude = c.latitude AND e.longitude = c.longitude \
-         GROUP BY e.valid_time ORDER BY e.valid_time",
-    ];
-    for query in queries {
+    for query in QUERIES {
         let local = sql(query, &tables, None);
         assert!(local.status.success(), "{}", stderr(&local));
         let remote = sql(query, &tables, Some(&cluster.url));
@@ -162,7 +202,7 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
     }
     // The scan is spread over tasks, one per step here (6 steps from
     // 12:00, target partitions 16): Ballista cuts its steps input per task.
-    let plans = std::fs::read_to_string(cluster.logs.path().join("scheduler.log")).unwrap();
+    let plans = cluster.log_of("scheduler");
     assert!(
         plans.contains("NetcdfExec: files=1, steps=6/8")
             && plans.contains("DataSourceExec: partitions=6, partition_sizes=[1, 1, 1, 1, 1, 1]"),
@@ -176,6 +216,54 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
         "no shuffle files in the executor's work dir: {:?}",
         walk_all(cluster.work.path())
     );
+}
+
+/// Two executors: each runs some of a query's tasks and writes its own
+/// shuffle output, so a later stage reads from both (one over Flight from
+/// the other). Answers and a forecast run's table are one machine's.
+#[test]
+fn two_executors_share_the_work_and_answer_as_one_machine() {
+    let data = tempfile::tempdir().unwrap();
+    let tables = with_climatology(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 16);
+    let config = config.to_str().unwrap();
+    let local = dir.path().join("local");
+    run_here(config, &local);
+
+    let cluster = Cluster::start_many(Path::new("."), Path::new("."), "0.0.0.0", 2, &|_, _| {});
+    for query in QUERIES {
+        let here = sql(query, &tables, None);
+        assert!(here.status.success(), "{}", stderr(&here));
+        let there = sql(query, &tables, Some(&cluster.url));
+        assert!(there.status.success(), "{query}: {}", stderr(&there));
+        assert_eq!(stdout(&there), stdout(&here), "{query}");
+    }
+    let remote = dir.path().join("remote");
+    let o = uqcast(&[
+        "run",
+        "--config",
+        config,
+        "--output",
+        remote.to_str().unwrap(),
+        "--ballista",
+        &cluster.url,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(forecast_csv(&remote), forecast_csv(&local));
+
+    for i in 0..2 {
+        let name = executor_name(i);
+        let tasks = cluster.log_of(&name).matches("Execute task").count();
+        assert!(tasks > 0, "{name} ran no task: {}", cluster.log_of(&name));
+        let shuffled = walk_all(&cluster.work.path().join(&name));
+        assert!(
+            shuffled
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "arrow" || e == "data")),
+            "{name} wrote no shuffle output: {shuffled:?}"
+        );
+    }
 }
 
 /// `uqcast run --ballista`: executors sample the steps (two at once, whole
