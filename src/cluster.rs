@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! uqcast sql --ballista df://HOST:50050 ──logical plan (LogicalCodec)──► uqcast scheduler
+//!     (plans ERA5 tables from the headers the plan carries, without their files)
 //!     plans stages ──physical plans (PhysicalCodec)──► uqcast executor × K
 //!     (each opens the NetCDF files and models the plan names: shared storage,
 //!      or its own copies of the `s3://` objects the plan names)
@@ -110,7 +111,12 @@ pub async fn scheduler(bind: SocketAddr, external_host: String) -> Result<()> {
     }
     .with_override_config_producer(Arc::new(session_config))
     .with_override_session_builder(Arc::new(session_state));
-    config.override_logical_codec = Some(logical_codec());
+    // The scheduler plans ERA5 tables from the headers clients send: it
+    // needs neither the files nor copies of the objects.
+    config.override_logical_codec = Some(Arc::new(
+        LogicalCodec::new(Arc::new(BallistaLogicalExtensionCodec::default()))
+            .planning_from_headers(),
+    ));
     config.override_physical_codec = Some(physical_codec());
     let cluster = BallistaCluster::new_from_config(&config)
         .await

@@ -10,10 +10,12 @@ use clap::Args;
 use crate::cluster::{ExecutorSettings, executor, scheduler};
 
 /// What every cluster process reads, printed below both services' options.
-const DATA: &str = "Data: NetCDF files and models are opened at the paths plans name (shared \
-storage); s3:// objects are fetched into $UQCAST_CACHE_DIR (default: $XDG_CACHE_HOME/uqcast or ~/.cache/uqcast) with this \
-process's AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
-AWS_ENDPOINT_URL). UQCAST_LOG sets the log level (default info).";
+const DATA: &str = "Data: executors open NetCDF files and models at the paths plans name (shared \
+storage); the scheduler plans NetCDF tables from the headers clients send, and opens only the \
+models of hyperdm_forecast tables. s3:// objects are fetched into $UQCAST_CACHE_DIR (default: \
+$XDG_CACHE_HOME/uqcast or ~/.cache/uqcast) with this process's AWS environment \
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL). UQCAST_LOG sets the \
+log level (default info).";
 
 #[derive(Debug, Args)]
 #[command(after_help = DATA)]

@@ -10,27 +10,38 @@ pub fn failed(what: &str, url: &str) -> String {
     format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
 }
 
-/// The error of work sent to the cluster at `url`: the scheduler's reason
-/// for a plan it could not rebuild, else a failed task's own error, else
+/// The error of work sent to the cluster at `url`: a failed task's own
+/// error, else the scheduler's reason for a plan it could not make, else
 /// the whole error after [`failed`].
 pub fn failure(what: &str, url: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
     let e = e.into();
     let text = format!("{e:#}");
-    if let Some(reason) = scheduler_refusal(&text) {
-        anyhow::anyhow!("{what} on the cluster at {url}: the scheduler could not plan it: {reason}")
-    } else if let Some(reason) = task_error(&text) {
+    if let Some(reason) = task_error(&text) {
         anyhow::anyhow!("{what} on the cluster at {url}: a task failed: {reason}")
+    } else if let Some(reason) = scheduler_refusal(&text) {
+        anyhow::anyhow!("{what} on the cluster at {url}: the scheduler could not plan it: {reason}")
     } else {
         e.context(failed(what, url))
     }
 }
 
-/// The reason in Ballista's "Could not parse plan" status, if `text` holds one.
+/// The scheduler's reason, if `text` holds one: a "Could not parse plan"
+/// status (a plan it could not rebuild), or a job that failed as the
+/// scheduler planned its stages (a Parquet object it could not read).
 fn scheduler_refusal(text: &str) -> Option<String> {
     const MARK: &str = "Could not parse plan: ";
-    let rest = &text[text.find(MARK)? + MARK.len()..];
-    let reason = rest.split("\", metadata:").next().unwrap_or(rest);
-    let reason = reason.replace("\\\"", "\"");
+    const PLANNING: &str = " failed: DataFusion error: ";
+    let reason = if let Some(at) = text.find(MARK) {
+        let rest = &text[at + MARK.len()..];
+        let reason = rest.split("\", metadata:").next().unwrap_or(rest);
+        reason.replace("\\\"", "\"")
+    } else {
+        let at = text.find("Job ")?;
+        let rest = &text[at..];
+        rest[rest.find(PLANNING)? + PLANNING.len()..]
+            .trim_end()
+            .to_string()
+    };
     let reason = reason.trim_start_matches("DataFusion error: ");
     Some(reason.trim_start_matches("Execution error: ").to_string())
 }
@@ -96,6 +107,15 @@ mod tests {
             e.to_string(),
             "query on the cluster at df://h:50050: the scheduler could not plan it: \
              s3://b/era5/a.nc: no S3 credentials: set \"AWS_ACCESS_KEY_ID\""
+        );
+        // A job the scheduler accepted and failed to plan stages for.
+        let seen = "Execution error: Job 038J11AXPJ000 failed: DataFusion error: Execution \
+                    error: s3://b: no S3 credentials: set AWS_ACCESS_KEY_ID\n";
+        let e = failure("query", URL, anyhow::anyhow!("{seen}"));
+        assert_eq!(
+            e.to_string(),
+            "query on the cluster at df://h:50050: the scheduler could not plan it: \
+             s3://b: no S3 credentials: set AWS_ACCESS_KEY_ID"
         );
     }
 

@@ -30,11 +30,11 @@ use serde::{Deserialize, Serialize};
 use uqcast_forecast::{
     ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, ModelFiles, Source, forecast_schema,
 };
-use uqcast_netcdf::spec::{ScanSpec, TableSpec};
+use uqcast_netcdf::spec::{ScanSpec, TableHeaders, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
 use crate::session::s3::file_names;
-use objects::{Objects, inbound, model_inbound, model_outbound, outbound};
+use objects::{Objects, inbound, model_inbound, model_outbound, outbound, stamped};
 use recent::Recent;
 use refused::RefusedExec;
 
@@ -62,6 +62,10 @@ enum LogicalNode {
         table: TableSpec,
         #[serde(default)]
         objects: Objects,
+        /// What the files held when the client planned: a scheduler plans
+        /// from these without the files (see [`LogicalCodec::planning_from_headers`]).
+        #[serde(default)]
+        headers: Option<TableHeaders>,
     },
     Forecast(ForecastTableSpec),
 }
@@ -333,11 +337,29 @@ impl PhysicalExtensionCodec for PhysicalCodec {
 #[derive(Debug)]
 pub struct LogicalCodec {
     inner: Arc<dyn LogicalExtensionCodec>,
+    /// Whether ERA5 tables are rebuilt from their headers, without opening
+    /// their files (a scheduler's codec).
+    from_headers: bool,
 }
 
 impl LogicalCodec {
     pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            from_headers: false,
+        }
+    }
+
+    /// The same, rebuilding ERA5 tables from the headers the client sent:
+    /// for a scheduler, which plans and never reads. It then needs neither
+    /// the files nor copies of the objects (executors fetch their own, and
+    /// check them against the plan); tables of clients that send no headers
+    /// are opened as before.
+    pub fn planning_from_headers(self) -> Self {
+        Self {
+            from_headers: true,
+            ..self
+        }
     }
 
     /// Rebuilds one of uqcast's tables.
@@ -348,7 +370,17 @@ impl LogicalCodec {
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
         match decode::<LogicalNode>(payload, &format!("table {table_ref}"))? {
-            LogicalNode::Era5 { mut table, objects } => {
+            LogicalNode::Era5 {
+                mut table,
+                objects,
+                headers: Some(headers),
+            } if self.from_headers => {
+                stamped(&mut table.files, &objects);
+                Ok(Arc::new(Era5TableProvider::from_headers(&table, &headers)?))
+            }
+            LogicalNode::Era5 {
+                mut table, objects, ..
+            } => {
                 inbound(&mut table.files, &objects)?;
                 Ok(Arc::new(blocking(|| Era5TableProvider::from_spec(&table))?))
             }
@@ -410,9 +442,17 @@ impl LogicalExtensionCodec for LogicalCodec {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         if let Some(table) = node.downcast_ref::<Era5TableProvider>() {
+            let headers = Some(table.headers());
             let mut table = table.spec();
             let objects = outbound(&mut table.files);
-            return encode(&LogicalNode::Era5 { table, objects }, buf);
+            return encode(
+                &LogicalNode::Era5 {
+                    table,
+                    objects,
+                    headers,
+                },
+                buf,
+            );
         }
         if let Some(table) = node.downcast_ref::<ForecastTable>() {
             let Source::Plan(source) = table.source() else {

@@ -543,13 +543,14 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         "era5_t2m_20200103.nc",
     ];
 
-    // The last day's steps: the client and the scheduler open every
-    // object to plan, the executor fetches only the one its tasks read.
+    // The last day's steps: the client opens every object to plan, the
+    // scheduler plans from the client's headers (and fetches none), the
+    // executor fetches only the one its tasks read.
     let expected = on_disk(last_day, &daily);
     assert_eq!(on_cluster(last_day), expected);
     assert_eq!(expected.lines().count(), 1 + 4, "{expected}");
     assert_eq!(copies("client"), days);
-    assert_eq!(copies("scheduler"), days);
+    assert!(copies("scheduler").is_empty(), "planned from headers");
     assert_eq!(copies("executor"), days[2..]);
 
     let expected = on_disk(anomalies, &daily);
@@ -655,8 +656,9 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
 }
 
 /// A process that cannot reach the bucket a plan names says which object
-/// and why, to the client: a scheduler as the plan it cannot make, an
-/// executor as the task it cannot run (and in its log).
+/// and why, to the client: a scheduler as the plan it cannot make (Parquet
+/// only: it plans NetCDF tables from headers), an executor as the task it
+/// cannot run (and in its log).
 #[test]
 fn processes_without_s3_credentials_name_the_object() {
     let server = Server::start();
@@ -674,27 +676,43 @@ fn processes_without_s3_credentials_name_the_object() {
             }
         })
     };
-    let query = |cluster: &Cluster| {
+    // A Parquet object too: DataFusion plans over Parquet by reading it.
+    let parquet = server.path("clim/climatology.parquet");
+    std::fs::create_dir_all(parquet.parent().unwrap()).unwrap();
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
+        "--table",
+        &format!("era5={}", dir.path().join("data").display()),
+        "--output",
+        parquet.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let query_over = |cluster: &Cluster, query: &str| {
         server
             .command(SECRET, &cache("client"))
-            .args([
-                "sql",
-                "SELECT sum(t2m) FROM era5",
-                "--ballista",
-                &cluster.url,
-            ])
+            .args(["sql", query, "--ballista", &cluster.url])
             .args(["--table", &format!("era5=s3://{BUCKET}/era5/")])
+            .args([
+                "--table",
+                &format!("clim=s3://{BUCKET}/clim/climatology.parquet"),
+            ])
             .output()
             .unwrap()
     };
+    let query = |cluster: &Cluster| query_over(cluster, "SELECT sum(t2m) FROM era5");
 
+    // The scheduler plans NetCDF tables from the client's headers, so it
+    // needs no credentials for them; it does to plan over Parquet.
     let cluster = without_credentials("scheduler");
     let o = query(&cluster);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = query_over(&cluster, "SELECT avg(t2m_clim) FROM clim");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!(
-            "error: query on the cluster at {}: the scheduler could not plan it: {object}: a plan \
-             names it, this process has no copy: no S3 credentials",
+            "error: query on the cluster at {}: the scheduler could not plan it: s3://{BUCKET}: \
+             no S3 credentials",
             cluster.url
         )),
         "{}",
@@ -702,6 +720,9 @@ fn processes_without_s3_credentials_name_the_object() {
     );
     drop(cluster);
 
+    // Without the copies the executor made above (a copy whose stamp is
+    // the planned one is read without asking the bucket).
+    std::fs::remove_dir_all(cache("executor")).unwrap();
     let cluster = without_credentials("executor");
     let o = query(&cluster);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

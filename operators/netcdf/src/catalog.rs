@@ -31,6 +31,10 @@ pub struct Catalog {
     pub steps: Vec<Step>,
     /// The data columns, described from the first file (t2m first).
     pub variables: Vec<VariableInfo>,
+    /// Whether the files were opened to build this; a catalog built from
+    /// headers a planner sent plans scans, and cannot read them (how each
+    /// variable is stored and packed is known only from the files).
+    pub opened: bool,
 }
 
 impl Catalog {
@@ -48,10 +52,27 @@ impl Catalog {
         paths.dedup();
         let files = paths
             .iter()
-            .map(|p| FileInfo::inspect(p).map(Arc::new))
+            .map(|p| FileInfo::inspect(p))
             .collect::<Result<Vec<_>>>()?;
+        if files.is_empty() {
+            return Err(NetcdfError::NoFiles {
+                path: locations.join(", "),
+                hint: String::new(),
+            });
+        }
+        Self::assemble(files, variables, true)
+    }
+
+    /// The catalog of `files` (at least one, in path order), checked to
+    /// share the first file's grid and to have `variables`.
+    pub(crate) fn assemble(
+        files: Vec<FileInfo>,
+        variables: Option<&[String]>,
+        opened: bool,
+    ) -> Result<Self> {
+        let files: Vec<Arc<FileInfo>> = files.into_iter().map(Arc::new).collect();
         let first = files.first().ok_or_else(|| NetcdfError::NoFiles {
-            path: locations.join(", "),
+            path: "(no files)".into(),
             hint: String::new(),
         })?;
         let names = choose_variables(first, variables)?;
@@ -70,6 +91,7 @@ impl Catalog {
             files,
             steps,
             variables: chosen,
+            opened,
         })
     }
 

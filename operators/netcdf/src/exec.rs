@@ -326,6 +326,13 @@ impl ExecutionPlan for NetcdfExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        if !self.catalog.opened {
+            return Err(DataFusionError::Internal(
+                "NetcdfExec: this scan was planned from the table's headers, without its files; \
+                 it is read where it is rebuilt from its spec"
+                    .into(),
+            ));
+        }
         let steps = self
             .partitions
             .get(partition)

@@ -53,7 +53,7 @@ pub struct VariableInfo {
 }
 
 /// One coordinate axis: the variable's name and its values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Axis {
     pub name: String,
     pub values: Vec<f64>,

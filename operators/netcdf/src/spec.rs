@@ -16,7 +16,7 @@ use crate::catalog::Catalog;
 use crate::cf::Packing;
 use crate::error::{NetcdfError, Result};
 use crate::exec::NetcdfExec;
-use crate::inspect::{StoredType, VariableInfo};
+use crate::inspect::{Axis, FileInfo, StoredType, VariableInfo};
 use crate::provider::Era5TableProvider;
 use crate::pushdown::Selection;
 use crate::reader::Hyperslab;
@@ -84,6 +84,35 @@ impl TableSpec {
     }
 }
 
+/// What a table's files were found to hold when it was planned: the grid,
+/// and each file's time axis and variables (as [`TableSpec::files`]). A
+/// process given these plans over the files without opening them (a
+/// distributed scheduler); a process that reads the files opens them, and
+/// checks them against its scan's spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableHeaders {
+    pub latitude: Axis,
+    pub longitude: Axis,
+    pub files: Vec<FileHeader>,
+}
+
+/// One file's time axis and data variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileHeader {
+    pub time_name: String,
+    /// UTC microseconds, in file order.
+    pub times: Vec<i64>,
+    pub variables: Vec<VariableHeader>,
+}
+
+/// A data variable as a plan needs it: its column's name and metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariableHeader {
+    pub name: String,
+    pub units: Option<String>,
+    pub long_name: Option<String>,
+}
+
 impl Era5TableProvider {
     pub fn spec(&self) -> TableSpec {
         TableSpec::of(self.catalog())
@@ -92,6 +121,71 @@ impl Era5TableProvider {
     /// Rebuilds the table from its spec (blocking I/O).
     pub fn from_spec(spec: &TableSpec) -> Result<Self> {
         Ok(Self::from_catalog(spec.open()?))
+    }
+
+    /// What the table's files hold, for [`Self::from_headers`].
+    pub fn headers(&self) -> TableHeaders {
+        let catalog = self.catalog();
+        TableHeaders {
+            latitude: catalog.latitude().clone(),
+            longitude: catalog.longitude().clone(),
+            files: catalog
+                .files
+                .iter()
+                .map(|f| FileHeader {
+                    time_name: f.time_name.clone(),
+                    times: f.times.clone(),
+                    variables: f
+                        .variables
+                        .iter()
+                        .map(|v| VariableHeader {
+                            name: v.name.clone(),
+                            units: v.units.clone(),
+                            long_name: v.long_name.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The table `spec` names, planned from `headers` without opening its
+    /// files. Its scans plan and travel; they cannot be read here (a
+    /// reading process rebuilds a scan from its spec, opening the files).
+    pub fn from_headers(spec: &TableSpec, headers: &TableHeaders) -> Result<Self> {
+        if headers.files.len() != spec.files.len() {
+            return Err(spec.replanned(format!(
+                "headers of {} files for {} files",
+                headers.files.len(),
+                spec.files.len()
+            )));
+        }
+        let files = spec
+            .files
+            .iter()
+            .zip(&headers.files)
+            .map(|(path, file)| FileInfo {
+                path: path.clone(),
+                time_name: file.time_name.clone(),
+                times: file.times.clone(),
+                latitude: headers.latitude.clone(),
+                longitude: headers.longitude.clone(),
+                variables: file
+                    .variables
+                    .iter()
+                    .map(|v| VariableInfo {
+                        name: v.name.clone(),
+                        // Unknown until the file is opened; never read here.
+                        stored: StoredType::F32,
+                        packing: Packing::default(),
+                        units: v.units.clone(),
+                        long_name: v.long_name.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let catalog = Catalog::assemble(files, Some(&spec.variables), false)?;
+        Ok(Self::from_catalog(catalog))
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimestampMicrosecondType};
+use datafusion::catalog::TableProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use uqcast_netcdf::spec::TableHeaders;
 use uqcast_netcdf::{
     Encoding, Era5TableProvider, FileNames, Grid, GridVariable, NetcdfError, write_era5,
 };
@@ -284,6 +286,51 @@ async fn multi_file_tables_order_steps_across_files() {
         );
         assert_eq!(b.num_rows(), 20);
     }
+}
+
+/// A table rebuilt from the headers its planner sent (as a distributed
+/// scheduler rebuilds it, from JSON) plans as the table over the files,
+/// without opening them, and refuses to be read.
+#[tokio::test]
+async fn a_table_planned_from_headers_plans_as_its_files_and_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    Fixture::new(2, 2).write(&dir.path().join("a_day2.nc"), Encoding::Nc4);
+    Fixture::new(2, 0).write(&dir.path().join("b_day1.nc"), Encoding::Nc3);
+    let opened = Era5TableProvider::try_new(&[dir.path().display().to_string()], None).unwrap();
+    let json = serde_json::to_string(&opened.headers()).unwrap();
+    let headers: TableHeaders = serde_json::from_str(&json).unwrap();
+    assert_eq!(headers, opened.headers());
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    let planned = Era5TableProvider::from_headers(&opened.spec(), &headers).unwrap();
+    assert_eq!(planned.schema(), opened.schema(), "with the files' units");
+
+    let query = "SELECT valid_time, avg(t2m) FROM era5 \
+                 WHERE valid_time >= '2020-01-01T06:00:00Z' AND latitude < 58 GROUP BY valid_time";
+    let (here, there) = (context(2), context(2));
+    here.register_table("era5", Arc::new(opened)).unwrap();
+    there.register_table("era5", Arc::new(planned)).unwrap();
+    assert_eq!(explain(&there, query).await, explain(&here, query).await);
+    let err = there.sql(query).await.unwrap().collect().await.unwrap_err();
+    assert!(
+        err.to_string().contains("planned from the table's headers"),
+        "{err}"
+    );
+
+    let mut spec = here
+        .table_provider("era5")
+        .await
+        .unwrap()
+        .downcast_ref::<Era5TableProvider>()
+        .unwrap()
+        .spec();
+    spec.files.pop();
+    let err = Era5TableProvider::from_headers(&spec, &headers).unwrap_err();
+    assert!(
+        err.to_string().contains("headers of 2 files for 1 files"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -13,17 +13,41 @@ use crate::session::s3::{self, ObjectCopy};
 /// The objects a spec's files name: URL → stamp (ETag, time, size).
 pub type Objects = BTreeMap<String, String>;
 
-/// Writes each file that is a copy of an S3 object as the object's URL, and
-/// returns the objects' stamps.
+/// Joins an object's URL and its stamp in the path of a file a scheduler
+/// planned from headers and does not hold (see [`stamped`]). The stamp is
+/// the path's last part, so a key holding the mark still splits right.
+const STAMP_MARK: &str = "#stamp=";
+
+/// Writes each file that is a copy of an S3 object, or an object planned
+/// from headers ([`stamped`]), as the object's URL, and returns the
+/// objects' stamps.
 pub fn outbound(files: &mut [PathBuf]) -> Objects {
     let mut objects = Objects::new();
     for file in files {
         if let Some(copy) = s3::origin(file) {
             *file = PathBuf::from(&copy.url);
             objects.insert(copy.url, copy.stamp);
+        } else if let Some((url, stamp)) = file
+            .to_str()
+            .filter(|f| f.starts_with("s3://"))
+            .and_then(|f| f.rsplit_once(STAMP_MARK))
+        {
+            objects.insert(url.to_string(), stamp.to_string());
+            *file = PathBuf::from(url);
         }
     }
     objects
+}
+
+/// Writes each object URL among `files` with the stamp it was planned with:
+/// a process that plans from headers (and fetches nothing) names objects so,
+/// and [`outbound`] passes the stamps on to the processes that read them.
+pub fn stamped(files: &mut [PathBuf], objects: &Objects) {
+    for file in files {
+        if let Some(stamp) = file.to_str().and_then(|url| objects.get(url)) {
+            *file = PathBuf::from(format!("{}{STAMP_MARK}{stamp}", file.display()));
+        }
+    }
 }
 
 /// A model as it travels: a copy of an S3 object goes as the object's URL.
@@ -84,5 +108,32 @@ mod tests {
                 .contains("s3://bucket/era5/a.nc: a serialised plan names it without its stamp"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn objects_planned_from_headers_keep_their_stamps() {
+        let objects = Objects::from([
+            (
+                "s3://b/era5/a.nc".to_string(),
+                "\"e1\" 2020-01-01T00:00:00+00:00 9".to_string(),
+            ),
+            (
+                "s3://b/era5/x#stamp=y.nc".to_string(),
+                "\"e2\" 2020-01-01T00:00:00+00:00 7".to_string(),
+            ),
+        ]);
+        let mut files: Vec<PathBuf> = objects.keys().map(PathBuf::from).collect();
+        files.push(PathBuf::from("/data/local.nc"));
+        let planned = files.clone();
+        stamped(&mut files, &objects);
+        assert_eq!(files[2], planned[2], "local files as they are");
+        assert!(
+            files[0]
+                .to_str()
+                .unwrap()
+                .ends_with("#stamp=\"e1\" 2020-01-01T00:00:00+00:00 9")
+        );
+        assert_eq!(outbound(&mut files), objects);
+        assert_eq!(files, planned);
     }
 }

@@ -248,6 +248,40 @@ async fn an_era5_table_travels_in_a_logical_plan() {
     );
 }
 
+/// A scheduler's codec plans an ERA5 table from the headers the client
+/// sent: with the files gone it decodes and plans the client's physical
+/// plan, where a codec that opens the files cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_plans_from_headers_without_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let plan = ctx
+        .sql(SCORES)
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
+    let expected = shown(&planned(&ctx, SCORES).await);
+    for file in ["a.nc", "b.nc"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    let other = new_context();
+    let e = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
+        .unwrap_err();
+    assert!(e.to_string().contains("a.nc: no such file"), "{e}");
+
+    let scheduler = logical().planning_from_headers();
+    let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &scheduler)
+        .unwrap();
+    // Planned as the client's session plans (two partitions).
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(2);
+    let planner = SessionContext::new_with_config(config);
+    crate::session::register_functions(&planner);
+    let physical = planner.state().create_physical_plan(&again).await.unwrap();
+    assert_eq!(shown(&physical), expected);
+}
+
 fn train_model(path: &Path, iterations: u64) {
     let steps: Vec<StepField> = (0..8)
         .map(|k| StepField {
