@@ -200,6 +200,23 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
         assert_eq!(stdout(&remote), stdout(&local), "{query}");
         assert!(stdout(&local).lines().count() > 6, "{}", stdout(&local));
     }
+    // More steps than partitions: each shuffle partition gets several
+    // groups from several tasks, and ORDER BY still orders the answer.
+    let many = tempfile::tempdir().unwrap();
+    synth(many.path(), 40, "nc4", &["--files-per-day"]);
+    let era5 = [format!("era5={}", many.path().display())];
+    for query in [
+        "SELECT valid_time, round(avg(t2m), 3) AS t2m FROM era5 GROUP BY valid_time \
+         ORDER BY valid_time",
+        "SELECT date_trunc('day', valid_time) AS day, count(*) AS cells FROM era5 GROUP BY day \
+         ORDER BY day DESC",
+    ] {
+        let here = sql(query, &era5, None);
+        assert!(here.status.success(), "{}", stderr(&here));
+        let there = sql(query, &era5, Some(&cluster.url));
+        assert!(there.status.success(), "{query}: {}", stderr(&there));
+        assert_eq!(stdout(&there), stdout(&here), "{query}");
+    }
     // The scan is spread over tasks, one per step here (6 steps from
     // 12:00, target partitions 16): Ballista cuts its steps input per task.
     let plans = cluster.log_of("scheduler");

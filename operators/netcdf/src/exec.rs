@@ -107,7 +107,7 @@ impl NetcdfExec {
         slab: Hyperslab,
         partitions: Vec<Vec<Step>>,
     ) -> Self {
-        let properties = Arc::new(Self::compute_properties(&schema, partitions.len()));
+        let properties = Arc::new(Self::compute_properties(&schema, partitions.len(), true));
         Self {
             catalog,
             schema,
@@ -144,13 +144,25 @@ impl NetcdfExec {
             self.slab.clone(),
             partitions,
         );
+        // Its steps as an input: a scan for a cluster. Ballista's shuffles
+        // do not keep the order a sort-preserving repartition promises, so
+        // a plan relying on this scan's order would merge unsorted
+        // partitions (ORDER BY out of order). Declaring none makes
+        // DataFusion sort where order is needed.
+        scan.properties = Arc::new(Self::compute_properties(
+            &scan.schema,
+            scan.partitions.len(),
+            false,
+        ));
         scan.steps_input = Some(input);
         Ok(scan)
     }
 
-    /// Each partition emits its steps in time order, so it is sorted by `valid_time`.
-    fn compute_properties(schema: &SchemaRef, partitions: usize) -> PlanProperties {
-        let orderings = schema.index_of(crate::schema::VALID_TIME).ok().map(|i| {
+    /// Each partition emits its steps in time order, so it is sorted by
+    /// `valid_time`; declared only where the plan runs in one process.
+    fn compute_properties(schema: &SchemaRef, partitions: usize, ordered: bool) -> PlanProperties {
+        let valid_time = schema.index_of(crate::schema::VALID_TIME).ok();
+        let orderings = valid_time.filter(|_| ordered).map(|i| {
             vec![PhysicalSortExpr::new_default(Arc::new(Column::new(
                 crate::schema::VALID_TIME,
                 i,
