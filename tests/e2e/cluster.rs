@@ -140,6 +140,16 @@ fn sql(query: &str, tables: &[String], ballista: Option<&str>) -> std::process::
     uqcast(&args)
 }
 
+/// `uqcast run` of `config` into `output` on the cluster at `url`, with
+/// `more` arguments.
+fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::process::Output {
+    let output = output.to_str().unwrap();
+    let mut args = vec!["run", "--config", config, "--output", output];
+    args.extend(more);
+    args.extend(["--ballista", url]);
+    uqcast(&args)
+}
+
 /// The pipeline `config` run in this process (no cluster) into `output`.
 fn run_here(config: &str, output: &Path) {
     let o = uqcast(&[
@@ -257,15 +267,7 @@ fn two_executors_share_the_work_and_answer_as_one_machine() {
         assert_eq!(stdout(&there), stdout(&here), "{query}");
     }
     let remote = dir.path().join("remote");
-    let o = uqcast(&[
-        "run",
-        "--config",
-        config,
-        "--output",
-        remote.to_str().unwrap(),
-        "--ballista",
-        &cluster.url,
-    ]);
+    let o = run_there(config, &remote, &cluster.url, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(forecast_csv(&remote), forecast_csv(&local));
 
@@ -297,17 +299,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
 
     let cluster = Cluster::start();
     let remote = dir.path().join("remote");
-    let remote_run = || {
-        uqcast(&[
-            "run",
-            "--config",
-            config,
-            "--output",
-            remote.to_str().unwrap(),
-            "--ballista",
-            &cluster.url,
-        ])
-    };
+    let remote_run = || run_there(config, &remote, &cluster.url, &[]);
     let o = remote_run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -348,17 +340,8 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let celsius = dir.path().join("celsius");
     let nc = super::pipeline::synth_in_celsius(&celsius);
     let fresh = dir.path().join("fresh");
-    let o = uqcast(&[
-        "run",
-        "--config",
-        config,
-        "--output",
-        fresh.to_str().unwrap(),
-        "--input",
-        celsius.to_str().unwrap(),
-        "--ballista",
-        &cluster.url,
-    ]);
+    let input = ["--input", celsius.to_str().unwrap()];
+    let o = run_there(config, &fresh, &cluster.url, &input);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let error_line = stderr(&o).lines().last().unwrap_or_default().to_string();
     assert!(

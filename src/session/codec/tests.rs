@@ -218,19 +218,26 @@ async fn a_scan_refuses_files_changed_since_planning() {
     assert!(e.to_string().contains("b.nc: no such file"), "{e}");
 }
 
-/// The logical plan of a query over an ERA5 table travels (a scheduler
-/// receives queries this way) and plans to the same answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_era5_table_travels_in_a_logical_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = era5(dir.path()).await;
+/// The logical plan of [`SCORES`] in `ctx`, as a client sends it.
+async fn scores_sent(ctx: &SessionContext) -> Vec<u8> {
     let plan = ctx
         .sql(SCORES)
         .await
         .unwrap()
         .into_optimized_plan()
         .unwrap();
-    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
+    logical_plan_to_bytes_with_extension_codec(&plan, &logical())
+        .unwrap()
+        .to_vec()
+}
+
+/// The logical plan of a query over an ERA5 table travels (a scheduler
+/// receives queries this way) and plans to the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_era5_table_travels_in_a_logical_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let bytes = scores_sent(&ctx).await;
     let other = new_context();
     let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
         .unwrap();
@@ -255,13 +262,7 @@ async fn an_era5_table_travels_in_a_logical_plan() {
 async fn a_scheduler_plans_from_headers_without_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = era5(dir.path()).await;
-    let plan = ctx
-        .sql(SCORES)
-        .await
-        .unwrap()
-        .into_optimized_plan()
-        .unwrap();
-    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
+    let bytes = scores_sent(&ctx).await;
     let expected = shown(&planned(&ctx, SCORES).await);
     for file in ["a.nc", "b.nc"] {
         std::fs::remove_file(dir.path().join(file)).unwrap();
