@@ -174,20 +174,26 @@ const QUERIES: [&str; 2] = [
      GROUP BY e.valid_time ORDER BY e.valid_time",
 ];
 
+/// The per-cell mean t2m of the NetCDF files in `era5` (`t2m_clim` by
+/// latitude and longitude), written as Parquet to `parquet`.
+fn write_climatology(era5: &Path, parquet: &Path) {
+    let o = uqcast(&[
+        "sql",
+        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
+        "--table",
+        &format!("era5={}", era5.display()),
+        "--output",
+        parquet.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// Eight synthetic steps in `data` and their per-cell mean as Parquet: the
 /// `--table` arguments of `era5` and `clim`.
 fn with_climatology(data: &Path) -> [String; 2] {
     synth(data, 8, "nc4", &[]);
     let parquet = data.join("climatology.parquet");
-    let o = uqcast(&[
-        "sql",
-        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
-        "--table",
-        &format!("era5={}", data.display()),
-        "--output",
-        parquet.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    write_climatology(data, &parquet);
     [
         format!("era5={}/*.nc", data.display()),
         format!("clim={}", parquet.display()),
@@ -482,15 +488,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
     copy_tree(&daily, &server.path("era5"));
     let climatology = server.path("clim/climatology.parquet");
     std::fs::create_dir_all(climatology.parent().unwrap()).unwrap();
-    let o = uqcast(&[
-        "sql",
-        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
-        "--table",
-        &format!("era5={}", daily.display()),
-        "--output",
-        climatology.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    write_climatology(&daily, &climatology);
 
     let cache = |role: &str| dir.path().join(format!("{role}-cache"));
     let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|role, c| {
@@ -679,15 +677,7 @@ fn processes_without_s3_credentials_name_the_object() {
     // A Parquet object too: DataFusion plans over Parquet by reading it.
     let parquet = server.path("clim/climatology.parquet");
     std::fs::create_dir_all(parquet.parent().unwrap()).unwrap();
-    let o = uqcast(&[
-        "sql",
-        "SELECT latitude, longitude, avg(t2m) AS t2m_clim FROM era5 GROUP BY latitude, longitude",
-        "--table",
-        &format!("era5={}", dir.path().join("data").display()),
-        "--output",
-        parquet.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    write_climatology(&dir.path().join("data"), &parquet);
     let query_over = |cluster: &Cluster, query: &str| {
         server
             .command(SECRET, &cache("client"))
