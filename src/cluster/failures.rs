@@ -6,7 +6,7 @@
 /// How errors of work sent to the cluster at `url` begin when no reason
 /// can be read out of what came back (a task rejected before it ran, an
 /// error that is not one message): the executor's log says why.
-pub fn failed(what: &str, url: &str) -> String {
+fn failed(what: &str, url: &str) -> String {
     format!("{what} on the cluster at {url} (a failed task's reason is in its executor's log)")
 }
 

@@ -140,6 +140,17 @@ fn sql(query: &str, tables: &[String], ballista: Option<&str>) -> std::process::
     uqcast(&args)
 }
 
+/// `query` over `tables` answered on the cluster at `url` and in this
+/// process, asserted equal; the answer (CSV).
+fn same_answer(query: &str, tables: &[String], url: &str) -> String {
+    let here = sql(query, tables, None);
+    assert!(here.status.success(), "{query}: {}", stderr(&here));
+    let there = sql(query, tables, Some(url));
+    assert!(there.status.success(), "{query}: {}", stderr(&there));
+    assert_eq!(stdout(&there), stdout(&here), "{query}");
+    stdout(&here)
+}
+
 /// `uqcast run` of `config` into `output` on the cluster at `url`, with
 /// `more` arguments.
 fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::process::Output {
@@ -152,13 +163,8 @@ fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::proc
 
 /// The pipeline `config` run in this process (no cluster) into `output`.
 fn run_here(config: &str, output: &Path) {
-    let o = uqcast(&[
-        "run",
-        "--config",
-        config,
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let output = output.to_str().unwrap();
+    let o = uqcast(&["run", "--config", config, "--output", output]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -209,12 +215,8 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
     let tables = with_climatology(data.path());
     let cluster = Cluster::start();
     for query in QUERIES {
-        let local = sql(query, &tables, None);
-        assert!(local.status.success(), "{}", stderr(&local));
-        let remote = sql(query, &tables, Some(&cluster.url));
-        assert!(remote.status.success(), "{query}: {}", stderr(&remote));
-        assert_eq!(stdout(&remote), stdout(&local), "{query}");
-        assert!(stdout(&local).lines().count() > 6, "{}", stdout(&local));
+        let answer = same_answer(query, &tables, &cluster.url);
+        assert!(answer.lines().count() > 6, "{answer}");
     }
     // More steps than partitions: each shuffle partition gets several
     // groups from several tasks, and ORDER BY still orders the answer.
@@ -227,11 +229,7 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
         "SELECT date_trunc('day', valid_time) AS day, count(*) AS cells FROM era5 GROUP BY day \
          ORDER BY day DESC",
     ] {
-        let here = sql(query, &era5, None);
-        assert!(here.status.success(), "{}", stderr(&here));
-        let there = sql(query, &era5, Some(&cluster.url));
-        assert!(there.status.success(), "{query}: {}", stderr(&there));
-        assert_eq!(stdout(&there), stdout(&here), "{query}");
+        same_answer(query, &era5, &cluster.url);
     }
     // The scan is spread over tasks, one per step here (6 steps from
     // 12:00, target partitions 16): Ballista cuts its steps input per task.
@@ -266,11 +264,7 @@ fn two_executors_share_the_work_and_answer_as_one_machine() {
 
     let cluster = Cluster::start_many(Path::new("."), Path::new("."), "0.0.0.0", 2, &|_, _| {});
     for query in QUERIES {
-        let here = sql(query, &tables, None);
-        assert!(here.status.success(), "{}", stderr(&here));
-        let there = sql(query, &tables, Some(&cluster.url));
-        assert!(there.status.success(), "{query}: {}", stderr(&there));
-        assert_eq!(stdout(&there), stdout(&here), "{query}");
+        same_answer(query, &tables, &cluster.url);
     }
     let remote = dir.path().join("remote");
     let o = run_there(config, &remote, &cluster.url, &[]);
@@ -334,12 +328,8 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
         dir.path().join("model/m.safetensors").display()
     );
     let table = [format!("era5={}", dir.path().join("data").display())];
-    let here = sql(&forecast, &table, None);
-    assert!(here.status.success(), "{}", stderr(&here));
-    let there = sql(&forecast, &table, Some(&cluster.url));
-    assert!(there.status.success(), "{}", stderr(&there));
-    assert_eq!(stdout(&there), stdout(&here));
-    assert_eq!(stdout(&here).lines().count(), 1 + 3, "{}", stdout(&here));
+    let answer = same_answer(&forecast, &table, &cluster.url);
+    assert_eq!(answer.lines().count(), 1 + 3, "{answer}");
 
     // Input in °C under units "K": the task reading it fails, the client
     // says why, naming the file, and the failed first run leaves no table.
