@@ -59,6 +59,7 @@ fn session_config() -> SessionConfig {
         .with_ballista_logical_extension_codec(logical_codec())
         .with_ballista_physical_extension_codec(physical_codec())
         .with_extension(Arc::new(crate::session::s3::file_names().as_messages()))
+        .with_extension(Arc::new(crate::session::s3::local_copies()))
 }
 
 /// A scheduler's or executor's session: Ballista's, plus uqcast's functions;

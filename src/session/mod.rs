@@ -17,11 +17,13 @@ pub mod s3;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
-/// `weighted_rmse`, `spread_skill`); its scans name S3 objects by URL.
+/// `weighted_rmse`, `spread_skill`); its scans fetch the S3 objects they
+/// read, and name them by URL.
 pub fn new_context() -> SessionContext {
     let config = datafusion::prelude::SessionConfig::new()
         .with_extension(Arc::new(codec::model_files()))
-        .with_extension(Arc::new(s3::file_names()));
+        .with_extension(Arc::new(s3::file_names()))
+        .with_extension(Arc::new(s3::local_copies()));
     let ctx = SessionContext::new_with_config(config);
     register_functions(&ctx);
     ctx
@@ -208,11 +210,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
                 .with_context(|| format!("table '{}': {}", t.name, t.location))?;
         }
         s3::S3Table::Netcdf(files) => {
-            let provider =
-                tokio::task::spawn_blocking(move || Era5TableProvider::try_new(&files, None))
-                    .await
-                    .context("NetCDF inspection task failed")?
-                    .with_context(context)?;
+            let provider = Era5TableProvider::from_files(files, None).with_context(context)?;
             ctx.register_table(&t.name, Arc::new(provider))?;
         }
     }

@@ -1,8 +1,9 @@
 //! `s3://` inputs against a real S3-compatible server on loopback (s3s-fs,
 //! which `.ci/s3-server` installs and checks request signatures): NetCDF
 //! tables and the forecast job read from a bucket match the same files read
-//! from disk, Parquet output is queried in place, downloads are cached and
-//! refreshed when an object changes, and bad credentials, buckets and
+//! from disk, Parquet output is queried in place, NetCDF3 tables are planned
+//! from headers and download only what a query reads, downloads are cached
+//! and refreshed when an object changes, and bad credentials, buckets and
 //! objects fail naming the `s3://` URL.
 
 use std::path::{Path, PathBuf};
@@ -428,6 +429,73 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("taking it over"), "{}", stderr(&o));
     assert!(!lock.exists(), "the taken-over lock is released at the end");
+}
+
+/// Copies of S3 objects in `cache` (not their stamps), by file name.
+fn cached_copies(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = walk_all(cache)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "nc"))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A NetCDF3 table in a bucket is planned from its objects' headers: a
+/// query downloads only the objects holding the steps it reads, and a
+/// later query the rest, each once; every answer is the answer over the
+/// same files on disk.
+#[test]
+fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let days = work.path().join("days");
+    synth_seeded(&days, 12, "nc3", 5, &["--files-per-day"]);
+    copy_tree(&days, &server.path("era5/days"));
+    let uq = |args: &[&str]| server.uqcast_with(SECRET, &cache, args);
+    let answer = |table: &str, query: &str| {
+        let table = format!("t={table}");
+        let o = uq(&["sql", query, "--table", &table, "--format", "csv"]);
+        (sql_csv(&o), stderr(&o))
+    };
+    let remote = format!("s3://{BUCKET}/era5/days/*.nc");
+    let local = format!("{}/*.nc", days.display());
+    let downloads = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.starts_with("downloading s3://"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let second_day = "SELECT valid_time, count(*) AS n, sum(t2m) AS s FROM t \
+                      WHERE valid_time >= '2020-01-02T00:00:00Z' \
+                      AND valid_time < '2020-01-03T00:00:00Z' \
+                      GROUP BY valid_time ORDER BY valid_time";
+    let (from_bucket, err) = answer(&remote, second_day);
+    assert_eq!(from_bucket, answer(&local, second_day).0);
+    assert_eq!(from_bucket.lines().count(), 1 + 4, "{from_bucket}");
+    let fetched = downloads(&err);
+    assert_eq!(fetched.len(), 1, "{err}");
+    assert!(
+        fetched[0].contains("/era5/days/era5_t2m_20200102.nc"),
+        "{err}"
+    );
+    assert_eq!(cached_copies(&cache), ["era5_t2m_20200102.nc"]);
+
+    // Every step: the two other days are downloaded, the second day's copy serves.
+    let every_step = "SELECT valid_time, sum(t2m) AS s, max(t2m) AS hi FROM t \
+                      GROUP BY valid_time ORDER BY valid_time";
+    let (from_bucket, err) = answer(&remote, every_step);
+    assert_eq!(from_bucket, answer(&local, every_step).0);
+    assert_eq!(from_bucket.lines().count(), 1 + 12, "{from_bucket}");
+    let fetched = downloads(&err);
+    assert_eq!(fetched.len(), 2, "{err}");
+    assert!(fetched.iter().all(|l| !l.contains("20200102")), "{err}");
+    assert_eq!(cached_copies(&cache).len(), 3);
+    let (_, err) = answer(&remote, every_step);
+    assert!(downloads(&err).is_empty(), "{err}");
 }
 
 #[test]

@@ -146,7 +146,7 @@ fn choose_variables(first: &FileInfo, requested: Option<&[String]>) -> Result<Ve
 fn describe_or_explain(file: &FileInfo, name: &str) -> Result<VariableInfo> {
     let v = match file.variable(name) {
         Ok(v) => v.clone(),
-        Err(_) => return Err(crate::inspect::explain_layout(&file.path, name, file)?),
+        Err(_) => return Err(crate::inspect::explain_layout(name, file)),
     };
     if name == T2M && !crate::schema::is_kelvin(v.units.as_deref()) {
         return Err(NetcdfError::Attribute {

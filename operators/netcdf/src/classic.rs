@@ -1,12 +1,14 @@
-//! Truncation check for classic NetCDF (CDF-1, CDF-2, CDF-5) files.
+//! The layout of a classic NetCDF (CDF-1, CDF-2, CDF-5) file, from its header.
 //!
-//! libnetcdf zero-fills reads past the end of a classic file, so a truncated
-//! download would silently read as zeros. The header records where every
-//! variable's data begins and how large it is; the data must end within the
-//! file. This parses just enough of the header (big-endian, 4-byte padded)
-//! to compute that end.
+//! The header (big-endian, 4-byte padded) records where every variable's
+//! data begins and how large it is. Two uses: libnetcdf zero-fills reads
+//! past the end of a classic file, so a truncated download would silently
+//! read as zeros unless the data's end is checked against the file's size;
+//! and a file in an object store can be inspected from its header and its
+//! coordinates' bytes alone, fetched by range ([`Layout::coordinate_ranges`]).
 
 use std::io::{BufReader, Read};
+use std::ops::Range;
 use std::path::Path;
 
 use crate::error::{NetcdfError, Result};
@@ -16,21 +18,48 @@ const NC_VARIABLE: u32 = 0x0B;
 const NC_ATTRIBUTE: u32 = 0x0C;
 const STREAMING: u64 = 0xFFFF_FFFF;
 
+/// Where a classic file's header ends and each variable's data lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes of the header; data starts at or after this offset.
+    pub header_len: u64,
+    pub variables: Vec<StoredVariable>,
+    /// Records written (0 for a file written in streaming mode).
+    pub records: u64,
+    /// Bytes from one record to the next.
+    pub record_size: u64,
+}
+
+/// One variable's place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVariable {
+    pub name: String,
+    pub dimensions: usize,
+    /// Offset of its data (of its first record's, for a record variable).
+    pub begin: u64,
+    /// Bytes of its data (of one record's, for a record variable).
+    pub bytes: u64,
+    pub is_record: bool,
+}
+
 struct Header<R> {
     input: R,
     version: u8,
+    read: u64,
 }
 
 impl<R: Read> Header<R> {
-    fn u32(&mut self) -> std::io::Result<u32> {
-        let mut b = [0; 4];
+    fn bytes<const N: usize>(&mut self) -> std::io::Result<[u8; N]> {
+        let mut b = [0; N];
         self.input.read_exact(&mut b)?;
-        Ok(u32::from_be_bytes(b))
+        self.read += N as u64;
+        Ok(b)
+    }
+    fn u32(&mut self) -> std::io::Result<u32> {
+        self.bytes::<4>().map(u32::from_be_bytes)
     }
     fn u64(&mut self) -> std::io::Result<u64> {
-        let mut b = [0; 8];
-        self.input.read_exact(&mut b)?;
-        Ok(u64::from_be_bytes(b))
+        self.bytes::<8>().map(u64::from_be_bytes)
     }
     /// NON_NEG: 4 bytes, 8 in CDF-5.
     fn count(&mut self) -> std::io::Result<u64> {
@@ -48,14 +77,23 @@ impl<R: Read> Header<R> {
             self.u64()
         }
     }
-    fn skip_padded(&mut self, n: u64) -> std::io::Result<()> {
+    fn padded(&mut self, n: u64) -> std::io::Result<Vec<u8>> {
         let padded = n.div_ceil(4) * 4;
-        std::io::copy(&mut (&mut self.input).take(padded), &mut std::io::sink())?;
-        Ok(())
+        let mut b = Vec::new();
+        (&mut self.input).take(padded).read_to_end(&mut b)?;
+        if (b.len() as u64) < padded {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.read += padded;
+        b.truncate(n as usize);
+        Ok(b)
     }
-    fn name(&mut self) -> std::io::Result<()> {
+    fn name(&mut self) -> std::io::Result<String> {
         let n = self.count()?;
-        self.skip_padded(n)
+        if n > 1 << 20 {
+            return Err(invalid(format!("a name of {n} bytes")));
+        }
+        Ok(String::from_utf8_lossy(&self.padded(n)?).into_owned())
     }
     fn list_len(&mut self, tag: u32) -> std::io::Result<u64> {
         let found = self.u32()?;
@@ -63,10 +101,7 @@ impl<R: Read> Header<R> {
         if found == 0 || found == tag {
             Ok(n)
         } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("unexpected header tag {found:#x}"),
-            ))
+            Err(invalid(format!("unexpected header tag {found:#x}")))
         }
     }
     fn attributes(&mut self) -> std::io::Result<()> {
@@ -74,10 +109,22 @@ impl<R: Read> Header<R> {
             self.name()?;
             let size = type_size(self.u32()?)?;
             let n = self.count()?;
-            self.skip_padded(n * size)?;
+            let bytes = n
+                .checked_mul(size)
+                .ok_or_else(|| invalid("attribute size".into()))?;
+            let padded = bytes.div_ceil(4) * 4;
+            let skipped = std::io::copy(&mut (&mut self.input).take(padded), &mut std::io::sink())?;
+            if skipped < padded {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.read += padded;
         }
         Ok(())
     }
+}
+
+fn invalid(problem: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, problem)
 }
 
 fn type_size(nc_type: u32) -> std::io::Result<u64> {
@@ -86,96 +133,134 @@ fn type_size(nc_type: u32) -> std::io::Result<u64> {
         3 | 8 => 2,
         4 | 5 | 9 => 4,
         6 | 10 | 11 => 8,
-        other => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("unknown type {other}"),
-            ));
-        }
+        other => return Err(invalid(format!("unknown type {other}"))),
     })
 }
 
-/// The byte offset where a classic file's data ends, or `None` if `path` is
-/// not a classic file (NetCDF4/HDF5 files are checked by HDF5 itself).
-fn data_end(path: &Path) -> std::io::Result<Option<u64>> {
-    let mut input = BufReader::new(std::fs::File::open(path)?);
-    let mut magic = [0u8; 4];
-    if input.read_exact(&mut magic).is_err()
-        || &magic[..3] != b"CDF"
-        || !matches!(magic[3], 1 | 2 | 5)
-    {
-        return Ok(None);
-    }
-    let mut h = Header {
-        input,
-        version: magic[3],
-    };
-    let numrecs = h.count()?;
-    let mut dims = Vec::new();
-    for _ in 0..h.list_len(NC_DIMENSION)? {
-        h.name()?;
-        dims.push(h.count()?);
-    }
-    h.attributes()?;
-    // (begin, bytes of one record or of the whole variable, is_record)
-    let mut vars = Vec::new();
-    for _ in 0..h.list_len(NC_VARIABLE)? {
-        h.name()?;
-        let ndims = h.count()?;
-        let mut shape = Vec::new();
-        for _ in 0..ndims {
-            let id = h.count()? as usize;
-            shape.push(*dims.get(id).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad dimension id")
-            })?);
+impl Layout {
+    /// The layout of the classic file whose bytes `input` reads from the
+    /// start, or `None` if it is not a classic file (NetCDF4/HDF5). An
+    /// `UnexpectedEof` error: `input` ends inside the header.
+    pub fn read(input: impl Read) -> std::io::Result<Option<Self>> {
+        let mut h = Header {
+            input,
+            version: 0,
+            read: 0,
+        };
+        let magic = match h.bytes::<4>() {
+            Ok(m) if &m[..3] == b"CDF" && matches!(m[3], 1 | 2 | 5) => m,
+            _ => return Ok(None),
+        };
+        h.version = magic[3];
+        let records = h.count()?;
+        let mut dims = Vec::new();
+        for _ in 0..h.list_len(NC_DIMENSION)? {
+            h.name()?;
+            dims.push(h.count()?);
         }
         h.attributes()?;
-        let size = type_size(h.u32()?)?;
-        let _vsize = h.count()?;
-        let begin = h.offset()?;
-        let is_record = shape.first() == Some(&0);
-        let elements: u64 = shape.iter().skip(usize::from(is_record)).product();
-        vars.push((begin, elements * size, is_record));
+        let mut variables = Vec::new();
+        for _ in 0..h.list_len(NC_VARIABLE)? {
+            let name = h.name()?;
+            let ndims = h.count()?;
+            let mut shape = Vec::new();
+            for _ in 0..ndims {
+                let id = h.count()? as usize;
+                shape.push(
+                    *dims
+                        .get(id)
+                        .ok_or_else(|| invalid(format!("{name}: bad dimension id {id}")))?,
+                );
+            }
+            h.attributes()?;
+            let size = type_size(h.u32()?)?;
+            let _vsize = h.count()?;
+            let begin = h.offset()?;
+            let is_record = shape.first() == Some(&0);
+            let elements = shape
+                .iter()
+                .skip(usize::from(is_record))
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(size))
+                .ok_or_else(|| invalid(format!("{name}: size overflows")))?;
+            variables.push(StoredVariable {
+                name,
+                dimensions: shape.len(),
+                begin,
+                bytes: elements,
+                is_record,
+            });
+        }
+        let padded = |n: u64| n.div_ceil(4) * 4;
+        let record_vars: Vec<_> = variables.iter().filter(|v| v.is_record).collect();
+        // One record variable is stored unpadded; several are each padded to 4 bytes.
+        let record_size: u64 = match record_vars.as_slice() {
+            [only] => only.bytes,
+            many => many.iter().map(|v| padded(v.bytes)).sum(),
+        };
+        Ok(Some(Self {
+            header_len: h.read,
+            variables,
+            records: if records == STREAMING { 0 } else { records },
+            record_size,
+        }))
     }
-    let padded = |n: u64| n.div_ceil(4) * 4;
-    let record_vars: Vec<_> = vars.iter().filter(|v| v.2).collect();
-    // One record variable is stored unpadded; several are each padded to 4 bytes.
-    let recsize: u64 = match record_vars.as_slice() {
-        [only] => only.1,
-        many => many.iter().map(|v| padded(v.1)).sum(),
-    };
-    let numrecs = if numrecs == STREAMING { 0 } else { numrecs };
-    let end = vars
-        .iter()
-        .map(|&(begin, bytes, is_record)| match (is_record, numrecs) {
-            (false, _) => begin + bytes,
-            (true, 0) => begin,
-            (true, n) => begin + (n - 1) * recsize + bytes,
-        })
-        .max()
-        .unwrap_or(0);
-    Ok(Some(end))
+
+    /// The byte offset where the data ends.
+    pub fn data_end(&self) -> u64 {
+        self.variables
+            .iter()
+            .map(|v| self.extent(v).last().map_or(v.begin, |r| r.end))
+            .max()
+            .unwrap_or(self.header_len)
+    }
+
+    /// The byte ranges of `v`'s data: one, or one per record.
+    fn extent(&self, v: &StoredVariable) -> Vec<Range<u64>> {
+        if !v.is_record {
+            return std::iter::once(v.begin..v.begin + v.bytes).collect();
+        }
+        (0..self.records)
+            .map(|r| {
+                let start = v.begin + r * self.record_size;
+                start..start + v.bytes
+            })
+            .collect()
+    }
+
+    /// The byte ranges of every variable of at most one dimension (the
+    /// coordinates, and scalars): with the header, all that inspecting the
+    /// file reads.
+    pub fn coordinate_ranges(&self) -> Vec<Range<u64>> {
+        self.variables
+            .iter()
+            .filter(|v| v.dimensions <= 1)
+            .flat_map(|v| self.extent(v))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
 }
 
 /// Fails if a classic file is shorter than its header says.
 pub fn check_complete(path: &Path) -> Result<()> {
-    let Some(end) = data_end(path).map_err(|e| NetcdfError::CorruptHeader {
+    let corrupt = |e: std::io::Error| NetcdfError::CorruptHeader {
         path: path.to_path_buf(),
         problem: if e.kind() == std::io::ErrorKind::UnexpectedEof {
             "ends inside the header".into()
         } else {
             e.to_string()
         },
-    })?
-    else {
+    };
+    let io = |source| NetcdfError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let Some(layout) = Layout::read(BufReader::new(file)).map_err(corrupt)? else {
         return Ok(());
     };
-    let len = std::fs::metadata(path)
-        .map_err(|source| NetcdfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let end = layout.data_end();
+    let len = std::fs::metadata(path).map_err(io)?.len();
     if len < end {
         return Err(NetcdfError::Truncated {
             path: path.to_path_buf(),

@@ -25,6 +25,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use crate::catalog::{Catalog, Step};
+use crate::copies::LocalCopies;
 use crate::names::FileNames;
 use crate::pushdown::Selection;
 use crate::reader::Hyperslab;
@@ -358,6 +359,10 @@ impl ExecutionPlan for NetcdfExec {
             projection: self.projection.clone(),
             slab: self.slab.clone(),
             steps,
+            copies: context
+                .session_config()
+                .get_extension::<LocalCopies>()
+                .map(|c| c.as_ref().clone()),
             metrics: ScanMetrics {
                 baseline: BaselineMetrics::new(&self.metrics, partition),
                 read_time: MetricBuilder::new(&self.metrics)

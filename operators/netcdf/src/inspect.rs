@@ -71,6 +71,9 @@ pub struct FileInfo {
     pub longitude: Axis,
     /// Gridded variables with dimensions (time, latitude, longitude), in file order.
     pub variables: Vec<VariableInfo>,
+    /// Every other variable, with its dimensions (`time, level, latitude,
+    /// longitude`), so an error can say why one is not a column.
+    pub ungridded: Vec<(String, String)>,
 }
 
 impl FileInfo {
@@ -105,10 +108,13 @@ impl FileInfo {
         let longitude = read_axis(&file, path, &lon_name)?;
         let grid = [time_name.as_str(), lat_name.as_str(), lon_name.as_str()];
         let mut variables = Vec::new();
+        let mut ungridded = Vec::new();
         for var in file.variables() {
             let dims: Vec<String> = var.dimensions().iter().map(|d| d.name()).collect();
             if dims.len() == 3 && dims.iter().zip(grid).all(|(d, g)| d == g) {
                 variables.push(describe(&var, path)?);
+            } else {
+                ungridded.push((var.name(), dims.join(", ")));
             }
         }
         Ok(Self {
@@ -118,6 +124,7 @@ impl FileInfo {
             latitude,
             longitude,
             variables,
+            ungridded,
         })
     }
 
@@ -142,30 +149,24 @@ pub fn open(path: &Path) -> Result<netcdf::File> {
     })
 }
 
-/// Explains why `name` is not a usable (time, latitude, longitude) variable.
-pub fn explain_layout(path: &Path, name: &str, info: &FileInfo) -> Result<NetcdfError> {
-    let (owned, name) = (path.to_path_buf(), name.to_string());
-    let expected = format!(
-        "{}, {}, {}",
-        info.time_name, info.latitude.name, info.longitude.name
-    );
-    let available: Vec<String> = info.variables.iter().map(|v| v.name.clone()).collect();
-    crate::io_thread::run(move || {
-        let file = open(&owned)?;
-        Ok(match file.variable(&name) {
-            Some(var) => NetcdfError::Dimensions {
-                found: dimension_list(&var),
-                path: owned,
-                variable: name,
-                expected,
-            },
-            None => NetcdfError::MissingVariable {
-                path: owned,
-                variable: name,
-                available,
-            },
-        })
-    })
+/// Why `name` is not a usable (time, latitude, longitude) variable of `info`'s file.
+pub fn explain_layout(name: &str, info: &FileInfo) -> NetcdfError {
+    match info.ungridded.iter().find(|(n, _)| n == name) {
+        Some((_, found)) => NetcdfError::Dimensions {
+            path: info.path.clone(),
+            variable: name.to_string(),
+            expected: format!(
+                "{}, {}, {}",
+                info.time_name, info.latitude.name, info.longitude.name
+            ),
+            found: found.clone(),
+        },
+        None => NetcdfError::MissingVariable {
+            path: info.path.clone(),
+            variable: name.to_string(),
+            available: info.variables.iter().map(|v| v.name.clone()).collect(),
+        },
+    }
 }
 
 fn coordinate<'f>(file: &'f netcdf::File, path: &Path, name: &str) -> Result<Variable<'f>> {

@@ -22,6 +22,7 @@
 pub mod catalog;
 pub mod cf;
 pub mod classic;
+pub mod copies;
 pub mod error;
 pub mod exec;
 pub mod inspect;
@@ -38,6 +39,7 @@ pub mod stream;
 pub mod writer;
 
 pub use catalog::Catalog;
+pub use copies::LocalCopies;
 pub use error::{NetcdfError, Result};
 pub use exec::NetcdfExec;
 pub use names::FileNames;

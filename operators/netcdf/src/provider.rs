@@ -37,6 +37,21 @@ impl Era5TableProvider {
         Ok(Self::from_catalog(Catalog::open(locations, variables)?))
     }
 
+    /// The table over files already inspected, in path order. A file need
+    /// not be at its path yet if the session makes it present before a scan
+    /// opens it ([`crate::LocalCopies`]): an S3 object inspected from its
+    /// header, to be downloaded only if a query reads its steps.
+    pub fn from_files(
+        mut files: Vec<crate::inspect::FileInfo>,
+        variables: Option<&[String]>,
+    ) -> crate::Result<Self> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files.dedup_by(|a, b| a.path == b.path);
+        Ok(Self::from_catalog(Catalog::assemble(
+            files, variables, true,
+        )?))
+    }
+
     pub(crate) fn from_catalog(catalog: Catalog) -> Self {
         let schema = era5_schema(&catalog.variables);
         Self {

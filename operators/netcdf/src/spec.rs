@@ -182,6 +182,7 @@ impl Era5TableProvider {
                         long_name: v.long_name.clone(),
                     })
                     .collect(),
+                ungridded: Vec::new(),
             })
             .collect();
         let catalog = Catalog::assemble(files, Some(&spec.variables), false)?;

@@ -14,6 +14,7 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, Count, Time};
 use tokio::sync::mpsc::Sender;
 
 use crate::catalog::{Catalog, Step, T2M};
+use crate::copies::LocalCopies;
 use crate::error::NetcdfError;
 use crate::reader::{Hyperslab, StepReader};
 use crate::schema::COORDINATES;
@@ -36,6 +37,8 @@ pub struct PartitionScan {
     pub projection: Vec<usize>,
     pub slab: Hyperslab,
     pub steps: Vec<Step>,
+    /// Makes a file present before it is opened (see [`LocalCopies`]).
+    pub copies: Option<LocalCopies>,
     pub metrics: ScanMetrics,
 }
 
@@ -49,8 +52,14 @@ impl PartitionScan {
                 let reader = match &open {
                     Some((file, reader)) if *file == step.file => reader,
                     _ => {
+                        let file = &self.catalog.files[step.file];
+                        if let Some(copies) = &self.copies {
+                            copies
+                                .make_present(&file.path)
+                                .map_err(DataFusionError::Execution)?;
+                        }
                         let _t = self.metrics.read_time.timer();
-                        let reader = StepReader::open(&self.catalog.files[step.file])?;
+                        let reader = StepReader::open(file)?;
                         &open.insert((step.file, reader)).1
                     }
                 };

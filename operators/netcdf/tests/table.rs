@@ -3,15 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimestampMicrosecondType};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use uqcast_netcdf::inspect::FileInfo;
 use uqcast_netcdf::spec::TableHeaders;
 use uqcast_netcdf::{
-    Encoding, Era5TableProvider, FileNames, Grid, GridVariable, NetcdfError, write_era5,
+    Encoding, Era5TableProvider, FileNames, Grid, GridVariable, LocalCopies, NetcdfError,
+    write_era5,
 };
 
 const HOUR: i64 = 3_600_000_000;
@@ -586,6 +588,81 @@ async fn scan_errors_name_files_as_the_session_knows_them() {
         "{err}"
     );
     assert!(!err.to_string().contains("cache"), "{err}");
+}
+
+/// A table over files inspected elsewhere (as S3 objects are, from their
+/// headers) reads each file only after the session's [`LocalCopies`] has
+/// made it present, and only the files holding steps a query reads; a file
+/// that cannot be made present fails the scan with the session's reason.
+#[tokio::test]
+async fn scans_make_only_the_files_they_read_present_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (away, here) = (dir.path().join("away"), dir.path().join("here"));
+    std::fs::create_dir(&away).unwrap();
+    std::fs::create_dir(&here).unwrap();
+    Fixture::new(2, 0).write(&away.join("a.nc"), Encoding::Nc3);
+    Fixture::new(2, 2).write(&away.join("b.nc"), Encoding::Nc3);
+    let planned = || {
+        ["a.nc", "b.nc"]
+            .iter()
+            .map(|name| {
+                let mut info = FileInfo::inspect(&away.join(name)).unwrap();
+                info.path = here.join(name);
+                info
+            })
+            .collect::<Vec<_>>()
+    };
+    let asked = Arc::new(Mutex::new(Vec::<PathBuf>::new()));
+    let copies = {
+        let (asked, away) = (asked.clone(), away.clone());
+        LocalCopies::new(move |path| {
+            asked.lock().unwrap().push(path.to_path_buf());
+            if !path.exists() {
+                let name = path.file_name().ok_or("no file name")?;
+                std::fs::copy(away.join(name), path).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+    let with = |copies: LocalCopies| {
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_target_partitions(2)
+                .with_extension(Arc::new(copies)),
+        );
+        let table = Era5TableProvider::from_files(planned(), None).unwrap();
+        ctx.register_table("era5", Arc::new(table)).unwrap();
+        ctx
+    };
+    // The steps of b.nc only (from 12:00).
+    let query = "SELECT valid_time, latitude, longitude, t2m FROM era5 \
+                 WHERE valid_time >= '2020-01-01T12:00:00Z' ORDER BY valid_time, latitude, longitude";
+    let read = rows(&with(copies), query).await;
+    let local = context(2);
+    table(&local, "era5", &[away.join("a.nc"), away.join("b.nc")]);
+    assert_eq!(read, rows(&local, query).await);
+    assert_eq!(read.len(), 2 * 20);
+    let asked = asked.lock().unwrap().clone();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|p| p == &here.join("b.nc")), "{asked:?}");
+    assert!(!here.join("a.nc").exists());
+
+    let refusing =
+        LocalCopies::new(|path| Err(format!("{}: gone from the bucket", path.display())));
+    let err = with(refusing)
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "{}: gone from the bucket",
+            here.join("b.nc").display()
+        )),
+        "{err}"
+    );
 }
 
 /// A two-step, one-cell file written with raw libnetcdf calls: an int32

@@ -1,8 +1,10 @@
 //! `s3://` table locations: Parquet is read in place through DataFusion's
 //! object store; NetCDF, which libnetcdf opens only from a local file, is
-//! copied into a local cache first and read from there. A plan made here
-//! names the objects its copies came from ([`origin`]); a process that runs
-//! it elsewhere fetches its own copies ([`copy_of`]).
+//! read from copies in a local cache. A table is planned from each object's
+//! header where it can be ([`headers`]), and an object is copied when a scan
+//! first reads it ([`local_copies`]). A plan made here names the objects its
+//! copies come from ([`origin`]); a process that runs it elsewhere fetches
+//! its own copies ([`copy_of`]).
 //!
 //! Credentials and endpoint come from the standard AWS environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
@@ -19,7 +21,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
-use uqcast_netcdf::FileNames;
+use uqcast_netcdf::inspect::FileInfo;
+use uqcast_netcdf::{FileNames, LocalCopies};
+
+mod headers;
 
 /// Downloads at once when a NetCDF table spans many objects.
 const PARALLEL_DOWNLOADS: usize = 4;
@@ -182,8 +187,9 @@ fn extension(key: &str) -> String {
 pub enum S3Table {
     /// Read in place: the store is registered with the session.
     Parquet,
-    /// Copied to these local files, in the location's order.
-    Netcdf(Vec<String>),
+    /// NetCDF, described file by file (see [`headers`]); a file is where a
+    /// scan finds it once [`local_copies`] has made it present.
+    Netcdf(Vec<FileInfo>),
 }
 
 /// Cache folders of the buckets read in this process, with their URLs.
@@ -374,8 +380,9 @@ pub fn register_store(ctx: &SessionContext, location: &S3Location) -> Result<()>
 }
 
 /// Makes an `s3://` location readable in `ctx`: registers the bucket's
-/// store, and for NetCDF copies the objects the location names into the
-/// local cache (reusing copies whose ETag and size still match).
+/// store, and for NetCDF describes the objects the location names, from
+/// copies in the local cache whose ETag and size still match, else (for
+/// classic files) from their headers, else from fresh downloads.
 pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Table> {
     let (store, objects) = objects_of(location).await?;
     let named = select(location, &objects)?;
@@ -391,14 +398,33 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
     let files = futures::stream::iter(named.into_iter().map(|meta| {
         let store = store.clone();
         let cache = cache.clone();
-        async move { cached_copy(&store, location, &meta, &cache).await }
+        async move { headers::inspect_object(store.as_ref(), location, &meta, &cache).await }
     }))
     .buffered(PARALLEL_DOWNLOADS)
     .try_collect::<Vec<_>>()
     .await?;
-    Ok(S3Table::Netcdf(
-        files.iter().map(|p| p.display().to_string()).collect(),
-    ))
+    Ok(S3Table::Netcdf(files))
+}
+
+/// How this process's scans make the S3 objects they read present: a file
+/// planned from an object's header (or a copy since removed) is fetched
+/// when a scan first opens it, if the object still has its planned stamp
+/// (a session extension, see [`LocalCopies`]).
+pub fn local_copies() -> LocalCopies {
+    LocalCopies::new(|path| {
+        let Some(planned) = origin(path) else {
+            return Ok(());
+        };
+        if is_fresh(path, &planned.stamp) {
+            return Ok(());
+        }
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| format!("{}: no runtime to fetch it on", planned.url))?;
+        handle
+            .block_on(copy_of(&planned))
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    })
 }
 
 /// The objects a location names, as a local path would: one key, a glob

@@ -1,0 +1,275 @@
+//! Planning over NetCDF objects without downloading them. A classic NetCDF
+//! file (the CDS's NetCDF3) keeps all its metadata in a header at its start
+//! and its coordinates in a few byte ranges the header locates; those bytes,
+//! fetched by range, describe the file as completely as the whole file
+//! does. The object itself is downloaded when a scan first reads one of its
+//! steps ([`super::local_copies`]), so a query over a month of a year's
+//! objects downloads that month's.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use uqcast_netcdf::classic::Layout;
+use uqcast_netcdf::inspect::FileInfo;
+
+use super::{S3Location, cached_copy, copy_path, is_fresh, remember, stamp};
+
+/// Bytes fetched first for a header, then four times as many while it
+/// does not fit: a CDS header is a few KiB.
+const FIRST_READ: u64 = 64 * 1024;
+
+/// One NetCDF object, described for planning: from its cached copy while
+/// that is fresh; else from its header and coordinates fetched by range,
+/// where it is a classic file (its path is where a scan will find its copy);
+/// else (NetCDF4/HDF5 keeps metadata throughout the file, and a file that
+/// does not read as it should is reported from the copy) downloaded whole.
+pub(super) async fn inspect_object(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    meta: &ObjectMeta,
+    cache: &Path,
+) -> Result<FileInfo> {
+    let key = meta.location.as_ref();
+    let local = copy_path(cache, &location.bucket, key);
+    let stamp = stamp(meta);
+    if !is_fresh(&local, &stamp)
+        && let Some(parts) = header_and_coordinates(store, meta).await?
+    {
+        let url = location.url(key);
+        let mut info = inspect_parts(&parts, meta.size, &local, &url).await?;
+        info.path = local.clone();
+        remember(cache, location, &local, &stamp);
+        return Ok(info);
+    }
+    let copy = cached_copy(store, location, meta, cache).await?;
+    inspect(copy).await
+}
+
+/// The header's bytes and the coordinates' byte ranges, each with where it
+/// lies in the object; `None` if the object is not a classic file, or does
+/// not hold all the header says it does (its copy reports why).
+async fn header_and_coordinates(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+) -> Result<Option<Vec<(u64, Vec<u8>)>>> {
+    let mut wanted = FIRST_READ.min(meta.size);
+    let (header, layout) = loop {
+        let header = store.get_range(&meta.location, 0..wanted).await?;
+        match Layout::read(&header[..]) {
+            Ok(Some(layout)) => break (header, layout),
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && wanted < meta.size => {
+                wanted = (wanted * 4).min(meta.size);
+            }
+            Err(_) => return Ok(None),
+        }
+    };
+    if layout.data_end() > meta.size {
+        return Ok(None);
+    }
+    let ranges: Vec<Range<u64>> = layout.coordinate_ranges();
+    let coordinates = store.get_ranges(&meta.location, &ranges).await?;
+    let mut parts = vec![(0, header.to_vec())];
+    parts.extend(
+        ranges
+            .iter()
+            .map(|r| r.start)
+            .zip(coordinates.iter().map(|b| b.to_vec())),
+    );
+    Ok(Some(parts))
+}
+
+/// Inspects `parts` of an object of `size` bytes, written where they lie
+/// in a sparse file beside `local` (the rest reads as zeros, and nothing
+/// inspection reads is in the rest). Errors name the object by `url`.
+async fn inspect_parts(
+    parts: &[(u64, Vec<u8>)],
+    size: u64,
+    local: &Path,
+    url: &str,
+) -> Result<FileInfo> {
+    use std::io::{Seek, SeekFrom, Write};
+    let parent = local.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{url}: cache folder {}", parent.display()))?;
+    let sparse = tempfile::Builder::new()
+        .prefix(".header-")
+        .tempfile_in(parent)
+        .with_context(|| format!("{url}: a header file in {}", parent.display()))?;
+    let mut file = sparse.as_file();
+    file.set_len(size)?;
+    for (offset, bytes) in parts {
+        file.seek(SeekFrom::Start(*offset))?;
+        file.write_all(bytes)?;
+    }
+    let path = sparse.path().to_path_buf();
+    let named = path.display().to_string();
+    inspect(path)
+        .await
+        .map_err(|e| anyhow::anyhow!(format!("{e:#}").replace(&named, url)))
+}
+
+async fn inspect(path: PathBuf) -> Result<FileInfo> {
+    tokio::task::spawn_blocking(move || FileInfo::inspect(&path))
+        .await
+        .context("NetCDF inspection task failed")?
+        .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::PutPayload;
+    use object_store::memory::InMemory;
+    use object_store::path::Path as ObjectPath;
+    use uqcast_netcdf::{Encoding, Grid, GridVariable, write_era5};
+
+    use super::*;
+    use crate::session::s3::{objects_in, origin};
+
+    /// 2021-01-01T00:00Z in microseconds, and six hours.
+    const START: i64 = 1_609_459_200_000_000;
+    const SIX_HOURS: i64 = 6 * 3_600_000_000;
+
+    /// An ERA5-like file of five steps on a 3 × 4 grid, as its bytes.
+    fn era5_bytes(encoding: Encoding) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.nc");
+        let values = (0..5 * 12).map(|i| 250.0 + i as f32 * 0.25).collect();
+        write_era5(
+            &path,
+            encoding,
+            Grid {
+                latitude: vec![50.0, 49.0, 48.0],
+                longitude: vec![0.0, 1.0, 2.0, 3.0],
+                times: (0..5).map(|k| START + k * SIX_HOURS).collect(),
+            },
+            vec![GridVariable::new("t2m", "K", "2 metre temperature", values)],
+        )
+        .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// The object `key` stored as `bytes`, described as a table would plan it.
+    async fn planned(bytes: Vec<u8>, key: &str, cache: &Path) -> Result<FileInfo> {
+        let store = InMemory::new();
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes))
+            .await?;
+        let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
+        let meta = objects_in(&store, &location).await?.remove(0);
+        inspect_object(&store, &location, &meta, cache).await
+    }
+
+    fn same_description(planned: &FileInfo, inspected: &FileInfo) {
+        let mut planned = planned.clone();
+        planned.path = inspected.path.clone();
+        assert_eq!(format!("{planned:?}"), format!("{inspected:?}"));
+    }
+
+    /// A NetCDF3 object (time a record variable, so its values lie one per
+    /// record between the data) is described from its header and
+    /// coordinates exactly as from the whole file, and not downloaded.
+    #[tokio::test]
+    async fn a_classic_object_is_described_from_its_header_without_a_download() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let bytes = era5_bytes(Encoding::Nc3);
+        let whole = tempfile::NamedTempFile::new()?;
+        std::fs::write(whole.path(), &bytes)?;
+        let inspected = FileInfo::inspect(whole.path())?;
+        assert_eq!(inspected.times.len(), 5);
+
+        let info = planned(bytes, "era5/nc3.nc", cache.path()).await?;
+        same_description(&info, &inspected);
+        let copy = copy_path(cache.path(), "b", "era5/nc3.nc");
+        assert_eq!(info.path, copy);
+        assert!(!copy.exists(), "planning downloaded the object");
+        let planned = origin(&copy).expect("the planned object is remembered");
+        assert_eq!(planned.url, "s3://b/era5/nc3.nc");
+        // Nothing but the (absent) copy's folder is left in the cache.
+        let left: Vec<_> = std::fs::read_dir(copy.parent().unwrap())?.collect();
+        assert!(left.is_empty(), "{left:?}");
+        Ok(())
+    }
+
+    /// A NetCDF4 object has no header to read by range: it is downloaded and
+    /// described from its copy.
+    #[tokio::test]
+    async fn a_netcdf4_object_is_downloaded_to_be_described() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let bytes = era5_bytes(Encoding::Nc4);
+        let info = planned(bytes.clone(), "era5/nc4.nc", cache.path()).await?;
+        let copy = copy_path(cache.path(), "b", "era5/nc4.nc");
+        assert_eq!(info.path, copy);
+        assert_eq!(std::fs::read(&copy)?, bytes);
+        same_description(&info, &FileInfo::inspect(&copy)?);
+        Ok(())
+    }
+
+    /// A classic object cut short is reported as the whole file would be,
+    /// naming the object's copy (which a session names by URL).
+    #[tokio::test]
+    async fn a_truncated_classic_object_is_reported_from_its_copy() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let mut bytes = era5_bytes(Encoding::Nc3);
+        bytes.truncate(bytes.len() - 10);
+        let e = planned(bytes, "era5/cut.nc", cache.path())
+            .await
+            .expect_err("truncated");
+        let copy = copy_path(cache.path(), "b", "era5/cut.nc");
+        assert!(
+            format!("{e:#}").contains(&format!("{}: truncated", copy.display())),
+            "{e:#}"
+        );
+        Ok(())
+    }
+
+    /// A header larger than the first read is read whole by reading more.
+    #[tokio::test]
+    async fn a_header_longer_than_the_first_read_is_read_whole() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("long.nc");
+        std::fs::write(&path, era5_bytes(Encoding::Nc3))?;
+        {
+            let mut file = netcdf::append(&path)?;
+            file.redef()?;
+            let history = "x".repeat(3 * FIRST_READ as usize);
+            file.add_attribute("history", history.as_str())?;
+        }
+        let bytes = std::fs::read(&path)?;
+        let layout = Layout::read(&bytes[..])?.expect("classic");
+        assert!(layout.header_len > FIRST_READ, "{}", layout.header_len);
+        let info = planned(bytes, "era5/long.nc", cache.path()).await?;
+        same_description(&info, &FileInfo::inspect(&path)?);
+        assert!(!copy_path(cache.path(), "b", "era5/long.nc").exists());
+        Ok(())
+    }
+
+    /// A header that does not describe an ERA5 file is refused naming the
+    /// object by its URL, not the sparse file it was inspected in.
+    #[tokio::test]
+    async fn a_bad_header_is_refused_naming_the_object() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("bad.nc");
+        std::fs::write(&path, era5_bytes(Encoding::Nc3))?;
+        {
+            let mut file = netcdf::append(&path)?;
+            file.redef()?;
+            let mut time = file.variable_mut("time").expect("a time variable");
+            time.put_attribute("units", "fortnights since the flood")?;
+        }
+        let e = planned(std::fs::read(&path)?, "era5/bad.nc", cache.path())
+            .await
+            .expect_err("bad time units");
+        let e = format!("{e:#}");
+        assert!(
+            e.starts_with("s3://b/era5/bad.nc: attribute 'time:units': unknown time unit"),
+            "{e}"
+        );
+        assert!(!e.contains(".header-"), "{e}");
+        Ok(())
+    }
+}
