@@ -16,6 +16,10 @@ use uqcast_netcdf::inspect::FileInfo;
 
 use super::{S3Location, cached_copy, copy_path, is_fresh, remember, stamp};
 
+/// Objects whose headers are read at once: each takes a few small requests,
+/// so planning a table of many objects waits on round trips, not bandwidth.
+pub(super) const PARALLEL_HEADERS: usize = 16;
+
 /// Bytes fetched first for a header, then four times as many while it
 /// does not fit: a CDS header is a few KiB.
 const FIRST_READ: u64 = 64 * 1024;
@@ -43,9 +47,16 @@ pub(super) async fn inspect_object(
         remember(cache, location, &local, &stamp);
         return Ok(info);
     }
-    let copy = cached_copy(store, location, meta, cache).await?;
+    let copy = {
+        let _slot = DOWNLOAD_SLOTS.acquire().await?;
+        cached_copy(store, location, meta, cache).await?
+    };
     inspect(copy).await
 }
+
+/// Whole objects downloaded at once while a table is planned; headers are
+/// read [`PARALLEL_HEADERS`] objects at a time.
+static DOWNLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// The header's bytes and the coordinates' byte ranges, each with where it
 /// lies in the object; `None` if the object is not a classic file, or does
@@ -69,7 +80,14 @@ async fn header_and_coordinates(
     if layout.data_end() > meta.size {
         return Ok(None);
     }
-    let ranges: Vec<Range<u64>> = layout.coordinate_ranges();
+    // Coordinates stored next to the header (the usual place of the
+    // non-record ones, and of the first record's time) came with it.
+    let fetched = header.len() as u64;
+    let ranges: Vec<Range<u64>> = layout
+        .coordinate_ranges()
+        .into_iter()
+        .filter(|r| r.end > fetched)
+        .collect();
     let coordinates = store.get_ranges(&meta.location, &ranges).await?;
     let mut parts = vec![(0, header.to_vec())];
     parts.extend(

@@ -26,9 +26,6 @@ use uqcast_netcdf::{FileNames, LocalCopies};
 
 mod headers;
 
-/// Downloads at once when a NetCDF table spans many objects.
-const PARALLEL_DOWNLOADS: usize = 4;
-
 /// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
@@ -400,7 +397,7 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
         let cache = cache.clone();
         async move { headers::inspect_object(store.as_ref(), location, &meta, &cache).await }
     }))
-    .buffered(PARALLEL_DOWNLOADS)
+    .buffered(headers::PARALLEL_HEADERS)
     .try_collect::<Vec<_>>()
     .await?;
     Ok(S3Table::Netcdf(files))
