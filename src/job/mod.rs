@@ -76,6 +76,23 @@ pub fn source_sql(pipeline: &Pipeline, since: Option<i64>, until: Option<i64>) -
     })
 }
 
+/// `sql` without the rows of initial times in `skip`: a NetCDF scan
+/// leaves those steps unread (the filter is pushed down), so a run over
+/// `s3://` objects downloads only objects holding steps still to forecast.
+fn without_steps(sql: &str, skip: &BTreeSet<i64>) -> String {
+    if skip.is_empty() {
+        return sql.to_string();
+    }
+    let times: Vec<String> = skip
+        .iter()
+        .map(|t| format!("to_timestamp_micros({t}, 'UTC')"))
+        .collect();
+    format!(
+        "SELECT * FROM ({sql}) AS unforecast WHERE valid_time NOT IN ({})",
+        times.join(", ")
+    )
+}
+
 pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let location = options
         .input
@@ -178,6 +195,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
         let cells = model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
+        let sql = without_steps(&sql, &skip);
         let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
         write_new_steps(steps, cells, ballista, &output, &provenance, &mut summary).await?;
 

@@ -429,6 +429,50 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("taking it over"), "{}", stderr(&o));
     assert!(!lock.exists(), "the taken-over lock is released at the end");
+
+    // A scheduled run over daily NetCDF3 objects, on a machine with an
+    // empty cache each time, downloads only the objects holding steps
+    // still to forecast: the steps an earlier run forecast are not read.
+    let daily = work.path().join("daily");
+    synth_seeded(&daily, 12, "nc3", 0, &["--files-per-day"]);
+    copy_tree(&daily, &server.path("era5/daily"));
+    let daily_input = format!("s3://{BUCKET}/era5/daily/*.nc");
+    let c = format!("s3://{BUCKET}/runs/c");
+    let scheduled = |cache: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config,
+            "--input",
+            &daily_input,
+            "--output",
+            &c,
+        ];
+        args.extend_from_slice(extra);
+        let o = server.uqcast_with(SECRET, &work.path().join(cache), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let fetched: Vec<String> = stderr(&o)
+            .lines()
+            .filter(|l| l.starts_with("downloading s3://") && l.contains("/era5/daily/"))
+            .map(str::to_string)
+            .collect();
+        (stdout(&o), fetched)
+    };
+    let (first, fetched) = scheduled("cache-day-1", &["--until", "2020-01-01T18:00Z"]);
+    assert!(first.contains("new_steps=4 existing_steps=0"), "{first}");
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert!(fetched[0].contains("era5_t2m_20200101.nc"), "{fetched:?}");
+    let (rest, fetched) = scheduled("cache-day-2", &[]);
+    assert!(rest.contains("existing_steps=4"), "{rest}");
+    assert!(!rest.contains("new_steps=0"), "{rest}");
+    assert_eq!(fetched.len(), 2, "{fetched:?}");
+    assert!(
+        fetched.iter().all(|l| !l.contains("era5_t2m_20200101.nc")),
+        "{fetched:?}"
+    );
+    let (again, fetched) = scheduled("cache-day-3", &[]);
+    assert!(again.contains("new_steps=0"), "{again}");
+    assert!(fetched.is_empty(), "{fetched:?}");
 }
 
 /// Copies of S3 objects in `cache` (not their stamps), by file name.

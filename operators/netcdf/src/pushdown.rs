@@ -1,5 +1,7 @@
 //! Filter pushdown: comparisons of `valid_time`, `latitude` or `longitude`
-//! with a literal choose which steps are read and which hyperslab of each.
+//! with a literal choose which steps are read and which hyperslab of each;
+//! `valid_time <> t` and `valid_time NOT IN (…)` leave steps out (a forecast
+//! run leaves out the steps an earlier run forecast).
 //!
 //! Such filters are applied exactly (the step's time and every coordinate are
 //! known before reading), so they are reported `Exact` and DataFusion drops
@@ -8,6 +10,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
@@ -118,10 +121,14 @@ pub struct Selection {
     pub time: Interval<i128>,
     pub latitude: Interval<f64>,
     pub longitude: Interval<f64>,
+    /// Times left out (nanoseconds, sorted, no repeats).
+    #[serde(default)]
+    pub excluded_times: Vec<i128>,
 }
 
 enum Constraint {
     Time(Operator, i128),
+    TimesExcluded(Vec<i128>),
     Latitude(Operator, f64),
     Longitude(Operator, f64),
 }
@@ -133,19 +140,26 @@ impl Selection {
         for constraint in filters.iter().filter_map(constraints).flatten() {
             match constraint {
                 Constraint::Time(op, v) => selection.time.tighten(op, v),
+                Constraint::TimesExcluded(times) => selection.excluded_times.extend(times),
                 Constraint::Latitude(op, v) => selection.latitude.tighten(op, v),
                 Constraint::Longitude(op, v) => selection.longitude.tighten(op, v),
             }
         }
+        selection.excluded_times.sort_unstable();
+        selection.excluded_times.dedup();
         selection
     }
 
     pub fn time_contains_micros(&self, micros: i64) -> bool {
-        self.time.contains(i128::from(micros) * 1_000)
+        let nanos = i128::from(micros) * 1_000;
+        self.time.contains(nanos) && self.excluded_times.binary_search(&nanos).is_err()
     }
 
     pub fn is_unbounded(&self) -> bool {
-        self.time.is_unbounded() && self.latitude.is_unbounded() && self.longitude.is_unbounded()
+        self.time.is_unbounded()
+            && self.latitude.is_unbounded()
+            && self.longitude.is_unbounded()
+            && self.excluded_times.is_empty()
     }
 }
 
@@ -163,6 +177,14 @@ impl fmt::Display for Selection {
                     upper: t(self.time.upper)
                 }
             ));
+        }
+        match self.excluded_times.as_slice() {
+            [] => {}
+            [one] => parts.push(format!(
+                "valid_time <> {}",
+                crate::cf::time::format_micros((one / 1000) as i64)
+            )),
+            many => parts.push(format!("valid_time not in {} times", many.len())),
         }
         if !self.latitude.is_unbounded() {
             parts.push(format!("latitude in {}", self.latitude));
@@ -191,8 +213,27 @@ fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
                 (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
                 _ => return None,
             };
+            if op == Operator::NotEq && column.name == VALID_TIME {
+                return Some(vec![Constraint::TimesExcluded(vec![nanos(literal)?])]);
+            }
             Some(vec![constraint(&column.name, op, literal)?])
         }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: true,
+        }) => match expr.as_ref() {
+            Expr::Column(c) if c.name == VALID_TIME => {
+                let times = list.iter().map(|item| match item {
+                    Expr::Literal(v, _) => nanos(v),
+                    _ => None,
+                });
+                Some(vec![Constraint::TimesExcluded(
+                    times.collect::<Option<_>>()?,
+                )])
+            }
+            _ => None,
+        },
         Expr::Between(Between {
             expr,
             negated: false,
@@ -270,6 +311,51 @@ mod tests {
                 && !s.longitude.contains(210.5)
         );
         assert_eq!(s.latitude.to_string(), "[10, 50)");
+    }
+
+    /// `<>` and `NOT IN` on valid_time leave steps out exactly; on other
+    /// columns, or with a non-literal in the list, they are not pushed.
+    #[test]
+    fn times_left_out_are_exact() {
+        let t = |s: i64| lit(ScalarValue::TimestampSecond(Some(s), Some("UTC".into())));
+        let filters = vec![
+            col(VALID_TIME).not_eq(t(600)),
+            col(VALID_TIME).in_list(vec![t(300), t(0), t(600)], true),
+            col(VALID_TIME).lt(t(900)),
+        ];
+        assert!(
+            filters
+                .iter()
+                .all(|f| support(f) == TableProviderFilterPushDown::Exact)
+        );
+        let s = Selection::from_filters(&filters);
+        assert_eq!(
+            s.excluded_times,
+            [0, 300_000_000_000, 600_000_000_000],
+            "sorted, no repeats"
+        );
+        let micros = |s: i64| s * 1_000_000;
+        assert!(!s.time_contains_micros(micros(0)));
+        assert!(s.time_contains_micros(micros(1)));
+        assert!(!s.time_contains_micros(micros(300)));
+        assert!(s.time_contains_micros(micros(301)));
+        assert!(!s.time_contains_micros(micros(600)));
+        assert!(
+            !s.time_contains_micros(micros(900)),
+            "the bound still holds"
+        );
+        assert!(s.to_string().contains("valid_time not in 3 times"), "{s}");
+        for not_pushed in [
+            col(VALID_TIME).in_list(vec![t(0)], false),
+            col(VALID_TIME).in_list(vec![t(0), col(VALID_TIME)], true),
+            col(LATITUDE).in_list(vec![lit(1.0)], true),
+        ] {
+            assert_eq!(
+                support(&not_pushed),
+                TableProviderFilterPushDown::Unsupported,
+                "{not_pushed}"
+            );
+        }
     }
 
     #[test]
