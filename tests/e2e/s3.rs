@@ -488,8 +488,9 @@ fn cached_copies(cache: &Path) -> Vec<String> {
 
 /// A NetCDF3 table in a bucket is planned from its objects' headers: a
 /// query downloads only the objects holding the steps it reads, and a
-/// later query the rest, each once; every answer is the answer over the
-/// same files on disk.
+/// later query the rest, each once; a query of few steps of a long object
+/// reads only their records; every answer is the answer over the same
+/// files on disk.
 #[test]
 fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     let server = Server::start();
@@ -540,6 +541,49 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     assert_eq!(cached_copies(&cache).len(), 3);
     let (_, err) = answer(&remote, every_step);
     assert!(downloads(&err).is_empty(), "{err}");
+
+    // One object of three days: a query of one step reads that step's
+    // record into a partial copy, not the object; another step adds its
+    // record, a step already held reads nothing, and a query of every step
+    // downloads the object whole.
+    let long = work.path().join("long");
+    synth_seeded(&long, 12, "nc3", 6, &[]);
+    copy_tree(&long, &server.path("era5/long"));
+    let object_size = walk_all(&server.path("era5/long"))
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "nc"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let remote = format!("s3://{BUCKET}/era5/long/*.nc");
+    let local = format!("{}/*.nc", long.display());
+    let reads = |err: &str| -> Vec<u64> {
+        err.lines()
+            .filter(|l| l.starts_with("reading 1 of 12 steps of s3://"))
+            .filter_map(|l| l.split(" (").nth(1)?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let at = |t: &str| {
+        format!(
+            "SELECT latitude, longitude, t2m FROM t WHERE valid_time = '{t}' \
+             ORDER BY latitude, longitude"
+        )
+    };
+    for (time, records_read) in [
+        ("2020-01-02T06:00:00Z", 1),
+        ("2020-01-03T12:00:00Z", 1),
+        ("2020-01-02T06:00:00Z", 0),
+    ] {
+        let (from_bucket, err) = answer(&remote, &at(time));
+        assert_eq!(from_bucket, answer(&local, &at(time)).0, "{time}");
+        assert!(from_bucket.lines().count() > 100, "{from_bucket}");
+        assert!(downloads(&err).is_empty(), "{err}");
+        let read = reads(&err);
+        assert_eq!(read.len(), records_read, "{time}: {err}");
+        assert!(read.iter().all(|&bytes| bytes * 10 < object_size), "{err}");
+    }
+    let (from_bucket, err) = answer(&remote, every_step);
+    assert_eq!(from_bucket, answer(&local, every_step).0);
+    assert_eq!(downloads(&err).len(), 1, "{err}");
 }
 
 #[test]

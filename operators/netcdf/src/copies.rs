@@ -1,32 +1,38 @@
 //! Files a scan reads that are not on disk yet. A session may plan a table
 //! over files it has only the headers of (S3 objects it has not downloaded);
 //! such a session makes each file present when a scan first needs it, so a
-//! query downloads only the files of the steps it reads.
+//! query downloads only the files of the steps it reads, or only the steps.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A session extension (`SessionConfig::with_extension`): called with each
-/// file's path before a scan opens it, on the scan's blocking thread; `Err`
-/// is the message the scan fails with (naming the file as its user knows it).
+/// file's path and the steps (indices along its time axis) a scan will read
+/// from it, before the scan opens it, on the scan's blocking thread. It
+/// returns the file to open, which holds at least those steps: the file
+/// itself, or a partial copy. `Err` is the message the scan fails with
+/// (naming the file as its user knows it).
 #[derive(Clone)]
 pub struct LocalCopies {
     make_present: Arc<MakePresent>,
 }
 
-type MakePresent = dyn Fn(&Path) -> Result<(), String> + Send + Sync;
+type MakePresent = dyn Fn(&Path, &[usize]) -> Result<PathBuf, String> + Send + Sync;
 
 impl LocalCopies {
-    pub fn new(make_present: impl Fn(&Path) -> Result<(), String> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        make_present: impl Fn(&Path, &[usize]) -> Result<PathBuf, String> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             make_present: Arc::new(make_present),
         }
     }
 
-    /// Makes `path` present, or says why it cannot be.
-    pub fn make_present(&self, path: &Path) -> Result<(), String> {
-        (self.make_present)(path)
+    /// The file to open for `path`, holding at least `steps`; or why there
+    /// is none.
+    pub fn make_present(&self, path: &Path, steps: &[usize]) -> Result<PathBuf, String> {
+        (self.make_present)(path, steps)
     }
 }
 

@@ -12,7 +12,7 @@ use datafusion::physical_plan::metrics::Time;
 
 use crate::cf::RawSample;
 use crate::error::{NetcdfError, Result};
-use crate::inspect::{FileInfo, StoredType, VariableInfo};
+use crate::inspect::{StoredType, VariableInfo};
 use crate::io_thread::RemoteFile;
 
 /// An open file positioned for step reads.
@@ -35,9 +35,9 @@ impl Hyperslab {
 }
 
 impl StepReader {
-    pub fn open(info: &FileInfo) -> Result<Self> {
+    pub fn open(path: &std::path::Path) -> Result<Self> {
         Ok(Self {
-            file: RemoteFile::open(&info.path)?,
+            file: RemoteFile::open(path)?,
         })
     }
 

@@ -52,14 +52,9 @@ impl PartitionScan {
                 let reader = match &open {
                     Some((file, reader)) if *file == step.file => reader,
                     _ => {
-                        let file = &self.catalog.files[step.file];
-                        if let Some(copies) = &self.copies {
-                            copies
-                                .make_present(&file.path)
-                                .map_err(DataFusionError::Execution)?;
-                        }
+                        let path = self.present(step.file)?;
                         let _t = self.metrics.read_time.timer();
-                        let reader = StepReader::open(file)?;
+                        let reader = StepReader::open(&path)?;
                         &open.insert((step.file, reader)).1
                     }
                 };
@@ -73,6 +68,25 @@ impl PartitionScan {
         }
         self.metrics.baseline.done();
         Ok(())
+    }
+
+    /// The file to open for catalog file `file`: as the session's
+    /// [`LocalCopies`] makes it present, with the steps this partition
+    /// reads from it.
+    fn present(&self, file: usize) -> Result<std::path::PathBuf> {
+        let path = &self.catalog.files[file].path;
+        let Some(copies) = &self.copies else {
+            return Ok(path.clone());
+        };
+        let steps: Vec<usize> = self
+            .steps
+            .iter()
+            .filter(|s| s.file == file)
+            .map(|s| s.index)
+            .collect();
+        copies
+            .make_present(path, &steps)
+            .map_err(DataFusionError::Execution)
     }
 
     /// Latitude and longitude columns are the same for every step of the

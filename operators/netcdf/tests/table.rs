@@ -592,8 +592,10 @@ async fn scan_errors_name_files_as_the_session_knows_them() {
 
 /// A table over files inspected elsewhere (as S3 objects are, from their
 /// headers) reads each file only after the session's [`LocalCopies`] has
-/// made it present, and only the files holding steps a query reads; a file
-/// that cannot be made present fails the scan with the session's reason.
+/// made it present, with the steps the scan reads from it, and only the
+/// files holding steps a query reads; the scan opens the file the session
+/// gives; a file that cannot be made present fails the scan with the
+/// session's reason.
 #[tokio::test]
 async fn scans_make_only_the_files_they_read_present_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -612,16 +614,19 @@ async fn scans_make_only_the_files_they_read_present_first() {
             })
             .collect::<Vec<_>>()
     };
-    let asked = Arc::new(Mutex::new(Vec::<PathBuf>::new()));
+    let asked = Arc::new(Mutex::new(Vec::<(PathBuf, Vec<usize>)>::new()));
     let copies = {
         let (asked, away) = (asked.clone(), away.clone());
-        LocalCopies::new(move |path| {
-            asked.lock().unwrap().push(path.to_path_buf());
+        LocalCopies::new(move |path, steps| {
+            asked
+                .lock()
+                .unwrap()
+                .push((path.to_path_buf(), steps.to_vec()));
             if !path.exists() {
                 let name = path.file_name().ok_or("no file name")?;
                 std::fs::copy(away.join(name), path).map_err(|e| e.to_string())?;
             }
-            Ok(())
+            Ok(path.to_path_buf())
         })
     };
     let with = |copies: LocalCopies| {
@@ -644,11 +649,28 @@ async fn scans_make_only_the_files_they_read_present_first() {
     assert_eq!(read.len(), 2 * 20);
     let asked = asked.lock().unwrap().clone();
     assert!(!asked.is_empty());
-    assert!(asked.iter().all(|p| p == &here.join("b.nc")), "{asked:?}");
+    assert!(
+        asked.iter().all(|(p, _)| p == &here.join("b.nc")),
+        "{asked:?}"
+    );
+    // Each partition asks for the steps of b.nc it reads; together, both.
+    let mut steps: Vec<usize> = asked.iter().flat_map(|(_, s)| s.clone()).collect();
+    steps.sort_unstable();
+    assert_eq!(steps, [0, 1], "{asked:?}");
     assert!(!here.join("a.nc").exists());
 
+    // The file opened is the one the session gives: a copy elsewhere.
+    let elsewhere = dir.path().join("elsewhere.nc");
+    std::fs::copy(away.join("b.nc"), &elsewhere).unwrap();
+    std::fs::remove_file(here.join("b.nc")).unwrap();
+    let redirecting = {
+        let elsewhere = elsewhere.clone();
+        LocalCopies::new(move |_, _| Ok(elsewhere.clone()))
+    };
+    assert_eq!(rows(&with(redirecting), query).await, read);
+
     let refusing =
-        LocalCopies::new(|path| Err(format!("{}: gone from the bucket", path.display())));
+        LocalCopies::new(|path, _| Err(format!("{}: gone from the bucket", path.display())));
     let err = with(refusing)
         .sql(query)
         .await

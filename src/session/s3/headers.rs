@@ -14,6 +14,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use uqcast_netcdf::classic::Layout;
 use uqcast_netcdf::inspect::FileInfo;
 
+use super::partial::{HeaderPlan, remember_plan};
 use super::{S3Location, cached_copy, copy_path, is_fresh, remember, stamp};
 
 /// Objects whose headers are read at once: each takes a few small requests,
@@ -39,12 +40,21 @@ pub(super) async fn inspect_object(
     let local = copy_path(cache, &location.bucket, key);
     let stamp = stamp(meta);
     if !is_fresh(&local, &stamp)
-        && let Some(parts) = header_and_coordinates(store, meta).await?
+        && let Some((layout, parts)) = header_and_coordinates(store, meta).await?
     {
         let url = location.url(key);
         let mut info = inspect_parts(&parts, meta.size, &local, &url).await?;
         info.path = local.clone();
         remember(cache, location, &local, &stamp);
+        let size = meta.size;
+        remember_plan(
+            &local,
+            HeaderPlan {
+                layout,
+                parts,
+                size,
+            },
+        );
         return Ok(info);
     }
     let copy = {
@@ -58,13 +68,14 @@ pub(super) async fn inspect_object(
 /// read [`PARALLEL_HEADERS`] objects at a time.
 static DOWNLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// The header's bytes and the coordinates' byte ranges, each with where it
-/// lies in the object; `None` if the object is not a classic file, or does
-/// not hold all the header says it does (its copy reports why).
+/// The object's layout, and the header's bytes and the coordinates' byte
+/// ranges, each with where it lies in the object; `None` if the object is
+/// not a classic file, or does not hold all the header says it does (its
+/// copy reports why).
 async fn header_and_coordinates(
     store: &dyn ObjectStore,
     meta: &ObjectMeta,
-) -> Result<Option<Vec<(u64, Vec<u8>)>>> {
+) -> Result<Option<(Layout, Vec<(u64, Vec<u8>)>)>> {
     let mut wanted = FIRST_READ.min(meta.size);
     let (header, layout) = loop {
         let header = store.get_range(&meta.location, 0..wanted).await?;
@@ -96,7 +107,7 @@ async fn header_and_coordinates(
             .map(|r| r.start)
             .zip(coordinates.iter().map(|b| b.to_vec())),
     );
-    Ok(Some(parts))
+    Ok(Some((layout, parts)))
 }
 
 /// Inspects `parts` of an object of `size` bytes, written where they lie

@@ -25,6 +25,7 @@ use uqcast_netcdf::inspect::FileInfo;
 use uqcast_netcdf::{FileNames, LocalCopies};
 
 mod headers;
+mod partial;
 
 /// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +305,16 @@ async fn fetch_planned(
     planned: &ObjectCopy,
     cache: &Path,
 ) -> Result<PathBuf> {
+    let meta = as_planned(store, location, planned).await?;
+    cached_copy(store, location, &meta, cache).await
+}
+
+/// The planned object's listing, if it still has the planned stamp.
+async fn as_planned(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    planned: &ObjectCopy,
+) -> Result<ObjectMeta> {
     let objects = objects_in(store, location)
         .await
         .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
@@ -322,7 +333,7 @@ async fn fetch_planned(
             planned.stamp
         );
     }
-    cached_copy(store, location, meta, cache).await
+    Ok(meta.clone())
 }
 
 /// Records `local` as a copy of `location`'s object, for [`origin`] and [`in_urls`].
@@ -403,23 +414,20 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
     Ok(S3Table::Netcdf(files))
 }
 
-/// How this process's scans make the S3 objects they read present: a file
-/// planned from an object's header (or a copy since removed) is fetched
-/// when a scan first opens it, if the object still has its planned stamp
-/// (a session extension, see [`LocalCopies`]).
+/// How this process's scans make the S3 objects they read present: an
+/// object planned from its header (or a copy since removed) is fetched when
+/// a scan first opens it, if the object still has its planned stamp; only
+/// the records the scan reads, where those are few ([`partial`]). A session
+/// extension, see [`LocalCopies`].
 pub fn local_copies() -> LocalCopies {
-    LocalCopies::new(|path| {
-        let Some(planned) = origin(path) else {
-            return Ok(());
-        };
-        if is_fresh(path, &planned.stamp) {
-            return Ok(());
+    LocalCopies::new(|path, steps| {
+        if origin(path).is_none() {
+            return Ok(path.to_path_buf());
         }
         let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| format!("{}: no runtime to fetch it on", planned.url))?;
+            .map_err(|_| format!("{}: no runtime to fetch it on", path.display()))?;
         handle
-            .block_on(copy_of(&planned))
-            .map(|_| ())
+            .block_on(partial::present(path, steps))
             .map_err(|e| format!("{e:#}"))
     })
 }

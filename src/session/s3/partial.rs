@@ -1,0 +1,369 @@
+//! Partial copies of classic NetCDF objects: the header, the coordinates,
+//! and only the records (steps) scans have asked for, each at its offset in
+//! a sparse file the size of the object. libnetcdf reads such a file as the
+//! object, and a scan reads only records that are in it. So a query of one
+//! day of a month-long object fetches that day's records, not the month.
+//!
+//! A partial copy of `s3://BUCKET/KEY` is `CACHE/s3-steps/BUCKET/KEY`, with
+//! `KEY.steps` beside it: the object's stamp, then the records the copy
+//! holds, appended once their bytes are on disk. Writers take an OS lock
+//! on `KEY.steps.lock`, so processes sharing a cache do not interleave.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use object_store::ObjectStore;
+use uqcast_netcdf::classic::Layout;
+
+use super::{
+    ObjectCopy, S3Location, as_planned, cache_root, connect, copy_of, fetch_lock, is_fresh, origin,
+};
+
+/// A scan reading more than this share of an object's records downloads it
+/// whole: one request instead of one per record.
+const WHOLE_ABOVE: f64 = 0.25;
+
+/// What planning learnt of an object it described from its header.
+#[derive(Debug)]
+pub(super) struct HeaderPlan {
+    pub layout: Layout,
+    /// The header's and coordinates' bytes, each with its offset.
+    pub parts: Vec<(u64, Vec<u8>)>,
+    pub size: u64,
+}
+
+/// The objects this process planned from headers, by the path of their copy.
+static PLANNED: Mutex<BTreeMap<PathBuf, Arc<HeaderPlan>>> = Mutex::new(BTreeMap::new());
+
+/// Remembers how the object whose copy is `copy` was planned.
+pub(super) fn remember_plan(copy: &Path, plan: HeaderPlan) {
+    if let Ok(mut planned) = PLANNED.lock() {
+        planned.insert(copy.to_path_buf(), Arc::new(plan));
+    }
+}
+
+fn plan_of(copy: &Path) -> Option<Arc<HeaderPlan>> {
+    PLANNED.lock().ok()?.get(copy).cloned()
+}
+
+impl HeaderPlan {
+    /// The byte range of record `r` (every record variable's step `r`).
+    fn record(&self, r: usize) -> Option<Range<u64>> {
+        let start = self
+            .layout
+            .variables
+            .iter()
+            .filter(|v| v.is_record)
+            .map(|v| v.begin)
+            .min()?;
+        let from = start + r as u64 * self.layout.record_size;
+        Some(from..(from + self.layout.record_size).min(self.size))
+    }
+
+    /// Whether `steps` are few enough, and records, to be fetched alone.
+    fn reads_records(&self, steps: &[usize]) -> bool {
+        let records = self.layout.records as usize;
+        records > 0
+            && steps.iter().all(|&s| s < records)
+            && (steps.len() as f64) <= WHOLE_ABOVE * records as f64
+    }
+}
+
+/// The file a scan opens for `copy` to read `steps`: `copy` itself when it
+/// is a local file or a fresh copy; a partial copy holding `steps` when the
+/// object was planned from its header and the scan reads few of its
+/// records; else the whole object, downloaded.
+pub(super) async fn present(copy: &Path, steps: &[usize]) -> Result<PathBuf> {
+    let Some(planned) = origin(copy) else {
+        return Ok(copy.to_path_buf());
+    };
+    if is_fresh(copy, &planned.stamp) {
+        return Ok(copy.to_path_buf());
+    }
+    match plan_of(copy) {
+        Some(plan) if plan.reads_records(steps) => with_records(&planned, &plan, steps).await,
+        _ => copy_of(&planned).await,
+    }
+}
+
+/// The partial copy of `planned` holding `steps`, fetching the records it lacks.
+async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) -> Result<PathBuf> {
+    let location = match S3Location::parse(&planned.url)? {
+        Some(l) if !l.is_glob() && !l.key.is_empty() => l,
+        _ => anyhow::bail!("{}: not the URL of one S3 object", planned.url),
+    };
+    let cache = cache_root()?;
+    let partial = cache
+        .join("s3-steps")
+        .join(&location.bucket)
+        .join(&location.key);
+    name_in_errors(&cache, &location.bucket);
+    let lock = fetch_lock(&partial);
+    let _writing = lock.lock().await;
+    // Other processes sharing the cache: one writer of a partial copy at a
+    // time, or a copy started anew could lose records another listed.
+    let _shared = lock_between_processes(&partial)
+        .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
+    let held = records_held(&partial, &planned.stamp);
+    let mut missing: Vec<usize> = steps
+        .iter()
+        .copied()
+        .filter(|s| !held.contains(s))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(partial);
+    }
+    let store = connect(&location)
+        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let meta = as_planned(store.as_ref(), &location, planned).await?;
+    let ranges = missing
+        .iter()
+        .map(|&r| plan.record(r))
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| format!("{}: no record variables", planned.url))?;
+    let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    eprintln!(
+        "reading {} of {} steps of {} ({bytes} bytes) into {}",
+        missing.len(),
+        plan.layout.records,
+        planned.url,
+        partial.display()
+    );
+    let records = store
+        .get_ranges(&meta.location, &ranges)
+        .await
+        .with_context(|| format!("{}: reading {} steps", planned.url, missing.len()))?;
+    let fetched: Vec<(usize, u64, &[u8])> = missing
+        .iter()
+        .zip(&ranges)
+        .zip(&records)
+        .map(|((&r, range), data)| (r, range.start, &data[..]))
+        .collect();
+    store_records(&partial, plan, &planned.stamp, held.is_empty(), &fetched)
+        .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
+    Ok(partial)
+}
+
+/// Writes `records` (index, offset, bytes) into the partial copy, started
+/// anew when `fresh`, and lists them once they are on disk.
+fn store_records(
+    partial: &Path,
+    plan: &HeaderPlan,
+    stamp: &str,
+    fresh: bool,
+    records: &[(usize, u64, &[u8])],
+) -> std::io::Result<()> {
+    if fresh {
+        start_partial(partial, plan, stamp)?;
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(partial)?;
+    for (_, offset, data) in records {
+        file.write_all_at(data, *offset)?;
+    }
+    file.sync_data()?;
+    let mut list = std::fs::OpenOptions::new()
+        .append(true)
+        .open(steps_file(partial))?;
+    let lines: String = records.iter().map(|(r, _, _)| format!("{r}\n")).collect();
+    std::io::Write::write_all(&mut list, lines.as_bytes())
+}
+
+/// Makes errors that name a partial copy name its object instead.
+fn name_in_errors(cache: &Path, bucket: &str) {
+    let pair = (
+        format!("{}/", cache.join("s3-steps").join(bucket).display()),
+        format!("s3://{bucket}/"),
+    );
+    if let Ok(mut known) = super::CACHED_BUCKETS.lock()
+        && !known.contains(&pair)
+    {
+        known.push(pair);
+    }
+}
+
+/// An OS lock on `KEY.steps.lock`, held until dropped.
+fn lock_between_processes(partial: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(parent) = partial.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(format!("{}.steps.lock", partial.display()))?;
+    match file.lock() {
+        // A filesystem without locks: this process's lock still orders its own scans.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+        other => other?,
+    }
+    Ok(file)
+}
+
+fn steps_file(partial: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.steps", partial.display()))
+}
+
+/// The records a partial copy holds, if it is one of the object as `stamp`
+/// describes it; none otherwise (a copy of an older object starts over).
+fn records_held(partial: &Path, stamp: &str) -> BTreeSet<usize> {
+    let Ok(text) = std::fs::read_to_string(steps_file(partial)) else {
+        return BTreeSet::new();
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(stamp) || !partial.is_file() {
+        return BTreeSet::new();
+    }
+    lines.filter_map(|l| l.parse().ok()).collect()
+}
+
+/// A new partial copy: the object's size, its header and coordinates, and
+/// a list of records holding only the stamp. The file lands under a
+/// temporary name, so a copy is never found without its header.
+fn start_partial(partial: &Path, plan: &HeaderPlan, stamp: &str) -> std::io::Result<()> {
+    let parent = partial
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a partial copy's path has no folder"))?;
+    std::fs::create_dir_all(parent)?;
+    let fresh = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(parent)?;
+    fresh.as_file().set_len(plan.size)?;
+    for (offset, bytes) in &plan.parts {
+        fresh.as_file().write_all_at(bytes, *offset)?;
+    }
+    fresh.as_file().sync_data()?;
+    fresh.persist(partial).map_err(|e| e.error)?;
+    std::fs::write(steps_file(partial), format!("{stamp}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use uqcast_netcdf::{Encoding, Grid, GridVariable, write_era5};
+
+    use super::*;
+
+    const STEPS: usize = 8;
+
+    fn t2m(step: usize, cell: usize) -> f32 {
+        250.0 + step as f32 * 1.5 + cell as f32 * 0.25
+    }
+
+    /// A NetCDF3 file of eight steps on a 3 × 4 grid, as its bytes.
+    fn nc3_bytes() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.nc");
+        let start = 1_609_459_200_000_000_i64;
+        write_era5(
+            &path,
+            Encoding::Nc3,
+            Grid {
+                latitude: vec![50.0, 49.0, 48.0],
+                longitude: vec![0.0, 1.0, 2.0, 3.0],
+                times: (0..STEPS as i64)
+                    .map(|k| start + k * 6 * 3_600_000_000)
+                    .collect(),
+            },
+            vec![GridVariable::new(
+                "t2m",
+                "K",
+                "2 metre temperature",
+                (0..STEPS)
+                    .flat_map(|s| (0..12).map(move |c| t2m(s, c)))
+                    .collect(),
+            )],
+        )
+        .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// The plan planning makes of `bytes`: header and coordinates.
+    fn plan_of_bytes(bytes: &[u8]) -> HeaderPlan {
+        let layout = Layout::read(bytes).unwrap().expect("classic");
+        let mut parts = vec![(0, bytes[..layout.header_len as usize].to_vec())];
+        for r in layout.coordinate_ranges() {
+            parts.push((r.start, bytes[r.start as usize..r.end as usize].to_vec()));
+        }
+        HeaderPlan {
+            layout,
+            parts,
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// A partial copy holding records 2 and 5 reads, at those steps, as the
+    /// object does; the records it holds are listed under the object's
+    /// stamp, and under another stamp it holds none.
+    #[test]
+    fn a_partial_copy_reads_its_records_as_the_object() {
+        let bytes = nc3_bytes();
+        let plan = plan_of_bytes(&bytes);
+        assert!(plan.reads_records(&[2]));
+        assert!(plan.reads_records(&[2, 5]));
+        assert!(!plan.reads_records(&[0, 1, 2]), "over a quarter: whole");
+        assert!(!plan.reads_records(&[STEPS]), "no such record");
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("bucket/f.nc");
+        let held: Vec<(usize, u64, Vec<u8>)> = [2, 5]
+            .iter()
+            .map(|&r| {
+                let range = plan.record(r).unwrap();
+                (
+                    r,
+                    range.start,
+                    bytes[range.start as usize..range.end as usize].to_vec(),
+                )
+            })
+            .collect();
+        let records: Vec<(usize, u64, &[u8])> =
+            held.iter().map(|(r, o, b)| (*r, *o, &b[..])).collect();
+        store_records(&partial, &plan, "etag-1", true, &records[..1]).unwrap();
+        store_records(&partial, &plan, "etag-1", false, &records[1..]).unwrap();
+        assert_eq!(records_held(&partial, "etag-1"), BTreeSet::from([2, 5]));
+        assert!(records_held(&partial, "etag-2").is_empty());
+        assert_eq!(
+            std::fs::metadata(&partial).unwrap().len(),
+            bytes.len() as u64
+        );
+
+        let file = netcdf::open(&partial).unwrap();
+        let t2m_var = file.variable("t2m").unwrap();
+        let packed = |step: usize| -> Vec<f64> {
+            let raw: Vec<i16> = t2m_var.get_values((step..step + 1, .., ..)).unwrap();
+            let scale: f64 = t2m_var
+                .attribute_value("scale_factor")
+                .unwrap()
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let offset: f64 = t2m_var
+                .attribute_value("add_offset")
+                .unwrap()
+                .unwrap()
+                .try_into()
+                .unwrap();
+            raw.iter().map(|&v| f64::from(v) * scale + offset).collect()
+        };
+        for step in [2, 5] {
+            for (cell, value) in packed(step).iter().enumerate() {
+                let want = f64::from(t2m(step, cell));
+                assert!(
+                    (value - want).abs() < 0.01,
+                    "step {step} cell {cell}: {value} vs {want}"
+                );
+            }
+        }
+        let times: Vec<i32> = file.variable("time").unwrap().get_values(..).unwrap();
+        let hours = |s: usize| times[s] - times[0];
+        assert_eq!(
+            (hours(2), hours(5)),
+            (12, 30),
+            "held records' times: {times:?}"
+        );
+    }
+}
