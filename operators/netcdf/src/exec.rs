@@ -359,6 +359,7 @@ impl ExecutionPlan for NetcdfExec {
             projection: self.projection.clone(),
             slab: self.slab.clone(),
             steps,
+            scan_steps: self.partitions.iter().flatten().copied().collect(),
             copies: context
                 .session_config()
                 .get_extension::<LocalCopies>()

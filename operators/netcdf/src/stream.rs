@@ -37,6 +37,9 @@ pub struct PartitionScan {
     pub projection: Vec<usize>,
     pub slab: Hyperslab,
     pub steps: Vec<Step>,
+    /// The steps of every partition of the scan: how much of a file the
+    /// scan reads decides how [`LocalCopies`] makes it present.
+    pub scan_steps: Vec<Step>,
     /// Makes a file present before it is opened (see [`LocalCopies`]).
     pub copies: Option<LocalCopies>,
     pub metrics: ScanMetrics,
@@ -72,20 +75,22 @@ impl PartitionScan {
 
     /// The file to open for catalog file `file`: as the session's
     /// [`LocalCopies`] makes it present, with the steps this partition
-    /// reads from it.
+    /// reads from it, and how many of its steps the whole scan reads.
     fn present(&self, file: usize) -> Result<std::path::PathBuf> {
         let path = &self.catalog.files[file].path;
         let Some(copies) = &self.copies else {
             return Ok(path.clone());
         };
-        let steps: Vec<usize> = self
-            .steps
-            .iter()
-            .filter(|s| s.file == file)
-            .map(|s| s.index)
-            .collect();
+        let of_file = |steps: &[Step]| -> Vec<usize> {
+            steps
+                .iter()
+                .filter(|s| s.file == file)
+                .map(|s| s.index)
+                .collect()
+        };
+        let in_scan = of_file(&self.scan_steps).len();
         copies
-            .make_present(path, &steps)
+            .make_present(path, &of_file(&self.steps), in_scan)
             .map_err(DataFusionError::Execution)
     }
 

@@ -614,14 +614,14 @@ async fn scans_make_only_the_files_they_read_present_first() {
             })
             .collect::<Vec<_>>()
     };
-    let asked = Arc::new(Mutex::new(Vec::<(PathBuf, Vec<usize>)>::new()));
+    let asked = Arc::new(Mutex::new(Vec::<(PathBuf, Vec<usize>, usize)>::new()));
     let copies = {
         let (asked, away) = (asked.clone(), away.clone());
-        LocalCopies::new(move |path, steps| {
+        LocalCopies::new(move |path, steps, in_scan| {
             asked
                 .lock()
                 .unwrap()
-                .push((path.to_path_buf(), steps.to_vec()));
+                .push((path.to_path_buf(), steps.to_vec(), in_scan));
             if !path.exists() {
                 let name = path.file_name().ok_or("no file name")?;
                 std::fs::copy(away.join(name), path).map_err(|e| e.to_string())?;
@@ -650,13 +650,18 @@ async fn scans_make_only_the_files_they_read_present_first() {
     let asked = asked.lock().unwrap().clone();
     assert!(!asked.is_empty());
     assert!(
-        asked.iter().all(|(p, _)| p == &here.join("b.nc")),
+        asked.iter().all(|(p, _, _)| p == &here.join("b.nc")),
         "{asked:?}"
     );
-    // Each partition asks for the steps of b.nc it reads; together, both.
-    let mut steps: Vec<usize> = asked.iter().flat_map(|(_, s)| s.clone()).collect();
+    // Each partition asks for the steps of b.nc it reads (together, both),
+    // and says the scan reads two.
+    let mut steps: Vec<usize> = asked.iter().flat_map(|(_, s, _)| s.clone()).collect();
     steps.sort_unstable();
     assert_eq!(steps, [0, 1], "{asked:?}");
+    assert!(
+        asked.iter().all(|(_, _, in_scan)| *in_scan == 2),
+        "{asked:?}"
+    );
     assert!(!here.join("a.nc").exists());
 
     // The file opened is the one the session gives: a copy elsewhere.
@@ -665,12 +670,12 @@ async fn scans_make_only_the_files_they_read_present_first() {
     std::fs::remove_file(here.join("b.nc")).unwrap();
     let redirecting = {
         let elsewhere = elsewhere.clone();
-        LocalCopies::new(move |_, _| Ok(elsewhere.clone()))
+        LocalCopies::new(move |_, _, _| Ok(elsewhere.clone()))
     };
     assert_eq!(rows(&with(redirecting), query).await, read);
 
     let refusing =
-        LocalCopies::new(|path, _| Err(format!("{}: gone from the bucket", path.display())));
+        LocalCopies::new(|path, _, _| Err(format!("{}: gone from the bucket", path.display())));
     let err = with(refusing)
         .sql(query)
         .await

@@ -420,14 +420,14 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
 /// the records the scan reads, where those are few ([`partial`]). A session
 /// extension, see [`LocalCopies`].
 pub fn local_copies() -> LocalCopies {
-    LocalCopies::new(|path, steps| {
+    LocalCopies::new(|path, steps, in_scan| {
         if origin(path).is_none() {
             return Ok(path.to_path_buf());
         }
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| format!("{}: no runtime to fetch it on", path.display()))?;
         handle
-            .block_on(partial::present(path, steps))
+            .block_on(partial::present(path, steps, in_scan))
             .map_err(|e| format!("{e:#}"))
     })
 }

@@ -23,8 +23,8 @@ use super::{
     ObjectCopy, S3Location, as_planned, cache_root, connect, copy_of, fetch_lock, is_fresh, origin,
 };
 
-/// A scan reading more than this share of an object's records downloads it
-/// whole: one request instead of one per record.
+/// A scan reading more than this share of an object's records (in all its
+/// partitions) downloads it whole: one request instead of one per record.
 const WHOLE_ABOVE: f64 = 0.25;
 
 /// What planning learnt of an object it described from its header.
@@ -64,20 +64,23 @@ impl HeaderPlan {
         Some(from..(from + self.layout.record_size).min(self.size))
     }
 
-    /// Whether `steps` are few enough, and records, to be fetched alone.
-    fn reads_records(&self, steps: &[usize]) -> bool {
+    /// Whether `steps` are records, and a scan reading `in_scan` steps
+    /// reads few enough for them to be fetched alone.
+    fn reads_records(&self, steps: &[usize], in_scan: usize) -> bool {
         let records = self.layout.records as usize;
         records > 0
             && steps.iter().all(|&s| s < records)
-            && (steps.len() as f64) <= WHOLE_ABOVE * records as f64
+            && (steps.len().max(in_scan) as f64) <= WHOLE_ABOVE * records as f64
     }
 }
 
-/// The file a scan opens for `copy` to read `steps`: `copy` itself when it
-/// is a local file or a fresh copy; a partial copy holding `steps` when the
-/// object was planned from its header and the scan reads few of its
-/// records; else the whole object, downloaded.
-pub(super) async fn present(copy: &Path, steps: &[usize]) -> Result<PathBuf> {
+/// The file a scan partition opens for `copy` to read `steps` (the whole
+/// scan reads `in_scan`): `copy` itself when it is a local file or a fresh
+/// copy; a partial copy holding `steps` when the object was planned from
+/// its header and the scan reads few of its records; else the whole
+/// object, downloaded (one request, not one per record, and once for all
+/// partitions).
+pub(super) async fn present(copy: &Path, steps: &[usize], in_scan: usize) -> Result<PathBuf> {
     let Some(planned) = origin(copy) else {
         return Ok(copy.to_path_buf());
     };
@@ -85,7 +88,9 @@ pub(super) async fn present(copy: &Path, steps: &[usize]) -> Result<PathBuf> {
         return Ok(copy.to_path_buf());
     }
     match plan_of(copy) {
-        Some(plan) if plan.reads_records(steps) => with_records(&planned, &plan, steps).await,
+        Some(plan) if plan.reads_records(steps, in_scan) => {
+            with_records(&planned, &plan, steps).await
+        }
         _ => copy_of(&planned).await,
     }
 }
@@ -303,10 +308,14 @@ mod tests {
     fn a_partial_copy_reads_its_records_as_the_object() {
         let bytes = nc3_bytes();
         let plan = plan_of_bytes(&bytes);
-        assert!(plan.reads_records(&[2]));
-        assert!(plan.reads_records(&[2, 5]));
-        assert!(!plan.reads_records(&[0, 1, 2]), "over a quarter: whole");
-        assert!(!plan.reads_records(&[STEPS]), "no such record");
+        assert!(plan.reads_records(&[2], 1));
+        assert!(plan.reads_records(&[2, 5], 2));
+        assert!(!plan.reads_records(&[0, 1, 2], 3), "over a quarter: whole");
+        assert!(
+            !plan.reads_records(&[2], 6),
+            "a partition reading one step of a scan reading six: whole"
+        );
+        assert!(!plan.reads_records(&[STEPS], 1), "no such record");
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("bucket/f.nc");
         let held: Vec<(usize, u64, Vec<u8>)> = [2, 5]
