@@ -191,6 +191,21 @@ mod tests {
         inspect_object(&store, &location, &meta, cache).await
     }
 
+    /// A NetCDF3 file in `dir` as [`era5_bytes`] makes it, then `edit`ed
+    /// in define mode (its header rewritten).
+    fn edited_nc3(
+        dir: &Path,
+        edit: impl FnOnce(&mut netcdf::FileMut) -> netcdf::Result<()>,
+    ) -> Result<PathBuf> {
+        let path = dir.join("edited.nc");
+        std::fs::write(&path, era5_bytes(Encoding::Nc3))?;
+        let mut file = netcdf::append(&path)?;
+        file.redef()?;
+        edit(&mut file)?;
+        file.close()?;
+        Ok(path)
+    }
+
     fn same_description(planned: &FileInfo, inspected: &FileInfo) {
         let mut planned = planned.clone();
         planned.path = inspected.path.clone();
@@ -259,14 +274,11 @@ mod tests {
     async fn a_header_longer_than_the_first_read_is_read_whole() -> Result<()> {
         let cache = tempfile::tempdir()?;
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("long.nc");
-        std::fs::write(&path, era5_bytes(Encoding::Nc3))?;
-        {
-            let mut file = netcdf::append(&path)?;
-            file.redef()?;
+        let path = edited_nc3(dir.path(), |file| {
             let history = "x".repeat(3 * FIRST_READ as usize);
             file.add_attribute("history", history.as_str())?;
-        }
+            Ok(())
+        })?;
         let bytes = std::fs::read(&path)?;
         let layout = Layout::read(&bytes[..])?.expect("classic");
         assert!(layout.header_len > FIRST_READ, "{}", layout.header_len);
@@ -282,14 +294,11 @@ mod tests {
     async fn a_bad_header_is_refused_naming_the_object() -> Result<()> {
         let cache = tempfile::tempdir()?;
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("bad.nc");
-        std::fs::write(&path, era5_bytes(Encoding::Nc3))?;
-        {
-            let mut file = netcdf::append(&path)?;
-            file.redef()?;
+        let path = edited_nc3(dir.path(), |file| {
             let mut time = file.variable_mut("time").expect("a time variable");
             time.put_attribute("units", "fortnights since the flood")?;
-        }
+            Ok(())
+        })?;
         let e = planned(std::fs::read(&path)?, "era5/bad.nc", cache.path())
             .await
             .expect_err("bad time units");
