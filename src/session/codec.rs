@@ -34,7 +34,7 @@ use uqcast_netcdf::spec::{ScanSpec, TableHeaders, TableSpec};
 use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
 
 use crate::session::s3::file_names;
-use objects::{Objects, inbound, model_inbound, model_outbound, outbound, stamped};
+use objects::{Objects, described, inbound, model_inbound, model_outbound, outbound, stamped};
 use recent::Recent;
 use refused::RefusedExec;
 
@@ -221,9 +221,11 @@ impl PhysicalCodec {
         inputs: &[Arc<dyn ExecutionPlan>],
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match node {
-            Node::NetcdfScan { mut scan, objects } => {
-                inbound(&mut scan.table.files, &objects)?;
-                let scan = blocking(|| NetcdfExec::from_spec(&scan))?;
+            Node::NetcdfScan { scan, objects } => {
+                // Objects are fetched when the scan reads them, and only
+                // what it reads (records of a long object: see s3::partial).
+                let files = described(&scan.table.files, &objects)?;
+                let scan = NetcdfExec::from_described(&scan, files)?;
                 match inputs {
                     [] => Ok(Arc::new(scan)),
                     [steps] => Ok(Arc::new(scan.over_steps(steps.clone())?)),

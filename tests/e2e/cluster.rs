@@ -460,9 +460,10 @@ fn an_executor_that_sees_other_files_refuses_the_task() {
 }
 
 /// `s3://` tables on a cluster: the plan names the objects and the stamps
-/// they were planned with, not the client's copies. The scheduler (to plan)
-/// and the executor (only the objects its tasks read) fetch their own NetCDF
-/// copies with their own credentials, and read Parquet in place. Answers
+/// they were planned with, not the client's copies. The scheduler plans
+/// from the client's headers, and the executor fetches its own NetCDF
+/// copies (only the objects, or of a long NetCDF3 object only the records,
+/// its tasks read) with its own credentials, and reads Parquet in place. Answers
 /// and a forecast run's table equal those from local files, and an object
 /// replaced in the bucket is fetched again everywhere.
 #[test]
@@ -582,6 +583,50 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
             walk_all(&cache(role))
         );
     }
+
+    // A NetCDF3 object of three days: the client plans from its header (and
+    // fetches nothing), and a query of one step has the executor fetch only
+    // that step's record, into a partial copy.
+    let long = dir.path().join("long");
+    synth(&long, 12, "nc3", &[]);
+    copy_tree(&long, &server.path("era5-long"));
+    let one_step = "SELECT round(avg(t2m), 3) AS t2m, round(max(t2m), 3) AS hi FROM era5 \
+                    WHERE valid_time = '2020-01-02T06:00:00Z'";
+    let o = server
+        .command(SECRET, &cache("client"))
+        .args([
+            "sql",
+            one_step,
+            "--format",
+            "csv",
+            "--ballista",
+            &cluster.url,
+        ])
+        .args(["--table", &format!("era5=s3://{BUCKET}/era5-long/*.nc")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), on_disk(one_step, &long));
+    let held = |role: &str, folder: &str| {
+        let below = format!("/{folder}/{BUCKET}/era5-long/");
+        walk_all(&cache(role))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&below))
+            .filter(|p| p.extension().is_some_and(|e| e == "nc"))
+            .count()
+    };
+    assert_eq!((held("client", "s3"), held("client", "s3-steps")), (0, 0));
+    assert_eq!(
+        (held("executor", "s3"), held("executor", "s3-steps")),
+        (0, 1)
+    );
+    assert!(
+        cluster.executor_log().contains(&format!(
+            "reading 1 of 12 steps of s3://{BUCKET}/era5-long/"
+        )),
+        "{}",
+        cluster.executor_log()
+    );
 
     // Another writer replaces every object with other values for the same
     // steps: the next query is planned over the new objects, and the

@@ -248,8 +248,27 @@ impl NetcdfExec {
     /// Rebuilds the scan from its spec (blocking I/O), with the same
     /// partitions and steps; fails if a planned step or cell is gone.
     pub fn from_spec(spec: &ScanSpec) -> Result<Self> {
+        Self::over_catalog(spec, spec.table.open()?)
+    }
+
+    /// Rebuilds the scan from its spec over `files`, one per file the spec
+    /// names, in its order, described by the caller (an S3 object from its
+    /// header, to be fetched when read: see [`crate::LocalCopies`]).
+    pub fn from_described(spec: &ScanSpec, files: Vec<FileInfo>) -> Result<Self> {
         let table = &spec.table;
-        let catalog = table.open()?;
+        if files.len() != table.files.len() {
+            return Err(table.replanned(format!(
+                "{} files described for {} planned",
+                files.len(),
+                table.files.len()
+            )));
+        }
+        let catalog = Catalog::assemble(files, Some(&table.variables), true)?;
+        Self::over_catalog(spec, catalog)
+    }
+
+    fn over_catalog(spec: &ScanSpec, catalog: Catalog) -> Result<Self> {
+        let table = &spec.table;
         let full_schema = era5_schema(&catalog.variables);
         if let Some(&bad) = spec
             .projection

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use datafusion::error::{DataFusionError, Result};
 
+use uqcast_netcdf::inspect::FileInfo;
+
 use super::wait;
 use crate::session::s3::{self, ObjectCopy};
 
@@ -74,20 +76,49 @@ pub fn inbound(files: &mut [PathBuf], objects: &Objects) -> Result<()> {
         if !url.starts_with("s3://") {
             continue;
         }
-        let stamp = objects.get(&url).ok_or_else(|| {
-            DataFusionError::Plan(format!(
-                "{url}: a serialised plan names it without its stamp"
-            ))
-        })?;
         let planned = ObjectCopy {
+            stamp: planned_stamp(&url, objects)?,
             url: url.clone(),
-            stamp: stamp.clone(),
         };
         let local = wait(s3::copy_of(&planned))?
             .map_err(|e| DataFusionError::Execution(format!("{e:#}")))?;
         *file = local;
     }
     Ok(())
+}
+
+/// Describes each of `files` for a scan to be rebuilt over: an object URL
+/// from the object (its header where it can be, fetched only when read;
+/// refused if changed since planning), a local file by opening it.
+pub fn described(files: &[PathBuf], objects: &Objects) -> Result<Vec<FileInfo>> {
+    files
+        .iter()
+        .map(|file| {
+            let url = file.to_string_lossy().into_owned();
+            if !url.starts_with("s3://") {
+                // Found as a table finds it (a missing file says so), then opened.
+                return Ok(super::blocking(|| {
+                    uqcast_netcdf::catalog::expand(&url)?;
+                    FileInfo::inspect(file)
+                })?);
+            }
+            let planned = ObjectCopy {
+                stamp: planned_stamp(&url, objects)?,
+                url,
+            };
+            wait(s3::describe_planned(&planned))?
+                .map_err(|e| DataFusionError::Execution(format!("{e:#}")))
+        })
+        .collect()
+}
+
+/// The stamp a plan names `url` with.
+fn planned_stamp(url: &str, objects: &Objects) -> Result<String> {
+    objects.get(url).cloned().ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "{url}: a serialised plan names it without its stamp"
+        ))
+    })
 }
 
 #[cfg(test)]

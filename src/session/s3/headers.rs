@@ -15,7 +15,10 @@ use uqcast_netcdf::classic::Layout;
 use uqcast_netcdf::inspect::FileInfo;
 
 use super::partial::{HeaderPlan, remember_plan};
-use super::{S3Location, cached_copy, copy_path, is_fresh, remember, stamp};
+use super::{
+    ObjectCopy, S3Location, as_planned, cache_root, cached_copy, connect, copy_path, is_fresh,
+    remember, stamp,
+};
 
 /// Objects whose headers are read at once: each takes a few small requests,
 /// so planning a table of many objects waits on round trips, not bandwidth.
@@ -67,6 +70,23 @@ pub(super) async fn inspect_object(
 /// Whole objects downloaded at once while a table is planned; headers are
 /// read [`PARALLEL_HEADERS`] objects at a time.
 static DOWNLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// A planned object described as [`inspect_object`] describes it, if it
+/// still has its planned stamp: for a process running a plan another made
+/// (an executor), which then fetches only what its tasks read.
+pub async fn describe_planned(planned: &ObjectCopy) -> Result<FileInfo> {
+    let location = planned.location()?;
+    let cache = cache_root()?;
+    let local = copy_path(&cache, &location.bucket, &location.key);
+    if is_fresh(&local, &planned.stamp) {
+        remember(&cache, &location, &local, &planned.stamp);
+        return inspect(local).await;
+    }
+    let store = connect(&location)
+        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let meta = as_planned(store.as_ref(), &location, planned).await?;
+    inspect_object(store.as_ref(), &location, &meta, &cache).await
+}
 
 /// The object's layout, and the header's bytes and the coordinates' byte
 /// ranges, each with where it lies in the object; `None` if the object is

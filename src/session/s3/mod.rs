@@ -25,6 +25,7 @@ use uqcast_netcdf::inspect::FileInfo;
 use uqcast_netcdf::{FileNames, LocalCopies};
 
 mod headers;
+pub use headers::describe_planned;
 mod partial;
 
 /// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
@@ -205,6 +206,16 @@ pub struct ObjectCopy {
     pub stamp: String,
 }
 
+impl ObjectCopy {
+    /// Where the object is: one object, not a folder or a glob.
+    fn location(&self) -> Result<S3Location> {
+        match S3Location::parse(&self.url)? {
+            Some(l) if !l.is_glob() && !l.key.is_empty() => Ok(l),
+            _ => bail!("{}: not the URL of one S3 object", self.url),
+        }
+    }
+}
+
 /// The object `local` is a copy of, if it is one made in this process.
 pub fn origin(local: &Path) -> Option<ObjectCopy> {
     COPIES.lock().ok()?.get(local).cloned()
@@ -216,10 +227,7 @@ pub fn origin(local: &Path) -> Option<ObjectCopy> {
 /// since planning is refused, so a plan never runs on data it was not
 /// planned for.
 pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
-    let location = match S3Location::parse(&planned.url)? {
-        Some(l) if !l.is_glob() && !l.key.is_empty() => l,
-        _ => bail!("{}: not the URL of one S3 object", planned.url),
-    };
+    let location = planned.location()?;
     let cache = cache_root()?;
     let local = copy_path(&cache, &location.bucket, &location.key);
     if is_fresh(&local, &planned.stamp) {

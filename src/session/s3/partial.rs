@@ -19,9 +19,7 @@ use anyhow::{Context, Result};
 use object_store::ObjectStore;
 use uqcast_netcdf::classic::Layout;
 
-use super::{
-    ObjectCopy, S3Location, as_planned, cache_root, connect, copy_of, fetch_lock, is_fresh, origin,
-};
+use super::{ObjectCopy, as_planned, cache_root, connect, copy_of, fetch_lock, is_fresh, origin};
 
 /// A scan reading more than this share of an object's records (in all its
 /// partitions) downloads it whole: one request instead of one per record.
@@ -97,10 +95,7 @@ pub(super) async fn present(copy: &Path, steps: &[usize], in_scan: usize) -> Res
 
 /// The partial copy of `planned` holding `steps`, fetching the records it lacks.
 async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) -> Result<PathBuf> {
-    let location = match S3Location::parse(&planned.url)? {
-        Some(l) if !l.is_glob() && !l.key.is_empty() => l,
-        _ => anyhow::bail!("{}: not the URL of one S3 object", planned.url),
-    };
+    let location = planned.location()?;
     let cache = cache_root()?;
     let partial = cache
         .join("s3-steps")
