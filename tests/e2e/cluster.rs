@@ -532,7 +532,7 @@ fn s3_tables_on_the_cluster_are_fetched_where_they_are_read() {
         "era5_t2m_20200103.nc",
     ];
 
-    // The last day's steps: the client opens every object to plan, the
+    // The last day's steps: the client downloads every (NetCDF4) object to plan, the
     // scheduler plans from the client's headers (and fetches none), the
     // executor fetches only the one its tasks read.
     let expected = on_disk(last_day, &daily);
