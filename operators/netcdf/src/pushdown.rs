@@ -1,7 +1,8 @@
 //! Filter pushdown: comparisons of `valid_time`, `latitude` or `longitude`
 //! with a literal choose which steps are read and which hyperslab of each;
-//! `valid_time <> t` and `valid_time NOT IN (…)` leave steps out (a forecast
-//! run leaves out the steps an earlier run forecast).
+//! `valid_time IN (…)` (or `=` … `OR` …) picks steps, and `valid_time <> t`
+//! and `valid_time NOT IN (…)` leave steps out (a forecast run leaves out
+//! the steps an earlier run forecast).
 //!
 //! Such filters are applied exactly (the step's time and every coordinate are
 //! known before reading), so they are reported `Exact` and DataFusion drops
@@ -124,11 +125,16 @@ pub struct Selection {
     /// Times left out (nanoseconds, sorted, no repeats).
     #[serde(default)]
     pub excluded_times: Vec<i128>,
+    /// The only times kept, if a list names them (nanoseconds, sorted, no
+    /// repeats; several lists keep the times they share).
+    #[serde(default)]
+    pub only_times: Option<Vec<i128>>,
 }
 
 enum Constraint {
     Time(Operator, i128),
     TimesExcluded(Vec<i128>),
+    TimesOnly(Vec<i128>),
     Latitude(Operator, f64),
     Longitude(Operator, f64),
 }
@@ -141,6 +147,17 @@ impl Selection {
             match constraint {
                 Constraint::Time(op, v) => selection.time.tighten(op, v),
                 Constraint::TimesExcluded(times) => selection.excluded_times.extend(times),
+                Constraint::TimesOnly(mut times) => {
+                    times.sort_unstable();
+                    times.dedup();
+                    selection.only_times = Some(match selection.only_times.take() {
+                        None => times,
+                        Some(kept) => kept
+                            .into_iter()
+                            .filter(|t| times.binary_search(t).is_ok())
+                            .collect(),
+                    });
+                }
                 Constraint::Latitude(op, v) => selection.latitude.tighten(op, v),
                 Constraint::Longitude(op, v) => selection.longitude.tighten(op, v),
             }
@@ -152,7 +169,12 @@ impl Selection {
 
     pub fn time_contains_micros(&self, micros: i64) -> bool {
         let nanos = i128::from(micros) * 1_000;
-        self.time.contains(nanos) && self.excluded_times.binary_search(&nanos).is_err()
+        self.time.contains(nanos)
+            && self.excluded_times.binary_search(&nanos).is_err()
+            && self
+                .only_times
+                .as_ref()
+                .is_none_or(|only| only.binary_search(&nanos).is_ok())
     }
 
     pub fn is_unbounded(&self) -> bool {
@@ -160,6 +182,7 @@ impl Selection {
             && self.latitude.is_unbounded()
             && self.longitude.is_unbounded()
             && self.excluded_times.is_empty()
+            && self.only_times.is_none()
     }
 }
 
@@ -177,6 +200,9 @@ impl fmt::Display for Selection {
                     upper: t(self.time.upper)
                 }
             ));
+        }
+        if let Some(only) = &self.only_times {
+            parts.push(format!("valid_time in a list ({} times)", only.len()));
         }
         match self.excluded_times.as_slice() {
             [] => {}
@@ -206,6 +232,17 @@ pub fn support(expr: &Expr) -> TableProviderFilterPushDown {
 }
 
 fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
+    let is_list = matches!(
+        expr,
+        Expr::InList(InList { negated: false, .. })
+            | Expr::BinaryExpr(BinaryExpr {
+                op: Operator::Or,
+                ..
+            })
+    );
+    if is_list {
+        return Some(vec![Constraint::TimesOnly(time_list(expr)?)]);
+    }
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (column, op, literal) = match (left.as_ref(), right.as_ref()) {
@@ -246,6 +283,45 @@ fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
             ]),
             _ => None,
         },
+        _ => None,
+    }
+}
+
+/// The times `expr` keeps, if it is `valid_time = t`, `valid_time IN
+/// (…)`, or an `OR` of such.
+fn time_list(expr: &Expr) -> Option<Vec<i128>> {
+    let is_time = |e: &Expr| matches!(e, Expr::Column(c) if c.name == VALID_TIME);
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut times = time_list(left)?;
+            times.extend(time_list(right)?);
+            Some(times)
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => match (left.as_ref(), right.as_ref()) {
+            (c, Expr::Literal(v, _)) | (Expr::Literal(v, _), c) if is_time(c) => {
+                Some(vec![nanos(v)?])
+            }
+            _ => None,
+        },
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if is_time(expr) => list
+            .iter()
+            .map(|item| match item {
+                Expr::Literal(v, _) => nanos(v),
+                _ => None,
+            })
+            .collect(),
         _ => None,
     }
 }
@@ -346,7 +422,6 @@ mod tests {
         );
         assert!(s.to_string().contains("valid_time not in 3 times"), "{s}");
         for not_pushed in [
-            col(VALID_TIME).in_list(vec![t(0)], false),
             col(VALID_TIME).in_list(vec![t(0), col(VALID_TIME)], true),
             col(LATITUDE).in_list(vec![lit(1.0)], true),
         ] {
@@ -356,6 +431,36 @@ mod tests {
                 "{not_pushed}"
             );
         }
+    }
+
+    /// `IN` lists and `OR`s of equalities on valid_time keep only their
+    /// times; two lists keep the times both name; an `OR` with anything
+    /// else is not pushed.
+    #[test]
+    fn times_picked_by_lists_are_exact() {
+        let t = |s: i64| lit(ScalarValue::TimestampSecond(Some(s), Some("UTC".into())));
+        let picked = col(VALID_TIME).in_list(vec![t(600), t(0), t(300)], false);
+        let either = col(VALID_TIME).eq(t(300)).or(t(900).eq(col(VALID_TIME)));
+        for f in [&picked, &either] {
+            assert_eq!(support(f), TableProviderFilterPushDown::Exact, "{f}");
+        }
+        let micros = |s: i64| s * 1_000_000;
+        let s = Selection::from_filters(std::slice::from_ref(&picked));
+        let kept: Vec<i64> = (0..1000)
+            .filter(|&x| s.time_contains_micros(micros(x)))
+            .collect();
+        assert_eq!(kept, [0, 300, 600]);
+        let s = Selection::from_filters(&[picked, either]);
+        let kept: Vec<i64> = (0..1000)
+            .filter(|&x| s.time_contains_micros(micros(x)))
+            .collect();
+        assert_eq!(kept, [300], "the times both lists name");
+        assert!(
+            s.to_string().contains("valid_time in a list (1 times)"),
+            "{s}"
+        );
+        let mixed = col(VALID_TIME).eq(t(0)).or(col(LATITUDE).eq(lit(1.0)));
+        assert_eq!(support(&mixed), TableProviderFilterPushDown::Unsupported);
     }
 
     #[test]

@@ -380,6 +380,41 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
     assert_eq!(got.len(), 2 * 2 * 4);
     assert_eq!(got, want);
 
+    // Lists of times pick steps, or leave them out, in the scan, with the
+    // rows filtering afterwards gives; short lists reach the scan as `=`/`<>`
+    // chains, long ones as lists.
+    for (list, steps) in [
+        (
+            "valid_time IN ('2020-01-01T00:00:00Z', '2020-01-01T18:00:00Z')",
+            "steps=2/4",
+        ),
+        (
+            "(valid_time = '2020-01-01T06:00:00Z' OR valid_time = '2020-01-01T12:00:00Z' \
+             OR valid_time = '2020-01-01T18:00:00Z' OR valid_time = '2020-01-02T00:00:00Z')",
+            "steps=3/4",
+        ),
+        ("valid_time NOT IN ('2020-01-01T06:00:00Z')", "steps=3/4"),
+        (
+            "valid_time NOT IN ('2020-01-01T00:00:00Z', '2020-01-01T06:00:00Z', \
+             '2020-01-01T12:00:00Z', '2020-01-02T00:00:00Z')",
+            "steps=1/4",
+        ),
+    ] {
+        let query = format!(
+            "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE {list} \
+             ORDER BY valid_time, latitude DESC, longitude"
+        );
+        let plan = explain(&ctx, &query).await;
+        assert!(plan.contains(steps), "{list}: {plan}");
+        assert!(!plan.contains("FilterExec"), "{list}: {plan}");
+        let reference = query.replace("FROM era5", "FROM everything");
+        assert_eq!(
+            rows(&ctx, &query).await,
+            rows(&ctx, &reference).await,
+            "{list}"
+        );
+    }
+
     // Unsupported predicates stay in DataFusion and still work.
     let plan = explain(&ctx, "SELECT t2m FROM era5 WHERE latitude % 5 = 0").await;
     assert!(plan.contains("FilterExec"), "{plan}");
