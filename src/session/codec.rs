@@ -47,7 +47,7 @@ const MAGIC: &[u8] = b"uqcast\0";
 #[serde(tag = "node", content = "spec", rename_all = "snake_case")]
 enum Node {
     NetcdfScan {
-        scan: ScanSpec,
+        scan: Box<ScanSpec>,
         #[serde(default)]
         objects: Objects,
     },
@@ -306,6 +306,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         if let Some(scan) = node.downcast_ref::<NetcdfExec>() {
             let mut scan = scan.spec();
             let objects = outbound(&mut scan.table.files);
+            let scan = Box::new(scan);
             encode(&Node::NetcdfScan { scan, objects }, buf)
         } else if let Some(forecast) = node.downcast_ref::<HyperdmExec>() {
             let mut spec = forecast.spec();
