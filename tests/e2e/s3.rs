@@ -584,6 +584,57 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     let (from_bucket, err) = answer(&remote, every_step);
     assert_eq!(from_bucket, answer(&local, every_step).0);
     assert_eq!(downloads(&err).len(), 1, "{err}");
+
+    // A cache with a size limit (30 kB, about one daily copy): a query
+    // keeps every copy it plans over, and the next process's fetch removes
+    // the least recently used ones; what is needed again is fetched again.
+    let limited = work.path().join("limited");
+    let with_limit = |limit: &str, table: &str, query: &str| {
+        let o = server
+            .command(SECRET, &limited)
+            .env("UQCAST_CACHE_MAX_GB", limit)
+            .args([
+                "sql",
+                query,
+                "--table",
+                &format!("t={table}"),
+                "--format",
+                "csv",
+            ])
+            .output()
+            .unwrap();
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    let daily_remote = format!("s3://{BUCKET}/era5/days/*.nc");
+    let (code, all_days, err) = with_limit("0.00003", &daily_remote, every_step);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        all_days,
+        answer(&format!("{}/*.nc", days.display()), every_step).0
+    );
+    assert_eq!(downloads(&err).len(), 3, "{err}");
+    assert_eq!(
+        cached_copies(&limited).len(),
+        3,
+        "a query's own copies stay"
+    );
+    let (code, one, err) = with_limit("0.00003", &remote, &at("2020-01-02T06:00:00Z"));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(one, answer(&local, &at("2020-01-02T06:00:00Z")).0);
+    assert!(err.contains("of least recently used copies from"), "{err}");
+    assert_eq!(
+        cached_copies(&limited),
+        ["era5_t2m_2020010100_2020010318.nc"]
+    );
+    let (code, again, err) = with_limit("0.00003", &daily_remote, every_step);
+    assert_eq!((code, again), (Some(0), all_days));
+    assert_eq!(downloads(&err).len(), 3, "{err}");
+    let (code, _, err) = with_limit("lots", &daily_remote, every_step);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("UQCAST_CACHE_MAX_GB=lots: not a number of gigabytes"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ use uqcast_netcdf::{FileNames, LocalCopies};
 mod headers;
 pub use headers::describe_planned;
 mod partial;
+mod prune;
 
 /// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +347,7 @@ async fn as_planned(
 
 /// Records `local` as a copy of `location`'s object, for [`origin`] and [`in_urls`].
 fn remember(cache: &Path, location: &S3Location, local: &Path, stamp: &str) {
+    prune::mark_used(local);
     let bucket = (
         format!("{}/", cache.join("s3").join(&location.bucket).display()),
         format!("s3://{}/", location.bucket),
@@ -400,6 +402,8 @@ pub fn register_store(ctx: &SessionContext, location: &S3Location) -> Result<()>
 /// copies in the local cache whose ETag and size still match, else (for
 /// classic files) from their headers, else from fresh downloads.
 pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Table> {
+    // A bad cache limit is an error before any work, not after a download.
+    prune::limit()?;
     let (store, objects) = objects_of(location).await?;
     let named = select(location, &objects)?;
     if named
@@ -607,7 +611,37 @@ async fn cached_copy(
     std::fs::write(&stamp_file, &stamp)
         .with_context(|| format!("{url}: cache file {}", stamp_file.display()))?;
     remember(cache, location, &local, &stamp);
+    keep_within_limit(cache)?;
     Ok(local)
+}
+
+/// Removes least recently used copies if the cache is over its limit
+/// ([`prune`]), keeping every copy a plan of this process names.
+fn keep_within_limit(cache: &Path) -> Result<()> {
+    let Some(limit) = prune::limit()? else {
+        return Ok(());
+    };
+    let planned: Vec<PathBuf> = COPIES
+        .lock()
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    let (whole, partial) = (cache.join("s3"), cache.join("s3-steps"));
+    let pinned = |file: &Path| {
+        let copy = file
+            .strip_prefix(&partial)
+            .map_or_else(|_| file.to_path_buf(), |key| whole.join(key));
+        planned.contains(&copy)
+    };
+    let removed = prune::prune(cache, limit, &pinned);
+    if removed > 0 {
+        eprintln!(
+            "removed {removed} bytes of least recently used copies from {} ({}={})",
+            cache.display(),
+            prune::LIMIT_VARIABLE,
+            std::env::var(prune::LIMIT_VARIABLE).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 async fn download(store: &dyn ObjectStore, meta: &ObjectMeta, to: &Path) -> Result<()> {

@@ -117,6 +117,7 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
+        super::prune::mark_used(&partial);
         return Ok(partial);
     }
     let store = connect(&location)
@@ -147,6 +148,7 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
         .collect();
     store_records(&partial, plan, &planned.stamp, held.is_empty(), &fetched)
         .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
+    super::keep_within_limit(&cache)?;
     Ok(partial)
 }
 
