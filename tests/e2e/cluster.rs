@@ -330,6 +330,26 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let table = [format!("era5={}", dir.path().join("data").display())];
     let answer = same_answer(&forecast, &table, &cluster.url);
     assert_eq!(answer.lines().count(), 1 + 3, "{answer}");
+    // A forecast that fails mid-task (a step with a cell missing): the
+    // client gives the forecast's own reason, as on one machine.
+    let gappy = forecast.replace(
+        "SELECT * FROM era5 WHERE",
+        "SELECT valid_time, latitude, longitude, CASE WHEN valid_time > \
+         ''2020-01-01T06:00:00Z'' AND latitude > 80 THEN NULL ELSE t2m END AS t2m FROM era5 WHERE",
+    );
+    let here = sql(&gappy, &table, None);
+    let there = sql(&gappy, &table, Some(&cluster.url));
+    let reason = "t2m is missing at latitude";
+    assert!(stderr(&here).contains(reason), "{}", stderr(&here));
+    assert_eq!(there.status.code(), Some(1));
+    assert!(
+        stderr(&there).contains(&format!(
+            "query on the cluster at {}: a task failed: step 2020-01-01T12:00Z: {reason}",
+            cluster.url
+        )),
+        "{}",
+        stderr(&there)
+    );
 
     // Input in °C under units "K": the task reading it fails, the client
     // says why, naming the file, and the failed first run leaves no table.

@@ -33,9 +33,13 @@ pub enum ForecastError {
     Hyperdm(#[from] uqcast_hyperdm::HyperdmError),
 }
 
+/// A forecast's error crosses into DataFusion as its message: a Ballista
+/// executor reports a task's error in debug form, and the message (not the
+/// variant's fields) is what a client reads back out of it. Nothing
+/// downstream looks for the variant.
 impl From<ForecastError> for DataFusionError {
     fn from(e: ForecastError) -> Self {
-        DataFusionError::External(Box::new(e))
+        DataFusionError::External(e.to_string().into())
     }
 }
 
