@@ -194,6 +194,15 @@ impl NetcdfExec {
         self.partitions.iter().map(Vec::len).sum()
     }
 
+    /// How many steps the whole scan (every partition) reads from each file.
+    fn steps_per_file(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.catalog.files.len()];
+        for step in self.partitions.iter().flatten() {
+            counts[step.file] += 1;
+        }
+        counts
+    }
+
     fn statistics_for(&self, steps: &[Step]) -> Statistics {
         let cells = self.slab.cells();
         let lat = &self.catalog.latitude().values[self.slab.latitude.clone()];
@@ -359,11 +368,10 @@ impl ExecutionPlan for NetcdfExec {
             projection: self.projection.clone(),
             slab: self.slab.clone(),
             steps,
-            scan_steps: self.partitions.iter().flatten().copied().collect(),
             copies: context
                 .session_config()
                 .get_extension::<LocalCopies>()
-                .map(|c| c.as_ref().clone()),
+                .map(|c| (c.as_ref().clone(), self.steps_per_file())),
             metrics: ScanMetrics {
                 baseline: BaselineMetrics::new(&self.metrics, partition),
                 read_time: MetricBuilder::new(&self.metrics)

@@ -37,11 +37,9 @@ pub struct PartitionScan {
     pub projection: Vec<usize>,
     pub slab: Hyperslab,
     pub steps: Vec<Step>,
-    /// The steps of every partition of the scan: how much of a file the
-    /// scan reads decides how [`LocalCopies`] makes it present.
-    pub scan_steps: Vec<Step>,
-    /// Makes a file present before it is opened (see [`LocalCopies`]).
-    pub copies: Option<LocalCopies>,
+    /// Makes a file present before it is opened (see [`LocalCopies`]),
+    /// told how many steps the whole scan reads from each file.
+    pub copies: Option<(LocalCopies, Vec<usize>)>,
     pub metrics: ScanMetrics,
 }
 
@@ -78,19 +76,17 @@ impl PartitionScan {
     /// reads from it, and how many of its steps the whole scan reads.
     fn present(&self, file: usize) -> Result<std::path::PathBuf> {
         let path = &self.catalog.files[file].path;
-        let Some(copies) = &self.copies else {
+        let Some((copies, in_scan)) = &self.copies else {
             return Ok(path.clone());
         };
-        let of_file = |steps: &[Step]| -> Vec<usize> {
-            steps
-                .iter()
-                .filter(|s| s.file == file)
-                .map(|s| s.index)
-                .collect()
-        };
-        let in_scan = of_file(&self.scan_steps).len();
+        let steps: Vec<usize> = self
+            .steps
+            .iter()
+            .filter(|s| s.file == file)
+            .map(|s| s.index)
+            .collect();
         copies
-            .make_present(path, &of_file(&self.steps), in_scan)
+            .make_present(path, &steps, in_scan[file])
             .map_err(DataFusionError::Execution)
     }
 

@@ -16,8 +16,8 @@ use uqcast_netcdf::inspect::FileInfo;
 
 use super::partial::{HeaderPlan, remember_plan};
 use super::{
-    ObjectCopy, S3Location, as_planned, cache_root, cached_copy, connect, copy_path, is_fresh,
-    remember, stamp,
+    ObjectCopy, S3Location, as_planned, cache_root, cached_copy, copy_path, is_fresh, remember,
+    stamp,
 };
 
 /// Objects whose headers are read at once: each takes a few small requests,
@@ -77,13 +77,10 @@ static DOWNLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_ne
 pub async fn describe_planned(planned: &ObjectCopy) -> Result<FileInfo> {
     let location = planned.location()?;
     let cache = cache_root()?;
-    let local = copy_path(&cache, &location.bucket, &location.key);
-    if is_fresh(&local, &planned.stamp) {
-        remember(&cache, &location, &local, &planned.stamp);
+    if let Some(local) = planned.fresh_copy(&location, &cache) {
         return inspect(local).await;
     }
-    let store = connect(&location)
-        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let store = planned.store(&location)?;
     let meta = as_planned(store.as_ref(), &location, planned).await?;
     inspect_object(store.as_ref(), &location, &meta, &cache).await
 }

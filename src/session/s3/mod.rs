@@ -218,6 +218,22 @@ impl ObjectCopy {
             _ => bail!("{}: not the URL of one S3 object", self.url),
         }
     }
+
+    /// This process's copy of the object in `cache`, if it has the planned
+    /// stamp (then remembered as the object's copy).
+    fn fresh_copy(&self, location: &S3Location, cache: &Path) -> Option<PathBuf> {
+        let local = copy_path(cache, &location.bucket, &location.key);
+        is_fresh(&local, &self.stamp).then(|| {
+            remember(cache, location, &local, &self.stamp);
+            local
+        })
+    }
+
+    /// The store holding the object, for a process that lacks a copy.
+    fn store(&self, location: &S3Location) -> Result<Arc<AmazonS3>> {
+        connect(location)
+            .with_context(|| format!("{}: a plan names it, this process has no copy", self.url))
+    }
 }
 
 /// The object `local` is a copy of, if it is one made in this process.
@@ -233,13 +249,10 @@ pub fn origin(local: &Path) -> Option<ObjectCopy> {
 pub async fn copy_of(planned: &ObjectCopy) -> Result<PathBuf> {
     let location = planned.location()?;
     let cache = cache_root()?;
-    let local = copy_path(&cache, &location.bucket, &location.key);
-    if is_fresh(&local, &planned.stamp) {
-        remember(&cache, &location, &local, &planned.stamp);
+    if let Some(local) = planned.fresh_copy(&location, &cache) {
         return Ok(local);
     }
-    let store = connect(&location)
-        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let store = planned.store(&location)?;
     fetch_planned(store.as_ref(), &location, planned, &cache).await
 }
 

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use object_store::ObjectStore;
 use uqcast_netcdf::classic::Layout;
 
-use super::{ObjectCopy, as_planned, cache_root, connect, copy_of, fetch_lock, is_fresh, origin};
+use super::{ObjectCopy, as_planned, cache_root, copy_of, fetch_lock, is_fresh, origin};
 
 /// A scan reading more than this share of an object's records (in all its
 /// partitions) downloads it whole: one request instead of one per record.
@@ -120,8 +120,7 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
         super::prune::mark_used(&partial);
         return Ok(partial);
     }
-    let store = connect(&location)
-        .with_context(|| format!("{}: a plan names it, this process has no copy", planned.url))?;
+    let store = planned.store(&location)?;
     let meta = as_planned(store.as_ref(), &location, planned).await?;
     let ranges = missing
         .iter()
