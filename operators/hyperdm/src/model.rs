@@ -315,4 +315,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "cuda")]
+mod on_gpu;
+#[cfg(test)]
 mod tests;

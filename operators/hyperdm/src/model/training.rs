@@ -301,7 +301,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     /// members and row shards ([`HyperDm::baseline_gradients`]), one per
     /// thread; on an accelerator [`HyperDm::update_loss`] back-propagates
     /// as one graph.
-    fn update_gradients(
+    pub(super) fn update_gradients(
         &self,
         data: &dyn TrainingData,
         config: &TrainConfig,

@@ -162,11 +162,16 @@ impl PrimaryNetwork for PrimaryMlp {
             // B identical rows of sin/cos and their product.
             let c = &self.config;
             let w = params.get(w0);
+            // Column blocks of w are copied out: candle's CUDA matmul
+            // (cuBLAS) takes a transposed operand only with its full row
+            // as the leading dimension, which a block of columns lacks.
+            // The blocks are a few hundred floats, so the CPU pays nothing
+            // worth a second path.
+            let block = |start, len| w.narrow(1, start, len).and_then(|b| b.contiguous());
             let (wx, we, wc) = (
-                w.narrow(1, 0, c.data_dim).ctx("MLP")?,
-                w.narrow(1, c.data_dim, c.time_dim).ctx("MLP")?,
-                w.narrow(1, c.data_dim + c.time_dim, c.cond_dim)
-                    .ctx("MLP")?,
+                block(0, c.data_dim).ctx("MLP")?,
+                block(c.data_dim, c.time_dim).ctx("MLP")?,
+                block(c.data_dim + c.time_dim, c.cond_dim).ctx("MLP")?,
             );
             let emb = timestep_embedding(&steps[..1], c.steps, c.time_dim, x_t.device())?;
             let row = emb
