@@ -164,6 +164,23 @@ impl ParamLayout {
             .ctx("slicing trained parameters")?;
         Ok(Params(tensors))
     }
+
+    /// As [`ParamLayout::slice_stacked`] for K members' final values
+    /// `[K, total]` (see [`ParamLayout::scaled`]).
+    pub fn slice_scaled_stacked(&self, flat: &Tensor) -> Result<Params> {
+        let members = flat.dim(0).ctx("slicing trained parameters")?;
+        let tensors = self
+            .specs
+            .iter()
+            .map(|s| {
+                let mut shape = vec![members];
+                shape.extend_from_slice(&s.shape);
+                flat.narrow(1, s.offset, s.numel())?.reshape(shape)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .ctx("slicing trained parameters")?;
+        Ok(Params(tensors))
+    }
 }
 
 impl ParamLayout {

@@ -34,6 +34,7 @@ use crate::primary::PrimaryNetwork;
 use crate::sampler::gaussian;
 use crate::schedule::{DiffusionConfig, Schedule};
 
+mod members_stacked;
 mod networks_side_by_side;
 mod rows_side_by_side;
 mod sampling;

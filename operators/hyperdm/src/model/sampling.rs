@@ -82,12 +82,15 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let repeated = Tensor::cat(&vec![cond; samples], 0).ctx("predict")?;
         let mut shared_noise = ChaCha8Rng::seed_from_u64(noise_seed);
         shared_noise.set_stream(u64::MAX);
-        let members_at_once = self.members_at_once(members);
         let rows = repeated.dim(0).ctx("predict")?;
-        let shards = self.shards_per_member(
-            members_at_once,
-            rows * sample_shape.iter().product::<usize>(),
-        );
+        let elements = rows * sample_shape.iter().product::<usize>();
+        let stacked = self.members_stacked(members, sampler, elements);
+        let members_at_once = if stacked > 1 {
+            stacked
+        } else {
+            self.members_at_once(members)
+        };
+        let shards = self.shards_per_member(members_at_once, elements);
         let run = |member: usize| {
             self.member_samples(
                 member,
@@ -100,7 +103,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let mut acc = MomentAccumulator::default();
         let order: Vec<usize> = (0..members).collect();
         for group in order.chunks(members_at_once) {
-            let x0s: Vec<Result<Tensor>> = if group.len() > 1 {
+            let x0s: Vec<Result<Tensor>> = if stacked > 1 {
+                let batch = (&repeated, samples, sample_shape.as_slice());
+                self.stacked_member_samples(group, weight_seed, &shared_noise, batch, sampler)?
+                    .into_iter()
+                    .map(Ok)
+                    .collect()
+            } else if group.len() > 1 {
                 group.par_iter().map(|&member| run(member)).collect()
             } else {
                 group.iter().map(|&member| run(member)).collect()
@@ -121,8 +130,9 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     /// cores only 1.25 busy), while whole members are independent work of
     /// equal size (threads left over take shards of a member's rows,
     /// `shards_per_member`). Results do not depend on it: every member has its own
-    /// weights and its own copy of the shared noise stream. Accelerators run
-    /// members one after another, each forward already filling the device.
+    /// weights and its own copy of the shared noise stream. Accelerators
+    /// stack members instead (`members_stacked`), and otherwise run them one
+    /// after another.
     pub(super) fn members_at_once(&self, members: usize) -> usize {
         if self.device.is_cpu() {
             rayon::current_num_threads().clamp(1, members.max(1))
@@ -158,7 +168,7 @@ impl<P: PrimaryNetwork> HyperDm<P> {
     /// Member `member`'s N samples of every condition: `[N, C, ...sample]`.
     /// `batch` is (the conditions repeated N times, N, the sample shape);
     /// `run` is (the sampler, how many shards its forward passes take).
-    fn member_samples(
+    pub(super) fn member_samples(
         &self,
         member: usize,
         weight_seed: u64,

@@ -109,6 +109,51 @@ impl PrimaryMlp {
         Ok(h)
     }
 
+    /// The first layer when every row is at diffusion step `step` (sampling):
+    /// the embedding's part is one row per network, added to every row,
+    /// instead of B identical rows of sin/cos and their product. One
+    /// network's parameters (`x_t` `[B, d]`) or K stacked (`[K, R, d]`).
+    fn first_layer_at(
+        &self,
+        params: &Params,
+        x_t: &Tensor,
+        step: usize,
+        cond: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (w0, b0) = self.layers[0];
+        let (w, b) = (params.get(w0), params.get(b0));
+        let columns = w.rank() - 1;
+        // Column blocks of w are copied out: candle's CUDA matmul (cuBLAS)
+        // takes a transposed operand only with its full row as the leading
+        // dimension, which a block of columns lacks. The blocks are a few
+        // hundred floats per network, so the CPU pays nothing worth a
+        // second path.
+        let block = |start, len| {
+            w.narrow(columns, start, len)
+                .and_then(|b| b.contiguous())
+                .and_then(|b| b.t())
+                .ctx("MLP")
+        };
+        let (wx, we, wc) = (
+            block(0, c.data_dim)?,
+            block(c.data_dim, c.time_dim)?,
+            block(c.data_dim + c.time_dim, c.cond_dim)?,
+        );
+        let emb = timestep_embedding(&[step], c.steps, c.time_dim, x_t.device())?;
+        // [1, out] for one network; [K, 1, out] for K.
+        let row = if columns == 2 {
+            emb.broadcast_matmul(&we)
+                .and_then(|r| r.broadcast_add(&b.unsqueeze(1)?))
+        } else {
+            emb.matmul(&we).and_then(|r| r.broadcast_add(b))
+        }
+        .ctx("MLP time embedding")?;
+        (x_t.matmul(&wx).ctx("MLP layer")? + cond.matmul(&wc).ctx("MLP layer")?)
+            .and_then(|h| h.broadcast_add(&row))
+            .ctx("MLP layer")
+    }
+
     fn activate(&self, h: &Tensor) -> Result<Tensor> {
         match self.config.activation {
             Activation::Silu => h.silu(),
@@ -156,32 +201,8 @@ impl PrimaryNetwork for PrimaryMlp {
             });
         }
         let (w0, b0) = self.layers[0];
-        let h = if steps.windows(2).all(|w| w[0] == w[1]) && !steps.is_empty() {
-            // One step for the whole batch (sampling): the embedding's part
-            // of the first layer is one row, added to every row, instead of
-            // B identical rows of sin/cos and their product.
-            let c = &self.config;
-            let w = params.get(w0);
-            // Column blocks of w are copied out: candle's CUDA matmul
-            // (cuBLAS) takes a transposed operand only with its full row
-            // as the leading dimension, which a block of columns lacks.
-            // The blocks are a few hundred floats, so the CPU pays nothing
-            // worth a second path.
-            let block = |start, len| w.narrow(1, start, len).and_then(|b| b.contiguous());
-            let (wx, we, wc) = (
-                block(0, c.data_dim).ctx("MLP")?,
-                block(c.data_dim, c.time_dim).ctx("MLP")?,
-                block(c.data_dim + c.time_dim, c.cond_dim).ctx("MLP")?,
-            );
-            let emb = timestep_embedding(&steps[..1], c.steps, c.time_dim, x_t.device())?;
-            let row = emb
-                .matmul(&we.t().ctx("MLP")?)
-                .and_then(|r| r.broadcast_add(params.get(b0)))
-                .ctx("MLP time embedding")?;
-            (x_t.matmul(&wx.t().ctx("MLP")?).ctx("MLP layer")?
-                + cond.matmul(&wc.t().ctx("MLP")?).ctx("MLP layer")?)
-            .and_then(|h| h.broadcast_add(&row))
-            .ctx("MLP layer")?
+        let h = if let Some(step) = one_step(steps) {
+            self.first_layer_at(params, x_t, step, cond)?
         } else {
             let emb =
                 timestep_embedding(steps, self.config.steps, self.config.time_dim, x_t.device())?;
@@ -201,6 +222,10 @@ impl PrimaryNetwork for PrimaryMlp {
         cond: &Tensor,
     ) -> Result<Tensor> {
         let (members, rows, _) = x_t.dims3().ctx("MLP stacked input")?;
+        if let Some(step) = one_step(steps) {
+            let h = self.first_layer_at(params, x_t, step, cond)?;
+            return self.hidden_layers(params, h, &[]);
+        }
         let c = &self.config;
         let emb = timestep_embedding(steps, c.steps, c.time_dim, x_t.device())?
             .reshape((members, rows, c.time_dim))
@@ -212,6 +237,10 @@ impl PrimaryNetwork for PrimaryMlp {
             .and_then(|h| h.broadcast_add(&params.get(b0).unsqueeze(1)?))
             .ctx("MLP stacked layer")?;
         self.hidden_layers(params, h, &[])
+    }
+
+    fn batches_members(&self) -> bool {
+        true
     }
 
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor> {
@@ -226,6 +255,12 @@ impl PrimaryNetwork for PrimaryMlp {
     fn config(&self) -> super::PrimaryConfig {
         super::PrimaryConfig::Mlp(self.config.clone())
     }
+}
+
+/// The step every row is at, if they share one (as sampling's rows do).
+fn one_step(steps: &[usize]) -> Option<usize> {
+    let first = *steps.first()?;
+    steps.iter().all(|&t| t == first).then_some(first)
 }
 
 #[cfg(test)]

@@ -80,6 +80,11 @@ pub trait PrimaryNetwork: Send + Sync {
             .collect::<Result<Vec<_>>>()?;
         Tensor::stack(&outputs, 0).ctx("stacked forward")
     }
+    /// Whether [`PrimaryNetwork::forward_stacked`] batches its members
+    /// (rather than running them in turn), so that stacking members pays.
+    fn batches_members(&self) -> bool {
+        false
+    }
     /// A zero x_t for the given conditions (`[B, ...]`), shaped as a sample.
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor>;
     /// The configuration, for checkpoints.
