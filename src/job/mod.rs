@@ -39,6 +39,10 @@ pub struct Summary {
     pub existing_steps: usize,
     pub tiles: usize,
     pub flagged: usize,
+    /// Where this process forecast (`cpu`, `cuda:0`): said, so that a
+    /// `cuda` build whose GPU is not visible does not fall back to the CPU
+    /// unnoticed. None on a cluster, whose executors choose their own.
+    pub device: Option<String>,
 }
 
 /// Overrides from the command line.
@@ -109,6 +113,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let settings = pipeline.inference()?;
 
     let device = uqcast_hyperdm::default_device();
+    let device_name = uqcast_hyperdm::device_name(&device);
     let model = {
         // A model in a bucket is read from this process's copy.
         let path = match S3Location::parse(&model_path.to_string_lossy())? {
@@ -187,7 +192,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        device: options.ballista.is_none().then_some(device_name),
+        ..Summary::default()
+    };
     let result = async {
         let existing = output.existing(&provenance).await?;
         summary.existing_steps = existing.len();
@@ -327,8 +335,13 @@ async fn write_new_steps(
 
 /// Where the output of a run lives, for messages.
 pub fn describe(summary: &Summary, out: &Path) -> String {
+    let device = summary
+        .device
+        .as_ref()
+        .map(|d| format!("device={d} "))
+        .unwrap_or_default();
     format!(
-        "new_steps={} existing_steps={} tiles={} flagged_tiles={} output={}",
+        "new_steps={} existing_steps={} tiles={} flagged_tiles={} {device}output={}",
         summary.new_steps,
         summary.existing_steps,
         summary.tiles,

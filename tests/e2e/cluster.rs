@@ -307,6 +307,8 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
         "{}",
         stdout(&o)
     );
+    // The executors chose their devices; the client does not claim one.
+    assert!(!stdout(&o).contains("device="), "{}", stdout(&o));
     assert_eq!(forecast_csv(&remote), forecast_csv(&local));
     let shuffled = walk_all(cluster.work.path()).len();
     assert!(shuffled > 0, "the executor wrote no shuffle files");

@@ -134,6 +134,8 @@ fn killed_run_resumes_to_the_same_table_and_reruns_write_nothing() {
         summary.starts_with("uqcast run: ok new_steps=12 existing_steps=0"),
         "{summary}"
     );
+    // The device it forecast on (tests build without `cuda`).
+    assert!(summary.contains(" device=cpu output="), "{summary}");
     assert_eq!(parquet_files(&whole.join("forecast")).len(), 12);
     assert!(whole.join("flags/flags.parquet").is_file());
 

@@ -40,6 +40,15 @@ pub use primary::{
 pub use sampler::Sampler;
 pub use schedule::{DiffusionConfig, Prediction, ScheduleKind};
 
+/// A device as messages name it: `cpu`, `cuda:0`.
+pub fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// The compute device: the first CUDA GPU when built with `cuda` and one is
 /// present, the CPU otherwise.
 pub fn default_device() -> candle_core::Device {
