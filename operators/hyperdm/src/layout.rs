@@ -106,17 +106,22 @@ impl ParamLayout {
     /// a leading member axis, `[K, shape...]`, for the networks' stacked
     /// forward ([`crate::primary::PrimaryNetwork::forward_stacked`]).
     pub fn slice_stacked(&self, flat: &Tensor) -> Result<Params> {
-        let members = flat.dim(0).ctx("slicing generated parameters")?;
+        self.stacked(flat, true).ctx("slicing generated parameters")
+    }
+
+    /// K members' tensors, each finished (gain, +1) where `finish` says.
+    fn stacked(&self, flat: &Tensor, finish: bool) -> candle_core::Result<Params> {
+        let members = flat.dim(0)?;
         let tensors = self
             .specs
             .iter()
             .map(|s| {
                 let mut shape = vec![members];
                 shape.extend_from_slice(&s.shape);
-                s.finish(flat.narrow(1, s.offset, s.numel())?.reshape(shape)?)
+                let t = flat.narrow(1, s.offset, s.numel())?.reshape(shape)?;
+                if finish { s.finish(t) } else { Ok(t) }
             })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .ctx("slicing generated parameters")?;
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Params(tensors))
     }
 }
@@ -168,18 +173,7 @@ impl ParamLayout {
     /// As [`ParamLayout::slice_stacked`] for K members' final values
     /// `[K, total]` (see [`ParamLayout::scaled`]).
     pub fn slice_scaled_stacked(&self, flat: &Tensor) -> Result<Params> {
-        let members = flat.dim(0).ctx("slicing trained parameters")?;
-        let tensors = self
-            .specs
-            .iter()
-            .map(|s| {
-                let mut shape = vec![members];
-                shape.extend_from_slice(&s.shape);
-                flat.narrow(1, s.offset, s.numel())?.reshape(shape)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .ctx("slicing trained parameters")?;
-        Ok(Params(tensors))
+        self.stacked(flat, false).ctx("slicing trained parameters")
     }
 }
 

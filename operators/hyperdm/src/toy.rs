@@ -210,12 +210,18 @@ pub fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A short run must tell two noise levels apart: AU tracks σ².
     #[test]
     fn au_tracks_the_noise_level() {
+        au_tracks_the_noise_level_on(&Device::Cpu);
+    }
+
+    /// The check of `au_tracks_the_noise_level` on `device` (the GPU tests
+    /// run it too).
+    pub(crate) fn au_tracks_the_noise_level_on(device: &Device) {
         let mut settings = ToySettings {
             samples: 200,
             members: 3,
@@ -232,7 +238,7 @@ mod tests {
         let test_y = grid(-4.0, 4.0, 9);
         let au = |sigma2| {
             let data = ToyData::generate(500, sigma2, None, 1);
-            let out = run(&data, &settings, &test_y, &Device::Cpu, |_| {}).unwrap();
+            let out = run(&data, &settings, &test_y, device, |_| {}).unwrap();
             out.average(&out.au, |_| true)
         };
         let (low, high) = (au(0.01), au(0.25));

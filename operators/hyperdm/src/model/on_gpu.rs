@@ -26,7 +26,7 @@ use crate::primary::{
 };
 use crate::sampler::Sampler;
 use crate::schedule::DiffusionConfig;
-use crate::toy::{self, ToyData, ToySettings};
+use crate::toy::ToyData;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("the `cuda` feature's tests need CUDA device 0")
@@ -401,26 +401,7 @@ fn assert_same_moments(case: &str, want: &Moments, got: &Moments) {
 /// apart (the CPU test `au_tracks_the_noise_level`, same settings and bounds).
 #[test]
 fn the_toy_problem_on_the_gpu_tells_noise_levels_apart() {
-    let mut settings = ToySettings {
-        samples: 200,
-        members: 3,
-        ..ToySettings::default()
-    };
-    settings.train.iterations = 1500;
-    settings.train.anchor = 0.0;
-    settings.hyper.z_skip = false;
-    settings.train.antithetic = false;
-    let test_y = toy::grid(-4.0, 4.0, 9);
-    let device = gpu();
-    let au = |sigma2| {
-        let data = ToyData::generate(500, sigma2, None, 1);
-        let out = toy::run(&data, &settings, &test_y, &device, |_| {}).unwrap();
-        out.average(&out.au, |_| true)
-    };
-    let (low, high) = (au(0.01), au(0.25));
-    assert!(high > 5.0 * low, "AU {low} at σ²=0.01 vs {high} at σ²=0.25");
-    assert!((0.125..0.5).contains(&high), "AU {high} at σ²=0.25");
-    assert!((0.005..0.04).contains(&low), "AU {low} at σ²=0.01");
+    crate::toy::tests::au_tracks_the_noise_level_on(&gpu());
 }
 
 #[test]
