@@ -322,7 +322,7 @@ async fn trained_model(
         "{}-m{members}-i{iterations}.safetensors",
         method.name()
     ));
-    let device = uqcast_hyperdm::default_device();
+    let device = uqcast_hyperdm::default_device()?;
     let mut settings = pipeline.field_training(method);
     settings.train.iterations = iterations;
     if path.is_file() {
@@ -348,7 +348,7 @@ async fn trained_model(
         source.display().to_string(),
     );
     tokio::task::spawn_blocking(move || {
-        let device = uqcast_hyperdm::default_device();
+        let device = uqcast_hyperdm::default_device()?;
         let progress = |p: uqcast_hyperdm::Progress| {
             if p.iteration == p.iterations || p.iteration.is_multiple_of((p.iterations / 4).max(1))
             {

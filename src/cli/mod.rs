@@ -17,7 +17,14 @@ use clap::{Parser, Subcommand};
 
 /// ERA5 forecasts with aleatoric and epistemic uncertainty, as SQL tables and Parquet.
 #[derive(Debug, Parser)]
-#[command(name = "uqcast", version, about)]
+#[command(
+    name = "uqcast",
+    version,
+    about,
+    after_help = "Environment: UQCAST_DEVICE=cpu|cuda|cuda:N picks where models train and \
+sample (default: the first GPU if the build has `cuda` and one is visible, else the CPU); \
+UQCAST_LOG sets the log level."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

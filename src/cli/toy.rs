@@ -275,7 +275,7 @@ fn experiment(mut args: ToyArgs) -> Result<()> {
     }
     let settings = args.common.settings();
     check(&settings, &args)?;
-    let (device, seed, quiet) = (default_device(), args.common.seed, false);
+    let (device, seed, quiet) = (default_device()?, args.common.seed, false);
     let started = Instant::now();
     let (name, rows): (&str, Vec<Value>) = match &args.experiment {
         Experiment::Au { sigma2, train_size } => {

@@ -119,7 +119,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     let source = location.clone();
     let out_path = out.clone();
     let span = tokio::task::spawn_blocking(move || {
-        let device = uqcast_hyperdm::default_device();
+        let device = uqcast_hyperdm::default_device()?;
         let progress = |p: uqcast_hyperdm::Progress| {
             let done = p.iteration as f64 / p.iterations.max(1) as f64;
             let bar: String = (0..30)

@@ -112,7 +112,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
     let settings = pipeline.inference()?;
 
-    let device = uqcast_hyperdm::default_device();
+    let device = uqcast_hyperdm::default_device()?;
     let device_name = uqcast_hyperdm::device_name(&device);
     let model = {
         // A model in a bucket is read from this process's copy.

@@ -182,7 +182,8 @@ impl PhysicalCodec {
         if let Some(model) = self.models.lock().map_err(poisoned)?.get(&key) {
             return Ok(model);
         }
-        let device = uqcast_hyperdm::default_device();
+        let device = uqcast_hyperdm::default_device()
+            .map_err(|e| DataFusionError::External(e.to_string().into()))?;
         let local = model_inbound(&spec.model_path)?;
         let model = Arc::new(blocking(|| {
             ForecastModel::load(&local, &device).map_err(DataFusionError::from)
@@ -390,7 +391,8 @@ impl LogicalCodec {
             LogicalNode::Forecast(spec) => {
                 let source = logical_plan_from_bytes_with_extension_codec(&spec.source, ctx, self)?;
                 let forecast = spec.forecast;
-                let device = uqcast_hyperdm::default_device();
+                let device = uqcast_hyperdm::default_device()
+                    .map_err(|e| DataFusionError::External(e.to_string().into()))?;
                 let local = model_inbound(&forecast.model_path)?;
                 let model = blocking(|| {
                     ForecastModel::load(&local, &device).map_err(DataFusionError::from)

@@ -822,6 +822,36 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     );
     assert_eq!(forecast_csv(&out), snapshot);
 
+    // A device that cannot be had (UQCAST_DEVICE) stops a run before any
+    // work, naming the variable; `cpu` is honoured and named.
+    let on_device = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .env("UQCAST_DEVICE", value)
+            .args(["run", "--config", c, "--output", o])
+            .output()
+            .unwrap()
+    };
+    let mut refused = vec![("gpu", "is not one of cpu, cuda, cuda:N")];
+    if !cfg!(feature = "cuda") {
+        refused.push(("cuda:0", "built without the `cuda` feature"));
+    }
+    for (value, needle) in refused {
+        let run = on_device(value);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let named = format!("UQCAST_DEVICE={value}: ");
+        assert!(err.contains(&named) && err.contains(needle), "{err}");
+    }
+    let on_cpu = on_device("cpu");
+    assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
+    assert!(
+        stdout(&on_cpu).contains("new_steps=0 ") && stdout(&on_cpu).contains(" device=cpu "),
+        "{}",
+        stdout(&on_cpu)
+    );
+    assert_eq!(forecast_csv(&out), snapshot);
+
     // A flags query that fails (an edit gone wrong) is named; the forecast
     // steps stay, and the next run writes the flags without sampling again.
     let flags_sql = dir.path().join("flags.sql");

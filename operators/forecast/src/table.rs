@@ -307,7 +307,7 @@ impl TableFunctionImpl for HyperdmForecastFunction {
                 crate::model::MAX_SAMPLES
             );
         }
-        let device = uqcast_hyperdm::default_device();
+        let device = uqcast_hyperdm::default_device().map_err(ForecastError::from)?;
         let path = PathBuf::from(&model);
         let local = match args.session().config().get_extension::<ModelFiles>() {
             Some(files) => (files.0)(&path)?,

@@ -165,7 +165,7 @@ fn cell_mlp(c: &mut Criterion, device: &Device) {
 
 fn benches(c: &mut Criterion) {
     uqcast_hyperdm::startup::prepare();
-    let device = default_device();
+    let device = default_device().expect("UQCAST_DEVICE");
     matmul(c, &device);
     toy(c, &device);
     unet(c, &device);

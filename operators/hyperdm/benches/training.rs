@@ -163,7 +163,7 @@ fn training(c: &mut Criterion, device: &Device) {
 
 fn benches(c: &mut Criterion) {
     uqcast_hyperdm::startup::prepare();
-    training(c, &default_device());
+    training(c, &default_device().expect("UQCAST_DEVICE"));
 }
 
 criterion_group!(train, benches);

@@ -28,6 +28,9 @@ pub enum HyperdmError {
         found: String,
     },
 
+    #[error("UQCAST_DEVICE={value}: {problem}")]
+    Device { value: String, problem: String },
+
     #[error("{}: checkpoint {problem}", path.display())]
     Checkpoint { path: PathBuf, problem: String },
 

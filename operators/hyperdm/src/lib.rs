@@ -14,6 +14,7 @@
 //! - population variances (ddof = 0) so AU + EU is the total variance exactly.
 
 pub mod checkpoint;
+pub mod device;
 pub mod embedding;
 pub mod error;
 mod host;
@@ -29,6 +30,7 @@ pub mod schedule;
 pub mod startup;
 pub mod toy;
 
+pub use device::{default_device, device_name};
 pub use error::{HyperdmError, Result};
 pub use hyper::{HyperConfig, HyperForm};
 pub use method::Method;
@@ -39,18 +41,3 @@ pub use primary::{
 };
 pub use sampler::Sampler;
 pub use schedule::{DiffusionConfig, Prediction, ScheduleKind};
-
-/// A device as messages name it: `cpu`, `cuda:0`.
-pub fn device_name(device: &candle_core::Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
-/// The compute device: the first CUDA GPU when built with `cuda` and one is
-/// present, the CPU otherwise.
-pub fn default_device() -> candle_core::Device {
-    candle_core::Device::cuda_if_available(0).unwrap_or(candle_core::Device::Cpu)
-}

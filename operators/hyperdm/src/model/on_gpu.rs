@@ -407,7 +407,7 @@ fn the_toy_problem_on_the_gpu_tells_noise_levels_apart() {
 #[test]
 fn the_default_device_is_the_gpu() {
     assert!(
-        crate::default_device().is_cuda(),
+        crate::default_device().unwrap().is_cuda(),
         "built with `cuda`, yet the default device is the CPU: is a GPU visible?"
     );
 }
