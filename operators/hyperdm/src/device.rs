@@ -11,7 +11,7 @@ use candle_core::{Device, DeviceLocation};
 use crate::error::{HyperdmError, Result};
 
 /// The variable that names the device.
-pub const DEVICE_VAR: &str = "UQCAST_DEVICE";
+const DEVICE_VAR: &str = "UQCAST_DEVICE";
 
 /// What `UQCAST_DEVICE` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

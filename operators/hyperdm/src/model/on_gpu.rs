@@ -21,9 +21,7 @@ use crate::error::Result;
 use crate::hyper::{HyperConfig, HyperForm};
 use crate::method::Method;
 use crate::moments::Moments;
-use crate::primary::{
-    MlpConfig, PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig,
-};
+use crate::primary::{PrimaryConfig, PrimaryMlp, PrimaryNetwork, PrimaryUnet, UnetConfig};
 use crate::sampler::Sampler;
 use crate::schedule::DiffusionConfig;
 use crate::toy::ToyData;
@@ -48,20 +46,9 @@ fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
     if scale == 0.0 { gap } else { gap / scale }
 }
 
+/// The MLP model these tests compare: 16-16 hidden, seed 7.
 fn mlp_model(method: Method, hyper: &HyperConfig, device: &Device) -> HyperDm<PrimaryMlp> {
-    let mlp = MlpConfig {
-        hidden: vec![16, 16],
-        ..MlpConfig::default()
-    };
-    HyperDm::with_method(
-        PrimaryMlp::new(&mlp),
-        method,
-        hyper,
-        &DiffusionConfig::default(),
-        device,
-        7,
-    )
-    .unwrap()
+    super::tests::mlp_model(&[16, 16], method, hyper, (device, 7))
 }
 
 fn unet_model(device: &Device) -> HyperDm<PrimaryUnet> {

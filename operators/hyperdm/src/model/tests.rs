@@ -7,8 +7,19 @@ use crate::toy::ToyData;
 /// The small toy-sized model every test here builds: an 8-8 MLP denoiser
 /// whose weights come from `method`.
 fn small_model(method: Method, hyper: &HyperConfig, seed: u64) -> HyperDm<PrimaryMlp> {
+    mlp_model(&[8, 8], method, hyper, (&Device::Cpu, seed))
+}
+
+/// An MLP denoiser with these hidden widths whose weights come from
+/// `method`, built on `device` from `seed` (the GPU tests build it on both).
+pub(super) fn mlp_model(
+    hidden: &[usize],
+    method: Method,
+    hyper: &HyperConfig,
+    (device, seed): (&Device, u64),
+) -> HyperDm<PrimaryMlp> {
     let mlp = MlpConfig {
-        hidden: vec![8, 8],
+        hidden: hidden.to_vec(),
         ..MlpConfig::default()
     };
     HyperDm::with_method(
@@ -16,7 +27,7 @@ fn small_model(method: Method, hyper: &HyperConfig, seed: u64) -> HyperDm<Primar
         method,
         hyper,
         &DiffusionConfig::default(),
-        &Device::Cpu,
+        device,
         seed,
     )
     .unwrap()
