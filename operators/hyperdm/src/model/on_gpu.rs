@@ -1,5 +1,7 @@
-//! The CUDA paths, checked against the CPU's. Built only with the `cuda`
-//! feature and run on a machine with a GPU:
+//! The CUDA paths, checked against the CPU's. Every test build compiles
+//! them (candle's CPU-only build has the same device API, failing at run
+//! time), so they cannot rot where there is no GPU; they are ignored there
+//! and run in a `cuda` build on a machine with a GPU:
 //! `cargo test -p uqcast-hyperdm --features cuda -- on_gpu`.
 //!
 //! Every random draw (initial weights, minibatch rows, z, dropout masks,
@@ -163,6 +165,7 @@ fn assert_same_update<P: PrimaryNetwork>(
 }
 
 #[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs the `cuda` feature and a GPU")]
 fn an_update_on_the_gpu_matches_the_cpu() {
     let (cpu, gpu) = (Device::Cpu, gpu());
     let data = ToyData::generate(256, 0.04, None, 3);
@@ -245,6 +248,7 @@ fn an_update_on_the_gpu_matches_the_cpu() {
 /// each gradient by its own size, so an entry whose gradient is at the
 /// rounding level can step either way on the two devices.
 #[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs the `cuda` feature and a GPU")]
 fn a_run_checkpointed_on_the_cpu_resumes_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("toy.safetensors");
@@ -310,6 +314,7 @@ fn a_run_checkpointed_on_the_cpu_resumes_on_the_gpu() {
 /// and EU within 1e-3 of their largest entries (50 sampler steps of float
 /// rounding, and members reduced in another order).
 #[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs the `cuda` feature and a GPU")]
 fn sampling_on_the_gpu_matches_the_cpu() {
     let data = ToyData::generate(256, 0.04, None, 1);
     let config = TrainConfig {
@@ -387,11 +392,13 @@ fn assert_same_moments(case: &str, want: &Moments, got: &Moments) {
 /// The science holds on the GPU: a short toy run tells two noise levels
 /// apart (the CPU test `au_tracks_the_noise_level`, same settings and bounds).
 #[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs the `cuda` feature and a GPU")]
 fn the_toy_problem_on_the_gpu_tells_noise_levels_apart() {
     crate::toy::tests::au_tracks_the_noise_level_on(&gpu());
 }
 
 #[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "needs the `cuda` feature and a GPU")]
 fn the_default_device_is_the_gpu() {
     assert!(
         crate::default_device().unwrap().is_cuda(),
