@@ -5,7 +5,9 @@
 mod cluster;
 mod default_pipeline;
 mod errors;
+mod eval;
 mod pipeline;
+mod pipeline_errors;
 mod s3;
 mod sql;
 mod toy;

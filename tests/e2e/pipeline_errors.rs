@@ -1,0 +1,415 @@
+//! The forecast pipeline's bad inputs through the real binary: each ends
+//! in one clear line and a non-zero exit, and what was written stays.
+
+use std::process::Command;
+
+use crate::errors::fails_with;
+use crate::pipeline::{forecast_csv, parquet_files, run, synth_in_celsius, trained};
+use crate::{stderr, stdout, synth, synth_seeded, uqcast};
+
+#[test]
+fn bad_inputs_fail_clearly_and_keep_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 2);
+    let out = dir.path().join("out");
+    assert!(run(&config, &out).status.success());
+    let snapshot = forecast_csv(&out);
+    let c = config.to_str().unwrap();
+    let o = out.to_str().unwrap();
+
+    // A run while another holds the output's lock (a scheduled run
+    // overlapping a slow one) is refused and writes nothing; the step it
+    // would have added is written once the lock is free.
+    let steps = parquet_files(&out.join("forecast"));
+    std::fs::remove_file(&steps[0]).unwrap();
+    {
+        let lock = std::fs::File::options()
+            .write(true)
+            .open(out.join(".uqcast-run.lock"))
+            .expect("a run leaves its lock file");
+        lock.try_lock().unwrap();
+        fails_with(
+            &["run", "--config", c, "--output", o],
+            &["another uqcast run", ".uqcast-run.lock", "another --output"],
+        );
+        assert!(
+            !steps[0].exists(),
+            "a refused run wrote {}",
+            steps[0].display()
+        );
+    }
+    let resumed = run(&config, &out);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("new_steps=1 "),
+        "{}",
+        stdout(&resumed)
+    );
+    assert_eq!(forecast_csv(&out), snapshot);
+
+    // A device that cannot be had (UQCAST_DEVICE) stops a run before any
+    // work, naming the variable; `cpu` is honoured and named.
+    let on_device = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .env("UQCAST_DEVICE", value)
+            .args(["run", "--config", c, "--output", o])
+            .output()
+            .unwrap()
+    };
+    let mut refused = vec![("gpu", "is not one of cpu, cuda, cuda:N")];
+    if !cfg!(feature = "cuda") {
+        refused.push(("cuda:0", "built without the `cuda` feature"));
+    }
+    for (value, needle) in refused {
+        let run = on_device(value);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let named = format!("UQCAST_DEVICE={value}: ");
+        assert!(err.contains(&named) && err.contains(needle), "{err}");
+    }
+    let on_cpu = on_device("cpu");
+    assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
+    assert!(
+        stdout(&on_cpu).contains("new_steps=0 ") && stdout(&on_cpu).contains(" device=cpu "),
+        "{}",
+        stdout(&on_cpu)
+    );
+    assert_eq!(forecast_csv(&out), snapshot);
+
+    // A flags query that fails (an edit gone wrong) is named; the forecast
+    // steps stay, and the next run writes the flags without sampling again.
+    let flags_sql = dir.path().join("flags.sql");
+    let good_flags = std::fs::read_to_string(&flags_sql).unwrap();
+    std::fs::write(&flags_sql, good_flags.replace("FROM cells", "FROM cels")).unwrap();
+    let second = dir.path().join("second");
+    let failed = run(&config, &second);
+    let last = stderr(&failed)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(failed.status.code(), Some(1), "{last}");
+    assert!(
+        ["flags SQL", "flags.sql", "cels"]
+            .iter()
+            .all(|n| last.contains(n)),
+        "{last}"
+    );
+    assert_eq!(forecast_csv(&second), snapshot);
+    assert!(!second.join("flags").join("flags.parquet").exists());
+    std::fs::write(&flags_sql, good_flags).unwrap();
+    let mended = run(&config, &second);
+    assert!(
+        stdout(&mended).contains("new_steps=0 ") && stdout(&mended).contains("flagged_tiles="),
+        "{}",
+        stdout(&mended)
+    );
+    assert!(second.join("flags").join("flags.parquet").exists());
+
+    // Input on another grid.
+    let other = dir.path().join("other");
+    let s = uqcast(&[
+        "synth",
+        "--out",
+        other.to_str().unwrap(),
+        "--start",
+        "2020-02-01T00:00Z",
+        "--steps",
+        "2",
+        "--res",
+        "3",
+    ]);
+    assert!(s.status.success());
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            o,
+            "--input",
+            other.to_str().unwrap(),
+        ],
+        &["not on the model's grid", "39×68"],
+    );
+    // Scoring against data the forecast was not run on: another seed on the
+    // same grid and times, and data sharing no cell and time with it.
+    let reseeded = dir.path().join("reseeded");
+    synth_seeded(&reseeded, 12, "nc4", 8, &[]);
+    fails_with(
+        &[
+            "eval",
+            "--forecast",
+            o,
+            "--data",
+            reseeded.to_str().unwrap(),
+        ],
+        &["reseeded", "not the ones it was run on"],
+    );
+    fails_with(
+        &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
+        &["other", "no cell and initial time of the forecast"],
+    );
+    // The table's own folder instead of the run's output.
+    fails_with(
+        &[
+            "eval",
+            "--forecast",
+            out.join("forecast").to_str().unwrap(),
+            "--data",
+            reseeded.to_str().unwrap(),
+        ],
+        &["--forecast is the output directory", "holding forecast/", o],
+    );
+    // Data without the synthetic truth (as real ERA5): said so, pointing to SQL.
+    std::fs::remove_dir_all(other.join("truth")).unwrap();
+    fails_with(
+        &["eval", "--forecast", o, "--data", other.to_str().unwrap()],
+        &["other: no truth/ folder", "SQL skill functions"],
+    );
+    // A span that holds no time: an empty run would look like one with
+    // nothing new to do.
+    for command in ["run", "train"] {
+        fails_with(
+            &[
+                command,
+                "--config",
+                c,
+                "--since",
+                "2020-01-02T00:00Z",
+                "--until",
+                "2020-01-01",
+            ],
+            &["--since 2020-01-02T00:00Z is after --until 2020-01-01T00:00Z"],
+        );
+    }
+    // A run into a new output that fails on its input leaves no output.
+    let fresh = dir.path().join("fresh-out");
+    let fails_into_fresh = |input: &str, needles: &[&str]| {
+        let f = fresh.to_str().unwrap();
+        fails_with(
+            &["run", "--config", c, "--output", f, "--input", input],
+            needles,
+        );
+        assert!(!fresh.exists(), "a failed run left {}", fresh.display());
+    };
+    // A missing input fails before the output directory is made.
+    fails_into_fresh("/nonexistent/era5", &["/nonexistent/era5"]);
+    // Values in °C under units "K" are named, and the run that fails on its
+    // first step leaves no empty table (its output was opened by then).
+    let celsius = dir.path().join("celsius");
+    let nc = synth_in_celsius(&celsius);
+    fails_into_fresh(
+        celsius.to_str().unwrap(),
+        &[
+            nc.to_str().unwrap(),
+            "t2m at 2020-01-01T",
+            "outside the 150…350 K",
+        ],
+    );
+    // Weights named .json would be overwritten by their own metadata:
+    // refused before training, from --out or from the pipeline.
+    let json_model = dir.path().join("json-model/m.json");
+    fails_with(
+        &[
+            "train",
+            "--config",
+            c,
+            "--out",
+            json_model.to_str().unwrap(),
+        ],
+        &["json-model/m.json", "--out needs a .safetensors file name"],
+    );
+    assert!(!json_model.parent().unwrap().exists());
+    // A missing model.
+    fails_with(
+        &[
+            "run",
+            "--config",
+            c,
+            "--output",
+            o,
+            "--model",
+            "/nonexistent/m.safetensors",
+        ],
+        &["/nonexistent/m.safetensors", "no such model file"],
+    );
+    // An unwritable output (a regular file is in the way).
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "x").unwrap();
+    let blocked = blocker.join("out");
+    fails_with(
+        &["run", "--config", c, "--output", blocked.to_str().unwrap()],
+        &["blocker/out"],
+    );
+    // A query for 0…360 longitudes over data in −180…180 keeps no row: run
+    // and train say so, with the data's extent, and make no output.
+    let west = dir.path().join("west");
+    synth(&west, 2, "nc4", &["--bbox", "7,83,-169,-35"]);
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE longitude BETWEEN 191 AND 325",
+    )
+    .unwrap();
+    let model = dir.path().join("fresh-model/m.safetensors");
+    let (w, f, m) = (
+        west.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    for args in [
+        ["run", "--config", c, "--input", w, "--output", f],
+        ["train", "--config", c, "--input", w, "--out", m],
+    ] {
+        fails_with(
+            &args,
+            &[
+                "source.sql returns no rows from these data; they hold latitude",
+                "these data use −180…180 longitudes",
+                "valid_time 2020-01-01T00:00:00Z … 2020-01-01T06:00:00Z",
+            ],
+        );
+    }
+    assert!(!fresh.exists() && !model.parent().unwrap().exists());
+    // A source query without t2m.
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude FROM era5",
+    )
+    .unwrap();
+    fails_with(
+        &["run", "--config", c, "--output", o],
+        &["column 't2m' is missing"],
+    );
+    // A copy of the pipeline with one edit must fail, naming the file and field.
+    let edited_fails = |name: &str, from: &str, to: &str, field: &str| {
+        let text = std::fs::read_to_string(&config).unwrap().replace(from, to);
+        let bad = dir.path().join(name);
+        std::fs::write(&bad, text).unwrap();
+        fails_with(&["run", "--config", bad.to_str().unwrap()], &[name, field]);
+    };
+    // Unknown keys in the pipeline.
+    edited_fails(
+        "bad.toml",
+        "lead_hours = 6",
+        "lead_hours = 6\nlead_minutes = 0",
+        "lead_minutes",
+    );
+    // A checkpoint the pipeline names that is not there.
+    edited_fails(
+        "no-model.toml",
+        "checkpoint = \"model/m.safetensors\"",
+        "checkpoint = \"model/none.safetensors\"",
+        "model.checkpoint: ",
+    );
+    edited_fails(
+        "json-checkpoint.toml",
+        "checkpoint = \"model/m.safetensors\"",
+        "checkpoint = \"model/m.json\"",
+        "model.checkpoint: must name a .safetensors file",
+    );
+    // More samples per cell than one forward pass holds.
+    edited_fails(
+        "many-samples.toml",
+        "samples = 2",
+        "samples = 1000000000",
+        "inference.samples",
+    );
+    // No z draw per minibatch.
+    edited_fails(
+        "no-draws.toml",
+        "[train]",
+        "[train]\nz_per_step = 0",
+        "train.z_per_step",
+    );
+    // Networks cannot start a negative distance apart.
+    edited_fails(
+        "z-init.toml",
+        "[train]",
+        "[train]\nz_init = -0.1",
+        "train.z_init",
+    );
+    // The z path cannot stand still.
+    edited_fails("z-lr.toml", "[train]", "[train]\nz_lr = 0", "train.z_lr");
+    // A hyper-network form that does not exist, and one that cannot be centred.
+    edited_fails(
+        "form.toml",
+        "[train]",
+        "[train]\nhyper_form = \"rank2\"",
+        "hyper_form",
+    );
+    edited_fails(
+        "rank1-centred.toml",
+        "[train]",
+        "[train]\nhyper_form = \"rank1\"\ncentred = true",
+        "train.centred",
+    );
+    // A model needs at least one update, at a usable rate.
+    edited_fails(
+        "no-updates.toml",
+        "iterations = 150",
+        "iterations = 0",
+        "train.iterations",
+    );
+    edited_fails("nan-lr.toml", "lr = 3e-3", "lr = nan", "train.lr");
+    // AU is a variance over each weight draw's samples: one sample has none.
+    edited_fails(
+        "one-sample.toml",
+        "samples = 2",
+        "samples = 1",
+        "inference.samples",
+    );
+    edited_fails(
+        "pushed-away.toml",
+        "anchor = 0.01",
+        "anchor = -0.5",
+        "train.anchor",
+    );
+    // Shapes no network can take: no z, a hyper-network layer of width 0,
+    // a denoiser that cannot see its step.
+    edited_fails("no-z.toml", "z_dim = 4", "z_dim = 0", "train.z_dim");
+    edited_fails(
+        "empty-layer.toml",
+        "hyper_hidden = [8]",
+        "hyper_hidden = [8, 0]",
+        "train.hyper_hidden",
+    );
+    edited_fails(
+        "blind.toml",
+        "time_dim = 8",
+        "time_dim = 1",
+        "train.time_dim",
+    );
+    // More sampler steps than the model has: refused against the pipeline's
+    // diffusion_steps, and against the checkpoint's (trained with 50) when
+    // the pipeline claims more; before, the sampler ran 50 steps under
+    // the name it was given.
+    edited_fails(
+        "long-sampler.toml",
+        "sampler = \"ddpm\"",
+        "sampler = \"ddim-51\"",
+        "inference.sampler",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("sampler = \"ddpm\"", "sampler = \"ddim-400\"")
+        .replace("diffusion_steps = 50", "diffusion_steps = 500");
+    let claims_more = dir.path().join("claims-more.toml");
+    std::fs::write(&claims_more, text).unwrap();
+    fails_with(
+        &["run", "--config", claims_more.to_str().unwrap()],
+        &[
+            "m.safetensors",
+            "inference.sampler",
+            "ddim-400",
+            "trained with 50",
+        ],
+    );
+
+    assert_eq!(
+        forecast_csv(&out),
+        snapshot,
+        "a failed run changed the table"
+    );
+}
