@@ -1,5 +1,5 @@
 //! `uqcast synth --out DIR --start TIME --steps K [--grid RxC | --res DEG] [--bbox S,N,W,E]
-//!  [--encoding nc3|nc4] [--files-per-day] [--seed S] [--ood SPEC]...`
+//!  [--encoding nc3|nc4] [--files-per-day] [--seed S] [--ood SPEC]... [--era5t-from TIME]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub struct SynthArgs {
     /// Out-of-distribution input: disk:TIME,LAT,LON,RADIUS_DEG,DELTA_K or regime:FROM_TIME,DELTA_K.
     #[arg(long, value_name = "SPEC")]
     ood: Vec<String>,
+    /// Steps from TIME on are ERA5T: a file holding steps from before and after it gets the
+    /// expver dimension (1 = ERA5, 5 = ERA5T) the CDS gave requests that mixed the two.
+    #[arg(long, value_name = "TIME")]
+    era5t_from: Option<String>,
 }
 
 impl SynthArgs {
@@ -58,6 +62,7 @@ impl SynthArgs {
             files_per_day: true,
             seed,
             ood,
+            era5t_from: None,
         }
     }
 
@@ -77,6 +82,14 @@ impl SynthArgs {
             .iter()
             .map(|s| OodEvent::parse(s, parse_utc))
             .collect::<Result<Vec<_>, _>>()?;
+        let era5t_from = self
+            .era5t_from
+            .as_deref()
+            .map(|t| {
+                parse_utc(t)
+                    .ok_or_else(|| anyhow!("synth option 'era5t-from': '{t}' is not a UTC time"))
+            })
+            .transpose()?;
         Ok(SynthConfig {
             start,
             steps: self.steps,
@@ -85,6 +98,7 @@ impl SynthArgs {
             files_per_day: self.files_per_day,
             seed: self.seed,
             ood,
+            era5t_from,
         })
     }
 }

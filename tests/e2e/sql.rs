@@ -180,3 +180,62 @@ fn synth_is_reproducible_and_records_ood_truth() {
         .collect();
     assert!(t[1] - t[0] > 20.0 && t[1] - t[2] > 20.0, "{t:?}");
 }
+
+/// A legacy CDS file of a request reaching into ERA5T (t2m stored as
+/// (time, expver, latitude, longitude)) reads as the same data without the
+/// dimension: one value per cell and step, whichever slice holds it.
+#[test]
+fn era5_and_era5t_in_one_file_read_as_one_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, mixed) = (dir.path().join("plain"), dir.path().join("mixed"));
+    synth(&plain, 4, "nc3", &[]);
+    synth(&mixed, 4, "nc3", &["--era5t-from", "2020-01-01T12:00Z"]);
+    let file = "era5_t2m_2020010100_2020010118.nc";
+    let nc = netcdf::open(mixed.join(file)).unwrap();
+    let dims: Vec<String> = nc
+        .variable("t2m")
+        .unwrap()
+        .dimensions()
+        .iter()
+        .map(|d| d.name())
+        .collect();
+    assert_eq!(dims, ["time", "expver", "latitude", "longitude"]);
+    drop(nc);
+
+    let csv = |d: &std::path::Path| {
+        let table = format!("era5={}", d.display());
+        let o = uqcast(&[
+            "sql",
+            "SELECT valid_time, latitude, longitude, t2m FROM era5 ORDER BY 1, 2, 3",
+            "--table",
+            &table,
+            "--format",
+            "csv",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let (want, got) = (csv(&plain), csv(&mixed));
+    assert_eq!(want.lines().count(), 1 + 4 * 39 * 68);
+    assert!(
+        got == want,
+        "the mixed file reads otherwise than the plain one"
+    );
+    let o = uqcast(&[
+        "synth",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        "2",
+        "--era5t-from",
+        "yesterday",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("synth option 'era5t-from': 'yesterday' is not a UTC time"),
+        "{}",
+        stderr(&o)
+    );
+}

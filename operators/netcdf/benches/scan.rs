@@ -50,6 +50,7 @@ fn write_inputs(dir: &Path) {
             latitude: latitude.clone(),
             longitude: longitude.clone(),
             times: times.clone(),
+            era5t_from: None,
         };
         let var = GridVariable::new("t2m", "K", "2 metre temperature", t2m.clone());
         write_era5(&dir.join(name), encoding, grid, vec![var]).expect("write bench input");

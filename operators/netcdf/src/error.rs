@@ -170,8 +170,8 @@ fn hint_extra_dimension(found: &str) -> &'static str {
     let has = |name: &str| found.split(", ").any(|d| d == name);
     if has("expver") {
         "; the expver dimension mixes final ERA5 with preliminary ERA5T (the legacy CDS \
-         NetCDF of a request reaching the last three months): request those months \
-         apart from the final ones"
+         NetCDF of a request reaching the last three months), and is read where the CDS \
+         put it, second: (time, expver, latitude, longitude)"
     } else if has("number") {
         "; the number dimension holds ensemble members (ERA5's EDA): request the \
          reanalysis (product type reanalysis), one value per cell"

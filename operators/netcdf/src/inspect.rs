@@ -8,6 +8,7 @@ use netcdf::{AttributeValue, Variable};
 
 use crate::cf::{Calendar, Packing, TimeAxis};
 use crate::error::{NetcdfError, Result};
+use crate::expver::{self, Expver};
 
 const TIME_NAMES: &[&str] = &["valid_time", "time"];
 const LATITUDE_NAMES: &[&str] = &["latitude", "lat"];
@@ -50,6 +51,9 @@ pub struct VariableInfo {
     pub packing: Packing,
     pub units: Option<String>,
     pub long_name: Option<String>,
+    /// Stored as (time, expver, latitude, longitude): ERA5 and ERA5T steps
+    /// in one variable, merged on reading ([`crate::expver`]).
+    pub expver: Option<Expver>,
 }
 
 /// One coordinate axis: the variable's name and its values.
@@ -69,7 +73,8 @@ pub struct FileInfo {
     pub times: Vec<i64>,
     pub latitude: Axis,
     pub longitude: Axis,
-    /// Gridded variables with dimensions (time, latitude, longitude), in file order.
+    /// Gridded variables with dimensions (time, latitude, longitude), or
+    /// (time, expver, latitude, longitude), in file order.
     pub variables: Vec<VariableInfo>,
     /// Every other variable, with its dimensions (`time, level, latitude,
     /// longitude`), so an error can say why one is not a column.
@@ -107,12 +112,16 @@ impl FileInfo {
         let latitude = read_axis(&file, path, &lat_name)?;
         let longitude = read_axis(&file, path, &lon_name)?;
         let grid = [time_name.as_str(), lat_name.as_str(), lon_name.as_str()];
+        let with_expver = [grid[0], expver::DIMENSION, grid[1], grid[2]];
         let mut variables = Vec::new();
         let mut ungridded = Vec::new();
         for var in file.variables() {
             let dims: Vec<String> = var.dimensions().iter().map(|d| d.name()).collect();
-            if dims.len() == 3 && dims.iter().zip(grid).all(|(d, g)| d == g) {
-                variables.push(describe(&var, path)?);
+            if dims == grid {
+                variables.push(describe(&var, path, None)?);
+            } else if dims == with_expver {
+                let slices = var.dimensions()[1].len();
+                variables.push(describe(&var, path, Some(expver_of(&file, slices)))?);
             } else {
                 ungridded.push((var.name(), dims.join(", ")));
             }
@@ -292,7 +301,23 @@ fn read_axis(file: &netcdf::File, path: &Path, name: &str) -> Result<Axis> {
     })
 }
 
-fn describe(var: &Variable<'_>, path: &Path) -> Result<VariableInfo> {
+/// How to merge `slices` expver slices: by the file's `expver` numbers
+/// where it has them (the CDS writes `int expver(expver)`: 1, 5), else in
+/// file order.
+fn expver_of(file: &netcdf::File, slices: usize) -> Expver {
+    let numbers = file
+        .variable(expver::DIMENSION)
+        .filter(|v| {
+            matches!(
+                v.vartype(),
+                NcVariableType::Int(_) | NcVariableType::Float(_)
+            )
+        })
+        .and_then(|v| v.get_values::<f64, _>(..).ok());
+    Expver::new(slices, numbers.as_deref())
+}
+
+fn describe(var: &Variable<'_>, path: &Path, expver: Option<Expver>) -> Result<VariableInfo> {
     let name = var.name();
     let stored =
         StoredType::from_nc(&var.vartype()).ok_or_else(|| NetcdfError::UnsupportedType {
@@ -336,6 +361,7 @@ fn describe(var: &Variable<'_>, path: &Path) -> Result<VariableInfo> {
         long_name: string_attr(var, "long_name"),
         stored,
         name,
+        expver,
     })
 }
 

@@ -25,6 +25,7 @@ pub mod classic;
 pub mod copies;
 pub mod error;
 pub mod exec;
+pub mod expver;
 pub mod inspect;
 pub mod io_thread;
 pub mod names;

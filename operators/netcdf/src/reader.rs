@@ -42,7 +42,8 @@ impl StepReader {
     }
 
     /// Reads step `index` of `variable` over `slab`, decoded with the file's
-    /// packing; `read_time` measures only the libnetcdf call.
+    /// packing (an expver variable's slices merged); `read_time` measures
+    /// only the libnetcdf call.
     pub fn read(
         &self,
         variable: &VariableInfo,
@@ -50,11 +51,27 @@ impl StepReader {
         slab: &Hyperslab,
         read_time: &Time,
     ) -> Result<Float32Array> {
-        let extents = [
-            index..index + 1,
-            slab.latitude.clone(),
-            slab.longitude.clone(),
-        ];
+        let decoded = self.read_decoded(variable, index, slab, read_time)?;
+        Ok(match &variable.expver {
+            Some(expver) => expver.merge(&decoded, slab.cells()),
+            None => decoded,
+        })
+    }
+
+    /// Step `index` of `variable` over `slab`, every expver slice of it.
+    fn read_decoded(
+        &self,
+        variable: &VariableInfo,
+        index: usize,
+        slab: &Hyperslab,
+        read_time: &Time,
+    ) -> Result<Float32Array> {
+        let step = index..index + 1;
+        let (latitude, longitude) = (slab.latitude.clone(), slab.longitude.clone());
+        let extents = match &variable.expver {
+            Some(expver) => vec![step, 0..expver.slices(), latitude, longitude],
+            None => vec![step, latitude, longitude],
+        };
         macro_rules! decode {
             ($t:ty) => {{
                 let raw = {
@@ -79,7 +96,7 @@ impl StepReader {
 
 impl StepReader {
     /// The stored values of one hyperslab, read on the NetCDF I/O thread.
-    fn read_raw<T: RawSample>(&self, name: &str, extents: [Range<usize>; 3]) -> Result<Vec<T>> {
+    fn read_raw<T: RawSample>(&self, name: &str, extents: Vec<Range<usize>>) -> Result<Vec<T>> {
         let _span = tracing::trace_span!("netcdf_read", variable = name).entered();
         let (path, name) = (self.file.path().to_path_buf(), name.to_string());
         self.file.with(move |file| {

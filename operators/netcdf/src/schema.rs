@@ -108,6 +108,7 @@ mod tests {
             packing: Packing::default(),
             units: Some("K".into()),
             long_name: Some("whatever the file says".into()),
+            expver: None,
         };
         assert_eq!(era5_schema(&[t2m]).as_ref(), &contract());
     }

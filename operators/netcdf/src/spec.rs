@@ -180,6 +180,7 @@ impl Era5TableProvider {
                         packing: Packing::default(),
                         units: v.units.clone(),
                         long_name: v.long_name.clone(),
+                        expver: None,
                     })
                     .collect(),
                 ungridded: Vec::new(),
@@ -205,6 +206,7 @@ impl ScanSpec {
                 packing: Packing::default(),
                 units: None,
                 long_name: None,
+                expver: None,
             })
             .collect();
         let schema = era5_schema(&variables)

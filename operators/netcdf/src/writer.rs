@@ -5,6 +5,11 @@
 //! | `Nc3`    | `time`, int32, hours since 1900-01-01 (unlimited) | int16, scale_factor/add_offset, fill −32767 |
 //! | `Nc4`    | `valid_time`, int64, seconds since 1970-01-01 | float32, NaN fill, zlib + shuffle, (1, lat, lon) chunks |
 //!
+//! With [`Grid::era5t_from`] the variables are written as the CDS wrote a
+//! request that mixed ERA5 and ERA5T steps: (time, expver, latitude,
+//! longitude), expver 1 and 5, each step in its own slice and filled in the
+//! other ([`crate::expver`]).
+//!
 //! Files are written to `<name>.tmp` and renamed, so a reader never sees a
 //! half-written file and an existing file is replaced only when complete.
 
@@ -68,6 +73,44 @@ pub struct Grid {
     pub longitude: Vec<f64>,
     /// UTC microseconds since 1970-01-01.
     pub times: Vec<i64>,
+    /// Steps from this index on are ERA5T (expver 5), those before ERA5
+    /// (expver 1), written with an expver dimension; `None`: no such
+    /// dimension.
+    pub era5t_from: Option<usize>,
+}
+
+/// The expver numbers the CDS gave ERA5 and ERA5T.
+const EXPVERS: [i32; 2] = [1, 5];
+
+impl Grid {
+    /// The dimensions of a data variable, the time dimension named `time`.
+    fn data_dimensions<'a>(&self, time: &'a str) -> Vec<&'a str> {
+        match self.era5t_from {
+            Some(_) => vec![time, crate::expver::DIMENSION, "latitude", "longitude"],
+            None => vec![time, "latitude", "longitude"],
+        }
+    }
+
+    /// `values` (time, latitude, longitude) laid out for writing: with an
+    /// expver dimension, each step in its slice and `fill` in the other.
+    fn data_values<T: Copy>(&self, values: Vec<T>, fill: T) -> Vec<T> {
+        let Some(from) = self.era5t_from else {
+            return values;
+        };
+        let cells = self.latitude.len() * self.longitude.len();
+        let mut out = Vec::with_capacity(values.len() * EXPVERS.len());
+        for (step, field) in values.chunks(cells.max(1)).enumerate() {
+            let era5t = step >= from;
+            for slice_is_era5t in [false, true] {
+                if slice_is_era5t == era5t {
+                    out.extend_from_slice(field);
+                } else {
+                    out.extend(std::iter::repeat_n(fill, field.len()));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Writes one ERA5-like file atomically (on the NetCDF I/O thread).
@@ -102,6 +145,15 @@ fn write_here(
                 ),
             });
         }
+    }
+    if grid.era5t_from.is_some_and(|from| from > grid.times.len()) {
+        return Err(NetcdfError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("era5t_from is past the {} steps", grid.times.len()),
+            ),
+        });
     }
     let tmp = temporary_path(path);
     let written = match encoding {
@@ -164,6 +216,10 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
         .map_err(werr("longitude"))?;
     file.add_dimension("latitude", grid.latitude.len())
         .map_err(werr("latitude"))?;
+    if grid.era5t_from.is_some() {
+        file.add_dimension(crate::expver::DIMENSION, EXPVERS.len())
+            .map_err(werr(crate::expver::DIMENSION))?;
+    }
     file.add_unlimited_dimension("time").map_err(werr("time"))?;
     file.add_attribute("Conventions", "CF-1.6")
         .map_err(werr("Conventions"))?;
@@ -197,10 +253,11 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
         v.put_attribute("calendar", "gregorian")
             .map_err(werr("time"))?;
     }
+    add_expver(&mut file, grid, path)?;
     let packings: Vec<Packing> = variables.iter().map(|v| packing_for(&v.values)).collect();
     for (var, packing) in variables.iter().zip(&packings) {
         let mut v = file
-            .add_variable::<i16>(&var.name, &["time", "latitude", "longitude"])
+            .add_variable::<i16>(&var.name, &grid.data_dimensions("time"))
             .map_err(werr(&var.name))?;
         v.put_attribute("scale_factor", packing.scale())
             .map_err(werr(&var.name))?;
@@ -221,6 +278,7 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     put(&mut file, "longitude", &lon, path)?;
     put(&mut file, "latitude", &lat, path)?;
     put(&mut file, "time", &hours, path)?;
+    put_expver(&mut file, grid, path)?;
     for (var, packing) in variables.iter().zip(&packings) {
         let packed: Vec<i16> = var
             .values
@@ -233,7 +291,12 @@ fn write_nc3(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
                 }
             })
             .collect();
-        put(&mut file, &var.name, &packed, path)?;
+        put(
+            &mut file,
+            &var.name,
+            &grid.data_values(packed, NC3_FILL),
+            path,
+        )?;
     }
     file.close().map_err(werr("file"))
 }
@@ -244,6 +307,10 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     let mut file = netcdf::create_with(path, Options::NETCDF4).map_err(werr("file"))?;
     file.add_dimension("valid_time", grid.times.len())
         .map_err(werr("valid_time"))?;
+    if grid.era5t_from.is_some() {
+        file.add_dimension(crate::expver::DIMENSION, EXPVERS.len())
+            .map_err(werr(crate::expver::DIMENSION))?;
+    }
     file.add_dimension("latitude", ny)
         .map_err(werr("latitude"))?;
     file.add_dimension("longitude", nx)
@@ -272,12 +339,16 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
         v.put_attribute("units", units).map_err(werr(name))?;
         v.put_attribute("standard_name", name).map_err(werr(name))?;
     }
+    add_expver(&mut file, grid, path)?;
+    let dimensions = grid.data_dimensions("valid_time");
+    // One chunk per step (and expver slice): a step is read whole or not at all.
+    let mut chunk = vec![1; dimensions.len() - 2];
+    chunk.extend([ny.max(1), nx.max(1)]);
     for var in variables {
         let mut v = file
-            .add_variable::<f32>(&var.name, &["valid_time", "latitude", "longitude"])
+            .add_variable::<f32>(&var.name, &dimensions)
             .map_err(werr(&var.name))?;
-        v.set_chunking(&[1, ny.max(1), nx.max(1)])
-            .map_err(werr(&var.name))?;
+        v.set_chunking(&chunk).map_err(werr(&var.name))?;
         v.set_compression(1, true).map_err(werr(&var.name))?;
         v.set_fill_value(f32::NAN).map_err(werr(&var.name))?;
         v.put_attribute("units", var.units.as_str())
@@ -290,10 +361,30 @@ fn write_nc4(path: &Path, grid: &Grid, variables: &[GridVariable]) -> Result<()>
     put(&mut file, "valid_time", &seconds, path)?;
     put(&mut file, "latitude", &grid.latitude, path)?;
     put(&mut file, "longitude", &grid.longitude, path)?;
+    put_expver(&mut file, grid, path)?;
     for var in variables {
-        put(&mut file, &var.name, &var.values, path)?;
+        let values = grid.data_values(var.values.clone(), f32::NAN);
+        put(&mut file, &var.name, &values, path)?;
     }
     file.close().map_err(werr("file"))
+}
+
+/// The `expver` coordinate, where the grid has the dimension.
+fn add_expver(file: &mut netcdf::FileMut, grid: &Grid, path: &Path) -> Result<()> {
+    if grid.era5t_from.is_none() {
+        return Ok(());
+    }
+    let name = crate::expver::DIMENSION;
+    file.add_variable::<i32>(name, &[name])
+        .and_then(|mut v| v.put_attribute("long_name", name).map(|_| ()))
+        .map_err(write_error(path, name))
+}
+
+fn put_expver(file: &mut netcdf::FileMut, grid: &Grid, path: &Path) -> Result<()> {
+    match grid.era5t_from {
+        Some(_) => put(file, crate::expver::DIMENSION, &EXPVERS, path),
+        None => Ok(()),
+    }
 }
 
 /// Maps a libnetcdf failure on `variable` to an error naming the file.

@@ -46,6 +46,10 @@ pub struct SynthConfig {
     pub files_per_day: bool,
     pub seed: u64,
     pub ood: Vec<OodEvent>,
+    /// Steps from this time on (UTC microseconds) are ERA5T: a file holding
+    /// steps from before and after it is written as the CDS wrote such a
+    /// request, with an expver dimension (`uqcast_netcdf::expver`).
+    pub era5t_from: Option<i64>,
 }
 
 impl SynthConfig {
@@ -157,12 +161,16 @@ pub fn write_dataset(config: &SynthConfig, out: &Path) -> Result<SynthReport, Sy
         }
         let path = out.join(file_name(group, config.files_per_day));
         let t2m = GridVariable::new("t2m", "K", "2 metre temperature", values);
-        write_era5(
-            &path,
-            config.encoding,
-            grid_at(&config.grid, group),
-            vec![t2m],
-        )?;
+        // Only a file that mixes the two has the dimension, as at the CDS.
+        let era5t_from = config
+            .era5t_from
+            .and_then(|from| group.iter().position(|&t| t >= from))
+            .filter(|&first| first > 0);
+        let grid = Grid {
+            era5t_from,
+            ..grid_at(&config.grid, group)
+        };
+        write_era5(&path, config.encoding, grid, vec![t2m])?;
         files.push(path);
     }
 
@@ -214,6 +222,7 @@ fn grid_at(grid: &LatLonGrid, times: &[i64]) -> Grid {
         latitude: grid.latitude.clone(),
         longitude: grid.longitude.clone(),
         times: times.to_vec(),
+        era5t_from: None,
     }
 }
 
@@ -266,6 +275,7 @@ mod tests {
                 radius_degrees: 9.0,
                 delta_kelvin: 30.0,
             }],
+            era5t_from: None,
         }
     }
 

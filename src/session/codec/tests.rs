@@ -46,6 +46,7 @@ fn write_steps(path: &Path, first: i64) {
             latitude: LAT.to_vec(),
             longitude: LON.to_vec(),
             times,
+            era5t_from: None,
         },
         vec![GridVariable::new("t2m", "K", "2 metre temperature", values)],
     )

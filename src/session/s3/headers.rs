@@ -190,6 +190,7 @@ mod tests {
                 latitude: vec![50.0, 49.0, 48.0],
                 longitude: vec![0.0, 1.0, 2.0, 3.0],
                 times: (0..5).map(|k| START + k * SIX_HOURS).collect(),
+                era5t_from: None,
             },
             vec![GridVariable::new("t2m", "K", "2 metre temperature", values)],
         )

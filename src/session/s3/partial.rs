@@ -257,6 +257,11 @@ mod tests {
 
     /// A NetCDF3 file of eight steps on a 3 × 4 grid, as its bytes.
     fn nc3_bytes() -> Vec<u8> {
+        nc3_bytes_with(None)
+    }
+
+    /// The same, ERA5T from step `era5t_from` on (an expver dimension).
+    fn nc3_bytes_with(era5t_from: Option<usize>) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.nc");
         let start = 1_609_459_200_000_000_i64;
@@ -269,6 +274,7 @@ mod tests {
                 times: (0..STEPS as i64)
                     .map(|k| start + k * 6 * 3_600_000_000)
                     .collect(),
+                era5t_from,
             },
             vec![GridVariable::new(
                 "t2m",
@@ -294,6 +300,59 @@ mod tests {
             layout,
             parts,
             size: bytes.len() as u64,
+        }
+    }
+
+    /// `copy` holding `records` of `bytes`' object, as planned from them.
+    fn partial_copy(bytes: &[u8], copy: &Path, records: &[usize]) -> HeaderPlan {
+        let plan = plan_of_bytes(bytes);
+        let held: Vec<(usize, u64, &[u8])> = records
+            .iter()
+            .map(|&r| {
+                let range = plan.record(r).unwrap();
+                (
+                    r,
+                    range.start,
+                    &bytes[range.start as usize..range.end as usize],
+                )
+            })
+            .collect();
+        store_records(copy, &plan, "etag-1", true, &held).unwrap();
+        plan
+    }
+
+    /// A partial copy of an object mixing ERA5 and ERA5T (each record holds
+    /// both expver slices of its step) reads its steps, merged, as written:
+    /// step 2 from the ERA5 slice, step 5 from the ERA5T one.
+    #[test]
+    fn a_partial_copy_of_an_expver_object_reads_its_steps_merged() {
+        use datafusion::arrow::array::Array;
+        use datafusion::physical_plan::metrics::Time;
+        use uqcast_netcdf::inspect::FileInfo;
+        use uqcast_netcdf::reader::{Hyperslab, StepReader};
+
+        let bytes = nc3_bytes_with(Some(4));
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("bucket/f.nc");
+        partial_copy(&bytes, &partial, &[2, 5]);
+        let info = FileInfo::inspect(&partial).unwrap();
+        let t2m_info = info.variable("t2m").unwrap();
+        assert!(t2m_info.expver.is_some());
+        let reader = StepReader::open(&partial).unwrap();
+        let slab = Hyperslab {
+            latitude: 0..3,
+            longitude: 0..4,
+        };
+        for step in [2, 5] {
+            let got = reader.read(t2m_info, step, &slab, &Time::new()).unwrap();
+            assert_eq!(got.null_count(), 0, "step {step}");
+            for (cell, value) in got.values().iter().enumerate() {
+                let want = t2m(step, cell);
+                assert!(
+                    (value - want).abs() < 0.01,
+                    "step {step} cell {cell}: {value} vs {want}"
+                );
+            }
         }
     }
 
