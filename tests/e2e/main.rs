@@ -44,6 +44,13 @@ pub fn uqcast(args: &[&str]) -> Output {
         .expect("run uqcast")
 }
 
+/// `query` over `table` (`NAME=PATH`) as CSV; panics if the command fails.
+pub fn sql_csv(table: &str, query: &str) -> String {
+    let o = uqcast(&["sql", query, "--table", table, "--format", "csv"]);
+    assert!(o.status.success(), "{query}: {}", stderr(&o));
+    stdout(&o)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

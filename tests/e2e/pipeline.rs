@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::errors::fails_with;
-use crate::{stderr, stdout, synth, uqcast};
+use crate::{sql_csv, stderr, stdout, synth, uqcast};
 
 /// A small pipeline: the whole (small) grid, a tiny cell model, slow enough
 /// sampling (`samples`) that a run can be killed between steps.
@@ -99,16 +99,10 @@ pub(crate) fn sql_row(table: &str, query: &str) -> serde_json::Value {
 /// The forecast table's rows as CSV, in a fixed order.
 pub(crate) fn forecast_csv(out: &Path) -> String {
     let table = format!("f={}", out.join("forecast").display());
-    let o = uqcast(&[
-        "sql",
-        "SELECT * FROM f ORDER BY valid_time, latitude, longitude",
-        "--table",
+    sql_csv(
         &table,
-        "--format",
-        "csv",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
+        "SELECT * FROM f ORDER BY valid_time, latitude, longitude",
+    )
 }
 
 pub(crate) fn run(config: &Path, output: &Path) -> std::process::Output {

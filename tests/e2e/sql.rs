@@ -1,7 +1,7 @@
 //! `uqcast sql` and `uqcast synth` through the binary.
 
 use crate::errors::fails_with;
-use crate::{stderr, stdout, synth, uqcast};
+use crate::{sql_csv, stderr, stdout, synth, uqcast};
 
 #[test]
 fn formats_and_encodings_agree() {
@@ -10,12 +10,7 @@ fn formats_and_encodings_agree() {
     synth(&a, 4, "nc3", &[]);
     synth(&b, 4, "nc4", &["--files-per-day"]);
     let query = "SELECT valid_time, latitude, longitude, t2m AS t FROM era5 ORDER BY valid_time, latitude DESC, longitude";
-    let csv = |d: &std::path::Path| {
-        let table = format!("era5={}", d.display());
-        let o = uqcast(&["sql", query, "--table", &table, "--format", "csv"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o)
-    };
+    let csv = |d: &std::path::Path| sql_csv(&format!("era5={}", d.display()), query);
     let (x, y) = (csv(&a), csv(&b));
     // A reader that stops early (`| head`) ends the command quietly and
     // successfully, in every format (the results are ~500 kB, more than a
@@ -203,17 +198,8 @@ fn era5_and_era5t_in_one_file_read_as_one_field() {
     drop(nc);
 
     let csv = |d: &std::path::Path| {
-        let table = format!("era5={}", d.display());
-        let o = uqcast(&[
-            "sql",
-            "SELECT valid_time, latitude, longitude, t2m FROM era5 ORDER BY 1, 2, 3",
-            "--table",
-            &table,
-            "--format",
-            "csv",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o)
+        let query = "SELECT valid_time, latitude, longitude, t2m FROM era5 ORDER BY 1, 2, 3";
+        sql_csv(&format!("era5={}", d.display()), query)
     };
     let (want, got) = (csv(&plain), csv(&mixed));
     assert_eq!(want.lines().count(), 1 + 4 * 39 * 68);
