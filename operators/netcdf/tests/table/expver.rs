@@ -137,3 +137,71 @@ async fn hand_built_expver_file_takes_final_data_first() {
     let unpack = |p: i16| Some((f64::from(p) * 0.01 + 270.0) as f32);
     assert_eq!(got, vec![unpack(200), None, None, unpack(400)]);
 }
+
+/// Today's CDS NetCDF4 keeps expver out of the grid: a string per step,
+/// `expver(valid_time)`, beside a scalar `number`. Built with raw libnetcdf
+/// calls in that layout; t2m reads as stored and the string is no column.
+#[tokio::test]
+async fn todays_cds_layout_with_expver_per_step_reads_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cds.nc");
+    let file = path.clone();
+    uqcast_netcdf::io_thread::run(move || {
+        let mut f = netcdf::create_with(&file, netcdf::Options::NETCDF4).unwrap();
+        f.add_dimension("valid_time", 2).unwrap();
+        f.add_dimension("latitude", 1).unwrap();
+        f.add_dimension("longitude", 2).unwrap();
+        f.add_variable::<i64>("number", &[]).unwrap();
+        let mut t = f
+            .add_variable::<i64>("valid_time", &["valid_time"])
+            .unwrap();
+        t.put_attribute("units", "seconds since 1970-01-01")
+            .unwrap();
+        t.put_attribute("calendar", "proleptic_gregorian").unwrap();
+        f.add_variable::<f64>("latitude", &["latitude"]).unwrap();
+        f.add_variable::<f64>("longitude", &["longitude"]).unwrap();
+        f.add_string_variable("expver", &["valid_time"]).unwrap();
+        let mut v = f
+            .add_variable::<f32>("t2m", &["valid_time", "latitude", "longitude"])
+            .unwrap();
+        v.set_fill_value(f32::NAN).unwrap();
+        v.put_attribute("units", "K").unwrap();
+        v.put_attribute("coordinates", "number valid_time latitude longitude expver")
+            .unwrap();
+        f.variable_mut("number")
+            .unwrap()
+            .put_value(0i64, ())
+            .unwrap();
+        f.variable_mut("valid_time")
+            .unwrap()
+            .put_values(&[1_577_836_800i64, 1_577_858_400], ..)
+            .unwrap();
+        f.variable_mut("latitude")
+            .unwrap()
+            .put_values(&[10.0f64], ..)
+            .unwrap();
+        f.variable_mut("longitude")
+            .unwrap()
+            .put_values(&[0.0f64, 0.25], ..)
+            .unwrap();
+        let mut e = f.variable_mut("expver").unwrap();
+        e.put_string("0001", [0]).unwrap();
+        e.put_string("0005", [1]).unwrap();
+        f.variable_mut("t2m")
+            .unwrap()
+            .put_values(&[270.5f32, f32::NAN, 271.0, 272.25], ..)
+            .unwrap();
+        f.close().unwrap();
+    });
+    let info = FileInfo::inspect(&path).unwrap();
+    assert_eq!(
+        info.variables
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["t2m"]
+    );
+    assert!(info.variables[0].expver.is_none());
+    let got: Vec<Option<f32>> = rows_of(&path, SQL).await.iter().map(|r| r.3).collect();
+    assert_eq!(got, vec![Some(270.5), None, Some(271.0), Some(272.25)]);
+}
