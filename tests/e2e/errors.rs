@@ -119,6 +119,18 @@ fn truncated_files_in_both_encodings() {
             &[&format!("cut_{enc}.nc"), "truncated"],
         );
     }
+    // A flipped bit in a NetCDF3 record count claims two billion steps: the
+    // same one line, not a 34 GB allocation that aborts the process.
+    let mut bytes =
+        std::fs::read(dir.path().join("nc3/era5_t2m_2020010100_2020010118.nc")).unwrap();
+    bytes[4..8].copy_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
+    let flipped = dir.path().join("flipped.nc");
+    std::fs::write(&flipped, bytes).unwrap();
+    sql_over(
+        &flipped,
+        "SELECT avg(t2m) FROM era5",
+        &["flipped.nc", "truncated: the header needs"],
+    );
 }
 
 /// Four bytes of a NetCDF4 file's HDF5 object headers overwritten: libnetcdf

@@ -28,6 +28,8 @@ pub struct Layout {
     pub records: u64,
     /// Bytes from one record to the next.
     pub record_size: u64,
+    /// Where the data ends (checked in [`Layout::read`] to fit a u64).
+    data_end: u64,
 }
 
 /// One variable's place in the file.
@@ -112,7 +114,7 @@ impl<R: Read> Header<R> {
             let bytes = n
                 .checked_mul(size)
                 .ok_or_else(|| invalid("attribute size".into()))?;
-            let padded = bytes.div_ceil(4) * 4;
+            let padded = padded(bytes)?;
             let skipped = std::io::copy(&mut (&mut self.input).take(padded), &mut std::io::sink())?;
             if skipped < padded {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -125,6 +127,13 @@ impl<R: Read> Header<R> {
 
 fn invalid(problem: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, problem)
+}
+
+/// `n` rounded up to the header's 4-byte alignment.
+fn padded(n: u64) -> std::io::Result<u64> {
+    n.div_ceil(4)
+        .checked_mul(4)
+        .ok_or_else(|| invalid(format!("a size of {n} bytes")))
 }
 
 fn type_size(nc_type: u32) -> std::io::Result<u64> {
@@ -191,31 +200,56 @@ impl Layout {
                 is_record,
             });
         }
-        let padded = |n: u64| n.div_ceil(4) * 4;
         let record_vars: Vec<_> = variables.iter().filter(|v| v.is_record).collect();
         // One record variable is stored unpadded; several are each padded to 4 bytes.
         let record_size: u64 = match record_vars.as_slice() {
             [only] => only.bytes,
-            many => many.iter().map(|v| padded(v.bytes)).sum(),
+            many => many.iter().try_fold(0u64, |sum, v| {
+                sum.checked_add(padded(v.bytes)?)
+                    .ok_or_else(|| invalid("the record size overflows".into()))
+            })?,
         };
+        let records = if records == STREAMING { 0 } else { records };
+        // Computed, not walked record by record: a corrupt record count (a
+        // flipped bit makes billions) must end in an error, not in a loop
+        // or an allocation that size.
+        let mut data_end = h.read;
+        for v in &variables {
+            let end = if v.is_record && records > 0 {
+                (records - 1)
+                    .checked_mul(record_size)
+                    .and_then(|to_last| v.begin.checked_add(to_last))
+                    .and_then(|last| last.checked_add(v.bytes))
+            } else if v.is_record {
+                Some(v.begin)
+            } else {
+                v.begin.checked_add(v.bytes)
+            };
+            let end = end.ok_or_else(|| {
+                invalid(format!(
+                    "{}: its data would end past 2^64 bytes ({records} records)",
+                    v.name
+                ))
+            })?;
+            data_end = data_end.max(end);
+        }
         Ok(Some(Self {
             header_len: h.read,
             variables,
-            records: if records == STREAMING { 0 } else { records },
+            records,
             record_size,
+            data_end,
         }))
     }
 
     /// The byte offset where the data ends.
     pub fn data_end(&self) -> u64 {
-        self.variables
-            .iter()
-            .map(|v| self.extent(v).last().map_or(v.begin, |r| r.end))
-            .max()
-            .unwrap_or(self.header_len)
+        self.data_end
     }
 
-    /// The byte ranges of `v`'s data: one, or one per record.
+    /// The byte ranges of `v`'s data: one, or one per record. Callers first
+    /// check [`Layout::data_end`] against the file's size, which bounds the
+    /// records.
     fn extent(&self, v: &StoredVariable) -> Vec<Range<u64>> {
         if !v.is_record {
             return std::iter::once(v.begin..v.begin + v.bytes).collect();
@@ -269,4 +303,83 @@ pub fn check_complete(path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::{Encoding, Grid, GridVariable, write_era5};
+
+    /// A two-step NetCDF3 (CDF-2) file's bytes.
+    fn cdf2_bytes(dir: &Path) -> Vec<u8> {
+        let path = dir.join("f.nc");
+        let grid = Grid {
+            latitude: vec![1.0, 0.0],
+            longitude: vec![0.0, 1.0, 2.0],
+            times: vec![0, 6 * 3_600_000_000],
+            era5t_from: None,
+        };
+        let t2m = GridVariable::new("t2m", "K", "2 metre temperature", vec![280.0; 12]);
+        write_era5(&path, Encoding::Nc3, grid, vec![t2m]).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// A flipped bit in the record count claims two billion records: the
+    /// file is found short at once, with no walk over the records.
+    #[test]
+    fn a_corrupt_record_count_is_found_short_not_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = cdf2_bytes(dir.path());
+        let sound = Layout::read(&bytes[..]).unwrap().unwrap();
+        assert_eq!(sound.records, 2);
+        assert_eq!(sound.data_end(), bytes.len() as u64);
+        bytes[4..8].copy_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
+        let layout = Layout::read(&bytes[..]).unwrap().unwrap();
+        assert_eq!(layout.records, 0x7FFF_FFF0);
+        assert_eq!(
+            layout.data_end(),
+            sound.data_end() + (0x7FFF_FFF0 - 2) * sound.record_size
+        );
+        let path = dir.path().join("flipped.nc");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = check_complete(&path).unwrap_err();
+        assert!(
+            matches!(err, NetcdfError::Truncated { found, .. } if found == bytes.len() as u64),
+            "{err}"
+        );
+    }
+
+    /// A CDF-5 header whose record count puts the data past 2^64 bytes is
+    /// corrupt, and said so, naming the variable.
+    #[test]
+    fn data_past_two_to_the_64_is_a_corrupt_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdf5.nc");
+        let file = path.clone();
+        crate::io_thread::run(move || {
+            let mut f = netcdf::create_with(&file, netcdf::Options::_64BIT_DATA).unwrap();
+            f.add_unlimited_dimension("time").unwrap();
+            f.add_dimension("x", 1000).unwrap();
+            f.add_variable::<f64>("t2m", &["time", "x"]).unwrap();
+            f.enddef().unwrap();
+            f.variable_mut("t2m")
+                .unwrap()
+                .put_values(&[0.0; 1000], (0..1, ..))
+                .unwrap();
+            f.close().unwrap();
+        });
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..4], b"CDF\x05");
+        bytes[4..12].copy_from_slice(&0x7FFF_FFFF_FFFF_FFF0u64.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = check_complete(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: corrupt or truncated NetCDF header: t2m: its data would end past 2^64 \
+                 bytes (9223372036854775792 records)",
+                path.display()
+            )
+        );
+    }
 }
