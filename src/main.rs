@@ -50,7 +50,8 @@ fn main() -> ExitCode {
                 })
                 .collect();
             // Errors about an s3:// table's local copies name the objects.
-            eprintln!("error: {}", session::s3::in_urls(&one_line(causes)));
+            let line = session::s3::in_urls(&one_line(causes));
+            eprintln!("error: {}", escape_controls(&line));
             exit_failed()
         }
     }
@@ -74,6 +75,21 @@ fn exit_failed() -> ExitCode {
     unsafe {
         libc::_exit(1)
     }
+}
+
+/// `line` with its control characters escaped (`\u{1b}`): an error may
+/// quote bytes of a damaged file, which must neither break the line nor
+/// reach the terminal as escape sequences.
+fn escape_controls(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Drops causes already spelled out by the cause above them, a part said
@@ -110,7 +126,15 @@ fn one_line(causes: Vec<String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{escape_controls, one_line};
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("units 'hours since 1\u{1c}00' \u{1b}[31mred é"),
+            "units 'hours since 1\\u{1c}00' \\u{1b}[31mred é"
+        );
+    }
 
     #[test]
     fn one_line_says_each_cause_once() {

@@ -151,6 +151,45 @@ fn corrupt_netcdf4_header() {
     );
 }
 
+/// One byte of a NetCDF4 file's HDF5 metadata changed so that libnetcdf
+/// opens it but fails to list its variables, where the netcdf crate
+/// unwraps the status: caught, one line naming the file, exit 1. (Found by
+/// damaging bytes at random; the offset is where this writer and HDF5 1.10
+/// put that metadata: `uqcast synth` writes the same bytes every time.)
+#[test]
+fn netcdf4_metadata_the_netcdf_crate_unwraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = uqcast(&[
+        "synth",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        "2",
+        "--res",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut bytes = std::fs::read(dir.path().join("era5_t2m_2020010100_2020010106.nc")).unwrap();
+    assert_eq!(
+        bytes.len(),
+        14_110,
+        "the writer's layout changed: find another byte"
+    );
+    bytes[3012] = 234;
+    let bad = dir.path().join("bad_metadata.nc");
+    std::fs::write(&bad, bytes).unwrap();
+    sql_over(
+        &bad,
+        "SELECT avg(t2m) FROM era5",
+        &[
+            "bad_metadata.nc: libnetcdf failed on it (corrupt file?)",
+            "NetCDF: HDF error",
+        ],
+    );
+}
+
 #[test]
 fn not_netcdf() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,7 +95,17 @@ impl<R: Read> Header<R> {
         if n > 1 << 20 {
             return Err(invalid(format!("a name of {n} bytes")));
         }
-        Ok(String::from_utf8_lossy(&self.padded(n)?).into_owned())
+        // Names are UTF-8 in every classic format; the netcdf crate panics
+        // on one that is not, so a damaged name is refused here, before
+        // libnetcdf opens the file.
+        String::from_utf8(self.padded(n)?).map_err(|e| {
+            // Its first characters, control characters escaped: one line.
+            let shown: String = String::from_utf8_lossy(e.as_bytes())
+                .chars()
+                .take(40)
+                .collect();
+            invalid(format!("a name of {n} bytes that is not UTF-8: {shown:?}"))
+        })
     }
     fn list_len(&mut self, tag: u32) -> std::io::Result<u64> {
         let found = self.u32()?;
@@ -347,6 +357,46 @@ mod tests {
             matches!(err, NetcdfError::Truncated { found, .. } if found == bytes.len() as u64),
             "{err}"
         );
+    }
+
+    /// A name whose bytes are not UTF-8 (the netcdf crate panics on one) is
+    /// a corrupt header, shown escaped on one line.
+    #[test]
+    fn a_name_that_is_not_utf8_is_a_corrupt_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = cdf2_bytes(dir.path());
+        let at = bytes.windows(9).position(|w| w == b"longitude").unwrap();
+        bytes[at + 1] = 0xff;
+        bytes[at + 2] = b'\n';
+        let err = Layout::read(&bytes[..]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a name of 9 bytes that is not UTF-8: \"l\u{fffd}\\ngitude\""
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes of a header overwritten: an error, not a classic file,
+        /// or a layout whose every coordinate range lies inside its data,
+        /// never a panic.
+        #[test]
+        fn a_damaged_header_reads_as_an_error_or_a_consistent_layout(
+            damage in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..8)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bytes = cdf2_bytes(dir.path());
+            for (at, value) in damage {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            if let Ok(Some(layout)) = Layout::read(&bytes[..])
+                && layout.data_end() <= bytes.len() as u64
+            {
+                for r in layout.coordinate_ranges() {
+                    proptest::prop_assert!(r.start <= r.end && r.end <= layout.data_end());
+                }
+            }
+        }
     }
 
     /// A CDF-5 header whose record count puts the data past 2^64 bytes is

@@ -38,6 +38,11 @@ pub enum NetcdfError {
         source: netcdf::Error,
     },
 
+    /// The netcdf crate gave up on a file (it unwraps libnetcdf errors in
+    /// places, e.g. listing variables): caught on the I/O thread.
+    #[error("{}: libnetcdf failed on it (corrupt file?): {problem}", path.display())]
+    Library { path: PathBuf, problem: String },
+
     #[error("{}: corrupt or truncated NetCDF header: {problem}", path.display())]
     CorruptHeader { path: PathBuf, problem: String },
 

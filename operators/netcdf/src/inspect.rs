@@ -86,7 +86,7 @@ impl FileInfo {
     #[tracing::instrument(level = "debug")]
     pub fn inspect(path: &Path) -> Result<Self> {
         let owned = path.to_path_buf();
-        crate::io_thread::run(move || Self::inspect_here(&owned))
+        crate::io_thread::run_on(path, move || Self::inspect_here(&owned))
     }
 
     fn inspect_here(path: &Path) -> Result<Self> {

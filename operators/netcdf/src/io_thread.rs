@@ -9,6 +9,12 @@
 //!
 //! Open files live on that thread, addressed by [`RemoteFile`] handles that
 //! close them when dropped.
+//!
+//! The netcdf crate unwraps some libnetcdf errors (listing a damaged file's
+//! variables, a name that is not UTF-8). [`run_on`] turns such a panic into
+//! an error naming the file, printed as one line like any other error.
+
+use std::cell::Cell;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,6 +30,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     static ON_IO_THREAD: RefCell<bool> = const { RefCell::new(false) };
+    /// Set while a [`run_on`] job runs: its panics become errors, so the
+    /// panic hook keeps quiet about them.
+    static CAUGHT: Cell<bool> = const { Cell::new(false) };
     static FILES: RefCell<HashMap<u64, netcdf::File>> = RefCell::new(HashMap::new());
 }
 
@@ -35,6 +44,7 @@ fn sender() -> &'static Mutex<Sender<Job>> {
             .name("uqcast-netcdf-io".into())
             .spawn(move || {
                 ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
+                quiet_when_caught();
                 while let Ok(job) = rx.recv() {
                     job();
                 }
@@ -72,6 +82,55 @@ pub fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     }
 }
 
+/// Runs `f` on the I/O thread for the file `path`; a panic in it (the
+/// netcdf crate's, on a damaged file) is returned as
+/// [`NetcdfError::Library`] naming the file.
+pub fn run_on<R: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let path = path.to_path_buf();
+    run(move || {
+        let outer = CAUGHT.with(|c| c.replace(true));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        CAUGHT.with(|c| c.set(outer));
+        result.unwrap_or_else(|panic| {
+            Err(NetcdfError::Library {
+                path,
+                problem: panic_problem(panic.as_ref()),
+            })
+        })
+    })
+}
+
+/// Chains a panic hook that says nothing of a panic [`run_on`] catches.
+fn quiet_when_caught() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CAUGHT.with(Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
+/// A caught panic's message; an unwrapped libnetcdf status as libnetcdf's
+/// own words (`Netcdf(-101)` → "NetCDF: HDF error").
+fn panic_problem(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    let status = message
+        .split_once("Netcdf(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(code, _)| code.parse::<i32>().ok());
+    match status {
+        Some(code) => netcdf::Error::Netcdf(code).to_string(),
+        None => message.to_string(),
+    }
+}
+
 /// A file held open on the I/O thread.
 #[derive(Debug)]
 pub struct RemoteFile {
@@ -84,7 +143,7 @@ impl RemoteFile {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let owned = path.to_path_buf();
-        run(move || {
+        run_on(path, move || {
             let file = crate::inspect::open(&owned)?;
             FILES.with(|files| files.borrow_mut().insert(id, file));
             Ok::<_, NetcdfError>(())
@@ -105,7 +164,7 @@ impl RemoteFile {
         f: impl FnOnce(&netcdf::File) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (id, path) = (self.id, self.path.clone());
-        run(move || {
+        run_on(&self.path, move || {
             FILES.with(|files| match files.borrow().get(&id) {
                 Some(file) => f(file),
                 None => Err(NetcdfError::Io {
@@ -124,5 +183,36 @@ impl Drop for RemoteFile {
         submit(Box::new(move || {
             FILES.with(|files| files.borrow_mut().remove(&id));
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in a job is the file's error, in libnetcdf's words where it
+    /// unwrapped a libnetcdf status, and the I/O thread carries on.
+    #[test]
+    fn a_panic_on_a_file_is_its_error() {
+        let path = Path::new("/data/damaged.nc");
+        let err = run_on(path, || -> Result<()> {
+            panic!("called `Result::unwrap()` on an `Err` value: Netcdf(-101)")
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/data/damaged.nc: libnetcdf failed on it (corrupt file?): netcdf error(-101): \
+             NetCDF: HDF error"
+        );
+        let err = run_on(path, || -> Result<()> {
+            panic!("Dimension did not have a valid name")
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("Dimension did not have a valid name"),
+            "{err}"
+        );
+        assert_eq!(run_on(path, || Ok(7)).unwrap(), 7);
     }
 }

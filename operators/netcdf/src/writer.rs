@@ -120,8 +120,10 @@ pub fn write_era5(
     grid: Grid,
     variables: Vec<GridVariable>,
 ) -> Result<()> {
-    let path = path.to_path_buf();
-    crate::io_thread::run(move || write_here(&path, encoding, &grid, &variables))
+    let owned = path.to_path_buf();
+    crate::io_thread::run_on(path, move || {
+        write_here(&owned, encoding, &grid, &variables)
+    })
 }
 
 fn write_here(
