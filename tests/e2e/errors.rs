@@ -153,16 +153,45 @@ fn corrupt_netcdf4_header() {
 
 /// One byte of a NetCDF4 file's HDF5 metadata changed so that libnetcdf
 /// opens it but fails to list its variables, where the netcdf crate
-/// unwraps the status: caught, one line naming the file, exit 1. (Found by
-/// damaging bytes at random; the offset is where this writer and HDF5 1.10
-/// put that metadata: `uqcast synth` writes the same bytes every time.)
+/// unwraps the status: caught, one line naming the file, exit 1.
 #[test]
 fn netcdf4_metadata_the_netcdf_crate_unwraps() {
     let dir = tempfile::tempdir().unwrap();
+    let bad = small_netcdf4_with(dir.path(), 3012, 234);
+    sql_over(
+        &bad,
+        "SELECT avg(t2m) FROM era5",
+        &[
+            "damaged.nc: libnetcdf failed on it (corrupt file?)",
+            "NetCDF: HDF error",
+        ],
+    );
+}
+
+/// One byte of a NetCDF4 file's HDF5 metadata changed so that HDF5 copies
+/// through a wild pointer while libnetcdf lists the variables (SIGSEGV in
+/// `H5HG_read`): the process cannot go on, but says which file, on one
+/// line, and exits 1 instead of dying silently by the signal.
+#[test]
+fn netcdf4_metadata_that_crashes_hdf5() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = small_netcdf4_with(dir.path(), 3132, 240);
+    sql_over(
+        &bad,
+        "SELECT avg(t2m) FROM era5",
+        &["damaged.nc: libnetcdf crashed reading it (SIGSEGV)"],
+    );
+}
+
+/// A two-step NetCDF4 file from `uqcast synth` (5° grid) with byte `at` set
+/// to `value`. Such bytes were found by damaging files at random; the
+/// offsets are where this writer and HDF5 1.10 put the metadata, and
+/// `uqcast synth` writes the same bytes every time.
+fn small_netcdf4_with(dir: &Path, at: usize, value: u8) -> std::path::PathBuf {
     let o = uqcast(&[
         "synth",
         "--out",
-        dir.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--start",
         "2020-01-01T00:00Z",
         "--steps",
@@ -171,23 +200,16 @@ fn netcdf4_metadata_the_netcdf_crate_unwraps() {
         "5",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut bytes = std::fs::read(dir.path().join("era5_t2m_2020010100_2020010106.nc")).unwrap();
+    let mut bytes = std::fs::read(dir.join("era5_t2m_2020010100_2020010106.nc")).unwrap();
     assert_eq!(
         bytes.len(),
         14_110,
         "the writer's layout changed: find another byte"
     );
-    bytes[3012] = 234;
-    let bad = dir.path().join("bad_metadata.nc");
+    bytes[at] = value;
+    let bad = dir.join("damaged.nc");
     std::fs::write(&bad, bytes).unwrap();
-    sql_over(
-        &bad,
-        "SELECT avg(t2m) FROM era5",
-        &[
-            "bad_metadata.nc: libnetcdf failed on it (corrupt file?)",
-            "NetCDF: HDF error",
-        ],
-    );
+    bad
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //!
 //! The netcdf crate unwraps some libnetcdf errors (listing a damaged file's
 //! variables, a name that is not UTF-8). [`run_on`] turns such a panic into
-//! an error naming the file, printed as one line like any other error.
+//! an error naming the file, printed as one line like any other error; a
+//! crash inside libnetcdf or HDF5 is reported naming the file too
+//! ([`crate::crash_report`]).
 
 use std::cell::Cell;
 
@@ -45,6 +47,7 @@ fn sender() -> &'static Mutex<Sender<Job>> {
             .spawn(move || {
                 ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
                 quiet_when_caught();
+                crate::crash_report::install();
                 while let Ok(job) = rx.recv() {
                     job();
                 }
@@ -91,6 +94,7 @@ pub fn run_on<R: Send + 'static>(
 ) -> Result<R> {
     let path = path.to_path_buf();
     run(move || {
+        let _reading = crate::crash_report::Reading::new(&path);
         let outer = CAUGHT.with(|c| c.replace(true));
         let result = catch_unwind(AssertUnwindSafe(f));
         CAUGHT.with(|c| c.set(outer));

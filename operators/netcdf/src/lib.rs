@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod cf;
 pub mod classic;
 pub mod copies;
+mod crash_report;
 pub mod error;
 pub mod exec;
 pub mod expver;

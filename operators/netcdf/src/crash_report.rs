@@ -1,0 +1,153 @@
+//! The last word when libnetcdf or HDF5 crash. Both are C libraries that
+//! trust a file's metadata, and a damaged NetCDF4 file can make HDF5 copy
+//! through a wild pointer (random damage to one byte of a file did, in
+//! `H5HG_read`). A process cannot recover from that, but it can say which
+//! file did it: while the I/O thread works on a file ([`Reading`]), a fault
+//! on that thread prints one line naming the file, as errors are printed,
+//! and exits with status 1. Nothing written is lost that an error would
+//! have kept: outputs are renamed into place only once complete.
+//!
+//! Faults anywhere else go on to the handler that was there before (Rust's
+//! stack-overflow report, or the default action).
+
+#![allow(unsafe_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+
+/// The signals a C library's bad memory access or arithmetic raises.
+const SIGNALS: [(libc::c_int, &str); 4] = [
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGILL, "SIGILL"),
+];
+const CAPACITY: usize = 4096;
+
+/// The report's start, `error: FILE: libnetcdf crashed reading it (`,
+/// written by the I/O thread before each job on a file; the handler reads
+/// it on the same thread, so the two never run at once.
+static LINE: [AtomicU8; CAPACITY] = [const { AtomicU8::new(0) }; CAPACITY];
+/// Bytes of `LINE` in use; 0 while the I/O thread is not on a file.
+static LINE_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The I/O thread's kernel thread id.
+static IO_THREAD: AtomicI32 = AtomicI32::new(0);
+/// The handlers found at installation, by signal.
+static PREVIOUS: OnceLock<Vec<(libc::c_int, libc::sigaction)>> = OnceLock::new();
+
+/// Installs the handler; called once, on the I/O thread.
+pub(crate) fn install() {
+    // SAFETY: gettid has no preconditions.
+    IO_THREAD.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    PREVIOUS.get_or_init(|| {
+        let mut previous = Vec::new();
+        for (signal, _) in SIGNALS {
+            // SAFETY: a zeroed sigaction is a valid value to fill; the
+            // handler is async-signal-safe (atomics, write, _exit,
+            // sigaction) and is installed with an empty mask.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_fault as *const () as libc::sighandler_t;
+                action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) == 0 {
+                    previous.push((signal, old));
+                }
+            }
+        }
+        previous
+    });
+}
+
+/// While alive, a fault on the I/O thread is reported as one reading `path`.
+pub(crate) struct Reading {
+    outer: Vec<u8>,
+}
+
+impl Reading {
+    pub(crate) fn new(path: &Path) -> Self {
+        let shown: String = path
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let outer = current();
+        set(format!("error: {shown}: libnetcdf crashed reading it (").as_bytes());
+        Self { outer }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        set(&self.outer);
+    }
+}
+
+fn current() -> Vec<u8> {
+    let len = LINE_LEN.load(Ordering::Relaxed);
+    LINE[..len]
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect()
+}
+
+fn set(line: &[u8]) {
+    // A path too long for the buffer is cut, not dropped.
+    let len = line.len().min(CAPACITY);
+    LINE_LEN.store(0, Ordering::Relaxed);
+    for (slot, &byte) in LINE.iter().zip(&line[..len]) {
+        slot.store(byte, Ordering::Relaxed);
+    }
+    LINE_LEN.store(len, Ordering::Relaxed);
+}
+
+extern "C" fn on_fault(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let len = LINE_LEN.load(Ordering::Relaxed);
+    // SAFETY: gettid, write and _exit are async-signal-safe.
+    if len > 0 && unsafe { libc::gettid() } == IO_THREAD.load(Ordering::Relaxed) {
+        let name = SIGNALS
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map_or("a signal", |(_, name)| name);
+        let mut chunk = [0u8; 256];
+        for part in LINE[..len].chunks(chunk.len()) {
+            for (to, from) in chunk.iter_mut().zip(part) {
+                *to = from.load(Ordering::Relaxed);
+            }
+            write_stderr(&chunk[..part.len()]);
+        }
+        write_stderr(name.as_bytes());
+        write_stderr(b"): the file is damaged, or not what its header says\n");
+        // SAFETY: ends the process at once, as a failed command does.
+        unsafe { libc::_exit(1) };
+    }
+    // Not ours: the handler from before takes it when the faulting
+    // instruction runs again.
+    match PREVIOUS
+        .get()
+        .and_then(|previous| previous.iter().find(|(s, _)| *s == signal))
+    {
+        // SAFETY: sigaction and signal are async-signal-safe; `old` came
+        // from sigaction.
+        Some((_, old)) => unsafe {
+            libc::sigaction(signal, old, std::ptr::null_mut());
+        },
+        None => unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        },
+    }
+}
+
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: writes `bytes.len()` bytes from a live slice to fd 2.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+}
