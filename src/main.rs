@@ -24,6 +24,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Checked before any work, as every setting is; read again where used.
+    if let Err(problem) = uqcast_netcdf::fatal::stall_limit() {
+        eprintln!("error: {problem}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

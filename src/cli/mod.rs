@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
     about,
     after_help = "Environment: UQCAST_DEVICE=cpu|cuda|cuda:N picks where models train and \
 sample (default: the first GPU if the build has `cuda` and one is visible, else the CPU); \
+UQCAST_NETCDF_STALL_SECONDS (default 600) ends a command whose one libnetcdf call on a file \
+has not returned by then (a damaged file can loop HDF5 forever), naming the file; \
 UQCAST_LOG sets the log level."
 )]
 pub struct Cli {

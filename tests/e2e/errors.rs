@@ -2,6 +2,7 @@
 //! exit, and no panic.
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::{stderr, synth, uqcast};
 
@@ -181,6 +182,40 @@ fn netcdf4_metadata_that_crashes_hdf5() {
         "SELECT avg(t2m) FROM era5",
         &["damaged.nc: libnetcdf crashed reading it (SIGSEGV)"],
     );
+}
+
+/// One byte changed so that HDF5 loops, in the same code, without end: the
+/// watchdog ends the command after `UQCAST_NETCDF_STALL_SECONDS`, naming the
+/// file, exit 1. A value that is not a number of seconds is refused first.
+#[test]
+fn netcdf4_metadata_that_loops_hdf5() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = small_netcdf4_with(dir.path(), 3077, 95);
+    let table = format!("era5={}", bad.display());
+    let with_limit = |seconds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .args(["sql", "SELECT avg(t2m) FROM era5", "--table", &table])
+            .env("UQCAST_NETCDF_STALL_SECONDS", seconds)
+            .output()
+            .unwrap()
+    };
+    for (seconds, needle) in [
+        (
+            "2",
+            "damaged.nc: libnetcdf has not returned for 2 s reading it \
+             (UQCAST_NETCDF_STALL_SECONDS): the file is damaged",
+        ),
+        (
+            "soon",
+            "error: UQCAST_NETCDF_STALL_SECONDS=soon: not a whole number of seconds above 0",
+        ),
+    ] {
+        let o = with_limit(seconds);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
 }
 
 /// A two-step NetCDF4 file from `uqcast synth` (5° grid) with byte `at` set

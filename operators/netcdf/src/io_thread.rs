@@ -14,7 +14,7 @@
 //! variables, a name that is not UTF-8). [`run_on`] turns such a panic into
 //! an error naming the file, printed as one line like any other error; a
 //! crash inside libnetcdf or HDF5 is reported naming the file too
-//! ([`crate::crash_report`]).
+//! ([`crate::fatal`]).
 
 use std::cell::Cell;
 
@@ -47,7 +47,7 @@ fn sender() -> &'static Mutex<Sender<Job>> {
             .spawn(move || {
                 ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
                 quiet_when_caught();
-                crate::crash_report::install();
+                crate::fatal::install();
                 while let Ok(job) = rx.recv() {
                     job();
                 }
@@ -94,7 +94,7 @@ pub fn run_on<R: Send + 'static>(
 ) -> Result<R> {
     let path = path.to_path_buf();
     run(move || {
-        let _reading = crate::crash_report::Reading::new(&path);
+        let _reading = crate::fatal::Reading::new(&path);
         let outer = CAUGHT.with(|c| c.replace(true));
         let result = catch_unwind(AssertUnwindSafe(f));
         CAUGHT.with(|c| c.set(outer));

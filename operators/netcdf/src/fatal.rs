@@ -1,20 +1,33 @@
-//! The last word when libnetcdf or HDF5 crash. Both are C libraries that
-//! trust a file's metadata, and a damaged NetCDF4 file can make HDF5 copy
-//! through a wild pointer (random damage to one byte of a file did, in
-//! `H5HG_read`). A process cannot recover from that, but it can say which
-//! file did it: while the I/O thread works on a file ([`Reading`]), a fault
-//! on that thread prints one line naming the file, as errors are printed,
-//! and exits with status 1. Nothing written is lost that an error would
-//! have kept: outputs are renamed into place only once complete.
+//! What ends the process from inside libnetcdf: a crash, or a call that
+//! never returns. Both are C libraries that trust a file's metadata. One
+//! damaged byte of a NetCDF4 file made HDF5 copy through a wild pointer
+//! (SIGSEGV in `H5HG_read`); another made it loop in the same code. No
+//! process recovers from either, but it can say which file did it. While
+//! the I/O thread works on a file ([`Reading`]):
+//! - a fault on that thread prints one line naming the file, as errors are
+//!   printed, and exits with status 1;
+//! - a call on it that has not returned after [`STALL_VAR`] seconds (600
+//!   unless set) does the same from a watchdog thread.
 //!
-//! Faults anywhere else go on to the handler that was there before (Rust's
-//! stack-overflow report, or the default action).
+//! Nothing written is lost that an error would have kept: outputs are
+//! renamed into place only once complete. Faults anywhere else go on to the
+//! handler that was there before (Rust's stack-overflow report, or the
+//! default action).
 
 #![allow(unsafe_code)]
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The environment variable that sets how long one libnetcdf call on a
+/// file may take, in seconds.
+pub const STALL_VAR: &str = "UQCAST_NETCDF_STALL_SECONDS";
+/// One call reads a file's metadata or one step of one variable: seconds
+/// even on slow storage. Ten minutes is a loop, not a read.
+const STALL_DEFAULT: Duration = Duration::from_secs(600);
 
 /// The signals a C library's bad memory access or arithmetic raises.
 const SIGNALS: [(libc::c_int, &str); 4] = [
@@ -25,19 +38,59 @@ const SIGNALS: [(libc::c_int, &str); 4] = [
 ];
 const CAPACITY: usize = 4096;
 
-/// The report's start, `error: FILE: libnetcdf crashed reading it (`,
-/// written by the I/O thread before each job on a file; the handler reads
-/// it on the same thread, so the two never run at once.
+/// The report's start, `error: FILE: `, written by the I/O thread before
+/// each job on a file; the signal handler reads it on the same thread, so
+/// the two never run at once (the watchdog may read a line being replaced:
+/// only after a job has run for minutes, when none is).
 static LINE: [AtomicU8; CAPACITY] = [const { AtomicU8::new(0) }; CAPACITY];
 /// Bytes of `LINE` in use; 0 while the I/O thread is not on a file.
 static LINE_LEN: AtomicUsize = AtomicUsize::new(0);
 /// The I/O thread's kernel thread id.
 static IO_THREAD: AtomicI32 = AtomicI32::new(0);
+/// When the outermost job on a file started: milliseconds since [`epoch`]
+/// plus one; 0 while none runs.
+static JOB_STARTED: AtomicU64 = AtomicU64::new(0);
 /// The handlers found at installation, by signal.
 static PREVIOUS: OnceLock<Vec<(libc::c_int, libc::sigaction)>> = OnceLock::new();
 
-/// Installs the handler; called once, on the I/O thread.
+/// The limit [`STALL_VAR`] sets, or the default; an error says what is
+/// wrong with the value.
+pub fn stall_limit() -> Result<Duration, String> {
+    match std::env::var(STALL_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(STALL_DEFAULT),
+        Ok(value) => value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&seconds| seconds > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{STALL_VAR}={value}: not a whole number of seconds above 0")),
+        Err(std::env::VarError::NotUnicode(value)) => Err(format!(
+            "{STALL_VAR}={value:?}: not a whole number of seconds above 0"
+        )),
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_stamp() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+/// Installs the signal handler and starts the watchdog; called once, on
+/// the I/O thread.
 pub(crate) fn install() {
+    let limit = stall_limit().unwrap_or(STALL_DEFAULT);
+    epoch();
+    let watching = std::thread::Builder::new()
+        .name("uqcast-netcdf-watch".into())
+        .spawn(move || watch(limit));
+    if let Err(e) = watching {
+        tracing::warn!("cannot start the NetCDF watchdog: {e}");
+    }
     // SAFETY: gettid has no preconditions.
     IO_THREAD.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     PREVIOUS.get_or_init(|| {
@@ -61,7 +114,32 @@ pub(crate) fn install() {
     });
 }
 
-/// While alive, a fault on the I/O thread is reported as one reading `path`.
+/// Ends the process when one job has run for `limit`.
+fn watch(limit: Duration) {
+    let limit_ms = limit.as_millis() as u64;
+    let tick = (limit / 10).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    loop {
+        std::thread::sleep(tick);
+        let started = JOB_STARTED.load(Ordering::Relaxed);
+        if started == 0 || now_stamp().saturating_sub(started) < limit_ms {
+            continue;
+        }
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&current());
+        let _ = writeln!(
+            stderr,
+            "libnetcdf has not returned for {} s reading it ({STALL_VAR}): the file is \
+             damaged (HDF5 can loop forever on one), or its storage stalled",
+            limit.as_secs()
+        );
+        let _ = stderr.flush();
+        // SAFETY: ends the process at once, as a failed command does.
+        unsafe { libc::_exit(1) };
+    }
+}
+
+/// While alive, a fault on the I/O thread, or a stall, is reported as one
+/// reading `path`.
 pub(crate) struct Reading {
     outer: Vec<u8>,
 }
@@ -81,13 +159,19 @@ impl Reading {
             })
             .collect();
         let outer = current();
-        set(format!("error: {shown}: libnetcdf crashed reading it (").as_bytes());
+        set(format!("error: {shown}: ").as_bytes());
+        if outer.is_empty() {
+            JOB_STARTED.store(now_stamp(), Ordering::Relaxed);
+        }
         Self { outer }
     }
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
+        if self.outer.is_empty() {
+            JOB_STARTED.store(0, Ordering::Relaxed);
+        }
         set(&self.outer);
     }
 }
@@ -125,6 +209,7 @@ extern "C" fn on_fault(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
             }
             write_stderr(&chunk[..part.len()]);
         }
+        write_stderr(b"libnetcdf crashed reading it (");
         write_stderr(name.as_bytes());
         write_stderr(b"): the file is damaged, or not what its header says\n");
         // SAFETY: ends the process at once, as a failed command does.
