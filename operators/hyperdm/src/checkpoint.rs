@@ -154,6 +154,15 @@ pub fn load<P: PrimaryNetwork>(
                 ),
             });
         }
+        if !all_finite(t)? {
+            return Err(HyperdmError::Checkpoint {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "tensor '{name}' holds NaN or infinite weights (training diverged, or \
+                     the file is damaged)"
+                ),
+            });
+        }
         var.set(t).ctx("loading weights")?;
     }
     let mut optimizer = model.optimizer(&meta.train.optimizer);
@@ -164,6 +173,18 @@ pub fn load<P: PrimaryNetwork>(
             problem: e.to_string(),
         })?;
     Ok((model, optimizer, meta))
+}
+
+/// Whether every entry of `t` is finite: 0·t is 0 where it is and NaN
+/// where it is not, so its sum says (without copying `t` to the host).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .affine(0.0, 0.0)
+        .and_then(|d| d.sum_all())
+        .and_then(|s| s.to_dtype(candle_core::DType::F64))
+        .and_then(|s| s.to_scalar::<f64>())
+        .ctx("checking weights")?;
+    Ok(sum == 0.0)
 }
 
 #[cfg(test)]
@@ -336,5 +357,42 @@ mod tests {
         std::fs::write(path.with_extension("json"), "{").unwrap();
         let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
         assert!(err.contains("m.json") && err.contains("invalid"), "{err}");
+    }
+
+    /// A checkpoint with one NaN weight (a diverged run, a flipped bit) is
+    /// refused, naming the tensor: forecasts from it would be NaN.
+    #[test]
+    fn refuses_weights_that_are_not_finite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let model = HyperDm::new(
+            PrimaryMlp::new(&MlpConfig::default()),
+            &HyperConfig::default(),
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            1,
+        )
+        .unwrap();
+        let opt = model.optimizer(&Default::default());
+        let (name, var) = named_vars(&model.varmap).into_iter().next().unwrap();
+        let mut values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let middle = values.len() / 2;
+        values[middle] = f32::NAN;
+        var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+        save(
+            &path,
+            &model,
+            &opt,
+            &TrainConfig::default(),
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(
+            err.contains("m.safetensors")
+                && err.contains(&format!("tensor '{name}' holds NaN or infinite weights")),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,19 @@ pub enum HyperdmError {
         found: String,
     },
 
+    /// The loss stopped being a number: every weight it reaches is NaN
+    /// after the next step, so the run stops instead of saving them.
+    #[error(
+        "train.lr: training diverged, the loss is {loss} after update {iteration} of \
+         {iterations} at a learning rate of {lr}; a lower one keeps it finite"
+    )]
+    Diverged {
+        loss: f32,
+        iteration: u64,
+        iterations: u64,
+        lr: f64,
+    },
+
     #[error("UQCAST_DEVICE={value}: {problem}")]
     Device { value: String, problem: String },
 

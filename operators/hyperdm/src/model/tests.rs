@@ -654,3 +654,49 @@ fn baselines_train_their_direct_weights() {
         "three members of an ensemble of two"
     );
 }
+
+/// A learning rate that blows the weights up stops training with an error
+/// naming `train.lr` at the first loss read after it, for every method,
+/// instead of training (and saving) NaN weights; progress saw only finite
+/// losses.
+#[test]
+fn a_diverging_run_stops_with_an_error() {
+    let data = ToyData::generate(64, 0.01, None, 1);
+    let mut config = TrainConfig {
+        iterations: 40,
+        batch_size: 32,
+        ..TrainConfig::default()
+    };
+    config.optimizer.lr = 1e6;
+    for method in [
+        Method::Hyperdm,
+        Method::Ensemble { members: 2 },
+        Method::McDropout { p: 0.3 },
+    ] {
+        let model = small_model(method, &HyperConfig::default(), 2);
+        let mut opt = model.optimizer(&config.optimizer);
+        let mut reported = Vec::new();
+        let err = model
+            .fit(&data, &config, &mut opt, |p| reported.push(p.loss))
+            .unwrap_err();
+        assert!(
+            matches!(err, HyperdmError::Diverged { iterations: 40, .. }),
+            "{method}: {err}"
+        );
+        assert!(
+            err.to_string().starts_with("train.lr: training diverged"),
+            "{err}"
+        );
+        assert!(
+            reported.iter().all(|l| l.is_finite()),
+            "{method}: {reported:?}"
+        );
+        assert!(opt.step < 40, "{method}: ran to the end");
+    }
+    // The same run at the default rate trains to the end.
+    let model = small_model(Method::Hyperdm, &HyperConfig::default(), 2);
+    let mut opt = model.optimizer(&TrainConfig::default().optimizer);
+    config.optimizer = TrainConfig::default().optimizer;
+    model.fit(&data, &config, &mut opt, |_| {}).unwrap();
+    assert_eq!(opt.step, 40);
+}

@@ -383,7 +383,8 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         };
         let started = Instant::now();
         let report_every = (config.iterations / 20).max(1);
-        while optimizer.step < config.iterations.min(stop) {
+        let last = config.iterations.min(stop);
+        while optimizer.step < last {
             let k = optimizer.step;
             let (loss, grads) = self.update_gradients(data, config, k, anchor.as_ref())?;
             let progress_fraction = k as f64 / config.iterations.max(1) as f64;
@@ -394,13 +395,31 @@ impl<P: PrimaryNetwork> HyperDm<P> {
                         * 0.5
                         * (1.0 + (std::f64::consts::PI * progress_fraction).cos()));
             optimizer.apply(&grads, lr)?;
-            if optimizer.step.is_multiple_of(report_every) || optimizer.step == config.iterations {
-                progress(Progress {
-                    iteration: optimizer.step,
-                    iterations: config.iterations,
-                    loss: loss.to_scalar::<f32>().ctx("loss")?,
-                    elapsed_seconds: started.elapsed().as_secs_f64(),
-                });
+            // Read at each report and at the last update (not every update:
+            // on a GPU each read waits for the device). A NaN or infinite
+            // loss never comes back, so a run stops before it saves
+            // weights it has made NaN (checkpoints are taken where it
+            // returns).
+            let report =
+                optimizer.step.is_multiple_of(report_every) || optimizer.step == config.iterations;
+            if report || optimizer.step == last {
+                let loss = loss.to_scalar::<f32>().ctx("loss")?;
+                if !loss.is_finite() {
+                    return Err(HyperdmError::Diverged {
+                        loss,
+                        iteration: optimizer.step,
+                        iterations: config.iterations,
+                        lr: config.optimizer.lr,
+                    });
+                }
+                if report {
+                    progress(Progress {
+                        iteration: optimizer.step,
+                        iterations: config.iterations,
+                        loss,
+                        elapsed_seconds: started.elapsed().as_secs_f64(),
+                    });
+                }
             }
         }
         Ok(())
