@@ -88,6 +88,29 @@ fn toy_rejects_bad_options() {
     let o = uqcast(&["toy", "au", "--z-per-step", "200", "--iterations", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("z_per_step"), "{}", stderr(&o));
+    // A learning rate that makes the loss NaN: stopped at the first loss
+    // read (update 3 of 60), not trained to the end and sampled as NaN.
+    let o = uqcast(&[
+        "toy",
+        "au",
+        "--sigma2",
+        "0.04",
+        "--lr",
+        "1e6",
+        "--iterations",
+        "60",
+        "--m",
+        "2",
+        "--n",
+        "4",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("train.lr: training diverged, the loss is NaN after update 3 of 60"),
+        "{err}"
+    );
+    assert!(!err.contains("iteration 60/60"), "{err}");
 }
 
 /// `toy eu` defaults to M = 200 × N = 50 (EU is a variance over members),
