@@ -123,6 +123,14 @@ pub enum NetcdfError {
         fill: f64,
     },
 
+    #[error("{}: coordinate '{variable}' claims {entries} values, more than the {limit} an axis may have (a damaged file?)", path.display())]
+    AxisTooLong {
+        path: PathBuf,
+        variable: String,
+        entries: usize,
+        limit: usize,
+    },
+
     #[error("{}: coordinate '{variable}' is not strictly monotonic at index {index}", path.display())]
     NotMonotonic {
         path: PathBuf,

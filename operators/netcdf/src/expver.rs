@@ -12,6 +12,9 @@ use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
 
 /// The dimension's name in CDS files.
 pub const DIMENSION: &str = "expver";
+/// The most slices read: the CDS wrote two (1 and 5); more is a damaged or
+/// foreign file, whose variable stays out of the table, explained.
+pub const MAX_SLICES: usize = 8;
 
 /// How to merge a variable's expver slices.
 #[derive(Debug, Clone, PartialEq, Eq)]

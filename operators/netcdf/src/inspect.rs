@@ -119,7 +119,7 @@ impl FileInfo {
             let dims: Vec<String> = var.dimensions().iter().map(|d| d.name()).collect();
             if dims == grid {
                 variables.push(describe(&var, path, None)?);
-            } else if dims == with_expver {
+            } else if dims == with_expver && var.dimensions()[1].len() <= expver::MAX_SLICES {
                 let slices = var.dimensions()[1].len();
                 variables.push(describe(&var, path, Some(expver_of(&file, slices)))?);
             } else {
@@ -206,7 +206,21 @@ fn dimension_list(var: &Variable<'_>) -> String {
         .join(", ")
 }
 
+/// The most values a coordinate may have: 50 million hourly steps are
+/// 5,700 years, and a 0.001° global grid has 360,000 longitudes. A damaged
+/// NetCDF4 dataspace can claim trillions, which reading would try to
+/// allocate (and abort on) before any check of the values could run.
+const MAX_AXIS: usize = 50_000_000;
+
 fn read_values(var: &Variable<'_>, path: &Path) -> Result<Vec<f64>> {
+    if var.len() > MAX_AXIS {
+        return Err(NetcdfError::AxisTooLong {
+            path: path.to_path_buf(),
+            variable: var.name(),
+            entries: var.len(),
+            limit: MAX_AXIS,
+        });
+    }
     var.get_values::<f64, _>(..)
         .map_err(|source| NetcdfError::Read {
             path: path.to_path_buf(),

@@ -782,3 +782,6 @@ impl OneCell {
 
 #[path = "table/expver.rs"]
 mod expver;
+
+#[path = "table/damaged.rs"]
+mod damaged;
