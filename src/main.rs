@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A crash inside libnetcdf names an S3 object's copy by its URL, as
+    // errors do.
+    uqcast_netcdf::fatal::name_files_with(session::s3::in_urls);
     // Checked before any work, as every setting is; read again where used.
     if let Err(problem) = uqcast_netcdf::fatal::stall_limit() {
         eprintln!("error: {problem}");

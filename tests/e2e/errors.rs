@@ -222,7 +222,7 @@ fn netcdf4_metadata_that_loops_hdf5() {
 /// to `value`. Such bytes were found by damaging files at random; the
 /// offsets are where this writer and HDF5 1.10 put the metadata, and
 /// `uqcast synth` writes the same bytes every time.
-fn small_netcdf4_with(dir: &Path, at: usize, value: u8) -> std::path::PathBuf {
+pub(crate) fn small_netcdf4_with(dir: &Path, at: usize, value: u8) -> std::path::PathBuf {
     let o = uqcast(&[
         "synth",
         "--out",

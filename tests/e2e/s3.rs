@@ -704,6 +704,17 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
         "{error_line}"
     );
     assert!(error_line.contains("outside the 150…350 K"), "{error_line}");
+    // An object that crashes HDF5 (`errors::netcdf4_metadata_that_crashes_hdf5`):
+    // the last words name the object too.
+    let crashing = crate::errors::small_netcdf4_with(work.path(), 3132, 240);
+    std::fs::copy(&crashing, server.path("bad/crash.nc")).unwrap();
+    fails(
+        SECRET,
+        &format!("s3://{BUCKET}/bad/crash.nc"),
+        &[&format!(
+            "error: s3://{BUCKET}/bad/crash.nc: libnetcdf crashed reading it (SIGSEGV)"
+        )],
+    );
     // None of the failures left a partial download in the cache.
     let partial = walk_all(&cache)
         .into_iter()

@@ -50,6 +50,9 @@ static IO_THREAD: AtomicI32 = AtomicI32::new(0);
 /// When the outermost job on a file started: milliseconds since [`epoch`]
 /// plus one; 0 while none runs.
 static JOB_STARTED: AtomicU64 = AtomicU64::new(0);
+/// How the reports name a file: the path rewritten as the process's
+/// errors are (an S3 object's cached copy by its URL).
+static NAMER: OnceLock<fn(&str) -> String> = OnceLock::new();
 /// The handlers found at installation, by signal.
 static PREVIOUS: OnceLock<Vec<(libc::c_int, libc::sigaction)>> = OnceLock::new();
 
@@ -78,6 +81,12 @@ fn epoch() -> Instant {
 
 fn now_stamp() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
+}
+
+/// Names files in the reports as `namer` rewrites their paths (once per
+/// process; later calls are ignored).
+pub fn name_files_with(namer: fn(&str) -> String) {
+    let _ = NAMER.set(namer);
 }
 
 /// Installs the signal handler and starts the watchdog; called once, on
@@ -146,9 +155,11 @@ pub(crate) struct Reading {
 
 impl Reading {
     pub(crate) fn new(path: &Path) -> Self {
-        let shown: String = path
-            .display()
-            .to_string()
+        let path = path.display().to_string();
+        let named = NAMER
+            .get()
+            .map_or_else(|| path.clone(), |namer| namer(&path));
+        let shown: String = named
             .chars()
             .map(|c| {
                 if c.is_control() {
