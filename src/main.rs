@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    quiet_task_panics();
     // A crash inside libnetcdf names an S3 object's copy by its URL, as
     // errors do.
     uqcast_netcdf::fatal::name_files_with(session::s3::in_urls);
@@ -63,6 +64,27 @@ fn main() -> ExitCode {
             exit_failed()
         }
     }
+}
+
+/// A panic in a runtime task (the parquet crate on a damaged page) comes
+/// back as that task's error and is printed with the others, on one line;
+/// the default report (several lines, before it) is kept for other threads.
+/// `UQCAST_LOG=debug` logs where a task panicked, with a backtrace.
+fn quiet_task_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_task = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("tokio-"));
+        if in_task {
+            tracing::debug!(
+                "a task panicked: {info}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+        } else {
+            default(info);
+        }
+    }));
 }
 
 /// Exits with status 1 without the C libraries' exit handlers. After

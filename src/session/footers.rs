@@ -47,6 +47,39 @@ pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
     })
 }
 
+/// The first file below `location` that does not decode to its last row,
+/// with why: the parquet crate trusts a page header's sizes, and a damaged
+/// one ends the task reading it in a panic ("range end out of bounds")
+/// that DataFusion reports without the file. A failed query asks this, on
+/// a blocking thread (it reads every file whole).
+pub fn first_undecodable(location: &Path) -> Option<(PathBuf, String)> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let decode = |path: &Path| -> Result<(), String> {
+        let file = File::open(path).map_err(|e| e.to_string())?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| e.to_string())?;
+        for batch in reader {
+            batch.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    parquet_files(location).ok()?.into_iter().find_map(|path| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| decode(&path)));
+        let cause = match outcome {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e,
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the parquet crate panicked".into()),
+        };
+        Some((path, cause))
+    })
+}
+
 fn parquet_files(location: &Path) -> Result<Vec<PathBuf>> {
     if !location.is_dir() {
         return Ok(vec![location.to_path_buf()]);

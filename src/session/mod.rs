@@ -11,7 +11,7 @@ use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
 
 pub mod codec;
-mod footers;
+pub mod footers;
 pub mod object_stores;
 pub mod s3;
 
@@ -114,7 +114,7 @@ pub fn files_below(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 /// Whether a location is Parquet (a `.parquet` file, or a directory holding some).
-fn is_parquet(location: &str) -> bool {
+pub fn is_parquet(location: &str) -> bool {
     let path = Path::new(location);
     if path
         .extension()

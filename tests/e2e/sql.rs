@@ -225,3 +225,57 @@ fn era5_and_era5t_in_one_file_read_as_one_field() {
         stderr(&o)
     );
 }
+
+/// One byte of a Parquet data page changed so that the parquet crate
+/// panics decoding it ("attempt to shift left with overflow"; found by
+/// damaging bytes at random). DataFusion reports a panicked task without
+/// the file; the command names the file, on one line, exit 1.
+#[test]
+fn a_damaged_parquet_page_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o = uqcast(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--start",
+        "2020-01-01T00:00Z",
+        "--steps",
+        "8",
+        "--seed",
+        "7",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = dir.path().join("table");
+    std::fs::create_dir(&table).unwrap();
+    let file = table.join("era5.parquet");
+    let o = uqcast(&[
+        "sql",
+        "SELECT * FROM era5",
+        "--table",
+        &format!("era5={}", data.display()),
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(
+        bytes.len(),
+        434_352,
+        "the writer's layout changed: find another byte"
+    );
+    bytes[324_539] = 105;
+    std::fs::write(&file, bytes).unwrap();
+    fails_with(
+        &[
+            "sql",
+            "SELECT count(*) AS n, avg(t2m) AS m FROM f",
+            "--table",
+            &format!("f={}", table.display()),
+        ],
+        &[
+            "table 'f'",
+            "table/era5.parquet: not readable as Parquet (a damaged page?)",
+        ],
+    );
+}
