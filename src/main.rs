@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 .collect();
             // Errors about an s3:// table's local copies name the objects.
             let line = session::s3::in_urls(&one_line(causes));
-            eprintln!("error: {}", escape_controls(&line));
+            eprintln!("error: {}", uqcast_netcdf::error::escape_controls(&line));
             exit_failed()
         }
     }
@@ -107,21 +107,6 @@ fn exit_failed() -> ExitCode {
     }
 }
 
-/// `line` with its control characters escaped (`\u{1b}`): an error may
-/// quote bytes of a damaged file, which must neither break the line nor
-/// reach the terminal as escape sequences.
-fn escape_controls(line: &str) -> String {
-    line.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// Drops causes already spelled out by the cause above them, a part said
 /// twice in a row (DataFusion wraps a parquet error whose own text begins
 /// "Parquet error:" in another "Parquet error:"), and DataFusion's
@@ -156,15 +141,7 @@ fn one_line(causes: Vec<String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape_controls, one_line};
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(
-            escape_controls("units 'hours since 1\u{1c}00' \u{1b}[31mred é"),
-            "units 'hours since 1\\u{1c}00' \\u{1b}[31mred é"
-        );
-    }
+    use super::one_line;
 
     #[test]
     fn one_line_says_each_cause_once() {

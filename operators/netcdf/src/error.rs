@@ -193,8 +193,36 @@ fn hint_extra_dimension(found: &str) -> &'static str {
     }
 }
 
+/// `text` with its control characters escaped (`\u{1b}`): an error may
+/// quote bytes of a damaged file, which must neither break its line nor
+/// reach the terminal as escape sequences.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl From<NetcdfError> for datafusion::error::DataFusionError {
     fn from(e: NetcdfError) -> Self {
         datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("units 'hours since 1\u{1c}00' \u{1b}[31mred é"),
+            "units 'hours since 1\\u{1c}00' \\u{1b}[31mred é"
+        );
     }
 }

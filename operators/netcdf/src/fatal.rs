@@ -159,16 +159,7 @@ impl Reading {
         let named = NAMER
             .get()
             .map_or_else(|| path.clone(), |namer| namer(&path));
-        let shown: String = named
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
+        let shown = crate::error::escape_controls(&named);
         let outer = current();
         set(format!("error: {shown}: ").as_bytes());
         if outer.is_empty() {

@@ -16,9 +16,7 @@
 //! crash inside libnetcdf or HDF5 is reported naming the file too
 //! ([`crate::fatal`]).
 
-use std::cell::Cell;
-
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
