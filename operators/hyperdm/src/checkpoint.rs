@@ -304,13 +304,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn refuses_mismatched_or_damaged_checkpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.safetensors");
-        let mlp = MlpConfig::default();
+    /// A HyperDM model with every default setting, and its optimiser.
+    fn default_model() -> (HyperDm<PrimaryMlp>, AdamW) {
         let model = HyperDm::new(
-            PrimaryMlp::new(&mlp),
+            PrimaryMlp::new(&MlpConfig::default()),
             &HyperConfig::default(),
             &DiffusionConfig::default(),
             &Device::Cpu,
@@ -318,14 +315,26 @@ mod tests {
         )
         .unwrap();
         let opt = model.optimizer(&Default::default());
+        (model, opt)
+    }
+
+    fn save_default(path: &Path, model: &HyperDm<PrimaryMlp>, opt: &AdamW) {
         save(
-            &path,
-            &model,
-            &opt,
+            path,
+            model,
+            opt,
             &TrainConfig::default(),
             serde_json::Value::Null,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn refuses_mismatched_or_damaged_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let (model, opt) = default_model();
+        save_default(&path, &model, &opt);
         // Weights named .json would share the metadata's file: refused, and
         // nothing written.
         let clash = dir.path().join("clash.json");
@@ -365,29 +374,14 @@ mod tests {
     fn refuses_weights_that_are_not_finite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        let model = HyperDm::new(
-            PrimaryMlp::new(&MlpConfig::default()),
-            &HyperConfig::default(),
-            &DiffusionConfig::default(),
-            &Device::Cpu,
-            1,
-        )
-        .unwrap();
-        let opt = model.optimizer(&Default::default());
+        let (model, opt) = default_model();
         let (name, var) = named_vars(&model.varmap).into_iter().next().unwrap();
         let mut values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let middle = values.len() / 2;
         values[middle] = f32::NAN;
         var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap())
             .unwrap();
-        save(
-            &path,
-            &model,
-            &opt,
-            &TrainConfig::default(),
-            serde_json::Value::Null,
-        )
-        .unwrap();
+        save_default(&path, &model, &opt);
         let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
         assert!(
             err.contains("m.safetensors")

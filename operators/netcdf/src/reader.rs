@@ -51,21 +51,6 @@ impl StepReader {
         slab: &Hyperslab,
         read_time: &Time,
     ) -> Result<Float32Array> {
-        let decoded = self.read_decoded(variable, index, slab, read_time)?;
-        Ok(match &variable.expver {
-            Some(expver) => expver.merge(&decoded, slab.cells()),
-            None => decoded,
-        })
-    }
-
-    /// Step `index` of `variable` over `slab`, every expver slice of it.
-    fn read_decoded(
-        &self,
-        variable: &VariableInfo,
-        index: usize,
-        slab: &Hyperslab,
-        read_time: &Time,
-    ) -> Result<Float32Array> {
         let step = index..index + 1;
         let (latitude, longitude) = (slab.latitude.clone(), slab.longitude.clone());
         let extents = match &variable.expver {
@@ -78,10 +63,10 @@ impl StepReader {
                     let _timer = read_time.timer();
                     self.read_raw::<$t>(&variable.name, extents)?
                 };
-                Ok(variable.packing.decode(&raw))
+                variable.packing.decode(&raw)
             }};
         }
-        match variable.stored {
+        let decoded = match variable.stored {
             StoredType::I8 => decode!(i8),
             StoredType::U8 => decode!(u8),
             StoredType::I16 => decode!(i16),
@@ -90,7 +75,12 @@ impl StepReader {
             StoredType::U32 => decode!(u32),
             StoredType::F32 => decode!(f32),
             StoredType::F64 => decode!(f64),
-        }
+        };
+        // Every expver slice was read; one field comes back.
+        Ok(match &variable.expver {
+            Some(expver) => expver.merge(&decoded, slab.cells()),
+            None => decoded,
+        })
     }
 }
 
