@@ -23,7 +23,7 @@ use uqcast_netcdf::Era5TableProvider;
 use uqcast_skill::{auroc, pearson};
 use uqcast_synth::{LatLonGrid, OodEvent, read_ood_events};
 
-use crate::session::{TableArg, f64_column, new_context, register_tables};
+use crate::session::{TableArg, f64_column, footers, new_context, register_tables};
 
 /// Two modes: `--forecast DIR --data DIR` checks one run against its
 /// synthetic truth; `--config P` compares methods on the synthetic
@@ -275,23 +275,20 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
         );
     }
     let ctx = new_context();
-    register_tables(
-        &ctx,
-        &[
-            TableArg {
-                name: "forecast".into(),
-                location: crate::job::output_table(forecast, "forecast", "--forecast")?
-                    .display()
-                    .to_string(),
-            },
-            TableArg {
-                name: "era5".into(),
-                location: data.display().to_string(),
-            },
-        ],
-    )
-    .await?;
-    let rows = forecast_rows(&ctx).await?;
+    let tables = [
+        TableArg {
+            name: "forecast".into(),
+            location: crate::job::output_table(forecast, "forecast", "--forecast")?
+                .display()
+                .to_string(),
+        },
+        TableArg {
+            name: "era5".into(),
+            location: data.display().to_string(),
+        },
+    ];
+    register_tables(&ctx, &tables).await?;
+    let rows = footers::naming_damaged(&tables, forecast_rows(&ctx).await).await?;
     if rows.init.is_empty() {
         bail!("{}: no forecasts", forecast.display());
     }

@@ -10,7 +10,7 @@ use datafusion::arrow::array::RecordBatch;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::session::{context_with_table, f64_column};
+use crate::session::{TableArg, f64_column, footers, new_context, register_tables};
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -86,8 +86,14 @@ fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
     let location = crate::job::output_table(input, table, "--input")?;
-    let ctx = context_with_table(table, location.display().to_string()).await?;
-    Ok(ctx.sql(&sql).await?.collect().await?)
+    let table = TableArg {
+        name: table.into(),
+        location: location.display().to_string(),
+    };
+    let ctx = new_context();
+    register_tables(&ctx, std::slice::from_ref(&table)).await?;
+    let ran = async { Ok(ctx.sql(&sql).await?.collect().await?) }.await;
+    footers::naming_damaged(&[table], ran).await
 }
 
 /// The forecast table's valid times in words, for a time it does not hold.

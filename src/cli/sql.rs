@@ -78,34 +78,12 @@ pub async fn run(args: SqlArgs) -> Result<()> {
         None => print(df, args.format).await.map_err(failed),
     };
     match ran {
-        Err(e) if args.ballista.is_none() && format!("{e:#}").contains("panicked") => {
-            Err(name_damaged_parquet(&args.tables, e).await)
+        Err(e) if args.ballista.is_none() => {
+            match crate::session::footers::damaged_file(&args.tables, &e).await {
+                Some(named) => Err(named.context("query")),
+                None => Err(e),
+            }
         }
         other => other,
-    }
-}
-
-/// A task that panicked (the parquet crate on a damaged page) is reported by
-/// DataFusion without the file; the first local Parquet file of the tables
-/// that does not decode is named instead, when there is one.
-async fn name_damaged_parquet(tables: &[TableArg], e: anyhow::Error) -> anyhow::Error {
-    let locations: Vec<(String, String)> = tables
-        .iter()
-        .filter(|t| crate::session::is_parquet(&t.location) && !t.location.contains("://"))
-        .map(|t| (t.name.clone(), t.location.clone()))
-        .collect();
-    let found = tokio::task::spawn_blocking(move || {
-        locations.into_iter().find_map(|(name, location)| {
-            crate::session::footers::first_undecodable(std::path::Path::new(&location))
-                .map(|(file, cause)| (name, file, cause))
-        })
-    })
-    .await;
-    match found {
-        Ok(Some((name, file, cause))) => anyhow::anyhow!(
-            "query: table '{name}': {}: not readable as Parquet (a damaged page?): {cause}",
-            file.display()
-        ),
-        _ => e,
     }
 }

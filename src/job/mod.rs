@@ -217,8 +217,16 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
         let stale_flags = summary.existing_steps > 0 && !output.has_flags().await?;
         if summary.new_steps > 0 || stale_flags {
-            let ctx = context_with_table("forecast", output.forecast_location()).await?;
-            let flags = flags::compute(&ctx, &flags::render(pipeline)?).await?;
+            let forecast = crate::session::TableArg {
+                name: "forecast".into(),
+                location: output.forecast_location(),
+            };
+            let ctx = crate::session::new_context();
+            crate::session::register_tables(&ctx, std::slice::from_ref(&forecast)).await?;
+            // Flags read every step, so a step damaged since it was written
+            // fails them here: the file is named, not only the flags SQL.
+            let flags = flags::compute(&ctx, &flags::render(pipeline)?).await;
+            let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
             output.write_flags(&flags, &provenance).await?;
             summary.tiles = flags.tiles;
             summary.flagged = flags.flagged;
@@ -249,6 +257,15 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
         )));
     }
     let location = dir.join(table);
+    if location.is_dir() && !crate::session::is_parquet(&location.display().to_string()) {
+        // Left so by a run that failed before writing the table (flags SQL
+        // that failed): read as a table, it would be taken for NetCDF.
+        anyhow::bail!(
+            "{}: no {table} table yet: the folder holds no Parquet file (the run that made it \
+             stopped before writing it; `uqcast run` again writes it)",
+            location.display()
+        );
+    }
     if location.exists() {
         return Ok(location);
     }

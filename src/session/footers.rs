@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::TableArg;
+
 /// "PAR1" at both ends of a plain file; "PARE" ends a file with an
 /// encrypted footer.
 const MAGIC: &[u8; 4] = b"PAR1";
@@ -50,8 +52,8 @@ pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
 /// The first file below `location` that does not decode to its last row,
 /// with why: the parquet crate trusts a page header's sizes, and a damaged
 /// one ends the task reading it in a panic ("range end out of bounds")
-/// that DataFusion reports without the file. A failed query asks this, on
-/// a blocking thread (it reads every file whole).
+/// that DataFusion reports without the file. [`damaged_file`] asks this,
+/// on a blocking thread (it reads every file whole).
 pub fn first_undecodable(location: &Path) -> Option<(PathBuf, String)> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -78,6 +80,53 @@ pub fn first_undecodable(location: &Path) -> Option<(PathBuf, String)> {
         };
         Some((path, cause))
     })
+}
+
+/// Whether a failed query's error is one a damaged Parquet file gives: the
+/// parquet crate's own error, as DataFusion ("Parquet error") or arrow
+/// ("Parquet argument error": a dictionary index out of bounds, a zstd page
+/// that does not decompress) wraps it, or a task that panicked in it.
+fn from_damaged_parquet(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    ["Parquet error", "Parquet argument error", "panicked"]
+        .iter()
+        .any(|mark| text.contains(mark))
+}
+
+/// After a query over `tables` failed with `e`: DataFusion's error names
+/// no file, so when it is one a damaged Parquet file gives, this names the
+/// first local Parquet file of the tables that does not decode. `None` for
+/// any other error, or one no file explains.
+pub async fn damaged_file(tables: &[TableArg], e: &anyhow::Error) -> Option<anyhow::Error> {
+    if !from_damaged_parquet(e) {
+        return None;
+    }
+    let locations: Vec<(String, String)> = tables
+        .iter()
+        .filter(|t| super::is_parquet(&t.location) && !t.location.contains("://"))
+        .map(|t| (t.name.clone(), t.location.clone()))
+        .collect();
+    let found = tokio::task::spawn_blocking(move || {
+        locations.into_iter().find_map(|(name, location)| {
+            first_undecodable(Path::new(&location)).map(|(file, cause)| (name, file, cause))
+        })
+    })
+    .await
+    .ok()??;
+    let (name, file, cause) = found;
+    Some(anyhow::anyhow!(
+        "table '{name}': {}: not readable as Parquet (a damaged page?): {cause}",
+        file.display()
+    ))
+}
+
+/// `ran`, the outcome of a query over `tables`, with a damaged Parquet
+/// file named in place of DataFusion's error when one explains it.
+pub async fn naming_damaged<T>(tables: &[TableArg], ran: Result<T>) -> Result<T> {
+    match ran {
+        Err(e) => Err(damaged_file(tables, &e).await.unwrap_or(e)),
+        ok => ok,
+    }
 }
 
 fn parquet_files(location: &Path) -> Result<Vec<PathBuf>> {
@@ -204,5 +253,107 @@ mod tests {
         file_with(&part, "bad.parquet", b"junk");
         let e = check(dir.path()).unwrap_err();
         assert!(e.to_string().contains("year=2020/bad.parquet"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod damaged_pages {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int32Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// 10,000 rows of `i % 100`, uncompressed: the column is a dictionary
+    /// of 100 values and 7-bit indices, bit-packed because no value repeats
+    /// in a row.
+    fn dictionary_file(path: &Path) {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        let values = Int32Array::from_iter_values((0..10_000).map(|i| i % 100));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+        let mut writer = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Sets the last 64 bytes of the column's chunk (inside its data page's
+    /// indices) to 0xFF: every index there reads as 127, past the
+    /// dictionary's 100 values.
+    fn damage_indices(path: &Path) {
+        let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let column = reader.metadata().row_group(0).column(0);
+        let (start, len) = column.byte_range();
+        let mut bytes = std::fs::read(path).unwrap();
+        let end = usize::try_from(start + len).unwrap();
+        bytes[end - 64..end].fill(0xFF);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn table(location: &Path) -> TableArg {
+        TableArg {
+            name: "t".into(),
+            location: location.display().to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_page_is_named_after_a_parquet_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("year=2020");
+        std::fs::create_dir(&part).unwrap();
+        for name in ["a.parquet", "b.parquet"] {
+            dictionary_file(&part.join(name));
+        }
+        let parquet_error = || anyhow::anyhow!("Parquet error: dictionary index out of bounds");
+        // Every file decodes: nothing to name, so the caller keeps its error.
+        assert!(first_undecodable(dir.path()).is_none());
+        assert!(
+            damaged_file(&[table(dir.path())], &parquet_error())
+                .await
+                .is_none()
+        );
+
+        damage_indices(&part.join("b.parquet"));
+        let (file, cause) = first_undecodable(dir.path()).unwrap();
+        assert!(file.ends_with("year=2020/b.parquet"), "{}", file.display());
+        assert!(cause.contains("dictionary index out of bounds"), "{cause}");
+        let named = damaged_file(&[table(dir.path())], &parquet_error())
+            .await
+            .unwrap()
+            .to_string();
+        assert!(
+            named.starts_with("table 't': ")
+                && named.contains("year=2020/b.parquet: not readable as Parquet (a damaged page?)"),
+            "{named}"
+        );
+        // The same through `naming_damaged`, and a task's panic counts too.
+        let ran: Result<()> = Err(anyhow::anyhow!("Join Error: task 7 panicked"));
+        let e = naming_damaged(&[table(dir.path())], ran).await.unwrap_err();
+        assert!(e.to_string().contains("b.parquet"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn other_errors_and_other_tables_are_left_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.parquet");
+        dictionary_file(&file);
+        damage_indices(&file);
+        // An error no damaged file gives does not send anyone reading files.
+        let divide = anyhow::anyhow!("Arrow error: Divide by zero error");
+        assert!(damaged_file(&[table(&file)], &divide).await.is_none());
+        // NetCDF and bucket tables are not read as Parquet here.
+        let parquet_error = anyhow::anyhow!("Parquet error: EOF");
+        let others = [
+            table(Path::new("/data/era5/*.nc")),
+            table(Path::new("s3://b/t.parquet")),
+        ];
+        assert!(damaged_file(&others, &parquet_error).await.is_none());
+        let e = naming_damaged::<()>(&others, Err(parquet_error))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Parquet error: EOF");
     }
 }

@@ -1,6 +1,7 @@
 //! The forecast pipeline's bad inputs through the real binary: each ends
 //! in one clear line and a non-zero exit, and what was written stays.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::errors::fails_with;
@@ -106,6 +107,62 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         stdout(&mended)
     );
     assert!(second.join("flags").join("flags.parquet").exists());
+
+    // A step damaged after it was written (a bad disk, a partial copy):
+    // the commands that read the table whole name the file. The run that
+    // recomputes the flags leaves every step as it was and writes no flags.
+    let step = parquet_files(&second.join("forecast")).remove(3);
+    damage_column(&step, "latitude");
+    std::fs::remove_file(second.join("flags").join("flags.parquet")).unwrap();
+    let steps_before: Vec<Vec<u8>> = parquet_files(&second.join("forecast"))
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let damaged_line = [
+        "table 'forecast'",
+        step.to_str().unwrap(),
+        "not readable as Parquet (a damaged page?)",
+    ];
+    let s2 = second.to_str().unwrap();
+    fails_with(&["run", "--config", c, "--output", s2], &damaged_line);
+    // t2m_YYYYMMDDTHHMM.parquet: a plot reads its own step's file only.
+    let name = step.file_stem().unwrap().to_str().unwrap();
+    let (day, hour) = (&name[4..12], &name[13..17]);
+    let time = format!(
+        "{}-{}-{}T{}:{}Z",
+        &day[..4],
+        &day[4..6],
+        &day[6..],
+        &hour[..2],
+        &hour[2..]
+    );
+    let png = dir.path().join("damaged.png");
+    let plot = |time: &str, needles: &[&str]| {
+        let png = png.to_str().unwrap();
+        fails_with(
+            &["plot", "--input", s2, "--time", time, "--out", png],
+            needles,
+        );
+    };
+    plot(&time, &damaged_line);
+    // Another step plots as far as the flags, which the failed run left
+    // as an empty folder: said so, and what writes them.
+    plot(
+        "2020-01-02T18:00Z",
+        &["second/flags: no flags table yet", "`uqcast run` again"],
+    );
+    let data = dir.path().join("data");
+    fails_with(
+        &["eval", "--forecast", s2, "--data", data.to_str().unwrap()],
+        &damaged_line,
+    );
+    let steps_after: Vec<Vec<u8>> = parquet_files(&second.join("forecast"))
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(steps_before == steps_after, "a failed run changed a step");
+    assert!(!second.join("flags").join("flags.parquet").exists());
+    assert!(!png.exists());
 
     // Input on another grid.
     let other = dir.path().join("other");
@@ -412,4 +469,22 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         snapshot,
         "a failed run changed the table"
     );
+}
+
+/// Sets the last 64 bytes of `column`'s chunk in the Parquet file `path` to
+/// 0xFF: inside its last data page, so the footer still reads and the file
+/// fails only when that page is decoded.
+fn damage_column(path: &Path, column: &str) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let group = reader.metadata().row_group(0);
+    let chunk = (0..group.num_columns())
+        .map(|i| group.column(i))
+        .find(|c| c.column_path().string() == column)
+        .unwrap_or_else(|| panic!("{}: no column {column}", path.display()));
+    let (start, len) = chunk.byte_range();
+    let end = usize::try_from(start + len).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[end - 64..end].fill(0xFF);
+    std::fs::write(path, bytes).unwrap();
 }
