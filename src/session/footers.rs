@@ -39,13 +39,19 @@ pub fn check(location: &Path) -> Result<()> {
 /// cannot read, with its error: DataFusion's error for a table names the
 /// table's location, not the file, so a failed registration asks this.
 pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
-    use parquet::file::reader::SerializedFileReader;
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::file::metadata::PageIndexPolicy;
+    // Beyond the footer's Thrift: the Arrow schema stored in its key-value
+    // metadata and the page index (where a file has one), both of which
+    // DataFusion decodes.
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     parquet_files(location).ok()?.into_iter().find_map(|path| {
         let opened = File::open(&path).map_err(|e| e.to_string());
-        match opened.and_then(|f| SerializedFileReader::new(f).map_err(|e| e.to_string())) {
-            Ok(_) => None,
-            Err(e) => Some((path, e)),
-        }
+        let read = opened.and_then(|f| {
+            ParquetRecordBatchReaderBuilder::try_new_with_options(f, options.clone())
+                .map_err(|e| e.to_string())
+        });
+        read.err().map(|e| (path, e))
     })
 }
 
@@ -333,6 +339,36 @@ mod damaged_pages {
         let ran: Result<()> = Err(anyhow::anyhow!("Join Error: task 7 panicked"));
         let e = naming_damaged(&[table(dir.path())], ran).await.unwrap_err();
         assert!(e.to_string().contains("b.parquet"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_arrow_schema_is_named_at_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.parquet");
+        dictionary_file(&file);
+        assert!(first_unreadable(dir.path()).is_none());
+        // The Arrow schema travels base64-encoded in the footer's key-value
+        // metadata: one character that is not base64 leaves the Thrift
+        // footer readable and the schema not.
+        let reader = SerializedFileReader::new(File::open(&file).unwrap()).unwrap();
+        let encoded = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| e.key == "ARROW:schema"))
+            .and_then(|e| e.value.clone())
+            .unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes
+            .windows(encoded.len())
+            .position(|w| w == encoded.as_bytes())
+            .unwrap();
+        bytes[at + encoded.len() / 2] = b'!';
+        std::fs::write(&file, bytes).unwrap();
+        assert!(SerializedFileReader::new(File::open(&file).unwrap()).is_ok());
+        let (named, cause) = first_unreadable(dir.path()).unwrap();
+        assert_eq!(named, file);
+        assert!(cause.contains("ARROW:schema"), "{cause}");
     }
 
     #[tokio::test]
