@@ -31,6 +31,65 @@ pub struct FieldMeta {
     pub training: TrainingSpan,
 }
 
+impl FieldMeta {
+    /// What training always writes, checked on load: a hand-edited or
+    /// damaged `.json` would otherwise forecast on a grid that no source
+    /// fits (blamed on the source) or divide by a zero temperature range.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let axis = |values: &[f64], descending: bool, range: (f64, f64)| {
+            if values.is_empty() {
+                return Err("holds no value".to_string());
+            }
+            if let Some(v) = values
+                .iter()
+                .find(|v| !v.is_finite() || **v < range.0 || **v > range.1)
+            {
+                return Err(format!("holds {v}, outside {}…{}", range.0, range.1));
+            }
+            let order = |w: &[f64]| if descending { w[0] > w[1] } else { w[0] < w[1] };
+            match values.windows(2).position(|w| !order(w)) {
+                Some(i) => Err(format!(
+                    "not strictly {}: {} at index {i}, then {}",
+                    if descending {
+                        "north to south"
+                    } else {
+                        "west to east"
+                    },
+                    values[i],
+                    values[i + 1]
+                )),
+                None => Ok(()),
+            }
+        };
+        axis(&self.grid.latitude, true, (-90.0, 90.0)).map_err(|e| ("data.grid.latitude", e))?;
+        axis(&self.grid.longitude, false, (-180.0, 360.0))
+            .map_err(|e| ("data.grid.longitude", e))?;
+        if self.lead_hours == 0 {
+            return Err(("data.lead_hours", "0 hours".into()));
+        }
+        if self.patch.0.is_multiple_of(2) {
+            return Err(("data.patch", format!("{} is not odd", self.patch.0)));
+        }
+        let n = &self.normalisation;
+        if !(n.kelvin_min.is_finite() && n.kelvin_max.is_finite() && n.kelvin_min < n.kelvin_max) {
+            return Err((
+                "data.normalisation",
+                format!(
+                    "kelvin_min {} is not below kelvin_max {}",
+                    n.kelvin_min, n.kelvin_max
+                ),
+            ));
+        }
+        if !(n.residual_gain.is_finite() && n.residual_gain > 0.0) {
+            return Err((
+                "data.normalisation.residual_gain",
+                format!("{} is not a positive number", n.residual_gain),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The training data, for provenance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +250,13 @@ impl ForecastModel {
                 field: "data",
                 problem: format!("not a field model: {e}"),
             })?;
+        if let Err((field, problem)) = meta.check() {
+            return Err(ForecastError::Meta {
+                path: path.with_extension("json"),
+                field,
+                problem,
+            });
+        }
         meta.grid.build_index();
         // `load` built a cell MLP, so the config is one.
         if let PrimaryConfig::Mlp(mlp) = &checkpoint.primary
@@ -497,12 +563,9 @@ mod tests {
     use crate::features::Normalisation;
     use uqcast_hyperdm::optim::AdamWConfig;
 
-    /// A deep ensemble trained briefly on a 3 × 4 grid goes through the
-    /// same checkpoint and forecast path as HyperDM; the samples it hands
-    /// out agree with the moments: per cell, their mean is `mean` and their
-    /// population variance is AU + EU (f32 sums: 1e-3 relative tolerance).
-    #[test]
-    fn baseline_checkpoints_forecast_and_samples_match_moments() {
+    /// Six steps on a 3 × 4 grid and a deep ensemble of two trained on them
+    /// for 10 updates, saved as `dir/ens.safetensors`.
+    fn tiny_ensemble(dir: &Path) -> (Vec<StepField>, PathBuf) {
         let grid = ModelGrid::new(vec![30.0, 29.0, 28.0], vec![250.0, 251.0, 252.0, 253.0]);
         let h = 3_600_000_000;
         let steps: Vec<StepField> = (0..6)
@@ -530,8 +593,7 @@ mod tests {
             normalisation: Normalisation::default(),
             lead_hours: 6,
         };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ens.safetensors");
+        let path = dir.join("ens.safetensors");
         train(
             &steps,
             &grid,
@@ -543,6 +605,17 @@ mod tests {
             |_| {},
         )
         .unwrap();
+        (steps, path)
+    }
+
+    /// A deep ensemble trained briefly on a 3 × 4 grid goes through the
+    /// same checkpoint and forecast path as HyperDM; the samples it hands
+    /// out agree with the moments: per cell, their mean is `mean` and their
+    /// population variance is AU + EU (f32 sums: 1e-3 relative tolerance).
+    #[test]
+    fn baseline_checkpoints_forecast_and_samples_match_moments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (steps, path) = tiny_ensemble(dir.path());
         let model = ForecastModel::load(&path, &Device::Cpu).unwrap();
         assert_eq!(model.checkpoint.method, Method::Ensemble { members: 2 });
         let inference = InferenceSettings {
@@ -583,5 +656,65 @@ mod tests {
             ..inference
         };
         assert!(model.forecast(&steps[2], &three).is_err());
+    }
+
+    /// The `data` section of the `.json` is what the forecast relies on
+    /// beyond the weights: each damaged field is refused at load, named.
+    #[test]
+    fn a_damaged_data_section_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, path) = tiny_ensemble(dir.path());
+        let json = path.with_extension("json");
+        let good: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let cases: [(&str, serde_json::Value, &str); 7] = [
+            // One digit changed in a longitude: the order breaks.
+            (
+                "/data/grid/longitude/2",
+                250.5.into(),
+                "'data.grid.longitude': not strictly west to east: 251 at index 1, then 250.5",
+            ),
+            (
+                "/data/grid/longitude/1",
+                9251.0.into(),
+                "'data.grid.longitude': holds 9251, outside -180…360",
+            ),
+            (
+                "/data/grid/latitude",
+                serde_json::json!([28.0, 29.0, 30.0]),
+                "'data.grid.latitude': not strictly north to south: 28 at index 0, then 29",
+            ),
+            (
+                "/data/grid/latitude",
+                serde_json::json!([]),
+                "'data.grid.latitude': holds no value",
+            ),
+            ("/data/patch", 4.into(), "'data.patch': 4 is not odd"),
+            (
+                "/data/normalisation/kelvin_max",
+                200.0.into(),
+                "'data.normalisation': kelvin_min 210 is not below kelvin_max 200",
+            ),
+            (
+                "/data/normalisation/residual_gain",
+                0.0.into(),
+                "'data.normalisation.residual_gain': 0 is not a positive number",
+            ),
+        ];
+        for (pointer, value, expected) in cases {
+            let mut damaged = good.clone();
+            *damaged.pointer_mut(pointer).unwrap() = value;
+            std::fs::write(&json, serde_json::to_string(&damaged).unwrap()).unwrap();
+            let e = ForecastModel::load(&path, &Device::Cpu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{}: model metadata field ", json.display()))
+                    && e.contains(expected),
+                "{pointer}: {e}"
+            );
+        }
+        std::fs::write(&json, serde_json::to_string(&good).unwrap()).unwrap();
+        assert!(ForecastModel::load(&path, &Device::Cpu).is_ok());
     }
 }
