@@ -35,6 +35,22 @@ pub struct CheckpointMeta {
     pub step: u64,
     /// Free description of the training data (normalisation, grid, span).
     pub data: serde_json::Value,
+    /// SHA-256 of the `.safetensors` file written beside it (lower-case hex,
+    /// as `sha256sum` prints it): a damaged file, or weights paired with
+    /// another model's metadata, is refused at load instead of forecasting
+    /// with weights that differ from the trained ones. Checkpoints from
+    /// before it have none and load unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn json_path(path: &Path) -> PathBuf {
@@ -64,6 +80,7 @@ pub fn save<P: PrimaryNetwork>(
         train: train.clone(),
         step: optimizer.step,
         data,
+        weights_sha256: None,
     };
     let mut tensors: HashMap<String, Tensor> = named_vars(&model.varmap)
         .into_iter()
@@ -87,6 +104,11 @@ pub fn save<P: PrimaryNetwork>(
     }
     let meta_tmp = tmp(&meta_path);
     candle_core::safetensors::save(&tensors, &weights_tmp).ctx("writing safetensors")?;
+    let written = std::fs::read(&weights_tmp).map_err(io(&weights_tmp))?;
+    let meta = CheckpointMeta {
+        weights_sha256: Some(sha256_hex(&written)),
+        ..meta
+    };
     let text = serde_json::to_string_pretty(&meta).map_err(|e| HyperdmError::Checkpoint {
         path: meta_path.clone(),
         problem: e.to_string(),
@@ -134,11 +156,30 @@ pub fn load<P: PrimaryNetwork>(
         device,
         0,
     )?;
-    let tensors =
-        candle_core::safetensors::load(path, device).map_err(|e| HyperdmError::Checkpoint {
+    let bytes = std::fs::read(path).map_err(|source| HyperdmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(recorded) = &meta.weights_sha256 {
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(recorded) {
+            return Err(HyperdmError::Checkpoint {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "weights have SHA-256 {actual}, {} recorded {recorded} (weights_sha256) when \
+                     training wrote them: the file is damaged, or these are another model's \
+                     weights",
+                    json_path(path).display()
+                ),
+            });
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+        HyperdmError::Checkpoint {
             path: path.to_path_buf(),
             problem: format!("weights unreadable: {e}"),
-        })?;
+        }
+    })?;
     for (name, var) in named_vars(&model.varmap) {
         let t = tensors.get(&name).ok_or_else(|| HyperdmError::Checkpoint {
             path: path.to_path_buf(),
@@ -388,5 +429,68 @@ mod tests {
                 && err.contains(&format!("tensor '{name}' holds NaN or infinite weights")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sha256_is_the_standard_one() {
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    /// The metadata records the weights' SHA-256: a byte changed in the
+    /// weights, or another model's weights beside this metadata, is refused;
+    /// a checkpoint from before the field loads unchecked.
+    #[test]
+    fn refuses_weights_that_are_not_the_trained_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let (model, opt) = default_model();
+        save_default(&path, &model, &opt);
+        let bytes = std::fs::read(&path).unwrap();
+        let recorded = read_meta(&path).unwrap().weights_sha256.unwrap();
+        assert_eq!(recorded, sha256_hex(&bytes));
+        assert!(load(&path, &Device::Cpu, build).is_ok());
+
+        // The last byte is the high byte of a finite f32 (an AdamW moment or
+        // a weight): 0x3f keeps it finite, so only the checksum can tell.
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] = if damaged[last] == 0x3f { 0x3e } else { 0x3f };
+        std::fs::write(&path, &damaged).unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(
+            err.contains("m.safetensors: ")
+                && err.contains(&format!("m.json recorded {recorded} (weights_sha256)"))
+                && err.contains("damaged, or these are another model's weights"),
+            "{err}"
+        );
+
+        // Another model's weights, same shapes.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = other_dir.path().join("m.safetensors");
+        let seeded = HyperDm::new(
+            PrimaryMlp::new(&MlpConfig::default()),
+            &HyperConfig::default(),
+            &DiffusionConfig::default(),
+            &Device::Cpu,
+            2,
+        )
+        .unwrap();
+        save_default(&other, &seeded, &opt);
+        std::fs::copy(&other, &path).unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(err.contains("SHA-256"), "{err}");
+
+        // Metadata without the field (written before it existed).
+        let mut meta = read_meta(&path).unwrap();
+        meta.weights_sha256 = None;
+        let text = serde_json::to_string(&meta).unwrap();
+        assert!(!text.contains("weights_sha256"));
+        std::fs::write(path.with_extension("json"), text).unwrap();
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(load(&path, &Device::Cpu, build).is_ok());
     }
 }
