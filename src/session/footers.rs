@@ -1,4 +1,7 @@
-//! A check of every Parquet file's footer before DataFusion reads it.
+//! Damaged local Parquet files, named: a check of every file's footer
+//! before DataFusion reads it, and after a table fails to register or a
+//! query fails, the file that explains it (DataFusion's errors name the
+//! table's location, or nothing).
 //!
 //! The parquet crate (59.3) computes where the metadata starts as
 //! `file length − 8 − metadata length` without checking that the file is

@@ -229,12 +229,18 @@ pub(crate) fn synth_in_celsius(dir: &Path) -> PathBuf {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "nc"))
         .unwrap();
-    let mut file = netcdf::append(&nc).unwrap();
-    let mut t2m = file.variable_mut("t2m").unwrap();
-    let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
-    let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
-    t2m.put_values(&degrees, ..).unwrap();
-    file.close().unwrap();
+    // On the NetCDF I/O thread: HDF5 prints its diagnostics (attributes it
+    // looks for and does not find) from threads other than the one
+    // libnetcdf set up on, and this process's tests run on many.
+    let path = nc.clone();
+    uqcast_netcdf::io_thread::run(move || {
+        let mut file = netcdf::append(&path).unwrap();
+        let mut t2m = file.variable_mut("t2m").unwrap();
+        let kelvin: Vec<f32> = t2m.get_values(..).unwrap();
+        let degrees: Vec<f32> = kelvin.iter().map(|k| k - 273.15).collect();
+        t2m.put_values(&degrees, ..).unwrap();
+        file.close().unwrap();
+    });
     nc
 }
 
