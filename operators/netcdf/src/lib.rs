@@ -21,6 +21,7 @@
 
 pub mod catalog;
 pub mod cf;
+pub mod chunks;
 pub mod classic;
 pub mod copies;
 pub mod error;

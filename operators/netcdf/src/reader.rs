@@ -5,7 +5,9 @@
 //! (unpacking, fill → NULL) runs outside it, so partitions overlap decoding
 //! with each other's reads.
 
+use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::{Mutex, OnceLock};
 
 use datafusion::arrow::array::Float32Array;
 use datafusion::physical_plan::metrics::Time;
@@ -19,6 +21,20 @@ use crate::io_thread::RemoteFile;
 #[derive(Debug)]
 pub struct StepReader {
     file: RemoteFile,
+    /// NetCDF4 (HDF5) with direct chunk reads allowed ([`crate::chunks`]).
+    direct: bool,
+    /// Variables whose chunks are read through libnetcdf after all: their
+    /// layout is not one `chunks` handles, or a chunk did not inflate.
+    through_libnetcdf: Mutex<HashSet<String>>,
+}
+
+/// `UQCAST_NETCDF4_INFLATE=libnetcdf` reads NetCDF4 chunks through
+/// libnetcdf, as before [`crate::chunks`] (to compare, or to rule it out).
+pub const INFLATE_VAR: &str = "UQCAST_NETCDF4_INFLATE";
+
+fn direct_chunks_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var(INFLATE_VAR).map_or(true, |v| v != "libnetcdf"))
 }
 
 /// Which cells of a step to read: latitude and longitude index ranges.
@@ -38,6 +54,8 @@ impl StepReader {
     pub fn open(path: &std::path::Path) -> Result<Self> {
         Ok(Self {
             file: RemoteFile::open(path)?,
+            direct: direct_chunks_allowed() && crate::chunks::is_hdf5(path),
+            through_libnetcdf: Mutex::new(HashSet::new()),
         })
     }
 
@@ -59,10 +77,7 @@ impl StepReader {
         };
         macro_rules! decode {
             ($t:ty) => {{
-                let raw = {
-                    let _timer = read_time.timer();
-                    self.read_raw::<$t>(&variable.name, extents)?
-                };
+                let raw = self.read_raw::<$t>(&variable.name, extents, read_time)?;
                 variable.packing.decode(&raw)
             }};
         }
@@ -85,9 +100,42 @@ impl StepReader {
 }
 
 impl StepReader {
-    /// The stored values of one hyperslab, read on the NetCDF I/O thread.
-    fn read_raw<T: RawSample>(&self, name: &str, extents: Vec<Range<usize>>) -> Result<Vec<T>> {
+    /// The stored values of one hyperslab: NetCDF4 chunks fetched on the
+    /// NetCDF I/O thread and inflated on this one where `chunks` applies,
+    /// else read whole through libnetcdf. `read_time` times the I/O
+    /// thread's part.
+    fn read_raw<T: RawSample>(
+        &self,
+        name: &str,
+        extents: Vec<Range<usize>>,
+        read_time: &Time,
+    ) -> Result<Vec<T>> {
         let _span = tracing::trace_span!("netcdf_read", variable = name).entered();
+        let declined = || {
+            self.through_libnetcdf
+                .lock()
+                .map_or(true, |names| names.contains(name))
+        };
+        if self.direct && !declined() {
+            let (path, variable, slab) = (
+                self.file.path().to_path_buf(),
+                name.to_string(),
+                extents.clone(),
+            );
+            let raw = {
+                let _timer = read_time.timer();
+                self.file.with(move |_| {
+                    Ok(crate::chunks::read(&path, &variable, &slab, size_of::<T>()))
+                })?
+            };
+            if let Some(values) = raw.and_then(|r| crate::chunks::assemble::<T>(&r, &extents)) {
+                return Ok(values);
+            }
+            if let Ok(mut names) = self.through_libnetcdf.lock() {
+                names.insert(name.to_string());
+            }
+        }
+        let _timer = read_time.timer();
         let (path, name) = (self.file.path().to_path_buf(), name.to_string());
         self.file.with(move |file| {
             let var = file

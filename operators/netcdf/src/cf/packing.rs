@@ -10,6 +10,8 @@ use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
 /// A stored element type that can be decoded to f32.
 pub trait RawSample: Copy + Default + Send + Sync + netcdf::NcTypeDescriptor + 'static {
     fn to_f64(self) -> f64;
+    /// The value stored little-endian in `bytes` (exactly its size).
+    fn from_le(bytes: &[u8]) -> Self;
 }
 
 macro_rules! raw_sample {
@@ -18,6 +20,12 @@ macro_rules! raw_sample {
             #[inline(always)]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline(always)]
+            fn from_le(bytes: &[u8]) -> Self {
+                let mut le = [0u8; size_of::<$t>()];
+                le.copy_from_slice(bytes);
+                <$t>::from_le_bytes(le)
             }
         }
     )*};

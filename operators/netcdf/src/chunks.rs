@@ -1,0 +1,466 @@
+//! NetCDF4 step reads that inflate outside libnetcdf.
+//!
+//! libnetcdf inflates a NetCDF4 variable's zlib chunks inside its calls,
+//! and every call runs on the one I/O thread, so two partitions of a scan
+//! could only overlap their decoding with each other's inflation. Here the
+//! I/O thread only fetches each chunk's stored (filtered) bytes through
+//! HDF5's direct chunk read; the partition's own thread then inflates them,
+//! undoes the byte shuffle and copies the step's cells out.
+//!
+//! Only the layout the CDS and `uqcast synth` write takes this path: a
+//! chunked little-endian variable whose filters are shuffle then deflate,
+//! or deflate alone, every chunk written. Anything else (contiguous
+//! storage, other filters, an unwritten chunk, a chunk that does not
+//! inflate to its size) returns `None`, and the step is read through
+//! libnetcdf, which then reports a damaged file as it always did.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_char, c_int, c_uint};
+use std::io::Read;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::cf::RawSample;
+
+type Hid = i64;
+type Herr = c_int;
+
+const H5P_DEFAULT: Hid = 0;
+const H5F_ACC_RDONLY: c_uint = 0;
+const H5D_CHUNKED: c_int = 2;
+const H5T_ORDER_LE: c_int = 0;
+const H5Z_FILTER_DEFLATE: c_int = 1;
+const H5Z_FILTER_SHUFFLE: c_int = 2;
+
+unsafe extern "C" {
+    fn H5Fopen(name: *const c_char, flags: c_uint, fapl: Hid) -> Hid;
+    fn H5Fclose(file: Hid) -> Herr;
+    fn H5Dopen2(file: Hid, name: *const c_char, dapl: Hid) -> Hid;
+    fn H5Dclose(dataset: Hid) -> Herr;
+    fn H5Dget_create_plist(dataset: Hid) -> Hid;
+    fn H5Dget_type(dataset: Hid) -> Hid;
+    fn H5Dget_chunk_storage_size(dataset: Hid, offset: *const u64, bytes: *mut u64) -> Herr;
+    fn H5Dread_chunk(
+        dataset: Hid,
+        dxpl: Hid,
+        offset: *const u64,
+        filters: *mut u32,
+        buf: *mut u8,
+    ) -> Herr;
+    fn H5Pclose(plist: Hid) -> Herr;
+    fn H5Pget_layout(plist: Hid) -> c_int;
+    fn H5Pget_chunk(plist: Hid, max_rank: c_int, dims: *mut u64) -> c_int;
+    fn H5Pget_nfilters(plist: Hid) -> c_int;
+    fn H5Pget_filter2(
+        plist: Hid,
+        index: c_uint,
+        flags: *mut c_uint,
+        cd_count: *mut usize,
+        cd_values: *mut c_uint,
+        name_len: usize,
+        name: *mut c_char,
+        config: *mut c_uint,
+    ) -> c_int;
+    fn H5Tclose(datatype: Hid) -> Herr;
+    fn H5Tget_size(datatype: Hid) -> usize;
+    fn H5Tget_order(datatype: Hid) -> c_int;
+}
+
+/// An HDF5 identifier closed on drop by its own close function.
+struct Handle(Hid, unsafe extern "C" fn(Hid) -> Herr);
+
+impl Handle {
+    fn open(id: Hid, close: unsafe extern "C" fn(Hid) -> Herr) -> Option<Self> {
+        (id >= 0).then_some(Self(id, close))
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is a valid identifier of the kind `self.1` closes.
+        unsafe { (self.1)(self.0) };
+    }
+}
+
+/// The stored bytes of every chunk one step's hyperslab touches.
+#[derive(Debug)]
+pub struct RawChunks {
+    /// Chunk shape, one length per dimension.
+    shape: Vec<usize>,
+    shuffled: bool,
+    /// Each chunk's first index per dimension, and its deflated bytes.
+    chunks: Vec<(Vec<usize>, Vec<u8>)>,
+}
+
+/// Whether `path` starts with the HDF5 signature (NetCDF4 files do).
+pub fn is_hdf5(path: &Path) -> bool {
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == *b"\x89HDF\r\n\x1a\n")
+}
+
+/// On the I/O thread: the stored chunks of `variable` that `extents`
+/// touches, for elements of `element` bytes; `None` where this path does
+/// not apply (module docs).
+pub fn read(
+    path: &Path,
+    variable: &str,
+    extents: &[Range<usize>],
+    element: usize,
+) -> Option<RawChunks> {
+    let name = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let dataset_name = CString::new(variable).ok()?;
+    // SAFETY: every identifier is checked before use and closed by its
+    // Handle; buffers passed to HDF5 are sized as each call requires.
+    unsafe {
+        let file = Handle::open(
+            H5Fopen(name.as_ptr(), H5F_ACC_RDONLY, H5P_DEFAULT),
+            H5Fclose,
+        )?;
+        let dataset = Handle::open(
+            H5Dopen2(file.0, dataset_name.as_ptr(), H5P_DEFAULT),
+            H5Dclose,
+        )?;
+        let datatype = Handle::open(H5Dget_type(dataset.0), H5Tclose)?;
+        if H5Tget_size(datatype.0) != element || H5Tget_order(datatype.0) != H5T_ORDER_LE {
+            return None;
+        }
+        let plist = Handle::open(H5Dget_create_plist(dataset.0), H5Pclose)?;
+        if H5Pget_layout(plist.0) != H5D_CHUNKED {
+            return None;
+        }
+        let mut dims = [0u64; 8];
+        let rank = H5Pget_chunk(plist.0, dims.len() as c_int, dims.as_mut_ptr());
+        if rank != extents.len() as c_int {
+            return None;
+        }
+        let shape: Vec<usize> = dims[..extents.len()].iter().map(|&d| d as usize).collect();
+        if shape.contains(&0) {
+            return None;
+        }
+        let filters: Vec<c_int> = (0..H5Pget_nfilters(plist.0).max(0) as c_uint)
+            .map(|i| {
+                let (mut flags, mut count, mut config) = (0, 0usize, 0);
+                H5Pget_filter2(
+                    plist.0,
+                    i,
+                    &mut flags,
+                    &mut count,
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut(),
+                    &mut config,
+                )
+            })
+            .collect();
+        let shuffled = match filters.as_slice() {
+            [H5Z_FILTER_SHUFFLE, H5Z_FILTER_DEFLATE] => true,
+            [H5Z_FILTER_DEFLATE] => false,
+            _ => return None,
+        };
+        let mut chunks = Vec::new();
+        for start in chunk_starts(extents, &shape) {
+            let offset: Vec<u64> = start.iter().map(|&s| s as u64).collect();
+            let mut bytes = 0u64;
+            if H5Dget_chunk_storage_size(dataset.0, offset.as_ptr(), &mut bytes) < 0 || bytes == 0 {
+                return None;
+            }
+            let mut buf = vec![0u8; usize::try_from(bytes).ok()?];
+            let mut skipped = 0u32;
+            let read = H5Dread_chunk(
+                dataset.0,
+                H5P_DEFAULT,
+                offset.as_ptr(),
+                &mut skipped,
+                buf.as_mut_ptr(),
+            );
+            if read < 0 || skipped != 0 {
+                return None;
+            }
+            chunks.push((start, buf));
+        }
+        Some(RawChunks {
+            shape,
+            shuffled,
+            chunks,
+        })
+    }
+}
+
+/// The first index of every chunk of `shape` that `extents` touches, in
+/// row-major order.
+fn chunk_starts(extents: &[Range<usize>], shape: &[usize]) -> Vec<Vec<usize>> {
+    let mut starts = vec![vec![]];
+    for (range, &side) in extents.iter().zip(shape) {
+        if range.is_empty() {
+            return vec![];
+        }
+        let firsts: Vec<usize> = (range.start / side..=(range.end - 1) / side)
+            .map(|k| k * side)
+            .collect();
+        starts = starts
+            .into_iter()
+            .flat_map(|prefix| {
+                firsts.iter().map(move |&f| {
+                    let mut next = prefix.clone();
+                    next.push(f);
+                    next
+                })
+            })
+            .collect();
+    }
+    starts
+}
+
+/// Off the I/O thread: the values of `extents` (row-major), or `None` when
+/// a chunk does not inflate to its size (damaged: libnetcdf then says so).
+pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Option<Vec<T>> {
+    let element = size_of::<T>();
+    let chunk_values: usize = raw.shape.iter().product();
+    let out_shape: Vec<usize> = extents.iter().map(|r| r.len()).collect();
+    let mut out = vec![T::default(); out_shape.iter().product()];
+    let mut inflated = Vec::with_capacity(chunk_values * element);
+    let mut plain = vec![0u8; chunk_values * element];
+    for (start, stored) in &raw.chunks {
+        inflated.clear();
+        let mut decoder = flate2::read::ZlibDecoder::new(stored.as_slice());
+        if decoder.read_to_end(&mut inflated).is_err() || inflated.len() != plain.len() {
+            return None;
+        }
+        let bytes = if raw.shuffled {
+            // Shuffle stores every element's first byte, then every second byte, …
+            for (b, plane) in inflated.chunks_exact(chunk_values).enumerate() {
+                for (e, &byte) in plane.iter().enumerate() {
+                    plain[e * element + b] = byte;
+                }
+            }
+            &plain
+        } else {
+            &inflated
+        };
+        copy_overlap(bytes, start, &raw.shape, extents, &out_shape, &mut out);
+    }
+    Some(out)
+}
+
+/// Copies the part of one chunk (`bytes`, starting at `start`) inside
+/// `extents` into `out`, one run along the last dimension at a time.
+fn copy_overlap<T: RawSample>(
+    bytes: &[u8],
+    start: &[usize],
+    shape: &[usize],
+    extents: &[Range<usize>],
+    out_shape: &[usize],
+    out: &mut [T],
+) {
+    let element = size_of::<T>();
+    let rank = shape.len();
+    let overlap: Vec<Range<usize>> = (0..rank)
+        .map(|d| extents[d].start.max(start[d])..extents[d].end.min(start[d] + shape[d]))
+        .collect();
+    let run = overlap[rank - 1].len();
+    // Every index of the overlap's leading dimensions, row-major.
+    let mut index: Vec<usize> = overlap.iter().map(|r| r.start).collect();
+    loop {
+        let (mut src, mut dst) = (0, 0);
+        for d in 0..rank {
+            src = src * shape[d] + (index[d] - start[d]);
+            dst = dst * out_shape[d] + (index[d] - extents[d].start);
+        }
+        for k in 0..run {
+            let at = (src + k) * element;
+            out[dst + k] = T::from_le(&bytes[at..at + element]);
+        }
+        // Next index over the leading dimensions (the last is the run).
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            index[d] += 1;
+            if index[d] < overlap[d].end {
+                break;
+            }
+            index[d] = overlap[d].start;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io_thread;
+
+    /// How a test variable is stored.
+    #[derive(Clone, Copy, Debug)]
+    struct Storage {
+        chunk: [usize; 3],
+        deflate: Option<bool>,
+        big_endian: bool,
+    }
+
+    const DIMS: [usize; 3] = [3, 23, 37];
+
+    /// A NetCDF4 file with `v(time, lat, lon)` of type `T` stored as
+    /// `storage`, every value distinct; written on the NetCDF I/O thread.
+    fn write<T: RawSample + From<i16>>(path: &Path, storage: Storage) {
+        let path = path.to_path_buf();
+        io_thread::run(move || {
+            let mut file = netcdf::create(&path).unwrap();
+            for (name, len) in ["time", "lat", "lon"].iter().zip(DIMS) {
+                file.add_dimension(name, len).unwrap();
+            }
+            let mut v = file
+                .add_variable::<T>("v", &["time", "lat", "lon"])
+                .unwrap();
+            v.set_chunking(&storage.chunk).unwrap();
+            if let Some(shuffle) = storage.deflate {
+                v.set_compression(4, shuffle).unwrap();
+            }
+            if storage.big_endian {
+                v.set_endianness(netcdf::Endianness::Big).unwrap();
+            }
+            let n: usize = DIMS.iter().product();
+            let values: Vec<T> = (0..n)
+                .map(|i| T::from((i % 30_000) as i16 - 15_000))
+                .collect();
+            v.put_values(&values, ..).unwrap();
+        });
+    }
+
+    /// libnetcdf's values of `extents`, for comparison.
+    fn through_libnetcdf<T: RawSample>(path: &Path, extents: &[Range<usize>]) -> Vec<T> {
+        let (path, extents) = (path.to_path_buf(), extents.to_vec());
+        io_thread::run(move || {
+            let file = netcdf::open(&path).unwrap();
+            let v = file.variable("v").unwrap();
+            let mut out = vec![T::default(); extents.iter().map(|r| r.len()).product()];
+            v.get_values_into(&mut out, extents).unwrap();
+            out
+        })
+    }
+
+    fn direct<T: RawSample>(path: &Path, extents: &[Range<usize>]) -> Option<Vec<T>> {
+        let (p, e) = (path.to_path_buf(), extents.to_vec());
+        let raw = io_thread::run(move || read(&p, "v", &e, size_of::<T>()))?;
+        assemble(&raw, extents)
+    }
+
+    /// Every step, and slabs that start and end inside chunks, on chunk
+    /// edges, and past the last (partial) chunk.
+    fn slabs() -> Vec<Vec<Range<usize>>> {
+        let mut out = Vec::new();
+        for t in 0..DIMS[0] {
+            out.push(vec![t..t + 1, 0..DIMS[1], 0..DIMS[2]]);
+        }
+        out.push(vec![1..2, 5..17, 3..36]);
+        out.push(vec![2..3, 22..23, 36..37]);
+        out.push(vec![0..3, 10..20, 8..16]);
+        out
+    }
+
+    fn same_as_libnetcdf<T: RawSample + From<i16> + PartialEq + std::fmt::Debug>(storage: Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nc");
+        write::<T>(&path, storage);
+        assert!(is_hdf5(&path));
+        for extents in slabs() {
+            let got = direct::<T>(&path, &extents);
+            let got = got.unwrap_or_else(|| panic!("{storage:?} {extents:?}: not read directly"));
+            assert_eq!(
+                got,
+                through_libnetcdf::<T>(&path, &extents),
+                "{storage:?} {extents:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn direct_reads_equal_libnetcdf_reads() {
+        for chunk in [[1, 23, 37], [1, 10, 8], [2, 7, 37], [3, 23, 1]] {
+            for deflate in [Some(true), Some(false)] {
+                let storage = Storage {
+                    chunk,
+                    deflate,
+                    big_endian: false,
+                };
+                same_as_libnetcdf::<f32>(storage);
+                same_as_libnetcdf::<i16>(storage);
+            }
+        }
+    }
+
+    #[test]
+    fn other_layouts_are_left_to_libnetcdf() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = vec![0..1, 0..DIMS[1], 0..DIMS[2]];
+        for (name, storage) in [
+            (
+                "no filter",
+                Storage {
+                    chunk: [1, 23, 37],
+                    deflate: None,
+                    big_endian: false,
+                },
+            ),
+            (
+                "big-endian",
+                Storage {
+                    chunk: [1, 23, 37],
+                    deflate: Some(true),
+                    big_endian: true,
+                },
+            ),
+        ] {
+            let path = dir.path().join(format!("{name}.nc"));
+            write::<f32>(&path, storage);
+            assert!(direct::<f32>(&path, &whole).is_none(), "{name}");
+        }
+        // Not HDF5 at all.
+        let classic = dir.path().join("classic.nc");
+        std::fs::write(&classic, b"CDF\x01\0\0\0\0").unwrap();
+        assert!(!is_hdf5(&classic));
+    }
+
+    /// A chunk whose deflated bytes are damaged does not inflate: `None`,
+    /// so the step is read through libnetcdf, which reports the file.
+    #[test]
+    fn a_damaged_chunk_is_left_to_libnetcdf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nc");
+        let storage = Storage {
+            chunk: [1, 23, 37],
+            deflate: Some(true),
+            big_endian: false,
+        };
+        write::<f32>(&path, storage);
+        let whole = vec![1..2, 0..DIMS[1], 0..DIMS[2]];
+        let (p, e) = (path.clone(), whole.clone());
+        let mut raw = io_thread::run(move || read(&p, "v", &e, 4)).unwrap();
+        let stored = &mut raw.chunks[0].1;
+        let middle = stored.len() / 2;
+        stored[middle..middle + 8].fill(0xA5);
+        assert!(assemble::<f32>(&raw, &whole).is_none());
+    }
+
+    #[test]
+    fn chunks_touched_by_a_slab_in_row_major_order() {
+        let starts = chunk_starts(&[3..4, 5..25, 0..10], &[1, 10, 8]);
+        assert_eq!(
+            starts,
+            vec![
+                vec![3, 0, 0],
+                vec![3, 0, 8],
+                vec![3, 10, 0],
+                vec![3, 10, 8],
+                vec![3, 20, 0],
+                vec![3, 20, 8],
+            ]
+        );
+        assert!(chunk_starts(&[0..0, 0..4], &[1, 4]).is_empty());
+    }
+}
