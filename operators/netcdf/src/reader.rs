@@ -3,7 +3,8 @@
 //! libnetcdf is not thread-safe; the netcdf crate serialises every call behind
 //! one process-wide lock. Only the raw read happens under that lock: decoding
 //! (unpacking, fill → NULL) runs outside it, so partitions overlap decoding
-//! with each other's reads.
+//! with each other's reads. NetCDF4 chunks are inflated outside it too
+//! where [`crate::chunks`] applies.
 
 use std::collections::HashSet;
 use std::ops::Range;
