@@ -242,8 +242,13 @@ impl ForecastModel {
                 path: path.to_path_buf(),
             });
         }
+        let bytes = std::fs::read(path).map_err(|e| ForecastError::Meta {
+            path: path.to_path_buf(),
+            field: "checkpoint",
+            problem: e.to_string(),
+        })?;
         let (model, _, checkpoint) =
-            checkpoint::load(path, device, build_cell_mlp).map_err(model_err)?;
+            checkpoint::load_bytes(path, &bytes, device, build_cell_mlp).map_err(model_err)?;
         let mut meta: FieldMeta =
             serde_json::from_value(checkpoint.data.clone()).map_err(|e| ForecastError::Meta {
                 path: path.with_extension("json"),
@@ -274,11 +279,6 @@ impl ForecastModel {
                 ),
             });
         }
-        let bytes = std::fs::read(path).map_err(|e| ForecastError::Meta {
-            path: path.to_path_buf(),
-            field: "checkpoint",
-            problem: e.to_string(),
-        })?;
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         let id = format!("{stem}@{:016x}", fnv1a(&bytes));
         Ok(Self {

@@ -147,6 +147,21 @@ pub fn load<P: PrimaryNetwork>(
     device: &Device,
     build: impl FnOnce(&PrimaryConfig) -> Result<P>,
 ) -> Result<(HyperDm<P>, AdamW, CheckpointMeta)> {
+    let bytes = std::fs::read(path).map_err(|source| HyperdmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_bytes(path, &bytes, device, build)
+}
+
+/// [`load`] from `bytes`, the `.safetensors` file at `path` already read
+/// (a caller that also needs the bytes reads the file once).
+pub fn load_bytes<P: PrimaryNetwork>(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+    build: impl FnOnce(&PrimaryConfig) -> Result<P>,
+) -> Result<(HyperDm<P>, AdamW, CheckpointMeta)> {
     let meta = read_meta(path)?;
     let model = HyperDm::with_method(
         build(&meta.primary)?,
@@ -156,12 +171,8 @@ pub fn load<P: PrimaryNetwork>(
         device,
         0,
     )?;
-    let bytes = std::fs::read(path).map_err(|source| HyperdmError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     if let Some(recorded) = &meta.weights_sha256 {
-        let actual = sha256_hex(&bytes);
+        let actual = sha256_hex(bytes);
         if !actual.eq_ignore_ascii_case(recorded) {
             return Err(HyperdmError::Checkpoint {
                 path: path.to_path_buf(),
@@ -174,7 +185,7 @@ pub fn load<P: PrimaryNetwork>(
             });
         }
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+    let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| {
         HyperdmError::Checkpoint {
             path: path.to_path_buf(),
             problem: format!("weights unreadable: {e}"),

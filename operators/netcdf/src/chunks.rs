@@ -222,12 +222,14 @@ pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Opti
     let chunk_values: usize = raw.shape.iter().product();
     let out_shape: Vec<usize> = extents.iter().map(|r| r.len()).collect();
     let mut out = vec![T::default(); out_shape.iter().product()];
-    let mut inflated = Vec::with_capacity(chunk_values * element);
-    let mut plain = vec![0u8; chunk_values * element];
+    let chunk_bytes = chunk_values * element;
+    let mut inflated = Vec::with_capacity(chunk_bytes);
+    // The unshuffled bytes; chunks stored without shuffle are used as inflated.
+    let mut plain = vec![0u8; if raw.shuffled { chunk_bytes } else { 0 }];
     for (start, stored) in &raw.chunks {
         inflated.clear();
         let mut decoder = flate2::read::ZlibDecoder::new(stored.as_slice());
-        if decoder.read_to_end(&mut inflated).is_err() || inflated.len() != plain.len() {
+        if decoder.read_to_end(&mut inflated).is_err() || inflated.len() != chunk_bytes {
             return None;
         }
         let bytes = if raw.shuffled {
