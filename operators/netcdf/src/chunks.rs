@@ -168,7 +168,9 @@ pub fn read(
             if H5Dget_chunk_storage_size(dataset.0, offset.as_ptr(), &mut bytes) < 0 || bytes == 0 {
                 return None;
             }
-            let mut buf = vec![0u8; usize::try_from(bytes).ok()?];
+            // Not zeroed first: that cost the I/O thread as much as the read.
+            let len = usize::try_from(bytes).ok()?;
+            let mut buf = Vec::<u8>::with_capacity(len);
             let mut skipped = 0u32;
             let read = H5Dread_chunk(
                 dataset.0,
@@ -180,6 +182,8 @@ pub fn read(
             if read < 0 || skipped != 0 {
                 return None;
             }
+            // A successful read wrote the chunk's whole stored size.
+            buf.set_len(len);
             chunks.push((start, buf));
         }
         Some(RawChunks {
@@ -215,50 +219,104 @@ fn chunk_starts(extents: &[Range<usize>], shape: &[usize]) -> Vec<Vec<usize>> {
     starts
 }
 
+/// Inflated chunks are kept between step reads on the same thread up to
+/// this size: zeroing a fresh buffer for every chunk cost a tenth of a scan.
+const KEPT_BUFFER_BYTES: usize = 64 << 20;
+
+thread_local! {
+    static INFLATED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Off the I/O thread: the values of `extents` (row-major), or `None` when
 /// a chunk does not inflate to its size (damaged: libnetcdf then says so).
 pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Option<Vec<T>> {
-    let element = size_of::<T>();
     let chunk_values: usize = raw.shape.iter().product();
+    let chunk_bytes = chunk_values.checked_mul(size_of::<T>())?;
     let out_shape: Vec<usize> = extents.iter().map(|r| r.len()).collect();
     let mut out = vec![T::default(); out_shape.iter().product()];
-    let chunk_bytes = chunk_values * element;
-    let mut inflated = Vec::with_capacity(chunk_bytes);
-    // The unshuffled bytes; chunks stored without shuffle are used as inflated.
-    let mut plain = vec![0u8; if raw.shuffled { chunk_bytes } else { 0 }];
-    for (start, stored) in &raw.chunks {
-        inflated.clear();
-        let mut decoder = flate2::read::ZlibDecoder::new(stored.as_slice());
-        if decoder.read_to_end(&mut inflated).is_err() || inflated.len() != chunk_bytes {
-            return None;
-        }
-        let bytes = if raw.shuffled {
-            // Shuffle stores every element's first byte, then every second byte, …
-            for (b, plane) in inflated.chunks_exact(chunk_values).enumerate() {
-                for (e, &byte) in plane.iter().enumerate() {
-                    plain[e * element + b] = byte;
-                }
-            }
-            &plain
-        } else {
-            &inflated
-        };
-        copy_overlap(bytes, start, &raw.shape, extents, &out_shape, &mut out);
+    let mut buffer = INFLATED.take();
+    if buffer.len() < chunk_bytes {
+        buffer.resize(chunk_bytes, 0);
     }
-    Some(out)
+    let inflated = &mut buffer[..chunk_bytes];
+    let mut zlib = flate2::Decompress::new(true);
+    let mut whole = true;
+    for (start, stored) in &raw.chunks {
+        zlib.reset(true);
+        // A chunk must end its stream exactly at its size: a longer or
+        // shorter one is damaged.
+        let ended = zlib.decompress(stored, inflated, flate2::FlushDecompress::Finish);
+        if !matches!(ended, Ok(flate2::Status::StreamEnd)) || zlib.total_out() != chunk_bytes as u64
+        {
+            whole = false;
+            break;
+        }
+        let chunk = Chunk {
+            bytes: inflated,
+            shuffled: raw.shuffled,
+            start,
+            shape: &raw.shape,
+        };
+        copy_overlap(&chunk, extents, &out_shape, &mut out);
+    }
+    if buffer.len() <= KEPT_BUFFER_BYTES {
+        INFLATED.set(buffer);
+    }
+    whole.then_some(out)
 }
 
-/// Copies the part of one chunk (`bytes`, starting at `start`) inside
-/// `extents` into `out`, one run along the last dimension at a time.
+/// One inflated chunk: its bytes (still shuffled if `shuffled`), first
+/// index and shape.
+struct Chunk<'a> {
+    bytes: &'a [u8],
+    shuffled: bool,
+    start: &'a [usize],
+    shape: &'a [usize],
+}
+
+impl Chunk<'_> {
+    /// Decodes the `out.len()` values from flat index `from` on. Shuffle
+    /// stores every value's first byte, then every second byte, …: value
+    /// `i`'s byte `b` is at `b × values + i`, so the run is read from one
+    /// slice per byte, in order, instead of first unshuffling the chunk.
+    fn decode_run<T: RawSample>(&self, from: usize, out: &mut [T]) {
+        match size_of::<T>() {
+            1 => self.decode_run_n::<T, 1>(from, out),
+            2 => self.decode_run_n::<T, 2>(from, out),
+            4 => self.decode_run_n::<T, 4>(from, out),
+            _ => self.decode_run_n::<T, 8>(from, out),
+        }
+    }
+
+    fn decode_run_n<T: RawSample, const N: usize>(&self, from: usize, out: &mut [T]) {
+        debug_assert_eq!(size_of::<T>(), N);
+        let run = out.len();
+        if self.shuffled {
+            let values = self.bytes.len() / N;
+            let planes: [&[u8]; N] =
+                std::array::from_fn(|b| &self.bytes[b * values + from..][..run]);
+            for (k, value) in out.iter_mut().enumerate() {
+                let le: [u8; N] = std::array::from_fn(|b| planes[b][k]);
+                *value = T::from_le(&le);
+            }
+        } else {
+            let bytes = &self.bytes[from * N..][..run * N];
+            for (value, le) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+                *value = T::from_le(le);
+            }
+        }
+    }
+}
+
+/// Copies the part of one chunk inside `extents` into `out`, one run
+/// along the last dimension at a time.
 fn copy_overlap<T: RawSample>(
-    bytes: &[u8],
-    start: &[usize],
-    shape: &[usize],
+    chunk: &Chunk,
     extents: &[Range<usize>],
     out_shape: &[usize],
     out: &mut [T],
 ) {
-    let element = size_of::<T>();
+    let (start, shape) = (chunk.start, chunk.shape);
     let rank = shape.len();
     let overlap: Vec<Range<usize>> = (0..rank)
         .map(|d| extents[d].start.max(start[d])..extents[d].end.min(start[d] + shape[d]))
@@ -272,10 +330,7 @@ fn copy_overlap<T: RawSample>(
             src = src * shape[d] + (index[d] - start[d]);
             dst = dst * out_shape[d] + (index[d] - extents[d].start);
         }
-        for k in 0..run {
-            let at = (src + k) * element;
-            out[dst + k] = T::from_le(&bytes[at..at + element]);
-        }
+        chunk.decode_run(src, &mut out[dst..dst + run]);
         // Next index over the leading dimensions (the last is the run).
         let mut d = rank - 1;
         loop {
@@ -307,9 +362,32 @@ mod tests {
 
     const DIMS: [usize; 3] = [3, 23, 37];
 
+    /// A test value for cell `i`: distinct across a variable's cells
+    /// where the type has room (u8 repeats every 251).
+    trait Sample: RawSample + PartialEq + std::fmt::Debug {
+        fn nth(i: usize) -> Self;
+    }
+
+    macro_rules! sample_from_i16 {
+        ($($t:ty),*) => {$(
+            impl Sample for $t {
+                fn nth(i: usize) -> Self {
+                    ((i % 30_000) as i16 - 15_000).into()
+                }
+            }
+        )*};
+    }
+    sample_from_i16!(i16, f32, f64);
+
+    impl Sample for u8 {
+        fn nth(i: usize) -> Self {
+            (i % 251) as u8
+        }
+    }
+
     /// A NetCDF4 file with `v(time, lat, lon)` of type `T` stored as
     /// `storage`, every value distinct; written on the NetCDF I/O thread.
-    fn write<T: RawSample + From<i16>>(path: &Path, storage: Storage) {
+    fn write<T: Sample>(path: &Path, storage: Storage) {
         let path = path.to_path_buf();
         io_thread::run(move || {
             let mut file = netcdf::create(&path).unwrap();
@@ -327,9 +405,7 @@ mod tests {
                 v.set_endianness(netcdf::Endianness::Big).unwrap();
             }
             let n: usize = DIMS.iter().product();
-            let values: Vec<T> = (0..n)
-                .map(|i| T::from((i % 30_000) as i16 - 15_000))
-                .collect();
+            let values: Vec<T> = (0..n).map(T::nth).collect();
             v.put_values(&values, ..).unwrap();
         });
     }
@@ -365,7 +441,7 @@ mod tests {
         out
     }
 
-    fn same_as_libnetcdf<T: RawSample + From<i16> + PartialEq + std::fmt::Debug>(storage: Storage) {
+    fn same_as_libnetcdf<T: Sample>(storage: Storage) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.nc");
         write::<T>(&path, storage);
@@ -390,8 +466,11 @@ mod tests {
                     deflate,
                     big_endian: false,
                 };
+                // Every element size: 4, 2, 8 and 1 bytes.
                 same_as_libnetcdf::<f32>(storage);
                 same_as_libnetcdf::<i16>(storage);
+                same_as_libnetcdf::<f64>(storage);
+                same_as_libnetcdf::<u8>(storage);
             }
         }
     }

@@ -79,7 +79,7 @@ impl StepReader {
         macro_rules! decode {
             ($t:ty) => {{
                 let raw = self.read_raw::<$t>(&variable.name, extents, read_time)?;
-                variable.packing.decode(&raw)
+                variable.packing.decode(raw)
             }};
         }
         let decoded = match variable.stored {
