@@ -219,14 +219,6 @@ fn chunk_starts(extents: &[Range<usize>], shape: &[usize]) -> Vec<Vec<usize>> {
     starts
 }
 
-/// Inflated chunks are kept between step reads on the same thread up to
-/// this size: zeroing a fresh buffer for every chunk cost a tenth of a scan.
-const KEPT_BUFFER_BYTES: usize = 64 << 20;
-
-thread_local! {
-    static INFLATED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Off the I/O thread: the values of `extents` (row-major), or `None` when
 /// a chunk does not inflate to its size (damaged: libnetcdf then says so).
 pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Option<Vec<T>> {
@@ -234,35 +226,29 @@ pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Opti
     let chunk_bytes = chunk_values.checked_mul(size_of::<T>())?;
     let out_shape: Vec<usize> = extents.iter().map(|r| r.len()).collect();
     let mut out = vec![T::default(); out_shape.iter().product()];
-    let mut buffer = INFLATED.take();
-    if buffer.len() < chunk_bytes {
-        buffer.resize(chunk_bytes, 0);
-    }
-    let inflated = &mut buffer[..chunk_bytes];
-    let mut zlib = flate2::Decompress::new(true);
-    let mut whole = true;
-    for (start, stored) in &raw.chunks {
-        zlib.reset(true);
-        // A chunk must end its stream exactly at its size: a longer or
-        // shorter one is damaged.
-        let ended = zlib.decompress(stored, inflated, flate2::FlushDecompress::Finish);
-        if !matches!(ended, Ok(flate2::Status::StreamEnd)) || zlib.total_out() != chunk_bytes as u64
-        {
-            whole = false;
-            break;
+    crate::scratch::with_buffer(chunk_bytes, |inflated| {
+        let mut zlib = flate2::Decompress::new(true);
+        for (start, stored) in &raw.chunks {
+            zlib.reset(true);
+            // A chunk must end its stream exactly at its size: a longer or
+            // shorter one is damaged.
+            let ended = zlib.decompress(stored, inflated, flate2::FlushDecompress::Finish);
+            if !matches!(ended, Ok(flate2::Status::StreamEnd))
+                || zlib.total_out() != chunk_bytes as u64
+            {
+                return None;
+            }
+            let chunk = Chunk {
+                bytes: inflated,
+                shuffled: raw.shuffled,
+                start,
+                shape: &raw.shape,
+            };
+            copy_overlap(&chunk, extents, &out_shape, &mut out);
         }
-        let chunk = Chunk {
-            bytes: inflated,
-            shuffled: raw.shuffled,
-            start,
-            shape: &raw.shape,
-        };
-        copy_overlap(&chunk, extents, &out_shape, &mut out);
-    }
-    if buffer.len() <= KEPT_BUFFER_BYTES {
-        INFLATED.set(buffer);
-    }
-    whole.then_some(out)
+        Some(())
+    })?;
+    Some(out)
 }
 
 /// One inflated chunk: its bytes (still shuffled if `shuffled`), first

@@ -36,7 +36,11 @@ pub struct Layout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredVariable {
     pub name: String,
-    pub dimensions: usize,
+    /// Each dimension's length; a record variable's first is 0 (the
+    /// records written are [`Layout::records`]).
+    pub shape: Vec<u64>,
+    /// Bytes of one value.
+    pub element: u64,
     /// Offset of its data (of its first record's, for a record variable).
     pub begin: u64,
     /// Bytes of its data (of one record's, for a record variable).
@@ -204,7 +208,8 @@ impl Layout {
                 .ok_or_else(|| invalid(format!("{name}: size overflows")))?;
             variables.push(StoredVariable {
                 name,
-                dimensions: shape.len(),
+                shape,
+                element: size,
                 begin,
                 bytes: elements,
                 is_record,
@@ -278,7 +283,7 @@ impl Layout {
     pub fn coordinate_ranges(&self) -> Vec<Range<u64>> {
         self.variables
             .iter()
-            .filter(|v| v.dimensions <= 1)
+            .filter(|v| v.shape.len() <= 1)
             .flat_map(|v| self.extent(v))
             .filter(|r| !r.is_empty())
             .collect()

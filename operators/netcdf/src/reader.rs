@@ -3,8 +3,10 @@
 //! libnetcdf is not thread-safe; the netcdf crate serialises every call behind
 //! one process-wide lock. Only the raw read happens under that lock: decoding
 //! (unpacking, fill → NULL) runs outside it, so partitions overlap decoding
-//! with each other's reads. NetCDF4 chunks are inflated outside it too
-//! where [`crate::chunks`] applies.
+//! with each other's reads. Where they apply, the stored bytes do not go
+//! through libnetcdf at all: NetCDF3 steps are read by each partition itself
+//! ([`crate::classic_reads`]), and NetCDF4 chunks are fetched on the I/O
+//! thread but inflated by the partition ([`crate::chunks`]).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -14,6 +16,7 @@ use datafusion::arrow::array::Float32Array;
 use datafusion::physical_plan::metrics::Time;
 
 use crate::cf::RawSample;
+use crate::classic_reads::ClassicFile;
 use crate::error::{NetcdfError, Result};
 use crate::inspect::{StoredType, VariableInfo};
 use crate::io_thread::RemoteFile;
@@ -22,20 +25,45 @@ use crate::io_thread::RemoteFile;
 #[derive(Debug)]
 pub struct StepReader {
     file: RemoteFile,
-    /// NetCDF4 (HDF5) with direct chunk reads allowed ([`crate::chunks`]).
-    direct: bool,
-    /// Variables whose chunks are read through libnetcdf after all: their
-    /// layout is not one `chunks` handles, or a chunk did not inflate.
+    direct: Direct,
+    /// Variables read through libnetcdf after all: the direct read did not
+    /// apply to their layout, or their bytes were damaged.
     through_libnetcdf: Mutex<HashSet<String>>,
+}
+
+/// How a file's steps are read when libnetcdf is not needed.
+#[derive(Debug)]
+enum Direct {
+    /// NetCDF3: by the partition itself ([`crate::classic_reads`]).
+    Classic(ClassicFile),
+    /// NetCDF4: chunks fetched on the I/O thread, inflated by the
+    /// partition ([`crate::chunks`]).
+    Chunks,
+    /// Everything through libnetcdf.
+    Off,
 }
 
 /// `UQCAST_NETCDF4_INFLATE=libnetcdf` reads NetCDF4 chunks through
 /// libnetcdf, as before [`crate::chunks`] (to compare, or to rule it out).
 pub const INFLATE_VAR: &str = "UQCAST_NETCDF4_INFLATE";
 
+/// `UQCAST_NETCDF3_READ=libnetcdf` reads NetCDF3 steps through libnetcdf,
+/// as before [`crate::classic_reads`].
+pub const CLASSIC_VAR: &str = "UQCAST_NETCDF3_READ";
+
+/// Whether the environment variable `name` leaves direct reads on.
+fn allowed(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "libnetcdf")
+}
+
 fn direct_chunks_allowed() -> bool {
     static ALLOWED: OnceLock<bool> = OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var(INFLATE_VAR).map_or(true, |v| v != "libnetcdf"))
+    *ALLOWED.get_or_init(|| allowed(INFLATE_VAR))
+}
+
+fn direct_classic_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| allowed(CLASSIC_VAR))
 }
 
 /// Which cells of a step to read: latitude and longitude index ranges.
@@ -53,16 +81,31 @@ impl Hyperslab {
 
 impl StepReader {
     pub fn open(path: &std::path::Path) -> Result<Self> {
+        // Opened through libnetcdf first: it checks the file, and reads
+        // whatever the direct reads leave to it.
+        let file = RemoteFile::open(path)?;
+        let direct = if crate::chunks::is_hdf5(path) {
+            if direct_chunks_allowed() {
+                Direct::Chunks
+            } else {
+                Direct::Off
+            }
+        } else {
+            direct_classic_allowed()
+                .then(|| ClassicFile::open(path))
+                .flatten()
+                .map_or(Direct::Off, Direct::Classic)
+        };
         Ok(Self {
-            file: RemoteFile::open(path)?,
-            direct: direct_chunks_allowed() && crate::chunks::is_hdf5(path),
+            file,
+            direct,
             through_libnetcdf: Mutex::new(HashSet::new()),
         })
     }
 
     /// Reads step `index` of `variable` over `slab`, decoded with the file's
     /// packing (an expver variable's slices merged); `read_time` measures
-    /// only the libnetcdf call.
+    /// the read of the stored values, not their decoding.
     pub fn read(
         &self,
         variable: &VariableInfo,
@@ -101,10 +144,9 @@ impl StepReader {
 }
 
 impl StepReader {
-    /// The stored values of one hyperslab: NetCDF4 chunks fetched on the
-    /// NetCDF I/O thread and inflated on this one where `chunks` applies,
-    /// else read whole through libnetcdf. `read_time` times the I/O
-    /// thread's part.
+    /// The stored values of one hyperslab: read directly where
+    /// [`Direct`] applies, else whole through libnetcdf. `read_time` times
+    /// the I/O (and a NetCDF4 read's wait for the I/O thread).
     fn read_raw<T: RawSample>(
         &self,
         name: &str,
@@ -117,19 +159,8 @@ impl StepReader {
                 .lock()
                 .map_or(true, |names| names.contains(name))
         };
-        if self.direct && !declined() {
-            let (path, variable, slab) = (
-                self.file.path().to_path_buf(),
-                name.to_string(),
-                extents.clone(),
-            );
-            let raw = {
-                let _timer = read_time.timer();
-                self.file.with(move |_| {
-                    Ok(crate::chunks::read(&path, &variable, &slab, size_of::<T>()))
-                })?
-            };
-            if let Some(values) = raw.and_then(|r| crate::chunks::assemble::<T>(&r, &extents)) {
+        if !matches!(self.direct, Direct::Off) && !declined() {
+            if let Some(values) = self.read_direct::<T>(name, &extents, read_time)? {
                 return Ok(values);
             }
             if let Ok(mut names) = self.through_libnetcdf.lock() {
@@ -155,5 +186,38 @@ impl StepReader {
                 })?;
             Ok(raw)
         })
+    }
+}
+
+impl StepReader {
+    /// The values read without libnetcdf, or `None` where that does not
+    /// apply (then the caller reads through libnetcdf).
+    fn read_direct<T: RawSample>(
+        &self,
+        name: &str,
+        extents: &[Range<usize>],
+        read_time: &Time,
+    ) -> Result<Option<Vec<T>>> {
+        match &self.direct {
+            Direct::Classic(file) => {
+                let _timer = read_time.timer();
+                Ok(file.read::<T>(name, extents))
+            }
+            Direct::Chunks => {
+                let (path, variable, slab) = (
+                    self.file.path().to_path_buf(),
+                    name.to_string(),
+                    extents.to_vec(),
+                );
+                let raw = {
+                    let _timer = read_time.timer();
+                    self.file.with(move |_| {
+                        Ok(crate::chunks::read(&path, &variable, &slab, size_of::<T>()))
+                    })?
+                };
+                Ok(raw.and_then(|r| crate::chunks::assemble::<T>(&r, extents)))
+            }
+            Direct::Off => Ok(None),
+        }
     }
 }

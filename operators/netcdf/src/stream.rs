@@ -23,7 +23,8 @@ use crate::schema::COORDINATES;
 #[derive(Debug, Clone)]
 pub struct ScanMetrics {
     pub baseline: BaselineMetrics,
-    /// Time inside libnetcdf (I/O, decompression, waiting for its lock).
+    /// Time reading stored values: I/O, waiting for the NetCDF I/O thread,
+    /// and decompression where libnetcdf does it.
     pub read_time: Time,
     pub steps_read: Count,
 }

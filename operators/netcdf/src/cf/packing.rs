@@ -12,6 +12,9 @@ pub trait RawSample: Copy + Default + Send + Sync + netcdf::NcTypeDescriptor + '
     fn to_f64(self) -> f64;
     /// The value stored little-endian in `bytes` (exactly its size).
     fn from_le(bytes: &[u8]) -> Self;
+    /// The value stored big-endian in `bytes` (exactly its size), as
+    /// classic NetCDF stores every value.
+    fn from_be(bytes: &[u8]) -> Self;
     /// The values themselves when they are already f32, so decoding an
     /// unpacked float variable moves them into the column instead of
     /// copying every value.
@@ -33,6 +36,12 @@ macro_rules! raw_sample {
                 le.copy_from_slice(bytes);
                 <$t>::from_le_bytes(le)
             }
+            #[inline(always)]
+            fn from_be(bytes: &[u8]) -> Self {
+                let mut be = [0u8; size_of::<$t>()];
+                be.copy_from_slice(bytes);
+                <$t>::from_be_bytes(be)
+            }
         }
     )*};
 }
@@ -48,6 +57,12 @@ impl RawSample for f32 {
         let mut le = [0u8; 4];
         le.copy_from_slice(bytes);
         f32::from_le_bytes(le)
+    }
+    #[inline(always)]
+    fn from_be(bytes: &[u8]) -> Self {
+        let mut be = [0u8; 4];
+        be.copy_from_slice(bytes);
+        f32::from_be_bytes(be)
     }
     fn into_f32(values: Vec<Self>) -> Result<Vec<f32>, Vec<Self>> {
         Ok(values)
