@@ -17,6 +17,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use parquet::file::reader::ChunkReader;
 
 use super::TableArg;
 
@@ -42,53 +43,69 @@ pub fn check(location: &Path) -> Result<()> {
 /// cannot read, with its error: DataFusion's error for a table names the
 /// table's location, not the file, so a failed registration asks this.
 pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
-    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-    use parquet::file::metadata::PageIndexPolicy;
-    // Beyond the footer's Thrift: the Arrow schema stored in its key-value
-    // metadata and the page index (where a file has one), both of which
-    // DataFusion decodes.
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     parquet_files(location).ok()?.into_iter().find_map(|path| {
-        let opened = File::open(&path).map_err(|e| e.to_string());
-        let read = opened.and_then(|f| {
-            ParquetRecordBatchReaderBuilder::try_new_with_options(f, options.clone())
-                .map_err(|e| e.to_string())
-        });
-        read.err().map(|e| (path, e))
+        let cause = match File::open(&path) {
+            Ok(file) => unreadable(file)?,
+            Err(e) => e.to_string(),
+        };
+        Some((path, cause))
     })
 }
 
+/// Why the metadata of one Parquet file (a local file, or an object's
+/// bytes) does not read, or `None` when it does. Beyond the footer's
+/// Thrift: the Arrow schema stored in its key-value metadata and the page
+/// index (where a file has one), both of which DataFusion decodes.
+pub fn unreadable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::file::metadata::PageIndexPolicy;
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(reader, options)
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// The first file below `location` that does not decode to its last row,
-/// with why: the parquet crate trusts a page header's sizes, and a damaged
-/// one ends the task reading it in a panic ("range end out of bounds")
-/// that DataFusion reports without the file. [`damaged_file`] asks this,
-/// on a blocking thread (it reads every file whole).
+/// with why. [`damaged_file`] asks this, on a blocking thread (it reads
+/// every file whole).
 pub fn first_undecodable(location: &Path) -> Option<(PathBuf, String)> {
+    parquet_files(location).ok()?.into_iter().find_map(|path| {
+        let cause = match File::open(&path) {
+            Ok(file) => undecodable(file)?,
+            Err(e) => e.to_string(),
+        };
+        Some((path, cause))
+    })
+}
+
+/// Why one Parquet file (a local file, or an object's bytes) does not
+/// decode to its last row, or `None` when it does. The parquet crate
+/// trusts a page header's sizes, and a damaged one ends the task reading
+/// it in a panic ("range end out of bounds") that DataFusion reports
+/// without the file; here the panic is the cause.
+pub fn undecodable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    let decode = |path: &Path| -> Result<(), String> {
-        let file = File::open(path).map_err(|e| e.to_string())?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let decode = move || -> Result<(), String> {
+        let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
             .and_then(|b| b.build())
             .map_err(|e| e.to_string())?;
-        for batch in reader {
+        for batch in batches {
             batch.map_err(|e| e.to_string())?;
         }
         Ok(())
     };
-    parquet_files(location).ok()?.into_iter().find_map(|path| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| decode(&path)));
-        let cause = match outcome {
-            Ok(Ok(())) => return None,
-            Ok(Err(e)) => e,
-            Err(panic) => panic
+    match catch_unwind(AssertUnwindSafe(decode)) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(panic) => Some(
+            panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the parquet crate panicked".into()),
-        };
-        Some((path, cause))
-    })
+        ),
+    }
 }
 
 /// Whether a failed query's error is one a damaged Parquet file gives: the
@@ -104,29 +121,33 @@ fn from_damaged_parquet(e: &anyhow::Error) -> bool {
 
 /// After a query over `tables` failed with `e`: DataFusion's error names
 /// no file, so when it is one a damaged Parquet file gives, this names the
-/// first local Parquet file of the tables that does not decode. `None` for
-/// any other error, or one no file explains.
+/// first Parquet file (or `s3://` object) of the tables that does not
+/// decode. `None` for any other error, or one no file explains.
 pub async fn damaged_file(tables: &[TableArg], e: &anyhow::Error) -> Option<anyhow::Error> {
     if !from_damaged_parquet(e) {
         return None;
     }
-    let locations: Vec<(String, String)> = tables
-        .iter()
-        .filter(|t| super::is_parquet(&t.location) && !t.location.contains("://"))
-        .map(|t| (t.name.clone(), t.location.clone()))
-        .collect();
-    let found = tokio::task::spawn_blocking(move || {
-        locations.into_iter().find_map(|(name, location)| {
-            first_undecodable(Path::new(&location)).map(|(file, cause)| (name, file, cause))
-        })
-    })
-    .await
-    .ok()??;
-    let (name, file, cause) = found;
-    Some(anyhow::anyhow!(
-        "table '{name}': {}: not readable as Parquet (a damaged page?): {cause}",
-        file.display()
-    ))
+    for t in tables {
+        let found = match super::s3::S3Location::parse(&t.location) {
+            Ok(Some(remote)) => super::s3::first_damaged(&remote, true).await,
+            Ok(None) if super::is_parquet(&t.location) => {
+                let location = PathBuf::from(&t.location);
+                tokio::task::spawn_blocking(move || first_undecodable(&location))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(file, cause)| (file.display().to_string(), cause))
+            }
+            _ => None,
+        };
+        if let Some((file, cause)) = found {
+            return Some(anyhow::anyhow!(
+                "table '{}': {file}: not readable as Parquet (a damaged page?): {cause}",
+                t.name
+            ));
+        }
+    }
+    None
 }
 
 /// `ran`, the outcome of a query over `tables`, with a damaged Parquet
@@ -156,32 +177,37 @@ fn check_file(path: &Path) -> Result<()> {
         .metadata()
         .with_context(|| format!("{}", path.display()))?
         .len();
-    if len < SMALLEST {
-        bail!(
-            "{}: not a Parquet file: {len} bytes, fewer than the {SMALLEST} of an empty one",
-            path.display()
-        );
-    }
     let mut tail = [0u8; 8];
-    file.seek(SeekFrom::End(-8))
-        .and_then(|_| file.read_exact(&mut tail))
-        .with_context(|| format!("{}: cannot read the footer", path.display()))?;
+    if len >= SMALLEST {
+        file.seek(SeekFrom::End(-8))
+            .and_then(|_| file.read_exact(&mut tail))
+            .with_context(|| format!("{}: cannot read the footer", path.display()))?;
+    }
+    match footer_problem(len, &tail, "file") {
+        Some(problem) => bail!("{}: {problem}", path.display()),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a Parquet file (or object: `holder`) of `len` bytes
+/// whose last 8 bytes are `tail`, as far as those tell; `None` if nothing.
+pub fn footer_problem(len: u64, tail: &[u8; 8], holder: &str) -> Option<String> {
+    if len < SMALLEST {
+        return Some(format!(
+            "not a Parquet file: {len} bytes, fewer than the {SMALLEST} of an empty one"
+        ));
+    }
     let magic = &tail[4..];
     if magic != MAGIC && magic != MAGIC_ENCRYPTED {
-        bail!(
-            "{}: not a Parquet file or cut short: it does not end in PAR1",
-            path.display()
-        );
+        return Some("not a Parquet file or cut short: it does not end in PAR1".into());
     }
     let metadata_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if metadata_len + SMALLEST > len {
-        bail!(
-            "{}: corrupt Parquet footer: it gives {metadata_len} bytes of metadata, the file holds \
-             {len} bytes in all",
-            path.display()
-        );
-    }
-    Ok(())
+    (metadata_len + SMALLEST > len).then(|| {
+        format!(
+            "corrupt Parquet footer: it gives {metadata_len} bytes of metadata, the {holder} \
+             holds {len} bytes in all"
+        )
+    })
 }
 
 #[cfg(test)]

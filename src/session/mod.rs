@@ -205,9 +205,15 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
             } else {
                 format!("{}/", t.location)
             };
-            register_parquet(ctx, &t.name, &location)
-                .await
-                .with_context(|| format!("table '{}': {}", t.name, t.location))?;
+            if let Err(e) = register_parquet(ctx, &t.name, &location).await {
+                if let Some((url, cause)) = s3::first_damaged(remote, false).await {
+                    bail!(
+                        "table '{}': {url}: not readable as Parquet: {cause}",
+                        t.name
+                    );
+                }
+                return Err(e).with_context(|| format!("table '{}': {}", t.name, t.location));
+            }
         }
         s3::S3Table::Netcdf(files) => {
             let provider = Era5TableProvider::from_files(files, None).with_context(context)?;

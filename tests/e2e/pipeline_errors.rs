@@ -474,7 +474,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
 /// Sets the last 64 bytes of `column`'s chunk in the Parquet file `path` to
 /// 0xFF: inside its last data page, so the footer still reads and the file
 /// fails only when that page is decoded.
-fn damage_column(path: &Path, column: &str) {
+pub fn damage_column(path: &Path, column: &str) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
     let group = reader.metadata().row_group(0);

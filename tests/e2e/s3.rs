@@ -722,6 +722,88 @@ fn s3_failures_name_the_url_and_exit_non_zero() {
     assert_eq!(partial, None);
 }
 
+/// A damaged Parquet object is named by its URL: at registration, a footer
+/// that claims more metadata than the object holds (the parquet crate
+/// panicked on it); in a query, a page that does not decode.
+#[test]
+fn s3_damaged_parquet_objects_are_named() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let data = work.path().join("data");
+    synth_seeded(&data, 2, "nc4", 7, &[]);
+    let sound = work.path().join("sound.parquet");
+    let table = format!("e={}", data.display());
+    let o = crate::uqcast(&[
+        "sql",
+        "SELECT * FROM e",
+        "--table",
+        &table,
+        "--output",
+        sound.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&sound).unwrap();
+    // The footer's metadata length (the 4 bytes before the closing PAR1), 100 too long.
+    let mut footer = bytes.clone();
+    let n = footer.len();
+    footer[n - 8..n - 4].copy_from_slice(&(n as u32 + 100).to_le_bytes());
+    server.put("a.parquet", "footer", &footer);
+    let paged = work.path().join("paged.parquet");
+    std::fs::copy(&sound, &paged).unwrap();
+    crate::pipeline_errors::damage_column(&paged, "latitude");
+    server.put("a.parquet", "pages", &bytes);
+    server.put("b.parquet", "pages", &std::fs::read(&paged).unwrap());
+
+    for (location, object, says) in [
+        (
+            "footer/",
+            "footer/a.parquet",
+            "corrupt Parquet footer: it gives",
+        ),
+        (
+            "footer/a.parquet",
+            "footer/a.parquet",
+            "corrupt Parquet footer: it gives",
+        ),
+        (
+            "pages/",
+            "pages/b.parquet",
+            "not readable as Parquet (a damaged page?)",
+        ),
+    ] {
+        let table = format!("t=s3://{BUCKET}/{location}");
+        let o = server.uqcast_with(
+            SECRET,
+            &cache,
+            &["sql", "SELECT avg(latitude) FROM t", "--table", &table],
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{location}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert!(
+            line.contains(&format!("s3://{BUCKET}/{object}:")) && line.contains(says),
+            "{location}: {err}"
+        );
+    }
+    // The sound object alone reads.
+    let table = format!("t=s3://{BUCKET}/pages/a.parquet");
+    let o = server.uqcast_with(
+        SECRET,
+        &cache,
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM t",
+            "--table",
+            &table,
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn s3_needs_credentials_for_tables_and_models() {
     let work = tempfile::tempdir().unwrap();

@@ -27,6 +27,8 @@ use uqcast_netcdf::{FileNames, LocalCopies};
 mod cache;
 mod headers;
 pub use headers::describe_planned;
+mod parquet_objects;
+pub use parquet_objects::first_damaged;
 mod partial;
 mod prune;
 
@@ -426,6 +428,7 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
         .iter()
         .all(|o| extension(o.location.as_ref()) == "parquet")
     {
+        parquet_objects::check_footers(store.as_ref(), location, &named).await?;
         let url = url::Url::parse(&format!("s3://{}", location.bucket)).context("bucket URL")?;
         ctx.register_object_store(&url, store);
         return Ok(S3Table::Parquet);

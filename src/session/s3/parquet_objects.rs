@@ -1,0 +1,99 @@
+//! Damaged Parquet objects, named as local files are ([`footers`]).
+//!
+//! DataFusion reads an `s3://` Parquet table in place, and the parquet
+//! crate trusts a footer's metadata length: an object whose last 8 bytes
+//! claim more metadata than it holds ended `uqcast` in an overflow panic
+//! at registration. Each object's footer is checked first, with one ranged
+//! read of its last 8 bytes. After a registration or a query fails with
+//! an error only a damaged object explains (DataFusion names the table's
+//! location, or nothing), the objects are read again one by one to name
+//! the first that does not read.
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use super::S3Location;
+use crate::session::footers;
+
+/// Checks the footer of every object in `objects` (those of a Parquet
+/// table at `location`), naming the first damaged one by its URL.
+pub async fn check_footers(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    objects: &[ObjectMeta],
+) -> Result<()> {
+    futures::stream::iter(
+        objects
+            .iter()
+            .map(|meta| check_footer(store, location, meta)),
+    )
+    .buffered(super::headers::PARALLEL_HEADERS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+async fn check_footer(
+    store: &dyn ObjectStore,
+    location: &S3Location,
+    meta: &ObjectMeta,
+) -> Result<()> {
+    let url = location.url(meta.location.as_ref());
+    let len = meta.size;
+    let mut tail = [0u8; 8];
+    if len >= 8 {
+        let bytes = store
+            .get_range(&meta.location, len - 8..len)
+            .await
+            .with_context(|| format!("{url}: cannot read the footer"))?;
+        if bytes.len() != 8 {
+            bail!("{url}: its last 8 bytes came back as {} bytes", bytes.len());
+        }
+        tail.copy_from_slice(&bytes);
+    }
+    match footers::footer_problem(len, &tail, "object") {
+        Some(problem) => bail!("{url}: {problem}"),
+        None => Ok(()),
+    }
+}
+
+/// The URL of the first object of the Parquet table at `location` that
+/// does not read, with why: its metadata only, or (`whole`) every page.
+/// `None` when every object reads, or the location is not a Parquet table.
+/// Reads the objects whole, one at a time: only after a failure.
+pub async fn first_damaged(location: &S3Location, whole: bool) -> Option<(String, String)> {
+    let (store, objects) = super::objects_of(location).await.ok()?;
+    let named = super::select(location, &objects).ok()?;
+    if !named
+        .iter()
+        .all(|o| super::extension(o.location.as_ref()) == "parquet")
+    {
+        return None;
+    }
+    for meta in named {
+        let url = location.url(meta.location.as_ref());
+        let fetched = match store.get(&meta.location).await {
+            Ok(object) => object.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(e) => return Some((url, e.to_string())),
+        };
+        let decoded = tokio::task::spawn_blocking(move || {
+            if whole {
+                footers::undecodable(bytes)
+            } else {
+                footers::unreadable(bytes)
+            }
+        })
+        .await;
+        match decoded {
+            Ok(None) => continue,
+            Ok(Some(cause)) => return Some((url, cause)),
+            Err(e) => return Some((url, e.to_string())),
+        }
+    }
+    None
+}
