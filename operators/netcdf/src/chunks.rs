@@ -161,11 +161,17 @@ pub fn read(
             [H5Z_FILTER_DEFLATE] => false,
             _ => return None,
         };
+        // No chunk is stored in more bytes than its file has: a damaged
+        // chunk index claiming more must not become an allocation that size.
+        let file_len = std::fs::metadata(path).ok()?.len();
         let mut chunks = Vec::new();
         for start in chunk_starts(extents, &shape) {
             let offset: Vec<u64> = start.iter().map(|&s| s as u64).collect();
             let mut bytes = 0u64;
-            if H5Dget_chunk_storage_size(dataset.0, offset.as_ptr(), &mut bytes) < 0 || bytes == 0 {
+            if H5Dget_chunk_storage_size(dataset.0, offset.as_ptr(), &mut bytes) < 0
+                || bytes == 0
+                || bytes > file_len
+            {
                 return None;
             }
             // Not zeroed first: that cost the I/O thread as much as the read.
@@ -219,11 +225,24 @@ fn chunk_starts(extents: &[Range<usize>], shape: &[usize]) -> Vec<Vec<usize>> {
     starts
 }
 
+/// The most bytes deflate inflates one byte to (zlib's technical notes).
+const MAX_INFLATION: usize = 1032;
+
 /// Off the I/O thread: the values of `extents` (row-major), or `None` when
 /// a chunk does not inflate to its size (damaged: libnetcdf then says so).
 pub fn assemble<T: RawSample>(raw: &RawChunks, extents: &[Range<usize>]) -> Option<Vec<T>> {
     let chunk_values: usize = raw.shape.iter().product();
     let chunk_bytes = chunk_values.checked_mul(size_of::<T>())?;
+    // Deflate expands by at most 1032:1; a damaged chunk shape claiming
+    // more must not become a buffer that size.
+    let stored_max = raw.chunks.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    if chunk_bytes
+        > stored_max
+            .saturating_mul(MAX_INFLATION)
+            .saturating_add(1024)
+    {
+        return None;
+    }
     let out_shape: Vec<usize> = extents.iter().map(|r| r.len()).collect();
     let mut out = vec![T::default(); out_shape.iter().product()];
     crate::scratch::with_buffer(chunk_bytes, |inflated| {
@@ -512,6 +531,19 @@ mod tests {
         let middle = stored.len() / 2;
         stored[middle..middle + 8].fill(0xA5);
         assert!(assemble::<f32>(&raw, &whole).is_none());
+    }
+
+    /// A chunk shape larger than deflate could inflate the chunk's bytes to
+    /// (a damaged chunk index) is left to libnetcdf, not allocated: 4 TiB
+    /// here.
+    #[test]
+    fn a_chunk_its_bytes_cannot_fill_is_left_to_libnetcdf() {
+        let raw = RawChunks {
+            shape: vec![1, 1 << 20, 1 << 20],
+            shuffled: false,
+            chunks: vec![(vec![0, 0, 0], vec![0x78, 0x9c, 3, 0, 0, 0, 0, 1])],
+        };
+        assert!(assemble::<f32>(&raw, &[0..1, 0..2, 0..2]).is_none());
     }
 
     #[test]
