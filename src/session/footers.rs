@@ -112,7 +112,7 @@ pub fn undecodable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
 /// parquet crate's own error, as DataFusion ("Parquet error") or arrow
 /// ("Parquet argument error": a dictionary index out of bounds, a zstd page
 /// that does not decompress) wraps it, or a task that panicked in it.
-fn from_damaged_parquet(e: &anyhow::Error) -> bool {
+pub fn from_damaged_parquet(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
     ["Parquet error", "Parquet argument error", "panicked"]
         .iter()

@@ -206,7 +206,14 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
                 format!("{}/", t.location)
             };
             if let Err(e) = register_parquet(ctx, &t.name, &location).await {
-                if let Some((url, cause)) = s3::first_damaged(remote, false).await {
+                // Reading every object again costs downloads: only for an
+                // error a damaged object gives.
+                let damaged = if footers::from_damaged_parquet(&e) {
+                    s3::first_damaged(remote, false).await
+                } else {
+                    None
+                };
+                if let Some((url, cause)) = damaged {
                     bail!(
                         "table '{}': {url}: not readable as Parquet: {cause}",
                         t.name

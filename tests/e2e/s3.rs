@@ -754,6 +754,7 @@ fn s3_damaged_parquet_objects_are_named() {
     crate::pipeline_errors::damage_column(&paged, "latitude");
     server.put("a.parquet", "pages", &bytes);
     server.put("b.parquet", "pages", &std::fs::read(&paged).unwrap());
+    server.put("a.parquet", "schema", &with_damaged_arrow_schema(&sound));
 
     for (location, object, says) in [
         (
@@ -770,6 +771,11 @@ fn s3_damaged_parquet_objects_are_named() {
             "pages/",
             "pages/b.parquet",
             "not readable as Parquet (a damaged page?)",
+        ),
+        (
+            "schema/",
+            "schema/a.parquet",
+            "not readable as Parquet: Arrow",
         ),
     ] {
         let table = format!("t=s3://{BUCKET}/{location}");
@@ -802,6 +808,28 @@ fn s3_damaged_parquet_objects_are_named() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// The bytes of the Parquet file `path` with one character of its Arrow
+/// schema (base64 in the footer's key-value metadata) made not base64: the
+/// footer reads, the schema DataFusion decodes at registration does not.
+fn with_damaged_arrow_schema(path: &Path) -> Vec<u8> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let encoded = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == "ARROW:schema"))
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(encoded.len())
+        .position(|w| w == encoded.as_bytes())
+        .unwrap();
+    bytes[at + encoded.len() / 2] = b'!';
+    bytes
 }
 
 #[test]
