@@ -356,6 +356,7 @@ fn copy_overlap<T: RawSample>(
 mod tests {
     use super::*;
     use crate::io_thread;
+    use crate::reader::libnetcdf_values as through_libnetcdf;
 
     /// How a test variable is stored.
     #[derive(Clone, Copy, Debug)]
@@ -413,18 +414,6 @@ mod tests {
             let values: Vec<T> = (0..n).map(T::nth).collect();
             v.put_values(&values, ..).unwrap();
         });
-    }
-
-    /// libnetcdf's values of `extents`, for comparison.
-    fn through_libnetcdf<T: RawSample>(path: &Path, extents: &[Range<usize>]) -> Vec<T> {
-        let (path, extents) = (path.to_path_buf(), extents.to_vec());
-        io_thread::run(move || {
-            let file = netcdf::open(&path).unwrap();
-            let v = file.variable("v").unwrap();
-            let mut out = vec![T::default(); extents.iter().map(|r| r.len()).product()];
-            v.get_values_into(&mut out, extents).unwrap();
-            out
-        })
     }
 
     fn direct<T: RawSample>(path: &Path, extents: &[Range<usize>]) -> Option<Vec<T>> {

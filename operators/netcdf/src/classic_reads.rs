@@ -182,6 +182,7 @@ impl Rows {
 mod tests {
     use super::*;
     use crate::io_thread;
+    use crate::reader::libnetcdf_values as through_libnetcdf;
 
     /// What a test file holds: its format, and whether its time dimension
     /// is unlimited (records) or fixed.
@@ -251,17 +252,6 @@ mod tests {
             }
             file.close().unwrap();
         });
-    }
-
-    fn through_libnetcdf<T: RawSample>(path: &Path, extents: &[Range<usize>]) -> Vec<T> {
-        let (path, extents) = (path.to_path_buf(), extents.to_vec());
-        io_thread::run(move || {
-            let file = netcdf::open(&path).unwrap();
-            let v = file.variable("v").unwrap();
-            let mut out = vec![T::default(); extents.iter().map(|r| r.len()).product()];
-            v.get_values_into(&mut out, extents).unwrap();
-            out
-        })
     }
 
     /// Whole steps, one expver slice, slabs inside the grid, a single cell,

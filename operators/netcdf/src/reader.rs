@@ -221,3 +221,20 @@ impl StepReader {
         }
     }
 }
+
+/// libnetcdf's values of the variable `v` of `path` over `extents`: what
+/// tests compare the direct reads with.
+#[cfg(test)]
+pub(crate) fn libnetcdf_values<T: RawSample>(
+    path: &std::path::Path,
+    extents: &[Range<usize>],
+) -> Vec<T> {
+    let (path, extents) = (path.to_path_buf(), extents.to_vec());
+    crate::io_thread::run(move || {
+        let file = netcdf::open(&path).unwrap();
+        let v = file.variable("v").unwrap();
+        let mut out = vec![T::default(); extents.iter().map(|r| r.len()).product()];
+        v.get_values_into(&mut out, extents).unwrap();
+        out
+    })
+}
