@@ -129,7 +129,7 @@ pub async fn damaged_file(tables: &[TableArg], e: &anyhow::Error) -> Option<anyh
     }
     for t in tables {
         let found = match super::s3::S3Location::parse(&t.location) {
-            Ok(Some(remote)) => super::s3::first_damaged(&remote, true).await,
+            Ok(Some(remote)) => super::s3::first_damaged(&remote, undecodable).await,
             Ok(None) if super::is_parquet(&t.location) => {
                 let location = PathBuf::from(&t.location);
                 tokio::task::spawn_blocking(move || first_undecodable(&location))

@@ -209,7 +209,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
                 // Reading every object again costs downloads: only for an
                 // error a damaged object gives.
                 let damaged = if footers::from_damaged_parquet(&e) {
-                    s3::first_damaged(remote, false).await
+                    s3::first_damaged(remote, footers::unreadable).await
                 } else {
                     None
                 };

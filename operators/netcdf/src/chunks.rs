@@ -327,29 +327,14 @@ fn copy_overlap<T: RawSample>(
         .map(|d| extents[d].start.max(start[d])..extents[d].end.min(start[d] + shape[d]))
         .collect();
     let run = overlap[rank - 1].len();
-    // Every index of the overlap's leading dimensions, row-major.
-    let mut index: Vec<usize> = overlap.iter().map(|r| r.start).collect();
-    loop {
+    crate::runs::for_each_run_start(&overlap, |index| {
         let (mut src, mut dst) = (0, 0);
         for d in 0..rank {
             src = src * shape[d] + (index[d] - start[d]);
             dst = dst * out_shape[d] + (index[d] - extents[d].start);
         }
         chunk.decode_run(src, &mut out[dst..dst + run]);
-        // Next index over the leading dimensions (the last is the run).
-        let mut d = rank - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            index[d] += 1;
-            if index[d] < overlap[d].end {
-                break;
-            }
-            index[d] = overlap[d].start;
-        }
-    }
+    });
 }
 
 #[cfg(test)]

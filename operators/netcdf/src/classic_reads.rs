@@ -129,25 +129,8 @@ impl Rows {
                 .sum()
         };
         let run = extents.last().map_or(1, |r| r.len());
-        // Every index of the leading dimensions, row-major; the last
-        // dimension's run starts at its extent's start.
-        let mut index: Vec<usize> = extents.iter().map(|r| r.start).collect();
         let mut offsets = Vec::new();
-        'runs: loop {
-            offsets.push(offset(&index));
-            let mut d = rank.saturating_sub(1);
-            loop {
-                if d == 0 {
-                    break 'runs;
-                }
-                d -= 1;
-                index[d] += 1;
-                if index[d] < extents[d].end {
-                    break;
-                }
-                index[d] = extents[d].start;
-            }
-        }
+        crate::runs::for_each_run_start(extents, |index| offsets.push(offset(index)));
         let first = offsets[0];
         let run_bytes = run * element;
         let end = offsets[offsets.len() - 1] + run_bytes as u64;

@@ -36,6 +36,7 @@ pub mod plausible;
 pub mod provider;
 pub mod pushdown;
 pub mod reader;
+pub mod runs;
 pub mod schema;
 pub mod scratch;
 pub mod spec;

@@ -10,6 +10,7 @@
 //! the first that does not read.
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
@@ -59,10 +60,14 @@ async fn check_footer(
 }
 
 /// The URL of the first object of the Parquet table at `location` that
-/// does not read, with why: its metadata only, or (`whole`) every page.
-/// `None` when every object reads, or the location is not a Parquet table.
-/// Reads the objects whole, one at a time: only after a failure.
-pub async fn first_damaged(location: &S3Location, whole: bool) -> Option<(String, String)> {
+/// `judge` finds damaged ([`footers::unreadable`] for its metadata,
+/// [`footers::undecodable`] for every page), with why. `None` when none
+/// is, or the location is not a Parquet table. Reads the objects whole,
+/// one at a time: only after a failure.
+pub async fn first_damaged(
+    location: &S3Location,
+    judge: fn(Bytes) -> Option<String>,
+) -> Option<(String, String)> {
     let (store, objects) = super::objects_of(location).await.ok()?;
     let named = super::select(location, &objects).ok()?;
     if !named
@@ -81,14 +86,7 @@ pub async fn first_damaged(location: &S3Location, whole: bool) -> Option<(String
             Ok(bytes) => bytes,
             Err(e) => return Some((url, e.to_string())),
         };
-        let decoded = tokio::task::spawn_blocking(move || {
-            if whole {
-                footers::undecodable(bytes)
-            } else {
-                footers::unreadable(bytes)
-            }
-        })
-        .await;
+        let decoded = tokio::task::spawn_blocking(move || judge(bytes)).await;
         match decoded {
             Ok(None) => continue,
             Ok(Some(cause)) => return Some((url, cause)),
