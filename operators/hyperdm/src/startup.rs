@@ -8,7 +8,10 @@
 //!   (mmap above a sliding threshold, heap trimming above 128 KiB), so each
 //!   update faulted its pages in again: 11% of an update, with the TLB
 //!   shootdowns they cause. [`keep_freed_memory`] keeps them for reuse; the
-//!   peak footprint is unchanged.
+//!   peak footprint is unchanged. A NetCDF scan's per-step arrays are the
+//!   same case: without it a one-partition NetCDF3 scan ran at less than
+//!   half the speed on a VM whose page faults were slow (the scan bench
+//!   calls it too; operators/netcdf/README.md).
 //! - **Thread-count lookups.** candle asks for its thread count on every
 //!   matmul. Unless `RAYON_NUM_THREADS` is set, the answer comes from
 //!   `num_cpus::get_physical`, which parses `/proc/cpuinfo` each time: 6.5%
