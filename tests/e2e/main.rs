@@ -59,6 +59,31 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The value `EXPLAIN ANALYZE` printed for metric `name` of `operator`
+/// (the first line naming it), as printed; panics if there is none.
+pub fn plan_metric<'a>(plan: &'a str, operator: &str, name: &str) -> &'a str {
+    let line = plan
+        .lines()
+        .find(|l| l.contains(&format!("{operator}:")))
+        .unwrap_or_else(|| panic!("no {operator} in {plan}"));
+    let metrics = line.split("metrics=[").nth(1).unwrap_or("");
+    let metrics = metrics.split(']').next().unwrap_or("");
+    metrics
+        .split(", ")
+        .find_map(|m| m.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{operator} has no metric {name}: {line}"))
+}
+
+/// Seconds in a duration as DataFusion prints one (`2.5s`, `3.10ms`,
+/// `12.00µs`, `7ns`); panics on anything else, `NOT RECORDED` included.
+pub fn printed_seconds(duration: &str) -> f64 {
+    let (number, scale) = [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)]
+        .into_iter()
+        .find_map(|(unit, scale)| Some((duration.strip_suffix(unit)?, scale)))
+        .unwrap_or_else(|| panic!("not a duration: {duration}"));
+    number.parse::<f64>().unwrap() * scale
+}
+
 /// Synthesises `steps` steps on a small grid into `dir`; panics on failure.
 pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
     synth_seeded(dir, steps, encoding, 7, extra);

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::errors::fails_with;
-use crate::{sql_csv, stderr, stdout, synth, uqcast};
+use crate::{plan_metric, printed_seconds, sql_csv, stderr, stdout, synth, uqcast};
 
 /// A small pipeline: the whole (small) grid, a tiny cell model, slow enough
 /// sampling (`samples`) that a run can be killed between steps.
@@ -336,6 +336,19 @@ fn forecast_flags_sql_function_plot_and_eval() {
         plan.contains("HyperdmExec") && plan.contains("steps_forecast=2"),
         "{plan}"
     );
+    // One batch per step from each operator, and their own compute time,
+    // of which sampling (forecast) and reading (scan) are parts.
+    assert_eq!(plan_metric(&plan, "HyperdmExec", "output_batches"), "2");
+    let compute = printed_seconds(plan_metric(&plan, "HyperdmExec", "elapsed_compute"));
+    let sampling = printed_seconds(plan_metric(&plan, "HyperdmExec", "sampling_time"));
+    assert!(sampling > 0.0 && compute >= sampling, "{plan}");
+    assert_eq!(
+        plan_metric(&plan, "NetcdfExec", "output_batches"),
+        plan_metric(&plan, "NetcdfExec", "steps_read")
+    );
+    let compute = printed_seconds(plan_metric(&plan, "NetcdfExec", "elapsed_compute"));
+    let reading = printed_seconds(plan_metric(&plan, "NetcdfExec", "netcdf_read_time"));
+    assert!(reading > 0.0 && compute >= reading, "{plan}");
     // One sample per weight draw leaves AU undefined: refused at planning.
     let q = format!(
         "SELECT count(*) FROM hyperdm_forecast('{}', 'SELECT * FROM era5', 3, 1)",

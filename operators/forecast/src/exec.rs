@@ -26,7 +26,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput, Time,
 };
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
@@ -247,12 +247,21 @@ impl ExecutionPlan for HyperdmExec {
         let tx = builder.tx();
         builder.spawn(async move {
             let mut assembler = StepAssembler::new(model.meta.grid.clone());
+            // elapsed_compute is the operator's own work: assembling steps,
+            // sampling and building batches, not waiting on its input or
+            // its consumer. sampling_time is the part spent sampling.
             while let Some(batch) = input.next().await {
-                for step in assembler.push(&batch?)? {
+                let batch = batch?;
+                let steps = {
+                    let _compute = metrics.baseline.elapsed_compute().timer();
+                    assembler.push(&batch)?
+                };
+                for step in steps {
                     if skip.contains(&step.time) {
                         metrics.steps_skipped.add(1);
                         continue;
                     }
+                    let compute = metrics.baseline.elapsed_compute().timer();
                     let timer = metrics.sampling_time.timer();
                     let m = model.clone();
                     let (step, forecast) = tokio::task::spawn_blocking(move || {
@@ -263,8 +272,9 @@ impl ExecutionPlan for HyperdmExec {
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                     drop(timer);
                     let batch = output_batch(&schema, &model, &step, &forecast?)?;
+                    compute.done();
                     metrics.steps_forecast.add(1);
-                    metrics.baseline.record_output(batch.num_rows());
+                    let batch = batch.record_output(&metrics.baseline);
                     if tx.send(Ok(batch)).await.is_err() {
                         return Ok(()); // the consumer stopped (LIMIT or cancel)
                     }

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::physical_plan::metrics::{BaselineMetrics, Count, Time};
+use datafusion::physical_plan::metrics::{BaselineMetrics, Count, RecordOutput, Time};
 use tokio::sync::mpsc::Sender;
 
 use crate::catalog::{Catalog, Step, T2M};
@@ -50,6 +50,9 @@ impl PartitionScan {
         let coordinates = self.coordinate_columns();
         let mut open: Option<(usize, StepReader)> = None;
         for step in &self.steps {
+            // The whole step is the operator's own work (opening, reading,
+            // decoding, building the batch); waiting on the consumer is not.
+            let compute = self.metrics.baseline.elapsed_compute().timer();
             let batch = {
                 let reader = match &open {
                     Some((file, reader)) if *file == step.file => reader,
@@ -62,8 +65,9 @@ impl PartitionScan {
                 };
                 self.batch(reader, step, &coordinates)?
             };
+            compute.done();
             self.metrics.steps_read.add(1);
-            self.metrics.baseline.record_output(batch.num_rows());
+            let batch = batch.record_output(&self.metrics.baseline);
             if tx.blocking_send(Ok(batch)).is_err() {
                 break; // the query finished early (LIMIT) or was cancelled
             }

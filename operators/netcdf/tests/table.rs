@@ -339,6 +339,43 @@ async fn a_table_planned_from_headers_plans_as_its_files_and_reads_nothing() {
     );
 }
 
+/// `EXPLAIN ANALYZE` shows what a scan did: one batch per step, its bytes,
+/// and the compute time it took, of which reading is a part.
+#[tokio::test]
+async fn scan_metrics_count_batches_bytes_and_compute_time() {
+    use datafusion::physical_plan::metrics::MetricValue;
+    use datafusion::physical_plan::{ExecutionPlan, collect};
+    let dir = tempfile::tempdir().unwrap();
+    Fixture::new(3, 0).write(&dir.path().join("f.nc"), Encoding::Nc4);
+    let ctx = context(2);
+    table(&ctx, "era5", &[dir.path().join("f.nc")]);
+    let plan = ctx
+        .sql("SELECT valid_time, t2m FROM era5")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    fn scan_of(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if plan.name() == "NetcdfExec" {
+            return Some(plan.clone());
+        }
+        plan.children().into_iter().find_map(scan_of)
+    }
+    let metrics = scan_of(&plan).unwrap().metrics().unwrap();
+    let sum = |wanted: fn(&MetricValue) -> bool| metrics.sum(|m| wanted(m.value())).unwrap();
+    assert_eq!(metrics.output_rows(), Some(60));
+    let batches = sum(|m| matches!(m, MetricValue::OutputBatches(_)));
+    assert_eq!(batches.as_usize(), 3, "one batch per step");
+    // 20 cells a step: an 8-byte time and a 4-byte t2m each, at least.
+    let bytes = sum(|m| matches!(m, MetricValue::OutputBytes(_)));
+    assert!(bytes.as_usize() >= 3 * 20 * 12, "{metrics}");
+    let compute = metrics.elapsed_compute().unwrap();
+    let reading = metrics.sum_by_name("netcdf_read_time").unwrap().as_usize();
+    assert!(reading > 0 && compute >= reading, "{metrics}");
+}
+
 #[test]
 fn duplicate_steps_across_files_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
