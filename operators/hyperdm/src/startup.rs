@@ -10,8 +10,12 @@
 //!   shootdowns they cause. [`keep_freed_memory`] keeps them for reuse; the
 //!   peak footprint is unchanged. A NetCDF scan's per-step arrays are the
 //!   same case: without it a one-partition NetCDF3 scan ran at less than
-//!   half the speed on a VM whose page faults were slow (the scan bench
-//!   calls it too; operators/netcdf/README.md).
+//!   half the speed on a VM whose page faults were slow, and a `SELECT *`
+//!   that held more than one 64 MiB heap of batches at a time, at less
+//!   than half with it but without `TOP_PAD` (the scan bench calls it
+//!   too; operators/netcdf/README.md). Peak memory measured with and
+//!   without `TOP_PAD`: the demo 246–251 MB either way, the training and
+//!   sampling benches within 5 MB.
 //! - **Thread-count lookups.** candle asks for its thread count on every
 //!   matmul. Unless `RAYON_NUM_THREADS` is set, the answer comes from
 //!   `num_cpus::get_physical`, which parses `/proc/cpuinfo` each time: 6.5%
@@ -41,6 +45,14 @@ const MMAP_THRESHOLD: i32 = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: i32 = 1 << 30;
 
+/// Room kept at the top of each heap. A thread's arena grows in heaps of
+/// 64 MiB, and glibc unmaps a whole heap once nothing in it is in use
+/// unless this much room would remain: holding more than one heap of a
+/// scan's batches (e.g. `SELECT *` collected) made every later step fault
+/// its pages in again.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TOP_PAD: i32 = 64 << 20;
+
 /// Every setting. Call first thing in `main`, before any thread starts.
 pub fn prepare() {
     keep_freed_memory();
@@ -60,6 +72,7 @@ pub fn keep_freed_memory() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TOP_PAD, TOP_PAD) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
