@@ -10,12 +10,13 @@
 //!   shootdowns they cause. [`keep_freed_memory`] keeps them for reuse; the
 //!   peak footprint is unchanged. A NetCDF scan's per-step arrays are the
 //!   same case: without it a one-partition NetCDF3 scan ran at less than
-//!   half the speed on a VM whose page faults were slow, and a `SELECT *`
-//!   that held more than one 64 MiB heap of batches at a time, at less
-//!   than half with it but without `TOP_PAD` (the scan bench calls it
-//!   too; operators/netcdf/README.md). Peak memory measured with and
-//!   without `TOP_PAD`: the demo 246–251 MB either way, the training and
-//!   sampling benches within 5 MB.
+//!   half the speed on a VM whose page faults were slow. A `SELECT *` that
+//!   holds more than one 64 MiB heap of batches at once needs `TOP_PAD`
+//!   as well: without it the scan bench's `SELECT *` ran at 40–50% of the
+//!   speed (operators/netcdf/README.md; the bench calls this too). Peak
+//!   memory with and without `TOP_PAD`: the demo 246–251 MB either way,
+//!   the training and sampling benches within 5 MB, a sort of the whole
+//!   bench table 528 MB against 500.
 //! - **Thread-count lookups.** candle asks for its thread count on every
 //!   matmul. Unless `RAYON_NUM_THREADS` is set, the answer comes from
 //!   `num_cpus::get_physical`, which parses `/proc/cpuinfo` each time: 6.5%
