@@ -16,73 +16,14 @@
 
 #![allow(unsafe_code)]
 
-use std::ffi::{CString, c_char, c_int, c_uint};
+use std::ffi::{CString, c_int, c_uint};
 use std::io::Read;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::cf::RawSample;
-
-type Hid = i64;
-type Herr = c_int;
-
-const H5P_DEFAULT: Hid = 0;
-const H5F_ACC_RDONLY: c_uint = 0;
-const H5D_CHUNKED: c_int = 2;
-const H5T_ORDER_LE: c_int = 0;
-const H5Z_FILTER_DEFLATE: c_int = 1;
-const H5Z_FILTER_SHUFFLE: c_int = 2;
-
-unsafe extern "C" {
-    fn H5Fopen(name: *const c_char, flags: c_uint, fapl: Hid) -> Hid;
-    fn H5Fclose(file: Hid) -> Herr;
-    fn H5Dopen2(file: Hid, name: *const c_char, dapl: Hid) -> Hid;
-    fn H5Dclose(dataset: Hid) -> Herr;
-    fn H5Dget_create_plist(dataset: Hid) -> Hid;
-    fn H5Dget_type(dataset: Hid) -> Hid;
-    fn H5Dget_chunk_storage_size(dataset: Hid, offset: *const u64, bytes: *mut u64) -> Herr;
-    fn H5Dread_chunk(
-        dataset: Hid,
-        dxpl: Hid,
-        offset: *const u64,
-        filters: *mut u32,
-        buf: *mut u8,
-    ) -> Herr;
-    fn H5Pclose(plist: Hid) -> Herr;
-    fn H5Pget_layout(plist: Hid) -> c_int;
-    fn H5Pget_chunk(plist: Hid, max_rank: c_int, dims: *mut u64) -> c_int;
-    fn H5Pget_nfilters(plist: Hid) -> c_int;
-    fn H5Pget_filter2(
-        plist: Hid,
-        index: c_uint,
-        flags: *mut c_uint,
-        cd_count: *mut usize,
-        cd_values: *mut c_uint,
-        name_len: usize,
-        name: *mut c_char,
-        config: *mut c_uint,
-    ) -> c_int;
-    fn H5Tclose(datatype: Hid) -> Herr;
-    fn H5Tget_size(datatype: Hid) -> usize;
-    fn H5Tget_order(datatype: Hid) -> c_int;
-}
-
-/// An HDF5 identifier closed on drop by its own close function.
-struct Handle(Hid, unsafe extern "C" fn(Hid) -> Herr);
-
-impl Handle {
-    fn open(id: Hid, close: unsafe extern "C" fn(Hid) -> Herr) -> Option<Self> {
-        (id >= 0).then_some(Self(id, close))
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: `self.0` is a valid identifier of the kind `self.1` closes.
-        unsafe { (self.1)(self.0) };
-    }
-}
+use crate::hdf5_ffi::*;
 
 /// The stored bytes of every chunk one step's hyperslab touches.
 #[derive(Debug)]
