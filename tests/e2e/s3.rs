@@ -637,6 +637,80 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     );
 }
 
+/// A NetCDF4 object of three days is planned from the blocks a walk of
+/// its metadata fetched: a query of one step fetches that step's chunks
+/// into a partial copy, a step already held fetches nothing, and a query
+/// of every step downloads the object; every answer is the answer over the
+/// same file on disk.
+#[test]
+fn s3_netcdf4_queries_of_few_steps_fetch_only_those_steps() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let long = work.path().join("long");
+    synth_seeded(&long, 12, "nc4", 6, &[]);
+    copy_tree(&long, &server.path("era5/long4"));
+    let object = walk_all(&server.path("era5/long4"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "nc"))
+        .unwrap();
+    let object_size = std::fs::metadata(&object).unwrap().len();
+    let remote = format!("t=s3://{BUCKET}/era5/long4/*.nc");
+    let local = format!("t={}/*.nc", long.display());
+    let answer = |table: &str, query: &str| {
+        let o = server.uqcast_with(
+            SECRET,
+            &cache,
+            &["sql", query, "--table", table, "--format", "csv"],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        (sql_csv(&o), stderr(&o))
+    };
+    let step_reads = |err: &str| -> Vec<u64> {
+        err.lines()
+            .filter(|l| l.starts_with("reading 1 of 12 steps of s3://"))
+            .filter_map(|l| l.split(" (").nth(1)?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let downloads = |err: &str| err.matches("downloading s3://").count();
+    let at = |t: &str| {
+        format!(
+            "SELECT latitude, longitude, t2m FROM t WHERE valid_time = '{t}' \
+             ORDER BY latitude, longitude"
+        )
+    };
+    for (time, steps_fetched) in [
+        ("2020-01-02T06:00:00Z", 1),
+        ("2020-01-03T12:00:00Z", 1),
+        ("2020-01-02T06:00:00Z", 0),
+    ] {
+        let (from_bucket, err) = answer(&remote, &at(time));
+        assert_eq!(from_bucket, answer(&local, &at(time)).0, "{time}");
+        assert!(from_bucket.lines().count() > 100, "{from_bucket}");
+        assert_eq!(downloads(&err), 0, "{err}");
+        let read = step_reads(&err);
+        assert_eq!(read.len(), steps_fetched, "{time}: {err}");
+        assert!(read.iter().all(|&bytes| bytes * 10 < object_size), "{err}");
+    }
+    let whole_copy = Path::new("s3")
+        .join(BUCKET)
+        .join("era5/long4")
+        .join(object.file_name().unwrap());
+    let held: Vec<PathBuf> = walk_all(&cache);
+    assert!(!held.iter().any(|p| p.ends_with(&whole_copy)), "{held:?}");
+    assert!(
+        held.iter()
+            .any(|p| p.to_string_lossy().contains("/s3-steps/")),
+        "{held:?}"
+    );
+    let every_step =
+        "SELECT valid_time, sum(t2m) AS s FROM t GROUP BY valid_time ORDER BY valid_time";
+    let (from_bucket, err) = answer(&remote, every_step);
+    assert_eq!(from_bucket, answer(&local, every_step).0);
+    assert_eq!(from_bucket.lines().count(), 1 + 12, "{from_bucket}");
+    assert_eq!(downloads(&err), 1, "{err}");
+}
+
 #[test]
 fn s3_failures_name_the_url_and_exit_non_zero() {
     let server = Server::start();

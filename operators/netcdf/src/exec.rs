@@ -53,6 +53,9 @@ pub struct NetcdfExec {
     /// The partitions' steps as an in-memory input, on a cluster
     /// (`crate::steps_input`); `None`: a leaf.
     steps_input: Option<Arc<dyn ExecutionPlan>>,
+    /// How many steps of each file the whole scan reads, where this is a
+    /// task's share of it (from the steps input); `None`: all of it.
+    file_steps_in_scan: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -117,6 +120,7 @@ impl NetcdfExec {
             slab,
             partitions,
             steps_input: None,
+            file_steps_in_scan: None,
             properties,
             metrics: Default::default(),
         }
@@ -155,6 +159,17 @@ impl NetcdfExec {
             scan.partitions.len(),
             false,
         ));
+        let mut in_scan = vec![0; scan.catalog.files.len()];
+        let counts = crate::steps_input::file_steps_of(&input)?;
+        for (step, count) in scan
+            .partitions
+            .iter()
+            .flatten()
+            .zip(counts.iter().flatten())
+        {
+            in_scan[step.file] = usize::try_from(*count).unwrap_or(usize::MAX);
+        }
+        scan.file_steps_in_scan = Some(in_scan);
         scan.steps_input = Some(input);
         Ok(scan)
     }
@@ -194,8 +209,12 @@ impl NetcdfExec {
         self.partitions.iter().map(Vec::len).sum()
     }
 
-    /// How many steps the whole scan (every partition) reads from each file.
+    /// How many steps the whole scan (every partition, every task's share
+    /// of it) reads from each file.
     fn steps_per_file(&self) -> Vec<usize> {
+        if let Some(in_scan) = &self.file_steps_in_scan {
+            return in_scan.clone();
+        }
         let mut counts = vec![0; self.catalog.files.len()];
         for step in self.partitions.iter().flatten() {
             counts[step.file] += 1;

@@ -5,7 +5,10 @@
 //! in-memory tables, not for a scan it does not know. So on a cluster a
 //! `NetcdfExec` carries its partitions' step times as such a table (one
 //! batch per partition) and takes its partitions from it whenever its input
-//! is replaced: the scheduler cuts the table, the scan follows. The input is
+//! is replaced: the scheduler cuts the table, the scan follows. Beside each
+//! step's time the table holds how many steps of that step's file the whole
+//! scan reads, which a task's share no longer shows (a partial copy is
+//! worth making only of a file the query reads little of). The input is
 //! never executed.
 
 use std::sync::Arc;
@@ -20,19 +23,26 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::catalog::Step;
 
 const STEP_TIME: &str = "step_time";
+const FILE_STEPS: &str = "file_steps_in_scan";
 
-/// One partition per scan partition, holding its steps' times (UTC µs).
+/// One partition per scan partition, holding its steps' times (UTC µs)
+/// and how many steps of each one's file the scan reads.
 pub fn plan_of(partitions: &[Vec<Step>]) -> Result<Arc<dyn ExecutionPlan>> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        STEP_TIME,
-        DataType::Int64,
-        false,
-    )]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(STEP_TIME, DataType::Int64, false),
+        Field::new(FILE_STEPS, DataType::Int64, false),
+    ]));
+    let mut per_file = std::collections::HashMap::<usize, i64>::new();
+    for step in partitions.iter().flatten() {
+        *per_file.entry(step.file).or_default() += 1;
+    }
     let batches = partitions
         .iter()
         .map(|steps| {
             let times = Int64Array::from_iter_values(steps.iter().map(|s| s.time));
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(times)]).map(|b| vec![b])
+            let counts = Int64Array::from_iter_values(steps.iter().map(|s| per_file[&s.file]));
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(times), Arc::new(counts)])
+                .map(|b| vec![b])
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(MemorySourceConfig::try_new_exec(&batches, schema, None)?)
@@ -41,6 +51,16 @@ pub fn plan_of(partitions: &[Vec<Step>]) -> Result<Arc<dyn ExecutionPlan>> {
 /// The step times of each partition of `plan`, an input made by
 /// [`plan_of`], possibly cut down and wrapped in one-input operators.
 pub fn times_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Vec<i64>>> {
+    column_of(plan, STEP_TIME)
+}
+
+/// For each step [`times_of`] lists, how many steps of its file the whole
+/// scan reads.
+pub fn file_steps_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Vec<i64>>> {
+    column_of(plan, FILE_STEPS)
+}
+
+fn column_of(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Result<Vec<Vec<i64>>> {
     let mut node = plan.clone();
     loop {
         if let Some(memory) = node
@@ -53,9 +73,9 @@ pub fn times_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Vec<i64>>> {
                 .map(|batches| {
                     let mut times = Vec::new();
                     for batch in batches {
-                        let column = batch.column_by_name(STEP_TIME).ok_or_else(|| {
+                        let column = batch.column_by_name(name).ok_or_else(|| {
                             DataFusionError::Internal(format!(
-                                "NetcdfExec's steps input has no {STEP_TIME} column"
+                                "NetcdfExec's steps input has no {name} column"
                             ))
                         })?;
                         times.extend(column.as_primitive::<Int64Type>().values().iter().copied());

@@ -2,19 +2,22 @@
 //! file (the CDS's NetCDF3) keeps all its metadata in a header at its start
 //! and its coordinates in a few byte ranges the header locates; those bytes,
 //! fetched by range, describe the file as completely as the whole file
-//! does. The object itself is downloaded when a scan first reads one of its
-//! steps ([`super::local_copies`]), so a query over a month of a year's
-//! objects downloads that month's.
+//! does. A NetCDF4 file's metadata is found by walking it through HDF5,
+//! fetching blocks as HDF5 asks for them ([`uqcast_netcdf::ranged`]). The
+//! object's steps are fetched when a scan first reads them
+//! ([`super::local_copies`]), so a query over a month of a year's objects
+//! downloads that month's.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use uqcast_netcdf::classic::Layout;
 use uqcast_netcdf::inspect::FileInfo;
+use uqcast_netcdf::ranged::{self, Fetch, Outcome, RangedPlan};
 
-use super::partial::{HeaderPlan, remember_plan};
+use super::partial::{HeaderPlan, StepBytes, remember_plan};
 use super::{
     ObjectCopy, S3Location, as_planned, cache_root, cached_copy, copy_path, is_fresh, remember,
     stamp,
@@ -30,9 +33,10 @@ const FIRST_READ: u64 = 64 * 1024;
 
 /// One NetCDF object, described for planning: from its cached copy while
 /// that is fresh; else from its header and coordinates fetched by range,
-/// where it is a classic file (its path is where a scan will find its copy);
-/// else (NetCDF4/HDF5 keeps metadata throughout the file, and a file that
-/// does not read as it should is reported from the copy) downloaded whole.
+/// where it is a classic file, or from the blocks a walk of it fetched,
+/// where it is a NetCDF4 file (its path is where a scan will find its
+/// copy); else (a layout neither plans, or a file that does not read as it
+/// should, which its copy then reports) downloaded whole.
 pub(super) async fn inspect_object(
     store: &dyn ObjectStore,
     location: &S3Location,
@@ -42,29 +46,108 @@ pub(super) async fn inspect_object(
     let key = meta.location.as_ref();
     let local = copy_path(cache, &location.bucket, key);
     let stamp = stamp(meta);
-    if !is_fresh(&local, &stamp)
-        && let Some((layout, parts)) = header_and_coordinates(store, meta).await?
-    {
+    if !is_fresh(&local, &stamp) {
         let url = location.url(key);
-        let mut info = inspect_parts(&parts, meta.size, &local, &url).await?;
-        info.path = local.clone();
-        remember(cache, location, &local, &stamp);
-        let size = meta.size;
-        remember_plan(
-            &local,
-            HeaderPlan {
-                layout,
-                parts,
-                size,
-            },
-        );
-        return Ok(info);
+        let head = store
+            .get_range(&meta.location, 0..FIRST_READ.min(meta.size))
+            .await
+            .with_context(|| format!("{url}: reading its first bytes"))?;
+        let planned = if head.starts_with(HDF5_SIGNATURE) {
+            from_walk(store, meta, head.to_vec(), &local, &url).await?
+        } else if let Some((layout, parts)) = header_and_coordinates(store, meta, head).await? {
+            let info = inspect_parts(&parts, meta.size, &local, &url).await?;
+            Some((info, StepBytes::Records(layout), parts))
+        } else {
+            None
+        };
+        if let Some((mut info, steps, parts)) = planned {
+            info.path = local.clone();
+            remember(cache, location, &local, &stamp);
+            let size = meta.size;
+            remember_plan(&local, HeaderPlan { steps, parts, size });
+            return Ok(info);
+        }
     }
     let copy = {
         let _slot = DOWNLOAD_SLOTS.acquire().await?;
         cached_copy(store, location, meta, cache).await?
     };
     inspect(copy).await
+}
+
+/// The first bytes of every HDF5 file uqcast reads (NetCDF4 writes its
+/// superblock at the start).
+const HDF5_SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
+
+/// A NetCDF4 object described from the blocks a walk of it fetched, with
+/// its gridded variables' chunks; `None` where the walk or the description
+/// does not succeed (the whole file then says why).
+async fn from_walk(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    head: Vec<u8>,
+    local: &Path,
+    url: &str,
+) -> Result<Option<(FileInfo, StepBytes, Vec<(u64, Vec<u8>)>)>> {
+    let Some(RangedPlan { parts, variables }) = walk(store, meta, head, url).await? else {
+        return Ok(None);
+    };
+    let Ok(info) = inspect_parts(&parts, meta.size, local, url).await else {
+        return Ok(None);
+    };
+    let gridded: Vec<_> = variables
+        .into_iter()
+        .filter(|c| info.variables.iter().any(|v| v.name == c.name))
+        .collect();
+    let steps = StepBytes::Chunks {
+        variables: gridded,
+        steps: info.times.len(),
+    };
+    Ok(Some((info, steps, parts)))
+}
+
+/// Walks a NetCDF4 object on the I/O thread, serving the blocks its HDF5
+/// driver asks for from `store` here; `None` where HDF5 cannot walk it.
+async fn walk(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    head: Vec<u8>,
+    url: &str,
+) -> Result<Option<RangedPlan>> {
+    type Reply = std::sync::mpsc::Sender<Result<Vec<Vec<u8>>, String>>;
+    let (asks, mut asked) = tokio::sync::mpsc::unbounded_channel::<(Vec<Range<u64>>, Reply)>();
+    let fetch: Fetch = Box::new(move |ranges: &[Range<u64>]| {
+        let cancelled = || "planning was cancelled".to_string();
+        let (reply, answer) = std::sync::mpsc::channel();
+        asks.send((ranges.to_vec(), reply))
+            .map_err(|_| cancelled())?;
+        answer.recv().map_err(|_| cancelled())?
+    });
+    let (name, size) = (url.to_string(), meta.size);
+    let mut walking = tokio::task::spawn_blocking(move || ranged::plan(&name, size, head, fetch));
+    loop {
+        tokio::select! {
+            Some((ranges, reply)) = asked.recv() => {
+                let got = store
+                    .get_ranges(&meta.location, &ranges)
+                    .await
+                    .map(|parts| parts.into_iter().map(|b| b.to_vec()).collect())
+                    .map_err(|e| e.to_string());
+                // The walk waits for this answer; if it is gone, so is the need.
+                let _ = reply.send(got);
+            }
+            outcome = &mut walking => {
+                return match outcome.context("the NetCDF4 planning task failed")? {
+                    Outcome::Planned(plan) => Ok(Some(plan)),
+                    Outcome::NotPlanned(why) => {
+                        tracing::debug!("{url}: downloaded to plan: {why}");
+                        Ok(None)
+                    }
+                    Outcome::FetchFailed(why) => bail!("{url}: reading its metadata: {why}"),
+                };
+            }
+        }
+    }
 }
 
 /// Whole objects downloaded at once while a table is planned; headers are
@@ -92,10 +175,14 @@ pub async fn describe_planned(planned: &ObjectCopy) -> Result<FileInfo> {
 async fn header_and_coordinates(
     store: &dyn ObjectStore,
     meta: &ObjectMeta,
+    head: bytes::Bytes,
 ) -> Result<Option<(Layout, Vec<(u64, Vec<u8>)>)>> {
-    let mut wanted = FIRST_READ.min(meta.size);
+    let mut wanted = head.len() as u64;
+    let mut header = head;
     let (header, layout) = loop {
-        let header = store.get_range(&meta.location, 0..wanted).await?;
+        if header.len() as u64 != wanted {
+            header = store.get_range(&meta.location, 0..wanted).await?;
+        }
         match Layout::read(&header[..]) {
             Ok(Some(layout)) => break (header, layout),
             Ok(None) => return Ok(None),
@@ -255,17 +342,48 @@ mod tests {
         Ok(())
     }
 
-    /// A NetCDF4 object has no header to read by range: it is downloaded and
-    /// described from its copy.
+    /// A NetCDF4 object is described from the blocks a walk of it fetched,
+    /// exactly as from the whole file, and not downloaded; its plan knows
+    /// where each step's chunks lie.
     #[tokio::test]
-    async fn a_netcdf4_object_is_downloaded_to_be_described() -> Result<()> {
+    async fn a_netcdf4_object_is_described_from_a_walk_without_a_download() -> Result<()> {
         let cache = tempfile::tempdir()?;
         let bytes = era5_bytes(Encoding::Nc4);
-        let info = planned(bytes.clone(), "era5/nc4.nc", cache.path()).await?;
+        let whole = tempfile::NamedTempFile::new()?;
+        std::fs::write(whole.path(), &bytes)?;
+        let info = planned(bytes, "era5/nc4.nc", cache.path()).await?;
         let copy = copy_path(cache.path(), "b", "era5/nc4.nc");
         assert_eq!(info.path, copy);
-        assert_eq!(std::fs::read(&copy)?, bytes);
-        same_description(&info, &FileInfo::inspect(&copy)?);
+        assert!(!copy.exists(), "planning downloaded the object");
+        same_description(&info, &FileInfo::inspect(whole.path())?);
+        let plan = super::super::partial::plan_of(&copy).expect("a plan");
+        match &plan.steps {
+            StepBytes::Chunks { variables, steps } => {
+                assert_eq!(*steps, 5);
+                let names: Vec<&str> = variables.iter().map(|v| v.name.as_str()).collect();
+                assert_eq!(names, ["t2m"], "only gridded variables");
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+
+    /// A NetCDF4 object cut short does not walk: it is downloaded, and
+    /// reported as the whole file is, naming its copy.
+    #[tokio::test]
+    async fn a_truncated_netcdf4_object_is_reported_from_its_copy() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let mut bytes = era5_bytes(Encoding::Nc4);
+        bytes.truncate(bytes.len() * 2 / 3);
+        let e = planned(bytes.clone(), "era5/cut4.nc", cache.path())
+            .await
+            .expect_err("truncated");
+        let copy = copy_path(cache.path(), "b", "era5/cut4.nc");
+        assert_eq!(std::fs::read(&copy)?, bytes, "downloaded whole");
+        assert!(
+            format!("{e:#}").contains(&copy.display().to_string()),
+            "{e:#}"
+        );
         Ok(())
     }
 

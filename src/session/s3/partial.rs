@@ -1,8 +1,10 @@
-//! Partial copies of classic NetCDF objects: the header, the coordinates,
-//! and only the records (steps) scans have asked for, each at its offset in
-//! a sparse file the size of the object. libnetcdf reads such a file as the
-//! object, and a scan reads only records that are in it. So a query of one
-//! day of a month-long object fetches that day's records, not the month.
+//! Partial copies of NetCDF objects: the metadata and coordinates planning
+//! fetched (a classic file's header; the blocks a NetCDF4 file's walk read,
+//! see [`uqcast_netcdf::ranged`]), and only the steps scans have asked for
+//! (a classic file's records; a NetCDF4 file's chunks), each at its offset
+//! in a sparse file the size of the object. libnetcdf reads such a file as
+//! the object, and a scan reads only steps that are in it. So a query of
+//! one day of a month-long object fetches that day's steps, not the month.
 //!
 //! A partial copy of `s3://BUCKET/KEY` is `CACHE/s3-steps/BUCKET/KEY`, with
 //! `KEY.steps` beside it: the object's stamp, then the records the copy
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use object_store::ObjectStore;
 use uqcast_netcdf::classic::Layout;
+use uqcast_netcdf::ranged::ChunkedVariable;
 
 use super::{ObjectCopy, as_planned, cache_root, copy_of, fetch_lock, is_fresh, origin};
 
@@ -25,13 +28,25 @@ use super::{ObjectCopy, as_planned, cache_root, copy_of, fetch_lock, is_fresh, o
 /// partitions) downloads it whole: one request instead of one per record.
 const WHOLE_ABOVE: f64 = 0.25;
 
-/// What planning learnt of an object it described from its header.
+/// What planning learnt of an object it described without downloading it.
 #[derive(Debug)]
 pub(super) struct HeaderPlan {
-    pub layout: Layout,
-    /// The header's and coordinates' bytes, each with its offset.
+    pub steps: StepBytes,
+    /// The metadata's and coordinates' bytes, each with its offset.
     pub parts: Vec<(u64, Vec<u8>)>,
     pub size: u64,
+}
+
+/// Where an object's steps lie.
+#[derive(Debug)]
+pub(super) enum StepBytes {
+    /// A classic file's records, one a step.
+    Records(Layout),
+    /// A NetCDF4 file's gridded variables' chunks, of `steps` steps.
+    Chunks {
+        variables: Vec<ChunkedVariable>,
+        steps: usize,
+    },
 }
 
 /// The objects this process planned from headers, by the path of their copy.
@@ -44,28 +59,45 @@ pub(super) fn remember_plan(copy: &Path, plan: HeaderPlan) {
     }
 }
 
-fn plan_of(copy: &Path) -> Option<Arc<HeaderPlan>> {
+pub(super) fn plan_of(copy: &Path) -> Option<Arc<HeaderPlan>> {
     PLANNED.lock().ok()?.get(copy).cloned()
 }
 
 impl HeaderPlan {
+    /// How many steps the object has.
+    fn steps(&self) -> usize {
+        match &self.steps {
+            StepBytes::Records(layout) => layout.records as usize,
+            StepBytes::Chunks { steps, .. } => *steps,
+        }
+    }
+
+    /// The byte ranges holding step `r` of every gridded variable.
+    fn step_ranges(&self, r: usize) -> Option<Vec<Range<u64>>> {
+        match &self.steps {
+            StepBytes::Records(layout) => self.record(layout, r).map(|range| vec![range]),
+            StepBytes::Chunks { variables, .. } => {
+                Some(uqcast_netcdf::ranged::step_ranges(variables, r))
+            }
+        }
+    }
+
     /// The byte range of record `r` (every record variable's step `r`).
-    fn record(&self, r: usize) -> Option<Range<u64>> {
-        let start = self
-            .layout
+    fn record(&self, layout: &Layout, r: usize) -> Option<Range<u64>> {
+        let start = layout
             .variables
             .iter()
             .filter(|v| v.is_record)
             .map(|v| v.begin)
             .min()?;
-        let from = start + r as u64 * self.layout.record_size;
-        Some(from..(from + self.layout.record_size).min(self.size))
+        let from = start + r as u64 * layout.record_size;
+        Some(from..(from + layout.record_size).min(self.size))
     }
 
-    /// Whether `steps` are records, and a scan reading `in_scan` steps
-    /// reads few enough for them to be fetched alone.
+    /// Whether `steps` are the object's, and a scan reading `in_scan`
+    /// steps reads few enough for them to be fetched alone.
     fn reads_records(&self, steps: &[usize], in_scan: usize) -> bool {
-        let records = self.layout.records as usize;
+        let records = self.steps();
         records > 0
             && steps.iter().all(|&s| s < records)
             && (steps.len().max(in_scan) as f64) <= WHOLE_ABOVE * records as f64
@@ -122,16 +154,20 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
     }
     let store = planned.store(&location)?;
     let meta = as_planned(store.as_ref(), &location, planned).await?;
-    let ranges = missing
-        .iter()
-        .map(|&r| plan.record(r))
-        .collect::<Option<Vec<_>>>()
-        .with_context(|| format!("{}: no record variables", planned.url))?;
+    // Each missing step with each byte range holding it.
+    let mut wanted: Vec<(usize, Range<u64>)> = Vec::new();
+    for &r in &missing {
+        let ranges = plan
+            .step_ranges(r)
+            .with_context(|| format!("{}: no record variables", planned.url))?;
+        wanted.extend(ranges.into_iter().map(|range| (r, range)));
+    }
+    let ranges: Vec<Range<u64>> = wanted.iter().map(|(_, range)| range.clone()).collect();
     let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
     eprintln!(
         "reading {} of {} steps of {} ({bytes} bytes) into {}",
         missing.len(),
-        plan.layout.records,
+        plan.steps(),
         planned.url,
         partial.display()
     );
@@ -139,11 +175,10 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
         .get_ranges(&meta.location, &ranges)
         .await
         .with_context(|| format!("{}: reading {} steps", planned.url, missing.len()))?;
-    let fetched: Vec<(usize, u64, &[u8])> = missing
+    let fetched: Vec<(usize, u64, &[u8])> = wanted
         .iter()
-        .zip(&ranges)
         .zip(&records)
-        .map(|((&r, range), data)| (r, range.start, &data[..]))
+        .map(|((r, range), data)| (*r, range.start, &data[..]))
         .collect();
     store_records(&partial, plan, &planned.stamp, held.is_empty(), &fetched)
         .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
@@ -171,7 +206,8 @@ fn store_records(
     let mut list = std::fs::OpenOptions::new()
         .append(true)
         .open(steps_file(partial))?;
-    let lines: String = records.iter().map(|(r, _, _)| format!("{r}\n")).collect();
+    let steps: BTreeSet<usize> = records.iter().map(|(r, _, _)| *r).collect();
+    let lines: String = steps.iter().map(|r| format!("{r}\n")).collect();
     std::io::Write::write_all(&mut list, lines.as_bytes())
 }
 
@@ -297,7 +333,7 @@ mod tests {
             parts.push((r.start, bytes[r.start as usize..r.end as usize].to_vec()));
         }
         HeaderPlan {
-            layout,
+            steps: StepBytes::Records(layout),
             parts,
             size: bytes.len() as u64,
         }
@@ -309,7 +345,7 @@ mod tests {
         let held: Vec<(usize, u64, &[u8])> = records
             .iter()
             .map(|&r| {
-                let range = plan.record(r).unwrap();
+                let range = plan.step_ranges(r).unwrap().remove(0);
                 (
                     r,
                     range.start,
@@ -376,7 +412,7 @@ mod tests {
         let held: Vec<(usize, u64, Vec<u8>)> = [2, 5]
             .iter()
             .map(|&r| {
-                let range = plan.record(r).unwrap();
+                let range = plan.step_ranges(r).unwrap().remove(0);
                 (
                     r,
                     range.start,

@@ -41,26 +41,25 @@ pub struct RangedPlan {
     pub variables: Vec<ChunkedVariable>,
 }
 
-impl RangedPlan {
-    /// The byte ranges of the chunks holding step `step` of the variables
-    /// named `names`, sorted, each once.
-    pub fn step_ranges(&self, step: usize, names: &[String]) -> Vec<Range<u64>> {
-        let step = step as u64;
-        let mut ranges: Vec<Range<u64>> = self
-            .variables
-            .iter()
-            .filter(|v| names.contains(&v.name))
-            .flat_map(|v| {
-                v.chunks
-                    .iter()
-                    .filter(move |(first, _)| *first <= step && step < first + v.steps_per_chunk)
-                    .map(|(_, bytes)| bytes.clone())
-            })
-            .collect();
-        ranges.sort_by_key(|r| (r.start, r.end));
-        ranges.dedup();
-        ranges
-    }
+/// The byte ranges of the chunks holding step `step` of `variables`,
+/// sorted, each once.
+pub fn step_ranges<'a>(
+    variables: impl IntoIterator<Item = &'a ChunkedVariable>,
+    step: usize,
+) -> Vec<Range<u64>> {
+    let step = step as u64;
+    let mut ranges: Vec<Range<u64>> = variables
+        .into_iter()
+        .flat_map(|v| {
+            v.chunks
+                .iter()
+                .filter(move |(first, _)| *first <= step && step < first + v.steps_per_chunk)
+                .map(|(_, bytes)| bytes.clone())
+        })
+        .collect();
+    ranges.sort_by_key(|r| (r.start, r.end));
+    ranges.dedup();
+    ranges
 }
 
 /// How planning a file by range ended.
@@ -75,12 +74,17 @@ pub enum Outcome {
 }
 
 /// Plans the HDF5 file `name` of `size` bytes, whose first bytes are
-/// `seed`, fetching the rest through `fetch`, on the I/O thread.
+/// `seed`, fetching the rest through `fetch`, on the I/O thread. A crash
+/// of HDF5 on the file's metadata is reported naming `name`, as for a file
+/// on disk ([`crate::fatal`]).
 pub fn plan(name: &str, size: u64, seed: Vec<u8>, fetch: Fetch) -> Outcome {
     let Ok(c_name) = CString::new(name) else {
         return Outcome::NotPlanned("a name with a NUL byte".into());
     };
-    crate::io_thread::run(move || plan_here(&c_name, size, &seed, fetch))
+    let walked = crate::io_thread::run_on(std::path::Path::new(name), move || {
+        Ok(plan_here(&c_name, size, &seed, fetch))
+    });
+    walked.unwrap_or_else(|e| Outcome::NotPlanned(e.to_string()))
 }
 
 fn plan_here(name: &CString, size: u64, seed: &[u8], fetch: Fetch) -> Outcome {

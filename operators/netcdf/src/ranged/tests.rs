@@ -141,7 +141,7 @@ fn check_partial(era5t: bool, edit: impl FnOnce(&mut netcdf::FileMut) + Send + '
     }
     let wanted: Vec<Range<u64>> = [1, 4]
         .iter()
-        .flat_map(|&s| plan.step_ranges(s, &names(&plan)))
+        .flat_map(|&s| step_ranges(&plan.variables, s))
         .collect();
     let partial = poisoned(dir.path(), &bytes, &plan, &wanted);
 
@@ -160,7 +160,7 @@ fn check_partial(era5t: bool, edit: impl FnOnce(&mut netcdf::FileMut) + Send + '
         }
         // A step not fetched is poison: the check can fail.
         // A step the copy lacks is poison, unless the walk's blocks held it.
-        let last = plan.step_ranges(STEPS - 1, &[name.to_string()]);
+        let last = step_ranges(plan.variables.iter().filter(|c| c.name == *name), STEPS - 1);
         let in_parts = |r: &Range<u64>| {
             plan.parts
                 .iter()
