@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Cold-cache reads of s3:// NetCDF3 tables through an S3-compatible server on
-# loopback (s3s-fs, from .ci/s3-server): how long a query takes and how many
-# bytes it fetches, for each uqcast binary given, runs alternated.
+# Cold-cache reads of s3:// NetCDF tables through an S3-compatible server on
+# loopback (s3s-fs, from .ci/s3-server): how long a query takes, how many
+# bytes its announced downloads and step reads fetched, and how many bytes
+# its cache holds afterwards (the metadata planning fetched is kept in the
+# partial copies), for each uqcast binary given, runs alternated.
 #
-#   benches/s3_reads.sh [BINARY ...]      (default: target/debug/uqcast)
+#   [ENCODING=nc3|nc4] benches/s3_reads.sh [BINARY ...]
+#                                         (default: nc3, target/debug/uqcast)
 #
 # Data: 60 daily objects and one month-long object on ERA5's 0.25° global
-# grid (721 × 1440, NetCDF3 packed int16), written by `uqcast synth` into
-# $WORK (default /tmp/uqcast-s3-bench, about 760 MB) and stored through the
-# S3 API (so the server keeps their ETags, as a real store does).
+# grid (721 × 1440; NetCDF3 packed int16, or NetCDF4 zlib float32), written
+# by `uqcast synth` into $WORK (default /tmp/uqcast-s3-bench-ENCODING, about
+# 760 MB for NetCDF3) and stored through the S3 API (so the server keeps
+# their ETags, as a real store does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BINS=("$@")
 [ ${#BINS[@]} -gt 0 ] || BINS=(target/debug/uqcast)
-WORK=${WORK:-/tmp/uqcast-s3-bench}
+ENCODING=${ENCODING:-nc3}
+WORK=${WORK:-/tmp/uqcast-s3-bench-$ENCODING}
 ROUNDS=${ROUNDS:-3}
 SERVER=${UQCAST_S3S_FS:-target/tools/bin/s3s-fs}
 PORT=${PORT:-9557}
 [ -x "$SERVER" ] || { echo "no s3s-fs at $SERVER: run .ci/s3-server" >&2; exit 1; }
 
-grid=(--grid 721x1440 --bbox=-90,90,0,359.75 --encoding nc3)
+grid=(--grid 721x1440 --bbox=-90,90,0,359.75 --encoding "$ENCODING")
 if [ ! -d "$WORK/daily" ]; then
   "${BINS[0]}" synth --out "$WORK/daily" --start 2020-01-01T00:00Z --steps 240 "${grid[@]}" \
     --files-per-day --seed 3 > /dev/null
@@ -60,8 +65,10 @@ for round in $(seq "$ROUNDS"); do
         --format csv > "$WORK/answer" 2> "$WORK/log"
       end=$(date +%s.%N)
       bytes=$(grep -o '([0-9]* bytes)' "$WORK/log" | tr -dc '0-9\n' | paste -sd+ | bc)
-      printf 'round %s | %s | %s | %.2f s | %s bytes fetched | answer %s\n' "$round" "$name" \
-        "$bin" "$(echo "$end - $start" | bc)" "${bytes:-0}" "$(md5sum < "$WORK/answer" | cut -c1-8)"
+      held=$(du -s --block-size=1 "$WORK/cache" | cut -f1)
+      printf 'round %s | %s | %s | %.2f s | %s bytes fetched | %s bytes cached | answer %s\n' \
+        "$round" "$name" "$bin" "$(echo "$end - $start" | bc)" "${bytes:-0}" "$held" \
+        "$(md5sum < "$WORK/answer" | cut -c1-8)"
     done
   done
 done
