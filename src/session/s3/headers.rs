@@ -125,9 +125,12 @@ async fn walk(
     });
     let (name, size) = (url.to_string(), meta.size);
     let mut walking = tokio::task::spawn_blocking(move || ranged::plan(&name, size, head, fetch));
+    let (mut requests, mut fetched) = (1u64, FIRST_READ.min(meta.size));
     loop {
         tokio::select! {
             Some((ranges, reply)) = asked.recv() => {
+                requests += 1;
+                fetched += ranges.iter().map(|r| r.end - r.start).sum::<u64>();
                 let got = store
                     .get_ranges(&meta.location, &ranges)
                     .await
@@ -138,7 +141,15 @@ async fn walk(
             }
             outcome = &mut walking => {
                 return match outcome.context("the NetCDF4 planning task failed")? {
-                    Outcome::Planned(plan) => Ok(Some(plan)),
+                    Outcome::Planned(plan) => {
+                        tracing::debug!(
+                            "{}: planned from {} bytes in {} requests",
+                            url,
+                            fetched,
+                            requests
+                        );
+                        Ok(Some(plan))
+                    }
                     Outcome::NotPlanned(why) => {
                         tracing::debug!("{url}: downloaded to plan: {why}");
                         Ok(None)
