@@ -542,48 +542,7 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     let (_, err) = answer(&remote, every_step);
     assert!(downloads(&err).is_empty(), "{err}");
 
-    // One object of three days: a query of one step reads that step's
-    // record into a partial copy, not the object; another step adds its
-    // record, a step already held reads nothing, and a query of every step
-    // downloads the object whole.
-    let long = work.path().join("long");
-    synth_seeded(&long, 12, "nc3", 6, &[]);
-    copy_tree(&long, &server.path("era5/long"));
-    let object_size = walk_all(&server.path("era5/long"))
-        .iter()
-        .find(|p| p.extension().is_some_and(|e| e == "nc"))
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let remote = format!("s3://{BUCKET}/era5/long/*.nc");
-    let local = format!("{}/*.nc", long.display());
-    let reads = |err: &str| -> Vec<u64> {
-        err.lines()
-            .filter(|l| l.starts_with("reading 1 of 12 steps of s3://"))
-            .filter_map(|l| l.split(" (").nth(1)?.split(' ').next()?.parse().ok())
-            .collect()
-    };
-    let at = |t: &str| {
-        format!(
-            "SELECT latitude, longitude, t2m FROM t WHERE valid_time = '{t}' \
-             ORDER BY latitude, longitude"
-        )
-    };
-    for (time, records_read) in [
-        ("2020-01-02T06:00:00Z", 1),
-        ("2020-01-03T12:00:00Z", 1),
-        ("2020-01-02T06:00:00Z", 0),
-    ] {
-        let (from_bucket, err) = answer(&remote, &at(time));
-        assert_eq!(from_bucket, answer(&local, &at(time)).0, "{time}");
-        assert!(from_bucket.lines().count() > 100, "{from_bucket}");
-        assert!(downloads(&err).is_empty(), "{err}");
-        let read = reads(&err);
-        assert_eq!(read.len(), records_read, "{time}: {err}");
-        assert!(read.iter().all(|&bytes| bytes * 10 < object_size), "{err}");
-    }
-    let (from_bucket, err) = answer(&remote, every_step);
-    assert_eq!(from_bucket, answer(&local, every_step).0);
-    assert_eq!(downloads(&err).len(), 1, "{err}");
+    few_steps_of_a_long_object(&server, work.path(), &cache, "nc3");
 
     // A cache with a size limit (30 kB, about one daily copy): a query
     // keeps every copy it plans over, and the next process's fetch removes
@@ -618,9 +577,14 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
         3,
         "a query's own copies stay"
     );
-    let (code, one, err) = with_limit("0.00003", &remote, &at("2020-01-02T06:00:00Z"));
+    // One step of the long object stored above.
+    let long_remote = format!("s3://{BUCKET}/era5/long-nc3/*.nc");
+    let long_local = format!("{}/*.nc", work.path().join("long-nc3").display());
+    let one_step = "SELECT latitude, longitude, t2m FROM t \
+                    WHERE valid_time = '2020-01-02T06:00:00Z' ORDER BY latitude, longitude";
+    let (code, one, err) = with_limit("0.00003", &long_remote, one_step);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(one, answer(&local, &at("2020-01-02T06:00:00Z")).0);
+    assert_eq!(one, answer(&long_local, one_step).0);
     assert!(err.contains("of least recently used copies from"), "{err}");
     assert_eq!(
         cached_copies(&limited),
@@ -637,30 +601,37 @@ fn s3_netcdf3_downloads_only_the_objects_a_query_reads() {
     );
 }
 
-/// A NetCDF4 object of three days is planned from the blocks a walk of
-/// its metadata fetched: a query of one step fetches that step's chunks
-/// into a partial copy, a step already held fetches nothing, and a query
-/// of every step downloads the object; every answer is the answer over the
-/// same file on disk.
+/// A NetCDF4 object is planned from the blocks a walk of its metadata
+/// fetched, and a query of few of its steps fetches only their chunks.
 #[test]
 fn s3_netcdf4_queries_of_few_steps_fetch_only_those_steps() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let long = work.path().join("long");
-    synth_seeded(&long, 12, "nc4", 6, &[]);
-    copy_tree(&long, &server.path("era5/long4"));
-    let object = walk_all(&server.path("era5/long4"))
+    few_steps_of_a_long_object(&server, work.path(), &cache, "nc4");
+}
+
+/// One object of three days (`encoding`) in a bucket: a query of one step
+/// reads that step (a NetCDF3 record, NetCDF4 chunks) into a partial copy,
+/// not the object; another step adds its own, a step already held reads
+/// nothing, and a query of every step downloads the object whole; every
+/// answer is the answer over the same file on disk.
+fn few_steps_of_a_long_object(server: &Server, work: &Path, cache: &Path, encoding: &str) {
+    let long = work.join(format!("long-{encoding}"));
+    synth_seeded(&long, 12, encoding, 6, &[]);
+    let folder = format!("era5/long-{encoding}");
+    copy_tree(&long, &server.path(&folder));
+    let object = walk_all(&server.path(&folder))
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "nc"))
         .unwrap();
     let object_size = std::fs::metadata(&object).unwrap().len();
-    let remote = format!("t=s3://{BUCKET}/era5/long4/*.nc");
+    let remote = format!("t=s3://{BUCKET}/{folder}/*.nc");
     let local = format!("t={}/*.nc", long.display());
     let answer = |table: &str, query: &str| {
         let o = server.uqcast_with(
             SECRET,
-            &cache,
+            cache,
             &["sql", query, "--table", table, "--format", "csv"],
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -694,17 +665,17 @@ fn s3_netcdf4_queries_of_few_steps_fetch_only_those_steps() {
     }
     let whole_copy = Path::new("s3")
         .join(BUCKET)
-        .join("era5/long4")
+        .join(&folder)
         .join(object.file_name().unwrap());
-    let held: Vec<PathBuf> = walk_all(&cache);
+    let held: Vec<PathBuf> = walk_all(cache);
     assert!(!held.iter().any(|p| p.ends_with(&whole_copy)), "{held:?}");
     assert!(
         held.iter()
             .any(|p| p.to_string_lossy().contains("/s3-steps/")),
         "{held:?}"
     );
-    let every_step =
-        "SELECT valid_time, sum(t2m) AS s FROM t GROUP BY valid_time ORDER BY valid_time";
+    let every_step = "SELECT valid_time, sum(t2m) AS s FROM t GROUP BY valid_time \
+                      ORDER BY valid_time";
     let (from_bucket, err) = answer(&remote, every_step);
     assert_eq!(from_bucket, answer(&local, every_step).0);
     assert_eq!(from_bucket.lines().count(), 1 + 12, "{from_bucket}");
