@@ -219,6 +219,39 @@ fn dense_attributes_expver_and_groups_are_fetched() {
     assert!(checked, "the last step was fetched");
 }
 
+/// A gridded variable stored contiguously, not in chunks, has no chunk
+/// index to find its steps by: the file is not planned (and is downloaded).
+#[test]
+fn a_contiguous_variable_is_not_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("contiguous.nc");
+    let written = path.clone();
+    crate::io_thread::run(move || {
+        let mut file = netcdf::create(&written).unwrap();
+        file.add_dimension("valid_time", 2).unwrap();
+        file.add_dimension("latitude", 3).unwrap();
+        file.add_dimension("longitude", 4).unwrap();
+        let mut t2m = file
+            .add_variable::<f32>("t2m", &["valid_time", "latitude", "longitude"])
+            .unwrap();
+        // Fixed dimensions, no filters: libnetcdf stores it contiguously.
+        t2m.put_values(&[280.0f32; 24], ..).unwrap();
+    });
+    let bytes = std::fs::read(&path).unwrap();
+    let data = bytes.clone();
+    let fetch: Fetch = Box::new(move |ranges: &[Range<u64>]| {
+        Ok(ranges
+            .iter()
+            .map(|r| data[r.start as usize..r.end as usize].to_vec())
+            .collect())
+    });
+    let outcome = plan("contiguous.nc", bytes.len() as u64, vec![], fetch);
+    assert!(
+        matches!(&outcome, Outcome::NotPlanned(why) if why == "/t2m: not stored in chunks"),
+        "{outcome:?}"
+    );
+}
+
 /// Bytes that are not HDF5, and a file cut short, are not planned, and a
 /// failing fetch is reported as such.
 #[test]
