@@ -154,15 +154,19 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
     }
     let store = planned.store(&location)?;
     let meta = as_planned(store.as_ref(), &location, planned).await?;
-    // Each missing step with each byte range holding it.
-    let mut wanted: Vec<(usize, Range<u64>)> = Vec::new();
+    // The byte ranges holding the missing steps, each once (a NetCDF4
+    // chunk may hold several steps).
+    let mut ranges: Vec<Range<u64>> = Vec::new();
     for &r in &missing {
-        let ranges = plan
+        let holding = plan
             .step_ranges(r)
             .with_context(|| format!("{}: no record variables", planned.url))?;
-        wanted.extend(ranges.into_iter().map(|range| (r, range)));
+        for range in holding {
+            if !ranges.contains(&range) {
+                ranges.push(range);
+            }
+        }
     }
-    let ranges: Vec<Range<u64>> = wanted.iter().map(|(_, range)| range.clone()).collect();
     let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
     eprintln!(
         "reading {} of {} steps of {} ({bytes} bytes) into {}",
@@ -175,38 +179,45 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
         .get_ranges(&meta.location, &ranges)
         .await
         .with_context(|| format!("{}: reading {} steps", planned.url, missing.len()))?;
-    let fetched: Vec<(usize, u64, &[u8])> = wanted
+    let fetched: Vec<(u64, &[u8])> = ranges
         .iter()
         .zip(&records)
-        .map(|((r, range), data)| (*r, range.start, &data[..]))
+        .map(|(range, data)| (range.start, &data[..]))
         .collect();
-    store_records(&partial, plan, &planned.stamp, held.is_empty(), &fetched)
-        .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
+    store_records(
+        &partial,
+        plan,
+        &planned.stamp,
+        held.is_empty(),
+        &missing,
+        &fetched,
+    )
+    .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
     super::keep_within_limit(&cache)?;
     Ok(partial)
 }
 
-/// Writes `records` (index, offset, bytes) into the partial copy, started
-/// anew when `fresh`, and lists them once they are on disk.
+/// Writes the bytes holding `steps` (offset, bytes) into the partial copy,
+/// started anew when `fresh`, and lists the steps once they are on disk.
 fn store_records(
     partial: &Path,
     plan: &HeaderPlan,
     stamp: &str,
     fresh: bool,
-    records: &[(usize, u64, &[u8])],
+    steps: &[usize],
+    bytes: &[(u64, &[u8])],
 ) -> std::io::Result<()> {
     if fresh {
         start_partial(partial, plan, stamp)?;
     }
     let file = std::fs::OpenOptions::new().write(true).open(partial)?;
-    for (_, offset, data) in records {
+    for (offset, data) in bytes {
         file.write_all_at(data, *offset)?;
     }
     file.sync_data()?;
     let mut list = std::fs::OpenOptions::new()
         .append(true)
         .open(steps_file(partial))?;
-    let steps: BTreeSet<usize> = records.iter().map(|(r, _, _)| *r).collect();
     let lines: String = steps.iter().map(|r| format!("{r}\n")).collect();
     std::io::Write::write_all(&mut list, lines.as_bytes())
 }
@@ -353,7 +364,9 @@ mod tests {
                 )
             })
             .collect();
-        store_records(copy, &plan, "etag-1", true, &held).unwrap();
+        let (steps, bytes): (Vec<usize>, Vec<(u64, &[u8])>) =
+            held.into_iter().map(|(r, o, b)| (r, (o, b))).unzip();
+        store_records(copy, &plan, "etag-1", true, &steps, &bytes).unwrap();
         plan
     }
 
@@ -420,10 +433,9 @@ mod tests {
                 )
             })
             .collect();
-        let records: Vec<(usize, u64, &[u8])> =
-            held.iter().map(|(r, o, b)| (*r, *o, &b[..])).collect();
-        store_records(&partial, &plan, "etag-1", true, &records[..1]).unwrap();
-        store_records(&partial, &plan, "etag-1", false, &records[1..]).unwrap();
+        let parts: Vec<(u64, &[u8])> = held.iter().map(|(_, o, b)| (*o, &b[..])).collect();
+        store_records(&partial, &plan, "etag-1", true, &[2], &parts[..1]).unwrap();
+        store_records(&partial, &plan, "etag-1", false, &[5], &parts[1..]).unwrap();
         assert_eq!(records_held(&partial, "etag-1"), BTreeSet::from([2, 5]));
         assert!(records_held(&partial, "etag-2").is_empty());
         assert_eq!(
