@@ -82,6 +82,24 @@ impl HeaderPlan {
         }
     }
 
+    /// The steps, beyond `held`, whose every byte range is in `fetched` or
+    /// belongs to a step in `held`: a NetCDF4 chunk of several steps
+    /// fetched for one brings the others with it.
+    fn steps_present(&self, held: &BTreeSet<usize>, fetched: &[Range<u64>]) -> Vec<usize> {
+        let key = |r: &Range<u64>| (r.start, r.end);
+        let mut have: BTreeSet<(u64, u64)> = fetched.iter().map(key).collect();
+        for &h in held {
+            have.extend(self.step_ranges(h).unwrap_or_default().iter().map(key));
+        }
+        (0..self.steps())
+            .filter(|t| !held.contains(t))
+            .filter(|&t| {
+                self.step_ranges(t)
+                    .is_some_and(|rs| !rs.is_empty() && rs.iter().all(|r| have.contains(&key(r))))
+            })
+            .collect()
+    }
+
     /// The byte range of record `r` (every record variable's step `r`).
     fn record(&self, layout: &Layout, r: usize) -> Option<Range<u64>> {
         let start = layout
@@ -184,12 +202,15 @@ async fn with_records(planned: &ObjectCopy, plan: &HeaderPlan, steps: &[usize]) 
         .zip(&records)
         .map(|(range, data)| (range.start, &data[..]))
         .collect();
+    let mut listed: BTreeSet<usize> = missing.iter().copied().collect();
+    listed.extend(plan.steps_present(&held, &ranges));
+    let listed: Vec<usize> = listed.into_iter().collect();
     store_records(
         &partial,
         plan,
         &planned.stamp,
         held.is_empty(),
-        &missing,
+        &listed,
         &fetched,
     )
     .with_context(|| format!("{}: partial copy {}", planned.url, partial.display()))?;
@@ -403,6 +424,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A NetCDF4 chunk of two steps fetched for one of them brings the
+    /// other; a step is present only once all its variables' chunks are.
+    #[test]
+    fn a_chunk_of_several_steps_brings_them_all() {
+        use uqcast_netcdf::ranged::ChunkedVariable;
+        let variable = |name: &str, chunks: Vec<(u64, Range<u64>)>| ChunkedVariable {
+            name: name.into(),
+            steps_per_chunk: 2,
+            chunks,
+        };
+        let plan = HeaderPlan {
+            steps: StepBytes::Chunks {
+                variables: vec![
+                    variable("t2m", vec![(0, 100..200), (2, 200..300), (4, 300..400)]),
+                    variable("sp", vec![(0, 400..500), (2, 500..600), (4, 600..700)]),
+                ],
+                steps: 6,
+            },
+            parts: vec![],
+            size: 1000,
+        };
+        let none = BTreeSet::new();
+        assert_eq!(plan.steps_present(&none, &[100..200, 400..500]), [0, 1]);
+        assert!(
+            plan.steps_present(&none, &[200..300, 300..400]).is_empty(),
+            "sp's chunk missing"
+        );
+        let held = BTreeSet::from([2]);
+        assert_eq!(
+            plan.steps_present(&held, &[]),
+            [3],
+            "step 2's chunks hold step 3"
+        );
+        assert_eq!(plan.steps_present(&held, &[300..400, 600..700]), [3, 4, 5]);
     }
 
     /// A partial copy holding records 2 and 5 reads, at those steps, as the
