@@ -933,8 +933,11 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    // Slow sampling: a step takes long enough to watch the lock between steps.
-    let config = trained(work.path(), 512);
+    // Slow sampling: a step takes long enough to watch the lock between
+    // steps, with the run still going after the checks below take their
+    // 6 s and more on a loaded machine (at 512 samples a CI run once
+    // finished all its steps before the lock was replaced).
+    let config = trained(work.path(), 1024);
     let output = format!("s3://{BUCKET}/runs/slow");
     let forecast = server.path("runs/slow/forecast");
     let lock = server.path("runs/slow/.uqcast-run.lock");
