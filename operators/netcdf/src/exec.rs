@@ -129,7 +129,10 @@ impl NetcdfExec {
     /// The same scan, carrying its steps as an input a distributed
     /// scheduler can cut to each task's partitions (see `crate::steps_input`).
     pub fn with_steps_input(&self) -> Result<Self> {
-        self.over_steps(crate::steps_input::plan_of(&self.partitions)?)
+        self.over_steps(crate::steps_input::plan_of(
+            &self.partitions,
+            &self.steps_per_file(),
+        )?)
     }
 
     /// The scan of the steps `input` lists, partition by partition.

@@ -26,21 +26,22 @@ const STEP_TIME: &str = "step_time";
 const FILE_STEPS: &str = "file_steps_in_scan";
 
 /// One partition per scan partition, holding its steps' times (UTC µs)
-/// and how many steps of each one's file the scan reads.
-pub fn plan_of(partitions: &[Vec<Step>]) -> Result<Arc<dyn ExecutionPlan>> {
+/// and how many steps of each one's file the scan reads (`file_steps`, by
+/// catalog file).
+pub fn plan_of(partitions: &[Vec<Step>], file_steps: &[usize]) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = Arc::new(Schema::new(vec![
         Field::new(STEP_TIME, DataType::Int64, false),
         Field::new(FILE_STEPS, DataType::Int64, false),
     ]));
-    let mut per_file = std::collections::HashMap::<usize, i64>::new();
-    for step in partitions.iter().flatten() {
-        *per_file.entry(step.file).or_default() += 1;
-    }
     let batches = partitions
         .iter()
         .map(|steps| {
             let times = Int64Array::from_iter_values(steps.iter().map(|s| s.time));
-            let counts = Int64Array::from_iter_values(steps.iter().map(|s| per_file[&s.file]));
+            let counts = Int64Array::from_iter_values(
+                steps
+                    .iter()
+                    .map(|s| file_steps.get(s.file).map_or(0, |&n| n as i64)),
+            );
             RecordBatch::try_new(schema.clone(), vec![Arc::new(times), Arc::new(counts)])
                 .map(|b| vec![b])
         })

@@ -115,36 +115,9 @@ fn plan_here(name: &CString, size: u64, seed: &[u8], fetch: Fetch) -> Outcome {
             parts: source.into_parts(),
             variables,
         }),
-        Err(walk::Stop::Unreadable(why) | walk::Stop::Unplanned(why)) => Outcome::NotPlanned(why),
+        Err(walk::Stop(why)) => Outcome::NotPlanned(why),
     }
 }
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod step_range_tests {
-    use super::*;
-
-    /// Chunks of two steps and two tiles: a step's ranges are both tiles
-    /// of the chunk holding it, in every variable, each once and sorted.
-    #[test]
-    fn a_step_is_every_tile_of_the_chunks_holding_it() {
-        let t2m = ChunkedVariable {
-            name: "t2m".into(),
-            steps_per_chunk: 2,
-            chunks: vec![(0, 500..600), (0, 100..200), (2, 300..400), (2, 700..800)],
-        };
-        let sp = ChunkedVariable {
-            name: "sp".into(),
-            steps_per_chunk: 1,
-            chunks: vec![(3, 900..950)],
-        };
-        let both = [t2m.clone(), sp];
-        assert_eq!(step_ranges(&both, 0), [100..200, 500..600]);
-        assert_eq!(step_ranges(&both, 1), [100..200, 500..600]);
-        assert_eq!(step_ranges(&both, 3), [300..400, 700..800, 900..950]);
-        assert!(step_ranges(&both, 4).is_empty(), "past the last step");
-        assert_eq!(step_ranges([&t2m, &t2m], 2), [300..400, 700..800]);
-    }
-}

@@ -35,6 +35,16 @@ fn value(variable: usize, step: usize, cell: usize) -> f32 {
     200.0 + (z % 100_000) as f32 / 1000.0
 }
 
+/// Fetches from `data`, as a store holding it would.
+fn fetch_from(data: Vec<u8>) -> Fetch {
+    Box::new(move |ranges: &[Range<u64>]| {
+        Ok(ranges
+            .iter()
+            .map(|r| data[r.start as usize..r.end as usize].to_vec())
+            .collect())
+    })
+}
+
 /// A NetCDF4 file of six steps on a 60 × 80 grid (ERA5T from step 4 when
 /// `era5t`), `t2m` and `sp`, `edit`ed after writing; its path and bytes.
 fn nc4(
@@ -73,15 +83,12 @@ fn nc4(
 
 /// The walk over `bytes`, counting the bytes it fetched beyond `seed`.
 fn planned(bytes: &[u8], seed: usize) -> (RangedPlan, u64) {
-    let data = bytes.to_vec();
     let fetched = Arc::new(Mutex::new(0u64));
     let counter = Arc::clone(&fetched);
+    let mut from_bytes = fetch_from(bytes.to_vec());
     let fetch: Fetch = Box::new(move |ranges: &[Range<u64>]| {
         *counter.lock().unwrap() += ranges.iter().map(|r| r.end - r.start).sum::<u64>();
-        Ok(ranges
-            .iter()
-            .map(|r| data[r.start as usize..r.end as usize].to_vec())
-            .collect())
+        from_bytes(ranges)
     });
     let seed = bytes[..seed.min(bytes.len())].to_vec();
     match plan("s3://b/whole.nc", bytes.len() as u64, seed, fetch) {
@@ -238,14 +245,12 @@ fn a_contiguous_variable_is_not_planned() {
         t2m.put_values(&[280.0f32; 24], ..).unwrap();
     });
     let bytes = std::fs::read(&path).unwrap();
-    let data = bytes.clone();
-    let fetch: Fetch = Box::new(move |ranges: &[Range<u64>]| {
-        Ok(ranges
-            .iter()
-            .map(|r| data[r.start as usize..r.end as usize].to_vec())
-            .collect())
-    });
-    let outcome = plan("contiguous.nc", bytes.len() as u64, vec![], fetch);
+    let outcome = plan(
+        "contiguous.nc",
+        bytes.len() as u64,
+        vec![],
+        fetch_from(bytes),
+    );
     assert!(
         matches!(&outcome, Outcome::NotPlanned(why) if why == "/t2m: not stored in chunks"),
         "{outcome:?}"
@@ -259,14 +264,6 @@ fn unreadable_files_and_failed_fetches() {
     let dir = tempfile::tempdir().unwrap();
     let (_, bytes) = nc4(dir.path(), false, |_| {});
     let junk = vec![7u8; 100_000];
-    let fetch_from = |data: Vec<u8>| -> Fetch {
-        Box::new(move |ranges: &[Range<u64>]| {
-            Ok(ranges
-                .iter()
-                .map(|r| data[r.start as usize..r.end as usize].to_vec())
-                .collect())
-        })
-    };
     let outcome = plan(
         "junk.nc",
         junk.len() as u64,
@@ -283,4 +280,26 @@ fn unreadable_files_and_failed_fetches() {
         matches!(&outcome, Outcome::FetchFailed(w) if w == "connection reset by peer"),
         "{outcome:?}"
     );
+}
+
+/// Chunks of two steps and two tiles: a step's ranges are both tiles
+/// of the chunk holding it, in every variable, each once and sorted.
+#[test]
+fn a_step_is_every_tile_of_the_chunks_holding_it() {
+    let t2m = ChunkedVariable {
+        name: "t2m".into(),
+        steps_per_chunk: 2,
+        chunks: vec![(0, 500..600), (0, 100..200), (2, 300..400), (2, 700..800)],
+    };
+    let sp = ChunkedVariable {
+        name: "sp".into(),
+        steps_per_chunk: 1,
+        chunks: vec![(3, 900..950)],
+    };
+    let both = [t2m.clone(), sp];
+    assert_eq!(step_ranges(&both, 0), [100..200, 500..600]);
+    assert_eq!(step_ranges(&both, 1), [100..200, 500..600]);
+    assert_eq!(step_ranges(&both, 3), [300..400, 700..800, 900..950]);
+    assert!(step_ranges(&both, 4).is_empty(), "past the last step");
+    assert_eq!(step_ranges([&t2m, &t2m], 2), [300..400, 700..800]);
 }

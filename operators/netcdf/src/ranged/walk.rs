@@ -19,13 +19,11 @@ const MAX_COORDINATE_BYTES: u64 = 256 << 20;
 /// A variable with more chunks than this is not indexed.
 const MAX_CHUNKS: u64 = 10_000_000;
 
-/// Why a walk stopped: HDF5 could not read something (the file is damaged,
-/// or a fetch failed), or the file has a layout this reading does not plan.
+/// Why a walk stopped, in words: HDF5 could not read something (the file
+/// is damaged, or a fetch failed), or the file has a layout this reading
+/// does not plan. Either way the object is downloaded instead.
 #[derive(Debug)]
-pub enum Stop {
-    Unreadable(String),
-    Unplanned(String),
-}
+pub struct Stop(pub String);
 
 /// Walks the file at `name` (opened with `fapl`): the chunked variables.
 pub fn walk(name: &CStr, fapl: Hid) -> Result<Vec<ChunkedVariable>, Stop> {
@@ -33,9 +31,9 @@ pub fn walk(name: &CStr, fapl: Hid) -> Result<Vec<ChunkedVariable>, Stop> {
     // Handle; buffers passed to HDF5 are sized as each call requires.
     unsafe {
         let file = Handle::open(H5Fopen(name.as_ptr(), H5F_ACC_RDONLY, fapl), H5Fclose)
-            .ok_or_else(|| Stop::Unreadable("HDF5 cannot open it".into()))?;
+            .ok_or_else(|| Stop("HDF5 cannot open it".into()))?;
         let root = Handle::open(H5Oopen(file.0, c"/".as_ptr(), H5P_DEFAULT), H5Oclose)
-            .ok_or_else(|| Stop::Unreadable("no root group".into()))?;
+            .ok_or_else(|| Stop("no root group".into()))?;
         let mut found = Vec::new();
         visit(&root, "", 0, &mut found)?;
         Ok(found)
@@ -56,15 +54,14 @@ unsafe fn visit(
         match H5Iget_type(object.0) {
             H5I_GROUP if depth < MAX_DEPTH => {
                 for name in names(object.0, H5Literate, path)? {
-                    let c =
-                        CString::new(name.as_str()).map_err(|_| Stop::Unplanned(name.clone()))?;
+                    let c = CString::new(name.as_str()).map_err(|_| Stop(name.clone()))?;
                     let child = Handle::open(H5Oopen(object.0, c.as_ptr(), H5P_DEFAULT), H5Oclose)
-                        .ok_or_else(|| Stop::Unreadable(format!("{path}/{name}: cannot open")))?;
+                        .ok_or_else(|| Stop(format!("{path}/{name}: cannot open")))?;
                     visit(&child, &format!("{path}/{name}"), depth + 1, found)?;
                 }
                 Ok(())
             }
-            H5I_GROUP => Err(Stop::Unplanned(format!("{path}: groups nested too deep"))),
+            H5I_GROUP => Err(Stop(format!("{path}: groups nested too deep"))),
             H5I_DATASET => variable(object.0, path, found),
             _ => Ok(()),
         }
@@ -106,7 +103,7 @@ unsafe fn names(
             data,
         ) < 0
         {
-            return Err(Stop::Unreadable(format!("{path}: cannot list its members")));
+            return Err(Stop(format!("{path}: cannot list its members")));
         }
         // Fails where creation order is not tracked, which is not an error.
         let data = (&mut by_creation as *mut Vec<String>).cast::<c_void>();
@@ -127,7 +124,7 @@ unsafe fn read_attributes(object: Hid, path: &str) -> Result<(), Stop> {
     // SAFETY (whole body): as in `walk`.
     unsafe {
         for name in names(object, H5Aiterate2, path)? {
-            let unreadable = || Stop::Unreadable(format!("{path} attribute {name}: cannot read"));
+            let unreadable = || Stop(format!("{path} attribute {name}: cannot read"));
             let c = CString::new(name.as_str()).map_err(|_| unreadable())?;
             let attribute = Handle::open(H5Aopen(object, c.as_ptr(), H5P_DEFAULT), H5Aclose)
                 .ok_or_else(unreadable)?;
@@ -174,7 +171,7 @@ unsafe fn read_values(
 unsafe fn variable(dataset: Hid, path: &str, found: &mut Vec<ChunkedVariable>) -> Result<(), Stop> {
     // SAFETY (whole body): as in `walk`.
     unsafe {
-        let unreadable = |what: &str| Stop::Unreadable(format!("{path}: cannot read its {what}"));
+        let unreadable = |what: &str| Stop(format!("{path}: cannot read its {what}"));
         let space =
             Handle::open(H5Dget_space(dataset), H5Sclose).ok_or_else(|| unreadable("shape"))?;
         let rank = usize::try_from(H5Sget_simple_extent_ndims(space.0))
@@ -183,7 +180,7 @@ unsafe fn variable(dataset: Hid, path: &str, found: &mut Vec<ChunkedVariable>) -
             let datatype =
                 Handle::open(H5Dget_type(dataset), H5Tclose).ok_or_else(|| unreadable("type"))?;
             if H5Dget_storage_size(dataset) > MAX_COORDINATE_BYTES {
-                return Err(Stop::Unplanned(format!(
+                return Err(Stop(format!(
                     "{path}: a one-dimensional variable too large to fetch"
                 )));
             }
@@ -198,7 +195,7 @@ unsafe fn variable(dataset: Hid, path: &str, found: &mut Vec<ChunkedVariable>) -
         let plist = Handle::open(H5Dget_create_plist(dataset), H5Pclose)
             .ok_or_else(|| unreadable("layout"))?;
         if H5Pget_layout(plist.0) != H5D_CHUNKED {
-            return Err(Stop::Unplanned(format!("{path}: not stored in chunks")));
+            return Err(Stop(format!("{path}: not stored in chunks")));
         }
         let mut shape = vec![0u64; rank];
         if H5Pget_chunk(plist.0, rank as c_int, shape.as_mut_ptr()) != rank as c_int
@@ -216,7 +213,7 @@ unsafe fn variable(dataset: Hid, path: &str, found: &mut Vec<ChunkedVariable>) -
             .try_fold(1u64, |n, &k| n.checked_mul(k))
             .is_none_or(|n| n > MAX_CHUNKS)
         {
-            return Err(Stop::Unplanned(format!("{path}: too many chunks")));
+            return Err(Stop(format!("{path}: too many chunks")));
         }
         let mut chunks = Vec::new();
         let mut index = vec![0u64; rank];
