@@ -629,14 +629,18 @@ fn few_steps_of_a_long_object(server: &Server, work: &Path, cache: &Path, encodi
     let remote = format!("t=s3://{BUCKET}/{folder}/*.nc");
     let local = format!("t={}/*.nc", long.display());
     let answer = |table: &str, query: &str| {
-        let o = server.uqcast_with(
-            SECRET,
-            cache,
-            &["sql", query, "--table", table, "--format", "csv"],
-        );
+        let o = server
+            .command(SECRET, cache)
+            .env("UQCAST_LOG", "uqcast=debug")
+            .args(["sql", query, "--table", table, "--format", "csv"])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         (sql_csv(&o), stderr(&o))
     };
+    // What planning fetched is kept: only the first process fetches it.
+    let planned_by_range = |err: &str| err.contains(" bytes in ");
+    let planned_from_kept = |err: &str| err.contains("planned from the plan kept");
     let step_reads = |err: &str| -> Vec<u64> {
         err.lines()
             .filter(|l| l.starts_with("reading 1 of 12 steps of s3://"))
@@ -650,12 +654,18 @@ fn few_steps_of_a_long_object(server: &Server, work: &Path, cache: &Path, encodi
              ORDER BY latitude, longitude"
         )
     };
-    for (time, steps_fetched) in [
+    for (query, (time, steps_fetched)) in [
         ("2020-01-02T06:00:00Z", 1),
         ("2020-01-03T12:00:00Z", 1),
         ("2020-01-02T06:00:00Z", 0),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (from_bucket, err) = answer(&remote, &at(time));
+        let first = query == 0;
+        assert_eq!(planned_by_range(&err), first, "{time}: {err}");
+        assert_eq!(planned_from_kept(&err), !first, "{time}: {err}");
         assert_eq!(from_bucket, answer(&local, &at(time)).0, "{time}");
         assert!(from_bucket.lines().count() > 100, "{from_bucket}");
         assert_eq!(downloads(&err), 0, "{err}");

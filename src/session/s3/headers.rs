@@ -17,6 +17,7 @@ use uqcast_netcdf::classic::Layout;
 use uqcast_netcdf::inspect::FileInfo;
 use uqcast_netcdf::ranged::{self, Fetch, Outcome, RangedPlan};
 
+use super::kept_plans::{self, KeptPlan};
 use super::partial::{HeaderPlan, StepBytes, remember_plan};
 use super::{
     ObjectCopy, S3Location, as_planned, cache_root, cached_copy, copy_path, is_fresh, remember,
@@ -32,11 +33,13 @@ pub(super) const PARALLEL_HEADERS: usize = 16;
 const FIRST_READ: u64 = 64 * 1024;
 
 /// One NetCDF object, described for planning: from its cached copy while
-/// that is fresh; else from its header and coordinates fetched by range,
+/// that is fresh; else from the plan kept of it ([`kept_plans`]) while that
+/// is the object's; else from its header and coordinates fetched by range,
 /// where it is a classic file, or from the blocks a walk of it fetched,
 /// where it is a NetCDF4 file (its path is where a scan will find its
-/// copy); else (a layout neither plans, or a file that does not read as it
-/// should, which its copy then reports) downloaded whole.
+/// copy, and the plan is kept for later processes); else (a layout neither
+/// plans, or a file that does not read as it should, which its copy then
+/// reports) downloaded whole.
 pub(super) async fn inspect_object(
     store: &dyn ObjectStore,
     location: &S3Location,
@@ -48,18 +51,14 @@ pub(super) async fn inspect_object(
     let stamp = stamp(meta);
     if !is_fresh(&local, &stamp) {
         let url = location.url(key);
-        let head = store
-            .get_range(&meta.location, 0..FIRST_READ.min(meta.size))
-            .await
-            .with_context(|| format!("{url}: reading its first bytes"))?;
-        let planned = if head.starts_with(HDF5_SIGNATURE) {
-            from_walk(store, meta, head.to_vec(), &local, &url).await?
-        } else if let Some((layout, parts)) = header_and_coordinates(store, meta, head).await? {
-            let info = inspect_parts(&parts, meta.size, &local, &url).await?;
-            Some((info, StepBytes::Records(layout), parts))
-        } else {
-            None
-        };
+        let kept_at = kept_plans::plan_path(cache, &location.bucket, key);
+        let mut planned = from_kept(&kept_at, &stamp, meta.size, &local, &url).await;
+        if planned.is_none() {
+            planned = plan_by_range(store, meta, &local, &url).await?;
+            if let Some((_, steps, parts)) = &planned {
+                keep_plan(&kept_at, &stamp, steps, parts, &url);
+            }
+        }
         if let Some((mut info, steps, parts)) = planned {
             info.path = local.clone();
             remember(cache, location, &local, &stamp);
@@ -75,6 +74,79 @@ pub(super) async fn inspect_object(
     inspect(copy).await
 }
 
+/// An object's description, where its steps lie, and the bytes fetched
+/// for them (each with its offset).
+type Planned = (FileInfo, StepBytes, Vec<(u64, Vec<u8>)>);
+
+/// The object planned from bytes fetched by range: its header and
+/// coordinates, or a walk of its metadata; `None` where neither plans it.
+async fn plan_by_range(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    local: &Path,
+    url: &str,
+) -> Result<Option<Planned>> {
+    let head = store
+        .get_range(&meta.location, 0..FIRST_READ.min(meta.size))
+        .await
+        .with_context(|| format!("{url}: reading its first bytes"))?;
+    if head.starts_with(HDF5_SIGNATURE) {
+        return from_walk(store, meta, head.to_vec(), local, url).await;
+    }
+    let Some((layout, parts)) = header_and_coordinates(store, meta, head).await? else {
+        return Ok(None);
+    };
+    let info = inspect_parts(&parts, meta.size, local, url).await?;
+    tracing::debug!(
+        "{url}: planned from its header and coordinates, {} bytes in {} ranges",
+        parts.iter().map(|(_, b)| b.len()).sum::<usize>(),
+        parts.len()
+    );
+    Ok(Some((info, StepBytes::Records(layout), parts)))
+}
+
+/// The object planned from the plan kept of it, with no request; `None`
+/// where none is kept for its stamp, or the kept bytes do not describe it
+/// (it is then planned anew, and any error comes from that).
+async fn from_kept(
+    kept_at: &Path,
+    stamp: &str,
+    size: u64,
+    local: &Path,
+    url: &str,
+) -> Option<Planned> {
+    let kept = kept_plans::load(kept_at, stamp)?;
+    let info = inspect_parts(&kept.parts, size, local, url).await.ok()?;
+    let steps = match kept.chunks {
+        Some(variables) => StepBytes::Chunks {
+            variables,
+            steps: info.times.len(),
+        },
+        None => match kept.parts.first() {
+            Some((0, header)) => StepBytes::Records(Layout::read(&header[..]).ok()??),
+            _ => return None,
+        },
+    };
+    tracing::debug!("{url}: planned from the plan kept in {}", kept_at.display());
+    Some((info, steps, kept.parts))
+}
+
+/// Keeps a plan made here for later processes; a plan that cannot be kept
+/// (a full disk, say) costs them its requests, so it is logged, not an error.
+fn keep_plan(kept_at: &Path, stamp: &str, steps: &StepBytes, parts: &[(u64, Vec<u8>)], url: &str) {
+    let chunks = match steps {
+        StepBytes::Records(_) => None,
+        StepBytes::Chunks { variables, .. } => Some(variables.clone()),
+    };
+    let plan = KeptPlan {
+        parts: parts.to_vec(),
+        chunks,
+    };
+    if let Err(e) = kept_plans::keep(kept_at, stamp, &plan) {
+        tracing::warn!("{url}: its plan was not kept: {e:#}");
+    }
+}
+
 /// The first bytes of every HDF5 file uqcast reads (NetCDF4 writes its
 /// superblock at the start).
 const HDF5_SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
@@ -88,7 +160,7 @@ async fn from_walk(
     head: Vec<u8>,
     local: &Path,
     url: &str,
-) -> Result<Option<(FileInfo, StepBytes, Vec<(u64, Vec<u8>)>)>> {
+) -> Result<Option<Planned>> {
     let Some(RangedPlan { parts, variables }) = walk(store, meta, head, url).await? else {
         return Ok(None);
     };
@@ -305,6 +377,101 @@ mod tests {
         let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
         let meta = objects_in(&store, &location).await?.remove(0);
         inspect_object(&store, &location, &meta, cache).await
+    }
+
+    /// Plans `bytes` stored as `key`, then plans the object again in a
+    /// store that has no object (any request fails), as another process
+    /// would find it listed: the kept plan must serve it alone.
+    async fn planned_twice(
+        bytes: Vec<u8>,
+        key: &str,
+        cache: &Path,
+    ) -> Result<(FileInfo, FileInfo)> {
+        let store = InMemory::new();
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes))
+            .await?;
+        let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
+        let meta = objects_in(&store, &location).await?.remove(0);
+        let first = inspect_object(&store, &location, &meta, cache).await?;
+        let again = inspect_object(&InMemory::new(), &location, &meta, cache).await?;
+        Ok((first, again))
+    }
+
+    /// A plan made once is kept, and planning the unchanged object again
+    /// (another process) makes no request: it describes the object as
+    /// before and places its steps as before, for NetCDF3 and NetCDF4.
+    #[tokio::test]
+    async fn an_unchanged_object_is_planned_again_from_its_kept_plan() -> Result<()> {
+        for (encoding, key) in [(Encoding::Nc3, "era5/k3.nc"), (Encoding::Nc4, "era5/k4.nc")] {
+            let cache = tempfile::tempdir()?;
+            let copy = copy_path(cache.path(), "b", key);
+            let (first, again) = planned_twice(era5_bytes(encoding), key, cache.path())
+                .await
+                .with_context(|| format!("{encoding:?}"))?;
+            assert_eq!(format!("{first:?}"), format!("{again:?}"), "{encoding:?}");
+            let plan = super::super::partial::plan_of(&copy).expect("a plan");
+            let placed: Vec<_> = (0..5).map(|s| plan.step_ranges(s)).collect();
+            assert!(
+                placed
+                    .iter()
+                    .all(|r| r.as_ref().is_some_and(|r| !r.is_empty())),
+                "{placed:?}"
+            );
+            assert!(
+                !copy.exists(),
+                "{encoding:?}: planning downloaded the object"
+            );
+        }
+        Ok(())
+    }
+
+    /// A kept plan is not used for a changed object (another stamp), nor
+    /// when it is damaged: the object is planned anew, and a damaged plan
+    /// replaced by a good one.
+    #[tokio::test]
+    async fn a_kept_plan_of_a_changed_object_or_damaged_is_not_used() -> Result<()> {
+        let cache = tempfile::tempdir()?;
+        let key = "era5/c.nc";
+        let bytes = era5_bytes(Encoding::Nc4);
+        let store = InMemory::new();
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes.clone()))
+            .await?;
+        let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
+        let meta = objects_in(&store, &location).await?.remove(0);
+        let info = inspect_object(&store, &location, &meta, cache.path()).await?;
+
+        let mut changed = meta.clone();
+        changed.e_tag = Some("another".into());
+        let e = inspect_object(&InMemory::new(), &location, &changed, cache.path())
+            .await
+            .expect_err("a changed object is planned anew, from a store without it");
+        assert!(
+            format!("{e:#}").contains("reading its first bytes"),
+            "{e:#}"
+        );
+
+        let kept = kept_plans::plan_path(cache.path(), "b", key);
+        let mut damaged = std::fs::read(&kept)?;
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        std::fs::write(&kept, &damaged)?;
+        assert!(
+            inspect_object(&InMemory::new(), &location, &meta, cache.path())
+                .await
+                .is_err(),
+            "a damaged plan is not used"
+        );
+        let again = inspect_object(&store, &location, &meta, cache.path()).await?;
+        assert_eq!(format!("{info:?}"), format!("{again:?}"));
+        assert_ne!(
+            std::fs::read(&kept)?,
+            damaged,
+            "the damaged plan is replaced"
+        );
+        assert!(kept_plans::load(&kept, &stamp(&meta)).is_some());
+        Ok(())
     }
 
     /// A NetCDF3 file in `dir` as [`era5_bytes`] makes it, then `edit`ed

@@ -26,6 +26,7 @@ use uqcast_netcdf::{FileNames, LocalCopies};
 
 mod cache;
 mod headers;
+mod kept_plans;
 pub use headers::describe_planned;
 mod parquet_objects;
 pub use parquet_objects::first_damaged;

@@ -73,7 +73,7 @@ impl HeaderPlan {
     }
 
     /// The byte ranges holding step `r` of every gridded variable.
-    fn step_ranges(&self, r: usize) -> Option<Vec<Range<u64>>> {
+    pub(super) fn step_ranges(&self, r: usize) -> Option<Vec<Range<u64>>> {
         match &self.steps {
             StepBytes::Records(layout) => self.record(layout, r).map(|range| vec![range]),
             StepBytes::Chunks { variables, .. } => {

@@ -2,8 +2,9 @@
 //! each download or partial fetch, copies are removed least recently used
 //! first until the cache fits. Removed are only copies of objects (a file
 //! with its `.etag` or `.steps` beside it: whatever is needed again is
-//! fetched again), never files a training stages there, and never a copy
-//! a plan of this process names (its scans may still open it). Another
+//! fetched again) and kept plans (`s3-plans/`, each a file of its own),
+//! never files a training stages there, and never a copy a plan of this
+//! process names (its scans may still open it). Another
 //! process that planned over a removed copy fetches it again when its scan
 //! opens it; one that has it open reads on (the file lives until closed).
 
@@ -54,6 +55,13 @@ pub fn mark_used(local: &Path) {
     }
 }
 
+/// Marks a file that is its own stamp (a kept plan) used now.
+pub fn mark_used_file(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(SystemTime::now());
+    }
+}
+
 /// Removes the least recently used copies under `cache` until the copies
 /// take at most `limit` bytes, keeping those `pinned` says to keep.
 /// Returns the bytes removed.
@@ -61,6 +69,7 @@ pub fn prune(cache: &Path, limit: u64, pinned: &dyn Fn(&Path) -> bool) -> u64 {
     let mut copies: Vec<Copy> = ["s3", "s3-steps"]
         .iter()
         .flat_map(|folder| copies_below(&cache.join(folder)))
+        .chain(plans_below(&cache.join("s3-plans")))
         .collect();
     let mut total: u64 = copies.iter().map(|c| c.bytes).sum();
     copies.sort_by_key(|c| c.used);
@@ -81,9 +90,31 @@ pub fn prune(cache: &Path, limit: u64, pinned: &dyn Fn(&Path) -> bool) -> u64 {
     removed
 }
 
-/// Every copy below `folder`: each file with a stamp (`.etag`) or a list of
-/// records (`.steps`) beside it.
-fn copies_below(folder: &Path) -> Vec<Copy> {
+/// Every kept plan below `folder` (not those still being written, under
+/// a temporary name starting with a dot).
+fn plans_below(folder: &Path) -> Vec<Copy> {
+    files_below(folder)
+        .into_iter()
+        .filter(|path| {
+            !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .map(|path| {
+            let used = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            Copy {
+                bytes: on_disk(&path),
+                files: vec![path],
+                used,
+            }
+        })
+        .collect()
+}
+
+/// Every file below `folder`, at any depth.
+fn files_below(folder: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![folder.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -94,24 +125,34 @@ fn copies_below(folder: &Path) -> Vec<Copy> {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-                continue;
+            } else {
+                found.push(path);
             }
-            let companions: Vec<PathBuf> = [".etag", ".steps", ".steps.lock"]
-                .iter()
-                .map(|c| PathBuf::from(format!("{}{c}", path.display())))
-                .filter(|c| c.is_file())
-                .collect();
-            let Some(stamp) = companions.first() else {
-                continue;
-            };
-            let used = std::fs::metadata(stamp)
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let mut files = vec![path];
-            files.extend(companions);
-            let bytes = files.iter().map(|f| on_disk(f)).sum();
-            found.push(Copy { files, bytes, used });
         }
+    }
+    found
+}
+
+/// Every copy below `folder`: each file with a stamp (`.etag`) or a list of
+/// records (`.steps`) beside it.
+fn copies_below(folder: &Path) -> Vec<Copy> {
+    let mut found = Vec::new();
+    for path in files_below(folder) {
+        let companions: Vec<PathBuf> = [".etag", ".steps", ".steps.lock"]
+            .iter()
+            .map(|c| PathBuf::from(format!("{}{c}", path.display())))
+            .filter(|c| c.is_file())
+            .collect();
+        let Some(stamp) = companions.first() else {
+            continue;
+        };
+        let used = std::fs::metadata(stamp)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut files = vec![path];
+        files.extend(companions);
+        let bytes = files.iter().map(|f| on_disk(f)).sum();
+        found.push(Copy { files, bytes, used });
     }
     found
 }
@@ -165,15 +206,24 @@ mod tests {
         // A model being trained into the cache: no stamp beside it.
         let staged = cache.join("s3/b/models/m.safetensors");
         write(&staged, 200_000, 1000);
+        // A kept plan, the least recently used, and one being written.
+        let plan = cache.join("s3-plans/b/era5/old.nc.plan");
+        write(&plan, 20_000, 400);
+        let writing = cache.join("s3-plans/b/era5/.plan-x");
+        write(&writing, 200_000, 1000);
 
         let keep = |p: &Path| p == pinned;
-        // Everything but the staged model is about 350 kB.
+        // Everything but the staged files is about 400 kB on disk.
         assert_eq!(prune(cache, 10_000_000, &keep), 0);
         let removed = prune(cache, 250_000, &keep);
-        assert!(!old.exists() && !partial.exists(), "the two least recent");
+        assert!(
+            !plan.exists() && !old.exists() && !partial.exists(),
+            "the three least recent"
+        );
         assert!(!PathBuf::from(format!("{}.etag", old.display())).exists());
         assert!(pinned.exists() && recent.exists() && staged.exists());
-        assert!(removed >= 150_000, "{removed}");
+        assert!(writing.exists(), "never a plan being written");
+        assert!(removed >= 170_000, "{removed}");
 
         mark_used(&pinned);
         assert!(prune(cache, 0, &|_| false) > 0);

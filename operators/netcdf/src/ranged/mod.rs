@@ -26,7 +26,7 @@ use driver::{SOURCE, Source};
 
 /// A variable stored in chunks, with every written chunk's first index
 /// along its first (time) dimension and its bytes' place in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkedVariable {
     pub name: String,
     pub steps_per_chunk: u64,
