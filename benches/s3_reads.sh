@@ -7,8 +7,11 @@
 # alternated; then how long the same query takes again in a new process on
 # that cache ("again": its steps are held, so what is left is planning).
 #
-#   [ENCODING=nc3|nc4] benches/s3_reads.sh [BINARY ...]
-#                                         (default: nc3, target/debug/uqcast)
+#   [ENCODING=nc3|nc4] [LATENCY_MS=20] benches/s3_reads.sh [BINARY ...]
+#                                         (default: nc3, no latency, target/debug/uqcast)
+#
+# LATENCY_MS puts benches/latency_proxy.py between uqcast and the server,
+# which holds every request that long: a round trip loopback lacks.
 #
 # Data: 60 daily objects and one month-long object on ERA5's 0.25° global
 # grid (721 × 1440; NetCDF3 packed int16, or NetCDF4 zlib float32), written
@@ -46,7 +49,15 @@ put() {
 }
 for f in "$WORK"/daily/*.nc; do put "$f" "daily/$(basename "$f")"; done
 for f in "$WORK"/month/*.nc; do put "$f" "month/$(basename "$f")"; done
-export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=bench \
+endpoint=$PORT
+if [ "${LATENCY_MS:-0}" -gt 0 ]; then
+  endpoint=$((PORT + 1))
+  python3 benches/latency_proxy.py "$endpoint" "$PORT" "$LATENCY_MS" &
+  proxy=$!
+  trap 'kill $server $proxy' EXIT
+  sleep 1
+fi
+export AWS_ENDPOINT_URL=http://127.0.0.1:$endpoint AWS_ACCESS_KEY_ID=bench \
   AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
 
 one_day="SELECT valid_time, avg(t2m) FROM t WHERE valid_time >= '2020-01-30T00:00:00Z' \

@@ -279,18 +279,24 @@ async fn header_and_coordinates(
         return Ok(None);
     }
     // Coordinates stored next to the header (the usual place of the
-    // non-record ones, and of the first record's time) came with it.
+    // non-record ones, and of the first record's time) came with it. Only
+    // the header and the coordinates are kept: the rest of the first read
+    // is data, and plans are kept for every object a table holds.
     let fetched = header.len() as u64;
-    let ranges: Vec<Range<u64>> = layout
+    let (near, far): (Vec<Range<u64>>, Vec<Range<u64>>) = layout
         .coordinate_ranges()
         .into_iter()
-        .filter(|r| r.end > fetched)
-        .collect();
-    let coordinates = store.get_ranges(&meta.location, &ranges).await?;
-    let mut parts = vec![(0, header.to_vec())];
+        .partition(|r| r.end <= fetched);
+    let coordinates = store.get_ranges(&meta.location, &far).await?;
+    let Some(header_bytes) = header.get(..layout.header_len as usize) else {
+        return Ok(None);
+    };
+    let mut parts = vec![(0, header_bytes.to_vec())];
+    for r in near {
+        parts.push((r.start, header[r.start as usize..r.end as usize].to_vec()));
+    }
     parts.extend(
-        ranges
-            .iter()
+        far.iter()
             .map(|r| r.start)
             .zip(coordinates.iter().map(|b| b.to_vec())),
     );
@@ -368,14 +374,21 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
-    /// The object `key` stored as `bytes`, described as a table would plan it.
-    async fn planned(bytes: Vec<u8>, key: &str, cache: &Path) -> Result<FileInfo> {
+    /// A store holding `bytes` as `key`, the object's location, and its
+    /// listing.
+    async fn stored(bytes: Vec<u8>, key: &str) -> Result<(InMemory, S3Location, ObjectMeta)> {
         let store = InMemory::new();
         store
             .put(&ObjectPath::from(key), PutPayload::from(bytes))
             .await?;
         let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
         let meta = objects_in(&store, &location).await?.remove(0);
+        Ok((store, location, meta))
+    }
+
+    /// The object `key` stored as `bytes`, described as a table would plan it.
+    async fn planned(bytes: Vec<u8>, key: &str, cache: &Path) -> Result<FileInfo> {
+        let (store, location, meta) = stored(bytes, key).await?;
         inspect_object(&store, &location, &meta, cache).await
     }
 
@@ -387,12 +400,7 @@ mod tests {
         key: &str,
         cache: &Path,
     ) -> Result<(FileInfo, FileInfo)> {
-        let store = InMemory::new();
-        store
-            .put(&ObjectPath::from(key), PutPayload::from(bytes))
-            .await?;
-        let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
-        let meta = objects_in(&store, &location).await?.remove(0);
+        let (store, location, meta) = stored(bytes, key).await?;
         let first = inspect_object(&store, &location, &meta, cache).await?;
         let again = inspect_object(&InMemory::new(), &location, &meta, cache).await?;
         Ok((first, again))
@@ -433,13 +441,7 @@ mod tests {
     async fn a_kept_plan_of_a_changed_object_or_damaged_is_not_used() -> Result<()> {
         let cache = tempfile::tempdir()?;
         let key = "era5/c.nc";
-        let bytes = era5_bytes(Encoding::Nc4);
-        let store = InMemory::new();
-        store
-            .put(&ObjectPath::from(key), PutPayload::from(bytes.clone()))
-            .await?;
-        let location = S3Location::parse(&format!("s3://b/{key}"))?.expect("an s3 location");
-        let meta = objects_in(&store, &location).await?.remove(0);
+        let (store, location, meta) = stored(era5_bytes(Encoding::Nc4), key).await?;
         let info = inspect_object(&store, &location, &meta, cache.path()).await?;
 
         let mut changed = meta.clone();
