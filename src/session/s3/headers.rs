@@ -392,40 +392,33 @@ mod tests {
         inspect_object(&store, &location, &meta, cache).await
     }
 
-    /// Plans `bytes` stored as `key`, then plans the object again in a
-    /// store that has no object (any request fails), as another process
-    /// would find it listed: the kept plan must serve it alone.
-    async fn planned_twice(
-        bytes: Vec<u8>,
-        key: &str,
-        cache: &Path,
-    ) -> Result<(FileInfo, FileInfo)> {
-        let (store, location, meta) = stored(bytes, key).await?;
-        let first = inspect_object(&store, &location, &meta, cache).await?;
-        let again = inspect_object(&InMemory::new(), &location, &meta, cache).await?;
-        Ok((first, again))
-    }
-
     /// A plan made once is kept, and planning the unchanged object again
-    /// (another process) makes no request: it describes the object as
-    /// before and places its steps as before, for NetCDF3 and NetCDF4.
+    /// (another process) in a store that has no object, so that any request
+    /// fails, describes it as before and places its steps as before, for
+    /// NetCDF3 and NetCDF4.
     #[tokio::test]
     async fn an_unchanged_object_is_planned_again_from_its_kept_plan() -> Result<()> {
         for (encoding, key) in [(Encoding::Nc3, "era5/k3.nc"), (Encoding::Nc4, "era5/k4.nc")] {
             let cache = tempfile::tempdir()?;
             let copy = copy_path(cache.path(), "b", key);
-            let (first, again) = planned_twice(era5_bytes(encoding), key, cache.path())
+            let (store, location, meta) = stored(era5_bytes(encoding), key).await?;
+            let placed = || {
+                let plan = super::super::partial::plan_of(&copy).expect("a plan");
+                (0..5).map(|s| plan.step_ranges(s)).collect::<Vec<_>>()
+            };
+            let first = inspect_object(&store, &location, &meta, cache.path()).await?;
+            let first_placed = placed();
+            assert!(
+                first_placed
+                    .iter()
+                    .all(|r| r.as_ref().is_some_and(|r| !r.is_empty())),
+                "{first_placed:?}"
+            );
+            let again = inspect_object(&InMemory::new(), &location, &meta, cache.path())
                 .await
                 .with_context(|| format!("{encoding:?}"))?;
             assert_eq!(format!("{first:?}"), format!("{again:?}"), "{encoding:?}");
-            let plan = super::super::partial::plan_of(&copy).expect("a plan");
-            let placed: Vec<_> = (0..5).map(|s| plan.step_ranges(s)).collect();
-            assert!(
-                placed
-                    .iter()
-                    .all(|r| r.as_ref().is_some_and(|r| !r.is_empty())),
-                "{placed:?}"
-            );
+            assert_eq!(placed(), first_placed, "{encoding:?}");
             assert!(
                 !copy.exists(),
                 "{encoding:?}: planning downloaded the object"
