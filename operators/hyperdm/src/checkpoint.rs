@@ -122,9 +122,21 @@ pub fn save<P: PrimaryNetwork>(
 /// Reads a checkpoint's metadata.
 pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
     let meta_path = json_path(path);
-    let text = std::fs::read_to_string(&meta_path).map_err(|source| HyperdmError::Io {
-        path: meta_path.clone(),
-        source,
+    let text = std::fs::read_to_string(&meta_path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            // Weights alone: copied without their metadata, or not a model.
+            HyperdmError::Checkpoint {
+                path: meta_path.clone(),
+                problem: "metadata is missing: a model is its weights and this file beside \
+                          them (X.safetensors and X.json), written together by `uqcast train`"
+                    .into(),
+            }
+        } else {
+            HyperdmError::Io {
+                path: meta_path.clone(),
+                source,
+            }
+        }
     })?;
     let meta: CheckpointMeta =
         serde_json::from_str(&text).map_err(|e| HyperdmError::Checkpoint {
@@ -418,6 +430,13 @@ mod tests {
         std::fs::write(path.with_extension("json"), "{").unwrap();
         let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
         assert!(err.contains("m.json") && err.contains("invalid"), "{err}");
+        // Weights without their metadata.
+        std::fs::remove_file(path.with_extension("json")).unwrap();
+        let err = load(&path, &Device::Cpu, build).unwrap_err().to_string();
+        assert!(
+            err.contains("m.json: checkpoint metadata is missing") && err.contains("uqcast train"),
+            "{err}"
+        );
     }
 
     /// A checkpoint with one NaN weight (a diverged run, a flipped bit) is
