@@ -20,6 +20,18 @@ pub fn failure(what: &str, url: &str, e: impl Into<anyhow::Error>) -> anyhow::Er
         anyhow::anyhow!("{what} on the cluster at {url}: a task failed: {reason}")
     } else if let Some(reason) = scheduler_refusal(&text) {
         anyhow::anyhow!("{what} on the cluster at {url}: the scheduler could not plan it: {reason}")
+    } else if let Some((address, reason)) = not_connected(&text) {
+        match address {
+            Some(a) if !is_scheduler(&a, url) => anyhow::anyhow!(
+                "{what} on the cluster at {url}: no connection to the executor at {a}: {reason} \
+                 (results are fetched from executors; `uqcast executor --external-host` names \
+                 an address this machine can reach)"
+            ),
+            _ => anyhow::anyhow!(
+                "{what}: no connection to the scheduler at {url}: {reason} (is `uqcast \
+                 scheduler` running there, and reachable from here?)"
+            ),
+        }
     } else {
         e.context(failed(what, url))
     }
@@ -44,6 +56,39 @@ fn scheduler_refusal(text: &str) -> Option<String> {
     };
     let reason = reason.trim_start_matches("DataFusion error: ");
     Some(reason.trim_start_matches("Execution error: ").to_string())
+}
+
+/// Whether `address` (IP and port) is where the scheduler at `url`
+/// resolves to; a name that does not resolve is taken to be it.
+fn is_scheduler(address: &str, url: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let host_port = url.strip_prefix("df://").unwrap_or(url);
+    match host_port.to_socket_addrs() {
+        Ok(mut resolved) => resolved.any(|a| a.to_string() == address),
+        Err(_) => true,
+    }
+}
+
+/// A connection that was not made, if `text` tells of one (tonic's debug
+/// form): the address it was to, where one is given (a name that did not
+/// resolve has none), and why, as the OS or the name lookup said.
+fn not_connected(text: &str) -> Option<(Option<String>, String)> {
+    const MARK: &str = "ConnectError(\"";
+    let rest = &text[text.find(MARK)? + MARK.len()..];
+    let (kind, rest) = rest.split_once('"')?;
+    let address = rest
+        .strip_prefix(", ")
+        .and_then(|r| r.split_once(", "))
+        .map(|(a, _)| a.to_string())
+        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
+    let reason = ["message: \"", "error: \""]
+        .iter()
+        .find_map(|m| {
+            let at = rest.find(m)? + m.len();
+            rest[at..].split('"').next().map(str::to_string)
+        })
+        .unwrap_or_else(|| kind.to_string());
+    Some((address, reason))
 }
 
 /// A task's error message, if `text` holds a job failure whose task error
@@ -150,6 +195,62 @@ mod tests {
             assert_eq!(e.to_string(), failed("forecast", URL));
             assert_eq!(format!("{:#}", e.root_cause()), seen);
         }
+    }
+
+    #[test]
+    fn a_connection_not_made_says_to_what_and_why() {
+        // As a client saw them from Ballista 55 (tonic 0.14).
+        let refused = "Execution error: tonic::transport::Error(Transport, \
+                       ConnectError(ConnectError(\"tcp connect error\", 127.0.0.1:50050, Os { \
+                       code: 111, kind: ConnectionRefused, message: \"Connection refused\" })))";
+        let e = failure(
+            "query",
+            "df://127.0.0.1:50050",
+            anyhow::anyhow!("{refused}"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "query: no connection to the scheduler at df://127.0.0.1:50050: Connection refused \
+             (is `uqcast scheduler` running there, and reachable from here?)"
+        );
+        let unresolved = "Execution error: tonic::transport::Error(Transport, \
+                          ConnectError(ConnectError(\"dns error\", Custom { kind: \
+                          Uncategorized, error: \"failed to lookup address information: Name \
+                          or service not known\" })))";
+        let e = failure(
+            "query",
+            "df://nowhere:50050",
+            anyhow::anyhow!("{unresolved}"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "query: no connection to the scheduler at df://nowhere:50050: failed to lookup \
+             address information: Name or service not known (is `uqcast scheduler` running \
+             there, and reachable from here?)"
+        );
+        // A scheduler named by a name that resolves to the address.
+        let e = failure(
+            "query",
+            "df://localhost:50050",
+            anyhow::anyhow!("{refused}"),
+        );
+        assert!(
+            e.to_string()
+                .starts_with("query: no connection to the scheduler at df://localhost:50050"),
+            "{e}"
+        );
+        // The scheduler answered; an executor it named did not.
+        let e = failure(
+            "forecast",
+            "df://10.0.0.1:50050",
+            anyhow::anyhow!("{}", refused.replace("127.0.0.1:50050", "10.0.0.7:50051")),
+        );
+        assert_eq!(
+            e.to_string(),
+            "forecast on the cluster at df://10.0.0.1:50050: no connection to the executor at \
+             10.0.0.7:50051: Connection refused (results are fetched from executors; `uqcast \
+             executor --external-host` names an address this machine can reach)"
+        );
     }
 
     #[test]
