@@ -6,9 +6,9 @@
 //! process (the next `uqcast sql`, the next scheduled run, an executor)
 //! plans an unchanged object from its listing alone.
 //!
-//! A kept plan is a cache entry: one written by another uqcast, for another
-//! stamp, cut short or damaged (its bytes no longer hash to what it
-//! recorded) is passed over, and the object is planned again.
+//! A kept plan is a cache entry: one of another format, for another stamp,
+//! cut short or damaged (it no longer hashes to what it recorded) is passed
+//! over, and the object is planned again.
 //!
 //! The file: a line naming the format, the object's stamp, the SHA-256 of
 //! all that follows it, a line of JSON ([`Kept`]), then the fetched bytes,
@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use uqcast_netcdf::ranged::ChunkedVariable;
 
-/// The first line of a kept plan; a new layout of the file takes a new one.
+/// The first line of a kept plan. A change to the file's layout, or to
+/// what planning fetches (a plan kept before would lack it), takes a new
+/// number, so that older plans are passed over.
 const FORMAT: &str = concat!("uqcast s3 plan 1 ", env!("CARGO_PKG_VERSION"));
 
 /// What planning fetched of an object, and where its steps lie.
