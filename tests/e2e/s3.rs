@@ -664,6 +664,7 @@ fn few_steps_of_a_long_object(server: &Server, work: &Path, cache: &Path, encodi
     {
         let (from_bucket, err) = answer(&remote, &at(time));
         let first = query == 0;
+        assert!(!err.contains("HDF5-DIAG"), "{time}: {err}");
         assert_eq!(planned_by_range(&err), first, "{time}: {err}");
         assert_eq!(planned_from_kept(&err), !first, "{time}: {err}");
         assert_eq!(from_bucket, answer(&local, &at(time)).0, "{time}");

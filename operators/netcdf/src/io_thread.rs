@@ -44,6 +44,9 @@ fn sender() -> &'static Mutex<Sender<Job>> {
             .name("uqcast-netcdf-io".into())
             .spawn(move || {
                 ON_IO_THREAD.with(|f| *f.borrow_mut() = true);
+                // libnetcdf silences HDF5's error printer only on the thread
+                // where it first sets HDF5 up, which need not be this one.
+                crate::hdf5_ffi::silence_errors();
                 quiet_when_caught();
                 crate::fatal::install();
                 while let Ok(job) = rx.recv() {

@@ -92,10 +92,9 @@ fn plan_here(name: &CString, size: u64, seed: &[u8], fetch: Fetch) -> Outcome {
         return Outcome::NotPlanned("HDF5 refused the ranged driver".into());
     };
     // SAFETY: plain HDF5 calls; the property list is closed by its Handle.
+    // HDF5's own error printer would write a stack for every probe.
+    silence_errors();
     let fapl = unsafe {
-        H5open();
-        // HDF5's own error printer would write a stack for every probe.
-        H5Eset_auto2(H5E_DEFAULT, std::ptr::null(), std::ptr::null_mut());
         Handle::open(H5Pcreate(H5P_CLS_FILE_ACCESS_ID_g), H5Pclose)
             .filter(|p| H5Pset_driver(p.0, driver, std::ptr::null()) >= 0)
     };
