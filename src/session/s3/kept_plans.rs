@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+use uqcast_hyperdm::checkpoint::sha256_hex;
 use uqcast_netcdf::ranged::ChunkedVariable;
 
 /// The first line of a kept plan. A change to the file's layout, or to
@@ -53,13 +53,6 @@ pub(super) fn plan_path(cache: &Path, bucket: &str, key: &str) -> PathBuf {
         .join("s3-plans")
         .join(bucket)
         .join(format!("{key}.plan"))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Keeps `plan` for the object `stamp` describes, replacing any earlier
