@@ -65,16 +65,23 @@ min_fraction = 0.3
 
 /// Data (12 steps on a 2° grid, an OOD disk) and a trained model.
 pub(crate) fn trained(dir: &Path, samples: usize) -> PathBuf {
+    trained_over(dir, samples, 12)
+}
+
+/// As [`trained`], over `steps` 6-hourly steps of data: a run of it writes
+/// `steps` forecast steps.
+pub(crate) fn trained_over(dir: &Path, samples: usize, steps: usize) -> PathBuf {
     synth(
         &dir.join("data"),
-        12,
+        steps,
         "nc4",
         &["--ood", "disk:2020-01-02T12:00Z,45,260,8,30"],
     );
     let config = write_pipeline(dir, samples, "");
     let o = uqcast(&["train", "--config", config.to_str().unwrap()]);
     assert!(o.status.success(), "train: {}", stderr(&o));
-    assert!(stdout(&o).contains("11 pairs"), "{}", stdout(&o));
+    let pairs = format!("{} pairs", steps - 1);
+    assert!(stdout(&o).contains(&pairs), "{}", stdout(&o));
     assert!(dir.join("model/m.safetensors").is_file());
     assert!(dir.join("model/m.json").is_file());
     config

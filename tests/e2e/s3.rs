@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{forecast_csv, trained, walk_all};
+use crate::pipeline::{forecast_csv, trained, trained_over, walk_all};
 use crate::{free_port, stderr, stdout, synth_seeded, wait_until_listening};
 
 pub const BUCKET: &str = "era5-bucket";
@@ -944,11 +944,13 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    // Slow sampling: a step takes long enough to watch the lock between
-    // steps, with the run still going after the checks below take their
-    // 6 s and more on a loaded machine (at 512 samples a CI run once
-    // finished all its steps before the lock was replaced).
-    let config = trained(work.path(), 1024);
+    // Slow sampling over many steps: a step takes long enough to watch the
+    // lock between steps, and the run has far more steps than the checks
+    // below (6 s and more) can outlast. With 12 steps a run once finished
+    // all of them before the lock was replaced; the run stops at its next
+    // renewal once it is, so more steps cost the test no time.
+    const STEPS: usize = 48;
+    let config = trained_over(work.path(), 1024, STEPS);
     let output = format!("s3://{BUCKET}/runs/slow");
     let forecast = server.path("runs/slow/forecast");
     let lock = server.path("runs/slow/.uqcast-run.lock");
@@ -1022,7 +1024,10 @@ fn s3_lock_is_renewed_and_a_run_that_loses_it_stops() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("this run lost its lock"), "{log}");
     let written = steps();
-    assert!((1..12).contains(&written), "{written} of 12 steps written");
+    assert!(
+        (1..STEPS).contains(&written),
+        "{written} of {STEPS} steps written"
+    );
     assert_eq!(
         std::fs::read_to_string(&lock).unwrap(),
         "pid 1 on elsewhere, since 2020-01-01T00:00:00Z",
