@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     // errors do.
     uqcast_netcdf::fatal::name_files_with(session::s3::in_urls);
     // Checked before any work, as every setting is; read again where used.
-    if let Err(problem) = uqcast_netcdf::fatal::stall_limit() {
+    if let Err(problem) = uqcast_netcdf::fatal::limits() {
         eprintln!("error: {problem}");
         return ExitCode::FAILURE;
     }

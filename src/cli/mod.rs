@@ -23,9 +23,10 @@ use clap::{Parser, Subcommand};
     about,
     after_help = "Environment: UQCAST_DEVICE=cpu|cuda|cuda:N picks where models train and \
 sample (default: the first GPU if the build has `cuda` and one is visible, else the CPU); \
-UQCAST_NETCDF_STALL_SECONDS (default 600) ends a command whose one libnetcdf call on a file \
-has not returned by then (a damaged file can loop HDF5 forever), naming the file; \
-UQCAST_LOG sets the log level."
+UQCAST_NETCDF_LOOP_SECONDS (default 60) ends a command whose one libnetcdf call on a file \
+has computed that long (CPU time) without returning (a damaged file can loop HDF5 forever), \
+naming the file, and UQCAST_NETCDF_STALL_SECONDS (default 600) one whose call has not \
+returned by then (wall clock: a stalled storage); UQCAST_LOG sets the log level."
 )]
 pub struct Cli {
     #[command(subcommand)]

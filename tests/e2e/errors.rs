@@ -185,36 +185,51 @@ fn netcdf4_metadata_that_crashes_hdf5() {
 }
 
 /// One byte changed so that HDF5 loops, in the same code, without end: the
-/// watchdog ends the command after `UQCAST_NETCDF_STALL_SECONDS`, naming the
-/// file, exit 1. A value that is not a number of seconds is refused first.
+/// watchdog ends the command once the call has computed for
+/// `UQCAST_NETCDF_LOOP_SECONDS` of CPU time, or has run for
+/// `UQCAST_NETCDF_STALL_SECONDS` (a loop's CPU time never passes its wall
+/// time, so the lower wall limit ends it first), naming the file, exit 1.
+/// A value that is not a number of seconds is refused first.
 #[test]
 fn netcdf4_metadata_that_loops_hdf5() {
     let dir = tempfile::tempdir().unwrap();
     let bad = small_netcdf4_with(dir.path(), 3077, 95);
     let table = format!("era5={}", bad.display());
-    let with_limit = |seconds: &str| {
+    let with_limits = |limits: &[(&str, &str)]| {
         Command::new(env!("CARGO_BIN_EXE_uqcast"))
             .args(["sql", "SELECT avg(t2m) FROM era5", "--table", &table])
-            .env("UQCAST_NETCDF_STALL_SECONDS", seconds)
+            .envs(limits.iter().copied())
             .output()
             .unwrap()
     };
-    for (seconds, needle) in [
+    for (limits, needle) in [
         (
-            "2",
-            "damaged.nc: libnetcdf has not returned for 2 s reading it \
-             (UQCAST_NETCDF_STALL_SECONDS): the file is damaged",
+            &[("UQCAST_NETCDF_LOOP_SECONDS", "2")][..],
+            "damaged.nc: libnetcdf has computed for 2 s of CPU time in one call reading it \
+             (UQCAST_NETCDF_LOOP_SECONDS): the file is damaged",
         ),
         (
-            "soon",
+            &[
+                ("UQCAST_NETCDF_LOOP_SECONDS", "60"),
+                ("UQCAST_NETCDF_STALL_SECONDS", "2"),
+            ],
+            "damaged.nc: libnetcdf has not returned for 2 s reading it \
+             (UQCAST_NETCDF_STALL_SECONDS): its storage stalled, or the file is damaged",
+        ),
+        (
+            &[("UQCAST_NETCDF_STALL_SECONDS", "soon")],
             "error: UQCAST_NETCDF_STALL_SECONDS=soon: not a whole number of seconds above 0",
         ),
+        (
+            &[("UQCAST_NETCDF_LOOP_SECONDS", "0")],
+            "error: UQCAST_NETCDF_LOOP_SECONDS=0: not a whole number of seconds above 0",
+        ),
     ] {
-        let o = with_limit(seconds);
+        let o = with_limits(limits);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains(needle), "{err}");
+        assert_eq!(o.status.code(), Some(1), "{limits:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{limits:?}: {err}");
+        assert!(err.contains(needle), "{limits:?}: {err}");
     }
 }
 

@@ -6,8 +6,13 @@
 //! the I/O thread works on a file ([`Reading`]):
 //! - a fault on that thread prints one line naming the file, as errors are
 //!   printed, and exits with status 1;
-//! - a call on it that has not returned after [`STALL_VAR`] seconds (600
-//!   unless set) does the same from a watchdog thread.
+//! - a call on it that has computed for [`LOOP_VAR`] seconds of the
+//!   thread's CPU time (60 unless set) does the same from a watchdog
+//!   thread: a loop burns CPU, where a read waiting on its storage does not,
+//!   so a loop is told from a slow read long before a wall-clock limit
+//!   could safely say so;
+//! - so does a call that has not returned after [`STALL_VAR`] seconds of
+//!   wall-clock time (600 unless set): storage that stalled for good.
 //!
 //! Nothing written is lost that an error would have kept: outputs are
 //! renamed into place only once complete. Faults anywhere else go on to the
@@ -26,8 +31,15 @@ use std::time::{Duration, Instant};
 /// file may take, in seconds.
 pub const STALL_VAR: &str = "UQCAST_NETCDF_STALL_SECONDS";
 /// One call reads a file's metadata or one step of one variable: seconds
-/// even on slow storage. Ten minutes is a loop, not a read.
+/// even on slow storage. Ten minutes is a stall, not a read.
 const STALL_DEFAULT: Duration = Duration::from_secs(600);
+/// The environment variable that sets how much CPU time one libnetcdf call
+/// on a file may take, in seconds.
+pub const LOOP_VAR: &str = "UQCAST_NETCDF_LOOP_SECONDS";
+/// Metadata takes milliseconds of CPU, and one step of one variable well
+/// under a second even where a chunk holds a whole 0.25° global field and
+/// is inflated for each step; a minute is a loop.
+const LOOP_DEFAULT: Duration = Duration::from_secs(60);
 
 /// The signals a C library's bad memory access or arithmetic raises.
 const SIGNALS: [(libc::c_int, &str); 4] = [
@@ -50,28 +62,54 @@ static IO_THREAD: AtomicI32 = AtomicI32::new(0);
 /// When the outermost job on a file started: milliseconds since [`epoch`]
 /// plus one; 0 while none runs.
 static JOB_STARTED: AtomicU64 = AtomicU64::new(0);
+/// The I/O thread's CPU time, in nanoseconds, when that job started;
+/// stored before [`JOB_STARTED`].
+static JOB_CPU_STARTED: AtomicU64 = AtomicU64::new(0);
+/// The clock of the I/O thread's CPU time, which the watchdog reads.
+static IO_CLOCK: OnceLock<libc::clockid_t> = OnceLock::new();
 /// How the reports name a file: the path rewritten as the process's
 /// errors are (an S3 object's cached copy by its URL).
 static NAMER: OnceLock<fn(&str) -> String> = OnceLock::new();
 /// The handlers found at installation, by signal.
 static PREVIOUS: OnceLock<Vec<(libc::c_int, libc::sigaction)>> = OnceLock::new();
 
-/// The limit [`STALL_VAR`] sets, or the default; an error says what is
-/// wrong with the value.
-pub fn stall_limit() -> Result<Duration, String> {
-    match std::env::var(STALL_VAR) {
-        Err(std::env::VarError::NotPresent) => Ok(STALL_DEFAULT),
+/// The limits [`STALL_VAR`] and [`LOOP_VAR`] set, or their defaults: wall
+/// clock, then CPU time. An error says what is wrong with a value.
+pub fn limits() -> Result<(Duration, Duration), String> {
+    Ok((
+        seconds_in(STALL_VAR, STALL_DEFAULT)?,
+        seconds_in(LOOP_VAR, LOOP_DEFAULT)?,
+    ))
+}
+
+fn seconds_in(var: &str, default: Duration) -> Result<Duration, String> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
         Ok(value) => value
             .trim()
             .parse::<u64>()
             .ok()
             .filter(|&seconds| seconds > 0)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("{STALL_VAR}={value}: not a whole number of seconds above 0")),
+            .ok_or_else(|| format!("{var}={value}: not a whole number of seconds above 0")),
         Err(std::env::VarError::NotUnicode(value)) => Err(format!(
-            "{STALL_VAR}={value:?}: not a whole number of seconds above 0"
+            "{var}={value:?}: not a whole number of seconds above 0"
         )),
     }
+}
+
+/// The CPU time of the thread behind `clock`, in nanoseconds; 0 where it
+/// cannot be read.
+fn cpu_nanos(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into `now`, which lives for the call.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn epoch() -> Instant {
@@ -92,11 +130,16 @@ pub fn name_files_with(namer: fn(&str) -> String) {
 /// Installs the signal handler and starts the watchdog; called once, on
 /// the I/O thread.
 pub(crate) fn install() {
-    let limit = stall_limit().unwrap_or(STALL_DEFAULT);
+    let (stall, spin) = limits().unwrap_or((STALL_DEFAULT, LOOP_DEFAULT));
     epoch();
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: asks for this live thread's CPU clock, written into `clock`.
+    if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+        let _ = IO_CLOCK.set(clock);
+    }
     let watching = std::thread::Builder::new()
         .name("uqcast-netcdf-watch".into())
-        .spawn(move || watch(limit));
+        .spawn(move || watch(stall, spin));
     if let Err(e) = watching {
         tracing::warn!("cannot start the NetCDF watchdog: {e}");
     }
@@ -123,28 +166,48 @@ pub(crate) fn install() {
     });
 }
 
-/// Ends the process when one job has run for `limit`.
-fn watch(limit: Duration) {
-    let limit_ms = limit.as_millis() as u64;
-    let tick = (limit / 10).clamp(Duration::from_millis(10), Duration::from_secs(5));
+/// Ends the process when one job has computed for `spin` of CPU time, or
+/// has run for `stall`.
+fn watch(stall: Duration, spin: Duration) {
+    let (stall_ms, spin_ns) = (stall.as_millis() as u64, spin.as_nanos() as u64);
+    let tick = (stall.min(spin) / 10).clamp(Duration::from_millis(10), Duration::from_secs(5));
     loop {
         std::thread::sleep(tick);
-        let started = JOB_STARTED.load(Ordering::Relaxed);
-        if started == 0 || now_stamp().saturating_sub(started) < limit_ms {
+        let started = JOB_STARTED.load(Ordering::Acquire);
+        if started == 0 {
             continue;
         }
-        let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(&current());
-        let _ = writeln!(
-            stderr,
-            "libnetcdf has not returned for {} s reading it ({STALL_VAR}): the file is \
-             damaged (HDF5 can loop forever on one), or its storage stalled",
-            limit.as_secs()
-        );
-        let _ = stderr.flush();
-        // SAFETY: ends the process at once, as a failed command does.
-        unsafe { libc::_exit(1) };
+        if let Some(&clock) = IO_CLOCK.get() {
+            let cpu_started = JOB_CPU_STARTED.load(Ordering::Acquire);
+            let computed = cpu_nanos(clock).saturating_sub(cpu_started);
+            // The same job still runs: its CPU start is the one just read.
+            if computed >= spin_ns && JOB_STARTED.load(Ordering::Acquire) == started {
+                end(&format!(
+                    "libnetcdf has computed for {} s of CPU time in one call reading it \
+                     ({LOOP_VAR}): the file is damaged (HDF5 can loop forever on one)",
+                    spin.as_secs()
+                ));
+            }
+        }
+        if now_stamp().saturating_sub(started) >= stall_ms {
+            end(&format!(
+                "libnetcdf has not returned for {} s reading it ({STALL_VAR}): its storage \
+                 stalled, or the file is damaged",
+                stall.as_secs()
+            ));
+        }
     }
+}
+
+/// Prints the report on the file being read, ending with `why`, and ends
+/// the process.
+fn end(why: &str) -> ! {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(&current());
+    let _ = writeln!(stderr, "{why}");
+    let _ = stderr.flush();
+    // SAFETY: ends the process at once, as a failed command does.
+    unsafe { libc::_exit(1) }
 }
 
 /// While alive, a fault on the I/O thread, or a stall, is reported as one
@@ -163,7 +226,10 @@ impl Reading {
         let outer = current();
         set(format!("error: {shown}: ").as_bytes());
         if outer.is_empty() {
-            JOB_STARTED.store(now_stamp(), Ordering::Relaxed);
+            if let Some(&clock) = IO_CLOCK.get() {
+                JOB_CPU_STARTED.store(cpu_nanos(clock), Ordering::Release);
+            }
+            JOB_STARTED.store(now_stamp(), Ordering::Release);
         }
         Self { outer }
     }
@@ -172,7 +238,7 @@ impl Reading {
 impl Drop for Reading {
     fn drop(&mut self) {
         if self.outer.is_empty() {
-            JOB_STARTED.store(0, Ordering::Relaxed);
+            JOB_STARTED.store(0, Ordering::Release);
         }
         set(&self.outer);
     }
