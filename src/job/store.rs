@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Datelike, Utc};
@@ -249,11 +250,59 @@ pub fn write_parquet<W: Write + Send>(
                 .collect(),
         ))
         .build();
-    let mut writer = ArrowWriter::try_new(sink, first.schema(), Some(props))?;
-    for b in batches {
-        writer.write(b)?;
+    let failed = Arc::new(Mutex::new(None));
+    let sink = Watched {
+        inner: sink,
+        failed: failed.clone(),
+    };
+    let written = ArrowWriter::try_new(sink, first.schema(), Some(props)).and_then(|mut writer| {
+        for b in batches {
+            writer.write(b)?;
+        }
+        writer.into_inner()
+    });
+    let sink_error = failed.lock().ok().and_then(|mut f| f.take());
+    match (written, sink_error) {
+        (Ok(sink), _) => Ok(sink.inner),
+        (Err(_), Some(io)) => Err(io.into()),
+        (Err(e), None) => Err(e.into()),
     }
-    Ok(writer.into_inner()?)
+}
+
+/// A sink that keeps the first error it gives. The parquet writer reports
+/// its sink's errors in its own words ("External: …", "fail to get inner
+/// writer: …", by where it was); the sink's own error says what happened
+/// ("No space left on device (os error 28)").
+struct Watched<W> {
+    inner: W,
+    failed: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl<W: Write> Watched<W> {
+    fn watch<T>(&mut self, result: std::io::Result<T>) -> std::io::Result<T> {
+        result.inspect_err(|e| {
+            if let Ok(mut failed) = self.failed.lock() {
+                // io::Error is not Clone; an OS error is rebuilt from its
+                // number, which keeps its message.
+                let copy = match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(e.kind(), e.to_string()),
+                };
+                failed.get_or_insert(copy);
+            }
+        })
+    }
+}
+
+impl<W: Write> Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.watch(result)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.inner.flush();
+        self.watch(result)
+    }
 }
 
 /// The file name of the step valid at `t`, and its Hive partition folder
@@ -286,5 +335,34 @@ mod tests {
         );
         assert_eq!(valid_time_of(".t2m_20200103T1200.parquet.tmp-7"), None);
         assert_eq!(valid_time_of("t2m_2020.parquet"), None);
+    }
+
+    /// A sink that refuses every byte, as a full disk does.
+    #[derive(Debug)]
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_the_system_names_it() {
+        use datafusion::arrow::array::Float32Array;
+        let batch = RecordBatch::try_from_iter([(
+            "t2m",
+            std::sync::Arc::new(Float32Array::from(vec![280.0])) as _,
+        )])
+        .unwrap();
+        let err = write_parquet(Full, &[batch], &Provenance::new()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "No space left on device (os error 28)",
+            "{err:?}"
+        );
     }
 }
