@@ -55,14 +55,38 @@ pub fn first_unreadable(location: &Path) -> Option<(PathBuf, String)> {
 /// Why the metadata of one Parquet file (a local file, or an object's
 /// bytes) does not read, or `None` when it does. Beyond the footer's
 /// Thrift: the Arrow schema stored in its key-value metadata and the page
-/// index (where a file has one), both of which DataFusion decodes.
+/// index (where a file has one), both of which DataFusion decodes. arrow's
+/// IPC decoder panics on some damaged schemas (a float of an unknown
+/// precision); the panic is the cause. Call it off the main thread: the
+/// panic hook reports panics there before they are caught.
 pub fn unreadable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
     use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
     use parquet::file::metadata::PageIndexPolicy;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    ParquetRecordBatchReaderBuilder::try_new_with_options(reader, options)
-        .err()
-        .map(|e| e.to_string())
+    let read = move || {
+        ParquetRecordBatchReaderBuilder::try_new_with_options(reader, options)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    match caught(read) {
+        Ok(read) => read.err(),
+        Err(panic) => Some(format!("its metadata does not decode: {panic}")),
+    }
+}
+
+/// `f`'s result, or what it said if it panicked.
+fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// What a caught panic said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the parquet crate panicked".into())
 }
 
 /// The first file below `location` that does not decode to its last row,
@@ -85,7 +109,6 @@ pub fn first_undecodable(location: &Path) -> Option<(PathBuf, String)> {
 /// without the file; here the panic is the cause.
 pub fn undecodable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use std::panic::{AssertUnwindSafe, catch_unwind};
     let decode = move || -> Result<(), String> {
         let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
             .and_then(|b| b.build())
@@ -95,17 +118,7 @@ pub fn undecodable<R: ChunkReader + 'static>(reader: R) -> Option<String> {
         }
         Ok(())
     };
-    match catch_unwind(AssertUnwindSafe(decode)) {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(panic) => Some(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the parquet crate panicked".into()),
-        ),
-    }
+    caught(decode).and_then(|decoded| decoded).err()
 }
 
 /// Whether a failed query's error is one a damaged Parquet file gives: the

@@ -168,7 +168,25 @@ fn parquet_only_in_plain_subfolders(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Registers a Parquet table with its Hive partition columns (`year=…/`
 /// folders become a `year` column), which `register_parquet` alone leaves out.
+/// Registration reads every file's metadata, and arrow's IPC decoder panics
+/// on some damaged schemas: it runs as a task, so that such a panic becomes
+/// an error like the parquet crate's own, which the callers trace to its
+/// file.
 async fn register_parquet(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
+    let (ctx, name, location) = (ctx.clone(), name.to_string(), location.to_string());
+    let registering =
+        tokio::spawn(async move { register_parquet_here(&ctx, &name, &location).await });
+    match registering.await {
+        Ok(registered) => registered,
+        Err(e) if e.is_panic() => bail!(
+            "Parquet error: its metadata does not decode: {}",
+            footers::panic_message(e.into_panic().as_ref())
+        ),
+        Err(e) => Err(e).context("registering the table"),
+    }
+}
+
+async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
     use datafusion::arrow::datatypes::DataType;
     let probe = ParquetReadOptions::default()
         .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
@@ -274,9 +292,15 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
             let registered = register_parquet(ctx, &t.name, &t.location).await;
             if let Err(e) = registered {
                 let location = Path::new(&t.location);
-                if let (true, Some((file, cause))) =
-                    (location.is_dir(), footers::first_unreadable(location))
-                {
+                let unreadable = {
+                    let location = location.to_path_buf();
+                    // Off the main thread: see `footers::unreadable`.
+                    tokio::task::spawn_blocking(move || footers::first_unreadable(&location))
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                if let (true, Some((file, cause))) = (location.is_dir(), unreadable) {
                     bail!(
                         "table '{}': {}: not readable as Parquet: {cause}",
                         t.name,

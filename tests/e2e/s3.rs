@@ -811,6 +811,8 @@ fn s3_damaged_parquet_objects_are_named() {
     server.put("a.parquet", "pages", &bytes);
     server.put("b.parquet", "pages", &std::fs::read(&paged).unwrap());
     server.put("a.parquet", "schema", &with_damaged_arrow_schema(&sound));
+    let panics = crate::sql::with_schema_that_panics(&sound);
+    server.put("a.parquet", "decoder", &panics);
 
     for (location, object, says) in [
         (
@@ -832,6 +834,11 @@ fn s3_damaged_parquet_objects_are_named() {
             "schema/",
             "schema/a.parquet",
             "not readable as Parquet: Arrow",
+        ),
+        (
+            "decoder/",
+            "decoder/a.parquet",
+            "not readable as Parquet: its metadata does not decode: ",
         ),
     ] {
         let table = format!("t=s3://{BUCKET}/{location}");

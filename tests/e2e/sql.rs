@@ -142,6 +142,55 @@ fn parquet_output_reads_back_as_a_table() {
         "{err}"
     );
     assert!(!err.contains("Parquet error: Parquet error"), "{err}");
+
+    // A stored Arrow schema that makes arrow's decoder panic (found by
+    // damaging files at random): one named line, from a table on the folder
+    // and on the file, not a panic's report.
+    std::fs::write(&copy, with_schema_that_panics(&out)).unwrap();
+    fails_with(
+        &query,
+        &["damaged/north.parquet: not readable as Parquet: its metadata does not decode: "],
+    );
+    fails_with(
+        &["sql", "SELECT count(*) FROM north", "--table", &table],
+        &["damaged/north.parquet: Parquet error: its metadata does not decode: "],
+    );
+}
+
+/// The Parquet file at `path` with one character of its stored Arrow
+/// schema (base64 in the footer) changed so that arrow's IPC decoder
+/// panics on it: the first such change, found by trying each in turn.
+pub(crate) fn with_schema_that_panics(path: &std::path::Path) -> Vec<u8> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let encoded = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == "ARROW:schema"))
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(encoded.len())
+        .position(|w| w == encoded.as_bytes())
+        .unwrap();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for i in at..at + encoded.len() {
+        for &c in alphabet {
+            let mut candidate = bytes.clone();
+            candidate[i] = c;
+            let decoded = std::panic::catch_unwind(|| {
+                let _ =
+                    ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(candidate.clone()));
+            });
+            if decoded.is_err() {
+                return candidate;
+            }
+        }
+    }
+    panic!("no one-character change of the schema makes arrow panic");
 }
 
 #[test]
