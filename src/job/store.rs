@@ -353,11 +353,8 @@ mod tests {
     #[test]
     fn a_full_disk_is_named_as_the_system_names_it() {
         use datafusion::arrow::array::Float32Array;
-        let batch = RecordBatch::try_from_iter([(
-            "t2m",
-            std::sync::Arc::new(Float32Array::from(vec![280.0])) as _,
-        )])
-        .unwrap();
+        let t2m = Arc::new(Float32Array::from(vec![280.0]));
+        let batch = RecordBatch::try_from_iter([("t2m", t2m as _)]).unwrap();
         let err = write_parquet(Full, &[batch], &Provenance::new()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
