@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use super::store::{Provenance, write_parquet_file};
@@ -55,6 +56,38 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
         );
     }
     Ok(FlagsQuery { sql, file: path })
+}
+
+/// Runs the flagging SQL over an empty `forecast` table of the contract's
+/// columns (and its `year`/`month` partitions) and checks the columns it
+/// returns: a query that cannot run (a typo, a column that is not there,
+/// a missing contract column) stops a run before it samples anything, not
+/// after its last step. What only data can show (NULLs) is found by
+/// [`compute`].
+pub async fn check(query: &FlagsQuery) -> Result<()> {
+    let label = format!("flags SQL {}", query.file.display());
+    let mut fields: Vec<Field> = uqcast_forecast::forecast_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    // The types the table's Hive partitions get (`session::register_parquet`).
+    let partition = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
+    for name in ["year", "month"] {
+        fields.push(Field::new(name, partition.clone(), false));
+    }
+    let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])?;
+    let ctx = crate::session::new_context();
+    ctx.register_table("forecast", Arc::new(empty))?;
+    let frame = ctx.sql(&query.sql).await.context(label.clone())?;
+    let returned: Vec<String> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    frame.collect().await.context(label.clone())?;
+    same_columns(&returned, &flags_schema()?).context(label)
 }
 
 /// The flags table a query produced: its batches in the contract schema
@@ -118,15 +151,8 @@ pub fn write_local(flags: &Flags, dir: &Path, provenance: &Provenance) -> Result
     Ok(path)
 }
 
-/// Puts a result batch into the contract schema (names must match; numeric
-/// types are cast; units come from the contract).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let got: Vec<&str> = batch
-        .schema_ref()
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect();
+/// Errors unless a query returned the contract's columns, in its order.
+fn same_columns(got: &[String], schema: &SchemaRef) -> Result<()> {
     let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if got != want {
         bail!(
@@ -135,6 +161,19 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
             want.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Puts a result batch into the contract schema (names must match; numeric
+/// types are cast; units come from the contract).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let got: Vec<String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    same_columns(&got, schema)?;
     let columns = batch
         .columns()
         .iter()

@@ -177,6 +177,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
     };
     let sql = source_sql(pipeline, options.since, options.until)?;
+    let flags_query = flags::render(pipeline)?;
+    flags::check(&flags_query).await?;
     let output = Output::open(&out_dir).await?;
     let provenance: Provenance = [
         ("model_id", model.id.clone()),
@@ -225,7 +227,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             crate::session::register_tables(&ctx, std::slice::from_ref(&forecast)).await?;
             // Flags read every step, so a step damaged since it was written
             // fails them here: the file is named, not only the flags SQL.
-            let flags = flags::compute(&ctx, &flags::render(pipeline)?).await;
+            let flags = flags::compute(&ctx, &flags_query).await;
             let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
             output.write_flags(&flags, &provenance).await?;
             summary.tiles = flags.tiles;

@@ -78,12 +78,31 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     );
     assert_eq!(forecast_csv(&out), snapshot);
 
-    // A flags query that fails (an edit gone wrong) is named; the forecast
-    // steps stay, and the next run writes the flags without sampling again.
+    // A flags query that cannot run (an edit gone wrong) is named before
+    // anything is sampled: the run stops at once and writes nothing.
     let flags_sql = dir.path().join("flags.sql");
     let good_flags = std::fs::read_to_string(&flags_sql).unwrap();
-    std::fs::write(&flags_sql, good_flags.replace("FROM cells", "FROM cels")).unwrap();
     let second = dir.path().join("second");
+    let s2 = second.to_str().unwrap();
+    for (edit, named) in [
+        (good_flags.replace("FROM cells", "FROM cels"), "cels"),
+        (good_flags.replace("AS max_eu", "AS top_eu"), "top_eu"),
+    ] {
+        std::fs::write(&flags_sql, edit).unwrap();
+        fails_with(
+            &["run", "--config", c, "--output", s2],
+            &["flags SQL", "flags.sql", named],
+        );
+        assert!(!second.exists(), "{named}: the run wrote before it failed");
+    }
+    // One that fails only on the data (NULL flags) is named after the
+    // steps; they stay, and the next run writes the flags without sampling
+    // again.
+    std::fs::write(
+        &flags_sql,
+        good_flags.replace("max(eu) ", "NULLIF(max(eu), max(eu)) "),
+    )
+    .unwrap();
     let failed = run(&config, &second);
     let last = stderr(&failed)
         .lines()
@@ -92,7 +111,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         .to_string();
     assert_eq!(failed.status.code(), Some(1), "{last}");
     assert!(
-        ["flags SQL", "flags.sql", "cels"]
+        ["flags SQL", "flags.sql", "column 'max_eu' has NULLs"]
             .iter()
             .all(|n| last.contains(n)),
         "{last}"
@@ -123,7 +142,6 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         step.to_str().unwrap(),
         "not readable as Parquet (a damaged page?)",
     ];
-    let s2 = second.to_str().unwrap();
     fails_with(&["run", "--config", c, "--output", s2], &damaged_line);
     // t2m_YYYYMMDDTHHMM.parquet: a plot reads its own step's file only.
     let name = step.file_stem().unwrap().to_str().unwrap();
