@@ -877,21 +877,8 @@ fn s3_damaged_parquet_objects_are_named() {
 /// schema (base64 in the footer's key-value metadata) made not base64: the
 /// footer reads, the schema DataFusion decodes at registration does not.
 fn with_damaged_arrow_schema(path: &Path) -> Vec<u8> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    let encoded = reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|e| e.key == "ARROW:schema"))
-        .and_then(|e| e.value.clone())
-        .unwrap();
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes
-        .windows(encoded.len())
-        .position(|w| w == encoded.as_bytes())
-        .unwrap();
-    bytes[at + encoded.len() / 2] = b'!';
+    let (mut bytes, schema) = crate::sql::arrow_schema_span(path);
+    bytes[schema.start + schema.len() / 2] = b'!';
     bytes
 }
 

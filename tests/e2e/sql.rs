@@ -157,11 +157,9 @@ fn parquet_output_reads_back_as_a_table() {
     );
 }
 
-/// The Parquet file at `path` with one character of its stored Arrow
-/// schema (base64 in the footer) changed so that arrow's IPC decoder
-/// panics on it: the first such change, found by trying each in turn.
-pub(crate) fn with_schema_that_panics(path: &std::path::Path) -> Vec<u8> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+/// The bytes of the Parquet file at `path`, and where in them its stored
+/// Arrow schema lies (base64, in the footer's key-value metadata).
+pub(crate) fn arrow_schema_span(path: &std::path::Path) -> (Vec<u8>, std::ops::Range<usize>) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
     let encoded = reader
@@ -176,8 +174,17 @@ pub(crate) fn with_schema_that_panics(path: &std::path::Path) -> Vec<u8> {
         .windows(encoded.len())
         .position(|w| w == encoded.as_bytes())
         .unwrap();
+    (bytes, at..at + encoded.len())
+}
+
+/// The Parquet file at `path` with one character of its stored Arrow
+/// schema changed so that arrow's IPC decoder panics on it: the first such
+/// change, found by trying each in turn.
+pub(crate) fn with_schema_that_panics(path: &std::path::Path) -> Vec<u8> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let (bytes, schema) = arrow_schema_span(path);
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for i in at..at + encoded.len() {
+    for i in schema {
         for &c in alphabet {
             let mut candidate = bytes.clone();
             candidate[i] = c;
