@@ -82,10 +82,12 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         );
     }
     // Into a bucket: trained here as files (and resumable from them), then
-    // stored. The credentials are checked before any training.
+    // stored. The credentials, and that the bucket takes objects there, are
+    // checked before any training.
     let (out, bucket) = match S3Location::parse(&out.to_string_lossy())? {
         Some(remote) => {
             let staged = s3::staged_model(&remote).with_context(|| remote.to_string())?;
+            s3::check_storable(&remote).await?;
             (staged, Some(remote))
         }
         None => (out, None),

@@ -338,6 +338,27 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         "weights trained from s3:// into s3:// differ"
     );
     assert!(server.path("models/retrained.json").is_file());
+    // A place the store will not take the model (a bucket name it refuses)
+    // fails before training, naming the URL; the probe object is gone.
+    let o = uq(&[
+        "train",
+        "--config",
+        config,
+        "--out",
+        "s3://no/models/m.safetensors",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("s3://no/models/m.safetensors: cannot store there (checked before training)")
+            && !err.contains("training on"),
+        "{err}"
+    );
+    let probes: Vec<_> = walk_all(&server.path("models"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("uqcast-probe"))
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
 
     // The job writes its tables into a bucket: incrementally (a first run
     // up to a time, then the rest), the same rows and flags as on disk, read

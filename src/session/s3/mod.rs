@@ -302,6 +302,28 @@ pub fn staged_model(remote: &S3Location) -> Result<PathBuf> {
     Ok(copy_path(&cache_root()?, &remote.bucket, &remote.key))
 }
 
+/// Checks that a model can be stored at `remote` before the training that
+/// ends in storing it (minutes or hours): one small object put beside it and
+/// deleted again. A bucket that is not there, a name the store refuses, or
+/// credentials that may not write fail here, naming the URL, instead of
+/// after the training.
+pub async fn check_storable(remote: &S3Location) -> Result<()> {
+    let store = connect(remote).with_context(|| remote.to_string())?;
+    let probe = format!("{}.uqcast-probe-{}", remote.key, std::process::id());
+    let at = ObjectPath::from(probe.as_str());
+    let body = object_store::PutPayload::from_static(b"uqcast checks it can store here\n");
+    store.put(&at, body).await.with_context(|| {
+        format!(
+            "{}: cannot store there (checked before training)",
+            remote.url(&remote.key)
+        )
+    })?;
+    if let Err(e) = store.delete(&at).await {
+        tracing::warn!("{}: not removed: {e}", remote.url(&probe));
+    }
+    Ok(())
+}
+
 /// Stores a trained model (`X.safetensors` and `X.json` beside it) at
 /// `remote`: the weights first, then the metadata, each one PUT, which S3
 /// makes visible whole. S3 has no two-object transaction: a run that reads
