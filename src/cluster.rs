@@ -147,6 +147,7 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
     let registry = BallistaFunctionRegistry::from(&session_state(session_config())?);
     // Tasks spill here, as Ballista's own runtime would have them do.
     let work_dir = settings.work_dir.clone();
+    let concurrent_tasks = settings.concurrent_tasks;
     let config = ExecutorProcessConfig {
         scheduler_host: settings.scheduler.0.clone(),
         scheduler_port: settings.scheduler.1,
@@ -159,7 +160,9 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
         print_thread_info: false,
         override_config_producer: Some(Arc::new(session_config)),
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| {
+            // The tasks this executor runs at once share its memory limit.
             RuntimeEnvBuilder::new()
+                .with_memory_pool(crate::session::memory::pool(concurrent_tasks))
                 .with_temp_file_path(&work_dir)
                 .with_object_store_registry(ConnectingRegistry::shared())
                 .build_arc()

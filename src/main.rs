@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     // errors do.
     uqcast_netcdf::fatal::name_files_with(session::s3::in_urls);
     // Checked before any work, as every setting is; read again where used.
-    if let Err(problem) = uqcast_netcdf::fatal::limits() {
+    if let Err(problem) = uqcast_netcdf::fatal::limits()
+        .map(drop)
+        .and_then(|()| session::memory::limit_bytes().map(drop))
+    {
         eprintln!("error: {problem}");
         return ExitCode::FAILURE;
     }
@@ -59,7 +62,16 @@ fn main() -> ExitCode {
                 })
                 .collect();
             // Errors about an s3:// table's local copies name the objects.
-            let line = session::s3::in_urls(&one_line(causes));
+            let mut line = session::s3::in_urls(&one_line(causes));
+            // DataFusion's advice names its own settings, not uqcast's.
+            if line.contains("Resources exhausted") {
+                let limit = session::memory::limit_bytes().unwrap_or_default() as f64 / 1e9;
+                line.push_str(&format!(
+                    " (uqcast: a query's sorts, aggregations and joins may hold {limit:.2} GB; \
+                     {} sets it)",
+                    session::memory::LIMIT_VAR
+                ));
+            }
             eprintln!("error: {}", uqcast_netcdf::error::escape_controls(&line));
             exit_failed()
         }

@@ -26,7 +26,9 @@ sample (default: the first GPU if the build has `cuda` and one is visible, else 
 UQCAST_NETCDF_LOOP_SECONDS (default 60) ends a command whose one libnetcdf call on a file \
 has computed that long (CPU time) without returning (a damaged file can loop HDF5 forever), \
 naming the file, and UQCAST_NETCDF_STALL_SECONDS (default 600) one whose call has not \
-returned by then (wall-clock time: storage that stalled); UQCAST_LOG sets the log level."
+returned by then (wall-clock time: storage that stalled); UQCAST_QUERY_MEMORY_GB (default: \
+half of the memory) is what a query's sorts, aggregations and joins may hold before they spill \
+or fail; UQCAST_LOG sets the log level."
 )]
 pub struct Cli {
     #[command(subcommand)]

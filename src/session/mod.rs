@@ -12,19 +12,25 @@ use uqcast_netcdf::Era5TableProvider;
 
 pub mod codec;
 pub mod footers;
+pub mod memory;
 pub mod object_stores;
 pub mod s3;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
 /// `weighted_rmse`, `spread_skill`); its scans fetch the S3 objects they
-/// read, and name them by URL.
+/// read, and name them by URL. Its sorts, aggregations and joins hold at
+/// most [`memory::limit_bytes`], spilling to temporary files beyond it.
 pub fn new_context() -> SessionContext {
     let config = datafusion::prelude::SessionConfig::new()
         .with_extension(Arc::new(codec::model_files()))
         .with_extension(Arc::new(s3::file_names()))
         .with_extension(Arc::new(s3::local_copies()));
-    let ctx = SessionContext::new_with_config(config);
+    let runtime = datafusion::execution::runtime_env::RuntimeEnv {
+        memory_pool: memory::pool(1),
+        ..Default::default()
+    };
+    let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
     register_functions(&ctx);
     ctx
 }

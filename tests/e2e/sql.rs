@@ -1,6 +1,8 @@
 //! `uqcast sql` and `uqcast synth` through the binary.
 
 use crate::errors::fails_with;
+use std::process::Command;
+
 use crate::{sql_csv, stderr, stdout, synth, uqcast};
 
 #[test]
@@ -198,6 +200,64 @@ pub(crate) fn with_schema_that_panics(path: &std::path::Path) -> Vec<u8> {
         }
     }
     panic!("no one-character change of the schema makes arrow panic");
+}
+
+/// Under `UQCAST_QUERY_MEMORY_GB` a sort larger than the limit spills to
+/// temporary files and returns what it returns without one; a hash join's
+/// build side, which cannot spill, fails in one line that names the
+/// setting. A value that is not a size is refused first.
+#[test]
+fn queries_keep_to_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 steps of the 0.25° box: 1.3 M rows, about 40 MB to sort.
+    synth(dir.path(), 8, "nc3", &["--grid", "305x537"]);
+    let table = format!("e={}", dir.path().display());
+    let with_limit = |limit: Option<&str>, query: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+        command.args(["sql", query, "--table", &table, "--format", "csv"]);
+        if let Some(gb) = limit {
+            command.env("UQCAST_QUERY_MEMORY_GB", gb);
+        }
+        command.output().unwrap()
+    };
+    let sort = "SELECT * FROM e ORDER BY t2m DESC, latitude, longitude, valid_time";
+    let free = with_limit(None, sort);
+    let spilled = with_limit(Some("0.05"), sort);
+    assert!(spilled.status.success(), "{}", stderr(&spilled));
+    assert_eq!(stdout(&free).lines().count(), 8 * 305 * 537 + 1);
+    assert!(
+        stdout(&spilled) == stdout(&free),
+        "a spilled sort changed rows"
+    );
+    let analyzed = with_limit(Some("0.05"), &format!("EXPLAIN ANALYZE {sort}"));
+    let spills: usize = stdout(&analyzed)
+        .split("spill_count=")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .sum();
+    assert!(spills > 0, "nothing spilled: {}", stdout(&analyzed));
+
+    let join = "SELECT count(*) FROM e a JOIN e b ON a.latitude = b.latitude \
+                AND a.longitude = b.longitude AND a.valid_time = b.valid_time";
+    let refused = with_limit(Some("0.01"), join);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("Resources exhausted")
+            && err.contains("may hold 0.01 GB; UQCAST_QUERY_MEMORY_GB sets it)"),
+        "{err}"
+    );
+    let bad = with_limit(Some("lots"), "SELECT 1");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("UQCAST_QUERY_MEMORY_GB=lots: not a number of GB above 0"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[test]

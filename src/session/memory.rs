@@ -1,0 +1,88 @@
+//! How much memory a query's sorts, aggregations and joins may hold.
+//!
+//! DataFusion's default pool has no limit: a sort of a year of 0.25° steps
+//! (1.5 billion rows) grows until the kernel kills the process, which then
+//! ends without a word. With a limit, sorts and aggregations spill to
+//! temporary files and finish; what cannot spill (the build side of a hash
+//! join) fails with DataFusion's "Resources exhausted" error, printed as
+//! any other. The limit is [`LIMIT_VAR`] GB, or half of the memory this
+//! process may use (its cgroup's limit, or the machine's): DataFusion counts
+//! the large buffers only, and the process holds models and reads besides.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+
+/// The environment variable that sets the limit, in GB (10⁹ bytes).
+pub const LIMIT_VAR: &str = "UQCAST_QUERY_MEMORY_GB";
+/// The share of the process's memory a query may hold unless set.
+const DEFAULT_SHARE: f64 = 0.5;
+/// Used where neither the cgroup nor /proc says how much memory there is.
+const FALLBACK_BYTES: u64 = 4_000_000_000;
+
+/// The limit in bytes: [`LIMIT_VAR`], or the default; an error says what is
+/// wrong with the value.
+pub fn limit_bytes() -> Result<u64, String> {
+    match std::env::var(LIMIT_VAR) {
+        Err(std::env::VarError::NotPresent) => {
+            Ok((memory_available() as f64 * DEFAULT_SHARE) as u64)
+        }
+        Ok(value) => value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|gb| gb.is_finite() && *gb > 0.0)
+            .map(|gb| (gb * 1e9) as u64)
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| format!("{LIMIT_VAR}={value}: not a number of GB above 0")),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            Err(format!("{LIMIT_VAR}={value:?}: not a number of GB above 0"))
+        }
+    }
+}
+
+/// The pool one query session draws from, `share` of the limit (an
+/// executor divides it among the tasks it runs at once). Spilling operators
+/// share it fairly; an error names the five largest consumers.
+pub fn pool(share: usize) -> Arc<dyn MemoryPool> {
+    let limit = limit_bytes().unwrap_or(FALLBACK_BYTES / 2) / share.max(1) as u64;
+    let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
+    Arc::new(TrackConsumersPool::new(
+        FairSpillPool::new(limit as usize),
+        top,
+    ))
+}
+
+/// The memory this process may use: its cgroup's limit where one is set,
+/// else the machine's.
+fn memory_available() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_total(&text))
+        .unwrap_or(FALLBACK_BYTES);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    cgroup.map_or(machine, |limit| limit.min(machine))
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_memory_is_read_from_meminfo() {
+        let text = "MemTotal:       24683664 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(text), Some(24_683_664 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert!(memory_available() > 0);
+    }
+}
