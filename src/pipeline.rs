@@ -194,6 +194,15 @@ impl Pipeline {
                 "must be at least 2 (EU needs two weight draws)",
             )?;
         }
+        if self.inference.members > uqcast_forecast::model::MAX_MEMBERS {
+            bad(
+                "inference.members",
+                &format!(
+                    "must be at most {} (each member is a network drawn and sampled in full)",
+                    uqcast_forecast::model::MAX_MEMBERS
+                ),
+            )?;
+        }
         if self.inference.samples < 2 {
             bad(
                 "inference.samples",

@@ -365,11 +365,16 @@ fn forecast_flags_sql_function_plot_and_eval() {
         &["sql", &q, "--table", &era5],
         &["hyperdm_forecast", "samples ≥ 2 (for AU)"],
     );
-    // A fractional count is not rounded down, more samples than a pass holds
-    // are refused, and a sampler longer than the model's 50 diffusion steps
-    // is refused naming the model.
+    // A fractional count is not rounded down, more members than a forecast
+    // may draw (before the bound, 3·10⁹ made a 24 GB list of member numbers)
+    // or samples than a pass holds are refused, and a sampler longer than
+    // the model's 50 diffusion steps is refused naming the model.
     for (args, needles) in [
         ("2.5, 2", vec!["hyperdm_forecast", "members", "2.5"]),
+        (
+            "3000000000, 2",
+            vec!["hyperdm_forecast", "members 3000000000 is above the 1000"],
+        ),
         (
             "2, 1000000000",
             vec!["hyperdm_forecast", "samples 1000000000 is above the 102400"],

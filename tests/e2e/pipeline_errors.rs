@@ -391,6 +391,13 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "samples = 1000000000",
         "inference.samples",
     );
+    // More weight draws than a forecast may take (a mistyped count).
+    edited_fails(
+        "many-members.toml",
+        "members = 3",
+        "members = 3000000000",
+        "inference.members: must be at most 1000",
+    );
     // No z draw per minibatch.
     edited_fails(
         "no-draws.toml",

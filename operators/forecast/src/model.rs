@@ -188,6 +188,11 @@ const CELLS_PER_CHUNK: usize = 1024;
 const ROWS_PER_PASS: usize = CELLS_PER_CHUNK * 100;
 /// The most samples per member and cell: one cell's N samples must fit a pass.
 pub const MAX_SAMPLES: usize = ROWS_PER_PASS;
+/// The most members (weight draws) per forecast: each is a whole network
+/// drawn and sampled, so a forecast's time grows with M. The HyperDM paper
+/// uses 10; this is a hundred times that, and a mistyped count (a few
+/// digits too many) is refused instead of sampling for days.
+pub const MAX_MEMBERS: usize = 1_000;
 
 /// Cells per chunk for N samples: 1,024 up to N = 100 (the streams, so the
 /// numbers, of those runs are unchanged), fewer above.

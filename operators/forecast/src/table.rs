@@ -299,6 +299,14 @@ impl TableFunctionImpl for HyperdmForecastFunction {
                 Self::NAME
             );
         }
+        if settings.members > crate::model::MAX_MEMBERS {
+            return plan_err!(
+                "{}: members {} is above the {} one forecast may draw",
+                Self::NAME,
+                settings.members,
+                crate::model::MAX_MEMBERS
+            );
+        }
         if settings.samples > crate::model::MAX_SAMPLES {
             return plan_err!(
                 "{}: samples {} is above the {} that fit one forward pass",

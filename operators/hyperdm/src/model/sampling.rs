@@ -101,8 +101,13 @@ impl<P: PrimaryNetwork> HyperDm<P> {
             )
         };
         let mut acc = MomentAccumulator::default();
-        let order: Vec<usize> = (0..members).collect();
-        for group in order.chunks(members_at_once) {
+        // Groups of member numbers, made one at a time: a list of every
+        // member would be as long as `members` is large.
+        let groups = (0..members)
+            .step_by(members_at_once.max(1))
+            .map(|first| (first..(first + members_at_once).min(members)).collect::<Vec<_>>());
+        for group in groups {
+            let group = group.as_slice();
             let x0s: Vec<Result<Tensor>> = if stacked > 1 {
                 let batch = (&repeated, samples, sample_shape.as_slice());
                 self.stacked_member_samples(group, weight_seed, &shared_noise, batch, sampler)?
