@@ -15,6 +15,12 @@ use uqcast_hyperdm::{
     ScheduleKind, TrainConfig,
 };
 
+mod fits;
+
+/// The most diffusion steps a model may be trained with: a hundred times
+/// DDPM's 1,000, far past where more steps change a sample.
+const MAX_DIFFUSION_STEPS: usize = 100_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
@@ -276,6 +282,15 @@ impl Pipeline {
         }
         if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
             bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;
+        }
+        if self.train.diffusion_steps > MAX_DIFFUSION_STEPS {
+            bad(
+                "train.diffusion_steps",
+                &format!(
+                    "must be at most {MAX_DIFFUSION_STEPS} (DDPM uses 1,000; the schedule keeps \
+                     numbers for every step)"
+                ),
+            )?;
         }
         if !(self.train.z_init.is_finite() && self.train.z_init >= 0.0) {
             bad("train.z_init", "must be a number ≥ 0")?;

@@ -100,6 +100,10 @@ const TRAIN_START: &str = "2019-01-01T00:00Z";
 pub async fn run(b: Benchmark) -> Result<()> {
     let pipeline = Pipeline::load(&b.config)?;
     let contenders = check_options(&b)?;
+    let memory = crate::session::memory::process_memory();
+    for c in &contenders {
+        pipeline.check_training_fits(&c.method, memory)?;
+    }
     super::output::make_dir(&b.work, "--work")?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));

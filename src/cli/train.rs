@@ -92,6 +92,8 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         }
         None => (out, None),
     };
+    let method = pipeline.method()?;
+    pipeline.check_training_fits(&method, crate::session::memory::process_memory())?;
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let (grid, steps) = read_steps(location.clone(), &sql).await?;
     if steps.is_empty() {
@@ -106,7 +108,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("model directory {}", dir.display()))?;
     }
-    let mut settings = pipeline.field_training(pipeline.method()?);
+    let mut settings = pipeline.field_training(method);
     if let Some(n) = args.iterations {
         settings.train.iterations = n;
     }

@@ -25,9 +25,7 @@ const FALLBACK_BYTES: u64 = 4_000_000_000;
 /// wrong with the value.
 pub fn limit_bytes() -> Result<u64, String> {
     match std::env::var(LIMIT_VAR) {
-        Err(std::env::VarError::NotPresent) => {
-            Ok((memory_available() as f64 * DEFAULT_SHARE) as u64)
-        }
+        Err(std::env::VarError::NotPresent) => Ok((process_memory() as f64 * DEFAULT_SHARE) as u64),
         Ok(value) => value
             .trim()
             .parse::<f64>()
@@ -54,9 +52,9 @@ pub fn pool(share: usize) -> Arc<dyn MemoryPool> {
     ))
 }
 
-/// The memory this process may use: its cgroup's limit where one is set,
-/// else the machine's.
-fn memory_available() -> u64 {
+/// The memory this process may use, in bytes: its cgroup's limit where one
+/// is set, else the machine's.
+pub fn process_memory() -> u64 {
     let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| mem_total(&text))
@@ -83,6 +81,6 @@ mod tests {
         let text = "MemTotal:       24683664 kB\nMemFree:         1000 kB\n";
         assert_eq!(mem_total(text), Some(24_683_664 * 1024));
         assert_eq!(mem_total("MemFree: 1 kB\n"), None);
-        assert!(memory_available() > 0);
+        assert!(process_memory() > 0);
     }
 }

@@ -398,6 +398,20 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "members = 3000000000",
         "inference.members: must be at most 1000",
     );
+    // A training that could not fit in memory (a mistyped batch size) is
+    // refused before any data is read, not aborted by the allocator.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("batch_size = 256", "batch_size = 1000000000");
+    let huge = dir.path().join("huge-batch.toml");
+    std::fs::write(&huge, text).unwrap();
+    fails_with(
+        &["train", "--config", huge.to_str().unwrap()],
+        &[
+            "huge-batch.toml: [train] needs at least",
+            "batch_size = 1000000000), more than the",
+        ],
+    );
     // No z draw per minibatch.
     edited_fails(
         "no-draws.toml",
