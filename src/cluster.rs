@@ -147,7 +147,6 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
     let registry = BallistaFunctionRegistry::from(&session_state(session_config())?);
     // Tasks spill here, as Ballista's own runtime would have them do.
     let work_dir = settings.work_dir.clone();
-    let concurrent_tasks = settings.concurrent_tasks;
     let config = ExecutorProcessConfig {
         scheduler_host: settings.scheduler.0.clone(),
         scheduler_port: settings.scheduler.1,
@@ -157,12 +156,14 @@ pub async fn executor(settings: ExecutorSettings) -> Result<()> {
         grpc_port: settings.grpc_port,
         work_dir: Some(settings.work_dir.to_string_lossy().into_owned()),
         vcores: settings.concurrent_tasks,
+        // Ballista installs the pool on each task's runtime, this limit
+        // split across the tasks run at once (its own default: 70% of the
+        // host's memory, whatever UQCAST_QUERY_MEMORY_GB says).
+        memory_pool_size: crate::session::memory::limit_bytes().ok(),
         print_thread_info: false,
         override_config_producer: Some(Arc::new(session_config)),
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| {
-            // The tasks this executor runs at once share its memory limit.
             RuntimeEnvBuilder::new()
-                .with_memory_pool(crate::session::memory::pool(concurrent_tasks))
                 .with_temp_file_path(&work_dir)
                 .with_object_store_registry(ConnectingRegistry::shared())
                 .build_arc()

@@ -40,11 +40,11 @@ pub fn limit_bytes() -> Result<u64, String> {
     }
 }
 
-/// The pool one query session draws from, `share` of the limit (an
-/// executor divides it among the tasks it runs at once). Spilling operators
-/// share it fairly; an error names the five largest consumers.
-pub fn pool(share: usize) -> Arc<dyn MemoryPool> {
-    let limit = limit_bytes().unwrap_or(FALLBACK_BYTES / 2) / share.max(1) as u64;
+/// The pool a local query session draws from (an executor's tasks get
+/// theirs from Ballista, sized by the same limit). Spilling operators share
+/// it fairly; an error names the five largest consumers.
+pub fn pool() -> Arc<dyn MemoryPool> {
+    let limit = limit_bytes().unwrap_or(FALLBACK_BYTES / 2);
     let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     Arc::new(TrackConsumersPool::new(
         FairSpillPool::new(limit as usize),

@@ -27,7 +27,7 @@ pub fn new_context() -> SessionContext {
         .with_extension(Arc::new(s3::file_names()))
         .with_extension(Arc::new(s3::local_copies()));
     let runtime = datafusion::execution::runtime_env::RuntimeEnv {
-        memory_pool: memory::pool(1),
+        memory_pool: memory::pool(),
         ..Default::default()
     };
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
