@@ -25,7 +25,7 @@ const FALLBACK_BYTES: u64 = 4_000_000_000;
 /// wrong with the value.
 pub fn limit_bytes() -> Result<u64, String> {
     match std::env::var(LIMIT_VAR) {
-        Err(std::env::VarError::NotPresent) => Ok((process_memory() as f64 * DEFAULT_SHARE) as u64),
+        Err(std::env::VarError::NotPresent) => Ok(default_limit()),
         Ok(value) => value
             .trim()
             .parse::<f64>()
@@ -44,12 +44,18 @@ pub fn limit_bytes() -> Result<u64, String> {
 /// theirs from Ballista, sized by the same limit). Spilling operators share
 /// it fairly; an error names the five largest consumers.
 pub fn pool() -> Arc<dyn MemoryPool> {
-    let limit = limit_bytes().unwrap_or(FALLBACK_BYTES / 2);
+    // A bad value stopped the command in `main` already.
+    let limit = limit_bytes().unwrap_or_else(|_| default_limit());
     let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     Arc::new(TrackConsumersPool::new(
         FairSpillPool::new(limit as usize),
         top,
     ))
+}
+
+/// The limit unless [`LIMIT_VAR`] is set.
+fn default_limit() -> u64 {
+    (process_memory() as f64 * DEFAULT_SHARE) as u64
 }
 
 /// The memory this process may use, in bytes: its cgroup's limit where one

@@ -298,15 +298,18 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
             let registered = register_parquet(ctx, &t.name, &t.location).await;
             if let Err(e) = registered {
                 let location = Path::new(&t.location);
-                let unreadable = {
+                // A folder's error names no file: find it, off the main
+                // thread (see `footers::unreadable`). A file's names itself.
+                let unreadable = if location.is_dir() {
                     let location = location.to_path_buf();
-                    // Off the main thread: see `footers::unreadable`.
                     tokio::task::spawn_blocking(move || footers::first_unreadable(&location))
                         .await
                         .ok()
                         .flatten()
+                } else {
+                    None
                 };
-                if let (true, Some((file, cause))) = (location.is_dir(), unreadable) {
+                if let Some((file, cause)) = unreadable {
                     bail!(
                         "table '{}': {}: not readable as Parquet: {cause}",
                         t.name,
