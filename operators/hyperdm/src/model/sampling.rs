@@ -10,7 +10,7 @@ use crate::error::{CandleContext, HyperdmError, Result};
 use crate::layout::Params;
 use crate::method::Method;
 use crate::moments::{MomentAccumulator, Moments};
-use crate::primary::PrimaryNetwork;
+use crate::primary::{PrimaryNetwork, SamplingNetwork};
 use crate::sampler::{Sampler, gaussian, sample};
 
 impl<P: PrimaryNetwork> HyperDm<P> {
@@ -194,15 +194,17 @@ impl<P: PrimaryNetwork> HyperDm<P> {
         let bounds: Vec<(usize, usize)> = (0..shards)
             .map(|s| (s * rows / shards, (s + 1) * rows / shards))
             .collect();
+        // The C conditions themselves: `repeated` is them, N times over.
+        let conditions = repeated.narrow(0, 0, rows / samples).ctx("predict")?;
+        let network = SamplingNetwork {
+            params: &params,
+            masks: &masks,
+            context: self.primary.sampling_context(&params, &conditions)?,
+        };
         let forward = |x: &Tensor, t: usize, (start, end): (usize, usize)| {
-            let len = end - start;
-            self.primary.forward_masked(
-                &params,
-                &x.narrow(0, start, len).ctx("predict")?,
-                &vec![t; len],
-                &repeated.narrow(0, start, len).ctx("predict")?,
-                &masks,
-            )
+            let x = x.narrow(0, start, end - start).ctx("predict")?;
+            self.primary
+                .forward_sampling(&network, &x, t, repeated, start)
         };
         let x0 = sample(&self.schedule, sampler, x_t, &mut rng, |x, t| {
             if shards == 1 {

@@ -3,8 +3,8 @@
 use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::PrimaryNetwork;
 use super::bias::add_bias;
+use super::{PrimaryNetwork, SamplingNetwork, fused};
 use crate::embedding::timestep_embedding;
 use crate::error::{CandleContext, Result};
 use crate::layout::{ParamId, ParamLayout, Params};
@@ -121,25 +121,9 @@ impl PrimaryMlp {
         cond: &Tensor,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (w0, b0) = self.layers[0];
-        let (w, b) = (params.get(w0), params.get(b0));
-        let columns = w.rank() - 1;
-        // Column blocks of w are copied out: candle's CUDA matmul (cuBLAS)
-        // takes a transposed operand only with its full row as the leading
-        // dimension, which a block of columns lacks. The blocks are a few
-        // hundred floats per network, so the CPU pays nothing worth a
-        // second path.
-        let block = |start, len| {
-            w.narrow(columns, start, len)
-                .and_then(|b| b.contiguous())
-                .and_then(|b| b.t())
-                .ctx("MLP")
-        };
-        let (wx, we, wc) = (
-            block(0, c.data_dim)?,
-            block(c.data_dim, c.time_dim)?,
-            block(c.data_dim + c.time_dim, c.cond_dim)?,
-        );
+        let b = params.get(self.layers[0].1);
+        let columns = params.get(self.layers[0].0).rank() - 1;
+        let (wx, we, wc) = self.first_layer_blocks(params)?;
         let emb = timestep_embedding(&[step], c.steps, c.time_dim, x_t.device())?;
         // [1, out] for one network; [K, 1, out] for K.
         let row = if columns == 2 {
@@ -152,6 +136,30 @@ impl PrimaryMlp {
         (x_t.matmul(&wx).ctx("MLP layer")? + cond.matmul(&wc).ctx("MLP layer")?)
             .and_then(|h| h.broadcast_add(&row))
             .ctx("MLP layer")
+    }
+
+    /// The first layer's weights as `[in, out]` blocks (`[K, in, out]`
+    /// stacked): the columns that multiply x_t, the time embedding and the
+    /// condition. They are copied out: candle's CUDA matmul (cuBLAS) takes
+    /// a transposed operand only with its full row as the leading
+    /// dimension, which a block of columns lacks. The blocks are a few
+    /// hundred floats per network, so the CPU pays nothing worth a second
+    /// path.
+    fn first_layer_blocks(&self, params: &Params) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let w = params.get(self.layers[0].0);
+        let columns = w.rank() - 1;
+        let block = |start, len| {
+            w.narrow(columns, start, len)
+                .and_then(|b| b.contiguous())
+                .and_then(|b| b.t())
+                .ctx("MLP")
+        };
+        Ok((
+            block(0, c.data_dim)?,
+            block(c.data_dim, c.time_dim)?,
+            block(c.data_dim + c.time_dim, c.cond_dim)?,
+        ))
     }
 
     fn activate(&self, h: &Tensor) -> Result<Tensor> {
@@ -241,6 +249,65 @@ impl PrimaryNetwork for PrimaryMlp {
 
     fn batches_members(&self) -> bool {
         true
+    }
+
+    /// `cond·Wc` `[C, out]`, the conditions' part of the first layer, on
+    /// the CPU for one network's f32 weights (elsewhere the per-step path
+    /// stays, which accelerators run as a few large kernels anyway).
+    fn sampling_context(&self, params: &Params, cond: &Tensor) -> Result<Option<Tensor>> {
+        let w0 = params.get(self.layers[0].0);
+        if w0.rank() != 2 || !fused::fits(&[cond, w0]) {
+            return Ok(None);
+        }
+        let (_, _, wc) = self.first_layer_blocks(params)?;
+        Ok(Some(cond.matmul(&wc).ctx("MLP layer")?))
+    }
+
+    /// With a context, each layer's element-wise work is one pass
+    /// ([`fused`]): the first layer adds the kept conditions' part instead
+    /// of multiplying them again.
+    fn forward_sampling(
+        &self,
+        network: &SamplingNetwork<'_>,
+        x_t: &Tensor,
+        step: usize,
+        repeated: &Tensor,
+        start: usize,
+    ) -> Result<Tensor> {
+        let params = network.params;
+        let Some(part) = network.context.as_ref().filter(|_| fused::fits(&[x_t])) else {
+            let rows = x_t.dim(0).ctx("sampling pass")?;
+            let cond = repeated.narrow(0, start, rows).ctx("sampling pass")?;
+            return self.forward_masked(params, x_t, &vec![step; rows], &cond, network.masks);
+        };
+        let c = &self.config;
+        let (wx, we, _) = self.first_layer_blocks(params)?;
+        let emb = timestep_embedding(&[step], c.steps, c.time_dim, x_t.device())?;
+        let flat = |t: Tensor| -> Result<Vec<f32>> {
+            t.contiguous()
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .ctx("MLP layer")
+        };
+        let row = emb
+            .matmul(&we)
+            .and_then(|r| r.broadcast_add(params.get(self.layers[0].1)))
+            .ctx("MLP time embedding")?;
+        let act = c.activation;
+        let mut h =
+            fused::first_layer(x_t, part, flat(wx)?, flat(row)?, start, act).ctx("MLP layer")?;
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers[1..].iter().enumerate() {
+            if let Some(mask) = network.masks.get(i) {
+                h = h.broadcast_mul(mask).ctx("MLP dropout")?;
+            }
+            let activation = (i + 1 < last).then_some(act);
+            h = h
+                .matmul(&params.get(*w).t().ctx("MLP")?)
+                .and_then(|z| fused::bias_then(&z, params.get(*b), activation))
+                .ctx("MLP layer")?;
+        }
+        Ok(h)
     }
 
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor> {

@@ -5,6 +5,7 @@
 //! hyper-network that produced them.
 
 mod bias;
+mod fused;
 mod im2col;
 pub mod mlp;
 pub mod unet;
@@ -53,6 +54,35 @@ pub trait PrimaryNetwork: Send + Sync {
             })
         }
     }
+    /// What every sampling pass of one network over the conditions `cond`
+    /// `[C, ...]` shares, whatever the diffusion step and the sample (the
+    /// MLP: the conditions' part of its first layer), made once per network
+    /// instead of at each of the sampler's steps for each of the N samples.
+    /// `None` where nothing is shared.
+    fn sampling_context(&self, _params: &Params, _cond: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Sampling's pass over rows `start..start + B` of `repeated` (the
+    /// conditions repeated N times, `[C·N, ...]`), every row at diffusion
+    /// step `step`; `x_t` is `[B, ...]`. The values of
+    /// [`PrimaryNetwork::forward_masked`], which this default runs.
+    fn forward_sampling(
+        &self,
+        network: &SamplingNetwork<'_>,
+        x_t: &Tensor,
+        step: usize,
+        repeated: &Tensor,
+        start: usize,
+    ) -> Result<Tensor> {
+        let rows = x_t.dim(0).ctx("sampling pass")?;
+        self.forward_masked(
+            network.params,
+            x_t,
+            &vec![step; rows],
+            &repeated.narrow(0, start, rows).ctx("sampling pass")?,
+            network.masks,
+        )
+    }
     /// K networks at once on their own rows: `params` stacked
     /// ([`ParamLayout::slice_stacked`]), `x_t` and `cond` `[K, R, ...]`,
     /// `steps` the K·R rows' steps in that order; returns `[K, R, ...]`.
@@ -89,6 +119,17 @@ pub trait PrimaryNetwork: Send + Sync {
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor>;
     /// The configuration, for checkpoints.
     fn config(&self) -> PrimaryConfig;
+}
+
+/// One network while it samples.
+#[derive(Debug)]
+pub struct SamplingNetwork<'a> {
+    pub params: &'a Params,
+    /// MC-Dropout's masks, fixed for all the network's samples; empty
+    /// otherwise.
+    pub masks: &'a [Tensor],
+    /// From [`PrimaryNetwork::sampling_context`].
+    pub context: Option<Tensor>,
 }
 
 /// Which primary network a checkpoint holds.
