@@ -80,6 +80,17 @@ fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&
     Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
+/// `f(z + b)` on every row of `z`, one loop per `f` (a closure, so each
+/// activation compiles to its own vectorised loop) and row by row, each
+/// row's `extend` of known length: one pass, no capacity checks.
+fn biased(z: &[f32], b: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(z.len());
+    for row in z.chunks_exact(b.len().max(1)) {
+        out.extend(row.iter().zip(b).map(|(z, b)| f(z + b)));
+    }
+    out
+}
+
 struct FirstLayer {
     wx: Vec<f32>,
     row: Vec<f32>,
@@ -156,16 +167,11 @@ impl CustomOp2 for BiasThen {
                 b.len()
             )));
         }
-        // Row by row, each row's `extend` of known length: one pass, no
-        // capacity checks.
-        let mut out = Vec::with_capacity(z.len());
-        for row in z.chunks_exact(width.max(1)) {
-            let sums = row.iter().zip(b).map(|(z, b)| z + b);
-            match self.activation {
-                Some(act) => out.extend(sums.map(|v| activate(act, v))),
-                None => out.extend(sums),
-            }
-        }
+        let out = match self.activation {
+            Some(Activation::Relu) => biased(z, b, |v| v.max(0.0)),
+            Some(Activation::Silu) => biased(z, b, |v| activate(Activation::Silu, v)),
+            None => biased(z, b, |v| v),
+        };
         Ok((CpuStorage::F32(out), Shape::from((rows, width))))
     }
 }
