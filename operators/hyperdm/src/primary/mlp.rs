@@ -9,6 +9,14 @@ use crate::embedding::timestep_embedding;
 use crate::error::{CandleContext, Result};
 use crate::layout::{ParamId, ParamLayout, Params};
 
+/// The bytes of one layer's activations for the rows a sampling pass on the
+/// CPU takes through the whole network at once (`forward_sampling`), so
+/// that a layer's input and output stay in a core's cache: 1,024 rows of
+/// the cell model's 64-wide layers. On the cell-model bench tiles of 512 to
+/// 2,048 rows sampled alike, 4,096 rows 25% slower, and no tiles (32,000
+/// rows) 17% slower.
+const TILE_BYTES: usize = 256 * 1024;
+
 /// Shape of the MLP denoiser.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +170,12 @@ impl PrimaryMlp {
         ))
     }
 
+    /// Rows per tile of a sampling pass: [`TILE_BYTES`] of the widest layer.
+    pub(super) fn tile_rows(&self) -> usize {
+        let widest = self.config.hidden.iter().copied().max().unwrap_or(1);
+        (TILE_BYTES / (4 * widest.max(1))).max(16)
+    }
+
     fn activate(&self, h: &Tensor) -> Result<Tensor> {
         match self.config.activation {
             Activation::Silu => h.silu(),
@@ -293,21 +307,35 @@ impl PrimaryNetwork for PrimaryMlp {
             .matmul(&we)
             .and_then(|r| r.broadcast_add(params.get(self.layers[0].1)))
             .ctx("MLP time embedding")?;
+        let (wx, row) = (flat(wx)?, flat(row)?);
         let act = c.activation;
-        let mut h =
-            fused::first_layer(x_t, part, flat(wx)?, flat(row)?, start, act).ctx("MLP layer")?;
         let last = self.layers.len() - 1;
-        for (i, (w, b)) in self.layers[1..].iter().enumerate() {
-            if let Some(mask) = network.masks.get(i) {
-                h = h.broadcast_mul(mask).ctx("MLP dropout")?;
+        // The whole network over one tile of rows at a time, so that a
+        // layer's activations stay in the core's cache between the GEMM
+        // that writes them and the pass that biases and activates them.
+        let tile = |first: usize, len: usize| -> Result<Tensor> {
+            let x = x_t.narrow(0, first, len).ctx("MLP layer")?;
+            let mut h =
+                fused::first_layer(&x, part, &wx, &row, start + first, act).ctx("MLP layer")?;
+            for (i, (w, b)) in self.layers[1..].iter().enumerate() {
+                if let Some(mask) = network.masks.get(i) {
+                    h = h.broadcast_mul(mask).ctx("MLP dropout")?;
+                }
+                let activation = (i + 1 < last).then_some(act);
+                h = h
+                    .matmul(&params.get(*w).t().ctx("MLP")?)
+                    .and_then(|z| fused::bias_then(&z, params.get(*b), activation))
+                    .ctx("MLP layer")?;
             }
-            let activation = (i + 1 < last).then_some(act);
-            h = h
-                .matmul(&params.get(*w).t().ctx("MLP")?)
-                .and_then(|z| fused::bias_then(&z, params.get(*b), activation))
-                .ctx("MLP layer")?;
-        }
-        Ok(h)
+            Ok(h)
+        };
+        let rows = x_t.dim(0).ctx("MLP layer")?;
+        let tile_rows = self.tile_rows();
+        let tiles = (0..rows)
+            .step_by(tile_rows)
+            .map(|first| tile(first, tile_rows.min(rows - first)))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&tiles, 0).ctx("MLP layer")
     }
 
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor> {
