@@ -4,6 +4,7 @@ use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bias::add_bias;
+use super::relu::relu;
 use super::{PrimaryNetwork, SamplingNetwork, fused};
 use crate::embedding::timestep_embedding;
 use crate::error::{CandleContext, Result};
@@ -179,7 +180,7 @@ impl PrimaryMlp {
     fn activate(&self, h: &Tensor) -> Result<Tensor> {
         match self.config.activation {
             Activation::Silu => h.silu(),
-            Activation::Relu => h.relu(),
+            Activation::Relu => relu(h),
         }
         .ctx("MLP activation")
     }

@@ -8,6 +8,7 @@ mod bias;
 mod fused;
 mod im2col;
 pub mod mlp;
+mod relu;
 pub mod unet;
 
 use candle_core::Tensor;
