@@ -9,6 +9,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
+use super::cpu_values::f32_values;
+
 /// `x` `[rows, width]` + `b` `[width]` on every row.
 pub(crate) fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let fits = x.device().is_cpu()
@@ -41,15 +43,8 @@ impl CustomOp2 for BiasAdd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, width) = l1.shape().dims2()?;
-        let contiguous = |l: &Layout| {
-            l.contiguous_offsets()
-                .ok_or_else(|| candle_core::Error::Msg("bias-add needs contiguous inputs".into()))
-        };
-        let ((xs, xe), (bs, be)) = (contiguous(l1)?, contiguous(l2)?);
-        let (x, b) = (
-            &s1.as_slice::<f32>()?[xs..xe],
-            &s2.as_slice::<f32>()?[bs..be],
-        );
+        let op = self.name();
+        let (x, b) = (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?);
         let mut out = x.to_vec();
         for row in out.chunks_exact_mut(width.max(1)) {
             row.iter_mut().zip(b).for_each(|(o, b)| *o += b);

@@ -20,6 +20,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::cpu_values::f32_values;
 use super::mlp::Activation;
 
 /// Whether the fused ops can take these tensors: f32 on the CPU.
@@ -74,14 +75,6 @@ fn activate(activation: Activation, v: f32) -> f32 {
     }
 }
 
-/// A contiguous f32 CPU storage's values.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused MLP op needs contiguous inputs".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 /// `f(z + b)` on every row of `z`, one loop per `f` (a closure, so each
 /// activation compiles to its own vectorised loop) and row by row, each
 /// row's `extend` of known length: one pass, no capacity checks.
@@ -122,7 +115,8 @@ impl CustomOp2 for FirstLayer<'_> {
                 self.row.len()
             )));
         }
-        let (x, part) = (values(s1, l1)?, values(s2, l2)?);
+        let op = self.name();
+        let (x, part) = (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?);
         let mut out = Vec::with_capacity(len * width);
         for (i, xs) in x.chunks_exact(d.max(1)).enumerate().take(len) {
             let cell = (self.start + i) % cells;
@@ -162,7 +156,8 @@ impl CustomOp2 for BiasThen {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, width) = l1.shape().dims2()?;
-        let (z, b) = (values(s1, l1)?, values(s2, l2)?);
+        let op = self.name();
+        let (z, b) = (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?);
         if b.len() != width {
             return Err(candle_core::Error::Msg(format!(
                 "fused bias: rows of {width} and a bias of {}",

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bias::add_bias;
 use super::relu::relu;
-use super::{PrimaryNetwork, SamplingNetwork, fused};
+use super::{PrimaryNetwork, SamplingNetwork, fused, step_by_step};
 use crate::embedding::timestep_embedding;
 use crate::error::{CandleContext, Result};
 use crate::layout::{ParamId, ParamLayout, Params};
@@ -291,9 +291,7 @@ impl PrimaryNetwork for PrimaryMlp {
     ) -> Result<Tensor> {
         let params = network.params;
         let Some(part) = network.context.as_ref().filter(|_| fused::fits(&[x_t])) else {
-            let rows = x_t.dim(0).ctx("sampling pass")?;
-            let cond = repeated.narrow(0, start, rows).ctx("sampling pass")?;
-            return self.forward_masked(params, x_t, &vec![step; rows], &cond, network.masks);
+            return step_by_step(self, network, x_t, step, repeated, start);
         };
         let c = &self.config;
         let (wx, we, _) = self.first_layer_blocks(params)?;

@@ -5,6 +5,7 @@
 //! hyper-network that produced them.
 
 mod bias;
+mod cpu_values;
 mod fused;
 mod im2col;
 pub mod mlp;
@@ -75,14 +76,7 @@ pub trait PrimaryNetwork: Send + Sync {
         repeated: &Tensor,
         start: usize,
     ) -> Result<Tensor> {
-        let rows = x_t.dim(0).ctx("sampling pass")?;
-        self.forward_masked(
-            network.params,
-            x_t,
-            &vec![step; rows],
-            &repeated.narrow(0, start, rows).ctx("sampling pass")?,
-            network.masks,
-        )
+        step_by_step(self, network, x_t, step, repeated, start)
     }
     /// K networks at once on their own rows: `params` stacked
     /// ([`ParamLayout::slice_stacked`]), `x_t` and `cond` `[K, R, ...]`,
@@ -120,6 +114,27 @@ pub trait PrimaryNetwork: Send + Sync {
     fn sample_input_like(&self, cond: &Tensor) -> Result<Tensor>;
     /// The configuration, for checkpoints.
     fn config(&self) -> PrimaryConfig;
+}
+
+/// Sampling's pass through [`PrimaryNetwork::forward_masked`], every row
+/// at `step`: the default of [`PrimaryNetwork::forward_sampling`], and what
+/// a network that overrides it runs where its own pass does not apply.
+pub(crate) fn step_by_step<P: PrimaryNetwork + ?Sized>(
+    primary: &P,
+    network: &SamplingNetwork<'_>,
+    x_t: &Tensor,
+    step: usize,
+    repeated: &Tensor,
+    start: usize,
+) -> Result<Tensor> {
+    let rows = x_t.dim(0).ctx("sampling pass")?;
+    primary.forward_masked(
+        network.params,
+        x_t,
+        &vec![step; rows],
+        &repeated.narrow(0, start, rows).ctx("sampling pass")?,
+        network.masks,
+    )
 }
 
 /// One network while it samples.

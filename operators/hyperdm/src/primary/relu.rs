@@ -10,6 +10,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::cpu_values::f32_values;
+
 /// `max(x, 0)`, back-propagated in one pass where it can be.
 pub(crate) fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
@@ -17,14 +19,6 @@ pub(crate) fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     } else {
         x.relu()
     }
-}
-
-/// A contiguous f32 CPU storage's values.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("relu needs a contiguous input".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
 struct Relu;
@@ -36,7 +30,10 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         // candle's expression, so the same bits.
-        let out = values(s, l)?.iter().map(|v| v.max(0.0)).collect();
+        let out = f32_values(s, l, self.name())?
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -61,7 +58,8 @@ impl CustomOp2 for ReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (grad, x) = (values(s1, l1)?, values(s2, l2)?);
+        let op = self.name();
+        let (grad, x) = (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?);
         if grad.len() != x.len() {
             return Err(candle_core::Error::Msg(format!(
                 "relu backward: a gradient of {} values for {} inputs",
