@@ -39,28 +39,39 @@ impl Pipeline {
             .windows(2)
             .map(|w| (w[0].saturating_add(1)).saturating_mul(w[1]))
             .fold(0usize, usize::saturating_add);
-        // What training keeps of it: a hyper-network whose output layer
-        // emits every weight (the full form), M networks (an ensemble), or
-        // one network (MC-Dropout, the rank-1 form's shared base).
+        // The rank-1 form's generator emits one factor per row and column
+        // of each weight matrix and one per bias (`hyper/factors.rs`).
+        let factors = widths
+            .windows(2)
+            .map(|w| w[0].saturating_add(w[1].saturating_mul(2)))
+            .fold(0usize, usize::saturating_add);
+        // A hyper-network emitting `outputs` numbers: z in, through the
+        // hidden layers (and from z straight out with the skip).
+        let generator = |outputs: usize| {
+            let layers: Vec<usize> = std::iter::once(t.z_dim)
+                .chain(t.hyper_hidden.iter().copied())
+                .chain([outputs])
+                .collect();
+            let chain = layers
+                .windows(2)
+                .map(|w| w[0].saturating_mul(w[1]))
+                .fold(0usize, usize::saturating_add);
+            let skip = if t.z_skip {
+                t.z_dim.saturating_mul(outputs)
+            } else {
+                0
+            };
+            chain.saturating_add(skip)
+        };
+        // What training keeps of it: a hyper-network that emits every
+        // weight (the full form; with a shared base when centred), one that
+        // emits the factors of a trained base (rank-1), M networks (an
+        // ensemble), or one network (MC-Dropout).
+        let full = t.hyper_form == HyperForm::Full;
         let trained = match method {
-            Method::Hyperdm if t.hyper_form == HyperForm::Full => {
-                // z in, through the hidden layers, every weight out (and
-                // from z straight to every weight with the skip).
-                let layers: Vec<usize> = std::iter::once(t.z_dim)
-                    .chain(t.hyper_hidden.iter().copied())
-                    .chain([primary])
-                    .collect();
-                let chain = layers
-                    .windows(2)
-                    .map(|w| w[0].saturating_mul(w[1]))
-                    .fold(0usize, usize::saturating_add);
-                let skip = if t.z_skip {
-                    t.z_dim.saturating_mul(primary)
-                } else {
-                    0
-                };
-                chain.saturating_add(skip)
-            }
+            Method::Hyperdm if full && t.centred => generator(primary).saturating_add(primary),
+            Method::Hyperdm if full => generator(primary),
+            Method::Hyperdm => generator(factors).saturating_add(primary),
             Method::Ensemble { members } => members.saturating_mul(primary),
             _ => primary,
         };
@@ -68,11 +79,11 @@ impl Pipeline {
         let activations = t
             .batch_size
             .saturating_mul(widths.iter().fold(0usize, |a, w| a.saturating_add(*w)));
-        // The anchored full form keeps a fixed random matrix A (every
-        // weight from z), which is not trained.
+        // Anchored training keeps a fixed random matrix A from z to what it
+        // anchors (every weight, or the rank-1 form's factors); untrained.
         let anchors = match method {
-            Method::Hyperdm if t.hyper_form == HyperForm::Full && t.anchor > 0.0 => {
-                t.z_dim.saturating_mul(primary)
+            Method::Hyperdm if t.anchor > 0.0 => {
+                t.z_dim.saturating_mul(if full { primary } else { factors })
             }
             _ => 0,
         };
@@ -110,7 +121,8 @@ mod tests {
     /// full form's layers (z of 8 through [16, 16] to the 11,393 weights of
     /// a cell network with 1 + 16 + 25 + 4 inputs and three layers of 64,
     /// and the skip from z) four times over, its anchor matrix (8 × 11,393),
-    /// 2,048 rows × 239 activations, and 100 diffusion steps of two f64.
+    /// 2,048 rows × 239 activations, and 100 diffusion steps of two f64;
+    /// the same pipeline in the rank-1 form likewise.
     #[test]
     fn the_shipped_pipeline_fits_and_a_mistyped_size_does_not() {
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/era5_t2m_6h.toml");
@@ -126,6 +138,18 @@ mod tests {
             .check_training_fits(&method, floor - 1)
             .unwrap_err();
         assert!(format!("{err}").contains("[train] needs at least"), "{err}");
+
+        // The rank-1 form: its generator emits 624 factors (each layer's
+        // inputs and twice its outputs: 46 + 128, 64 + 128, 64 + 128,
+        // 64 + 2), from z through [16, 16] and by the skip, and it trains
+        // the base of 11,393 weights itself; the anchor matrix is z × factors.
+        pipeline.train.hyper_form = HyperForm::Rank1;
+        let factors = 174 + 192 + 192 + 66;
+        let rank1 = 8 * 16 + 16 * 16 + 16 * factors + 8 * factors + primary;
+        let floor = (4 * (rank1 * 4 + 8 * factors + 2048 * 239) + 100 * 16) as u64;
+        pipeline.check_training_fits(&method, floor).unwrap();
+        assert!(pipeline.check_training_fits(&method, floor - 1).is_err());
+        pipeline.train.hyper_form = HyperForm::Full;
 
         pipeline.train.batch_size = 1_000_000_000;
         let err = pipeline

@@ -6,7 +6,8 @@
 //! temporary files and finish; what cannot spill (the build side of a hash
 //! join) fails with DataFusion's "Resources exhausted" error, printed as
 //! any other. The limit is [`LIMIT_VAR`] GB, or half of the memory this
-//! process may use (its cgroup's limit, or the machine's): DataFusion counts
+//! process may use (the machine's, its cgroup's limit or its `ulimit -v`, whichever
+//! is lowest): DataFusion counts
 //! the large buffers only, and the process holds models and reads besides.
 
 use std::num::NonZeroUsize;
@@ -58,8 +59,8 @@ fn default_limit() -> u64 {
     (process_memory() as f64 * DEFAULT_SHARE) as u64
 }
 
-/// The memory this process may use, in bytes: its cgroup's limit where one
-/// is set, else the machine's.
+/// The memory this process may use, in bytes: the machine's, or less where
+/// its cgroup's limit or its address-space limit (`ulimit -v`) is lower.
 pub fn process_memory() -> u64 {
     let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -68,7 +69,30 @@ pub fn process_memory() -> u64 {
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok());
-    cgroup.map_or(machine, |limit| limit.min(machine))
+    [cgroup, address_space_limit()]
+        .into_iter()
+        .flatten()
+        .fold(machine, u64::min)
+}
+
+/// The process's address-space limit (`ulimit -v`), where one is set. The
+/// allocator fails beyond it however much memory the machine has free.
+fn address_space_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    soft_address_space(&limits)
+}
+
+/// The soft "Max address space" of a /proc/self/limits text, in bytes;
+/// `None` where it is unlimited or absent.
+fn soft_address_space(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    line.trim_start_matches("Max address space")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `MemTotal` of a /proc/meminfo text, in bytes.
@@ -81,6 +105,17 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_space_limit_is_read_from_proc_limits() {
+        let limited = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                       Max address space         4294967296           unlimited            bytes     \n";
+        assert_eq!(soft_address_space(limited), Some(4_294_967_296));
+        let unlimited =
+            "Max address space         unlimited            unlimited            bytes     \n";
+        assert_eq!(soft_address_space(unlimited), None);
+        assert_eq!(soft_address_space("Max open files 1024 1024 files\n"), None);
+    }
 
     #[test]
     fn the_machine_memory_is_read_from_meminfo() {

@@ -412,6 +412,30 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
             "batch_size = 1000000000), more than the",
         ],
     );
+    // The rank-1 form's generator counts, and so does an address-space
+    // limit: a generator layer of ten million needs about 20 GB, which a
+    // 24 GB machine could hold but a process under `ulimit -v` of 4 GiB
+    // cannot (before, the allocator aborted it with exit 134).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("hyper_hidden = [8]", "hyper_hidden = [10000000]")
+        .replace("[train]", "[train]\nhyper_form = \"rank1\"");
+    let wide = dir.path().join("wide-generator.toml");
+    std::fs::write(&wide, text).unwrap();
+    let o = Command::new("bash")
+        .args(["-c", "ulimit -v 4194304 && exec \"$0\" \"$@\""])
+        .args([env!("CARGO_BIN_EXE_uqcast"), "train", "--config"])
+        .arg(&wide)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("wide-generator.toml: [train] needs at least")
+            && err.contains("more than the 4.3 GB here"),
+        "{err}"
+    );
     // No z draw per minibatch.
     edited_fails(
         "no-draws.toml",
