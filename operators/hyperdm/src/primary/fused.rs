@@ -259,6 +259,12 @@ mod tests {
                     assert!((f - p).abs() <= 1e-6 * scale, "{case}: {f} vs {p}");
                 }
             }
+            // No rows: an empty output, as the layer-by-layer pass gives.
+            let none = Tensor::zeros((0, data_dim), candle_core::DType::F32, &dev).unwrap();
+            let empty = mlp
+                .forward_sampling(&network, &none, 10, &repeated, 4)
+                .unwrap();
+            assert_eq!(empty.dims(), &[0, data_dim]);
         }
     }
 }

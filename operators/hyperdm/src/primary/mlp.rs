@@ -290,7 +290,11 @@ impl PrimaryNetwork for PrimaryMlp {
         start: usize,
     ) -> Result<Tensor> {
         let params = network.params;
-        let Some(part) = network.context.as_ref().filter(|_| fused::fits(&[x_t])) else {
+        // No rows make no tiles: the step-by-step pass returns their empty
+        // output.
+        let rows = x_t.dim(0).ctx("MLP layer")?;
+        let usable = |_: &&Tensor| rows > 0 && fused::fits(&[x_t]);
+        let Some(part) = network.context.as_ref().filter(usable) else {
             return step_by_step(self, network, x_t, step, repeated, start);
         };
         let c = &self.config;
@@ -328,7 +332,6 @@ impl PrimaryNetwork for PrimaryMlp {
             }
             Ok(h)
         };
-        let rows = x_t.dim(0).ctx("MLP layer")?;
         let tile_rows = self.tile_rows();
         let tiles = (0..rows)
             .step_by(tile_rows)
