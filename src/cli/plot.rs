@@ -304,40 +304,73 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
     }
     register_font()?;
     let title = format!("t2m forecast valid {}", uqcast_forecast::error::iso(t));
-    let out = args.out.clone();
-    {
-        let root = BitMapBackend::new(&out, (1600, 1000)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let root = root.titled(&title, ("sans-serif", 26))?;
-        let panels = root.split_evenly((2, 2));
-        let layers = [
-            Layer {
-                title: "predictive mean",
-                units: "K",
-                values: mean,
-            },
-            Layer {
-                title: "aleatoric variance (AU)",
-                units: "K²",
-                values: au,
-            },
-            Layer {
-                title: "epistemic variance (EU)",
-                units: "K²",
-                values: eu.clone(),
-            },
-            Layer {
-                title: "EU with flagged tiles (red)",
-                units: "K²",
-                values: eu,
-            },
-        ];
-        for (k, (panel, layer)) in panels.iter().zip(&layers).enumerate() {
-            let outlined: &[(f64, f64, f64)] = if k == 3 { &tiles } else { &[] };
-            draw_map(panel, layer, &cells, spacing, outlined)?;
-        }
-        root.present()
-            .with_context(|| format!("{}: writing the image", args.out.display()))?;
+    // Drawn into a hidden file beside --out and renamed over it once
+    // written, so a failed plot leaves neither a partial image nor the old
+    // one half overwritten. Creating it first reports a place that cannot
+    // be written in the OS's words, not the image encoder's.
+    let tmp = hidden_beside(out);
+    std::fs::File::create(&tmp)
+        .with_context(|| format!("{}: cannot write the image", out.display()))?;
+    let layers = [
+        Layer {
+            title: "predictive mean",
+            units: "K",
+            values: mean,
+        },
+        Layer {
+            title: "aleatoric variance (AU)",
+            units: "K²",
+            values: au,
+        },
+        Layer {
+            title: "epistemic variance (EU)",
+            units: "K²",
+            values: eu.clone(),
+        },
+        Layer {
+            title: "EU with flagged tiles (red)",
+            units: "K²",
+            values: eu,
+        },
+    ];
+    let drawn = paint(&tmp, &title, &layers, &cells, spacing, &tiles);
+    if let Err(e) = drawn {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: writing the image", out.display()));
     }
+    std::fs::rename(&tmp, out).with_context(|| {
+        format!(
+            "{}: cannot move the finished image into place",
+            out.display()
+        )
+    })
+}
+
+/// `.NAME.PID.tmp.EXT` in `out`'s directory: the extension kept, since it
+/// picks the image format.
+fn hidden_beside(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let ext = out.extension().unwrap_or_default().to_string_lossy();
+    out.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+}
+
+/// The four maps into the image file `file`; the last outlines `tiles`.
+fn paint(
+    file: &Path,
+    title: &str,
+    layers: &[Layer; 4],
+    cells: &[(f64, f64)],
+    spacing: (f64, f64),
+    tiles: &[(f64, f64, f64)],
+) -> Result<()> {
+    let root = BitMapBackend::new(file, (1600, 1000)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 26))?;
+    let panels = root.split_evenly((2, 2));
+    for (k, (panel, layer)) in panels.iter().zip(layers).enumerate() {
+        let outlined: &[(f64, f64, f64)] = if k == 3 { tiles } else { &[] };
+        draw_map(panel, layer, cells, spacing, outlined)?;
+    }
+    root.present()?;
     Ok(())
 }

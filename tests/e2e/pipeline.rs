@@ -411,6 +411,21 @@ fn forecast_flags_sql_function_plot_and_eval() {
         "{} bytes",
         bytes.len()
     );
+    // The image was drawn beside it and renamed: nothing else is left.
+    let names: Vec<_> = std::fs::read_dir(png.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["map.png"]);
+    // A place that cannot be written says so in the OS's words (here /proc,
+    // where even root cannot create a file), not the image encoder's.
+    fails_with(
+        &plot(&out, "2020-01-02T18:00Z", Path::new("/proc/uqcast-map.png")),
+        &[
+            "/proc/uqcast-map.png: cannot write the image",
+            "No such file or directory",
+        ],
+    );
     // A time the table does not hold says which it does, and a failed plot
     // makes no folder; the table's own folder given as --input is named.
     let unmade = dir.path().join("unmade/map.png");
