@@ -20,6 +20,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::bias::biased;
 use super::cpu_values::f32_values;
 use super::mlp::Activation;
 
@@ -55,12 +56,12 @@ pub(super) fn first_layer(
     )
 }
 
-/// `act(z + b)` on every row of `z` `[rows, width]`, `b` `[width]`; with no
-/// activation, the bias alone (the last layer).
+/// `act(z + b)` on every row of `z` `[rows, width]`, `b` `[width]`. The
+/// last layer, without an activation, is `bias::add_bias`.
 pub(super) fn bias_then(
     z: &Tensor,
     b: &Tensor,
-    activation: Option<Activation>,
+    activation: Activation,
 ) -> candle_core::Result<Tensor> {
     z.contiguous()?
         .apply_op2_no_bwd(&b.contiguous()?, &BiasThen { activation })
@@ -73,17 +74,6 @@ fn activate(activation: Activation, v: f32) -> f32 {
         Activation::Relu => v.max(0.0),
         Activation::Silu => v / (1.0 + (-v).exp()),
     }
-}
-
-/// `f(z + b)` on every row of `z`, one loop per `f` (a closure, so each
-/// activation compiles to its own vectorised loop) and row by row, each
-/// row's `extend` of known length: one pass, no capacity checks.
-fn biased(z: &[f32], b: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(z.len());
-    for row in z.chunks_exact(b.len().max(1)) {
-        out.extend(row.iter().zip(b).map(|(z, b)| f(z + b)));
-    }
-    out
 }
 
 struct FirstLayer<'a> {
@@ -140,7 +130,7 @@ impl CustomOp2 for FirstLayer<'_> {
 }
 
 struct BiasThen {
-    activation: Option<Activation>,
+    activation: Activation,
 }
 
 impl CustomOp2 for BiasThen {
@@ -165,9 +155,8 @@ impl CustomOp2 for BiasThen {
             )));
         }
         let out = match self.activation {
-            Some(Activation::Relu) => biased(z, b, |v| v.max(0.0)),
-            Some(Activation::Silu) => biased(z, b, |v| activate(Activation::Silu, v)),
-            None => biased(z, b, |v| v),
+            Activation::Relu => biased(z, b, |v| v.max(0.0)),
+            Activation::Silu => biased(z, b, |v| activate(Activation::Silu, v)),
         };
         Ok((CpuStorage::F32(out), Shape::from((rows, width))))
     }

@@ -324,11 +324,13 @@ impl PrimaryNetwork for PrimaryMlp {
                 if let Some(mask) = network.masks.get(i) {
                     h = h.broadcast_mul(mask).ctx("MLP dropout")?;
                 }
-                let activation = (i + 1 < last).then_some(act);
-                h = h
-                    .matmul(&params.get(*w).t().ctx("MLP")?)
-                    .and_then(|z| fused::bias_then(&z, params.get(*b), activation))
-                    .ctx("MLP layer")?;
+                let z = h.matmul(&params.get(*w).t().ctx("MLP")?);
+                h = if i + 1 < last {
+                    z.and_then(|z| fused::bias_then(&z, params.get(*b), act))
+                } else {
+                    z.and_then(|z| add_bias(&z, params.get(*b)))
+                }
+                .ctx("MLP layer")?;
             }
             Ok(h)
         };
