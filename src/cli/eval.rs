@@ -60,7 +60,7 @@ pub struct EvalArgs {
     /// 6-hour steps of the synthetic training span.
     #[arg(long, default_value_t = 240)]
     train_steps: usize,
-    /// 6-hour steps of the held-out span (its third carries the OOD disk).
+    /// 6-hour steps of the held-out span (its third carries the OOD disk: EU is scored with 4 or more).
     #[arg(long, default_value_t = 6)]
     test_steps: usize,
     /// Where the benchmark's data and models are kept (reused when present).

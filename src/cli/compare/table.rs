@@ -23,6 +23,13 @@ fn one_network_seconds(rows: &[MethodScores]) -> Option<(f64, String)> {
         })
 }
 
+/// Why a method with members has no EU scores: every held-out forecast
+/// started from an in-distribution step (the OOD disk lies on the held-out
+/// span's third step, so it is an input only with four steps or more).
+pub(super) const NO_OOD_INPUT: &str = "EU ROC and EU PR are dashes where no held-out forecast \
+     started from the OOD disk (it lies on the held-out span's third step): \
+     --test-steps 4 or more makes it an input";
+
 /// The comparison as an aligned table.
 pub(super) fn table(rows: &[MethodScores]) -> String {
     // A score that does not apply (EU of one network) reads as a dash.
@@ -94,6 +101,14 @@ pub(super) fn table(rows: &[MethodScores]) -> String {
             "CRPS gained by mixing the members (one member's CRPS − the table's, K): {}\n",
             gains.join(", ")
         ));
+    }
+    // A method with members but no EU score had no OOD input to find: say
+    // so, rather than leave its dashes to read like one network's.
+    if rows
+        .iter()
+        .any(|r| r.members > 1 && !(r.eu_auroc.is_finite() && r.eu_auprc.is_finite()))
+    {
+        s.push_str(&format!("{NO_OOD_INPUT}\n"));
     }
     let claims = paper_claims(rows, one_network.as_ref());
     if !claims.is_empty() {
@@ -185,6 +200,16 @@ pub(super) mod tests {
             "{}",
             table(&rows)
         );
+
+        // Members but no EU score: the held-out span gave no OOD input,
+        // and the table says why; one network's dashes need no such line.
+        assert!(!t.contains(NO_OOD_INPUT), "{t}");
+        rows[0].eu_auroc = f64::NAN;
+        rows[0].eu_auprc = f64::NAN;
+        let t = table(&rows);
+        assert!(t.contains(NO_OOD_INPUT), "{t}");
+        rows[0].eu_auroc = 0.98;
+        rows[0].eu_auprc = 0.4;
 
         rows.pop();
         let t = table(&rows);
