@@ -37,9 +37,10 @@ mod table;
 
 use super::eval::{grid_key, true_variance};
 use super::synth::{SynthArgs, generate};
-use super::train::read_steps;
+use super::train::{SOURCE_ROW_BYTES, read_steps};
 use crate::job::source_sql;
 use crate::pipeline::Pipeline;
+use crate::session::memory;
 use table::table;
 
 /// What to compare and how (the command line of `eval --config`).
@@ -104,6 +105,7 @@ pub async fn run(b: Benchmark) -> Result<()> {
     for c in &contenders {
         pipeline.check_training_fits(&c.method, memory)?;
     }
+    check_spans_fit(&b)?;
     super::output::make_dir(&b.work, "--work")?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
@@ -118,8 +120,18 @@ pub async fn run(b: Benchmark) -> Result<()> {
     .await?;
 
     let sql = source_sql(&pipeline, None, None)?;
-    let (grid, train_steps) = read_steps(train_dir.display().to_string(), &sql).await?;
-    let (test_grid, test_steps) = read_steps(test_dir.display().to_string(), &sql).await?;
+    let (grid, train_steps) = read_steps(
+        train_dir.display().to_string(),
+        &sql,
+        "ask for fewer (--train-steps)",
+    )
+    .await?;
+    let (test_grid, test_steps) = read_steps(
+        test_dir.display().to_string(),
+        &sql,
+        "ask for fewer (--test-steps)",
+    )
+    .await?;
     if !grid.same_cells(&test_grid) {
         bail!("the benchmark's training and test grids differ");
     }
@@ -260,6 +272,33 @@ fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
         contenders.push(contender);
     }
     Ok(contenders)
+}
+
+/// Every step of a span is read into memory once written (`read_steps`),
+/// and its reading would stop at the query memory limit: a span that cannot
+/// fit is refused before gigabytes of it are written.
+fn check_spans_fit(b: &Benchmark) -> Result<()> {
+    let limit = memory::limit_bytes().map_err(anyhow::Error::msg)?;
+    for (flag, steps, start) in [
+        ("--train-steps", b.train_steps, TRAIN_START),
+        ("--test-steps", b.test_steps, TEST_START),
+    ] {
+        let synth = SynthArgs::new(b.work.clone(), start, steps, 0, vec![]);
+        let cells = synth.config()?.grid.cells() as u64;
+        let needed = (steps as u64)
+            .saturating_mul(cells)
+            .saturating_mul(SOURCE_ROW_BYTES);
+        if needed > limit {
+            bail!(
+                "{flag} {steps}: reading {steps} steps of {cells} cells takes about {}, more \
+                 than the {} a query may hold here ({}, default half of the memory)",
+                memory::amount(needed),
+                memory::amount(limit),
+                memory::LIMIT_VAR
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes a synthetic span unless an earlier run did (same seed, same bytes).

@@ -27,8 +27,8 @@ UQCAST_NETCDF_LOOP_SECONDS (default 60) ends a command whose one libnetcdf call 
 has computed that long (CPU time) without returning (a damaged file can loop HDF5 forever), \
 naming the file, and UQCAST_NETCDF_STALL_SECONDS (default 600) one whose call has not \
 returned by then (wall-clock time: storage that stalled); UQCAST_QUERY_MEMORY_GB (default: \
-half of the memory) is what a query's sorts, aggregations and joins may hold before they spill \
-or fail; UQCAST_LOG sets the log level."
+half of the memory) is what a query's sorts, aggregations and joins, and the training span \
+that train and eval read, may hold before they spill or fail; UQCAST_LOG sets the log level."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -66,7 +66,7 @@ impl SynthArgs {
         }
     }
 
-    fn config(&self) -> Result<SynthConfig> {
+    pub(crate) fn config(&self) -> Result<SynthConfig> {
         let start = parse_utc(&self.start)
             .ok_or_else(|| anyhow!("synth option 'start': '{}' is not a UTC time", self.start))?;
         let bbox = BoundingBox::parse(&self.bbox)?;

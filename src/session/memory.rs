@@ -54,6 +54,18 @@ pub fn pool() -> Arc<dyn MemoryPool> {
     ))
 }
 
+/// An amount of memory for a message: "3.2 GB", "48 MB", "12 kB".
+pub fn amount(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.0} MB", b / 1e6)
+    } else {
+        format!("{:.0} kB", b / 1e3)
+    }
+}
+
 /// The limit unless [`LIMIT_VAR`] is set.
 fn default_limit() -> u64 {
     (process_memory() as f64 * DEFAULT_SHARE) as u64
@@ -115,6 +127,13 @@ mod tests {
             "Max address space         unlimited            unlimited            bytes     \n";
         assert_eq!(soft_address_space(unlimited), None);
         assert_eq!(soft_address_space("Max open files 1024 1024 files\n"), None);
+    }
+
+    #[test]
+    fn amounts_read_in_the_unit_that_shows_them() {
+        assert_eq!(amount(3_240_000_000), "3.2 GB");
+        assert_eq!(amount(48_400_000), "48 MB");
+        assert_eq!(amount(12_345), "12 kB");
     }
 
     #[test]

@@ -288,4 +288,25 @@ fn eval_compares_hyperdm_with_the_baselines() {
             fresh.display()
         );
     }
+    // A span whose rows could not be read into the memory a query may hold
+    // (here 1 GB) is refused before any of it is written. Before, 100,000
+    // steps were written (2.7 GB), then read until the kernel killed the
+    // process.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .env("UQCAST_QUERY_MEMORY_GB", "1")
+        .args(["eval", "--config", config.to_str().unwrap(), "--work"])
+        .arg(&fresh)
+        .args(["--test-steps", "3000"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "--test-steps 3000: reading 3000 steps of 10395 cells takes about 1.2 GB, \
+             more than the 1.0 GB a query may hold here (UQCAST_QUERY_MEMORY_GB"
+        ),
+        "{err}"
+    );
+    assert!(!fresh.exists(), "a refused span wrote {}", fresh.display());
 }
