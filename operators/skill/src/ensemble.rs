@@ -119,7 +119,7 @@ fn ordered_pair_sum(values: impl Iterator<Item = f64>) -> f64 {
 
 /// CRPS of N(`mean`, `variance`) for `obs` in closed form (Gneiting et al.
 /// 2005): σ·[z(2Φ(z) − 1) + 2φ(z) − 1/√π], z = (y − μ)/σ; |y − μ| when the
-/// variance is zero. `None` for a negative or NaN variance.
+/// variance is zero. `None` for a negative variance or a NaN argument.
 pub fn crps_gaussian(obs: f64, mean: f64, variance: f64) -> Option<f64> {
     if variance.is_nan() || variance < 0.0 || obs.is_nan() || mean.is_nan() {
         return None;

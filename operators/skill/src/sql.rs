@@ -2,7 +2,7 @@
 //! forecast table joined with an `era5` table can be scored in one query:
 //!
 //! - `crps_gaussian(obs, mean, variance)` — CRPS of N(mean, variance) (NULL
-//!   where the variance is negative or an input is NULL);
+//!   where the variance is negative or an input is NULL or NaN);
 //! - `lat_weight(latitude)` — cos(latitude), the usual area weight (a
 //!   latitude beyond ±90° ends the query);
 //! - `weighted_rmse(prediction, truth, weight)` — aggregate
