@@ -8,14 +8,14 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::StreamExt;
-use uqcast_forecast::assemble::{StepAssembler, check_source_columns};
-use uqcast_forecast::grid::CoordinatesSeen;
+use uqcast_forecast::assemble::check_source_columns;
+use uqcast_forecast::held::HeldRows;
 use uqcast_forecast::{ModelGrid, StepField};
 
 use crate::job::{empty_source, source_sql};
 use crate::pipeline::Pipeline;
 use crate::session::s3::{self, S3Location};
-use crate::session::{context_with_table, f64_column, memory};
+use crate::session::{context_with_table, memory};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -39,19 +39,22 @@ pub struct TrainArgs {
     until: Option<i64>,
 }
 
-/// What one source row takes while [`read_steps`] holds it, for checks made
-/// before anything is read: the NetCDF scan's four columns measured 38.5
-/// bytes a row (`UQCAST_LOG=debug` prints the figure of a read).
-pub const SOURCE_ROW_BYTES: u64 = 40;
+/// What training holds for one source row once read: the step's value,
+/// its normalised copy and its change target (`PairData`), 4 bytes each.
+const FIELD_BYTES_PER_ROW: usize = 12;
+
+/// What one source row takes, held ([`HeldRows`], 12 bytes) and then as
+/// training's fields, for checks made before anything is read.
+pub const SOURCE_ROW_BYTES: u64 = 12 + FIELD_BYTES_PER_ROW as u64;
 
 /// Reads every step the source query returns; the grid is the set of
 /// coordinates seen, and every step must cover all of it.
 ///
-/// The rows are held until the grid is known, so they count against the
-/// memory a query may hold ([`memory::LIMIT_VAR`]): a span too long for
-/// the machine ends in one line saying how far the reading got and how to
-/// ask for less (`fewer`), rather than in the kernel's out-of-memory kill.
-/// Each batch is let go once its steps are assembled.
+/// The rows are held until the grid is known. They, and the fields
+/// training will build from them, count against the memory a query may
+/// hold ([`memory::LIMIT_VAR`]): a span too long for the machine ends in
+/// one line saying how far the reading got and how to ask for less
+/// (`fewer`), rather than in the kernel's out-of-memory kill.
 pub async fn read_steps(
     location: String,
     sql: &str,
@@ -60,45 +63,31 @@ pub async fn read_steps(
     let ctx = context_with_table("era5", location.clone()).await?;
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
-    let held = MemoryConsumer::new("uqcast: the source rows read for training")
+    let reservation = MemoryConsumer::new("uqcast: the source rows read for training")
         .register(&ctx.runtime_env().memory_pool);
     let mut stream = df.execute_stream().await.context("source query")?;
-    let (mut batches, mut seen, mut rows) = (Vec::new(), CoordinatesSeen::default(), 0usize);
+    let mut held = HeldRows::default();
     while let Some(b) = stream.next().await {
-        let b = b.context("source query")?;
-        if held.try_grow(b.get_array_memory_size()).is_err() {
+        let rows = held.rows();
+        held.push(&b.context("source query")?)?;
+        let needed = held.bytes() + held.rows() * FIELD_BYTES_PER_ROW;
+        if reservation.try_resize(needed).is_err() {
             bail!(
-                "{location}: the source rows do not fit in the memory a query may hold here: \
-                 {rows} rows read take {} of the {} limit ({}, default half of the memory); \
-                 {fewer}",
-                memory::amount(held.size() as u64),
+                "{location}: the training span does not fit in the memory a query may hold \
+                 here: {rows} rows read, with the fields training builds from them, take {} \
+                 of the {} limit ({}, default half of the memory); {fewer}",
+                memory::amount(reservation.size() as u64),
                 memory::amount(memory::limit_bytes().unwrap_or_default()),
                 memory::LIMIT_VAR,
             );
         }
-        rows += b.num_rows();
-        let lats = f64_column(&b, "latitude")?;
-        let lons = f64_column(&b, "longitude")?;
-        for (lat, lon) in lats.into_iter().zip(lons) {
-            if let (Some(lat), Some(lon)) = (lat, lon) {
-                seen.add(lat, lon);
-            }
-        }
-        batches.push(b);
     }
     tracing::debug!(
-        "{location}: {rows} source rows held in {}",
-        memory::amount(held.size() as u64)
+        "{location}: {} source rows held in {}",
+        held.rows(),
+        memory::amount(held.bytes() as u64)
     );
-    let grid = seen.grid();
-    let mut assembler = StepAssembler::new(grid.clone());
-    let mut steps = Vec::new();
-    for b in batches {
-        steps.extend(assembler.push(&b)?);
-    }
-    assembler.finish()?;
-    steps.sort_by_key(|s| s.time);
-    Ok((grid, steps))
+    Ok(held.into_steps()?)
 }
 
 pub async fn run(args: TrainArgs) -> Result<()> {

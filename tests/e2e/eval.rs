@@ -296,14 +296,14 @@ fn eval_compares_hyperdm_with_the_baselines() {
         .env("UQCAST_QUERY_MEMORY_GB", "1")
         .args(["eval", "--config", config.to_str().unwrap(), "--work"])
         .arg(&fresh)
-        .args(["--test-steps", "3000"])
+        .args(["--test-steps", "5000"])
         .output()
         .unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains(
-            "--test-steps 3000: reading 3000 steps of 10395 cells takes about 1.2 GB, \
+            "--test-steps 5000: reading 5000 steps of 10395 cells takes about 1.2 GB, \
              more than the 1.0 GB a query may hold here (UQCAST_QUERY_MEMORY_GB"
         ),
         "{err}"

@@ -348,15 +348,15 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     }
     assert!(!fresh.exists() && !model.parent().unwrap().exists());
     // A training span whose rows do not fit in the memory a query may hold
-    // (UQCAST_QUERY_MEMORY_GB, here 1 MB; the 12 steps' rows take 5 MB)
+    // (UQCAST_QUERY_MEMORY_GB, here 200 kB; the 12 steps take 0.8 MB)
     // stops while reading, in one line that says how far it got and how to
     // ask for less, and the kept model is untouched. Before, the rows were
-    // held whole, with copies of their coordinates, unaccounted, and a span
-    // too long for the machine ended in the kernel's out-of-memory kill.
+    // held whole, with two copies of their coordinates, unaccounted, and a
+    // span too long for the machine ended in the kernel's out-of-memory kill.
     let kept_model = dir.path().join("model/m.safetensors");
     let kept = std::fs::read(&kept_model).unwrap();
     let refused = Command::new(env!("CARGO_BIN_EXE_uqcast"))
-        .env("UQCAST_QUERY_MEMORY_GB", "0.001")
+        .env("UQCAST_QUERY_MEMORY_GB", "0.0002")
         .args(["train", "--config", c])
         .output()
         .unwrap();
@@ -364,9 +364,9 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     for part in [
-        "data: the source rows do not fit in the memory a query may hold here",
-        "rows read take",
-        "of the 1 MB limit (UQCAST_QUERY_MEMORY_GB",
+        "data: the training span does not fit in the memory a query may hold here",
+        "rows read, with the fields training builds from them, take",
+        "of the 200 kB limit (UQCAST_QUERY_MEMORY_GB",
         "train on fewer steps (--since, --until)",
     ] {
         assert!(err.contains(part), "{part} in {err}");

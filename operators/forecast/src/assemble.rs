@@ -6,9 +6,9 @@
 //! a missing t2m, or a step still incomplete at the end of the input is an
 //! error that says which step and what is wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
@@ -33,6 +33,8 @@ struct Partial {
 pub struct StepAssembler {
     grid: ModelGrid,
     open: BTreeMap<i64, Partial>,
+    /// Steps already complete: a row for one is a repeat, not a new step.
+    done: HashSet<i64>,
 }
 
 /// Checks the source schema has the needed columns (types are cast).
@@ -54,83 +56,155 @@ pub fn check_source_columns(schema: &datafusion::arrow::datatypes::Schema) -> Re
     Ok(())
 }
 
-impl StepAssembler {
-    pub fn new(grid: ModelGrid) -> Self {
-        Self {
-            grid,
-            open: BTreeMap::new(),
-        }
-    }
+/// A batch's needed columns, cast to the types the assembler reads.
+#[derive(Debug)]
+pub struct SourceColumns {
+    time: PrimitiveArray<TimestampMicrosecondType>,
+    lat: PrimitiveArray<Float64Type>,
+    lon: PrimitiveArray<Float64Type>,
+    t2m: PrimitiveArray<Float32Type>,
+}
 
-    /// Adds a batch; returns the steps it completed, in time order.
-    pub fn push(&mut self, batch: &RecordBatch) -> Result<Vec<StepField>> {
+impl SourceColumns {
+    pub fn of(batch: &RecordBatch) -> Result<Self> {
         let column = |name: &str, to: &DataType| -> Result<_> {
             let array = batch
                 .column_by_name(name)
                 .ok_or_else(|| ForecastError::Source(format!("column '{name}' is missing")))?;
             cast(array, to).map_err(|e| ForecastError::Source(format!("column '{name}': {e}")))
         };
-        let time = column(
-            "valid_time",
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )?;
-        let lat = column("latitude", &DataType::Float64)?;
-        let lon = column("longitude", &DataType::Float64)?;
-        let t2m = column("t2m", &DataType::Float32)?;
-        let (time, lat, lon, t2m) = (
-            time.as_primitive::<TimestampMicrosecondType>(),
-            lat.as_primitive::<Float64Type>(),
-            lon.as_primitive::<Float64Type>(),
-            t2m.as_primitive::<Float32Type>(),
-        );
-        let cells = self.grid.cells();
+        Ok(Self {
+            time: column(
+                "valid_time",
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?
+            .as_primitive()
+            .clone(),
+            lat: column("latitude", &DataType::Float64)?
+                .as_primitive()
+                .clone(),
+            lon: column("longitude", &DataType::Float64)?
+                .as_primitive()
+                .clone(),
+            t2m: column("t2m", &DataType::Float32)?.as_primitive().clone(),
+        })
+    }
+
+    /// Row `row` as (valid time, latitude, longitude, t2m); t2m NaN where
+    /// NULL. A NULL time or coordinate is an error; a missing t2m is one
+    /// once the row is placed, naming its step and cell.
+    pub fn row(&self, row: usize) -> Result<(i64, f64, f64, f32)> {
+        let (time, lat, lon, t2m) = (&self.time, &self.lat, &self.lon, &self.t2m);
+        if time.is_null(row) || lat.is_null(row) || lon.is_null(row) {
+            return Err(ForecastError::Source(
+                "valid_time, latitude and longitude must not be NULL".into(),
+            ));
+        }
+        let value = if t2m.is_null(row) {
+            f32::NAN
+        } else {
+            t2m.value(row)
+        };
+        Ok((time.value(row), lat.value(row), lon.value(row), value))
+    }
+}
+
+/// A cell of a step given a second value (also after the step was whole).
+fn appears_twice(t: i64, y: f64, x: f64) -> ForecastError {
+    ForecastError::Grid(format!(
+        "step {}: the cell at latitude {y}, longitude {x} appears twice",
+        iso(t)
+    ))
+}
+
+/// A step's t2m that is NULL or not a number.
+fn missing_t2m(t: i64, y: f64, x: f64) -> ForecastError {
+    ForecastError::Step {
+        time: iso(t),
+        problem: format!(
+            "t2m is missing at latitude {y}, longitude {x}; the model needs complete fields"
+        ),
+    }
+}
+
+impl StepAssembler {
+    pub fn new(grid: ModelGrid) -> Self {
+        Self {
+            grid,
+            open: BTreeMap::new(),
+            done: HashSet::new(),
+        }
+    }
+
+    /// Adds a batch; returns the steps it completed, in time order.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<Vec<StepField>> {
+        let columns = SourceColumns::of(batch)?;
         let mut completed = Vec::new();
         for row in 0..batch.num_rows() {
-            if time.is_null(row) || lat.is_null(row) || lon.is_null(row) {
-                return Err(ForecastError::Source(
-                    "valid_time, latitude and longitude must not be NULL".into(),
-                ));
-            }
-            let (t, y, x) = (time.value(row), lat.value(row), lon.value(row));
-            let Some(cell) = self.grid.cell(y, x) else {
-                return Err(ForecastError::Grid(format!(
-                    "step {}: the cell at latitude {y}, longitude {x} is not on the model's grid {}; crop or coarsen the source query to that grid",
-                    iso(t),
-                    self.grid.describe()
-                )));
-            };
-            if t2m.is_null(row) || !t2m.value(row).is_finite() {
-                return Err(ForecastError::Step {
-                    time: iso(t),
-                    problem: format!(
-                        "t2m is missing at latitude {y}, longitude {x}; the model needs complete fields"
-                    ),
-                });
-            }
-            let partial = self.open.entry(t).or_insert_with(|| Partial {
-                values: vec![f32::NAN; cells],
-                filled: vec![false; cells],
-                count: 0,
-            });
-            if std::mem::replace(&mut partial.filled[cell], true) {
-                return Err(ForecastError::Grid(format!(
-                    "step {}: the cell at latitude {y}, longitude {x} appears twice",
-                    iso(t)
-                )));
-            }
-            partial.values[cell] = t2m.value(row);
-            partial.count += 1;
-            if partial.count == cells
-                && let Some(done) = self.open.remove(&t)
-            {
-                completed.push(StepField {
-                    time: t,
-                    values: done.values,
-                });
-            }
+            let (t, y, x, value) = columns.row(row)?;
+            self.place(t, y, x, value, &mut completed)?;
         }
         completed.sort_by_key(|s| s.time);
         Ok(completed)
+    }
+
+    /// Adds rows of (valid time, latitude, longitude, t2m), t2m NaN where
+    /// it is missing; returns the steps they completed, in time order.
+    pub fn push_rows(
+        &mut self,
+        rows: impl IntoIterator<Item = (i64, f64, f64, f32)>,
+    ) -> Result<Vec<StepField>> {
+        let mut completed = Vec::new();
+        for (t, y, x, value) in rows {
+            self.place(t, y, x, value, &mut completed)?;
+        }
+        completed.sort_by_key(|s| s.time);
+        Ok(completed)
+    }
+
+    /// Puts one value in its step's cell; a step it completes goes to `completed`.
+    fn place(
+        &mut self,
+        t: i64,
+        y: f64,
+        x: f64,
+        value: f32,
+        completed: &mut Vec<StepField>,
+    ) -> Result<()> {
+        let cells = self.grid.cells();
+        let Some(cell) = self.grid.cell(y, x) else {
+            return Err(ForecastError::Grid(format!(
+                "step {}: the cell at latitude {y}, longitude {x} is not on the model's grid {}; crop or coarsen the source query to that grid",
+                iso(t),
+                self.grid.describe()
+            )));
+        };
+        if !value.is_finite() {
+            return Err(missing_t2m(t, y, x));
+        }
+        if self.done.contains(&t) {
+            return Err(appears_twice(t, y, x));
+        }
+        let partial = self.open.entry(t).or_insert_with(|| Partial {
+            values: vec![f32::NAN; cells],
+            filled: vec![false; cells],
+            count: 0,
+        });
+        if std::mem::replace(&mut partial.filled[cell], true) {
+            return Err(appears_twice(t, y, x));
+        }
+        partial.values[cell] = value;
+        partial.count += 1;
+        if partial.count == cells
+            && let Some(done) = self.open.remove(&t)
+        {
+            self.done.insert(t);
+            completed.push(StepField {
+                time: t,
+                values: done.values,
+            });
+        }
+        Ok(())
     }
 
     /// Ends the input: any step still incomplete is an error.
@@ -230,6 +304,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("appears twice"), "{err}");
+        // A repeat after its step is whole is a repeat too, not a second
+        // step of the same time (it was, on a grid filled by one batch).
+        let whole = [
+            (0, 0.0, 10.0, Some(1.0)),
+            (0, 0.0, 11.0, Some(1.0)),
+            (0, 1.0, 10.0, Some(1.0)),
+            (0, 1.0, 11.0, Some(1.0)),
+        ];
+        let mut a = StepAssembler::new(grid());
+        assert_eq!(a.push(&batch(&whole)).unwrap().len(), 1);
+        let err = a.push(&batch(&whole[..1])).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "step 1970-01-01T00:00Z: the cell at latitude 0, longitude 10 appears twice"
+            ),
+            "{err}"
+        );
         let err = StepAssembler::new(grid())
             .push(&batch(&[(0, 0.0, 10.0, None)]))
             .unwrap_err()

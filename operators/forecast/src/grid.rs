@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Coordinates match when equal to a micro-degree (0.25° and 1° grids are
 /// exact in binary; reprojections may leave rounding).
-fn key(degrees: f64) -> i64 {
+pub(crate) fn key(degrees: f64) -> i64 {
     (degrees * 1e6).round() as i64
 }
 
@@ -112,49 +112,9 @@ impl ModelGrid {
     }
 }
 
-/// The distinct coordinates of rows as they stream by, for a grid built
-/// once they all have: a few hundred values however many rows there are,
-/// where keeping every row's coordinates for [`ModelGrid::from_coordinates`]
-/// would take 16 bytes a row.
-#[derive(Debug, Default)]
-pub struct CoordinatesSeen {
-    latitude: HashMap<i64, f64>,
-    longitude: HashMap<i64, f64>,
-}
-
-impl CoordinatesSeen {
-    pub fn add(&mut self, latitude: f64, longitude: f64) {
-        // The first value seen for a key, as `from_coordinates` keeps.
-        self.latitude.entry(key(latitude)).or_insert(latitude);
-        self.longitude.entry(key(longitude)).or_insert(longitude);
-    }
-
-    /// The grid of every coordinate added.
-    pub fn grid(&self) -> ModelGrid {
-        ModelGrid::from_coordinates(
-            self.latitude.values().copied(),
-            self.longitude.values().copied(),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Coordinates kept as they stream by make the grid that all of them
-    /// at once make: repeats, and values one rounding apart (the first kept).
-    #[test]
-    fn coordinates_seen_make_the_grid_of_all_rows() {
-        let rows = [(7.0, 191.0), (8.0, 190.0), (7.0, 191.0), (9.0, 191.0000001)];
-        let mut seen = CoordinatesSeen::default();
-        for (lat, lon) in rows {
-            seen.add(lat, lon);
-        }
-        let all = ModelGrid::from_coordinates(rows.map(|r| r.0), rows.map(|r| r.1));
-        assert_eq!(seen.grid(), all);
-        assert_eq!(all.describe(), "3×2 (latitude 9…7, longitude 190…191)");
-    }
 
     #[test]
     fn cells_are_found_by_coordinate_in_era5_order() {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod exec;
 pub mod features;
 pub mod grid;
+pub mod held;
 pub mod model;
 pub mod pairs;
 pub mod resume;
