@@ -376,6 +376,29 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         kept,
         "the kept model changed"
     );
+    // A source query that repeats its rows gives every cell of a step
+    // twice: training and a run into a new table refuse it, naming the step
+    // and the cell. (Training took each pair twice, and a run forecast each
+    // step twice, once the first copy had made the step whole.)
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude, t2m FROM era5 \
+         UNION ALL SELECT valid_time, latitude, longitude, t2m FROM era5",
+    )
+    .unwrap();
+    for args in [
+        ["train", "--config", c, "--out", m],
+        ["run", "--config", c, "--output", f],
+    ] {
+        fails_with(
+            &args,
+            &[
+                "source rows do not fit the model grid: step 2020-",
+                "appears twice",
+            ],
+        );
+    }
+    assert!(!model.parent().unwrap().exists());
     // A source query without t2m.
     std::fs::write(
         dir.path().join("source.sql"),
