@@ -6,6 +6,7 @@
 //! a missing t2m, or a step still incomplete at the end of the input is an
 //! error that says which step and what is wrong.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
 use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
@@ -182,14 +183,16 @@ impl StepAssembler {
         if !value.is_finite() {
             return Err(missing_t2m(t, y, x));
         }
-        if self.done.contains(&t) {
-            return Err(appears_twice(t, y, x));
-        }
-        let partial = self.open.entry(t).or_insert_with(|| Partial {
-            values: vec![f32::NAN; cells],
-            filled: vec![false; cells],
-            count: 0,
-        });
+        let partial = match self.open.entry(t) {
+            Entry::Occupied(open) => open.into_mut(),
+            // A step already whole takes no more rows.
+            Entry::Vacant(_) if self.done.contains(&t) => return Err(appears_twice(t, y, x)),
+            Entry::Vacant(new) => new.insert(Partial {
+                values: vec![f32::NAN; cells],
+                filled: vec![false; cells],
+                count: 0,
+            }),
+        };
         if std::mem::replace(&mut partial.filled[cell], true) {
             return Err(appears_twice(t, y, x));
         }
