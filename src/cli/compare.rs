@@ -105,7 +105,7 @@ pub async fn run(b: Benchmark) -> Result<()> {
     for c in &contenders {
         pipeline.check_training_fits(&c.method, memory)?;
     }
-    check_spans_fit(&b)?;
+    check_memory_fits(&b)?;
     super::output::make_dir(&b.work, "--work")?;
     let train_dir = b.work.join(format!("train-seed1-{}steps", b.train_steps));
     let test_dir = b.work.join(format!("test-seed0-{}steps", b.test_steps));
@@ -274,29 +274,49 @@ fn check_options(b: &Benchmark) -> Result<Vec<Contender>> {
     Ok(contenders)
 }
 
-/// Every step of a span is read into memory once written (`read_steps`),
-/// and its reading would stop at the query memory limit: a span that cannot
-/// fit is refused before gigabytes of it are written.
-fn check_spans_fit(b: &Benchmark) -> Result<()> {
+/// What eval holds, checked before anything is written: every step of a
+/// span is read into memory (`read_steps`, which would stop at the query
+/// memory limit once gigabytes of it were written), and every sample of a
+/// held-out step is kept for CRPS (M × N × cells × 4 bytes, 4.2 GB at
+/// [`MAX_DRAWS_PER_CELL`]). Either past the limit is refused here.
+fn check_memory_fits(b: &Benchmark) -> Result<()> {
     let limit = memory::limit_bytes().map_err(anyhow::Error::msg)?;
+    let too_much = |what: String, needed: u64| {
+        anyhow::anyhow!(
+            "{what} takes about {}, more than the {} eval may hold here ({}, default half of \
+             the memory)",
+            memory::amount(needed),
+            memory::amount(limit),
+            memory::LIMIT_VAR
+        )
+    };
+    let mut cells = 0;
     for (flag, steps, start) in [
         ("--train-steps", b.train_steps, TRAIN_START),
         ("--test-steps", b.test_steps, TEST_START),
     ] {
         let synth = SynthArgs::new(b.work.clone(), start, steps, 0, vec![]);
-        let cells = synth.config()?.grid.cells() as u64;
+        cells = synth.config()?.grid.cells() as u64;
         let needed = (steps as u64)
             .saturating_mul(cells)
             .saturating_mul(SOURCE_ROW_BYTES);
         if needed > limit {
-            bail!(
-                "{flag} {steps}: reading {steps} steps of {cells} cells takes about {}, more \
-                 than the {} a query may hold here ({}, default half of the memory)",
-                memory::amount(needed),
-                memory::amount(limit),
-                memory::LIMIT_VAR
-            );
+            return Err(too_much(
+                format!("{flag} {steps}: reading {steps} steps of {cells} cells"),
+                needed,
+            ));
         }
+    }
+    let draws = b.members.saturating_mul(b.samples) as u64;
+    let needed = draws.saturating_mul(cells).saturating_mul(4);
+    if needed > limit {
+        return Err(too_much(
+            format!(
+                "--m {} --n {}: keeping {draws} samples of each of {cells} cells",
+                b.members, b.samples
+            ),
+            needed,
+        ));
     }
     Ok(())
 }

@@ -304,9 +304,28 @@ fn eval_compares_hyperdm_with_the_baselines() {
     assert!(
         err.contains(
             "--test-steps 5000: reading 5000 steps of 10395 cells takes about 1.2 GB, \
-             more than the 1.0 GB a query may hold here (UQCAST_QUERY_MEMORY_GB"
+             more than the 1.0 GB eval may hold here (UQCAST_QUERY_MEMORY_GB"
         ),
         "{err}"
     );
     assert!(!fresh.exists(), "a refused span wrote {}", fresh.display());
+    // So are more samples of a step than it may keep: 30,000 × 10,395
+    // cells × 4 bytes.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .env("UQCAST_QUERY_MEMORY_GB", "1")
+        .args(["eval", "--config", config.to_str().unwrap(), "--work"])
+        .arg(&fresh)
+        .args(["--m", "300", "--n", "100"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "--m 300 --n 100: keeping 30000 samples of each of 10395 cells takes about 1.2 GB, \
+             more than the 1.0 GB eval may hold here"
+        ),
+        "{err}"
+    );
+    assert!(!fresh.exists(), "a refused eval wrote {}", fresh.display());
 }
