@@ -831,6 +831,9 @@ fn s3_damaged_parquet_objects_are_named() {
     crate::pipeline_errors::damage_column(&paged, "latitude");
     server.put("a.parquet", "pages", &bytes);
     server.put("b.parquet", "pages", &std::fs::read(&paged).unwrap());
+    // A second damaged object after it: the objects are judged a few at
+    // a time, and the first damaged in listing order is the one named.
+    server.put("c.parquet", "pages", &std::fs::read(&paged).unwrap());
     server.put("a.parquet", "schema", &with_damaged_arrow_schema(&sound));
     let panics = crate::sql::with_schema_that_panics(&sound);
     server.put("a.parquet", "decoder", &panics);

@@ -6,8 +6,8 @@
 //! at registration. Each object's footer is checked first, with one ranged
 //! read of its last 8 bytes. After a registration or a query fails with
 //! an error only a damaged object explains (DataFusion names the table's
-//! location, or nothing), the objects are read again one by one to name
-//! the first that does not read.
+//! location, or nothing), the objects are read again, a few at a time, to
+//! name the first that does not read.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -59,11 +59,15 @@ async fn check_footer(
     }
 }
 
+/// Whole objects read at once while looking for a damaged one: the search
+/// waits on round trips, and an object is held whole until judged, so few.
+const PARALLEL_OBJECTS: usize = 4;
+
 /// The URL of the first object of the Parquet table at `location` that
 /// `judge` finds damaged ([`footers::unreadable`] for its metadata,
 /// [`footers::undecodable`] for every page), with why. `None` when none
 /// is, or the location is not a Parquet table. Reads the objects whole,
-/// one at a time: only after a failure.
+/// [`PARALLEL_OBJECTS`] at a time, in listing order: only after a failure.
 pub async fn first_damaged(
     location: &S3Location,
     judge: fn(Bytes) -> Option<String>,
@@ -76,21 +80,28 @@ pub async fn first_damaged(
     {
         return None;
     }
-    for meta in named {
+    let store = store.as_ref();
+    let verdicts = futures::stream::iter(named).map(|meta| async move {
         let url = location.url(meta.location.as_ref());
         let fetched = match store.get(&meta.location).await {
             Ok(object) => object.bytes().await,
             Err(e) => Err(e),
         };
-        let bytes = match fetched {
-            Ok(bytes) => bytes,
-            Err(e) => return Some((url, e.to_string())),
+        let cause = match fetched {
+            Err(e) => Some(e.to_string()),
+            Ok(bytes) => match tokio::task::spawn_blocking(move || judge(bytes)).await {
+                Ok(cause) => cause,
+                Err(e) => Some(e.to_string()),
+            },
         };
-        let decoded = tokio::task::spawn_blocking(move || judge(bytes)).await;
-        match decoded {
-            Ok(None) => continue,
-            Ok(Some(cause)) => return Some((url, cause)),
-            Err(e) => return Some((url, e.to_string())),
+        cause.map(|cause| (url, cause))
+    });
+    // In listing order, so the object named is the first damaged one
+    // whatever finishes first; the search stops there.
+    let mut verdicts = std::pin::pin!(verdicts.buffered(PARALLEL_OBJECTS));
+    while let Some(verdict) = verdicts.next().await {
+        if verdict.is_some() {
+            return verdict;
         }
     }
     None
