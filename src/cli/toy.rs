@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use uqcast_forecast::model::{MAX_MEMBERS, MAX_SAMPLES};
 use uqcast_hyperdm::toy::{ToyData, ToySettings, grid, run};
 use uqcast_hyperdm::{Prediction, Progress, Sampler, default_device};
 
@@ -203,6 +204,22 @@ fn check(settings: &ToySettings, args: &ToyArgs) -> Result<()> {
             "n",
             &settings.samples,
             "must be at least 2 (AU is a variance over samples)",
+        )?;
+    }
+    // The forecast's bounds: time grows with M × N, so a mistyped count is
+    // refused at once (M = 10⁸ was taken, and its members sampled one by one).
+    if settings.members > MAX_MEMBERS {
+        bad(
+            "m",
+            &settings.members,
+            &format!("must be at most {MAX_MEMBERS} (each member is a network drawn and sampled)"),
+        )?;
+    }
+    if settings.samples > MAX_SAMPLES {
+        bad(
+            "n",
+            &settings.samples,
+            &format!("must be at most {MAX_SAMPLES} samples per member"),
         )?;
     }
     if args.common.epochs.is_none() && settings.train.iterations == 0 {

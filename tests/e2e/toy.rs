@@ -65,6 +65,9 @@ fn toy_rejects_bad_options() {
         ("final-lr-fraction", "1.5"),
         ("m", "0"),
         ("n", "1"),
+        // A mistyped count: 10⁸ members were taken, and sampled one by one.
+        ("m", "100000000"),
+        ("n", "102401"),
         ("iterations", "0"),
         ("epochs", "0"),
         ("lr", "nan"),
