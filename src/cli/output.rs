@@ -126,6 +126,12 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
         .context("output path has no file name")?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp.parquet", std::process::id()));
+    // Created here first, so a place that cannot be written fails in the
+    // OS's words before the query runs. DataFusion's local writer cannot
+    // tell it: where creating a file there fails with "not found" although
+    // the directory exists (/proc), it retried without end at full CPU.
+    std::fs::File::create(&tmp)
+        .with_context(|| format!("{}: cannot write the result", path.display()))?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
     let written = df
         .write_parquet(&tmp.display().to_string(), options, None)

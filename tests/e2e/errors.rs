@@ -449,4 +449,20 @@ fn bad_synth_and_sql_options_and_existing_output_survives() {
         ],
     );
     assert!(!csv.exists());
+    // A place that cannot be written fails in the OS's words before the
+    // query runs. In /proc, DataFusion's local writer retried creating its
+    // file without end at full CPU (exit 124 here: `timeout` ended it).
+    let o = Command::new("timeout")
+        .args(["60", env!("CARGO_BIN_EXE_uqcast"), "sql", "SELECT 1 AS a"])
+        .args(["--output", "/proc/uqcast-result.parquet"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "/proc/uqcast-result.parquet: cannot write the result: No such file or directory"
+        ),
+        "{err}"
+    );
 }

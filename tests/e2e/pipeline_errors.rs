@@ -376,29 +376,46 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         kept,
         "the kept model changed"
     );
+    // Commands that say what they start on and then fail: exit 1, no
+    // panic, and the error on the last line.
+    let ends_with_error = |args: &[&str], needles: &[&str]| {
+        let o = uqcast(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(needles.iter().all(|n| last.contains(n)), "{args:?}: {err}");
+    };
+    // A model that cannot be written stops training before its first
+    // update, naming the folder its partial checkpoints go to (it failed a
+    // tenth of the way in, as "training data: …").
+    let unwritable = "/proc/uqcast-model.safetensors";
+    ends_with_error(
+        &["train", "--config", c, "--out", unwritable],
+        &[&format!(
+            "{unwritable}.partial: cannot keep the partial model (resumable training) there: \
+             No such file or directory"
+        )],
+    );
     // A source query that repeats its rows gives every cell of a step
     // twice: training and a run into a new table refuse it, naming the step
     // and the cell. (Training took each pair twice, and a run forecast each
-    // step twice, once the first copy had made the step whole.)
+    // step twice, once the first copy had made the step whole.) The run
+    // keeps the steps it wrote before the first repeat arrived, which the
+    // union's order decides.
     std::fs::write(
         dir.path().join("source.sql"),
         "SELECT valid_time, latitude, longitude, t2m FROM era5 \
          UNION ALL SELECT valid_time, latitude, longitude, t2m FROM era5",
     )
     .unwrap();
-    for args in [
-        ["train", "--config", c, "--out", m],
-        ["run", "--config", c, "--output", f],
-    ] {
-        fails_with(
-            &args,
-            &[
-                "source rows do not fit the model grid: step 2020-",
-                "appears twice",
-            ],
-        );
-    }
+    let repeats = [
+        "source rows do not fit the model grid: step 2020-",
+        "appears twice",
+    ];
+    fails_with(&["train", "--config", c, "--out", m], &repeats);
     assert!(!model.parent().unwrap().exists());
+    ends_with_error(&["run", "--config", c, "--output", f], &repeats);
     // A source query without t2m.
     std::fs::write(
         dir.path().join("source.sql"),

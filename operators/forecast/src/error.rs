@@ -29,6 +29,11 @@ pub enum ForecastError {
     Step { time: String, problem: String },
     #[error("training data: {0}")]
     Training(String),
+    #[error("{path}: cannot keep the partial model (resumable training) there: {source}")]
+    Partial {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Hyperdm(#[from] uqcast_hyperdm::HyperdmError),
 }

@@ -512,6 +512,7 @@ pub fn train(
             (fresh, optimizer, 0.0)
         }
     };
+    resume::prepare(&partial, &fingerprint)?;
     let seconds = |spent: f64| spent + started.elapsed().as_secs_f64();
     let iterations = settings.train.iterations;
     let every = (iterations / 10).max(1);

@@ -78,6 +78,18 @@ fn complete_pairs(folder: &Path) -> Vec<(u64, PathBuf)> {
     pairs
 }
 
+/// Makes the folder and writes the data's fingerprint into it: done before
+/// the first update, so a place that cannot be written stops a training
+/// before it computes, not a tenth of the way in.
+pub fn prepare(folder: &Path, fingerprint: &str) -> Result<()> {
+    let keep = |source| ForecastError::Partial {
+        path: folder.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(folder).map_err(keep)?;
+    std::fs::write(folder.join(FINGERPRINT), fingerprint).map_err(keep)
+}
+
 /// Writes the partial checkpoint after update `optimizer.step`, then
 /// removes the older ones.
 pub fn save(
@@ -88,9 +100,7 @@ pub fn save(
     train: &TrainConfig,
     data: serde_json::Value,
 ) -> Result<()> {
-    let io = |e: std::io::Error| ForecastError::Training(format!("{}: {e}", folder.display()));
-    std::fs::create_dir_all(folder).map_err(io)?;
-    std::fs::write(folder.join(FINGERPRINT), fingerprint).map_err(io)?;
+    prepare(folder, fingerprint)?;
     let path = pair(folder, optimizer.step);
     checkpoint::save(&path, model, optimizer, train, data).map_err(|source| {
         ForecastError::Model {
