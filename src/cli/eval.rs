@@ -106,8 +106,10 @@ impl ScienceReport {
                     self.au_correlation
                 ),
             ),
+            // Without OOD cells there is nothing for EU to find: not
+            // checked, rather than failed as a NaN AUROC.
             (
-                self.eu_auroc >= TARGET_EU_AUROC,
+                self.ood_cells == 0 || self.eu_auroc >= TARGET_EU_AUROC,
                 format!("EU AUROC {:.3} < {TARGET_EU_AUROC}", self.eu_auroc),
             ),
             (
@@ -364,10 +366,20 @@ pub async fn science(forecast: &Path, data: &Path) -> Result<ScienceReport> {
 pub fn render(r: &ScienceReport) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let [au, eu, rmse] = r.targets().map(|(met, _)| met);
+    let eu_line = if r.ood_cells == 0 {
+        "EU separates OOD cells: not checked, these data hold none (uqcast synth --ood makes some)"
+            .to_string()
+    } else {
+        format!(
+            "EU separates OOD cells: AUROC {:.3} (target ≥ {TARGET_EU_AUROC}: {})",
+            r.eu_auroc,
+            verdict(eu)
+        )
+    };
     format!(
         "forecast steps {} ({} in distribution with a truth step), OOD cells {}\n\
          AU vs true noise variance: correlation {:.3} (target ≥ {TARGET_AU_CORRELATION}: {}), mean ratio {:.2} (1 = calibrated)\n\
-         EU separates OOD cells: AUROC {:.3} (target ≥ {TARGET_EU_AUROC}: {})\n\
+         {eu_line}\n\
          RMSE of t2m_mean {:.3} K vs persistence {:.3} K ({})\n\
          spread–skill √mean(AU+EU)/RMSE {:.2} (1 = calibrated)",
         r.forecast_steps,
@@ -376,8 +388,6 @@ pub fn render(r: &ScienceReport) -> String {
         r.au_correlation,
         verdict(au),
         r.au_mean_ratio,
-        r.eu_auroc,
-        verdict(eu),
         r.rmse_mean,
         r.rmse_persistence,
         verdict(rmse),
@@ -456,5 +466,16 @@ mod tests {
         assert_eq!(report(0.9, 0.85, 1.0).missed(), ["EU AUROC 0.850 < 0.9"]);
         // A NaN correlation (no truth cells) is not a pass.
         assert_eq!(report(f64::NAN, 0.95, 1.0).missed().len(), 1);
+        // Data without OOD cells leave EU unchecked, not failed, and say so.
+        let mut none = report(0.9, f64::NAN, 1.0);
+        assert_eq!(none.missed(), ["EU AUROC NaN < 0.9"]);
+        none.ood_cells = 0;
+        assert!(none.missed().is_empty());
+        assert!(
+            super::render(&none)
+                .contains("EU separates OOD cells: not checked, these data hold none"),
+            "{}",
+            super::render(&none)
+        );
     }
 }
