@@ -288,44 +288,37 @@ fn eval_compares_hyperdm_with_the_baselines() {
             fresh.display()
         );
     }
-    // A span whose rows could not be read into the memory a query may hold
-    // (here 1 GB) is refused before any of it is written. Before, 100,000
-    // steps were written (2.7 GB), then read until the kernel killed the
-    // process.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
-        .env("UQCAST_QUERY_MEMORY_GB", "1")
-        .args(["eval", "--config", config.to_str().unwrap(), "--work"])
-        .arg(&fresh)
-        .args(["--test-steps", "5000"])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(
-            "--test-steps 5000: reading 5000 steps of 10395 cells takes about 1.2 GB, \
-             more than the 1.0 GB eval may hold here (UQCAST_QUERY_MEMORY_GB"
+    // With 1 GB for eval to hold, refused before anything is written: a
+    // span whose rows would not fit (100,000 steps were written, 2.7 GB,
+    // then read until the kernel killed the process), and more samples of a
+    // step than it can keep (30,000 × 10,395 cells × 4 bytes; N is 100).
+    for (option, value, says) in [
+        (
+            "--test-steps",
+            "5000",
+            "--test-steps 5000: reading 5000 steps of 10395 cells takes about 1.2 GB",
         ),
-        "{err}"
-    );
-    assert!(!fresh.exists(), "a refused span wrote {}", fresh.display());
-    // So are more samples of a step than it may keep: 30,000 × 10,395
-    // cells × 4 bytes.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
-        .env("UQCAST_QUERY_MEMORY_GB", "1")
-        .args(["eval", "--config", config.to_str().unwrap(), "--work"])
-        .arg(&fresh)
-        .args(["--m", "300", "--n", "100"])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(
-            "--m 300 --n 100: keeping 30000 samples of each of 10395 cells takes about 1.2 GB, \
-             more than the 1.0 GB eval may hold here"
+        (
+            "--m",
+            "300",
+            "--m 300 --n 100: keeping 30000 samples of each of 10395 cells takes about 1.2 GB",
         ),
-        "{err}"
-    );
-    assert!(!fresh.exists(), "a refused eval wrote {}", fresh.display());
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .env("UQCAST_QUERY_MEMORY_GB", "1")
+            .args(["eval", "--config", config.to_str().unwrap(), "--work"])
+            .arg(&fresh)
+            .args([option, value])
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let limit = ", more than the 1.0 GB eval may hold here (UQCAST_QUERY_MEMORY_GB";
+        assert!(err.contains(&format!("{says}{limit}")), "{err}");
+        assert!(
+            !fresh.exists(),
+            "{option} {value} wrote {}",
+            fresh.display()
+        );
+    }
 }

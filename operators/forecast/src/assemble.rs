@@ -226,7 +226,7 @@ impl StepAssembler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float32Array, Float64Array, TimestampMicrosecondArray};
@@ -234,14 +234,16 @@ mod tests {
 
     use super::*;
 
-    fn batch(rows: &[(i64, f64, f64, Option<f32>)]) -> RecordBatch {
+    /// Source rows (valid time, latitude, longitude, t2m) as a batch;
+    /// latitude may be NULL in batches built on its schema.
+    pub(crate) fn batch(rows: &[(i64, f64, f64, Option<f32>)]) -> RecordBatch {
         let schema = Schema::new(vec![
             Field::new(
                 "valid_time",
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                 false,
             ),
-            Field::new("latitude", DataType::Float64, false),
+            Field::new("latitude", DataType::Float64, true),
             Field::new("longitude", DataType::Float64, false),
             Field::new("t2m", DataType::Float32, true),
         ]);

@@ -139,34 +139,9 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float32Array, Float64Array, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
-
-    fn batch(rows: &[(i64, f64, f64, Option<f32>)]) -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new(
-                "valid_time",
-                DataType::Timestamp(TimeUnit::Microsecond, None),
-                false,
-            ),
-            Field::new("latitude", DataType::Float64, true),
-            Field::new("longitude", DataType::Float64, false),
-            Field::new("t2m", DataType::Float32, true),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(TimestampMicrosecondArray::from_iter_values(
-                    rows.iter().map(|r| r.0),
-                )),
-                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
-                Arc::new(rows.iter().map(|r| r.3).collect::<Float32Array>()),
-            ],
-        )
-        .unwrap()
-    }
+    use crate::assemble::tests::batch;
 
     /// Rows in any order, steps split across batches and batches holding
     /// several steps: the grid of all their coordinates (a value one
@@ -225,7 +200,7 @@ mod tests {
         let nulls = RecordBatch::try_new(
             batch(&[]).schema(),
             vec![
-                Arc::new(TimestampMicrosecondArray::from_iter_values([0])),
+                Arc::new(TimestampMicrosecondArray::from_iter_values([0]).with_timezone("UTC")),
                 Arc::new(Float64Array::from(vec![None::<f64>])),
                 Arc::new(Float64Array::from_iter_values([10.0])),
                 Arc::new(Float32Array::from_iter_values([1.0])),
