@@ -25,6 +25,9 @@ pub struct HeldRows {
     longitudes: Distinct,
     /// One per batch, each allocated to its size.
     chunks: Vec<Chunk>,
+    /// What the chunks take, kept as they come (a sum over them per batch
+    /// would grow with the square of a long span's steps).
+    chunk_bytes: usize,
     rows: usize,
 }
 
@@ -59,6 +62,15 @@ struct Chunk {
     times: Vec<(i64, u32)>,
 }
 
+impl Chunk {
+    /// The memory its rows take (its own fields are counted with the list
+    /// of chunks).
+    fn bytes(&self) -> usize {
+        (self.latitude.capacity() + self.longitude.capacity() + self.t2m.capacity()) * 4
+            + self.times.capacity() * size_of::<(i64, u32)>()
+    }
+}
+
 impl HeldRows {
     /// Holds a batch's rows; a NULL time or coordinate is an error here, a
     /// missing t2m once its row is placed (naming its step and cell).
@@ -82,6 +94,7 @@ impl HeldRows {
             }
         }
         chunk.times.shrink_to_fit();
+        self.chunk_bytes += chunk.bytes();
         self.chunks.push(chunk);
         self.rows += n;
         Ok(())
@@ -94,16 +107,10 @@ impl HeldRows {
     /// The memory the held rows take.
     pub fn bytes(&self) -> usize {
         let distinct = |d: &Distinct| d.values.capacity() * 8 + d.index.capacity() * 16;
-        let chunk = |c: &Chunk| {
-            c.latitude.capacity() * 4
-                + c.longitude.capacity() * 4
-                + c.t2m.capacity() * 4
-                + c.times.capacity() * 16
-                + size_of::<Chunk>()
-        };
         distinct(&self.latitudes)
             + distinct(&self.longitudes)
-            + self.chunks.iter().map(chunk).sum::<usize>()
+            + self.chunks.capacity() * size_of::<Chunk>()
+            + self.chunk_bytes
     }
 
     /// The grid of every coordinate held, and the rows assembled into whole
