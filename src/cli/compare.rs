@@ -290,13 +290,13 @@ fn check_memory_fits(b: &Benchmark) -> Result<()> {
             memory::LIMIT_VAR
         )
     };
-    let mut cells = 0;
-    for (flag, steps, start) in [
-        ("--train-steps", b.train_steps, TRAIN_START),
-        ("--test-steps", b.test_steps, TEST_START),
+    // Both spans are written on the synthetic data's default grid.
+    let synth = SynthArgs::new(b.work.clone(), TRAIN_START, b.train_steps, 0, vec![]);
+    let cells = synth.config()?.grid.cells() as u64;
+    for (flag, steps) in [
+        ("--train-steps", b.train_steps),
+        ("--test-steps", b.test_steps),
     ] {
-        let synth = SynthArgs::new(b.work.clone(), start, steps, 0, vec![]);
-        cells = synth.config()?.grid.cells() as u64;
         let needed = (steps as u64)
             .saturating_mul(cells)
             .saturating_mul(SOURCE_ROW_BYTES);
