@@ -1,7 +1,7 @@
 //! Writing query results: a pretty table, CSV, JSON lines, or a Parquet file.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
@@ -111,8 +111,46 @@ pub async fn print(df: DataFrame, format: Format) -> Result<()> {
     Ok(())
 }
 
-/// Writes the result to one Parquet file, atomically: a temporary file in
-/// the same directory is renamed over `path` only once complete.
+/// A file written under a hidden name beside its destination and renamed
+/// over it once complete, so a failed write leaves neither a partial file
+/// nor the old one half overwritten. The hidden file is created first: a
+/// place that cannot be written fails in the OS's words before any work,
+/// not in a writer's (an image encoder nested the error; DataFusion's local
+/// writer, where creating a file fails with "not found" although the
+/// directory exists, as in /proc, retried without end at full CPU).
+pub struct WrittenBeside<'a> {
+    pub tmp: PathBuf,
+    out: &'a Path,
+    what: &'static str,
+}
+
+impl<'a> WrittenBeside<'a> {
+    /// `what` names the file in errors: "image", "result".
+    pub fn create(out: &'a Path, what: &'static str) -> Result<Self> {
+        // `.NAME.PID.tmp.EXT` beside `out`: the extension kept, since it
+        // picks the image format.
+        let name = out.file_name().unwrap_or_default().to_string_lossy();
+        let ext = out.extension().unwrap_or_default().to_string_lossy();
+        let tmp = out.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()));
+        std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot write the {what}", out.display()))?;
+        Ok(Self { tmp, out, what })
+    }
+
+    /// Renames the hidden file over the destination if `written` is Ok;
+    /// else removes it and returns the error.
+    pub fn finish(self, written: Result<()>) -> Result<()> {
+        let (out, what) = (self.out.display(), self.what);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e).with_context(|| format!("{out}: writing the {what}"));
+        }
+        std::fs::rename(&self.tmp, self.out)
+            .with_context(|| format!("{out}: cannot move the finished {what} into place"))
+    }
+}
+
+/// Writes the result to one Parquet file, atomically ([`WrittenBeside`]).
 pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
     let dir = path
         .parent()
@@ -121,29 +159,11 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
     if !dir.is_dir() {
         anyhow::bail!("{}: output directory does not exist", dir.display());
     }
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp.parquet", std::process::id()));
-    // Created here first, so a place that cannot be written fails in the
-    // OS's words before the query runs. DataFusion's local writer cannot
-    // tell it: where creating a file there fails with "not found" although
-    // the directory exists (/proc), it retried without end at full CPU.
-    std::fs::File::create(&tmp)
-        .with_context(|| format!("{}: cannot write the result", path.display()))?;
+    path.file_name().context("output path has no file name")?;
+    let file = WrittenBeside::create(path, "result")?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
     let written = df
-        .write_parquet(&tmp.display().to_string(), options, None)
+        .write_parquet(&file.tmp.display().to_string(), options, None)
         .await;
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: writing Parquet", path.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "{}: cannot move the finished file into place",
-            path.display()
-        )
-    })
+    file.finish(written.map(drop).map_err(Into::into))
 }

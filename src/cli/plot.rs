@@ -10,6 +10,7 @@ use datafusion::arrow::array::RecordBatch;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::output::WrittenBeside;
 use crate::session::{TableArg, f64_column, footers, new_context, register_tables};
 
 #[derive(Debug, Args)]
@@ -304,13 +305,7 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
     }
     register_font()?;
     let title = format!("t2m forecast valid {}", uqcast_forecast::error::iso(t));
-    // Drawn into a hidden file beside --out and renamed over it once
-    // written, so a failed plot leaves neither a partial image nor the old
-    // one half overwritten. Creating it first reports a place that cannot
-    // be written in the OS's words, not the image encoder's.
-    let tmp = hidden_beside(out);
-    std::fs::File::create(&tmp)
-        .with_context(|| format!("{}: cannot write the image", out.display()))?;
+    let file = WrittenBeside::create(out, "image")?;
     let layers = [
         Layer {
             title: "predictive mean",
@@ -333,25 +328,8 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
             values: eu,
         },
     ];
-    let drawn = paint(&tmp, &title, &layers, &cells, spacing, &tiles);
-    if let Err(e) = drawn {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: writing the image", out.display()));
-    }
-    std::fs::rename(&tmp, out).with_context(|| {
-        format!(
-            "{}: cannot move the finished image into place",
-            out.display()
-        )
-    })
-}
-
-/// `.NAME.PID.tmp.EXT` in `out`'s directory: the extension kept, since it
-/// picks the image format.
-fn hidden_beside(out: &Path) -> PathBuf {
-    let name = out.file_name().unwrap_or_default().to_string_lossy();
-    let ext = out.extension().unwrap_or_default().to_string_lossy();
-    out.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+    let drawn = paint(&file.tmp, &title, &layers, &cells, spacing, &tiles);
+    file.finish(drawn)
 }
 
 /// The four maps into the image file `file`; the last outlines `tiles`.

@@ -9,7 +9,7 @@ use clap::Args;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::StreamExt;
 use uqcast_forecast::assemble::check_source_columns;
-use uqcast_forecast::held::HeldRows;
+use uqcast_forecast::held::{self, HeldRows};
 use uqcast_forecast::{ModelGrid, StepField};
 
 use crate::job::{empty_source, source_sql};
@@ -43,9 +43,9 @@ pub struct TrainArgs {
 /// its normalised copy and its change target (`PairData`), 4 bytes each.
 const FIELD_BYTES_PER_ROW: usize = 12;
 
-/// What one source row takes, held ([`HeldRows`], 12 bytes) and then as
-/// training's fields, for checks made before anything is read.
-pub const SOURCE_ROW_BYTES: u64 = 12 + FIELD_BYTES_PER_ROW as u64;
+/// What one source row takes, held ([`HeldRows`]) and then as training's
+/// fields, for checks made before anything is read.
+pub const SOURCE_ROW_BYTES: u64 = held::BYTES_PER_ROW + FIELD_BYTES_PER_ROW as u64;
 
 /// Reads every step the source query returns; the grid is the set of
 /// coordinates seen, and every step must cover all of it.

@@ -18,6 +18,10 @@ use crate::error::{ForecastError, Result};
 use crate::grid::{ModelGrid, key};
 use crate::pairs::StepField;
 
+/// What a held row takes: two coordinate indices and its t2m, 4 bytes each
+/// (its time is kept once per run of rows).
+pub const BYTES_PER_ROW: u64 = 12;
+
 /// Rows as they stream by, for [`HeldRows::into_steps`] once they all have.
 #[derive(Debug, Default)]
 pub struct HeldRows {
@@ -175,7 +179,7 @@ mod tests {
             held.push(b).unwrap();
         }
         assert_eq!(held.rows(), 8);
-        assert!(held.bytes() >= 8 * 12, "{}", held.bytes());
+        assert!(held.bytes() as u64 >= 8 * BYTES_PER_ROW, "{}", held.bytes());
         let (grid, steps) = held.into_steps().unwrap();
         assert_eq!(grid, ModelGrid::new(vec![1.0, 0.0], vec![10.0, 11.0]));
         let mut assembler = StepAssembler::new(grid);
