@@ -267,7 +267,59 @@ fn not_netcdf() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("notes.nc");
     std::fs::write(&f, "just text").unwrap();
-    sql_over(&f, "SELECT 1", &["notes.nc", "cannot open as NetCDF"]);
+    sql_over(
+        &f,
+        "SELECT 1",
+        &["notes.nc", "cannot open as NetCDF (text, not NetCDF"],
+    );
+
+    // The CDS's download of a request that yields several files: a ZIP
+    // archive of NetCDF files, named as a file and found in a folder.
+    let nc = dir.path().join("synth");
+    crate::synth(&nc, 2, "nc4", &[]);
+    let zipped = dir.path().join("download.zip");
+    {
+        let mut archive = zip::ZipWriter::new(std::fs::File::create(&zipped).unwrap());
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        archive
+            .start_file("data_stream-oper_stepType-instant.nc", stored)
+            .unwrap();
+        let data = std::fs::read_dir(&nc)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "nc"))
+            .unwrap();
+        std::io::Write::write_all(&mut archive, &std::fs::read(data).unwrap()).unwrap();
+        archive.finish().unwrap();
+    }
+    sql_over(
+        &zipped,
+        "SELECT 1",
+        &["download.zip", "a ZIP archive", "unzip it"],
+    );
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    std::fs::copy(&zipped, downloads.join("2020-01.zip")).unwrap();
+    std::fs::write(downloads.join("2020-02.grib"), b"GRIB\x00\x00\x42\x01").unwrap();
+    sql_over(
+        &downloads,
+        "SELECT 1",
+        &[
+            "no NetCDF files",
+            "1 .zip file(s)",
+            "1 GRIB file(s)",
+            "data_format",
+        ],
+    );
+
+    // GRIB named .nc, and a download that never got its first byte.
+    let grib = dir.path().join("t2m.nc");
+    std::fs::write(&grib, b"GRIB\x00\x00\x42\x01\x00\x00").unwrap();
+    sql_over(&grib, "SELECT 1", &["t2m.nc", "GRIB, not NetCDF"]);
+    let empty = dir.path().join("empty.nc");
+    std::fs::write(&empty, b"").unwrap();
+    sql_over(&empty, "SELECT 1", &["empty.nc", "an empty file"]);
 }
 
 #[test]

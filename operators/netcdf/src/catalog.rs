@@ -205,7 +205,8 @@ pub fn expand(location: &str) -> Result<Vec<PathBuf>> {
         } else {
             NetcdfError::NoFiles {
                 path: location.to_string(),
-                hint: subfolder_hint(Path::new(location)),
+                hint: subfolder_hint(Path::new(location))
+                    + &crate::sniff::downloads_hint(Path::new(location)),
             }
         });
     }

@@ -31,9 +31,11 @@ pub enum NetcdfError {
         source: std::io::Error,
     },
 
-    #[error("{}: cannot open as NetCDF (corrupt, truncated or not NetCDF?): {source}", path.display())]
+    /// `what`: what the file's first bytes say it is, or a guess.
+    #[error("{}: cannot open as NetCDF ({what}): {source}", path.display())]
     Open {
         path: PathBuf,
+        what: String,
         #[source]
         source: netcdf::Error,
     },

@@ -150,10 +150,14 @@ impl FileInfo {
     }
 }
 
-/// Opens a NetCDF file, mapping failure to an error naming the file.
+/// Opens a NetCDF file, mapping failure to an error naming the file and,
+/// where its first bytes tell, what it is instead.
 pub fn open(path: &Path) -> Result<netcdf::File> {
     netcdf::open(path).map_err(|source| NetcdfError::Open {
         path: path.to_path_buf(),
+        what: crate::sniff::not_netcdf(path)
+            .unwrap_or("corrupt, truncated or not NetCDF?")
+            .to_string(),
         source,
     })
 }

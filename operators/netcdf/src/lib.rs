@@ -41,6 +41,7 @@ pub mod reader;
 pub mod runs;
 pub mod schema;
 pub mod scratch;
+pub mod sniff;
 pub mod spec;
 pub mod steps_input;
 pub mod stream;
