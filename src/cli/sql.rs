@@ -1,4 +1,4 @@
-//! `uqcast sql "QUERY" --table NAME=PATH ... [--format table|csv|json] [--output FILE.parquet]`
+//! `uqcast sql "QUERY" | --file FILE.sql --table NAME=PATH ... [--format table|csv|json] [--output FILE.parquet]`
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use clap::Args;
 
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::parser::DFParser;
 
 use super::output::{Format, print, write_parquet};
 use crate::session::s3::S3Location;
@@ -15,7 +16,13 @@ use crate::session::{TableArg, register_tables};
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// The query, e.g. "SELECT max(t2m) FROM era5".
-    query: String,
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    query: Option<String>,
+    /// Read the query from this file (`-`: standard input), e.g. the source
+    /// query of a pipeline; a query that begins with a `--` comment cannot
+    /// be given on the command line, where it reads as an option.
+    #[arg(long, short = 'f', value_name = "FILE.sql")]
+    file: Option<PathBuf>,
     /// NAME=PATH: a NetCDF file, directory or glob, or a Parquet file or directory.
     #[arg(long = "table", value_name = "NAME=PATH")]
     tables: Vec<TableArg>,
@@ -43,7 +50,72 @@ async fn write_parquet_s3(ctx: &SessionContext, df: DataFrame, remote: &S3Locati
     Ok(())
 }
 
+/// The query: as given, or read from `--file`; refused before any table is
+/// opened where it holds no SQL or a pipeline template's placeholder.
+fn query_text(args: &SqlArgs) -> Result<String> {
+    let (text, source) = match (&args.query, &args.file) {
+        (Some(query), _) => (query.clone(), "the query".to_string()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("--file -: reading the query from standard input")?;
+            (text, "--file - (standard input)".to_string())
+        }
+        (None, Some(path)) => (
+            std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?,
+            format!("--file {}", path.display()),
+        ),
+        (None, None) => bail!("no query: give one, or --file FILE.sql"),
+    };
+    let sql_lines = text
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty() && *l != ";");
+    if sql_lines.count() == 0 {
+        bail!("{source}: holds no SQL (only blank lines or comments)");
+    }
+    // Only the flags template's own names: `{{` may be in a string literal.
+    let template = crate::job::flags::PLACEHOLDERS;
+    if let Some(name) = template.iter().find(|p| text.contains(*p)) {
+        bail!(
+            "{source}: holds the placeholder {name}: it is a pipeline's flags template, \
+             which `uqcast run` fills from the pipeline's [flags]; write the values in"
+        );
+    }
+    Ok(text)
+}
+
+/// Runs every statement of `sql` but the last (a file's `CREATE VIEW`s,
+/// say), in order, and returns the last one's result to print or write.
+async fn last_statement(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+    let statements = DFParser::parse_sql(sql)?;
+    let count = statements.len();
+    let mut last = None;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let which = || format!("statement {} of {count}", i + 1);
+        let planned = ctx.state().statement_to_plan(statement).await;
+        let frame = match planned {
+            Ok(plan) => ctx.execute_logical_plan(plan).await,
+            Err(e) => Err(e),
+        };
+        let frame = match frame {
+            Err(e) if count > 1 => return Err(anyhow::Error::from(e).context(which())),
+            frame => frame?,
+        };
+        if i + 1 < count {
+            frame
+                .collect()
+                .await
+                .map_err(|e| anyhow::Error::from(e).context(which()))?;
+        } else {
+            last = Some(frame);
+        }
+    }
+    last.context("no SQL statement")
+}
+
 pub async fn run(args: SqlArgs) -> Result<()> {
+    let query = query_text(&args)?;
     // Checked before any work: a `--output x.csv` would otherwise hold
     // Parquet under a CSV name.
     if let Some(path) = &args.output
@@ -67,7 +139,7 @@ pub async fn run(args: SqlArgs) -> Result<()> {
         Some(url) => crate::cluster::failure("query", url, e),
         None => e.context("query"),
     };
-    let df = ctx.sql(&args.query).await.map_err(|e| failed(e.into()))?;
+    let df = last_statement(&ctx, &query).await.map_err(failed)?;
     let ran = match &args.output {
         Some(path) => {
             if let Some(remote) = S3Location::parse(&path.to_string_lossy())? {

@@ -395,3 +395,100 @@ fn a_damaged_parquet_page_names_the_file() {
         ],
     );
 }
+
+/// A query from a file: the shipped source query as a pipeline runs it
+/// (it begins with a comment, which the command line takes for an option),
+/// from standard input too, and files that hold no query are named.
+#[test]
+fn a_query_file_runs_as_the_query_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 2, "nc3", &["--grid", "77x135"]);
+    let table = format!("era5={}", data.display());
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/era5_na_1deg.sql");
+    let file_sql = std::fs::read_to_string(shipped).unwrap();
+    assert!(file_sql.trim_start().starts_with("--"), "{file_sql}");
+    let count = |args: &[&str]| {
+        let mut all = vec!["sql"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--table", &table, "--format", "csv"]);
+        let o = uqcast(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().count()
+    };
+    // The 1° North America box, 77 × 135 cells, two steps, and a header.
+    assert_eq!(count(&["--file", shipped]), 1 + 2 * 77 * 135);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .args(["sql", "-f", "-", "--table", &table, "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"-- steps\nSELECT DISTINCT valid_time FROM era5;\n",
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1 + 2, "{}", stdout(&o));
+
+    // Statements before the last run first: a view the query reads.
+    let views = dir.path().join("views.sql");
+    std::fs::write(
+        &views,
+        "-- cells north of 60°\nCREATE VIEW north AS SELECT * FROM era5 WHERE latitude > 60;\n\
+         SELECT count(*) AS n FROM north WHERE valid_time = '2020-01-01T00:00:00Z';\n",
+    )
+    .unwrap();
+    let o = uqcast(&["sql", "-f", views.to_str().unwrap(), "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Latitudes 61…83 of the 1° grid, 135 longitudes.
+    assert!(
+        stdout(&o).contains(&format!("| {} ", 23 * 135)),
+        "{}",
+        stdout(&o)
+    );
+    let broken = dir.path().join("broken.sql");
+    std::fs::write(
+        &broken,
+        "CREATE VIEW v AS SELECT * FROM nowhere;\nSELECT 1;\n",
+    )
+    .unwrap();
+
+    let comments = dir.path().join("comments.sql");
+    std::fs::write(&comments, "-- to do\n\n  -- later\n").unwrap();
+    let flags = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/flag_high_eu.sql");
+    let missing = dir.path().join("missing.sql");
+    for (file, needles) in [
+        (
+            comments.to_str().unwrap(),
+            &["comments.sql", "holds no SQL"][..],
+        ),
+        (
+            flags,
+            &[
+                "flag_high_eu.sql",
+                "placeholder {{tile_degrees}}",
+                "[flags]",
+            ],
+        ),
+        (
+            missing.to_str().unwrap(),
+            &["--file", "missing.sql", "No such file"],
+        ),
+        (
+            broken.to_str().unwrap(),
+            &["statement 1 of 2", "nowhere", "not found"],
+        ),
+    ] {
+        fails_with(&["sql", "--file", file, "--table", &table], needles);
+    }
+    // Both: a usage error, as clap reports them (exit 2).
+    let o = uqcast(&["sql", "SELECT 1", "--file", shipped]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
