@@ -110,5 +110,68 @@ fn default_pipeline_runs_quarter_degree_files_in_both_encodings() {
             skill["persistence"].as_f64().unwrap(),
         );
         assert!(rmse < 0.6 * persistence, "{encoding}: {skill}");
+        if encoding == "nc3" {
+            shipped_queries_answer(&out, &data);
+        }
     }
+}
+
+/// The query files in `queries/`, run as an analyst runs them over a run's
+/// output and its input: every one answers, with figures that make sense.
+fn shipped_queries_answer(out: &Path, data: &Path) {
+    let run = |file: &str, tables: &[(&str, &Path)]| -> Vec<serde_json::Value> {
+        let path = format!("{}/queries/{file}", env!("CARGO_MANIFEST_DIR"));
+        let mut args = vec!["sql".to_string(), "--file".into(), path];
+        for (name, location) in tables {
+            args.extend(["--table".into(), format!("{name}={}", location.display())]);
+        }
+        args.extend(["--format".into(), "json".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = uqcast(&args);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (forecast, flags) = (out.join("forecast"), out.join("flags"));
+
+    // Two steps forecast; the analysis holds the valid time of the first.
+    let scores = run(
+        "score_against_era5.sql",
+        &[("forecast", &forecast), ("era5", data)],
+    );
+    assert_eq!(scores.len(), 1, "{scores:?}");
+    let score = &scores[0];
+    assert_eq!(score["cells"], MODEL_CELLS, "{score}");
+    let figure = |key: &str| score[key].as_f64().unwrap();
+    assert!(
+        figure("rmse_k") < 0.6 * figure("persistence_rmse_k"),
+        "{score}"
+    );
+    assert!(
+        figure("crps_k") > 0.0 && figure("crps_k") < figure("rmse_k"),
+        "{score}"
+    );
+    assert!((0.5..2.0).contains(&figure("spread_skill")), "{score}");
+
+    let regions = run("high_eu_regions.sql", &[("flags", &flags)]);
+    assert!(!regions.is_empty() && regions.len() <= 20, "{regions:?}");
+    assert!(
+        regions[0]["flagged_steps"].as_u64().unwrap() >= 1,
+        "{regions:?}"
+    );
+    assert_eq!(regions[0]["steps"], 2, "{regions:?}");
+
+    let months = run("uncertainty_by_month.sql", &[("forecast", &forecast)]);
+    assert_eq!(months.len(), 1, "{months:?}");
+    let month = &months[0];
+    assert_eq!(
+        (&month["year"], &month["month"]),
+        (&"2021".into(), &"07".into()),
+        "{month}"
+    );
+    assert_eq!(month["steps"], 2, "{month}");
+    let share = month["eu_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{month}");
 }
