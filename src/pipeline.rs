@@ -45,6 +45,11 @@ pub struct Source {
     pub path: String,
     /// SQL over table `era5` that crops/coarsens to the model grid (a file).
     pub query: PathBuf,
+    /// `run` reads the input of the steps it forecast within this many days
+    /// of the newest again, and forecasts again those whose input changed
+    /// (ERA5T replaced by final ERA5); 0 (the default) never does.
+    #[serde(default)]
+    pub recheck_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +151,11 @@ pub struct Flags {
     pub eu_threshold: Threshold,
     /// A tile is flagged when at least this fraction of its cells exceed the threshold.
     pub min_fraction: f64,
+    /// The SQL makes each valid time's flags from that valid time's cells
+    /// alone, so a run flags only the steps it wrote and keeps the others'
+    /// (`job::flags_incremental`); false (the default) flags every step.
+    #[serde(default)]
+    pub per_step: bool,
 }
 
 /// Which cells count as high-EU.

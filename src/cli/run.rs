@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// Only initial times at or before this time.
     #[arg(long, value_parser = crate::time::parse_utc_arg)]
     until: Option<i64>,
+    /// Read the input of the steps forecast within this many days of the
+    /// newest again, and forecast again those whose input changed (ERA5T
+    /// replaced by final ERA5); default: the pipeline's source.recheck_days.
+    #[arg(long, value_name = "DAYS")]
+    recheck_days: Option<u32>,
     /// Forecast on a Ballista cluster (`uqcast scheduler`), df://HOST:PORT:
     /// executors sample different steps at once. They read the input and
     /// the model at the same paths; the output is written from here.
@@ -47,6 +52,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         model: args.model,
         since: args.since,
         until: args.until,
+        recheck_days: args.recheck_days,
         ballista: args.ballista,
     };
     let out = args

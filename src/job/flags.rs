@@ -29,6 +29,9 @@ pub struct FlagsQuery {
     pub file: PathBuf,
 }
 
+/// The placeholders a flags SQL template holds, filled from `[flags]`.
+pub const PLACEHOLDERS: [&str; 3] = ["{{tile_degrees}}", "{{eu_threshold}}", "{{min_fraction}}"];
+
 /// The pipeline's flagging SQL with its `{{placeholders}}` filled.
 pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
     let path = pipeline.resolve(&pipeline.flags.sql);
@@ -42,7 +45,10 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
     let f = &pipeline.flags;
     let threshold = match f.eu_threshold {
         Threshold::Absolute(k) => format!("{k:?}"),
-        Threshold::Percentile(q) => format!("approx_percentile_cont(t2m_eu, {q:?})"),
+        // Exact, so a step's threshold does not depend on how its rows
+        // were batched (the t-digest of approx_percentile_cont did, by a few
+        // parts in a thousand), whether it is flagged alone or in a table.
+        Threshold::Percentile(q) => format!("percentile_cont(t2m_eu, {q:?})"),
     };
     let sql = template
         .replace("{{tile_degrees}}", &format!("{:?}", f.tile_degrees))
@@ -56,6 +62,14 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
         );
     }
     Ok(FlagsQuery { sql, file: path })
+}
+
+/// What identifies the flags a query makes: the SHA-256 of its text with
+/// the pipeline's settings filled in, kept with the flags table
+/// (`uqcast.flags_sql`), so a run can tell flags made by other SQL or
+/// settings, which it then makes again for every step.
+pub fn query_id(query: &FlagsQuery) -> String {
+    uqcast_hyperdm::checkpoint::sha256_hex(query.sql.as_bytes())
 }
 
 /// Runs the flagging SQL over an empty `forecast` table of the contract's

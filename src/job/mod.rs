@@ -6,11 +6,16 @@
 //! files, so a re-run completes the rest; a re-run with nothing new writes
 //! nothing. Each step's numbers depend only on the model, the sampling
 //! settings and the step, so resumed and uninterrupted runs write the same
-//! values.
+//! values. Within a recheck window a run also forecasts again the steps
+//! whose input changed ([`revisions`]); the flags are made where they need
+//! making ([`flags_refresh`]).
 
 pub mod empty_source;
 pub mod flags;
+pub mod flags_incremental;
+pub mod flags_refresh;
 pub mod output;
+pub mod revisions;
 pub mod s3_lock;
 pub mod s3_store;
 pub mod steps;
@@ -37,6 +42,9 @@ use store::Provenance;
 pub struct Summary {
     pub new_steps: usize,
     pub existing_steps: usize,
+    /// Steps forecast before and again now, their input having changed
+    /// ([`revisions`]); not counted in `existing_steps` or `new_steps`.
+    pub revised_steps: usize,
     pub tiles: usize,
     pub flagged: usize,
     /// Where this process forecast (`cpu`, `cuda:0`): said, so that a
@@ -53,6 +61,8 @@ pub struct RunOptions {
     pub model: Option<PathBuf>,
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Overrides the pipeline's `source.recheck_days`.
+    pub recheck_days: Option<u32>,
     /// Forecast on this Ballista cluster (`df://HOST:PORT`); the output is
     /// written here, as always.
     pub ballista: Option<String>,
@@ -62,7 +72,7 @@ pub struct RunOptions {
 pub fn source_sql(pipeline: &Pipeline, since: Option<i64>, until: Option<i64>) -> Result<String> {
     let sql = pipeline.source_sql()?;
     let sql = sql.trim().trim_end_matches(';');
-    let ts = |t: i64| format!("to_timestamp_micros({t}, 'UTC')");
+    let ts = timestamp_sql;
     let mut bounds = Vec::new();
     if let Some(t) = since {
         bounds.push(format!("valid_time >= {}", ts(t)));
@@ -80,6 +90,20 @@ pub fn source_sql(pipeline: &Pipeline, since: Option<i64>, until: Option<i64>) -
     })
 }
 
+/// UTC microseconds as a SQL timestamp literal.
+pub(crate) fn timestamp_sql(t: i64) -> String {
+    format!("to_timestamp_micros({t}, 'UTC')")
+}
+
+/// Times as a SQL list of timestamp literals (for `IN (…)`).
+pub(crate) fn timestamps_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> String {
+    times
+        .into_iter()
+        .map(|&t| timestamp_sql(t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `sql` without the rows of initial times in `skip`: a NetCDF scan
 /// leaves those steps unread (the filter is pushed down), so a run over
 /// `s3://` objects downloads only objects holding steps still to forecast.
@@ -87,13 +111,9 @@ fn without_steps(sql: &str, skip: &BTreeSet<i64>) -> String {
     if skip.is_empty() {
         return sql.to_string();
     }
-    let times: Vec<String> = skip
-        .iter()
-        .map(|t| format!("to_timestamp_micros({t}, 'UTC')"))
-        .collect();
     format!(
         "SELECT * FROM ({sql}) AS unforecast WHERE valid_time NOT IN ({})",
-        times.join(", ")
+        timestamps_sql(skip)
     )
 }
 
@@ -200,39 +220,46 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     };
     let result = async {
         let existing = output.existing(&provenance).await?;
-        summary.existing_steps = existing.len();
         let lead = model.lead_micros();
-        let skip: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
+        let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
+        let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
+        let rechecked = revisions::window(&forecast, days);
+        let revised = revisions::revised(&ctx, &sql, &output, &rechecked).await?;
+        revisions::announce(&revised, rechecked.len());
+        summary.existing_steps = existing.len() - revised.len();
+        let flagging = flags_refresh::Flagging {
+            pipeline,
+            output: &output,
+            query: &flags_query,
+            provenance: &provenance,
+        };
+        let table_steps: BTreeSet<i64> = existing.iter().copied().collect();
+        let withdrawn: BTreeSet<i64> = revised.iter().map(|t| t + lead).collect();
+        flagging.withdraw(&table_steps, &withdrawn).await?;
+        let skip: BTreeSet<i64> = forecast.difference(&revised).copied().collect();
         let cells = model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
         let sql = without_steps(&sql, &skip);
         let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
-        write_new_steps(steps, cells, ballista, &output, &provenance, &mut summary).await?;
+        let sink = Written {
+            output: &output,
+            provenance: &provenance,
+            revised: &revised,
+            lead,
+        };
+        let written = write_new_steps(steps, cells, ballista, &sink, &mut summary).await?;
 
         // Nothing written, ever: if the query keeps no row of the data at
         // all (not merely none in --since/--until), that is an error, not "ok".
         if summary.new_steps == 0
             && summary.existing_steps == 0
+            && summary.revised_steps == 0
             && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
         {
             return Err(empty_source::error(&ctx, pipeline, &location).await);
         }
-        let stale_flags = summary.existing_steps > 0 && !output.has_flags().await?;
-        if summary.new_steps > 0 || stale_flags {
-            let forecast = crate::session::TableArg {
-                name: "forecast".into(),
-                location: output.forecast_location(),
-            };
-            let ctx = crate::session::new_context();
-            crate::session::register_tables(&ctx, std::slice::from_ref(&forecast)).await?;
-            // Flags read every step, so a step damaged since it was written
-            // fails them here: the file is named, not only the flags SQL.
-            let flags = flags::compute(&ctx, &flags_query).await;
-            let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
-            output.write_flags(&flags, &provenance).await?;
-            summary.tiles = flags.tiles;
-            summary.flagged = flags.flagged;
-        }
+        let steps: BTreeSet<i64> = existing.iter().copied().chain(written.clone()).collect();
+        flagging.refresh(&steps, &written, &mut summary).await?;
         Ok(())
     }
     .await;
@@ -240,7 +267,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     // values in the first step read, a source query keeping nothing) leaves
     // no empty table behind; every run releases the output's lock.
     output
-        .close(result.is_err() && summary.new_steps == 0)
+        .close(result.is_err() && summary.new_steps + summary.revised_steps == 0)
         .await;
     result?;
     Ok(summary)
@@ -322,6 +349,15 @@ async fn forecast_stream(
         .map_err(|e| crate::cluster::failure("forecast", url, e))
 }
 
+/// Where [`write_new_steps`] writes, and which of its steps replace a
+/// forecast whose input was revised (initial times).
+struct Written<'a> {
+    output: &'a Output,
+    provenance: &'a Provenance,
+    revised: &'a BTreeSet<i64>,
+    lead: i64,
+}
+
 /// Writes each step of `steps` once all its cells have arrived. The
 /// operator emits one batch per step, but a cluster returns batches as its
 /// shuffle and transport cut them: rows of one step may come in pieces, or
@@ -330,11 +366,11 @@ async fn write_new_steps(
     mut steps: datafusion::physical_plan::SendableRecordBatchStream,
     cells: usize,
     ballista: Option<&str>,
-    output: &Output,
-    provenance: &Provenance,
+    to: &Written<'_>,
     summary: &mut Summary,
-) -> Result<()> {
+) -> Result<BTreeSet<i64>> {
     let mut pending = steps::Pending::new(cells);
+    let mut written = BTreeSet::new();
     while let Some(batch) = steps.next().await {
         // A cluster is reached only as the stream is read: name it in errors.
         let batch = match (batch, ballista) {
@@ -344,12 +380,22 @@ async fn write_new_steps(
             (batch, _) => batch?,
         };
         for (valid_time, step) in pending.push(&batch)? {
-            let written = output.write_step(valid_time, &step, provenance).await?;
-            summary.new_steps += 1;
-            eprintln!("forecast {written}");
+            let at = to
+                .output
+                .write_step(valid_time, &step, to.provenance)
+                .await?;
+            written.insert(valid_time);
+            if to.revised.contains(&(valid_time - to.lead)) {
+                summary.revised_steps += 1;
+                eprintln!("forecast {at} (its input was revised)");
+            } else {
+                summary.new_steps += 1;
+                eprintln!("forecast {at}");
+            }
         }
     }
-    pending.finish()
+    pending.finish()?;
+    Ok(written)
 }
 
 /// Where the output of a run lives, for messages.
@@ -360,9 +406,10 @@ pub fn describe(summary: &Summary, out: &Path) -> String {
         .map(|d| format!("device={d} "))
         .unwrap_or_default();
     format!(
-        "new_steps={} existing_steps={} tiles={} flagged_tiles={} {device}output={}",
+        "new_steps={} existing_steps={} revised_steps={} tiles={} flagged_tiles={} {device}output={}",
         summary.new_steps,
         summary.existing_steps,
+        summary.revised_steps,
         summary.tiles,
         summary.flagged,
         out.display()

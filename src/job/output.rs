@@ -85,10 +85,26 @@ impl Output {
         }
     }
 
-    pub async fn has_flags(&self) -> Result<bool> {
+    /// The flags table's file, for a query session.
+    pub fn flags_location(&self) -> String {
         match self {
-            Self::Local { dir, .. } => Ok(dir.join("flags").join("flags.parquet").exists()),
-            Self::S3(store) => store.has_flags().await,
+            Self::Local { dir, .. } => dir
+                .join("flags")
+                .join("flags.parquet")
+                .display()
+                .to_string(),
+            Self::S3(store) => store.flags_url(),
+        }
+    }
+
+    /// The provenance the flags table was written with; `None` where there
+    /// is no flags table.
+    pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
+        match self {
+            Self::Local { dir, .. } => {
+                super::store::flags_provenance(&dir.join("flags").join("flags.parquet"))
+            }
+            Self::S3(store) => store.flags_provenance().await,
         }
     }
 

@@ -14,12 +14,20 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::SerializedFileReader;
 
 use super::flags::Flags;
 use super::s3_lock::S3Lock;
-use super::store::{Provenance, check_stored_provenance, step_name, valid_time_of, write_parquet};
+use super::store::{
+    Provenance, check_stored_provenance, provenance_of, step_name, valid_time_of, write_parquet,
+};
 use crate::session::s3::{S3Location, connect};
+
+/// Bytes read from the end of the flags object for its footer: the
+/// footer of a flags table with its provenance is a few KiB.
+const FOOTER_GUESS: u64 = 64 * 1024;
 
 #[derive(Debug)]
 pub struct S3ForecastStore {
@@ -58,6 +66,11 @@ impl S3ForecastStore {
     /// The forecast table's location, as `uqcast sql` reads it.
     pub fn forecast_url(&self) -> String {
         self.url(&join(&self.prefix, "forecast/"))
+    }
+
+    /// The flags table's object, as `uqcast sql` reads it.
+    pub fn flags_url(&self) -> String {
+        self.url(&join(&self.prefix, "flags/flags.parquet"))
     }
 
     async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
@@ -101,6 +114,16 @@ impl S3ForecastStore {
         check_stored_provenance(&url, &reader, expected)
     }
 
+    /// The provenance of the flags object, from its footer alone;
+    /// `None` where there is none.
+    pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
+        let key = ObjectPath::from(join(&self.prefix, "flags/flags.parquet"));
+        let url = self.url(key.as_ref());
+        footer_provenance(self.store.as_ref(), &key, FOOTER_GUESS)
+            .await
+            .with_context(|| format!("{url}: unreadable flags"))
+    }
+
     /// Stores one step (all rows share `valid_time`); returns its URL.
     pub async fn write_step(
         &self,
@@ -114,16 +137,6 @@ impl S3ForecastStore {
         self.put(&key, std::slice::from_ref(batch), provenance)
             .await
             .with_context(|| format!("{}: writing forecast step", self.url(&key)))
-    }
-
-    /// Whether the flags table exists.
-    pub async fn has_flags(&self) -> Result<bool> {
-        let key = join(&self.prefix, "flags/flags.parquet");
-        Ok(self
-            .keys_below("flags")
-            .await?
-            .iter()
-            .any(|k| k.as_ref() == key))
     }
 
     /// Stores `PREFIX/flags/flags.parquet`; returns its URL.
@@ -158,5 +171,68 @@ fn join(prefix: &str, rest: &str) -> String {
         rest.to_string()
     } else {
         format!("{prefix}/{rest}")
+    }
+}
+
+/// The `uqcast.*` metadata in the footer of the Parquet object at `key`,
+/// read by range (a flags table grows with the forecast's history, its
+/// footer barely): its last `guess` bytes, then as many as the footer says
+/// it needs. `None` where there is no such object.
+async fn footer_provenance(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    guess: u64,
+) -> Result<Option<Provenance>> {
+    let size = match store.head(key).await {
+        Ok(meta) => meta.size,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut tail = guess.min(size);
+    loop {
+        let bytes = store.get_range(key, size - tail..size).await?;
+        let mut footer = ParquetMetaDataReader::new();
+        match footer.try_parse_sized(&bytes, size) {
+            Ok(()) => {
+                let metadata = footer.finish()?;
+                return Ok(Some(provenance_of(metadata.file_metadata())));
+            }
+            Err(ParquetError::NeedMoreData(needed))
+                if (needed as u64) > tail && (needed as u64) <= size =>
+            {
+                tail = needed as u64;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    /// A footer longer than the first read is read whole on the second,
+    /// and a missing object has no provenance.
+    #[tokio::test]
+    async fn a_footer_is_read_from_the_objects_end_by_range() -> Result<()> {
+        let schema = super::super::flags::flags_schema()?;
+        let batch = RecordBatch::new_empty(schema);
+        let provenance: Provenance = [("flags_sql", "ab12"), ("tiles", "448")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let bytes = write_parquet(Vec::new(), std::slice::from_ref(&batch), &provenance)?;
+        let store = InMemory::new();
+        let key = ObjectPath::from("runs/a/flags/flags.parquet");
+        store.put(&key, bytes.into()).await?;
+        for guess in [16, 1 << 20] {
+            let read = footer_provenance(&store, &key, guess).await?;
+            assert_eq!(read.as_ref(), Some(&provenance), "first read {guess} bytes");
+        }
+        let missing = ObjectPath::from("runs/b/flags/flags.parquet");
+        assert_eq!(footer_provenance(&store, &missing, 16).await?, None);
+        Ok(())
     }
 }

@@ -194,18 +194,7 @@ pub fn check_stored_provenance<R: ChunkReader + 'static>(
     reader: &SerializedFileReader<R>,
     expected: &Provenance,
 ) -> Result<()> {
-    let stored: Provenance = reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .filter_map(|e| {
-                    Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let stored = stored_provenance(reader);
     for key in MUST_MATCH {
         let (have, want) = (stored.get(key), expected.get(key));
         if have != want {
@@ -217,6 +206,37 @@ pub fn check_stored_provenance<R: ChunkReader + 'static>(
         }
     }
     Ok(())
+}
+
+/// The `uqcast.*` metadata of a file `reader` reads, without the prefix.
+pub fn stored_provenance<R: ChunkReader + 'static>(reader: &SerializedFileReader<R>) -> Provenance {
+    provenance_of(reader.metadata().file_metadata())
+}
+
+/// The `uqcast.*` metadata of a file's footer, without the prefix.
+pub fn provenance_of(footer: &parquet::file::metadata::FileMetaData) -> Provenance {
+    footer
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| {
+                    Some((e.key.strip_prefix("uqcast.")?.to_string(), e.value.clone()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The provenance of the flags file at `path`; `None` where there is none.
+pub fn flags_provenance(path: &Path) -> Result<Option<Provenance>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("{}: unreadable flags", path.display())),
+    };
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{}: unreadable flags", path.display()))?;
+    Ok(Some(stored_provenance(&reader)))
 }
 
 /// Writes batches to one Parquet file with zstd and `uqcast.*` metadata

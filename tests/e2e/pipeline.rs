@@ -112,6 +112,39 @@ pub(crate) fn forecast_csv(out: &Path) -> String {
     )
 }
 
+/// `uqcast run` of `config` over `input` into `output`, with `extra`
+/// arguments; panics unless it succeeds.
+pub(crate) fn run_over(
+    config: &Path,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let o = run_over_unchecked(config, input, output, extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// As [`run_over`], succeeding or not.
+pub(crate) fn run_over_unchecked(
+    config: &Path,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    uqcast(&args)
+}
+
 pub(crate) fn run(config: &Path, output: &Path) -> std::process::Output {
     uqcast(&[
         "run",

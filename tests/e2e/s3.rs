@@ -494,6 +494,27 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     let (again, fetched) = scheduled("cache-day-3", &[]);
     assert!(again.contains("new_steps=0"), "{again}");
     assert!(fetched.is_empty(), "{fetched:?}");
+
+    // The last day's object replaced by final data: a run with a one-day
+    // recheck window reads that window's objects again (and no older one)
+    // and forecasts the changed steps again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let revised = work.path().join("daily-revised");
+    synth_seeded(&revised, 12, "nc3", 1, &["--files-per-day"]);
+    std::fs::copy(
+        revised.join("era5_t2m_20200103.nc"),
+        server.path("era5/daily/era5_t2m_20200103.nc"),
+    )
+    .unwrap();
+    let (rechecked, fetched) = scheduled("cache-day-4", &["--recheck-days", "1"]);
+    assert!(
+        rechecked.contains("new_steps=0 existing_steps=8 revised_steps=4"),
+        "{rechecked}"
+    );
+    assert!(
+        fetched.iter().all(|l| !l.contains("era5_t2m_20200101.nc")),
+        "{fetched:?}"
+    );
 }
 
 /// Copies of S3 objects in `cache` (not their stamps), by file name.

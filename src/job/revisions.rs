@@ -1,0 +1,226 @@
+//! Steps whose input changed after they were forecast. The CDS publishes
+//! the latest months as preliminary ERA5T and replaces them with final ERA5
+//! two to three months later (and now and then corrects a period), so a
+//! scheduled job that skips every step it has forecast keeps forecasts made
+//! from data that no longer exist. A run with a recheck window reads the
+//! input of the forecast steps in it again and compares it with the input
+//! each forecast file stores (its `t2m` column); a step whose input differs
+//! is forecast again and its file replaced.
+//!
+//! Both sides are summarised per step as a row count and a sum of row
+//! hashes, which does not depend on the order rows come in (the source in
+//! the file's order, a forecast file in the model grid's), so a step costs
+//! a few bytes however large its grid.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use super::output::Output;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// The initial times among `forecast` (initial times already forecast)
+/// whose input is read again: those within `days` of the newest.
+pub fn window(forecast: &BTreeSet<i64>, days: u32) -> BTreeSet<i64> {
+    let Some(&newest) = forecast.last() else {
+        return BTreeSet::new();
+    };
+    if days == 0 {
+        return BTreeSet::new();
+    }
+    let oldest = newest.saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY));
+    forecast.range(oldest..).copied().collect()
+}
+
+/// The initial times in `rechecked` whose input in the source query `sql`
+/// (run in `ctx`, which has its tables) differs from the input stored in
+/// `output`'s forecast files. A step the source no longer holds is not
+/// revised: its forecast stays.
+pub async fn revised(
+    ctx: &SessionContext,
+    sql: &str,
+    output: &Output,
+    rechecked: &BTreeSet<i64>,
+) -> Result<BTreeSet<i64>> {
+    if rechecked.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let times = super::timestamps_sql(rechecked);
+    let source = format!(
+        "SELECT valid_time AS step, latitude, longitude, t2m FROM ({}) AS rechecked \
+         WHERE valid_time IN ({times})",
+        sql.trim().trim_end_matches(';')
+    );
+    let now = digests(ctx, &source)
+        .await
+        .context("reading the input of forecast steps again (source.recheck_days)")?;
+
+    let forecast = crate::session::TableArg {
+        name: "forecast".into(),
+        location: output.forecast_location(),
+    };
+    let stored_ctx = crate::session::new_context();
+    crate::session::register_tables(&stored_ctx, std::slice::from_ref(&forecast)).await?;
+    let stored_sql = format!(
+        "SELECT init_time AS step, latitude, longitude, t2m FROM forecast \
+         WHERE init_time IN ({times})"
+    );
+    let stored = digests(&stored_ctx, &stored_sql).await;
+    // A forecast file damaged since it was written is named, not only the query.
+    let stored = crate::session::footers::naming_damaged(&[forecast], stored)
+        .await
+        .context("reading the input the forecast files hold (source.recheck_days)")?;
+
+    Ok(rechecked
+        .iter()
+        .copied()
+        .filter(|t| matches!((now.get(t), stored.get(t)), (Some(a), Some(b)) if a != b))
+        .collect())
+}
+
+/// Says, before any is forecast, how many steps were found revised of how
+/// many rechecked, and their first and last initial times.
+pub fn announce(revised: &BTreeSet<i64>, rechecked: usize) {
+    if let (Some(&first), Some(&last)) = (revised.first(), revised.last()) {
+        let at = uqcast_netcdf::cf::time::format_micros;
+        eprintln!(
+            "revised input: {} of {rechecked} steps rechecked (initial times {} … {}) are \
+             forecast again",
+            revised.len(),
+            at(first),
+            at(last)
+        );
+    }
+}
+
+/// One step's input: how many cells, and the sum of their hashes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    rows: u64,
+    sum: u64,
+}
+
+impl Digest {
+    fn add(&mut self, latitude: f64, longitude: f64, t2m: Option<f32>) {
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(cell_hash(latitude, longitude, t2m));
+    }
+}
+
+/// A cell's hash: its position to 1e-4 degrees (the model grid's
+/// coordinates and the file's may differ in the last bits), its value
+/// exactly (the forecast stores the value it was given, as f32).
+fn cell_hash(latitude: f64, longitude: f64, t2m: Option<f32>) -> u64 {
+    // Saturating float-to-int casts: any coordinate hashes to something.
+    let at = |degrees: f64| (degrees * 1e4).round() as i64 as u64;
+    let value = t2m.map_or(u64::MAX, |v| u64::from(v.to_bits()));
+    mix(mix(mix(at(latitude)) ^ at(longitude)) ^ value)
+}
+
+/// SplitMix64's finaliser: every input bit reaches every output bit, so
+/// summing the hashes of distinct cells does not cancel.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The digest of each step of `sql`, whose columns are `step` (a
+/// timestamp), `latitude`, `longitude` and `t2m`.
+async fn digests(ctx: &SessionContext, sql: &str) -> Result<HashMap<i64, Digest>> {
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    let mut out: HashMap<i64, Digest> = HashMap::new();
+    while let Some(batch) = stream.next().await {
+        add_batch(&batch?, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn add_batch(batch: &RecordBatch, out: &mut HashMap<i64, Digest>) -> Result<()> {
+    use datafusion::arrow::compute::cast;
+    let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let step = cast(batch.column(0), &micros)?;
+    let step = step.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+    let latitude = cast(batch.column(1), &DataType::Float64)?;
+    let longitude = cast(batch.column(2), &DataType::Float64)?;
+    let t2m = cast(batch.column(3), &DataType::Float32)?;
+    let (latitude, longitude) = (
+        latitude.as_primitive::<Float64Type>(),
+        longitude.as_primitive::<Float64Type>(),
+    );
+    let t2m = t2m.as_primitive::<Float32Type>();
+    for row in 0..batch.num_rows() {
+        if step.is_null(row) {
+            continue;
+        }
+        let value = (!t2m.is_null(row)).then(|| t2m.value(row));
+        out.entry(step.value(row)).or_default().add(
+            latitude.value(row),
+            longitude.value(row),
+            value,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn digest(cells: &[(f64, f64, Option<f32>)]) -> Digest {
+        let mut d = Digest::default();
+        for &(lat, lon, t) in cells {
+            d.add(lat, lon, t);
+        }
+        d
+    }
+
+    #[test]
+    fn a_digest_does_not_depend_on_row_order() {
+        let cells = [(45.0, 260.0, Some(280.5)), (46.0, 260.0, Some(281.0))];
+        let reversed = [cells[1], cells[0]];
+        assert_eq!(digest(&cells), digest(&reversed));
+    }
+
+    #[test]
+    fn a_digest_sees_one_value_one_bit_apart_a_moved_cell_a_missing_one_and_a_null() {
+        let base = [(45.0, 260.0, Some(280.5)), (46.0, 260.0, Some(281.0))];
+        let d = digest(&base);
+        let nudged = f32::from_bits(280.5f32.to_bits() + 1);
+        assert_ne!(d, digest(&[(45.0, 260.0, Some(nudged)), base[1]]));
+        assert_ne!(d, digest(&[(45.0, 261.0, Some(280.5)), base[1]]));
+        assert_ne!(d, digest(&base[..1]));
+        assert_ne!(d, digest(&[(45.0, 260.0, None), base[1]]));
+        // Two cells' values swapped: the same multiset of values, other cells.
+        assert_ne!(
+            d,
+            digest(&[(45.0, 260.0, Some(281.0)), (46.0, 260.0, Some(280.5))])
+        );
+    }
+
+    #[test]
+    fn coordinates_agree_to_a_ten_thousandth_of_a_degree() {
+        let a = digest(&[(45.0, 260.0, Some(280.5))]);
+        let b = digest(&[(45.0 + 1e-9, 260.0 - 1e-9, Some(280.5))]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_window_holds_the_steps_within_its_days_of_the_newest() {
+        let forecast: BTreeSet<i64> = (0..12).map(|i| i * 6 * HOUR).collect();
+        // Newest at 66 h; one day back is 42 h: 42, 48, …, 66.
+        let one_day = window(&forecast, 1);
+        assert_eq!(one_day, (7..12).map(|i| i * 6 * HOUR).collect());
+        assert!(window(&forecast, 0).is_empty());
+        assert_eq!(window(&forecast, u32::MAX), forecast);
+        assert!(window(&BTreeSet::new(), 5).is_empty());
+    }
+}

@@ -1,0 +1,164 @@
+//! The flags table of `uqcast run`: made per step (`flags.per_step`) by
+//! runs that add, revise or miss steps, it is the table the whole-table
+//! query makes; flags made by other settings, or missing steps, are made
+//! again by the next run even when it has nothing new to forecast.
+
+use std::path::Path;
+
+use crate::pipeline::{run_over, run_over_unchecked, trained};
+use crate::{sql_csv, stderr, stdout, synth_seeded};
+
+fn run(config: &Path, input: &Path, output: &Path, extra: &[&str]) -> String {
+    stdout(&run_over(config, input, output, extra))
+}
+
+/// The flags table's rows in the file's own order.
+fn flags(out: &Path) -> String {
+    let table = format!("f={}", out.join("flags").join("flags.parquet").display());
+    sql_csv(&table, "SELECT * FROM f")
+}
+
+#[test]
+fn flags_made_per_step_are_the_whole_tables_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole_table = trained(dir.path(), 2);
+    let per_step = dir.path().join("per_step.toml");
+    let text = std::fs::read_to_string(&whole_table).unwrap();
+    assert!(text.contains("min_fraction = 0.3\n"));
+    std::fs::write(
+        &per_step,
+        text.replace(
+            "min_fraction = 0.3\n",
+            "min_fraction = 0.3\nper_step = true\n",
+        ),
+    )
+    .unwrap();
+    let input = dir.path().join("input");
+    synth_seeded(&input, 12, "nc3", 7, &["--files-per-day"]);
+    let out = dir.path().join("out");
+    // What one run of the whole-table query over the same input makes.
+    let whole = |name: &str| {
+        let fresh = dir.path().join(name);
+        run(&whole_table, &input, &fresh, &[]);
+        flags(&fresh)
+    };
+
+    run(&per_step, &input, &out, &["--until", "2020-01-02T06:00Z"]);
+    let after_two_days = std::fs::read(out.join("flags/flags.parquet")).unwrap();
+    let rest = run(&per_step, &input, &out, &[]);
+    assert!(
+        rest.starts_with("uqcast run: ok new_steps=6 existing_steps=6"),
+        "{rest}"
+    );
+    let expected = whole("whole-a");
+    assert!(expected.lines().count() > 12, "{expected}");
+    assert_eq!(flags(&out), expected, "flags of two runs");
+
+    // The last day revised: its steps are flagged again.
+    let revised = dir.path().join("revised");
+    synth_seeded(&revised, 12, "nc3", 8, &["--files-per-day"]);
+    std::fs::copy(
+        revised.join("era5_t2m_20200103.nc"),
+        input.join("era5_t2m_20200103.nc"),
+    )
+    .unwrap();
+    let o = run(&per_step, &input, &out, &["--recheck-days", "1"]);
+    assert!(o.contains("revised_steps=4"), "{o}");
+    let expected = whole("whole-b");
+    assert_ne!(expected, flags(&dir.path().join("whole-a")));
+    assert_eq!(flags(&out), expected, "flags after a revision");
+
+    // Flags of fewer steps than the table holds (a run killed between its
+    // steps and its flags): the next run flags the rest, with nothing new.
+    std::fs::write(out.join("flags/flags.parquet"), &after_two_days).unwrap();
+    let o = run(&per_step, &input, &out, &[]);
+    assert!(o.contains("new_steps=0"), "{o}");
+    assert_eq!(
+        flags(&out),
+        expected,
+        "flags of the steps a killed run left"
+    );
+
+    // Revised input that cannot be forecast (a cell of its last step
+    // missing): the run fails, and the revised steps' flags were taken out
+    // before it forecast anything, so none is left that may no longer
+    // belong to the forecast; the next run, on sound input, flags them.
+    std::fs::copy(
+        revised.join("era5_t2m_20200102.nc"),
+        dir.path().join("d2.nc"),
+    )
+    .unwrap();
+    let day2 = input.join("era5_t2m_20200102.nc");
+    std::fs::copy(dir.path().join("d2.nc"), &day2).unwrap();
+    missing_cell(&day2, 3);
+    let o = run_over_unchecked(&per_step, &input, &out, &["--recheck-days", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("t2m is missing at latitude"),
+        "{}",
+        stderr(&o)
+    );
+    // Those it forecast before the broken step (as many as it got to).
+    let rewritten = stderr(&o).matches("(its input was revised)").count();
+    assert!(rewritten < 4, "{}", stderr(&o));
+    let steps = sql_csv(
+        &format!("f={}", out.join("flags").join("flags.parquet").display()),
+        "SELECT count(DISTINCT valid_time) AS n FROM f",
+    );
+    assert_eq!(
+        steps.lines().nth(1),
+        Some("8"),
+        "12 steps, 4 withdrawn: {steps}"
+    );
+    std::fs::copy(dir.path().join("d2.nc"), &day2).unwrap();
+    let o = run(&per_step, &input, &out, &["--recheck-days", "2"]);
+    let rest = format!("revised_steps={}", 4 - rewritten);
+    assert!(o.contains(&rest), "{rest}: {o}");
+    let expected = whole("whole-b2");
+    assert_eq!(flags(&out), expected, "flags after a failed revision");
+
+    // Other settings: every step is flagged again, with nothing new.
+    for config in [&per_step, &whole_table] {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(
+            config,
+            text.replace("min_fraction = 0.3", "min_fraction = 0.1"),
+        )
+        .unwrap();
+    }
+    let before = flags(&out);
+    let o = run(&per_step, &input, &out, &[]);
+    assert!(o.contains("new_steps=0"), "{o}");
+    let expected = whole("whole-c");
+    assert_ne!(expected, before, "the new setting flags other tiles");
+    assert_eq!(flags(&out), expected, "flags after a settings change");
+
+    // Nothing new, the same settings: the flags file is not written.
+    let at = std::fs::metadata(out.join("flags/flags.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Its summary still counts the table's tiles (read from the file).
+    let summary = run(&per_step, &input, &out, &[]);
+    let tiles = flags(&out).lines().count() - 1;
+    assert!(summary.contains(&format!(" tiles={tiles} ")), "{summary}");
+    let again = std::fs::metadata(out.join("flags/flags.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(at, again);
+}
+
+/// Sets the cell (10, 10) of step `step` of the NetCDF3 file at `path` to
+/// the fill value: t2m is missing there.
+fn missing_cell(path: &Path, step: usize) {
+    let path = path.to_path_buf();
+    // On the NetCDF I/O thread, as the reader's own calls.
+    uqcast_netcdf::io_thread::run(move || {
+        let mut file = netcdf::append(&path).unwrap();
+        let mut t2m = file.variable_mut("t2m").unwrap();
+        t2m.put_values(&[uqcast_netcdf::writer::NC3_FILL], [step, 10, 10])
+            .unwrap();
+        file.close().unwrap();
+    });
+}

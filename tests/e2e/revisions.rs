@@ -1,0 +1,163 @@
+//! `uqcast run` over input that is revised after it was forecast (ERA5T
+//! replaced by final ERA5): the steps whose input changed within the
+//! recheck window are forecast again, and nothing else is rewritten.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::pipeline::{forecast_csv, parquet_files, run_over, trained};
+use crate::{stderr, stdout, synth_seeded, uqcast};
+
+/// Day `day` (1 or 2) of 2020-01 from the per-day files of `seed`'s data.
+fn day_file(dir: &Path, seed: u64, day: u32) -> PathBuf {
+    let data = dir.join(format!("seed{seed}"));
+    if !data.exists() {
+        synth_seeded(&data, 8, "nc3", seed, &["--files-per-day"]);
+    }
+    data.join(format!("era5_t2m_2020010{day}.nc"))
+}
+
+fn run(config: &Path, input: &Path, output: &Path, extra: &[&str]) -> String {
+    stdout(&run_over(config, input, output, extra))
+}
+
+/// Each forecast file's modification time, in path order.
+fn written_at(out: &Path) -> Vec<(PathBuf, SystemTime)> {
+    parquet_files(&out.join("forecast"))
+        .into_iter()
+        .map(|p| {
+            let at = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, at)
+        })
+        .collect()
+}
+
+/// The forecast files whose modification time changed between two listings.
+fn rewritten(before: &[(PathBuf, SystemTime)], after: &[(PathBuf, SystemTime)]) -> Vec<String> {
+    assert_eq!(before.len(), after.len());
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, _)| b.0.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 2);
+    // One day back from the newest forecast step: the pipeline's default.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "query = \"source.sql\"",
+        "query = \"source.sql\"\nrecheck_days = 1",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let input = dir.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    for day in [1, 2] {
+        std::fs::copy(
+            day_file(dir.path(), 7, day),
+            input.join(format!("d{day}.nc")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("out");
+    let first = run(&config, &input, &out, &[]);
+    assert!(
+        first.starts_with("uqcast run: ok new_steps=8 existing_steps=0 revised_steps=0"),
+        "{first}"
+    );
+
+    // Day 2 comes again with other values (final data for preliminary).
+    std::fs::copy(day_file(dir.path(), 8, 2), input.join("d2.nc")).unwrap();
+    let before = written_at(&out);
+    let off = run(&config, &input, &out, &["--recheck-days", "0"]);
+    assert!(
+        off.starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
+        "--recheck-days 0 turns the pipeline's recheck off: {off}"
+    );
+    assert!(rewritten(&before, &written_at(&out)).is_empty());
+
+    let o = run_over(&config, &input, &out, &[]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=4 revised_steps=4"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        stderr(&o).matches("(its input was revised)").count(),
+        4,
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(
+            "revised input: 4 of 5 steps rechecked (initial times 2020-01-02T00:00:00Z … \
+             2020-01-02T18:00:00Z) are forecast again"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // Initial times 2020-01-02T00…18Z, valid 06Z to the next day's 00Z.
+    assert_eq!(
+        rewritten(&before, &written_at(&out)),
+        [
+            "t2m_20200102T0600.parquet",
+            "t2m_20200102T1200.parquet",
+            "t2m_20200102T1800.parquet",
+            "t2m_20200103T0000.parquet",
+        ]
+    );
+    // The forecasts now start from the revised values, cell by cell.
+    let o = uqcast(&[
+        "sql",
+        "SELECT count(*) AS n, sum(CASE WHEN f.t2m = e.t2m THEN 1 ELSE 0 END) AS same \
+         FROM f JOIN e ON f.init_time = e.valid_time \
+         AND f.latitude = e.latitude AND f.longitude = e.longitude",
+        "--table",
+        &format!("f={}", out.join("forecast").display()),
+        "--table",
+        &format!("e={}", input.display()),
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let counts = stdout(&o);
+    let row = counts.lines().nth(1).unwrap();
+    let (n, same) = row.split_once(',').unwrap();
+    assert_eq!(
+        n, same,
+        "forecast inputs differ from the revised data: {row}"
+    );
+    assert!(n.parse::<u64>().unwrap() > 0, "{row}");
+
+    // Day 1 revised too: a one-day window reaches only its last step …
+    std::fs::copy(day_file(dir.path(), 8, 1), input.join("d1.nc")).unwrap();
+    let one_day = run(&config, &input, &out, &[]);
+    assert!(
+        one_day.starts_with("uqcast run: ok new_steps=0 existing_steps=7 revised_steps=1"),
+        "{one_day}"
+    );
+    // … and two days the rest.
+    let two_days = run(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        two_days.starts_with("uqcast run: ok new_steps=0 existing_steps=5 revised_steps=3"),
+        "{two_days}"
+    );
+
+    // The table is the one a first run over the revised data writes.
+    let fresh = dir.path().join("fresh");
+    run(&config, &input, &fresh, &[]);
+    assert_eq!(forecast_csv(&out), forecast_csv(&fresh));
+
+    // Nothing changed since: nothing is rewritten.
+    let before = written_at(&out);
+    let again = run(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        again.starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
+        "{again}"
+    );
+    assert!(rewritten(&before, &written_at(&out)).is_empty());
+}
