@@ -50,9 +50,10 @@ async fn write_parquet_s3(ctx: &SessionContext, df: DataFrame, remote: &S3Locati
     Ok(())
 }
 
-/// The query: as given, or read from `--file`; refused before any table is
+/// The query and what its errors call it ("query", or the file it came
+/// from): as given, or read from `--file`; refused before any table is
 /// opened where it holds no SQL or a pipeline template's placeholder.
-fn query_text(args: &SqlArgs) -> Result<String> {
+fn query_text(args: &SqlArgs) -> Result<(String, String)> {
     let (text, source) = match (&args.query, &args.file) {
         (Some(query), _) => (query.clone(), "the query".to_string()),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -82,7 +83,11 @@ fn query_text(args: &SqlArgs) -> Result<String> {
              which `uqcast run` fills from the pipeline's [flags]; write the values in"
         );
     }
-    Ok(text)
+    let label = match &args.file {
+        Some(_) => format!("query ({source})"),
+        None => "query".to_string(),
+    };
+    Ok((text, label))
 }
 
 /// Runs every statement of `sql` but the last (a file's `CREATE VIEW`s,
@@ -115,7 +120,7 @@ async fn last_statement(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
 }
 
 pub async fn run(args: SqlArgs) -> Result<()> {
-    let query = query_text(&args)?;
+    let (query, label) = query_text(&args)?;
     // Checked before any work: a `--output x.csv` would otherwise hold
     // Parquet under a CSV name.
     if let Some(path) = &args.output
@@ -136,8 +141,8 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     register_tables(&ctx, &args.tables).await?;
     // A cluster is reached only when the query runs: name it in errors.
     let failed = |e: anyhow::Error| match &args.ballista {
-        Some(url) => crate::cluster::failure("query", url, e),
-        None => e.context("query"),
+        Some(url) => crate::cluster::failure(&label, url, e),
+        None => e.context(label.clone()),
     };
     let df = last_statement(&ctx, &query).await.map_err(failed)?;
     let ran = match &args.output {
@@ -152,7 +157,7 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     match ran {
         Err(e) if args.ballista.is_none() => {
             match crate::session::footers::damaged_file(&args.tables, &e).await {
-                Some(named) => Err(named.context("query")),
+                Some(named) => Err(named.context(label)),
                 None => Err(e),
             }
         }

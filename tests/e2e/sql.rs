@@ -459,6 +459,9 @@ fn a_query_file_runs_as_the_query_it_holds() {
     )
     .unwrap();
 
+    let typo = dir.path().join("typo.sql");
+    std::fs::write(&typo, "SELECT 1;\nSELEC 2;\n").unwrap();
+
     let comments = dir.path().join("comments.sql");
     std::fs::write(&comments, "-- to do\n\n  -- later\n").unwrap();
     let flags = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/flag_high_eu.sql");
@@ -482,8 +485,11 @@ fn a_query_file_runs_as_the_query_it_holds() {
         ),
         (
             broken.to_str().unwrap(),
-            &["statement 1 of 2", "nowhere", "not found"],
+            &["broken.sql", "statement 1 of 2", "nowhere", "not found"],
         ),
+        // The parser reads the whole file first: its error names the
+        // file, and the line, not a statement.
+        (typo.to_str().unwrap(), &["typo.sql", "SELEC", "Line: 2"]),
     ] {
         fails_with(&["sql", "--file", file, "--table", &table], needles);
     }
