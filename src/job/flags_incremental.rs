@@ -44,8 +44,12 @@ pub async fn merged(
     let ctx = crate::session::new_context();
     crate::session::register_tables(&ctx, &tables).await?;
 
+    // Kept rows that cannot be read leave every step to flag again.
     let mut runs = if kept {
-        kept_runs(output).await?
+        kept_runs(output).await.unwrap_or_else(|e| {
+            super::flags_refresh::made_again(&e);
+            Vec::new()
+        })
     } else {
         Vec::new()
     };
@@ -83,6 +87,11 @@ pub async fn without(output: &Output, withdrawn: &BTreeSet<i64>) -> Result<Flags
     let mut runs = kept_runs(output).await?;
     runs.retain(|r| !withdrawn.contains(&r.valid_time));
     merge(runs)
+}
+
+/// A flags table of no step, in the contract's schema.
+pub fn none() -> Result<Flags> {
+    merge(Vec::new())
 }
 
 /// The kept flags table's rows, cut into steps.

@@ -34,7 +34,10 @@ impl Flagging<'_> {
         summary: &mut Summary,
     ) -> Result<()> {
         let flags_provenance = provenance_with_flags(self.provenance, self.query, steps);
-        let kept_flags = self.output.flags_provenance().await?;
+        let kept_flags = self.output.flags_provenance().await.unwrap_or_else(|e| {
+            made_again(&e);
+            None
+        });
         let kept_has = |key: &str| {
             kept_flags
                 .as_ref()
@@ -88,16 +91,30 @@ impl Flagging<'_> {
         if withdrawn.is_empty() {
             return Ok(());
         }
-        let Some(kept) = self.output.flags_provenance().await? else {
-            return Ok(());
+        let kept = match self.output.flags_provenance().await {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return Ok(()),
+            Err(e) => return self.replace_unreadable(&e).await,
         };
         let current = provenance_with_flags(self.provenance, self.query, steps);
         if kept.get(FLAGS_SQL) != current.get(FLAGS_SQL) {
             return Ok(());
         }
-        let flags = flags_incremental::without(self.output, withdrawn).await?;
+        let flags = match flags_incremental::without(self.output, withdrawn).await {
+            Ok(flags) => flags,
+            Err(e) => return self.replace_unreadable(&e).await,
+        };
         let left: BTreeSet<i64> = steps.difference(withdrawn).copied().collect();
         self.write(&flags, &left).await
+    }
+
+    /// Replaces kept flags that cannot be read, damaged or not reached,
+    /// with a table that flags no step: none of theirs can then outlive a
+    /// forecast being replaced, and `refresh` flags every step.
+    async fn replace_unreadable(&self, e: &anyhow::Error) -> Result<()> {
+        made_again(e);
+        self.write(&flags_incremental::none()?, &BTreeSet::new())
+            .await
     }
 
     /// Writes `flags` as the flags of the valid times `steps`, with the
@@ -109,6 +126,14 @@ impl Flagging<'_> {
         self.output.write_flags(flags, &provenance).await?;
         Ok(())
     }
+}
+
+/// Says that the kept flags could not be read (`e` names the file) and
+/// are made again. They come from the forecast table alone, so a flags file
+/// cut short or damaged costs one run the whole table's flags, and does not
+/// stop the job until someone removes it.
+pub(super) fn made_again(e: &anyhow::Error) {
+    eprintln!("warning: {e:#}; the flags are made again from the forecast table");
 }
 
 /// The provenance keys of the flags' SQL ([`flags::query_id`]) and of the

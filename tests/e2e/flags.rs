@@ -147,6 +147,48 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
         .modified()
         .unwrap();
     assert_eq!(at, again);
+
+    // A flags file that cannot be read is said and made again from the
+    // forecast table. Cut short, by a run with nothing new (it reads the
+    // footer); with a page overwritten (its footer sound) or cut short, by
+    // a run that withdraws revised steps' flags before forecasting them
+    // again (it reads the rows).
+    let path = out.join("flags/flags.parquet");
+    let sound = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &sound[..sound.len() / 2]).unwrap();
+    let o = run_over(&per_step, &input, &out, &[]);
+    assert!(stdout(&o).contains("new_steps=0"), "{}", stdout(&o));
+    let said = stderr(&o);
+    assert!(
+        said.contains("flags.parquet") && said.contains("made again from the forecast"),
+        "{said}"
+    );
+    assert_eq!(flags(&out), expected, "flags made again");
+    for (seed, page) in [(9, true), (10, false)] {
+        let sound = std::fs::read(&path).unwrap();
+        if page {
+            crate::pipeline_errors::damage_column(&path, "mean_eu");
+        } else {
+            std::fs::write(&path, &sound[..sound.len() / 2]).unwrap();
+        }
+        let again = dir.path().join(format!("revised-{seed}"));
+        synth_seeded(&again, 12, "nc3", seed, &["--files-per-day"]);
+        std::fs::copy(
+            again.join("era5_t2m_20200103.nc"),
+            input.join("era5_t2m_20200103.nc"),
+        )
+        .unwrap();
+        let o = run_over(&per_step, &input, &out, &["--recheck-days", "1"]);
+        assert!(stdout(&o).contains("revised_steps=4"), "{}", stdout(&o));
+        let said = stderr(&o);
+        assert_eq!(
+            said.matches("made again from the forecast").count(),
+            1,
+            "{said}"
+        );
+        let expected = whole(&format!("whole-{seed}"));
+        assert_eq!(flags(&out), expected, "flags made again, page {page}");
+    }
 }
 
 /// Sets the cell (10, 10) of step `step` of the NetCDF3 file at `path` to

@@ -515,6 +515,18 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         fetched.iter().all(|l| !l.contains("era5_t2m_20200101.nc")),
         "{fetched:?}"
     );
+
+    // The flags object cut short: the next run, with nothing new, makes
+    // the flags again from the bucket's forecast table (its footer said
+    // nothing), the same tiles as before.
+    let flags_object = server.path("runs/c/flags/flags.parquet");
+    let bytes = std::fs::read(&flags_object).unwrap();
+    std::fs::write(&flags_object, &bytes[..bytes.len() / 2]).unwrap();
+    let (healed, _) = scheduled("cache-day-5", &[]);
+    let tiles = |summary: &str| summary.split_once(" tiles=").map(|(_, t)| t.to_string());
+    assert!(healed.contains("new_steps=0"), "{healed}");
+    assert_eq!(tiles(&healed), tiles(&rechecked), "{healed}");
+    assert!(std::fs::read(&flags_object).unwrap().ends_with(b"PAR1"));
 }
 
 /// Copies of S3 objects in `cache` (not their stamps), by file name.
