@@ -92,7 +92,7 @@ fn query_text(args: &SqlArgs) -> Result<(String, String)> {
 
 /// Runs every statement of `sql` but the last (a file's `CREATE VIEW`s,
 /// say), in order, and returns the last one's result to print or write.
-async fn last_statement(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+async fn last_statement(ctx: &SessionContext, sql: &str, tables: &[TableArg]) -> Result<DataFrame> {
     let statements = DFParser::parse_sql(sql)?;
     let count = statements.len();
     let mut last = None;
@@ -103,8 +103,8 @@ async fn last_statement(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
             Ok(plan) => ctx.execute_logical_plan(plan).await,
             Err(e) => Err(e),
         };
-        let frame = match frame {
-            Err(e) if count > 1 => return Err(anyhow::Error::from(e).context(which())),
+        let frame = match frame.map_err(|e| missing_table(e.into(), tables)) {
+            Err(e) if count > 1 => return Err(e.context(which())),
             frame => frame?,
         };
         if i + 1 < count {
@@ -117,6 +117,39 @@ async fn last_statement(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
         }
     }
     last.context("no SQL statement")
+}
+
+/// A query that reads a table no `--table` gave fails in DataFusion with
+/// only "table 'datafusion.public.era5' not found": this says which tables
+/// were given and how to give the missing one.
+fn missing_table(e: anyhow::Error, tables: &[TableArg]) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let Some((_, rest)) = text.split_once("table '") else {
+        return e;
+    };
+    // The name ends at the next quote, which "not found" must follow
+    // ("table 'era5': x.nc: variable 't2m' not found" is another error).
+    let Some((qualified, after)) = rest.split_once('\'') else {
+        return e;
+    };
+    if !after.starts_with(" not found") {
+        return e;
+    }
+    // DataFusion qualifies the name with its default catalog and schema.
+    let name = qualified
+        .strip_prefix("datafusion.public.")
+        .unwrap_or(qualified)
+        .to_string();
+    let given: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let given = if given.is_empty() {
+        "none".to_string()
+    } else {
+        given.join(", ")
+    };
+    e.context(format!(
+        "table {name} is not among the tables given ({given}): add --table {name}=PATH \
+         (a NetCDF or Parquet file, folder or glob)"
+    ))
 }
 
 pub async fn run(args: SqlArgs) -> Result<()> {
@@ -144,7 +177,9 @@ pub async fn run(args: SqlArgs) -> Result<()> {
         Some(url) => crate::cluster::failure(&label, url, e),
         None => e.context(label.clone()),
     };
-    let df = last_statement(&ctx, &query).await.map_err(failed)?;
+    let df = last_statement(&ctx, &query, &args.tables)
+        .await
+        .map_err(failed)?;
     let ran = match &args.output {
         Some(path) => {
             if let Some(remote) = S3Location::parse(&path.to_string_lossy())? {
@@ -162,5 +197,42 @@ pub async fn run(args: SqlArgs) -> Result<()> {
             }
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(e: &str, tables: &[&str]) -> String {
+        let tables: Vec<TableArg> = tables
+            .iter()
+            .map(|t| format!("{t}=x").parse().unwrap())
+            .collect();
+        format!("{:#}", missing_table(anyhow::anyhow!("{e}"), &tables))
+    }
+
+    #[test]
+    fn a_table_not_given_is_named_with_the_tables_that_were() {
+        let plan = "Error during planning: table 'datafusion.public.era5' not found";
+        assert_eq!(
+            said(plan, &["forecast", "flags"]),
+            format!(
+                "table era5 is not among the tables given (forecast, flags): add --table \
+                 era5=PATH (a NetCDF or Parquet file, folder or glob): {plan}"
+            )
+        );
+        assert!(said(plan, &[]).contains("tables given (none)"));
+    }
+
+    #[test]
+    fn other_errors_that_quote_a_table_are_left_alone() {
+        for e in [
+            "table 'era5': x.nc: variable 't2m' not found",
+            "table 'era5': x.nc: cannot open as NetCDF",
+            "Schema error: No field named t3m",
+        ] {
+            assert_eq!(said(e, &["era5"]), e);
+        }
     }
 }

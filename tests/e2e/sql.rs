@@ -493,6 +493,22 @@ fn a_query_file_runs_as_the_query_it_holds() {
     ] {
         fails_with(&["sql", "--file", file, "--table", &table], needles);
     }
+    // A table the query reads and no --table gave: which were given, and how.
+    fails_with(
+        &["sql", "-f", views.to_str().unwrap()],
+        &[
+            "statement 1 of 2: table era5 is not among the tables given (none)",
+            "'datafusion.public.era5' not found",
+        ],
+    );
+    let forecast = format!("forecast={}", data.display());
+    fails_with(
+        &["sql", "SELECT * FROM era5", "--table", &forecast],
+        &[
+            "table era5 is not among the tables given (forecast)",
+            "add --table era5=PATH",
+        ],
+    );
     // Both: a usage error, as clap reports them (exit 2).
     let o = uqcast(&["sql", "SELECT 1", "--file", shipped]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
