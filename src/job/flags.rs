@@ -80,17 +80,7 @@ pub fn query_id(query: &FlagsQuery) -> String {
 /// [`compute`].
 pub async fn check(query: &FlagsQuery) -> Result<()> {
     let label = format!("flags SQL {}", query.file.display());
-    let mut fields: Vec<Field> = uqcast_forecast::forecast_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    // The types the table's Hive partitions get (`session::register_parquet`).
-    let partition = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
-    for name in ["year", "month"] {
-        fields.push(Field::new(name, partition.clone(), false));
-    }
-    let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])?;
+    let empty = MemTable::try_new(table_schema(), vec![vec![]])?;
     let ctx = crate::session::new_context();
     ctx.register_table("forecast", Arc::new(empty))?;
     let frame = ctx.sql(&query.sql).await.context(label.clone())?;
@@ -102,6 +92,22 @@ pub async fn check(query: &FlagsQuery) -> Result<()> {
         .collect();
     frame.collect().await.context(label.clone())?;
     same_columns(&returned, &flags_schema()?).context(label)
+}
+
+/// The columns the flags SQL sees in table `forecast`: the contract's,
+/// then the `year`/`month` Hive partitions with the types
+/// `session::register_parquet` gives them.
+pub(super) fn table_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = uqcast_forecast::forecast_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let partition = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
+    for name in ["year", "month"] {
+        fields.push(Field::new(name, partition.clone(), false));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The flags table a query produced: its batches in the contract schema

@@ -13,6 +13,7 @@
 pub mod empty_source;
 pub mod flags;
 pub mod flags_incremental;
+pub mod flags_per_step;
 pub mod flags_refresh;
 pub mod output;
 pub mod revisions;
@@ -199,6 +200,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let sql = source_sql(pipeline, options.since, options.until)?;
     let flags_query = flags::render(pipeline)?;
     flags::check(&flags_query).await?;
+    if pipeline.flags.per_step {
+        flags_per_step::check(&flags_query).await?;
+    }
     let output = Output::open(&out_dir).await?;
     let provenance: Provenance = [
         ("model_id", model.id.clone()),

@@ -95,6 +95,40 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         );
         assert!(!second.exists(), "{named}: the run wrote before it failed");
     }
+    // A threshold over the whole table in a pipeline that promises
+    // per-step flags (a run would flag its new steps by another yardstick
+    // than the kept ones): refused before anything is sampled.
+    let per_step = dir.path().join("per_step.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("min_fraction = 0.3\n"), "{text}");
+    let promise = text.replace(
+        "min_fraction = 0.3\n",
+        "min_fraction = 0.3\nper_step = true\n",
+    );
+    std::fs::write(&per_step, promise).unwrap();
+    let threshold = "SELECT valid_time, CAST({{eu_threshold}} AS DOUBLE) AS eu_threshold\n    \
+                     FROM forecast\n    GROUP BY valid_time";
+    assert!(good_flags.contains(threshold), "{good_flags}");
+    let whole = "SELECT DISTINCT f.valid_time, g.eu_threshold FROM forecast f CROSS JOIN \
+                 (SELECT CAST({{eu_threshold}} AS DOUBLE) AS eu_threshold FROM forecast) g";
+    std::fs::write(&flags_sql, good_flags.replace(threshold, whole)).unwrap();
+    fails_with(
+        &[
+            "run",
+            "--config",
+            per_step.to_str().unwrap(),
+            "--output",
+            s2,
+        ],
+        &[
+            "flags SQL",
+            "flags.sql",
+            "per_step = true",
+            "other valid times",
+        ],
+    );
+    assert!(!second.exists(), "per_step: the run wrote before it failed");
+
     // One that fails only on the data (NULL flags) is named after the
     // steps; they stay, and the next run writes the flags without sampling
     // again.
