@@ -32,10 +32,12 @@ const SIDE: usize = 12;
 /// whether or not the table also holds a second one.
 pub async fn check(query: &FlagsQuery) -> Result<()> {
     let label = format!("flags SQL {}", query.file.display());
-    let alone = first_steps_rows(query, &[probe_step(FIRST, 0.01)?])
+    let first = probe_step(FIRST, 0.01)?;
+    let second = probe_step(SECOND, 1.0)?;
+    let alone = first_steps_rows(query, std::slice::from_ref(&first))
         .await
         .with_context(|| label.clone())?;
-    let beside = first_steps_rows(query, &[probe_step(FIRST, 0.01)?, probe_step(SECOND, 1.0)?])
+    let beside = first_steps_rows(query, &[first, second])
         .await
         .with_context(|| label.clone())?;
     if alone != beside {
