@@ -155,12 +155,17 @@ pub async fn compute(ctx: &SessionContext, query: &FlagsQuery) -> Result<Flags> 
     })
 }
 
-/// Writes `DIR/flags/flags.parquet` atomically (a temporary renamed into
-/// place); returns its path.
+/// Where the flags table of the output directory `dir` lives.
+pub fn local_path(dir: &Path) -> PathBuf {
+    dir.join("flags").join("flags.parquet")
+}
+
+/// Writes [`local_path`] atomically (a temporary renamed into place);
+/// returns its path.
 pub fn write_local(flags: &Flags, dir: &Path, provenance: &Provenance) -> Result<PathBuf> {
-    let out = dir.join("flags");
-    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
-    let path = out.join("flags.parquet");
+    let path = local_path(dir);
+    let out = path.parent().unwrap_or(dir);
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
     let tmp = out.join(format!(".flags.parquet.tmp-{}", std::process::id()));
     write_parquet_file(&tmp, &flags.batches, provenance)
         .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))

@@ -88,11 +88,7 @@ impl Output {
     /// The flags table's file, for a query session.
     pub fn flags_location(&self) -> String {
         match self {
-            Self::Local { dir, .. } => dir
-                .join("flags")
-                .join("flags.parquet")
-                .display()
-                .to_string(),
+            Self::Local { dir, .. } => flags::local_path(dir).display().to_string(),
             Self::S3(store) => store.flags_url(),
         }
     }
@@ -101,9 +97,7 @@ impl Output {
     /// is no flags table.
     pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
         match self {
-            Self::Local { dir, .. } => {
-                super::store::flags_provenance(&dir.join("flags").join("flags.parquet"))
-            }
+            Self::Local { dir, .. } => super::store::flags_provenance(&flags::local_path(dir)),
             Self::S3(store) => store.flags_provenance().await,
         }
     }

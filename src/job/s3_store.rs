@@ -68,9 +68,14 @@ impl S3ForecastStore {
         self.url(&join(&self.prefix, "forecast/"))
     }
 
+    /// The flags table's key.
+    fn flags_key(&self) -> String {
+        join(&self.prefix, "flags/flags.parquet")
+    }
+
     /// The flags table's object, as `uqcast sql` reads it.
     pub fn flags_url(&self) -> String {
-        self.url(&join(&self.prefix, "flags/flags.parquet"))
+        self.url(&self.flags_key())
     }
 
     async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
@@ -117,7 +122,7 @@ impl S3ForecastStore {
     /// The provenance of the flags object, from its footer alone;
     /// `None` where there is none.
     pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
-        let key = ObjectPath::from(join(&self.prefix, "flags/flags.parquet"));
+        let key = ObjectPath::from(self.flags_key());
         let url = self.url(key.as_ref());
         footer_provenance(self.store.as_ref(), &key, FOOTER_GUESS)
             .await
@@ -142,7 +147,7 @@ impl S3ForecastStore {
     /// Stores `PREFIX/flags/flags.parquet`; returns its URL.
     pub async fn write_flags(&self, flags: &Flags, provenance: &Provenance) -> Result<String> {
         self.lock.check()?;
-        let key = join(&self.prefix, "flags/flags.parquet");
+        let key = self.flags_key();
         self.put(&key, &flags.batches, provenance)
             .await
             .with_context(|| format!("{}: writing flags", self.url(&key)))
