@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Datelike, Utc};
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 
@@ -37,12 +36,8 @@ pub async fn merged(
     written: &BTreeSet<i64>,
     kept: bool,
 ) -> Result<Flags> {
-    let tables = [TableArg {
-        name: "forecast_all".into(),
-        location: output.forecast_location(),
-    }];
     let ctx = crate::session::new_context();
-    crate::session::register_tables(&ctx, &tables).await?;
+    let tables = [output.register_forecast(&ctx, "forecast_all").await?];
 
     // Kept rows that cannot be read leave every step to flag again.
     let mut runs = if kept {
@@ -62,12 +57,11 @@ pub async fn merged(
         .collect();
 
     for chunk in to_flag.chunks(STEPS_PER_QUERY) {
-        let (times, years, months) = literals(chunk)?;
-        // The partitions first, so the listing skips every other month's
-        // files before their footers are read.
+        let times = super::timestamps_sql(chunk);
+        let partitions = super::store::partitions_sql(chunk)?;
         ctx.sql(&format!(
             "CREATE OR REPLACE VIEW forecast AS SELECT * FROM forecast_all \
-             WHERE year IN ({years}) AND month IN ({months}) AND valid_time IN ({times})"
+             WHERE {partitions} AND valid_time IN ({times})"
         ))
         .await?;
         let fresh = compute(&ctx, query).await;
@@ -114,22 +108,6 @@ async fn kept_runs(output: &Output) -> Result<Vec<Run>> {
     crate::session::footers::naming_damaged(&tables, read)
         .await
         .context("the flags kept from earlier runs")
-}
-
-/// The SQL lists of the valid times, and of their years and months as the
-/// table's `year=`/`month=` partition values.
-fn literals(written: &[i64]) -> Result<(String, String, String)> {
-    let mut years = BTreeSet::new();
-    let mut months = BTreeSet::new();
-    for &t in written {
-        let at: DateTime<Utc> =
-            DateTime::from_timestamp_micros(t).context("valid time out of range")?;
-        years.insert(format!("'{:04}'", at.year()));
-        months.insert(format!("'{:02}'", at.month()));
-    }
-    let times = super::timestamps_sql(written);
-    let join = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join(", ");
-    Ok((times, join(years), join(months)))
 }
 
 /// One step's rows: a slice of a batch.
@@ -273,18 +251,5 @@ mod tests {
         assert_eq!((merged.tiles, merged.flagged), (0, 0));
         assert_eq!(merged.batches.len(), 1);
         assert_eq!(merged.batches[0].schema(), flags_schema().unwrap());
-    }
-
-    #[test]
-    fn partition_values_are_the_tables_year_and_month_names() {
-        // 2020-01-31T18Z and 2020-02-01T00Z.
-        let times = [1_580_493_600_000_000, 1_580_515_200_000_000];
-        let (list, years, months) = literals(&times).unwrap();
-        assert_eq!(years, "'2020'");
-        assert_eq!(months, "'01', '02'");
-        assert!(
-            list.starts_with("to_timestamp_micros(1580493600000000, 'UTC')"),
-            "{list}"
-        );
     }
 }

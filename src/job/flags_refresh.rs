@@ -58,12 +58,8 @@ impl Flagging<'_> {
                 flags_incremental::merged(self.output, self.query, steps, written, flags_current);
             Some(merged.await?)
         } else {
-            let forecast = crate::session::TableArg {
-                name: "forecast".into(),
-                location: self.output.forecast_location(),
-            };
             let ctx = crate::session::new_context();
-            crate::session::register_tables(&ctx, std::slice::from_ref(&forecast)).await?;
+            let forecast = self.output.register_forecast(&ctx, "forecast").await?;
             // Flags read every step, so a step damaged since it was written
             // fails them here: the file is named, not only the flags SQL.
             let flags = flags::compute(&ctx, self.query).await;

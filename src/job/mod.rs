@@ -228,7 +228,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
         let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
         let rechecked = revisions::window(&forecast, days);
-        let revised = revisions::revised(&ctx, &sql, &output, &rechecked).await?;
+        let revised = revisions::revised(&ctx, &sql, &output, &rechecked, lead).await?;
         revisions::announce(&revised, rechecked.len());
         summary.existing_steps = existing.len() - revised.len();
         let flagging = flags_refresh::Flagging {

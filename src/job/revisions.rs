@@ -39,13 +39,15 @@ pub fn window(forecast: &BTreeSet<i64>, days: u32) -> BTreeSet<i64> {
 
 /// The initial times in `rechecked` whose input in the source query `sql`
 /// (run in `ctx`, which has its tables) differs from the input stored in
-/// `output`'s forecast files. A step the source no longer holds is not
-/// revised: its forecast stays.
+/// `output`'s forecast files, whose steps are valid `lead` (µs) after
+/// their initial times. A step the source no longer holds is not revised:
+/// its forecast stays.
 pub async fn revised(
     ctx: &SessionContext,
     sql: &str,
     output: &Output,
     rechecked: &BTreeSet<i64>,
+    lead: i64,
 ) -> Result<BTreeSet<i64>> {
     if rechecked.is_empty() {
         return Ok(BTreeSet::new());
@@ -60,15 +62,15 @@ pub async fn revised(
         .await
         .context("reading the input of forecast steps again (source.recheck_days)")?;
 
-    let forecast = crate::session::TableArg {
-        name: "forecast".into(),
-        location: output.forecast_location(),
-    };
     let stored_ctx = crate::session::new_context();
-    crate::session::register_tables(&stored_ctx, std::slice::from_ref(&forecast)).await?;
+    let forecast = output.register_forecast(&stored_ctx, "forecast").await?;
+    // Only the window's months are opened: the statistics of every other
+    // file would rule it out too, but only after its footer was read.
+    let valid: Vec<i64> = rechecked.iter().map(|t| t + lead).collect();
+    let partitions = super::store::partitions_sql(&valid)?;
     let stored_sql = format!(
         "SELECT init_time AS step, latitude, longitude, t2m FROM forecast \
-         WHERE init_time IN ({times})"
+         WHERE {partitions} AND init_time IN ({times})"
     );
     let stored = digests(&stored_ctx, &stored_sql).await;
     // A forecast file damaged since it was written is named, not only the query.
@@ -211,6 +213,92 @@ mod tests {
         let a = digest(&[(45.0, 260.0, Some(280.5))]);
         let b = digest(&[(45.0 + 1e-9, 260.0 - 1e-9, Some(280.5))]);
         assert_eq!(a, b);
+    }
+
+    /// 2020-01-01T00:00Z in microseconds.
+    const JAN_1: i64 = 1_577_836_800_000_000;
+
+    /// Rows of one step of a 2 × 2 grid: `init` and the cells' input
+    /// `t2m`, as the source gives them (`with_lead: None`) or as a forecast
+    /// file stores them, valid `lead` later.
+    fn step_rows(init: i64, t2m: f32, with_lead: Option<i64>) -> RecordBatch {
+        use datafusion::arrow::array::TimestampMicrosecondArray;
+        use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array};
+        use std::sync::Arc;
+        let time = |t: i64| {
+            Arc::new(TimestampMicrosecondArray::from(vec![t; 4]).with_timezone("UTC")) as ArrayRef
+        };
+        let degrees = |v: [f64; 4]| Arc::new(Float64Array::from(v.to_vec())) as ArrayRef;
+        let kelvin = |v: f32| Arc::new(Float32Array::from(vec![v; 4])) as ArrayRef;
+        let cells = [
+            degrees([45.0, 45.0, 46.0, 46.0]),
+            degrees([260.0, 261.0, 260.0, 261.0]),
+            kelvin(t2m),
+        ];
+        match with_lead {
+            None => RecordBatch::try_from_iter([
+                ("valid_time", time(init)),
+                ("latitude", cells[0].clone()),
+                ("longitude", cells[1].clone()),
+                ("t2m", cells[2].clone()),
+            ])
+            .unwrap(),
+            Some(lead) => {
+                let mut columns = vec![time(init), time(init + lead)];
+                columns.extend(cells);
+                columns.extend([kelvin(t2m + 1.0), kelvin(0.5), kelvin(0.01)]);
+                RecordBatch::try_new(uqcast_forecast::forecast_schema(), columns).unwrap()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_recheck_finds_a_changed_step_and_opens_only_its_windows_months() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output::open(&dir.path().join("out")).await.unwrap();
+        let lead = 6 * HOUR;
+        let jan = [JAN_1, JAN_1 + 6 * HOUR];
+        for init in jan {
+            let step = step_rows(init, 280.0, Some(lead));
+            let provenance = Default::default();
+            output
+                .write_step(init + lead, &step, &provenance)
+                .await
+                .unwrap();
+        }
+        // An older month whose file no longer reads (a bad disk): a window
+        // that does not reach it must not open it.
+        let december = dir.path().join("out/forecast/year=2019/month=12");
+        std::fs::create_dir_all(&december).unwrap();
+        std::fs::write(december.join("t2m_20191231T1800.parquet"), b"not Parquet").unwrap();
+
+        // The source's second step was revised.
+        let source = datafusion::datasource::MemTable::try_new(
+            step_rows(0, 0.0, None).schema(),
+            vec![vec![
+                step_rows(jan[0], 280.0, None),
+                step_rows(jan[1], 280.25, None),
+            ]],
+        )
+        .unwrap();
+        let ctx = crate::session::new_context();
+        ctx.register_table("source", std::sync::Arc::new(source))
+            .unwrap();
+        let sql = "SELECT * FROM source";
+        let window: BTreeSet<i64> = jan.into();
+        let found = revised(&ctx, sql, &output, &window, lead).await.unwrap();
+        assert_eq!(found, BTreeSet::from([jan[1]]));
+
+        // A window that reaches the damaged month names its file.
+        let december_init = JAN_1 - 12 * HOUR;
+        let reaching: BTreeSet<i64> = [december_init, jan[0]].into();
+        let e = revised(&ctx, sql, &output, &reaching, lead)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("t2m_20191231T1800.parquet"),
+            "{e:#}"
+        );
     }
 
     #[test]

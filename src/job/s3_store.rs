@@ -63,6 +63,14 @@ impl S3ForecastStore {
         format!("s3://{}/{key}", self.bucket)
     }
 
+    /// Makes the bucket's `s3://` URLs readable in `ctx` through this
+    /// store's connection.
+    pub fn register_in(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+        let url = url::Url::parse(&format!("s3://{}", self.bucket)).context("bucket URL")?;
+        ctx.register_object_store(&url, self.store.clone());
+        Ok(())
+    }
+
     /// The forecast table's location, as `uqcast sql` reads it.
     pub fn forecast_url(&self) -> String {
         self.url(&join(&self.prefix, "forecast/"))

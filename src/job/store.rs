@@ -336,6 +336,31 @@ pub fn step_name(valid_time: i64) -> Result<(String, String)> {
     ))
 }
 
+/// A condition on the forecast table's partition columns (`year`, `month`)
+/// that holds for the steps valid at `times` and for no other month's:
+/// DataFusion lists and prunes partitions before it reads any footer, so a
+/// query that puts it beside its filter on the times opens only those
+/// months' files, however long the table's history.
+pub fn partitions_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> Result<String> {
+    let mut months: BTreeMap<i32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for &t in times {
+        let at: DateTime<Utc> =
+            DateTime::from_timestamp_micros(t).context("valid time out of range")?;
+        months.entry(at.year()).or_default().insert(at.month());
+    }
+    if months.is_empty() {
+        return Ok("FALSE".into());
+    }
+    let years: Vec<String> = months
+        .iter()
+        .map(|(year, months)| {
+            let months: Vec<String> = months.iter().map(|m| format!("'{m:02}'")).collect();
+            format!("(year = '{year:04}' AND month IN ({}))", months.join(", "))
+        })
+        .collect();
+    Ok(format!("({})", years.join(" OR ")))
+}
+
 /// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`).
 pub fn valid_time_of(name: &str) -> Option<i64> {
     let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
@@ -355,6 +380,39 @@ mod tests {
         );
         assert_eq!(valid_time_of(".t2m_20200103T1200.parquet.tmp-7"), None);
         assert_eq!(valid_time_of("t2m_2020.parquet"), None);
+    }
+
+    #[test]
+    fn the_partition_filter_names_each_years_months_as_the_folders_do() {
+        let at = |name: &str| valid_time_of(&format!("t2m_{name}.parquet")).unwrap();
+        let times = [
+            at("20200131T1800"),
+            at("20191231T1800"),
+            at("20200201T0000"),
+            at("20200102T0000"),
+        ];
+        assert_eq!(
+            partitions_sql(&times).unwrap(),
+            "((year = '2019' AND month IN ('12')) OR (year = '2020' AND month IN ('01', '02')))"
+        );
+        // Each step's folder is one the filter keeps.
+        for t in times {
+            let (_, folder) = step_name(t).unwrap();
+            let (year, month) = folder.split_once('/').unwrap();
+            let (year, month) = (&year[5..], &month[6..]);
+            assert!(
+                partitions_sql(&times)
+                    .unwrap()
+                    .contains(&format!("year = '{year}' AND month IN (")),
+                "{folder}"
+            );
+            assert!(
+                partitions_sql(&[t])
+                    .unwrap()
+                    .contains(&format!("'{month}'"))
+            );
+        }
+        assert_eq!(partitions_sql(&[]).unwrap(), "FALSE");
     }
 
     /// A sink that refuses every byte, as a full disk does.
