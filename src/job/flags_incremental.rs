@@ -36,8 +36,8 @@ pub async fn merged(
     written: &BTreeSet<i64>,
     kept: bool,
 ) -> Result<Flags> {
-    let ctx = crate::session::new_context();
-    let tables = [output.register_forecast(&ctx, "forecast_all").await?];
+    let (ctx, forecast) = output.forecast_session("forecast_all").await?;
+    let tables = [forecast];
 
     // Kept rows that cannot be read leave every step to flag again.
     let mut runs = if kept {
@@ -57,13 +57,9 @@ pub async fn merged(
         .collect();
 
     for chunk in to_flag.chunks(STEPS_PER_QUERY) {
-        let times = super::timestamps_sql(chunk);
-        let partitions = super::store::partitions_sql(chunk)?;
-        ctx.sql(&format!(
-            "CREATE OR REPLACE VIEW forecast AS SELECT * FROM forecast_all \
-             WHERE {partitions} AND valid_time IN ({times})"
-        ))
-        .await?;
+        let steps = super::store::months_select("forecast_all", "*", chunk)?;
+        ctx.sql(&format!("CREATE OR REPLACE VIEW forecast AS {steps}"))
+            .await?;
         let fresh = compute(&ctx, query).await;
         let fresh = crate::session::footers::naming_damaged(&tables, fresh).await?;
         for batch in &fresh.batches {

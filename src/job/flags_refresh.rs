@@ -58,8 +58,7 @@ impl Flagging<'_> {
                 flags_incremental::merged(self.output, self.query, steps, written, flags_current);
             Some(merged.await?)
         } else {
-            let ctx = crate::session::new_context();
-            let forecast = self.output.register_forecast(&ctx, "forecast").await?;
+            let (ctx, forecast) = self.output.forecast_session("forecast").await?;
             // Flags read every step, so a step damaged since it was written
             // fails them here: the file is named, not only the flags SQL.
             let flags = flags::compute(&ctx, self.query).await;

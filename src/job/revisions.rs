@@ -62,16 +62,13 @@ pub async fn revised(
         .await
         .context("reading the input of forecast steps again (source.recheck_days)")?;
 
-    let stored_ctx = crate::session::new_context();
-    let forecast = output.register_forecast(&stored_ctx, "forecast").await?;
-    // Only the window's months are opened: the statistics of every other
-    // file would rule it out too, but only after its footer was read.
+    let (stored_ctx, forecast) = output.forecast_session("forecast").await?;
+    // Only the window's months are listed and opened: the statistics of
+    // every other file would rule it out too, but only after its footer
+    // was read.
     let valid: Vec<i64> = rechecked.iter().map(|t| t + lead).collect();
-    let partitions = super::store::partitions_sql(&valid)?;
-    let stored_sql = format!(
-        "SELECT init_time AS step, latitude, longitude, t2m FROM forecast \
-         WHERE {partitions} AND init_time IN ({times})"
-    );
+    let columns = "init_time AS step, latitude, longitude, t2m";
+    let stored_sql = super::store::months_select("forecast", columns, &valid)?;
     let stored = digests(&stored_ctx, &stored_sql).await;
     // A forecast file damaged since it was written is named, not only the query.
     let stored = crate::session::footers::naming_damaged(&[forecast], stored)

@@ -336,29 +336,34 @@ pub fn step_name(valid_time: i64) -> Result<(String, String)> {
     ))
 }
 
-/// A condition on the forecast table's partition columns (`year`, `month`)
-/// that holds for the steps valid at `times` and for no other month's:
-/// DataFusion lists and prunes partitions before it reads any footer, so a
-/// query that puts it beside its filter on the times opens only those
-/// months' files, however long the table's history.
-pub fn partitions_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> Result<String> {
-    let mut months: BTreeMap<i32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+/// `SELECT {columns} FROM {table}` of the steps valid at `times`, one
+/// branch a month joined by `UNION ALL`. Each branch names its folder by
+/// equalities (`year = '2020' AND month = '01'`), which DataFusion lists as
+/// a key prefix before it reads any footer; an `IN` or `OR` over the
+/// partitions would still list every file of the table (one request per
+/// 1,000 keys on S3) and filter the names. So a query lists and opens only
+/// those months' files, however long the table's history.
+pub fn months_select(table: &str, columns: &str, times: &[i64]) -> Result<String> {
+    let mut months: BTreeMap<(i32, u32), Vec<i64>> = BTreeMap::new();
     for &t in times {
         let at: DateTime<Utc> =
             DateTime::from_timestamp_micros(t).context("valid time out of range")?;
-        months.entry(at.year()).or_default().insert(at.month());
+        months.entry((at.year(), at.month())).or_default().push(t);
     }
     if months.is_empty() {
-        return Ok("FALSE".into());
+        return Ok(format!("SELECT {columns} FROM {table} WHERE FALSE"));
     }
-    let years: Vec<String> = months
+    let branches: Vec<String> = months
         .iter()
-        .map(|(year, months)| {
-            let months: Vec<String> = months.iter().map(|m| format!("'{m:02}'")).collect();
-            format!("(year = '{year:04}' AND month IN ({}))", months.join(", "))
+        .map(|((year, month), times)| {
+            format!(
+                "SELECT {columns} FROM {table} WHERE year = '{year:04}' AND month = '{month:02}' \
+                 AND valid_time IN ({})",
+                super::timestamps_sql(times)
+            )
         })
         .collect();
-    Ok(format!("({})", years.join(" OR ")))
+    Ok(branches.join("\nUNION ALL\n"))
 }
 
 /// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`).
@@ -383,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn the_partition_filter_names_each_years_months_as_the_folders_do() {
+    fn each_months_steps_are_read_from_that_months_folder() {
         let at = |name: &str| valid_time_of(&format!("t2m_{name}.parquet")).unwrap();
         let times = [
             at("20200131T1800"),
@@ -391,28 +396,25 @@ mod tests {
             at("20200201T0000"),
             at("20200102T0000"),
         ];
-        assert_eq!(
-            partitions_sql(&times).unwrap(),
-            "((year = '2019' AND month IN ('12')) OR (year = '2020' AND month IN ('01', '02')))"
-        );
-        // Each step's folder is one the filter keeps.
+        let sql = months_select("f", "*", &times).unwrap();
+        let branches: Vec<&str> = sql.split("\nUNION ALL\n").collect();
+        assert_eq!(branches.len(), 3, "{sql}");
+        // Each step is in the branch of the folder it is written to.
         for t in times {
             let (_, folder) = step_name(t).unwrap();
             let (year, month) = folder.split_once('/').unwrap();
-            let (year, month) = (&year[5..], &month[6..]);
-            assert!(
-                partitions_sql(&times)
-                    .unwrap()
-                    .contains(&format!("year = '{year}' AND month IN (")),
-                "{folder}"
-            );
-            assert!(
-                partitions_sql(&[t])
-                    .unwrap()
-                    .contains(&format!("'{month}'"))
-            );
+            let names = format!("year = '{}' AND month = '{}'", &year[5..], &month[6..]);
+            let holding: Vec<&&str> = branches
+                .iter()
+                .filter(|b| b.contains(&super::super::timestamp_sql(t)))
+                .collect();
+            assert_eq!(holding.len(), 1, "{sql}");
+            assert!(holding[0].contains(&names), "{folder}: {}", holding[0]);
         }
-        assert_eq!(partitions_sql(&[]).unwrap(), "FALSE");
+        assert_eq!(
+            months_select("f", "a, b", &[]).unwrap(),
+            "SELECT a, b FROM f WHERE FALSE"
+        );
     }
 
     /// A sink that refuses every byte, as a full disk does.

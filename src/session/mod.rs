@@ -22,12 +22,30 @@ pub mod s3;
 /// read, and name them by URL. Its sorts, aggregations and joins hold at
 /// most [`memory::limit_bytes`], spilling to temporary files beyond it.
 pub fn new_context() -> SessionContext {
+    context_with(datafusion::execution::runtime_env::RuntimeEnv::default().cache_manager)
+}
+
+/// As [`new_context`], but each scan lists only the key prefix its
+/// filters name (`year=2020/month=01/`). DataFusion's list cache lists a
+/// table whole on its first scan, to serve later prefixes from memory;
+/// a run that reads a few months of its long forecast table needs only
+/// those folders' keys (on S3 a listing is a request per 1,000 keys).
+pub fn new_context_listing_prefixes() -> Result<SessionContext> {
+    use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
+    let config = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    Ok(context_with(CacheManager::try_new(&config)?))
+}
+
+fn context_with(
+    cache_manager: Arc<datafusion::execution::cache::cache_manager::CacheManager>,
+) -> SessionContext {
     let config = datafusion::prelude::SessionConfig::new()
         .with_extension(Arc::new(codec::model_files()))
         .with_extension(Arc::new(s3::file_names()))
         .with_extension(Arc::new(s3::local_copies()));
     let runtime = datafusion::execution::runtime_env::RuntimeEnv {
         memory_pool: memory::pool(),
+        cache_manager,
         ..Default::default()
     };
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
