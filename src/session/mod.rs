@@ -248,8 +248,13 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
                 format!("{}/", t.location)
             };
             if let Err(e) = register_parquet(ctx, &t.name, &location).await {
-                // Reading every object again costs downloads: only for an
-                // error a damaged object gives.
+                // Checking footers costs a request an object, and reading
+                // every object again downloads them: only after a failure,
+                // and the downloads only for an error a damaged object gives.
+                if let Some(footer) = s3::bad_footer(remote).await {
+                    let location = &t.location;
+                    return Err(footer).with_context(|| format!("table '{}': {location}", t.name));
+                }
                 let damaged = if footers::from_damaged_parquet(&e) {
                     s3::first_damaged(remote, footers::unreadable).await
                 } else {

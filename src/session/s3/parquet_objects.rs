@@ -1,13 +1,15 @@
 //! Damaged Parquet objects, named as local files are ([`footers`]).
 //!
-//! DataFusion reads an `s3://` Parquet table in place, and the parquet
-//! crate trusts a footer's metadata length: an object whose last 8 bytes
-//! claim more metadata than it holds ended `uqcast` in an overflow panic
-//! at registration. Each object's footer is checked first, with one ranged
-//! read of its last 8 bytes. After a registration or a query fails with
-//! an error only a damaged object explains (DataFusion names the table's
-//! location, or nothing), the objects are read again, a few at a time, to
-//! name the first that does not read.
+//! DataFusion reads an `s3://` Parquet table in place, and names the
+//! table's location, or nothing, when an object is damaged. After a
+//! registration fails, each object's footer is checked (one ranged read of
+//! its last 8 bytes: an object whose footer claims more metadata than it
+//! holds once ended `uqcast` in an overflow panic at registration); after
+//! a registration or a query fails with an error only a damaged object
+//! explains, the objects are read again, a few at a time, to name the
+//! first that does not read. Neither runs before: registration reads every
+//! footer already, and checking them first cost a request per object
+//! (13 s of a 23 s query over 4,972 objects on the loopback server).
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -17,9 +19,18 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use super::S3Location;
 use crate::session::footers;
 
+/// The first object of the Parquet table at `location` whose footer is
+/// damaged, named by its URL in the error; `None` when every footer is
+/// sound, or the objects cannot be listed.
+pub async fn bad_footer(location: &S3Location) -> Option<anyhow::Error> {
+    let (store, objects) = super::objects_of(location).await.ok()?;
+    let named = super::select(location, &objects).ok()?;
+    check_footers(store.as_ref(), location, &named).await.err()
+}
+
 /// Checks the footer of every object in `objects` (those of a Parquet
 /// table at `location`), naming the first damaged one by its URL.
-pub async fn check_footers(
+async fn check_footers(
     store: &dyn ObjectStore,
     location: &S3Location,
     objects: &[ObjectMeta],
