@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -103,9 +103,8 @@ pub(super) fn table_schema() -> SchemaRef {
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    let partition = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
     for name in ["year", "month"] {
-        fields.push(Field::new(name, partition.clone(), false));
+        fields.push(Field::new(name, crate::session::partition_type(), false));
     }
     Arc::new(Schema::new(fields))
 }

@@ -210,8 +210,15 @@ async fn register_parquet(ctx: &SessionContext, name: &str, location: &str) -> R
     }
 }
 
-async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
+/// The type of a Hive partition column (`year=2020/` gives `year`): the
+/// one DataFusion's own inference gives partition values, for every table
+/// uqcast registers with partitions.
+pub fn partition_type() -> datafusion::arrow::datatypes::DataType {
     use datafusion::arrow::datatypes::DataType;
+    DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
+}
+
+async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
     let probe = ParquetReadOptions::default()
         .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
     let url = ListingTableUrl::parse(location)?;
@@ -219,13 +226,7 @@ async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str)
         .infer_partitions(&ctx.state(), &url)
         .await?
         .into_iter()
-        // The type DataFusion's own inference gives partition values.
-        .map(|c| {
-            (
-                c,
-                DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8)),
-            )
-        })
+        .map(|c| (c, partition_type()))
         .collect();
     let options = ParquetReadOptions::default().table_partition_cols(partitions);
     ctx.register_parquet(name, location, options).await?;
