@@ -21,7 +21,8 @@ use parquet::file::reader::SerializedFileReader;
 use super::flags::Flags;
 use super::s3_lock::S3Lock;
 use super::store::{
-    Provenance, check_stored_provenance, provenance_of, step_name, valid_time_of, write_parquet,
+    Provenance, check_stored_provenance, provenance_of, step_name, steps_and_newest, valid_time_of,
+    write_parquet,
 };
 use crate::session::s3::{S3Location, connect};
 
@@ -99,19 +100,13 @@ impl S3ForecastStore {
         Ok(keys)
     }
 
-    /// Valid times (UTC µs) already in the table, with one file's key to
-    /// check provenance on.
+    /// Valid times (UTC µs) already in the table, with the key to check
+    /// provenance on ([`steps_and_newest`]).
     pub async fn existing(&self) -> Result<(Vec<i64>, Option<ObjectPath>)> {
-        let mut times = Vec::new();
-        let mut sample = None;
-        for key in self.keys_below("forecast").await? {
-            if let Some(t) = key.filename().and_then(valid_time_of) {
-                times.push(t);
-                sample.get_or_insert(key);
-            }
-        }
-        times.sort_unstable();
-        Ok((times, sample))
+        let keys = self.keys_below("forecast").await?;
+        Ok(steps_and_newest(keys, |key| {
+            key.filename().and_then(valid_time_of)
+        }))
     }
 
     /// Errors if the file at `key` was written with other provenance.

@@ -140,19 +140,12 @@ impl ForecastStore {
         Ok(removed)
     }
 
-    /// Valid times (UTC µs) already in the table, with one file to check provenance on.
+    /// Valid times (UTC µs) already in the table, with the file to check
+    /// provenance on ([`steps_and_newest`]).
     pub fn existing(&self) -> Result<(Vec<i64>, Option<PathBuf>)> {
-        let mut times = Vec::new();
-        let mut sample = None;
-        for path in self.files()? {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if let Some(t) = valid_time_of(&name) {
-                times.push(t);
-                sample.get_or_insert(path);
-            }
-        }
-        times.sort_unstable();
-        Ok((times, sample))
+        Ok(steps_and_newest(self.files()?, |path| {
+            valid_time_of(&path.file_name()?.to_string_lossy())
+        }))
     }
 
     /// Errors if `file` was written with different provenance.
@@ -366,6 +359,30 @@ pub fn months_select(table: &str, columns: &str, times: &[i64]) -> Result<String
     Ok(branches.join("\nUNION ALL\n"))
 }
 
+/// The valid times of the step files among `files` (`valid_time` reads a
+/// file's name), sorted, and the newest step's file: a run checks the
+/// table's provenance on it, as the last run wrote it, so that a damaged
+/// older file, which a run does not otherwise read, does not stop every
+/// run (a query over the table names it).
+pub fn steps_and_newest<T>(
+    files: Vec<T>,
+    valid_time: impl Fn(&T) -> Option<i64>,
+) -> (Vec<i64>, Option<T>) {
+    let mut times = Vec::new();
+    let mut newest: Option<(i64, T)> = None;
+    for file in files {
+        let Some(t) = valid_time(&file) else {
+            continue;
+        };
+        times.push(t);
+        if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+            newest = Some((t, file));
+        }
+    }
+    times.sort_unstable();
+    (times, newest.map(|(_, file)| file))
+}
+
 /// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`).
 pub fn valid_time_of(name: &str) -> Option<i64> {
     let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
@@ -415,6 +432,22 @@ mod tests {
             months_select("f", "a, b", &[]).unwrap(),
             "SELECT a, b FROM f WHERE FALSE"
         );
+    }
+
+    #[test]
+    fn the_newest_step_file_speaks_for_the_table() {
+        let files = [
+            "year=2020/month=02/t2m_20200201T0000.parquet",
+            "year=2019/month=12/t2m_20191231T1800.parquet",
+            "year=2020/month=02/.t2m_20200301T0000.parquet.tmp-7",
+            "year=2020/month=01/t2m_20200131T1800.parquet",
+        ];
+        let name = |f: &&str| valid_time_of(f.rsplit('/').next()?);
+        let (times, newest) = steps_and_newest(files.to_vec(), name);
+        assert_eq!(times.len(), 3);
+        assert!(times.is_sorted());
+        assert_eq!(newest, Some(files[0]));
+        assert_eq!(steps_and_newest(Vec::<&str>::new(), name), (vec![], None));
     }
 
     /// A sink that refuses every byte, as a full disk does.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::pipeline::{forecast_csv, parquet_files, run_over, trained};
+use crate::pipeline::{forecast_csv, parquet_files, run_over, run_over_unchecked, trained};
 use crate::{stderr, stdout, synth_seeded, uqcast};
 
 /// Day `day` (1 or 2) of 2020-01 from the per-day files of `seed`'s data.
@@ -160,4 +160,56 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
         "{again}"
     );
     assert!(rewritten(&before, &written_at(&out)).is_empty());
+}
+
+#[test]
+fn a_damaged_file_in_a_month_a_run_does_not_read_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trained(dir.path(), 2);
+    // The model's grid on 2019-12-31 and 2020-01-01: steps valid in two months.
+    let input = dir.path().join("input");
+    let o = uqcast(&[
+        "synth",
+        "--out",
+        input.to_str().unwrap(),
+        "--start",
+        "2019-12-31T00:00Z",
+        "--steps",
+        "8",
+        "--res",
+        "2",
+        "--encoding",
+        "nc3",
+        "--files-per-day",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("out");
+    let first = run(&config, &input, &out, &[]);
+    assert!(first.starts_with("uqcast run: ok new_steps=8 "), "{first}");
+
+    // The oldest step's file cut short (a bad disk, a partial restore).
+    let oldest = parquet_files(&out.join("forecast")).remove(0);
+    assert!(
+        oldest.to_string_lossy().contains("month=12"),
+        "{}",
+        oldest.display()
+    );
+    let bytes = std::fs::read(&oldest).unwrap();
+    std::fs::write(&oldest, &bytes[..bytes.len() / 2]).unwrap();
+    let name = oldest.file_name().unwrap().to_str().unwrap();
+
+    // A day's window (valid times in January) does not read December.
+    let again = run(&config, &input, &out, &["--recheck-days", "1"]);
+    assert!(
+        again.starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
+        "{again}"
+    );
+    // A window that reaches it, and a query over the table, name it.
+    let o = run_over_unchecked(&config, &input, &out, &["--recheck-days", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(name), "{}", stderr(&o));
+    let table = format!("f={}", out.join("forecast").display());
+    let o = uqcast(&["sql", "SELECT count(*) FROM f", "--table", &table]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(name), "{}", stderr(&o));
 }
