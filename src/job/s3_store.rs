@@ -67,9 +67,7 @@ impl S3ForecastStore {
     /// Makes the bucket's `s3://` URLs readable in `ctx` through this
     /// store's connection.
     pub fn register_in(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
-        let url = url::Url::parse(&format!("s3://{}", self.bucket)).context("bucket URL")?;
-        ctx.register_object_store(&url, self.store.clone());
-        Ok(())
+        crate::session::s3::register_bucket(ctx, &self.bucket, self.store.clone())
     }
 
     /// The forecast table's location, as `uqcast sql` reads it.

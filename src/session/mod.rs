@@ -22,7 +22,7 @@ pub mod s3;
 /// read, and name them by URL. Its sorts, aggregations and joins hold at
 /// most [`memory::limit_bytes`], spilling to temporary files beyond it.
 pub fn new_context() -> SessionContext {
-    context_with(datafusion::execution::runtime_env::RuntimeEnv::default().cache_manager)
+    context_with(None)
 }
 
 /// As [`new_context`], but each scan lists only the key prefix its
@@ -33,21 +33,24 @@ pub fn new_context() -> SessionContext {
 pub fn new_context_listing_prefixes() -> Result<SessionContext> {
     use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
     let config = CacheManagerConfig::default().with_list_files_cache_limit(0);
-    Ok(context_with(CacheManager::try_new(&config)?))
+    Ok(context_with(Some(CacheManager::try_new(&config)?)))
 }
 
+/// [`new_context`], with `cache_manager` in place of DataFusion's default.
 fn context_with(
-    cache_manager: Arc<datafusion::execution::cache::cache_manager::CacheManager>,
+    cache_manager: Option<Arc<datafusion::execution::cache::cache_manager::CacheManager>>,
 ) -> SessionContext {
     let config = datafusion::prelude::SessionConfig::new()
         .with_extension(Arc::new(codec::model_files()))
         .with_extension(Arc::new(s3::file_names()))
         .with_extension(Arc::new(s3::local_copies()));
-    let runtime = datafusion::execution::runtime_env::RuntimeEnv {
+    let mut runtime = datafusion::execution::runtime_env::RuntimeEnv {
         memory_pool: memory::pool(),
-        cache_manager,
         ..Default::default()
     };
+    if let Some(cache_manager) = cache_manager {
+        runtime.cache_manager = cache_manager;
+    }
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
     register_functions(&ctx);
     ctx
@@ -263,11 +266,9 @@ async fn forecast_step_schema(
     let step_time = |meta: &object_store::ObjectMeta| {
         crate::job::store::valid_time_of(meta.location.filename()?)
     };
-    if files.iter().any(|f| step_time(f).is_none()) {
-        return Ok(None);
-    }
-    let (_, newest) = crate::job::store::steps_and_newest(files, step_time);
-    let Some(newest) = newest else {
+    let count = files.len();
+    let (steps, newest) = crate::job::store::steps_and_newest(files, step_time);
+    let Some(newest) = newest.filter(|_| steps.len() == count) else {
         return Ok(None);
     };
     let schema = probe.format.infer_schema(&state, &store, &[newest]).await?;

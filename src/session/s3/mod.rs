@@ -432,8 +432,17 @@ pub fn file_names() -> FileNames {
 /// Registers the bucket's store with `ctx`, for DataFusion to read or write
 /// `s3://BUCKET/…` paths itself.
 pub fn register_store(ctx: &SessionContext, location: &S3Location) -> Result<()> {
-    let store = connect(location)?;
-    let url = url::Url::parse(&format!("s3://{}", location.bucket)).context("bucket URL")?;
+    register_bucket(ctx, &location.bucket, connect(location)?)
+}
+
+/// Registers `store` with `ctx` as the one that reads and writes
+/// `s3://BUCKET/…` paths.
+pub fn register_bucket(
+    ctx: &SessionContext,
+    bucket: &str,
+    store: Arc<dyn ObjectStore>,
+) -> Result<()> {
+    let url = url::Url::parse(&format!("s3://{bucket}")).context("bucket URL")?;
     ctx.register_object_store(&url, store);
     Ok(())
 }
@@ -451,8 +460,7 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
         .iter()
         .all(|o| extension(o.location.as_ref()) == "parquet")
     {
-        let url = url::Url::parse(&format!("s3://{}", location.bucket)).context("bucket URL")?;
-        ctx.register_object_store(&url, store);
+        register_bucket(ctx, &location.bucket, store)?;
         return Ok(S3Table::Parquet);
     }
     let cache = cache_root()?;
