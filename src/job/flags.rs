@@ -1,5 +1,6 @@
 //! The `flags` table: the pipeline's flagging SQL over `forecast`, checked
-//! against `schemas/flags.json` and written atomically as one Parquet file.
+//! against `schemas/flags.json` and written atomically, one Parquet file a
+//! month ([`super::flags_months`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,18 +155,25 @@ pub async fn compute(ctx: &SessionContext, query: &FlagsQuery) -> Result<Flags> 
     })
 }
 
-/// Where the flags table of the output directory `dir` lives.
-pub fn local_path(dir: &Path) -> PathBuf {
-    dir.join("flags").join("flags.parquet")
+/// The flags table's folder in the output directory `dir`.
+pub fn local_folder(dir: &Path) -> PathBuf {
+    dir.join("flags")
 }
 
-/// Writes [`local_path`] atomically (a temporary renamed into place);
-/// returns its path.
-pub fn write_local(flags: &Flags, dir: &Path, provenance: &Provenance) -> Result<PathBuf> {
-    let path = local_path(dir);
+/// Writes the flags of `month` ([`super::flags_months`]) below
+/// [`local_folder`] atomically (a temporary renamed into place); returns
+/// its path.
+pub fn write_local(
+    flags: &Flags,
+    dir: &Path,
+    month: &str,
+    provenance: &Provenance,
+) -> Result<PathBuf> {
+    let path = local_folder(dir).join(super::flags_months::file_of(month));
     let out = path.parent().unwrap_or(dir);
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let tmp = out.join(format!(".flags.parquet.tmp-{}", std::process::id()));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
     write_parquet_file(&tmp, &flags.batches, provenance)
         .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
         .inspect_err(|_| {

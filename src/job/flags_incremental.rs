@@ -1,94 +1,81 @@
 //! The flags of only the steps a run wrote (`flags.per_step`), merged into
-//! the flags table earlier runs kept. Computing the flags again over the
-//! whole forecast table costs a run time and memory in proportion to the
-//! table's history (5.4 s and 1.1 GB for 40 months of 6-hourly steps at
-//! 1°, README "Flags"); a flags SQL
-//! that derives each valid time's rows from that valid time's cells alone
-//! (the shipped one does) gives the same rows when shown only the steps
-//! written, so a run reads those steps and the kept flags file instead.
+//! the flags earlier runs kept, a month ([`super::flags_months`]) at a
+//! time. Computing the flags again over the whole forecast table costs a
+//! run time and memory in proportion to the table's history (5.4 s and
+//! 1.1 GB for 40 months of 6-hourly steps at 1°, README "Flags"); a flags
+//! SQL that derives each valid time's rows from that valid time's cells
+//! alone (the shipped one does) gives the same rows when shown only the
+//! steps written, so a run reads those steps and the kept rows of their
+//! months instead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
+use datafusion::prelude::SessionContext;
 
 use super::flags::{Flags, FlagsQuery, compute, flags_schema};
+use super::flags_months::month_of;
 use super::output::Output;
 use crate::session::TableArg;
 
 /// Steps flagged by one query: a month of 6-hourly steps, so the exact
-/// percentiles a flags SQL takes hold a month's cells at a time, however
-/// long the table's history.
+/// percentiles a flags SQL takes hold a month's cells at a time.
 const STEPS_PER_QUERY: usize = 124;
 
-/// The flags table after a run, for a table whose valid times are now
-/// `steps`, of which the run wrote `written`. Where `kept` (the flags table
-/// was made by this SQL and settings), its rows of the steps neither written
-/// nor gone stay; the flags SQL gives the others' rows over those steps
-/// alone (the steps written, and any a killed run wrote without its flags),
-/// [`STEPS_PER_QUERY`] steps a query. Every step's rows keep the order the
-/// SQL gave them, and the steps are in time order.
-pub async fn merged(
-    output: &Output,
+/// The flags of one month after a run, for a month whose valid times are
+/// now `steps`, of which the run wrote `written`. `kept` are the rows of
+/// the month's kept file where it was made by this SQL and settings: those
+/// of the steps neither written nor gone stay; the flags SQL gives the
+/// others' rows over those steps alone (the steps written, and any a killed
+/// run wrote without its flags), [`STEPS_PER_QUERY`] steps a query, over
+/// `forecast` (a session whose table `forecast_all` is the forecast table:
+/// [`Output::forecast_session`]). Every step's rows keep the order the SQL
+/// gave them, and the steps are in time order.
+pub async fn month(
+    forecast: &(SessionContext, TableArg),
     query: &FlagsQuery,
     steps: &BTreeSet<i64>,
     written: &BTreeSet<i64>,
-    kept: bool,
+    mut kept: Vec<Run>,
 ) -> Result<Flags> {
-    let (ctx, forecast) = output.forecast_session("forecast_all").await?;
-    let tables = [forecast];
-
-    // Kept rows that cannot be read leave every step to flag again.
-    let mut runs = if kept {
-        kept_runs(output).await.unwrap_or_else(|e| {
-            super::flags_refresh::made_again(&e);
-            Vec::new()
-        })
-    } else {
-        Vec::new()
-    };
-    let flagged_before: BTreeSet<i64> = runs.iter().map(|r| r.valid_time).collect();
-    runs.retain(|r| steps.contains(&r.valid_time) && !written.contains(&r.valid_time));
+    let (ctx, table) = forecast;
+    let flagged_before: BTreeSet<i64> = kept.iter().map(|r| r.valid_time).collect();
+    kept.retain(|r| steps.contains(&r.valid_time) && !written.contains(&r.valid_time));
     let to_flag: Vec<i64> = steps
         .iter()
         .copied()
         .filter(|t| written.contains(t) || !flagged_before.contains(t))
         .collect();
-
     for chunk in to_flag.chunks(STEPS_PER_QUERY) {
-        let steps = super::store::months_select("forecast_all", "*", chunk)?;
+        let steps = super::store::months_select(&table.name, "*", chunk)?;
         ctx.sql(&format!("CREATE OR REPLACE VIEW forecast AS {steps}"))
             .await?;
-        let fresh = compute(&ctx, query).await;
-        let fresh = crate::session::footers::naming_damaged(&tables, fresh).await?;
+        let fresh = compute(ctx, query).await;
+        let fresh =
+            crate::session::footers::naming_damaged(std::slice::from_ref(table), fresh).await?;
         for batch in &fresh.batches {
-            runs.extend(runs_of(batch)?);
+            kept.extend(runs_of(batch)?);
         }
     }
-    merge(runs)
+    merge(kept)
 }
 
-/// The kept flags table without the rows of the steps `withdrawn` (valid
-/// times): a run that forecasts steps again withdraws their flags first,
-/// so that a run that fails before its own flags leaves none that belong
-/// to a forecast no longer there.
-pub async fn without(output: &Output, withdrawn: &BTreeSet<i64>) -> Result<Flags> {
-    let mut runs = kept_runs(output).await?;
+/// `runs` without the steps `withdrawn` (valid times), as a table: a run
+/// that forecasts steps again withdraws their flags first, so that a run
+/// that fails before its own flags leaves none that belong to a forecast
+/// no longer there.
+pub fn without(mut runs: Vec<Run>, withdrawn: &BTreeSet<i64>) -> Result<Flags> {
     runs.retain(|r| !withdrawn.contains(&r.valid_time));
     merge(runs)
 }
 
-/// A flags table of no step, in the contract's schema.
-pub fn none() -> Result<Flags> {
-    merge(Vec::new())
-}
-
-/// The kept flags table's rows, cut into steps.
-async fn kept_runs(output: &Output) -> Result<Vec<Run>> {
+/// The rows of `month`'s kept flags file, cut into steps.
+pub async fn kept_runs(output: &Output, month: &str) -> Result<Vec<Run>> {
     let tables = [TableArg {
         name: "kept_flags".into(),
-        location: output.flags_location(),
+        location: output.flags_month_location(month),
     }];
     let ctx = crate::session::new_context();
     crate::session::register_tables(&ctx, &tables).await?;
@@ -106,8 +93,31 @@ async fn kept_runs(output: &Output) -> Result<Vec<Run>> {
         .context("the flags kept from earlier runs")
 }
 
+/// A flags table (the whole-table query's) cut into months, each month's
+/// rows in the order the table had them.
+pub fn by_month(flags: &Flags) -> Result<BTreeMap<String, Flags>> {
+    let mut months: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for batch in &flags.batches {
+        for run in runs_of(batch)? {
+            months
+                .entry(month_of(run.valid_time)?)
+                .or_default()
+                .push(run);
+        }
+    }
+    months
+        .into_iter()
+        .map(|(month, runs)| Ok((month, in_order(runs)?)))
+        .collect()
+}
+
+/// A flags table of no step, in the contract's schema.
+pub fn none() -> Result<Flags> {
+    merge(Vec::new())
+}
+
 /// One step's rows: a slice of a batch.
-struct Run {
+pub struct Run {
     valid_time: i64,
     rows: RecordBatch,
 }
@@ -116,8 +126,13 @@ struct Run {
 /// order (the sort is stable), so a step's rows keep the order the SQL
 /// gave them.
 fn merge(mut runs: Vec<Run>) -> Result<Flags> {
-    let schema = flags_schema()?;
     runs.sort_by_key(|r| r.valid_time);
+    in_order(runs)
+}
+
+/// The runs as one table, in the order given.
+fn in_order(runs: Vec<Run>) -> Result<Flags> {
+    let schema = flags_schema()?;
     let batches = runs
         .into_iter()
         .map(|r| {

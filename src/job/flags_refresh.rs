@@ -1,15 +1,19 @@
-//! When a run makes the flags table again, and how. Steps written (new
-//! or revised) need flags; so do steps the kept flags lack (a run killed
-//! between its steps and its flags), and every step where the kept flags
-//! were made by other SQL or settings. The flags file records the SHA-256
-//! of the SQL with its settings filled in and of the steps it flags, and
-//! its tile counts, so a run that needs none of this reads only its footer.
+//! When a run makes the flags table again, and how, a month
+//! ([`super::flags_months`]) at a time. A month's flags need making where
+//! the run wrote steps in it (new or revised), where its file lacks steps
+//! the table holds there (a run killed between its steps and its flags),
+//! where they were made by other SQL or settings, and where its file is
+//! missing or cannot be read. Each month's file records the SHA-256 of the
+//! SQL with its settings filled in and of the month's steps it flags, and
+//! its tile counts, so a run that needs none of this reads only the
+//! months' footers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 
 use super::flags::{self, Flags};
+use super::flags_months::by_month;
 use super::output::Output;
 use super::store::Provenance;
 use super::{Summary, flags_incremental};
@@ -26,134 +30,198 @@ pub struct Flagging<'a> {
 impl Flagging<'_> {
     /// Makes the flags of a table whose steps (valid times) are now
     /// `steps`, after a run that wrote `written`, where they need making,
-    /// and counts their tiles into `summary`.
+    /// and counts the table's tiles into `summary`.
     pub async fn refresh(
         &self,
         steps: &BTreeSet<i64>,
         written: &BTreeSet<i64>,
         summary: &mut Summary,
     ) -> Result<()> {
-        let flags_provenance = provenance_with_flags(self.provenance, self.query, steps);
-        let kept_flags = self.output.flags_provenance().await.unwrap_or_else(|e| {
-            made_again(&e);
-            None
-        });
-        let kept_has = |key: &str| {
-            kept_flags
-                .as_ref()
-                .is_some_and(|p| p.get(key) == flags_provenance.get(key))
-        };
-        let flags_current = kept_has(FLAGS_SQL);
-        // The kept table's counts, for the summary of a run that keeps it.
-        let count = |key: &str| -> Option<usize> { kept_flags.as_ref()?.get(key)?.parse().ok() };
-        let kept_counts = count(TILES).zip(count(FLAGGED));
-        let needed = !(written.is_empty()
-            && flags_current
-            && kept_has(FLAGS_STEPS)
-            && kept_counts.is_some());
-        let flags = if !needed {
-            None
-        } else if self.pipeline.flags.per_step {
-            let merged =
-                flags_incremental::merged(self.output, self.query, steps, written, flags_current);
-            Some(merged.await?)
-        } else {
+        let months = by_month(steps)?;
+        let written_months = by_month(written)?;
+        let files = self.output.flags_files().await?;
+        let query_id = flags::query_id(self.query);
+        let mut kept: BTreeMap<&str, Provenance> = BTreeMap::new();
+        for month in months.keys().filter(|m| files.months.contains(*m)) {
+            match self.output.flags_provenance(month).await {
+                Ok(Some(provenance)) => {
+                    kept.insert(month, provenance);
+                }
+                Ok(None) => {}
+                Err(e) => made_again(&e),
+            }
+        }
+        let current =
+            |month: &str| kept.get(month).and_then(|p| p.get(FLAGS_SQL)) == Some(&query_id);
+        let kept_counts = |month: &str| counts(kept.get(month)?);
+        let needed: Vec<&str> = months
+            .iter()
+            .filter(|(month, steps)| {
+                let whole = current(month)
+                    && kept[month.as_str()].get(FLAGS_STEPS) == Some(&steps_id(steps))
+                    && kept_counts(month).is_some();
+                written_months.contains_key(*month) || !whole
+            })
+            .map(|(month, _)| month.as_str())
+            .collect();
+        let gone: Vec<&String> = files
+            .months
+            .iter()
+            .filter(|m| !months.contains_key(*m))
+            .collect();
+
+        let mut made: BTreeMap<String, Flags> = BTreeMap::new();
+        if self.pipeline.flags.per_step {
+            if !needed.is_empty() {
+                let forecast = self.output.forecast_session("forecast_all").await?;
+                for &month in &needed {
+                    let kept_rows = if current(month) {
+                        flags_incremental::kept_runs(self.output, month)
+                            .await
+                            .unwrap_or_else(|e| {
+                                made_again(&e);
+                                Vec::new()
+                            })
+                    } else {
+                        Vec::new()
+                    };
+                    let none = BTreeSet::new();
+                    let written = written_months.get(month).unwrap_or(&none);
+                    let flags = flags_incremental::month(
+                        &forecast,
+                        self.query,
+                        &months[month],
+                        written,
+                        kept_rows,
+                    );
+                    made.insert(month.to_string(), flags.await?);
+                }
+            }
+        } else if !needed.is_empty() || !gone.is_empty() || files.legacy {
+            // A SQL that may look past a step's own cells: any change to
+            // the table can change every month's rows.
             let (ctx, forecast) = self.output.forecast_session("forecast").await?;
             // Flags read every step, so a step damaged since it was written
             // fails them here: the file is named, not only the flags SQL.
             let flags = flags::compute(&ctx, self.query).await;
-            Some(crate::session::footers::naming_damaged(&[forecast], flags).await?)
-        };
-        // The summary counts the flags table's tiles whether or not this
-        // run wrote it (the file keeps its counts).
-        if let Some(flags) = flags {
-            self.write(&flags, steps).await?;
-            summary.tiles = flags.tiles;
-            summary.flagged = flags.flagged;
-        } else if let Some((tiles, flagged)) = kept_counts {
-            summary.tiles = tiles;
-            summary.flagged = flagged;
+            let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
+            made = flags_incremental::by_month(&flags)?;
+            for month in months.keys() {
+                if !made.contains_key(month) {
+                    made.insert(month.clone(), flags_incremental::none()?);
+                }
+            }
+        }
+
+        for (month, flags) in &made {
+            self.write(month, flags, &months[month]).await?;
+        }
+        for month in gone {
+            self.output.remove_flags(Some(month)).await?;
+        }
+        if files.legacy {
+            self.output.remove_flags(None).await?;
+        }
+        // The summary counts the whole table's tiles, the months this run
+        // did not write from their files' counts.
+        for month in months.keys() {
+            let (tiles, flagged) = match made.get(month) {
+                Some(flags) => (flags.tiles, flags.flagged),
+                None => kept_counts(month).unwrap_or_default(),
+            };
+            summary.tiles += tiles;
+            summary.flagged += flagged;
         }
         Ok(())
     }
 
-    /// Takes the steps `withdrawn` (valid times) out of a kept flags table
+    /// Takes the steps `withdrawn` (valid times) out of the kept flags
     /// made by this SQL and settings, before they are forecast again: a
     /// run that then fails leaves no flags of a forecast no longer there,
-    /// and the next run flags them (the file's steps no longer match the
-    /// table's). `steps` are the table's valid times now.
+    /// and the next run flags them (their months' files no longer hold
+    /// every step the table does). A month's file that cannot be read is
+    /// removed, and its month flagged again by `refresh`. `steps` are the
+    /// table's valid times now.
     pub async fn withdraw(&self, steps: &BTreeSet<i64>, withdrawn: &BTreeSet<i64>) -> Result<()> {
         if withdrawn.is_empty() {
             return Ok(());
         }
-        let kept = match self.output.flags_provenance().await {
-            Ok(Some(kept)) => kept,
-            Ok(None) => return Ok(()),
-            Err(e) => return self.replace_unreadable(&e).await,
-        };
-        let current = provenance_with_flags(self.provenance, self.query, steps);
-        if kept.get(FLAGS_SQL) != current.get(FLAGS_SQL) {
-            return Ok(());
+        let months = by_month(steps)?;
+        let files = self.output.flags_files().await?;
+        let query_id = flags::query_id(self.query);
+        for (month, gone) in by_month(withdrawn)? {
+            if !files.months.contains(&month) {
+                continue;
+            }
+            let kept = match self.output.flags_provenance(&month).await {
+                Ok(kept) => kept,
+                Err(e) => {
+                    made_again(&e);
+                    self.output.remove_flags(Some(&month)).await?;
+                    continue;
+                }
+            };
+            if kept.as_ref().and_then(|p| p.get(FLAGS_SQL)) != Some(&query_id) {
+                continue;
+            }
+            let left = match flags_incremental::kept_runs(self.output, &month).await {
+                Ok(runs) => flags_incremental::without(runs, &gone)?,
+                Err(e) => {
+                    made_again(&e);
+                    self.output.remove_flags(Some(&month)).await?;
+                    continue;
+                }
+            };
+            let none = BTreeSet::new();
+            let steps_left: BTreeSet<i64> = months
+                .get(&month)
+                .unwrap_or(&none)
+                .difference(&gone)
+                .copied()
+                .collect();
+            self.write(&month, &left, &steps_left).await?;
         }
-        let flags = match flags_incremental::without(self.output, withdrawn).await {
-            Ok(flags) => flags,
-            Err(e) => return self.replace_unreadable(&e).await,
-        };
-        let left: BTreeSet<i64> = steps.difference(withdrawn).copied().collect();
-        self.write(&flags, &left).await
+        Ok(())
     }
 
-    /// Replaces kept flags that cannot be read, damaged or not reached,
-    /// with a table that flags no step: none of theirs can then outlive a
-    /// forecast being replaced, and `refresh` flags every step.
-    async fn replace_unreadable(&self, e: &anyhow::Error) -> Result<()> {
-        made_again(e);
-        self.write(&flags_incremental::none()?, &BTreeSet::new())
-            .await
-    }
-
-    /// Writes `flags` as the flags of the valid times `steps`, with the
-    /// SQL's and the steps' identities and the tile counts in its footer.
-    async fn write(&self, flags: &Flags, steps: &BTreeSet<i64>) -> Result<()> {
-        let mut provenance = provenance_with_flags(self.provenance, self.query, steps);
+    /// Writes `flags` as the flags of `month`'s valid times `steps`, with
+    /// the SQL's and the steps' identities and the tile counts in its
+    /// footer.
+    async fn write(&self, month: &str, flags: &Flags, steps: &BTreeSet<i64>) -> Result<()> {
+        let mut provenance = self.provenance.clone();
+        provenance.insert(FLAGS_SQL.into(), flags::query_id(self.query));
+        provenance.insert(FLAGS_STEPS.into(), steps_id(steps));
         provenance.insert(TILES.into(), flags.tiles.to_string());
         provenance.insert(FLAGGED.into(), flags.flagged.to_string());
-        self.output.write_flags(flags, &provenance).await?;
+        self.output.write_flags(month, flags, &provenance).await?;
         Ok(())
     }
 }
 
 /// Says that the kept flags could not be read (`e` names the file) and
 /// are made again. They come from the forecast table alone, so a flags file
-/// cut short or damaged costs one run the whole table's flags, and does not
-/// stop the job until someone removes it.
+/// cut short or damaged costs one run its month's flags, and does not stop
+/// the job until someone removes it.
 pub(super) fn made_again(e: &anyhow::Error) {
     eprintln!("warning: {e:#}; the flags are made again from the forecast table");
 }
 
 /// The provenance keys of the flags' SQL ([`flags::query_id`]) and of the
-/// steps they flag ([`steps_id`]).
+/// month's steps they flag ([`steps_id`]).
 const FLAGS_SQL: &str = "flags_sql";
 const FLAGS_STEPS: &str = "flags_steps";
-/// The flags table's tiles and flagged tiles, for a run that keeps it.
+/// A month's tiles and flagged tiles, for a run that keeps its file.
 const TILES: &str = "tiles";
 const FLAGGED: &str = "flagged_tiles";
 
-/// The run's provenance with the flags' SQL and steps identified, for the
-/// flags table.
-fn provenance_with_flags(
-    provenance: &Provenance,
-    query: &flags::FlagsQuery,
-    steps: &BTreeSet<i64>,
-) -> Provenance {
-    let mut with = provenance.clone();
-    with.insert(FLAGS_SQL.to_string(), flags::query_id(query));
-    with.insert(FLAGS_STEPS.to_string(), steps_id(steps));
-    with
+/// A month file's tiles and flagged tiles, from its footer.
+fn counts(provenance: &Provenance) -> Option<(usize, usize)> {
+    let count = |key: &str| provenance.get(key)?.parse().ok();
+    count(TILES).zip(count(FLAGGED))
 }
 
-/// The valid times of a table, as one SHA-256 (a table's steps are
-/// thousands of times; the flags keep this, not the list).
+/// The valid times of a month, as one SHA-256 (the flags keep this, not
+/// the list).
 fn steps_id(steps: &BTreeSet<i64>) -> String {
     let bytes: Vec<u8> = steps.iter().flat_map(|t| t.to_le_bytes()).collect();
     uqcast_hyperdm::checkpoint::sha256_hex(&bytes)

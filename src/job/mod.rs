@@ -13,6 +13,7 @@
 pub mod empty_source;
 pub mod flags;
 pub mod flags_incremental;
+pub mod flags_months;
 pub mod flags_per_step;
 pub mod flags_refresh;
 pub mod output;

@@ -8,6 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use super::flags::{self, Flags};
+use super::flags_months;
 use super::s3_store::S3ForecastStore;
 use super::store::{ForecastStore, Provenance};
 use crate::session::TableArg;
@@ -117,29 +118,93 @@ impl Output {
         Ok((ctx, table))
     }
 
-    /// The flags table's file, for a query session.
-    pub fn flags_location(&self) -> String {
+    /// A month's flags file ([`flags_months::file_of`]), for a query session.
+    pub fn flags_month_location(&self, month: &str) -> String {
+        let file = flags_months::file_of(month);
         match self {
-            Self::Local { dir, .. } => flags::local_path(dir).display().to_string(),
-            Self::S3(store) => store.flags_url(),
+            Self::Local { dir, .. } => flags::local_folder(dir).join(file).display().to_string(),
+            Self::S3(store) => store.flags_url(&file),
         }
     }
 
-    /// The provenance the flags table was written with; `None` where there
-    /// is no flags table.
-    pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
+    /// The months the flags table has a file for (and whether the one-file
+    /// table of earlier runs is there).
+    pub async fn flags_files(&self) -> Result<flags_months::Files> {
         match self {
-            Self::Local { dir, .. } => super::store::flags_provenance(&flags::local_path(dir)),
-            Self::S3(store) => store.flags_provenance().await,
+            Self::Local { dir, .. } => {
+                let folder = flags::local_folder(dir);
+                if !folder.is_dir() {
+                    return Ok(flags_months::Files::default());
+                }
+                let files = crate::session::files_below(&folder)?;
+                Ok(flags_months::Files::of(files.iter().filter_map(|f| {
+                    let relative = f.strip_prefix(&folder).ok()?;
+                    let parts: Vec<String> = relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    Some(parts.join("/"))
+                })))
+            }
+            Self::S3(store) => Ok(flags_months::Files::of(store.flags_files().await?)),
         }
     }
 
-    pub async fn write_flags(&self, flags: &Flags, provenance: &Provenance) -> Result<String> {
+    /// The provenance `month`'s flags file was written with; `None` where
+    /// there is no such file.
+    pub async fn flags_provenance(&self, month: &str) -> Result<Option<Provenance>> {
+        let file = flags_months::file_of(month);
         match self {
-            Self::Local { dir, .. } => Ok(flags::write_local(flags, dir, provenance)?
+            Self::Local { dir, .. } => {
+                super::store::flags_provenance(&flags::local_folder(dir).join(file))
+            }
+            Self::S3(store) => store.flags_provenance(&file).await,
+        }
+    }
+
+    /// Writes `month`'s flags file; returns where it went.
+    pub async fn write_flags(
+        &self,
+        month: &str,
+        flags: &Flags,
+        provenance: &Provenance,
+    ) -> Result<String> {
+        match self {
+            Self::Local { dir, .. } => Ok(flags::write_local(flags, dir, month, provenance)?
                 .display()
                 .to_string()),
-            Self::S3(store) => store.write_flags(flags, provenance).await,
+            Self::S3(store) => {
+                let file = flags_months::file_of(month);
+                store.write_flags(&file, flags, provenance).await
+            }
+        }
+    }
+
+    /// Removes `month`'s flags file, or with `None` the one-file flags
+    /// table of earlier runs; a file that is not there is no error.
+    pub async fn remove_flags(&self, month: Option<&str>) -> Result<()> {
+        let file = month.map_or_else(
+            || flags_months::LEGACY_FILE.to_string(),
+            flags_months::file_of,
+        );
+        match self {
+            Self::Local { dir, .. } => {
+                let path = flags::local_folder(dir).join(&file);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(e).with_context(|| format!("{}: removing flags", path.display()))
+                    }
+                    _ => {
+                        // An emptied month's folders go too (`remove_dir`
+                        // leaves a folder that holds anything).
+                        for folder in path.ancestors().skip(1).take(2) {
+                            let _ = std::fs::remove_dir(folder);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Self::S3(store) => store.remove_flags(&file).await,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `forecast` and `flags` tables in an S3 bucket, laid out as on disk
-//! (`PREFIX/forecast/year=…/month=…/t2m_….parquet`, `PREFIX/flags/flags.parquet`).
+//! (`PREFIX/forecast/year=…/month=…/t2m_….parquet`,
+//! `PREFIX/flags/year=…/month=…/flags_YYYYMM.parquet`).
 //!
 //! Each file is encoded in memory and stored with one PUT, which S3 makes
 //! visible entirely or not at all: the atomic rename of the local store
@@ -75,14 +76,26 @@ impl S3ForecastStore {
         self.url(&join(&self.prefix, "forecast/"))
     }
 
-    /// The flags table's key.
-    fn flags_key(&self) -> String {
-        join(&self.prefix, "flags/flags.parquet")
+    /// The key of `relative`, a path below the flags table's folder.
+    fn flags_key(&self, relative: &str) -> String {
+        join(&self.prefix, &format!("flags/{relative}"))
     }
 
-    /// The flags table's object, as `uqcast sql` reads it.
-    pub fn flags_url(&self) -> String {
-        self.url(&self.flags_key())
+    /// The URL of `relative` below the flags table's folder, as a query
+    /// session reads it.
+    pub fn flags_url(&self, relative: &str) -> String {
+        self.url(&self.flags_key(relative))
+    }
+
+    /// The paths of the objects below the flags table's folder, relative
+    /// to it.
+    pub async fn flags_files(&self) -> Result<Vec<String>> {
+        let folder = self.flags_key("");
+        let keys = self.keys_below("flags").await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| k.as_ref().strip_prefix(folder.as_str()).map(str::to_string))
+            .collect())
     }
 
     async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
@@ -120,10 +133,10 @@ impl S3ForecastStore {
         check_stored_provenance(&url, &reader, expected)
     }
 
-    /// The provenance of the flags object, from its footer alone;
-    /// `None` where there is none.
-    pub async fn flags_provenance(&self) -> Result<Option<Provenance>> {
-        let key = ObjectPath::from(self.flags_key());
+    /// The provenance of the flags object `relative` (below the flags
+    /// folder), from its footer alone; `None` where there is none.
+    pub async fn flags_provenance(&self, relative: &str) -> Result<Option<Provenance>> {
+        let key = ObjectPath::from(self.flags_key(relative));
         let url = self.url(key.as_ref());
         footer_provenance(self.store.as_ref(), &key, FOOTER_GUESS)
             .await
@@ -145,13 +158,28 @@ impl S3ForecastStore {
             .with_context(|| format!("{}: writing forecast step", self.url(&key)))
     }
 
-    /// Stores `PREFIX/flags/flags.parquet`; returns its URL.
-    pub async fn write_flags(&self, flags: &Flags, provenance: &Provenance) -> Result<String> {
+    /// Stores `PREFIX/flags/{relative}`; returns its URL.
+    pub async fn write_flags(
+        &self,
+        relative: &str,
+        flags: &Flags,
+        provenance: &Provenance,
+    ) -> Result<String> {
         self.lock.check()?;
-        let key = self.flags_key();
+        let key = self.flags_key(relative);
         self.put(&key, &flags.batches, provenance)
             .await
             .with_context(|| format!("{}: writing flags", self.url(&key)))
+    }
+
+    /// Removes `PREFIX/flags/{relative}` (S3 deletes of absent keys succeed).
+    pub async fn remove_flags(&self, relative: &str) -> Result<()> {
+        self.lock.check()?;
+        let key = self.flags_key(relative);
+        self.store
+            .delete(&ObjectPath::from(key.as_str()))
+            .await
+            .with_context(|| format!("{}: removing flags", self.url(&key)))
     }
 
     async fn put(

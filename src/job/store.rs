@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DIR/forecast/year=2020/month=01/t2m_20200103T1200.parquet   (valid time)
-//! DIR/flags/flags.parquet
+//! DIR/flags/year=2020/month=01/flags_202001.parquet          (flags_months)
 //! ```
 //! A step's file is written to a hidden temporary beside it and renamed, so
 //! readers and re-runs see a step entirely or not at all. Provenance (model
@@ -127,10 +127,17 @@ impl ForecastStore {
         crate::session::files_below(&self.root)
     }
 
-    /// Removes temporaries a killed run left behind.
+    /// Removes temporaries a killed run left behind, in the forecast and
+    /// flags tables.
     pub fn clean_temporaries(&self) -> Result<usize> {
         let mut removed = 0;
-        for path in self.files()? {
+        let flags = self.root.with_file_name("flags");
+        let flags_files = if flags.is_dir() {
+            crate::session::files_below(&flags)?
+        } else {
+            Vec::new()
+        };
+        for path in self.files()?.into_iter().chain(flags_files) {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             if name.starts_with('.') && name.contains(".tmp") {
                 std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;

@@ -12,10 +12,16 @@ fn run(config: &Path, input: &Path, output: &Path, extra: &[&str]) -> String {
     stdout(&run_over(config, input, output, extra))
 }
 
-/// The flags table's rows in the file's own order.
+/// The flags table's rows in the file's own order (the tests' steps are
+/// all in January 2020: one file).
 fn flags(out: &Path) -> String {
-    let table = format!("f={}", out.join("flags").join("flags.parquet").display());
+    let table = format!("f={}", out.join("flags").display());
     sql_csv(&table, "SELECT * FROM f")
+}
+
+/// The flags file of January 2020, the month of the tests' steps.
+fn january(out: &Path) -> std::path::PathBuf {
+    out.join("flags/year=2020/month=01/flags_202001.parquet")
 }
 
 #[test]
@@ -44,7 +50,7 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
     };
 
     run(&per_step, &input, &out, &["--until", "2020-01-02T06:00Z"]);
-    let after_two_days = std::fs::read(out.join("flags/flags.parquet")).unwrap();
+    let after_two_days = std::fs::read(january(&out)).unwrap();
     let rest = run(&per_step, &input, &out, &[]);
     assert!(
         rest.starts_with("uqcast run: ok new_steps=6 existing_steps=6"),
@@ -70,7 +76,7 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
 
     // Flags of fewer steps than the table holds (a run killed between its
     // steps and its flags): the next run flags the rest, with nothing new.
-    std::fs::write(out.join("flags/flags.parquet"), &after_two_days).unwrap();
+    std::fs::write(january(&out), &after_two_days).unwrap();
     let o = run(&per_step, &input, &out, &[]);
     assert!(o.contains("new_steps=0"), "{o}");
     assert_eq!(
@@ -102,7 +108,7 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
     let rewritten = stderr(&o).matches("(its input was revised)").count();
     assert!(rewritten < 4, "{}", stderr(&o));
     let steps = sql_csv(
-        &format!("f={}", out.join("flags").join("flags.parquet").display()),
+        &format!("f={}", out.join("flags").display()),
         "SELECT count(DISTINCT valid_time) AS n FROM f",
     );
     assert_eq!(
@@ -134,7 +140,7 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
     assert_eq!(flags(&out), expected, "flags after a settings change");
 
     // Nothing new, the same settings: the flags file is not written.
-    let at = std::fs::metadata(out.join("flags/flags.parquet"))
+    let at = std::fs::metadata(january(&out))
         .unwrap()
         .modified()
         .unwrap();
@@ -142,7 +148,7 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
     let summary = run(&per_step, &input, &out, &[]);
     let tiles = flags(&out).lines().count() - 1;
     assert!(summary.contains(&format!(" tiles={tiles} ")), "{summary}");
-    let again = std::fs::metadata(out.join("flags/flags.parquet"))
+    let again = std::fs::metadata(january(&out))
         .unwrap()
         .modified()
         .unwrap();
@@ -153,14 +159,14 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
     // footer); with a page overwritten (its footer sound) or cut short, by
     // a run that withdraws revised steps' flags before forecasting them
     // again (it reads the rows).
-    let path = out.join("flags/flags.parquet");
+    let path = january(&out);
     let sound = std::fs::read(&path).unwrap();
     std::fs::write(&path, &sound[..sound.len() / 2]).unwrap();
     let o = run_over(&per_step, &input, &out, &[]);
     assert!(stdout(&o).contains("new_steps=0"), "{}", stdout(&o));
     let said = stderr(&o);
     assert!(
-        said.contains("flags.parquet") && said.contains("made again from the forecast"),
+        said.contains("flags_202001.parquet") && said.contains("made again from the forecast"),
         "{said}"
     );
     assert_eq!(flags(&out), expected, "flags made again");
@@ -189,6 +195,99 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
         let expected = whole(&format!("whole-{seed}"));
         assert_eq!(flags(&out), expected, "flags made again, page {page}");
     }
+}
+
+/// The flags table is one file a month: a run rewrites only the months of
+/// the steps it wrote, and the folder reads as the table the whole-table
+/// query makes; the one-file table of earlier runs is replaced, and a
+/// month whose steps left the forecast table loses its file.
+#[test]
+fn flags_are_a_file_a_month_and_a_run_rewrites_only_its_steps_months() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole_table = trained(dir.path(), 2);
+    let per_step = dir.path().join("per_step.toml");
+    let text = std::fs::read_to_string(&whole_table).unwrap();
+    std::fs::write(
+        &per_step,
+        text.replace(
+            "min_fraction = 0.3\n",
+            "min_fraction = 0.3\nper_step = true\n",
+        ),
+    )
+    .unwrap();
+    // Input steps from 2020-01-31T00:00Z: forecasts valid from 06:00, three
+    // in January and nine in February.
+    let input = dir.path().join("input");
+    let o = crate::uqcast(&[
+        "synth",
+        "--out",
+        input.to_str().unwrap(),
+        "--start",
+        "2020-01-31T00:00Z",
+        "--steps",
+        "12",
+        "--res",
+        "2",
+        "--encoding",
+        "nc3",
+        "--files-per-day",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("out");
+    let month =
+        |out: &Path, m: &str| out.join(format!("flags/year=2020/month={m}/flags_2020{m}.parquet"));
+    let ordered = |out: &Path| {
+        sql_csv(
+            &format!("f={}", out.join("flags").display()),
+            "SELECT * FROM f ORDER BY valid_time, tile_lat, tile_lon",
+        )
+    };
+
+    run(&per_step, &input, &out, &["--until", "2020-01-31T12:00Z"]);
+    assert!(month(&out, "01").is_file());
+    assert!(!month(&out, "02").exists());
+    let january = std::fs::read(month(&out, "01")).unwrap();
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let january_at = modified(&month(&out, "01"));
+
+    let rest = run(&per_step, &input, &out, &[]);
+    assert!(rest.contains("new_steps=9 existing_steps=3"), "{rest}");
+    assert_eq!(
+        modified(&month(&out, "01")),
+        january_at,
+        "January rewritten"
+    );
+    assert_eq!(std::fs::read(month(&out, "01")).unwrap(), january);
+    let fresh = dir.path().join("fresh");
+    let whole = run(&whole_table, &input, &fresh, &[]);
+    assert_eq!(ordered(&out), ordered(&fresh));
+    let tiles = |summary: &str| {
+        let counts = summary.split_once(" tiles=").unwrap().1;
+        counts.split_once(" device=").unwrap().0.to_string()
+    };
+    assert_eq!(tiles(&rest), tiles(&whole), "{rest}\n{whole}");
+    let months = sql_csv(
+        &format!("f={}", out.join("flags").display()),
+        "SELECT month, count(DISTINCT valid_time) AS steps FROM f GROUP BY month ORDER BY month",
+    );
+    assert_eq!(months, "month,steps\n01,3\n02,9\n");
+
+    // The one-file table of earlier runs: made again by month, and gone.
+    let legacy = out.join("flags/flags.parquet");
+    std::fs::rename(month(&out, "02"), &legacy).unwrap();
+    let migrated = run(&per_step, &input, &out, &[]);
+    assert!(migrated.contains("new_steps=0"), "{migrated}");
+    assert_eq!(tiles(&migrated), tiles(&whole));
+    assert!(!legacy.exists());
+    assert_eq!(ordered(&out), ordered(&fresh));
+
+    // February's steps taken out of the forecast table (and the input):
+    // its flags file goes too, January's stays as it was.
+    std::fs::remove_dir_all(out.join("forecast/year=2020/month=02")).unwrap();
+    let fewer = run(&per_step, &input, &out, &["--until", "2020-01-31T12:00Z"]);
+    assert!(fewer.contains("new_steps=0 existing_steps=3"), "{fewer}");
+    assert!(!out.join("flags/year=2020/month=02").exists());
+    assert_eq!(std::fs::read(month(&out, "01")).unwrap(), january);
 }
 
 /// Sets the cell (10, 10) of step `step` of the NetCDF3 file at `path` to

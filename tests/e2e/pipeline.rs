@@ -172,7 +172,11 @@ fn killed_run_resumes_to_the_same_table_and_reruns_write_nothing() {
     // The device it forecast on (tests build without `cuda`).
     assert!(summary.contains(" device=cpu output="), "{summary}");
     assert_eq!(parquet_files(&whole.join("forecast")).len(), 12);
-    assert!(whole.join("flags/flags.parquet").is_file());
+    assert!(
+        whole
+            .join("flags/year=2020/month=01/flags_202001.parquet")
+            .is_file()
+    );
 
     // Kill a second run once two steps are written.
     let resumed = dir.path().join("resumed");
@@ -342,7 +346,9 @@ fn forecast_flags_sql_function_plot_and_eval() {
         .keys()
         .map(String::as_str)
         .collect();
+    // With the month partitions the flags' files are kept under.
     let mut sorted = names.clone();
+    sorted.extend(["year", "month"]);
     sorted.sort_unstable();
     assert_eq!(got, sorted, "{row}");
     assert!(

@@ -151,7 +151,11 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "{last}"
     );
     assert_eq!(forecast_csv(&second), snapshot);
-    assert!(!second.join("flags").join("flags.parquet").exists());
+    assert!(
+        !second
+            .join("flags/year=2020/month=01/flags_202001.parquet")
+            .exists()
+    );
     std::fs::write(&flags_sql, good_flags).unwrap();
     let mended = run(&config, &second);
     assert!(
@@ -159,14 +163,18 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "{}",
         stdout(&mended)
     );
-    assert!(second.join("flags").join("flags.parquet").exists());
+    assert!(
+        second
+            .join("flags/year=2020/month=01/flags_202001.parquet")
+            .exists()
+    );
 
     // A step damaged after it was written (a bad disk, a partial copy):
     // the commands that read the table whole name the file. The run that
     // recomputes the flags leaves every step as it was and writes no flags.
     let step = parquet_files(&second.join("forecast")).remove(3);
     damage_column(&step, "latitude");
-    std::fs::remove_file(second.join("flags").join("flags.parquet")).unwrap();
+    std::fs::remove_file(second.join("flags/year=2020/month=01/flags_202001.parquet")).unwrap();
     let steps_before: Vec<Vec<u8>> = parquet_files(&second.join("forecast"))
         .iter()
         .map(|p| std::fs::read(p).unwrap())
@@ -213,7 +221,11 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         .map(|p| std::fs::read(p).unwrap())
         .collect();
     assert!(steps_before == steps_after, "a failed run changed a step");
-    assert!(!second.join("flags").join("flags.parquet").exists());
+    assert!(
+        !second
+            .join("flags/year=2020/month=01/flags_202001.parquet")
+            .exists()
+    );
     assert!(!png.exists());
 
     // Input on another grid.

@@ -519,13 +519,22 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     // The flags object cut short: the next run, with nothing new, makes
     // the flags again from the bucket's forecast table (its footer said
     // nothing), the same tiles as before.
-    let flags_object = server.path("runs/c/flags/flags.parquet");
+    let flags_object = server.path("runs/c/flags/year=2020/month=01/flags_202001.parquet");
     let bytes = std::fs::read(&flags_object).unwrap();
     std::fs::write(&flags_object, &bytes[..bytes.len() / 2]).unwrap();
     let (healed, _) = scheduled("cache-day-5", &[]);
     let tiles = |summary: &str| summary.split_once(" tiles=").map(|(_, t)| t.to_string());
     assert!(healed.contains("new_steps=0"), "{healed}");
     assert_eq!(tiles(&healed), tiles(&rechecked), "{healed}");
+    assert!(std::fs::read(&flags_object).unwrap().ends_with(b"PAR1"));
+
+    // The one-file flags table of earlier runs: the month's object made
+    // again, the old object deleted.
+    let legacy = server.path("runs/c/flags/flags.parquet");
+    std::fs::rename(&flags_object, &legacy).unwrap();
+    let (migrated, _) = scheduled("cache-day-6", &[]);
+    assert_eq!(tiles(&migrated), tiles(&rechecked), "{migrated}");
+    assert!(!legacy.exists());
     assert!(std::fs::read(&flags_object).unwrap().ends_with(b"PAR1"));
 }
 
