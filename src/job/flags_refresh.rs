@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
+use futures::StreamExt;
 
 use super::flags::{self, Flags};
 use super::flags_months::by_month;
@@ -18,6 +19,9 @@ use super::output::Output;
 use super::store::Provenance;
 use super::{Summary, flags_incremental};
 use crate::pipeline::Pipeline;
+
+/// The months' flags footers read at once (S3 requests in flight).
+const FOOTERS_AT_ONCE: usize = 16;
 
 /// What the flags of a run are made from and written to.
 pub struct Flagging<'a> {
@@ -41,9 +45,19 @@ impl Flagging<'_> {
         let written_months = by_month(written)?;
         let files = self.output.flags_files().await?;
         let query_id = flags::query_id(self.query);
+        // Every month's footer, each its own round trip on S3: a few at a
+        // time, so a run with nothing new over years of months waits for
+        // a few round trips, not one a month.
+        let footers: Vec<_> = futures::stream::iter(
+            months.keys().filter(|m| files.months.contains(*m)),
+        )
+        .map(|month| async move { (month.as_str(), self.output.flags_provenance(month).await) })
+        .buffered(FOOTERS_AT_ONCE)
+        .collect()
+        .await;
         let mut kept: BTreeMap<&str, Provenance> = BTreeMap::new();
-        for month in months.keys().filter(|m| files.months.contains(*m)) {
-            match self.output.flags_provenance(month).await {
+        for (month, footer) in footers {
+            match footer {
                 Ok(Some(provenance)) => {
                     kept.insert(month, provenance);
                 }
