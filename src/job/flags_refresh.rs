@@ -20,8 +20,9 @@ use super::store::Provenance;
 use super::{Summary, flags_incremental};
 use crate::pipeline::Pipeline;
 
-/// The months' flags footers read at once (S3 requests in flight).
-const FOOTERS_AT_ONCE: usize = 16;
+/// The months' flags footers read at once (S3 requests in flight): a
+/// decade's 120 months in two round trips.
+const FOOTERS_AT_ONCE: usize = 64;
 
 /// What the flags of a run are made from and written to.
 pub struct Flagging<'a> {
@@ -45,9 +46,9 @@ impl Flagging<'_> {
         let written_months = by_month(written)?;
         let files = self.output.flags_files().await?;
         let query_id = flags::query_id(self.query);
-        // Every month's footer, each its own round trip on S3: a few at a
-        // time, so a run with nothing new over years of months waits for
-        // a few round trips, not one a month.
+        // Every month's footer, each its own round trip on S3, many at a
+        // time: a run with nothing new over years of months waits for a
+        // few round trips, not one a month.
         let footers: Vec<_> = futures::stream::iter(
             months.keys().filter(|m| files.months.contains(*m)),
         )
