@@ -71,11 +71,12 @@ pub fn without(mut runs: Vec<Run>, withdrawn: &BTreeSet<i64>) -> Result<Flags> {
     merge(runs)
 }
 
-/// The rows of `month`'s kept flags file, cut into steps.
-pub async fn kept_runs(output: &Output, month: &str) -> Result<Vec<Run>> {
+/// The rows of the kept flags file `file` (below the flags folder), cut
+/// into steps.
+pub async fn kept_runs(output: &Output, file: &str) -> Result<Vec<Run>> {
     let tables = [TableArg {
         name: "kept_flags".into(),
-        location: output.flags_month_location(month),
+        location: output.flags_file_location(file),
     }];
     let ctx = crate::session::new_context();
     crate::session::register_tables(&ctx, &tables).await?;
@@ -96,19 +97,26 @@ pub async fn kept_runs(output: &Output, month: &str) -> Result<Vec<Run>> {
 /// A flags table (the whole-table query's) cut into months, each month's
 /// rows in the order the table had them.
 pub fn by_month(flags: &Flags) -> Result<BTreeMap<String, Flags>> {
-    let mut months: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    let mut runs = Vec::new();
     for batch in &flags.batches {
-        for run in runs_of(batch)? {
-            months
-                .entry(month_of(run.valid_time)?)
-                .or_default()
-                .push(run);
-        }
+        runs.extend(runs_of(batch)?);
     }
-    months
+    runs_by_month(runs)?
         .into_iter()
         .map(|(month, runs)| Ok((month, in_order(runs)?)))
         .collect()
+}
+
+/// Steps' rows grouped by their month, each month's in the order given.
+pub fn runs_by_month(runs: Vec<Run>) -> Result<BTreeMap<String, Vec<Run>>> {
+    let mut months: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for run in runs {
+        months
+            .entry(month_of(run.valid_time)?)
+            .or_default()
+            .push(run);
+    }
+    Ok(months)
 }
 
 /// A flags table of no step, in the contract's schema.

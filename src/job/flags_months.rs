@@ -12,9 +12,9 @@
 //! the SQL and the steps its rows flag, and counts its tiles
 //! ([`super::flags_refresh`]).
 //!
-//! Earlier runs wrote the table as one file, `DIR/flags/flags.parquet`
-//! (the *legacy* file here); the first run that flags by month makes every
-//! month's file and removes it.
+//! Earlier versions wrote the table as one file, `DIR/flags/flags.parquet`
+//! (the *legacy* file here); the first run that flags by month splits its
+//! rows into the months' files (where this SQL made them) and removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 

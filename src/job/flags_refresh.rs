@@ -14,7 +14,8 @@ use anyhow::Result;
 use futures::StreamExt;
 
 use super::flags::{self, Flags};
-use super::flags_months::by_month;
+use super::flags_incremental::Run;
+use super::flags_months::{LEGACY_FILE, by_month, file_of};
 use super::output::Output;
 use super::store::Provenance;
 use super::{Summary, flags_incremental};
@@ -49,13 +50,15 @@ impl Flagging<'_> {
         // Every month's footer, each its own round trip on S3, many at a
         // time: a run with nothing new over years of months waits for a
         // few round trips, not one a month.
-        let footers: Vec<_> = futures::stream::iter(
-            months.keys().filter(|m| files.months.contains(*m)),
-        )
-        .map(|month| async move { (month.as_str(), self.output.flags_provenance(month).await) })
-        .buffered(FOOTERS_AT_ONCE)
-        .collect()
-        .await;
+        let footers: Vec<_> =
+            futures::stream::iter(months.keys().filter(|m| files.months.contains(*m)))
+                .map(|month| async move {
+                    let footer = self.output.flags_provenance(&file_of(month)).await;
+                    (month.as_str(), footer)
+                })
+                .buffered(FOOTERS_AT_ONCE)
+                .collect()
+                .await;
         let mut kept: BTreeMap<&str, Provenance> = BTreeMap::new();
         for (month, footer) in footers {
             match footer {
@@ -89,16 +92,21 @@ impl Flagging<'_> {
         if self.pipeline.flags.per_step {
             if !needed.is_empty() {
                 let forecast = self.output.forecast_session("forecast_all").await?;
+                let mut legacy = if files.legacy {
+                    self.legacy_rows(&query_id).await
+                } else {
+                    BTreeMap::new()
+                };
                 for &month in &needed {
                     let kept_rows = if current(month) {
-                        flags_incremental::kept_runs(self.output, month)
+                        flags_incremental::kept_runs(self.output, &file_of(month))
                             .await
                             .unwrap_or_else(|e| {
                                 made_again(&e);
                                 Vec::new()
                             })
                     } else {
-                        Vec::new()
+                        legacy.remove(month).unwrap_or_default()
                     };
                     let none = BTreeSet::new();
                     let written = written_months.get(month).unwrap_or(&none);
@@ -132,10 +140,10 @@ impl Flagging<'_> {
             self.write(month, flags, &months[month]).await?;
         }
         for month in gone {
-            self.output.remove_flags(Some(month)).await?;
+            self.output.remove_flags(&file_of(month)).await?;
         }
         if files.legacy {
-            self.output.remove_flags(None).await?;
+            self.output.remove_flags(LEGACY_FILE).await?;
         }
         // The summary counts the whole table's tiles, the months this run
         // did not write from their files' counts.
@@ -168,22 +176,23 @@ impl Flagging<'_> {
             if !files.months.contains(&month) {
                 continue;
             }
-            let kept = match self.output.flags_provenance(&month).await {
+            let file = file_of(&month);
+            let kept = match self.output.flags_provenance(&file).await {
                 Ok(kept) => kept,
                 Err(e) => {
                     made_again(&e);
-                    self.output.remove_flags(Some(&month)).await?;
+                    self.output.remove_flags(&file).await?;
                     continue;
                 }
             };
             if kept.as_ref().and_then(|p| p.get(FLAGS_SQL)) != Some(&query_id) {
                 continue;
             }
-            let left = match flags_incremental::kept_runs(self.output, &month).await {
+            let left = match flags_incremental::kept_runs(self.output, &file).await {
                 Ok(runs) => flags_incremental::without(runs, &gone)?,
                 Err(e) => {
                     made_again(&e);
-                    self.output.remove_flags(Some(&month)).await?;
+                    self.output.remove_flags(&file).await?;
                     continue;
                 }
             };
@@ -197,6 +206,31 @@ impl Flagging<'_> {
             self.write(&month, &left, &steps_left).await?;
         }
         Ok(())
+    }
+
+    /// The rows of the one-file flags table earlier versions wrote, by
+    /// month, where it was made by this SQL and settings (none otherwise,
+    /// or where it cannot be read): they serve as the kept rows of months
+    /// without a file of their own, so the first run that flags by month
+    /// flags only the steps they lack, rather than the table's history.
+    async fn legacy_rows(&self, query_id: &str) -> BTreeMap<String, Vec<Run>> {
+        let read = async {
+            let kept = self.output.flags_provenance(LEGACY_FILE).await?;
+            if kept
+                .as_ref()
+                .and_then(|p| p.get(FLAGS_SQL))
+                .map(String::as_str)
+                != Some(query_id)
+            {
+                return Ok(BTreeMap::new());
+            }
+            let runs = flags_incremental::kept_runs(self.output, LEGACY_FILE).await?;
+            flags_incremental::runs_by_month(runs)
+        };
+        read.await.unwrap_or_else(|e| {
+            made_again(&e);
+            BTreeMap::new()
+        })
     }
 
     /// Writes `flags` as the flags of `month`'s valid times `steps`, with

@@ -118,12 +118,12 @@ impl Output {
         Ok((ctx, table))
     }
 
-    /// A month's flags file ([`flags_months::file_of`]), for a query session.
-    pub fn flags_month_location(&self, month: &str) -> String {
-        let file = flags_months::file_of(month);
+    /// The flags file `file` (a path below the flags folder:
+    /// [`flags_months::file_of`] a month), for a query session.
+    pub fn flags_file_location(&self, file: &str) -> String {
         match self {
             Self::Local { dir, .. } => flags::local_folder(dir).join(file).display().to_string(),
-            Self::S3(store) => store.flags_url(&file),
+            Self::S3(store) => store.flags_url(file),
         }
     }
 
@@ -150,15 +150,14 @@ impl Output {
         }
     }
 
-    /// The provenance `month`'s flags file was written with; `None` where
-    /// there is no such file.
-    pub async fn flags_provenance(&self, month: &str) -> Result<Option<Provenance>> {
-        let file = flags_months::file_of(month);
+    /// The provenance the flags file `file` (below the flags folder) was
+    /// written with; `None` where there is no such file.
+    pub async fn flags_provenance(&self, file: &str) -> Result<Option<Provenance>> {
         match self {
             Self::Local { dir, .. } => {
                 super::store::flags_provenance(&flags::local_folder(dir).join(file))
             }
-            Self::S3(store) => store.flags_provenance(&file).await,
+            Self::S3(store) => store.flags_provenance(file).await,
         }
     }
 
@@ -180,16 +179,13 @@ impl Output {
         }
     }
 
-    /// Removes `month`'s flags file, or with `None` the one-file flags
-    /// table of earlier runs; a file that is not there is no error.
-    pub async fn remove_flags(&self, month: Option<&str>) -> Result<()> {
-        let file = month.map_or_else(
-            || flags_months::LEGACY_FILE.to_string(),
-            flags_months::file_of,
-        );
+    /// Removes the flags file `file` (below the flags folder); one that is
+    /// not there is no error.
+    pub async fn remove_flags(&self, file: &str) -> Result<()> {
         match self {
             Self::Local { dir, .. } => {
-                let path = flags::local_folder(dir).join(&file);
+                let folder = flags::local_folder(dir);
+                let path = folder.join(file);
                 match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         Err(e).with_context(|| format!("{}: removing flags", path.display()))
@@ -197,14 +193,14 @@ impl Output {
                     _ => {
                         // An emptied month's folders go too (`remove_dir`
                         // leaves a folder that holds anything).
-                        for folder in path.ancestors().skip(1).take(2) {
-                            let _ = std::fs::remove_dir(folder);
+                        for emptied in path.ancestors().skip(1).take_while(|f| *f != folder) {
+                            let _ = std::fs::remove_dir(emptied);
                         }
                         Ok(())
                     }
                 }
             }
-            Self::S3(store) => store.remove_flags(&file).await,
+            Self::S3(store) => store.remove_flags(file).await,
         }
     }
 

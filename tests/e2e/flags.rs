@@ -199,8 +199,8 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
 
 /// The flags table is one file a month: a run rewrites only the months of
 /// the steps it wrote, and the folder reads as the table the whole-table
-/// query makes; the one-file table of earlier runs is replaced, and a
-/// month whose steps left the forecast table loses its file.
+/// query makes; the one-file table of earlier runs is split into months,
+/// and a month whose steps left the forecast table loses its file.
 #[test]
 fn flags_are_a_file_a_month_and_a_run_rewrites_only_its_steps_months() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,10 +272,16 @@ fn flags_are_a_file_a_month_and_a_run_rewrites_only_its_steps_months() {
     );
     assert_eq!(months, "month,steps\n01,3\n02,9\n");
 
-    // The one-file table of earlier runs: made again by month, and gone.
+    // The one-file table of earlier runs (here of February's steps): its
+    // rows become February's file, and it goes. They are taken as they
+    // are, not made again: a February step damaged meanwhile is not read.
     let legacy = out.join("flags/flags.parquet");
     std::fs::rename(month(&out, "02"), &legacy).unwrap();
+    let step = out.join("forecast/year=2020/month=02/t2m_20200201T0600.parquet");
+    let sound = std::fs::read(&step).unwrap();
+    crate::pipeline_errors::damage_column(&step, "t2m_eu");
     let migrated = run(&per_step, &input, &out, &[]);
+    std::fs::write(&step, sound).unwrap();
     assert!(migrated.contains("new_steps=0"), "{migrated}");
     assert_eq!(tiles(&migrated), tiles(&whole));
     assert!(!legacy.exists());
