@@ -3,7 +3,7 @@
 //! query makes; flags made by other settings, or missing steps, are made
 //! again by the next run even when it has nothing new to forecast.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::pipeline::{run_over, run_over_unchecked, trained};
 use crate::{sql_csv, stderr, stdout, synth_seeded};
@@ -19,16 +19,11 @@ fn flags(out: &Path) -> String {
     sql_csv(&table, "SELECT * FROM f")
 }
 
-/// The flags file of January 2020, the month of the tests' steps.
-fn january(out: &Path) -> std::path::PathBuf {
-    out.join("flags/year=2020/month=01/flags_202001.parquet")
-}
-
-#[test]
-fn flags_made_per_step_are_the_whole_tables_flags() {
-    let dir = tempfile::tempdir().unwrap();
-    let whole_table = trained(dir.path(), 2);
-    let per_step = dir.path().join("per_step.toml");
+/// A trained model's pipeline, whose flags SQL runs over the whole table,
+/// and a copy of it with `per_step = true`.
+fn pipelines(dir: &Path) -> (PathBuf, PathBuf) {
+    let whole_table = trained(dir, 2);
+    let per_step = dir.join("per_step.toml");
     let text = std::fs::read_to_string(&whole_table).unwrap();
     assert!(text.contains("min_fraction = 0.3\n"));
     std::fs::write(
@@ -39,6 +34,18 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
         ),
     )
     .unwrap();
+    (whole_table, per_step)
+}
+
+/// The flags file of January 2020, the month of the tests' steps.
+fn january(out: &Path) -> PathBuf {
+    out.join("flags/year=2020/month=01/flags_202001.parquet")
+}
+
+#[test]
+fn flags_made_per_step_are_the_whole_tables_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole_table, per_step) = pipelines(dir.path());
     let input = dir.path().join("input");
     synth_seeded(&input, 12, "nc3", 7, &["--files-per-day"]);
     let out = dir.path().join("out");
@@ -204,35 +211,18 @@ fn flags_made_per_step_are_the_whole_tables_flags() {
 #[test]
 fn flags_are_a_file_a_month_and_a_run_rewrites_only_its_steps_months() {
     let dir = tempfile::tempdir().unwrap();
-    let whole_table = trained(dir.path(), 2);
-    let per_step = dir.path().join("per_step.toml");
-    let text = std::fs::read_to_string(&whole_table).unwrap();
-    std::fs::write(
-        &per_step,
-        text.replace(
-            "min_fraction = 0.3\n",
-            "min_fraction = 0.3\nper_step = true\n",
-        ),
-    )
-    .unwrap();
+    let (whole_table, per_step) = pipelines(dir.path());
     // Input steps from 2020-01-31T00:00Z: forecasts valid from 06:00, three
     // in January and nine in February.
     let input = dir.path().join("input");
-    let o = crate::uqcast(&[
-        "synth",
-        "--out",
-        input.to_str().unwrap(),
-        "--start",
+    crate::synth_from(
+        &input,
         "2020-01-31T00:00Z",
-        "--steps",
-        "12",
-        "--res",
-        "2",
-        "--encoding",
+        12,
         "nc3",
-        "--files-per-day",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+        7,
+        &["--files-per-day"],
+    );
     let out = dir.path().join("out");
     let month =
         |out: &Path, m: &str| out.join(format!("flags/year=2020/month={m}/flags_2020{m}.parquet"));

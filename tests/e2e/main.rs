@@ -93,13 +93,25 @@ pub fn synth(dir: &Path, steps: usize, encoding: &str, extra: &[&str]) {
 
 /// As [`synth`], with another seed: the same grid and times, other values.
 pub fn synth_seeded(dir: &Path, steps: usize, encoding: &str, seed: u64, extra: &[&str]) {
+    synth_from(dir, "2020-01-01T00:00Z", steps, encoding, seed, extra);
+}
+
+/// As [`synth_seeded`], from the time `start` on.
+pub fn synth_from(
+    dir: &Path,
+    start: &str,
+    steps: usize,
+    encoding: &str,
+    seed: u64,
+    extra: &[&str],
+) {
     let (steps, seed) = (steps.to_string(), seed.to_string());
     let mut args = vec![
         "synth",
         "--out",
         dir.to_str().unwrap(),
         "--start",
-        "2020-01-01T00:00Z",
+        start,
         "--steps",
         &steps,
         "--res",

@@ -168,21 +168,14 @@ fn a_damaged_file_in_a_month_a_run_does_not_read_does_not_stop_it() {
     let config = trained(dir.path(), 2);
     // The model's grid on 2019-12-31 and 2020-01-01: steps valid in two months.
     let input = dir.path().join("input");
-    let o = uqcast(&[
-        "synth",
-        "--out",
-        input.to_str().unwrap(),
-        "--start",
+    crate::synth_from(
+        &input,
         "2019-12-31T00:00Z",
-        "--steps",
-        "8",
-        "--res",
-        "2",
-        "--encoding",
+        8,
         "nc3",
-        "--files-per-day",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+        0,
+        &["--files-per-day"],
+    );
     let out = dir.path().join("out");
     let first = run(&config, &input, &out, &[]);
     assert!(first.starts_with("uqcast run: ok new_steps=8 "), "{first}");
