@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use super::flags::{self, Flags};
 use super::flags_incremental::Run;
-use super::flags_months::{LEGACY_FILE, by_month, file_of};
+use super::flags_months::{self, LEGACY_FILE, by_month, file_of};
 use super::output::Output;
 use super::store::Provenance;
 use super::{Summary, flags_incremental};
@@ -47,40 +47,24 @@ impl Flagging<'_> {
         let written_months = by_month(written)?;
         let files = self.output.flags_files().await?;
         let query_id = flags::query_id(self.query);
-        // Every month's footer, each its own round trip on S3, many at a
-        // time: a run with nothing new over years of months waits for a
-        // few round trips, not one a month.
-        let footers: Vec<_> =
-            futures::stream::iter(months.keys().filter(|m| files.months.contains(*m)))
-                .map(|month| async move {
-                    let footer = self.output.flags_provenance(&file_of(month)).await;
-                    (month.as_str(), footer)
-                })
-                .buffered(FOOTERS_AT_ONCE)
-                .collect()
-                .await;
-        let mut kept: BTreeMap<&str, Provenance> = BTreeMap::new();
-        for (month, footer) in footers {
-            match footer {
-                Ok(Some(provenance)) => {
-                    kept.insert(month, provenance);
-                }
-                Ok(None) => {}
-                Err(e) => made_again(&e),
-            }
-        }
-        let current =
-            |month: &str| kept.get(month).and_then(|p| p.get(FLAGS_SQL)) == Some(&query_id);
+        let kept = self.kept_footers(&months, &files).await;
+        // Months whose files this SQL and these settings made.
+        let current: BTreeSet<&str> = kept
+            .iter()
+            .filter(|(_, p)| p.get(FLAGS_SQL) == Some(&query_id))
+            .map(|(month, _)| *month)
+            .collect();
         let kept_counts = |month: &str| counts(kept.get(month)?);
         let needed: Vec<&str> = months
-            .iter()
-            .filter(|(month, steps)| {
-                let whole = current(month)
-                    && kept[month.as_str()].get(FLAGS_STEPS) == Some(&steps_id(steps))
+            .keys()
+            .map(String::as_str)
+            .filter(|&month| {
+                let whole = current.contains(month)
+                    && kept.get(month).and_then(|p| p.get(FLAGS_STEPS))
+                        == Some(&steps_id(&months[month]))
                     && kept_counts(month).is_some();
-                written_months.contains_key(*month) || !whole
+                written_months.contains_key(month) || !whole
             })
-            .map(|(month, _)| month.as_str())
             .collect();
         let gone: Vec<&String> = files
             .months
@@ -88,56 +72,46 @@ impl Flagging<'_> {
             .filter(|m| !months.contains_key(*m))
             .collect();
 
-        let mut made: BTreeMap<String, Flags> = BTreeMap::new();
-        if self.pipeline.flags.per_step {
-            if !needed.is_empty() {
-                let forecast = self.output.forecast_session("forecast_all").await?;
-                let mut legacy = if files.legacy {
-                    self.legacy_rows(&query_id).await
+        let mut made = BTreeMap::new();
+        if self.pipeline.flags.per_step && !needed.is_empty() {
+            let forecast = self.output.forecast_session("forecast_all").await?;
+            let mut legacy = if files.legacy {
+                self.legacy_rows(&query_id).await
+            } else {
+                BTreeMap::new()
+            };
+            for &month in &needed {
+                let kept_rows = if current.contains(month) {
+                    flags_incremental::kept_runs(self.output, &file_of(month))
+                        .await
+                        .unwrap_or_else(|e| {
+                            made_again(&e);
+                            Vec::new()
+                        })
                 } else {
-                    BTreeMap::new()
+                    legacy.remove(month).unwrap_or_default()
                 };
-                for &month in &needed {
-                    let kept_rows = if current(month) {
-                        flags_incremental::kept_runs(self.output, &file_of(month))
-                            .await
-                            .unwrap_or_else(|e| {
-                                made_again(&e);
-                                Vec::new()
-                            })
-                    } else {
-                        legacy.remove(month).unwrap_or_default()
-                    };
-                    let none = BTreeSet::new();
-                    let written = written_months.get(month).unwrap_or(&none);
-                    let flags = flags_incremental::month(
-                        &forecast,
-                        self.query,
-                        &months[month],
-                        written,
-                        kept_rows,
-                    );
-                    made.insert(month.to_string(), flags.await?);
-                }
+                let none = BTreeSet::new();
+                let written = written_months.get(month).unwrap_or(&none);
+                let flags = flags_incremental::month(
+                    &forecast,
+                    self.query,
+                    &months[month],
+                    written,
+                    kept_rows,
+                );
+                made.insert(month.to_string(), flags.await?);
             }
-        } else if !needed.is_empty() || !gone.is_empty() || files.legacy {
-            // A SQL that may look past a step's own cells: any change to
-            // the table can change every month's rows.
-            let (ctx, forecast) = self.output.forecast_session("forecast").await?;
-            // Flags read every step, so a step damaged since it was written
-            // fails them here: the file is named, not only the flags SQL.
-            let flags = flags::compute(&ctx, self.query).await;
-            let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
-            made = flags_incremental::by_month(&flags)?;
-            for month in months.keys() {
-                if !made.contains_key(month) {
-                    made.insert(month.clone(), flags_incremental::none()?);
-                }
-            }
+        } else if !self.pipeline.flags.per_step
+            && (!needed.is_empty() || !gone.is_empty() || files.legacy)
+        {
+            made = self.flag_whole_table(&months).await?;
         }
 
+        let none = BTreeSet::new();
         for (month, flags) in &made {
-            self.write(month, flags, &months[month]).await?;
+            self.write(month, flags, months.get(month).unwrap_or(&none))
+                .await?;
         }
         for month in gone {
             self.output.remove_flags(&file_of(month)).await?;
@@ -156,6 +130,59 @@ impl Flagging<'_> {
             summary.flagged += flagged;
         }
         Ok(())
+    }
+
+    /// The footers of the months' kept files, where readable (one that is
+    /// not is said, and its month made again). Each is its own round trip
+    /// on S3, so many are read at a time: a run with nothing new over years
+    /// of months waits for a few round trips, not one a month.
+    async fn kept_footers<'m>(
+        &self,
+        months: &'m BTreeMap<String, BTreeSet<i64>>,
+        files: &flags_months::Files,
+    ) -> BTreeMap<&'m str, Provenance> {
+        let footers: Vec<_> =
+            futures::stream::iter(months.keys().filter(|m| files.months.contains(*m)))
+                .map(|month| async move {
+                    let footer = self.output.flags_provenance(&file_of(month)).await;
+                    (month.as_str(), footer)
+                })
+                .buffered(FOOTERS_AT_ONCE)
+                .collect()
+                .await;
+        let mut kept = BTreeMap::new();
+        for (month, footer) in footers {
+            match footer {
+                Ok(Some(provenance)) => {
+                    kept.insert(month, provenance);
+                }
+                Ok(None) => {}
+                Err(e) => made_again(&e),
+            }
+        }
+        kept
+    }
+
+    /// Every month's flags from the SQL over the whole table: a SQL that
+    /// may look past a step's own cells, so any change to the table can
+    /// change every month's rows. A month the SQL gives no row gets an
+    /// empty file.
+    async fn flag_whole_table(
+        &self,
+        months: &BTreeMap<String, BTreeSet<i64>>,
+    ) -> Result<BTreeMap<String, Flags>> {
+        let (ctx, forecast) = self.output.forecast_session("forecast").await?;
+        // Flags read every step, so a step damaged since it was written
+        // fails them here: the file is named, not only the flags SQL.
+        let flags = flags::compute(&ctx, self.query).await;
+        let flags = crate::session::footers::naming_damaged(&[forecast], flags).await?;
+        let mut made = flags_incremental::by_month(&flags)?;
+        for month in months.keys() {
+            if !made.contains_key(month) {
+                made.insert(month.clone(), flags_incremental::none()?);
+            }
+        }
+        Ok(made)
     }
 
     /// Takes the steps `withdrawn` (valid times) out of the kept flags
