@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::output::WrittenBeside;
+use crate::job::store::months_select;
 use crate::session::{TableArg, f64_column, footers, new_context, register_tables};
 
 #[derive(Debug, Args)]
@@ -86,6 +87,15 @@ fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
 }
 
 async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
+    query_with(input, table, |_| Ok(sql)).await
+}
+
+/// As [`query`], with the SQL made from the registered table (its columns).
+async fn query_with(
+    input: &Path,
+    table: &str,
+    sql: impl FnOnce(&datafusion::common::DFSchema) -> Result<String>,
+) -> Result<Vec<RecordBatch>> {
     let location = crate::job::output_table(input, table, "--input")?;
     let table = TableArg {
         name: table.into(),
@@ -93,8 +103,31 @@ async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch
     };
     let ctx = new_context();
     register_tables(&ctx, std::slice::from_ref(&table)).await?;
-    let ran = async { Ok(ctx.sql(&sql).await?.collect().await?) }.await;
+    let ran = async {
+        let sql = sql(ctx.table(table.name.as_str()).await?.schema())?;
+        Ok(ctx.sql(&sql).await?.collect().await?)
+    }
+    .await;
     footers::naming_damaged(&[table], ran).await
+}
+
+/// `SELECT columns FROM table` of the rows valid at `t`: from its month's
+/// `year=/month=` folder alone where the table has those partitions
+/// ([`months_select`]), so a plot lists and opens one month's files, not
+/// years of them; the one-file flags table of earlier versions has none.
+fn rows_at(
+    table: &str,
+    columns: &str,
+    t: i64,
+    schema: &datafusion::common::DFSchema,
+) -> Result<String> {
+    if schema.has_column_with_unqualified_name("month") {
+        months_select(table, columns, &[t])
+    } else {
+        Ok(format!(
+            "SELECT {columns} FROM {table} WHERE valid_time = to_timestamp_micros({t}, 'UTC')"
+        ))
+    }
 }
 
 /// The forecast table's valid times in words, for a time it does not hold.
@@ -235,12 +268,10 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
             out.display()
         );
     }
-    let time_sql = format!("to_timestamp_micros({t}, 'UTC')");
-    let forecast = query(
-        &args.input,
-        "forecast",
-        format!("SELECT latitude, longitude, t2m_mean, t2m_au, t2m_eu FROM forecast WHERE valid_time = {time_sql}"),
-    )
+    let forecast = query_with(&args.input, "forecast", |schema| {
+        let columns = "latitude, longitude, t2m_mean, t2m_au, t2m_eu";
+        rows_at("forecast", columns, t, schema)
+    })
     .await?;
     let rows: usize = forecast.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
@@ -263,29 +294,26 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
         au.extend(column(b, "t2m_au")?);
         eu.extend(column(b, "t2m_eu")?);
     }
-    let flags = query(
-        &args.input,
-        "flags",
-        format!("SELECT tile_lat, tile_lon FROM flags WHERE flagged AND valid_time = {time_sql}"),
-    )
+    // Every tile of the step (their spacing sizes the outlines), and the
+    // flagged ones.
+    let flags = query_with(&args.input, "flags", |schema| {
+        rows_at("flags", "tile_lat, tile_lon, flagged", t, schema)
+    })
     .await?;
     let mut tile_corners = Vec::new();
-    for b in &flags {
-        tile_corners.extend(
-            column(b, "tile_lat")?
-                .into_iter()
-                .zip(column(b, "tile_lon")?),
-        );
-    }
-    let all_tiles = query(
-        &args.input,
-        "flags",
-        format!("SELECT DISTINCT tile_lat FROM flags WHERE valid_time = {time_sql}"),
-    )
-    .await?;
     let mut tile_lats = Vec::new();
-    for b in &all_tiles {
-        tile_lats.extend(column(b, "tile_lat")?);
+    for b in &flags {
+        let lats = column(b, "tile_lat")?;
+        let flagged = b
+            .column_by_name("flagged")
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+            .context("flags: no boolean column 'flagged'")?;
+        for (i, (lat, lon)) in lats.iter().zip(column(b, "tile_lon")?).enumerate() {
+            if flagged.is_valid(i) && flagged.value(i) {
+                tile_corners.push((*lat, lon));
+            }
+        }
+        tile_lats.extend(lats);
     }
     let tile = if tile_lats.len() > 1 {
         min_spacing(&tile_lats)
@@ -351,4 +379,61 @@ fn paint(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        ArrayRef, DictionaryArray, Float64Array, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit, UInt16Type};
+    use datafusion::datasource::MemTable;
+
+    use super::*;
+
+    /// 2020-01-31T18:00Z and 2020-02-01T00:00Z, in microseconds.
+    const JAN: i64 = 1_580_493_600_000_000;
+    const FEB: i64 = JAN + 6 * 3_600_000_000;
+
+    /// The `tile_lat` of the rows [`rows_at`] reads at `t` from a table of
+    /// a row at each of [`JAN`] and [`FEB`], with `year`/`month`
+    /// partitions or without (the one-file flags table of earlier runs).
+    async fn lats_at(partitioned: bool, t: i64) -> Vec<f64> {
+        let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields = vec![
+            Field::new("valid_time", time, false),
+            Field::new("tile_lat", DataType::Float64, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(vec![JAN, FEB]).with_timezone("UTC")),
+            Arc::new(Float64Array::from(vec![10.0, 20.0])),
+        ];
+        if partitioned {
+            for (name, values) in [("year", ["2020", "2020"]), ("month", ["01", "02"])] {
+                fields.push(Field::new(name, crate::session::partition_type(), false));
+                columns.push(Arc::new(DictionaryArray::<UInt16Type>::from_iter(values)));
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        let ctx = new_context();
+        ctx.register_table("flags", Arc::new(table)).unwrap();
+        let schema = ctx.table("flags").await.unwrap().schema().clone();
+        let sql = rows_at("flags", "tile_lat", t, &schema).unwrap();
+        assert_eq!(sql.contains("month = '"), partitioned, "{sql}");
+        let rows = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        rows.iter()
+            .flat_map(|b| column(b, "tile_lat").unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_step_is_read_from_its_month_or_from_a_table_without_months() {
+        for partitioned in [true, false] {
+            assert_eq!(lats_at(partitioned, FEB).await, [20.0], "{partitioned}");
+            assert_eq!(lats_at(partitioned, JAN).await, [10.0], "{partitioned}");
+        }
+    }
 }
