@@ -130,25 +130,43 @@ fn rows_at(
     }
 }
 
-/// The forecast table's valid times in words, for a time it does not hold.
+/// The forecast table's valid times in words, for a time it does not hold:
+/// from its files' names where each is a step's (a table `uqcast run`
+/// wrote: 10 years of steps are listed, not read), else by a query.
 async fn valid_times(input: &Path) -> Result<String> {
-    let sql = "SELECT count(DISTINCT valid_time) AS n, \
-               to_unixtime(min(valid_time)) AS first, to_unixtime(max(valid_time)) AS last \
-               FROM forecast";
-    let batches = query(input, "forecast", sql.to_string()).await?;
-    let Some(b) = batches.first().filter(|b| b.num_rows() == 1) else {
-        return Ok("the table holds no step".into());
+    let location = crate::job::output_table(input, "forecast", "--input")?;
+    let table = TableArg {
+        name: "forecast".into(),
+        location: location.display().to_string(),
     };
-    let [n, first, last] = ["n", "first", "last"].map(|c| column(b, c).map(|v| v[0]));
-    let (n, first, last) = (n?, first?, last?);
-    if n == 0.0 {
-        return Ok("the table holds no step".into());
-    }
-    let iso = |secs: f64| uqcast_forecast::error::iso(secs as i64 * 1_000_000);
+    let ctx = new_context();
+    register_tables(&ctx, std::slice::from_ref(&table)).await?;
+    let (n, first, last) = match crate::session::forecast_step_times(&ctx, &table.location).await? {
+        Some(times) => match (times.first(), times.last()) {
+            (Some(&first), Some(&last)) => (times.len(), first, last),
+            _ => return Ok("the table holds no step".into()),
+        },
+        None => {
+            let sql = "SELECT count(DISTINCT valid_time) AS n, \
+                       to_unixtime(min(valid_time)) AS first, to_unixtime(max(valid_time)) AS last \
+                       FROM forecast";
+            let batches = query(input, "forecast", sql.to_string()).await?;
+            let Some(b) = batches.first().filter(|b| b.num_rows() == 1) else {
+                return Ok("the table holds no step".into());
+            };
+            let [n, first, last] = ["n", "first", "last"].map(|c| column(b, c).map(|v| v[0]));
+            let (n, first, last) = (n?, first?, last?);
+            if n == 0.0 {
+                return Ok("the table holds no step".into());
+            }
+            let micros = |secs: f64| secs as i64 * 1_000_000;
+            (n as usize, micros(first), micros(last))
+        }
+    };
     Ok(format!(
         "the table holds {n} valid times from {} to {}",
-        iso(first),
-        iso(last)
+        uqcast_forecast::error::iso(first),
+        uqcast_forecast::error::iso(last)
     ))
 }
 

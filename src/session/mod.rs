@@ -255,11 +255,33 @@ async fn forecast_step_schema(
     probe: &datafusion::datasource::listing::ListingOptions,
     url: &ListingTableUrl,
 ) -> Result<Option<datafusion::arrow::datatypes::SchemaRef>> {
+    let Some((_, newest)) = step_files(ctx, url).await? else {
+        return Ok(None);
+    };
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let schema = probe.format.infer_schema(&state, &store, &[newest]).await?;
+    let contract = uqcast_forecast::forecast_schema();
+    let holds_contract = contract
+        .fields()
+        .iter()
+        .all(|f| schema.field_with_name(f.name()).is_ok());
+    Ok(holds_contract.then_some(schema))
+}
+
+/// The valid times of a table whose every Parquet file is named as a
+/// forecast step (`t2m_YYYYMMDDTHHMM.parquet`), sorted, and its newest
+/// step's file; `None` for any other table. Read from the listing alone, in
+/// `ctx` (where an `s3://` location's bucket is registered).
+async fn step_files(
+    ctx: &SessionContext,
+    url: &ListingTableUrl,
+) -> Result<Option<(Vec<i64>, object_store::ObjectMeta)>> {
     use futures::TryStreamExt;
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
     let files: Vec<object_store::ObjectMeta> = url
-        .list_all_files(&state, store.as_ref(), &probe.file_extension)
+        .list_all_files(&state, store.as_ref(), ".parquet")
         .await?
         .try_collect()
         .await?;
@@ -268,16 +290,17 @@ async fn forecast_step_schema(
     };
     let count = files.len();
     let (steps, newest) = crate::job::store::steps_and_newest(files, step_time);
-    let Some(newest) = newest.filter(|_| steps.len() == count) else {
-        return Ok(None);
-    };
-    let schema = probe.format.infer_schema(&state, &store, &[newest]).await?;
-    let contract = uqcast_forecast::forecast_schema();
-    let holds_contract = contract
-        .fields()
-        .iter()
-        .all(|f| schema.field_with_name(f.name()).is_ok());
-    Ok(holds_contract.then_some(schema))
+    Ok(newest
+        .filter(|_| steps.len() == count)
+        .map(|newest| (steps, newest)))
+}
+
+/// The valid times of the forecast table at `location` registered in
+/// `ctx`, from its files' names (no file is opened); `None` where some file
+/// is not named as a step.
+pub async fn forecast_step_times(ctx: &SessionContext, location: &str) -> Result<Option<Vec<i64>>> {
+    let url = ListingTableUrl::parse(location)?;
+    Ok(step_files(ctx, &url).await?.map(|(times, _)| times))
 }
 
 /// Registers an `s3://` table: Parquet read in place, NetCDF from local copies.
