@@ -150,7 +150,8 @@ async fn valid_times(input: &Path) -> Result<String> {
             let sql = "SELECT count(DISTINCT valid_time) AS n, \
                        to_unixtime(min(valid_time)) AS first, to_unixtime(max(valid_time)) AS last \
                        FROM forecast";
-            let batches = query(input, "forecast", sql.to_string()).await?;
+            let ran = async { Ok(ctx.sql(sql).await?.collect().await?) }.await;
+            let batches = footers::naming_damaged(std::slice::from_ref(&table), ran).await?;
             let Some(b) = batches.first().filter(|b| b.num_rows() == 1) else {
                 return Ok("the table holds no step".into());
             };
