@@ -86,12 +86,9 @@ fn column(b: &RecordBatch, name: &str) -> Result<Vec<f64>> {
         .collect())
 }
 
-async fn query(input: &Path, table: &str, sql: String) -> Result<Vec<RecordBatch>> {
-    query_with(input, table, |_| Ok(sql)).await
-}
-
-/// As [`query`], with the SQL made from the registered table (its columns).
-async fn query_with(
+/// The rows of a query over the run output's table `table`, its SQL made
+/// from the registered table (its columns); a damaged file is named.
+async fn query(
     input: &Path,
     table: &str,
     sql: impl FnOnce(&datafusion::common::DFSchema) -> Result<String>,
@@ -287,7 +284,7 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
             out.display()
         );
     }
-    let forecast = query_with(&args.input, "forecast", |schema| {
+    let forecast = query(&args.input, "forecast", |schema| {
         let columns = "latitude, longitude, t2m_mean, t2m_au, t2m_eu";
         rows_at("forecast", columns, t, schema)
     })
@@ -315,7 +312,7 @@ pub async fn draw(input: &Path, t: i64, out: &Path) -> Result<()> {
     }
     // Every tile of the step (their spacing sizes the outlines), and the
     // flagged ones.
-    let flags = query_with(&args.input, "flags", |schema| {
+    let flags = query(&args.input, "flags", |schema| {
         rows_at("flags", "tile_lat, tile_lon, flagged", t, schema)
     })
     .await?;
