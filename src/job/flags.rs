@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
-use super::store::{Provenance, write_parquet_file};
+use super::store::{Provenance, write_atomically};
 use crate::pipeline::{Pipeline, Threshold};
 
 /// The contract, compiled in from `schemas/flags.json`.
@@ -170,15 +170,7 @@ pub fn write_local(
     provenance: &Provenance,
 ) -> Result<PathBuf> {
     let path = local_folder(dir).join(super::flags_months::file_of(month));
-    let out = path.parent().unwrap_or(dir);
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
-    write_parquet_file(&tmp, &flags.batches, provenance)
-        .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    write_atomically(&path, &flags.batches, provenance)
         .with_context(|| format!("{}: writing flags", path.display()))?;
     Ok(path)
 }

@@ -131,7 +131,7 @@ impl ForecastStore {
     /// flags tables.
     pub fn clean_temporaries(&self) -> Result<usize> {
         let mut removed = 0;
-        let flags = self.root.with_file_name("flags");
+        let flags = super::flags::local_folder(self.root.parent().unwrap_or(&self.root));
         let flags_files = if flags.is_dir() {
             crate::session::files_below(&flags)?
         } else {
@@ -173,18 +173,31 @@ impl ForecastStore {
         provenance: &Provenance,
     ) -> Result<PathBuf> {
         let (name, partition) = step_name(valid_time)?;
-        let dir = self.root.join(partition);
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-        let path = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        write_parquet_file(&tmp, std::slice::from_ref(batch), provenance)
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(Into::into))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })
+        let path = self.root.join(partition).join(&name);
+        write_atomically(&path, std::slice::from_ref(batch), provenance)
             .with_context(|| format!("{}: writing forecast step", path.display()))?;
         Ok(path)
     }
+}
+
+/// Writes `path` (its folders made as needed) through a hidden temporary
+/// beside it (`.NAME.tmp-PID`, which [`ForecastStore::clean_temporaries`]
+/// removes after a killed run) renamed into place: readers see the whole
+/// file or none.
+pub fn write_atomically(
+    path: &Path,
+    batches: &[RecordBatch],
+    provenance: &Provenance,
+) -> Result<()> {
+    let dir = path.parent().context("a file has a folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    write_parquet_file(&tmp, batches, provenance)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(Into::into))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 /// Errors if the forecast file `label` (read by `reader`) was written with
