@@ -6,13 +6,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use uqcast_forecast::assemble::check_source_columns;
-use uqcast_forecast::held::{self, HeldRows};
+use uqcast_forecast::assemble::{SourceColumns, StepAssembler, check_source_columns};
+use uqcast_forecast::pairs::STEP_BYTES_PER_CELL;
 use uqcast_forecast::{ModelGrid, StepField};
 
-use crate::job::{empty_source, source_sql};
+use crate::job::{empty_source, source_sql, timestamp_sql};
 use crate::pipeline::Pipeline;
 use crate::session::s3::{self, S3Location};
 use crate::session::{context_with_table, memory};
@@ -39,22 +43,19 @@ pub struct TrainArgs {
     until: Option<i64>,
 }
 
-/// What training holds for one source row once read: the step's value,
-/// its normalised copy and its change target (`PairData`), 4 bytes each.
-const FIELD_BYTES_PER_ROW: usize = 12;
+/// What one source row takes once read: its cell's value in its step
+/// ([`StepField`]), for checks made before anything is read.
+pub const SOURCE_ROW_BYTES: u64 = STEP_BYTES_PER_CELL;
 
-/// What one source row takes, held ([`HeldRows`]) and then as training's
-/// fields, for checks made before anything is read.
-pub const SOURCE_ROW_BYTES: u64 = held::BYTES_PER_ROW + FIELD_BYTES_PER_ROW as u64;
-
-/// Reads every step the source query returns; the grid is the set of
-/// coordinates seen, and every step must cover all of it.
+/// Reads every step the source query returns, as whole steps on the grid
+/// of the first step read (every step must have its cells).
 ///
-/// The rows are held until the grid is known. They, and the fields
-/// training will build from them, count against the memory a query may
-/// hold ([`memory::LIMIT_VAR`]): a span too long for the machine ends in
-/// one line saying how far the reading got and how to ask for less
-/// (`fewer`), rather than in the kernel's out-of-memory kill.
+/// Steps are assembled as the rows stream by, so a span takes what its
+/// steps' values take ([`SOURCE_ROW_BYTES`] a row) and the steps still
+/// incomplete. That counts against the memory a query may hold
+/// ([`memory::LIMIT_VAR`]): a span too long for the machine ends in one
+/// line saying how far the reading got and how to ask for less (`fewer`),
+/// rather than in the kernel's out-of-memory kill.
 pub async fn read_steps(
     location: String,
     sql: &str,
@@ -63,31 +64,75 @@ pub async fn read_steps(
     let ctx = context_with_table("era5", location.clone()).await?;
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
-    let reservation = MemoryConsumer::new("uqcast: the source rows read for training")
+    let reservation = MemoryConsumer::new("uqcast: the source steps read for training")
         .register(&ctx.runtime_env().memory_pool);
     let mut stream = df.execute_stream().await.context("source query")?;
-    let mut held = HeldRows::default();
+    let first = loop {
+        match stream.next().await {
+            None => return Ok((ModelGrid::from_coordinates([], []), Vec::new())),
+            Some(b) => {
+                let b = b.context("source query")?;
+                if b.num_rows() > 0 {
+                    break b;
+                }
+            }
+        }
+    };
+    let (first_time, ..) = SourceColumns::of(&first)?.row(0)?;
+    let grid = grid_of_step(&ctx, sql, first_time).await?;
+    let mut assembler = StepAssembler::with_cells_of(grid.clone(), first_time);
+    let mut steps = assembler.push(&first)?;
+    let step_bytes = grid.cells() * SOURCE_ROW_BYTES as usize;
     while let Some(b) = stream.next().await {
-        let rows = held.rows();
-        held.push(&b.context("source query")?)?;
-        let needed = held.bytes() + held.rows() * FIELD_BYTES_PER_ROW;
+        steps.extend(assembler.push(&b.context("source query")?)?);
+        let needed = steps.len() * step_bytes + assembler.open_bytes();
         if reservation.try_resize(needed).is_err() {
             bail!(
                 "{location}: the training span does not fit in the memory a query may hold \
-                 here: {rows} rows read, with the fields training builds from them, take {} \
-                 of the {} limit ({}, default half of the memory); {fewer}",
-                memory::amount(reservation.size() as u64),
+                 here: the {} steps read so far ({} cells each), with those still incomplete, \
+                 take {} of the {} limit ({}, default half of the memory); {fewer}",
+                steps.len(),
+                grid.cells(),
+                memory::amount(needed as u64),
                 memory::amount(memory::limit_bytes().unwrap_or_default()),
                 memory::LIMIT_VAR,
             );
         }
     }
+    assembler.finish()?;
+    steps.sort_by_key(|s| s.time);
     tracing::debug!(
-        "{location}: {} source rows held in {}",
-        held.rows(),
-        memory::amount(held.bytes() as u64)
+        "{location}: {} steps of {} cells held in {}",
+        steps.len(),
+        grid.cells(),
+        memory::amount((steps.len() * step_bytes) as u64)
     );
-    Ok(held.into_steps()?)
+    Ok((grid, steps))
+}
+
+/// The grid of the cells the source query returns for the step valid at
+/// `time` (a NetCDF scan reads only that step).
+async fn grid_of_step(ctx: &SessionContext, sql: &str, time: i64) -> Result<ModelGrid> {
+    let query = format!(
+        "SELECT latitude, longitude FROM ({sql}) AS source WHERE valid_time = {}",
+        timestamp_sql(time)
+    );
+    let batches = ctx
+        .sql(&query)
+        .await
+        .context("source query")?
+        .collect()
+        .await
+        .context("source query")?;
+    let (mut latitudes, mut longitudes) = (Vec::new(), Vec::new());
+    for b in &batches {
+        for (name, into) in [("latitude", &mut latitudes), ("longitude", &mut longitudes)] {
+            let column = cast(b.column(b.schema().index_of(name)?), &DataType::Float64)
+                .with_context(|| format!("source query: column '{name}'"))?;
+            into.extend(column.as_primitive::<Float64Type>().iter().flatten());
+        }
+    }
+    Ok(ModelGrid::from_coordinates(latitudes, longitudes))
 }
 
 pub async fn run(args: TrainArgs) -> Result<()> {

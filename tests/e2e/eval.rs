@@ -289,14 +289,15 @@ fn eval_compares_hyperdm_with_the_baselines() {
         );
     }
     // With 1 GB for eval to hold, refused before anything is written: a
-    // span whose rows would not fit (100,000 steps were written, 2.7 GB,
-    // then read until the kernel killed the process), and more samples of a
+    // span whose steps would not fit (30,000 × 10,395 cells × 4 bytes; once,
+    // 100,000 steps were written, 2.7 GB, then read until the kernel killed
+    // the process), and more samples of a
     // step than it can keep (30,000 × 10,395 cells × 4 bytes; N is 100).
     for (option, value, says) in [
         (
             "--test-steps",
-            "5000",
-            "--test-steps 5000: reading 5000 steps of 10395 cells takes about 1.2 GB",
+            "30000",
+            "--test-steps 30000: reading 30000 steps of 10395 cells takes about 1.2 GB",
         ),
         (
             "--m",

@@ -393,8 +393,8 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         );
     }
     assert!(!fresh.exists() && !model.parent().unwrap().exists());
-    // A training span whose rows do not fit in the memory a query may hold
-    // (UQCAST_QUERY_MEMORY_GB, here 200 kB; the 12 steps take 0.8 MB)
+    // A training span whose steps do not fit in the memory a query may hold
+    // (UQCAST_QUERY_MEMORY_GB, here 50 kB; the 12 steps take 0.13 MB)
     // stops while reading, in one line that says how far it got and how to
     // ask for less, and the kept model is untouched. Before, the rows were
     // held whole, with two copies of their coordinates, unaccounted, and a
@@ -402,7 +402,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     let kept_model = dir.path().join("model/m.safetensors");
     let kept = std::fs::read(&kept_model).unwrap();
     let refused = Command::new(env!("CARGO_BIN_EXE_uqcast"))
-        .env("UQCAST_QUERY_MEMORY_GB", "0.0002")
+        .env("UQCAST_QUERY_MEMORY_GB", "0.00005")
         .args(["train", "--config", c])
         .output()
         .unwrap();
@@ -411,8 +411,8 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     for part in [
         "data: the training span does not fit in the memory a query may hold here",
-        "rows read, with the fields training builds from them, take",
-        "of the 200 kB limit (UQCAST_QUERY_MEMORY_GB",
+        "steps read so far (2652 cells each), with those still incomplete, take",
+        "of the 50 kB limit (UQCAST_QUERY_MEMORY_GB",
         "train on fewer steps (--since, --until)",
     ] {
         assert!(err.contains(part), "{part} in {err}");
@@ -462,6 +462,22 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     fails_with(&["train", "--config", c, "--out", m], &repeats);
     assert!(!model.parent().unwrap().exists());
     ends_with_error(&["run", "--config", c, "--output", f], &repeats);
+    // Training's grid is the cells of the first step read (steps are
+    // assembled as they stream by): a step with fewer cells than the others
+    // is refused, naming it and that first step, whichever came first.
+    std::fs::write(
+        dir.path().join("source.sql"),
+        "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE NOT \
+         (valid_time = TIMESTAMP '2020-01-01T12:00:00Z' AND latitude > 50)",
+    )
+    .unwrap();
+    let refused = uqcast(&["train", "--config", c, "--out", m]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("step 2020-01-01T12:00"), "{err}");
+    assert!(err.contains(", the first step read"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!model.parent().unwrap().exists());
     // A source query without t2m.
     std::fs::write(
         dir.path().join("source.sql"),

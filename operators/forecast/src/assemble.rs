@@ -33,9 +33,19 @@ struct Partial {
 #[derive(Debug)]
 pub struct StepAssembler {
     grid: ModelGrid,
+    origin: GridOrigin,
     open: BTreeMap<i64, Partial>,
     /// Steps already complete: a row for one is a repeat, not a new step.
     done: HashSet<i64>,
+}
+
+/// Where the grid came from, for the errors that name it.
+#[derive(Debug, Clone, Copy)]
+enum GridOrigin {
+    /// The model's: a run.
+    Model,
+    /// The cells of the first step read (valid time): training.
+    FirstStep(i64),
 }
 
 /// Checks the source schema has the needed columns (types are cast).
@@ -129,11 +139,42 @@ fn missing_t2m(t: i64, y: f64, x: f64) -> ForecastError {
 }
 
 impl StepAssembler {
+    /// Rows onto the model's grid.
     pub fn new(grid: ModelGrid) -> Self {
         Self {
             grid,
+            origin: GridOrigin::Model,
             open: BTreeMap::new(),
             done: HashSet::new(),
+        }
+    }
+
+    /// Rows onto `grid`, the cells of the step valid at `first` (training
+    /// learns its grid from the first step read): every step must have the
+    /// same cells.
+    pub fn with_cells_of(grid: ModelGrid, first: i64) -> Self {
+        Self {
+            origin: GridOrigin::FirstStep(first),
+            ..Self::new(grid)
+        }
+    }
+
+    /// What the steps still incomplete take (their values and which cells
+    /// are filled), and the list of those done.
+    pub fn open_bytes(&self) -> usize {
+        self.open.len() * self.grid.cells() * (size_of::<f32>() + size_of::<bool>())
+            + self.done.capacity() * size_of::<i64>()
+    }
+
+    /// The grid as errors name it.
+    fn grid_name(&self) -> String {
+        match self.origin {
+            GridOrigin::Model => format!("the model's grid {}", self.grid.describe()),
+            GridOrigin::FirstStep(t) => format!(
+                "the {} grid of step {}, the first step read",
+                self.grid.describe(),
+                iso(t)
+            ),
         }
     }
 
@@ -174,10 +215,14 @@ impl StepAssembler {
     ) -> Result<()> {
         let cells = self.grid.cells();
         let Some(cell) = self.grid.cell(y, x) else {
+            let fix = match self.origin {
+                GridOrigin::Model => "crop or coarsen the source query to that grid",
+                GridOrigin::FirstStep(_) => "every step must have the same cells",
+            };
             return Err(ForecastError::Grid(format!(
-                "step {}: the cell at latitude {y}, longitude {x} is not on the model's grid {}; crop or coarsen the source query to that grid",
+                "step {}: the cell at latitude {y}, longitude {x} is not on {}; {fix}",
                 iso(t),
-                self.grid.describe()
+                self.grid_name()
             )));
         };
         if !value.is_finite() {
@@ -215,11 +260,11 @@ impl StepAssembler {
         match self.open.iter().next() {
             None => Ok(()),
             Some((t, partial)) => Err(ForecastError::Grid(format!(
-                "step {} has {} of the {} cells of the model's grid {}; the source query must return the whole grid for each step",
+                "step {} has {} of the {} cells of {}; the source query must return the whole grid for each step",
                 iso(*t),
                 partial.count,
                 self.grid.cells(),
-                self.grid.describe()
+                self.grid_name()
             ))),
         }
     }
@@ -331,5 +376,39 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("t2m is missing"), "{err}");
+    }
+
+    /// Training's grid is the first step's cells: its errors name that
+    /// step, for a cell the step lacks and for a step with fewer cells, and
+    /// the open steps are counted while they wait.
+    #[test]
+    fn training_errors_name_the_first_step_read() {
+        let six = 6 * 3_600_000_000;
+        let mut a = StepAssembler::with_cells_of(grid(), six);
+        let err = a
+            .push(&batch(&[(0, 0.0, 12.0, Some(1.0))]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "step 1970-01-01T00:00Z: the cell at latitude 0, longitude 12 is not on the 2×2 \
+                 (latitude 1…0, longitude 10…11) grid of step 1970-01-01T06:00Z, the first step \
+                 read; every step must have the same cells"
+            ),
+            "{err}"
+        );
+        let mut a = StepAssembler::with_cells_of(grid(), six);
+        assert_eq!(a.open_bytes(), 0);
+        a.push(&batch(&[(0, 1.0, 10.0, Some(1.0))])).unwrap();
+        assert_eq!(a.open_bytes(), 4 * 5, "one open step of 4 cells");
+        let err = a.finish().unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "step 1970-01-01T00:00Z has 1 of the 4 cells of the 2×2 (latitude 1…0, \
+                 longitude 10…11) grid of step 1970-01-01T06:00Z, the first step read; the \
+                 source query must return the whole grid for each step"
+            ),
+            "{err}"
+        );
     }
 }

@@ -80,42 +80,59 @@ pub struct StepFeatures {
     solar: Vec<(f32, f32)>,
 }
 
+/// sin and cos of the local solar hour of each grid column at `target_micros`.
+pub fn solar_hours(grid: &ModelGrid, target_micros: i64) -> Vec<(f32, f32)> {
+    let utc_hours = target_micros.rem_euclid(86_400_000_000) as f64 / 3.6e9;
+    grid.longitude
+        .iter()
+        .map(|&lon| {
+            let angle = std::f64::consts::TAU * (utc_hours + lon / 15.0) / 24.0;
+            (angle.sin() as f32, angle.cos() as f32)
+        })
+        .collect()
+}
+
+/// Appends the condition of `cell` to `out`: the patch of `unit` (the
+/// step's normalised value at a cell index) around it, its position and
+/// the `solar` hour of its column ([`solar_hours`]).
+pub fn condition(
+    grid: &ModelGrid,
+    patch: Patch,
+    cell: usize,
+    unit: impl Fn(usize) -> f32,
+    solar: &[(f32, f32)],
+    out: &mut Vec<f32>,
+) {
+    let (rows, cols) = (grid.rows() as isize, grid.cols() as isize);
+    let (r, c) = ((cell / grid.cols()) as isize, (cell % grid.cols()) as isize);
+    let h = (patch.0 / 2) as isize;
+    for dr in -h..=h {
+        let rr = (r + dr).clamp(0, rows - 1);
+        for dc in -h..=h {
+            let cc = (c + dc).clamp(0, cols - 1);
+            out.push(unit((rr * cols + cc) as usize));
+        }
+    }
+    let lon = grid.longitude[c as usize];
+    out.push((grid.latitude[r as usize] / 90.0) as f32);
+    out.push((((lon + 180.0).rem_euclid(360.0) - 180.0) / 180.0) as f32);
+    let (s, co) = solar[c as usize];
+    out.push(s);
+    out.push(co);
+}
+
 impl StepFeatures {
     /// `field` in kelvin (row-major over `grid`), valid at `target_micros`.
     pub fn new(norm: &Normalisation, grid: &ModelGrid, field: &[f32], target_micros: i64) -> Self {
-        let utc_hours = target_micros.rem_euclid(86_400_000_000) as f64 / 3.6e9;
-        let solar = grid
-            .longitude
-            .iter()
-            .map(|&lon| {
-                let angle = std::f64::consts::TAU * (utc_hours + lon / 15.0) / 24.0;
-                (angle.sin() as f32, angle.cos() as f32)
-            })
-            .collect();
         Self {
             unit: field.iter().map(|&k| norm.to_unit(k)).collect(),
-            solar,
+            solar: solar_hours(grid, target_micros),
         }
     }
 
     /// Appends the condition of `cell` to `out`.
     pub fn condition(&self, grid: &ModelGrid, patch: Patch, cell: usize, out: &mut Vec<f32>) {
-        let (rows, cols) = (grid.rows() as isize, grid.cols() as isize);
-        let (r, c) = ((cell / grid.cols()) as isize, (cell % grid.cols()) as isize);
-        let h = (patch.0 / 2) as isize;
-        for dr in -h..=h {
-            let rr = (r + dr).clamp(0, rows - 1);
-            for dc in -h..=h {
-                let cc = (c + dc).clamp(0, cols - 1);
-                out.push(self.unit[(rr * cols + cc) as usize]);
-            }
-        }
-        let lon = grid.longitude[c as usize];
-        out.push((grid.latitude[r as usize] / 90.0) as f32);
-        out.push((((lon + 180.0).rem_euclid(360.0) - 180.0) / 180.0) as f32);
-        let (s, co) = self.solar[c as usize];
-        out.push(s);
-        out.push(co);
+        condition(grid, patch, cell, |i| self.unit[i], &self.solar, out);
     }
 
     /// The conditions of every cell, `[cells × cond_dim]`.
@@ -128,13 +145,11 @@ impl StepFeatures {
     }
 }
 
-/// The diffusion target for one pair: the change from `now` to `next` (K).
-pub fn change_target(norm: &Normalisation, now: &[f32], next: &[f32]) -> Vec<f32> {
-    let scale = 1.0 / norm.kelvin_per_unit();
-    now.iter()
-        .zip(next)
-        .map(|(a, b)| ((f64::from(*b) - f64::from(*a)) * scale) as f32)
-        .collect()
+/// One cell's diffusion target: its change from `now` to `next` (K) in
+/// the target's units.
+pub fn change(norm: &Normalisation, now: f32, next: f32) -> f32 {
+    // Times the reciprocal, as the models shipped were trained with.
+    ((f64::from(next) - f64::from(now)) * (1.0 / norm.kelvin_per_unit())) as f32
 }
 
 #[cfg(test)]
@@ -148,8 +163,8 @@ mod tests {
         assert_eq!(n.to_unit(313.0), 1.0);
         assert!((n.to_unit(261.5)).abs() < 1e-6);
         // A 5.15 K change is one target unit at gain 10.
-        let t = change_target(&n, &[280.0], &[285.15]);
-        assert!((t[0] - 1.0).abs() < 1e-5, "{t:?}");
+        let t = change(&n, 280.0, 285.15);
+        assert!((t - 1.0).abs() < 1e-5, "{t}");
     }
 
     #[test]

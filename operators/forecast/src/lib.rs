@@ -14,7 +14,6 @@ pub mod error;
 pub mod exec;
 pub mod features;
 pub mod grid;
-pub mod held;
 pub mod model;
 pub mod pairs;
 pub mod resume;
