@@ -22,9 +22,9 @@
 #![allow(unsafe_code)]
 
 use std::io::Write;
-use std::path::Path;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The environment variable that sets how long one libnetcdf call on a
@@ -40,6 +40,11 @@ pub const LOOP_VAR: &str = "UQCAST_NETCDF_LOOP_SECONDS";
 /// under a second even where a chunk holds a whole 0.25° global field and
 /// is inflated for each step; a minute is a loop.
 const LOOP_DEFAULT: Duration = Duration::from_secs(60);
+
+/// CPU time after which the watchdog looks in the file for the damage that
+/// makes HDF5 loop ([`crate::global_heap`]): well past any call on a good
+/// file's metadata, so a file read quickly is never scanned.
+const SCAN_AFTER: Duration = Duration::from_secs(3);
 
 /// The signals a C library's bad memory access or arithmetic raises.
 const SIGNALS: [(libc::c_int, &str); 4] = [
@@ -70,6 +75,8 @@ static IO_CLOCK: OnceLock<libc::clockid_t> = OnceLock::new();
 /// How the reports name a file: the path rewritten as the process's
 /// errors are (an S3 object's cached copy by its URL).
 static NAMER: OnceLock<fn(&str) -> String> = OnceLock::new();
+/// The file the outermost job reads, for the watchdog to look into.
+static JOB_PATH: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// The handlers found at installation, by signal.
 static PREVIOUS: OnceLock<Vec<(libc::c_int, libc::sigaction)>> = OnceLock::new();
 
@@ -170,16 +177,20 @@ pub(crate) fn install() {
 /// has run for `stall`.
 fn watch(stall: Duration, spin: Duration) {
     let (stall_ms, spin_ns) = (stall.as_millis() as u64, spin.as_nanos() as u64);
-    let tick = (stall.min(spin) / 10).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let tick = (stall.min(spin).min(SCAN_AFTER) / 10)
+        .clamp(Duration::from_millis(10), Duration::from_secs(5));
+    // The job whose file was scanned (its start stamp), so a job is scanned once.
+    let mut scanned = 0;
     loop {
         std::thread::sleep(tick);
         let started = JOB_STARTED.load(Ordering::Acquire);
         if started == 0 {
             continue;
         }
+        let mut computed = 0;
         if let Some(&clock) = IO_CLOCK.get() {
             let cpu_started = JOB_CPU_STARTED.load(Ordering::Acquire);
-            let computed = cpu_nanos(clock).saturating_sub(cpu_started);
+            computed = cpu_nanos(clock).saturating_sub(cpu_started);
             // The same job still runs: its CPU start is the one just read.
             if computed >= spin_ns && JOB_STARTED.load(Ordering::Acquire) == started {
                 end(&format!(
@@ -195,6 +206,20 @@ fn watch(stall: Duration, spin: Duration) {
                  stalled, or the file is damaged",
                 stall.as_secs()
             ));
+        }
+        if computed >= SCAN_AFTER.as_nanos() as u64 && scanned != started {
+            scanned = started;
+            let path = JOB_PATH.lock().ok().and_then(|p| p.clone());
+            let endless = path.and_then(|p| crate::global_heap::endless_collection(&p));
+            if let Some((collection, object)) = endless
+                && JOB_STARTED.load(Ordering::Acquire) == started
+            {
+                end(&format!(
+                    "HDF5 loops without end on it: its global heap collection at byte \
+                     {collection} holds an object of size 0 at byte {object} (the file is \
+                     damaged)"
+                ));
+            }
         }
     }
 }
@@ -218,14 +243,17 @@ pub(crate) struct Reading {
 
 impl Reading {
     pub(crate) fn new(path: &Path) -> Self {
-        let path = path.display().to_string();
+        let shown_path = path.display().to_string();
         let named = NAMER
             .get()
-            .map_or_else(|| path.clone(), |namer| namer(&path));
+            .map_or_else(|| shown_path.clone(), |namer| namer(&shown_path));
         let shown = crate::error::escape_controls(&named);
         let outer = current();
         set(format!("error: {shown}: ").as_bytes());
         if outer.is_empty() {
+            if let Ok(mut job) = JOB_PATH.lock() {
+                *job = Some(path.to_path_buf());
+            }
             if let Some(&clock) = IO_CLOCK.get() {
                 JOB_CPU_STARTED.store(cpu_nanos(clock), Ordering::Release);
             }
@@ -239,6 +267,9 @@ impl Drop for Reading {
     fn drop(&mut self) {
         if self.outer.is_empty() {
             JOB_STARTED.store(0, Ordering::Release);
+            if let Ok(mut job) = JOB_PATH.lock() {
+                *job = None;
+            }
         }
         set(&self.outer);
     }

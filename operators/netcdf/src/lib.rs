@@ -29,6 +29,7 @@ pub mod error;
 pub mod exec;
 pub mod expver;
 pub mod fatal;
+pub mod global_heap;
 pub(crate) mod hdf5_ffi;
 pub mod inspect;
 pub mod io_thread;
