@@ -11,7 +11,8 @@ column of it. A case is a problem when the command panics, ends with a
 status other than 0 or 1, prints an error that is not one line naming the
 file, or runs past TIMEOUT_S (default 90: past the NetCDF watchdog's 60 s of
 CPU time). Problem files are kept in damaged-problems/ beside the copies;
-the last line counts the cases by exit status. Exit 0 with no problem
+the last line counts the cases by exit status, and the errors the NetCDF
+watchdog reported by kind. Exit 0 with no problem
 (status 0 is a damage the format cannot see, such as a changed data byte).
 """
 
@@ -27,6 +28,15 @@ QUERIES = {
     "FROM era5",
     "f": "SELECT count(*) AS n, avg(t2m_mean) AS m, max(t2m_eu) AS e, min(valid_time) AS t "
     "FROM f",
+}
+
+
+# Errors the NetCDF watchdog reports (src/fatal.rs), counted apart.
+WATCHDOG = {
+    "of which HDF5 crashed": "libnetcdf crashed reading it",
+    "of which HDF5 looped on a size-0 heap object": "HDF5 loops without end on it",
+    "of which a call ran past the CPU-time limit": "libnetcdf has computed for",
+    "of which a call ran past the wall-clock limit": "libnetcdf has not returned for",
 }
 
 
@@ -76,6 +86,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             status, err = "timeout", ""
         statuses[status] = statuses.get(status, 0) + 1
+        for watched, words in WATCHDOG.items():
+            if words in err:
+                statuses[watched] = statuses.get(watched, 0) + 1
         lines = err.strip().splitlines()
         one_line_naming_it = len(lines) == 1 and name in lines[0]
         if status not in ("0", "1") or "panicked" in err or (
