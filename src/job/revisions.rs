@@ -15,10 +15,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, Result};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, TimeUnit};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
+use uqcast_forecast::input_digest::{Digest, StepDigests};
 
 use super::output::Output;
 
@@ -97,120 +96,24 @@ pub fn announce(revised: &BTreeSet<i64>, rechecked: usize) {
     }
 }
 
-/// One step's input: how many cells, and the sum of their hashes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Digest {
-    rows: u64,
-    sum: u64,
-}
-
-impl Digest {
-    fn add(&mut self, latitude: f64, longitude: f64, t2m: Option<f32>) {
-        self.rows += 1;
-        self.sum = self.sum.wrapping_add(cell_hash(latitude, longitude, t2m));
-    }
-}
-
-/// A cell's hash: its position to 1e-4 degrees (the model grid's
-/// coordinates and the file's may differ in the last bits), its value
-/// exactly (the forecast stores the value it was given, as f32).
-fn cell_hash(latitude: f64, longitude: f64, t2m: Option<f32>) -> u64 {
-    // Saturating float-to-int casts: any coordinate hashes to something.
-    let at = |degrees: f64| (degrees * 1e4).round() as i64 as u64;
-    let value = t2m.map_or(u64::MAX, |v| u64::from(v.to_bits()));
-    mix(mix(mix(at(latitude)) ^ at(longitude)) ^ value)
-}
-
-/// SplitMix64's finaliser: every input bit reaches every output bit, so
-/// summing the hashes of distinct cells does not cancel.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// The digest of each step of `sql`, whose columns are `step` (a
 /// timestamp), `latitude`, `longitude` and `t2m`.
 async fn digests(ctx: &SessionContext, sql: &str) -> Result<HashMap<i64, Digest>> {
     let mut stream = ctx.sql(sql).await?.execute_stream().await?;
-    let mut out: HashMap<i64, Digest> = HashMap::new();
+    let mut out = StepDigests::default();
     while let Some(batch) = stream.next().await {
-        add_batch(&batch?, &mut out)?;
+        out.add(&batch?)?;
     }
-    Ok(out)
-}
-
-fn add_batch(batch: &RecordBatch, out: &mut HashMap<i64, Digest>) -> Result<()> {
-    use datafusion::arrow::compute::cast;
-    let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let step = cast(batch.column(0), &micros)?;
-    let step = step.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
-    let latitude = cast(batch.column(1), &DataType::Float64)?;
-    let longitude = cast(batch.column(2), &DataType::Float64)?;
-    let t2m = cast(batch.column(3), &DataType::Float32)?;
-    let (latitude, longitude) = (
-        latitude.as_primitive::<Float64Type>(),
-        longitude.as_primitive::<Float64Type>(),
-    );
-    let t2m = t2m.as_primitive::<Float32Type>();
-    for row in 0..batch.num_rows() {
-        if step.is_null(row) {
-            continue;
-        }
-        let value = (!t2m.is_null(row)).then(|| t2m.value(row));
-        out.entry(step.value(row)).or_default().add(
-            latitude.value(row),
-            longitude.value(row),
-            value,
-        );
-    }
-    Ok(())
+    Ok(out.into_map())
 }
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::RecordBatch;
+
     use super::*;
 
     const HOUR: i64 = 3_600_000_000;
-
-    fn digest(cells: &[(f64, f64, Option<f32>)]) -> Digest {
-        let mut d = Digest::default();
-        for &(lat, lon, t) in cells {
-            d.add(lat, lon, t);
-        }
-        d
-    }
-
-    #[test]
-    fn a_digest_does_not_depend_on_row_order() {
-        let cells = [(45.0, 260.0, Some(280.5)), (46.0, 260.0, Some(281.0))];
-        let reversed = [cells[1], cells[0]];
-        assert_eq!(digest(&cells), digest(&reversed));
-    }
-
-    #[test]
-    fn a_digest_sees_one_value_one_bit_apart_a_moved_cell_a_missing_one_and_a_null() {
-        let base = [(45.0, 260.0, Some(280.5)), (46.0, 260.0, Some(281.0))];
-        let d = digest(&base);
-        let nudged = f32::from_bits(280.5f32.to_bits() + 1);
-        assert_ne!(d, digest(&[(45.0, 260.0, Some(nudged)), base[1]]));
-        assert_ne!(d, digest(&[(45.0, 261.0, Some(280.5)), base[1]]));
-        assert_ne!(d, digest(&base[..1]));
-        assert_ne!(d, digest(&[(45.0, 260.0, None), base[1]]));
-        // Two cells' values swapped: the same multiset of values, other cells.
-        assert_ne!(
-            d,
-            digest(&[(45.0, 260.0, Some(281.0)), (46.0, 260.0, Some(280.5))])
-        );
-    }
-
-    #[test]
-    fn coordinates_agree_to_a_ten_thousandth_of_a_degree() {
-        let a = digest(&[(45.0, 260.0, Some(280.5))]);
-        let b = digest(&[(45.0 + 1e-9, 260.0 - 1e-9, Some(280.5))]);
-        assert_eq!(a, b);
-    }
 
     /// 2020-01-01T00:00Z in microseconds.
     const JAN_1: i64 = 1_577_836_800_000_000;

@@ -6,6 +6,7 @@
 //! - [`model`]: training and loading a field checkpoint, sampling a step;
 //! - [`resume`]: the partial checkpoints that make training resumable;
 //! - [`assemble`]: source rows → whole steps on the model grid;
+//! - [`input_digest`]: a step's input in a few bytes, to see it revised;
 //! - [`exec`] / [`table`]: the DataFusion operator, the table provider and
 //!   the `hyperdm_forecast` SQL table function.
 
@@ -14,6 +15,7 @@ pub mod error;
 pub mod exec;
 pub mod features;
 pub mod grid;
+pub mod input_digest;
 pub mod model;
 pub mod pairs;
 pub mod resume;
