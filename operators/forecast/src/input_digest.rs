@@ -12,8 +12,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
 };
-
-use crate::error::{ForecastError, Result};
+use datafusion::arrow::error::ArrowError;
 
 /// One step's input: how many cells, and the sum of their hashes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +55,11 @@ pub struct StepDigests {
 }
 
 impl StepDigests {
-    /// Adds a batch's rows; rows without a step are left out.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        let column = |i: usize, to: &DataType| {
-            cast(batch.column(i), to).map_err(|e| ForecastError::Source(e.to_string()))
-        };
+    /// Adds a batch's rows; rows without a step are left out. The error is
+    /// Arrow's, for a column that does not cast: the caller says which
+    /// side (the source, or the forecast files) it read.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        let column = |i: usize, to: &DataType| cast(batch.column(i), to);
         let step = column(0, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         let (latitude, longitude) = (
             column(1, &DataType::Float64)?,
