@@ -17,6 +17,7 @@ pub mod flags_months;
 pub mod flags_per_step;
 pub mod flags_refresh;
 pub mod output;
+pub mod recheck_ledger;
 pub mod revisions;
 pub mod s3_lock;
 pub mod s3_store;
@@ -181,6 +182,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             pipeline.file.display()
         );
     }
+    // The input files' identities are taken before they are opened (see
+    // `recheck_ledger`).
+    let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
+    let mut recheck =
+        recheck_ledger::Recheck::start(&location, &source_sql(pipeline, None, None)?, days).await;
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
     let ctx = match &options.ballista {
@@ -227,8 +233,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let existing = output.existing(&provenance).await?;
         let lead = model.lead_micros();
         let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
-        let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
-        let rechecked = revisions::window(&forecast, days);
+        let window = revisions::window(&forecast, days);
+        let rechecked = recheck.steps_to_read(&output, &window, lead).await;
         let revised = revisions::revised(&ctx, &sql, &output, &rechecked, lead).await?;
         revisions::announce(&revised, rechecked.len());
         summary.existing_steps = existing.len() - revised.len();
@@ -265,6 +271,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
         let steps: BTreeSet<i64> = existing.iter().copied().chain(written.clone()).collect();
         flagging.refresh(&steps, &written, &mut summary).await?;
+        let written_inits = written.iter().map(|t| t - lead).collect();
+        let limited = options.since.is_some() || options.until.is_some();
+        let steps = (&forecast, &rechecked, &written_inits);
+        recheck.finish(&output, steps, lead, limited).await;
         Ok(())
     }
     .await;

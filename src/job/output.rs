@@ -204,6 +204,70 @@ impl Output {
         }
     }
 
+    /// Each forecast file whose step is valid at or after `from` (UTC
+    /// µs), by its path, with what changes when it is written again
+    /// ([`super::recheck_ledger::file_stamp`], or an object's ETag).
+    pub async fn forecast_identities(&self, from: i64) -> Result<Vec<(String, String)>> {
+        match self {
+            Self::Local { store, .. } => {
+                let mut out = Vec::new();
+                for path in crate::session::files_below(&store.root)? {
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    if super::store::valid_time_of(&name) >= Some(from) {
+                        let stamp = super::recheck_ledger::file_stamp(&path)?;
+                        out.push((path.display().to_string(), stamp));
+                    }
+                }
+                Ok(out)
+            }
+            Self::S3(store) => store.forecast_identities(from).await,
+        }
+    }
+
+    /// Where the output's file `name` (beside `forecast/`) is, for messages.
+    pub fn note_location(&self, name: &str) -> String {
+        match self {
+            Self::Local { dir, .. } => dir.join(name).display().to_string(),
+            Self::S3(store) => store.note_url(name),
+        }
+    }
+
+    /// The bytes of the output's file `name`, or `None` if it has none.
+    pub async fn read_note(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Local { dir, .. } => match std::fs::read(dir.join(name)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| dir.join(name).display().to_string()),
+            },
+            Self::S3(store) => store.read_note(name).await,
+        }
+    }
+
+    /// Writes the output's file `name` whole (renamed into place on disk).
+    pub async fn write_note(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Self::Local { dir, .. } => {
+                let path = dir.join(name);
+                // A killed run's temporary (this run holds the output's lock).
+                let stale = format!("{name}.tmp-");
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if entry.file_name().to_string_lossy().starts_with(&stale) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+                let tmp = dir.join(format!("{stale}{}", std::process::id()));
+                std::fs::write(&tmp, bytes)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })
+                    .with_context(|| path.display().to_string())
+            }
+            Self::S3(store) => store.write_note(name, bytes).await.map(drop),
+        }
+    }
+
     /// Ends the run and releases the lock; `wrote_nothing` removes a local
     /// output this run made, so a failed first run leaves no empty table.
     pub async fn close(self, wrote_nothing: bool) {

@@ -193,6 +193,53 @@ impl S3ForecastStore {
         Ok(self.url(key))
     }
 
+    /// Each forecast object whose step is valid at or after `from` (UTC
+    /// µs), by its path below the prefix, with what changes when the
+    /// object is stored again: size, ETag and last-modified time.
+    pub async fn forecast_identities(&self, from: i64) -> Result<Vec<(String, String)>> {
+        let prefix = ObjectPath::from(join(&self.prefix, "forecast"));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {}", self.url(prefix.as_ref())))?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| o.location.filename().and_then(valid_time_of) >= Some(from))
+            .map(|o| {
+                let stamp = crate::session::s3::object_stamp(&o);
+                (o.location.to_string(), stamp)
+            })
+            .collect())
+    }
+
+    /// The URL of `PREFIX/{name}`.
+    pub fn note_url(&self, name: &str) -> String {
+        self.url(&join(&self.prefix, name))
+    }
+
+    /// The bytes of `PREFIX/{name}`, or `None` if there is no such object.
+    pub async fn read_note(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = join(&self.prefix, name);
+        match self.store.get(&ObjectPath::from(key.as_str())).await {
+            Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| self.url(&key)),
+        }
+    }
+
+    /// Stores `PREFIX/{name}` (one PUT: whole or not at all); returns its URL.
+    pub async fn write_note(&self, name: &str, bytes: Vec<u8>) -> Result<String> {
+        self.lock.check()?;
+        let key = join(&self.prefix, name);
+        self.store
+            .put(&ObjectPath::from(key.as_str()), bytes.into())
+            .await
+            .with_context(|| self.url(&key))?;
+        Ok(self.url(&key))
+    }
+
     /// Ends the run: stops renewing the lock and removes it.
     pub async fn close(self) {
         self.lock.release().await;

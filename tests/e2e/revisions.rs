@@ -152,14 +152,71 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     run(&config, &input, &fresh, &[]);
     assert_eq!(forecast_csv(&out), forecast_csv(&fresh));
 
-    // Nothing changed since: nothing is rewritten.
+    // Nothing changed since: nothing is rewritten, and the input is not
+    // read again (the ledger the last recheck left beside the table).
     let before = written_at(&out);
-    let again = run(&config, &input, &out, &["--recheck-days", "2"]);
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
     assert!(
-        again.starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
-        "{again}"
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
+        "{}",
+        stdout(&o)
     );
+    let skipped = "the input of 8 steps is not read again";
+    assert!(stderr(&o).contains(skipped), "{}", stderr(&o));
     assert!(rewritten(&before, &written_at(&out)).is_empty());
+    assert!(out.join(".uqcast-recheck.json").is_file());
+
+    // Day 2 put back as it first came, rewritten in place with its size
+    // and modification time kept (`rsync -t --inplace`): only its change
+    // time tells, and its steps are forecast again.
+    let d2 = input.join("d2.nc");
+    let kept = std::fs::metadata(&d2).unwrap().modified().unwrap();
+    let first_values = std::fs::read(day_file(dir.path(), 7, 2)).unwrap();
+    assert_eq!(
+        first_values.len() as u64,
+        std::fs::metadata(&d2).unwrap().len()
+    );
+    let day_2_step = out.join("forecast/year=2020/month=01/t2m_20200102T1200.parquet");
+    let revised_copy = std::fs::read(&day_2_step).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&d2).unwrap();
+    std::io::Write::write_all(&mut &file, &first_values).unwrap();
+    file.set_modified(kept).unwrap();
+    drop(file);
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=4 revised_steps=4"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("1 of 2 input files"), "{}", stderr(&o));
+
+    // A forecast file put back by hand (here the one from before, made from
+    // the input as it no longer is) is not vouched for: the window is read.
+    std::fs::write(&day_2_step, revised_copy).unwrap();
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=7 revised_steps=1"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stderr(&o).contains(skipped), "{}", stderr(&o));
+
+    // A ledger damaged by hand is said and read around, and written again.
+    let ledger = out.join(".uqcast-recheck.json");
+    std::fs::write(&ledger, b"{\"format\": 1, \"sou").unwrap();
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains(".uqcast-recheck.json: not a recheck ledger"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(stderr(&o).contains(skipped), "{}", stderr(&o));
 }
 
 #[test]

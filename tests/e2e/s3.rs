@@ -523,6 +523,15 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         fetched.iter().all(|l| !l.contains("era5_t2m_20200101.nc")),
         "{fetched:?}"
     );
+    // Nothing changed since: the objects and the forecast objects are as
+    // that run left them (its ledger in the bucket says so), and the next
+    // recheck downloads nothing, even into an empty cache.
+    let (vouched, fetched) = scheduled("cache-day-4-again", &["--recheck-days", "1"]);
+    assert!(
+        vouched.contains("new_steps=0 existing_steps=12 revised_steps=0"),
+        "{vouched}"
+    );
+    assert!(fetched.is_empty(), "{fetched:?}");
 
     // The flags object cut short: the next run, with nothing new, makes
     // the flags again from the bucket's forecast table (its footer said

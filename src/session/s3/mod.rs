@@ -493,6 +493,23 @@ pub fn local_copies() -> LocalCopies {
     })
 }
 
+/// The objects `location` names (a key, a glob or a folder), listed now.
+pub async fn named_objects(location: &S3Location) -> Result<Vec<ObjectMeta>> {
+    let (_, objects) = objects_of(location).await?;
+    select(location, &objects)
+}
+
+/// What changes when an object is stored again: its size, ETag and
+/// last-modified time.
+pub fn object_stamp(meta: &ObjectMeta) -> String {
+    format!(
+        "{} {} {}",
+        meta.size,
+        meta.e_tag.as_deref().unwrap_or("-"),
+        meta.last_modified.to_rfc3339()
+    )
+}
+
 /// The objects a location names, as a local path would: one key, a glob
 /// over keys (`*` stays within one folder), or a "folder" whose own
 /// NetCDF or Parquet objects (Parquet at any depth: Hive partitions).
