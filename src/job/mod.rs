@@ -7,7 +7,9 @@
 //! nothing. Each step's numbers depend only on the model, the sampling
 //! settings and the step, so resumed and uninterrupted runs write the same
 //! values. Within a recheck window a run also forecasts again the steps
-//! whose input changed ([`revisions`]); the flags are made where they need
+//! whose input changed ([`revisions`]), reading the window only where input
+//! or forecast files changed since the last recheck ([`recheck_ledger`]);
+//! the flags are made where they need
 //! making ([`flags_refresh`]).
 
 pub mod empty_source;
