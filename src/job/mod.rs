@@ -9,8 +9,7 @@
 //! values. Within a recheck window a run also forecasts again the steps
 //! whose input changed ([`revisions`]), reading the window only where input
 //! or forecast files changed since the last recheck ([`recheck_ledger`]);
-//! the flags are made where they need
-//! making ([`flags_refresh`]).
+//! the flags are made where they need making ([`flags_refresh`]).
 
 pub mod empty_source;
 pub mod flags;
