@@ -22,6 +22,7 @@ pub mod recheck_ledger;
 pub mod revisions;
 pub mod s3_lock;
 pub mod s3_store;
+pub mod step_local;
 pub mod steps;
 pub mod store;
 
@@ -235,7 +236,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let lead = model.lead_micros();
         let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
         let window = revisions::window(&forecast, days);
-        let rechecked = recheck.steps_to_read(&output, &window, lead).await;
+        let rechecked = recheck.steps_to_read(&ctx, &output, &window, lead).await;
         let revised = revisions::revised(&ctx, &sql, &output, &rechecked, lead).await?;
         revisions::announce(&revised, rechecked.len());
         summary.existing_steps = existing.len() - revised.len();

@@ -24,7 +24,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::sha256_hex;
 
+use datafusion::prelude::SessionContext;
+use uqcast_netcdf::Era5TableProvider;
+
 use super::output::Output;
+use super::step_local;
 use crate::session::s3::S3Location;
 
 /// The ledger's name in the output folder (or prefix).
@@ -122,12 +126,15 @@ async fn forecast_digest(output: &Output, from: i64) -> Result<String> {
 }
 
 /// What a run knows of its recheck: the source and the input files'
-/// identities taken before it opened them, and the ledger it found.
+/// identities taken before it opened them, the ledger it found, and from
+/// which initial time on that ledger vouches for the steps it did not read.
 pub struct Recheck {
     source: String,
+    query: String,
     query_sha256: String,
     inputs: Option<Inputs>,
     found: Option<Ledger>,
+    vouched_from: Option<i64>,
 }
 
 impl Recheck {
@@ -136,6 +143,7 @@ impl Recheck {
     pub async fn start(location: &str, query: &str, days: u32) -> Self {
         Self {
             source: location.to_string(),
+            query: query.to_string(),
             query_sha256: sha256_hex(query.as_bytes()),
             inputs: if days > 0 {
                 inputs(location).await
@@ -143,14 +151,18 @@ impl Recheck {
                 None
             },
             found: None,
+            vouched_from: None,
         }
     }
 
     /// The steps of `window` (initial times) whose input must be read
-    /// again: none where the ledger vouches for them all, else the window.
-    /// Says which it is when the ledger does not vouch for a window.
+    /// again: none where the ledger vouches for them all; where files
+    /// changed, the steps those files hold if the source query is
+    /// step-local (`ctx` has its table `era5`), else the whole window. Says
+    /// which it is when a ledger was found.
     pub async fn steps_to_read(
         &mut self,
+        ctx: &SessionContext,
         output: &Output,
         window: &BTreeSet<i64>,
         lead: i64,
@@ -169,37 +181,58 @@ impl Recheck {
         {
             return window.clone();
         }
-        let changed = changed(&ledger.inputs, inputs);
-        if let Some(first) = changed.first() {
-            eprintln!(
-                "recheck: {} of {} input files new, changed or gone since the last recheck \
-                 ({first}{}): reading the input of {} steps again",
-                changed.len(),
-                inputs.len(),
-                if changed.len() > 1 { ", …" } else { "" },
-                window.len()
-            );
-            return window.clone();
-        }
         match forecast_digest(output, ledger.verified_from + lead).await {
-            Ok(digest) if digest == ledger.forecast_sha256 => {
-                eprintln!(
-                    "recheck: the {} input files and the forecast files are as the last \
-                     recheck left them; the input of {} steps is not read again",
-                    inputs.len(),
-                    window.len()
-                );
-                BTreeSet::new()
-            }
+            Ok(digest) if digest == ledger.forecast_sha256 => {}
             _ => {
                 eprintln!(
                     "recheck: forecast files were written since the last recheck by a run \
                      that did not recheck: reading the input of {} steps again",
                     window.len()
                 );
-                window.clone()
+                return window.clone();
             }
         }
+        let changed = changed(&ledger.inputs, inputs);
+        let Some(first) = changed.first() else {
+            eprintln!(
+                "recheck: the {} input files and the forecast files are as the last \
+                 recheck left them; the input of {} steps is not read again",
+                inputs.len(),
+                window.len()
+            );
+            self.vouched_from = Some(ledger.verified_from);
+            return BTreeSet::new();
+        };
+        let files = format!(
+            "{} of {} input files new, changed or gone since the last recheck ({first}{})",
+            changed.len(),
+            inputs.len(),
+            if changed.len() > 1 { ", …" } else { "" },
+        );
+        // A file gone leaves its steps' forecasts as they are; a step it
+        // held that another file holds now is that file's.
+        let held: Vec<&String> = changed.iter().filter(|n| inputs.contains_key(*n)).collect();
+        let steps = if step_local::is_step_local(ctx, &self.query, "era5").await {
+            steps_of(ctx, &held).await
+        } else {
+            None
+        };
+        let Some(steps) = steps else {
+            eprintln!(
+                "recheck: {files}, and the source query is not step-local: reading the \
+                 input of {} steps again",
+                window.len()
+            );
+            return window.clone();
+        };
+        let read: BTreeSet<i64> = window.intersection(&steps).copied().collect();
+        eprintln!(
+            "recheck: {files}: reading the input of the {} of {} steps they hold",
+            read.len(),
+            window.len()
+        );
+        self.vouched_from = Some(oldest);
+        read
     }
 
     /// After a run that ended well: records what the output's forecast
@@ -220,13 +253,8 @@ impl Recheck {
             return;
         }
         // Steps the found ledger vouched for stay vouched for where this run
-        // did not read their input: the files are unchanged.
-        let skipped_from = self
-            .found
-            .as_ref()
-            .filter(|_| read.is_empty())
-            .map(|l| l.verified_from);
-        let Some(verified_from) = verified_from(forecast, read, written, skipped_from) else {
+        // did not read their input: their files are unchanged.
+        let Some(verified_from) = verified_from(forecast, read, written, self.vouched_from) else {
             return;
         };
         let where_ = output.note_location(NAME);
@@ -253,6 +281,31 @@ impl Recheck {
             );
         }
     }
+}
+
+/// The initial times the files `names` hold, by the table `era5` of `ctx`
+/// (a NetCDF table: its catalog read each file's times); `None` where that
+/// table is not NetCDF or a file is not in it.
+async fn steps_of(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet<i64>> {
+    let provider = ctx.table_provider("era5").await.ok()?;
+    let table = provider.downcast_ref::<Era5TableProvider>()?;
+    let held: BTreeMap<String, &Vec<i64>> = table
+        .catalog()
+        .files
+        .iter()
+        .map(|f| {
+            let name = match crate::session::s3::origin(&f.path) {
+                Some(object) => object.url,
+                None => f.path.display().to_string(),
+            };
+            (name, &f.times)
+        })
+        .collect();
+    let mut steps = BTreeSet::new();
+    for name in names {
+        steps.extend(held.get(*name)?.iter().copied());
+    }
+    Some(steps)
 }
 
 /// The oldest initial time from which on every forecast step (`forecast`

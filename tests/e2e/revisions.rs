@@ -92,9 +92,11 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
         "{}",
         stderr(&o)
     );
+    // The window holds 5 steps; the first run's ledger vouches for those of
+    // the unchanged day 1, so the 4 of day 2 are read.
     assert!(
         stderr(&o).contains(
-            "revised input: 4 of 5 steps rechecked (initial times 2020-01-02T00:00:00Z … \
+            "revised input: 4 of 4 steps rechecked (initial times 2020-01-02T00:00:00Z … \
              2020-01-02T18:00:00Z) are forecast again"
         ),
         "{}",
@@ -188,7 +190,13 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
         "{}",
         stdout(&o)
     );
-    assert!(stderr(&o).contains("1 of 2 input files"), "{}", stderr(&o));
+    // The query is step-local: only the changed file's steps are read.
+    let d2_changed = format!(
+        "1 of 2 input files new, changed or gone since the last recheck ({}): \
+         reading the input of the 4 of 8 steps they hold",
+        d2.display()
+    );
+    assert!(stderr(&o).contains(&d2_changed), "{}", stderr(&o));
 
     // A forecast file put back by hand (here the one from before, made from
     // the input as it no longer is) is not vouched for: the window is read.
@@ -217,6 +225,34 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     );
     let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
     assert!(stderr(&o).contains(skipped), "{}", stderr(&o));
+
+    // A query whose every step depends on every file (each value less the
+    // mean over all steps): a changed file changes every step's input, and
+    // the whole window is read, not only that file's steps.
+    let query = "SELECT e.valid_time, e.latitude, e.longitude, \
+                 e.t2m - m.mean + 280 AS t2m \
+                 FROM era5 e CROSS JOIN (SELECT avg(t2m) AS mean FROM era5) m";
+    std::fs::write(dir.path().join("source.sql"), query).unwrap();
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=0 revised_steps=8"),
+        "{}",
+        stdout(&o)
+    );
+    let d1 = input.join("d1.nc");
+    let first_values = std::fs::read(day_file(dir.path(), 7, 1)).unwrap();
+    std::fs::write(&d1, first_values).unwrap();
+    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=0 revised_steps=8"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("the source query is not step-local: reading the input of 8 steps"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
