@@ -205,7 +205,7 @@ impl Output {
     }
 
     /// Each forecast file whose step is valid at or after `from` (UTC
-    /// µs), by its path, with what changes when it is written again
+    /// µs), by its path below the table, with what changes when it is written again
     /// ([`super::recheck_ledger::file_stamp`], or an object's ETag).
     pub async fn forecast_identities(&self, from: i64) -> Result<Vec<(String, String)>> {
         match self {
@@ -215,7 +215,10 @@ impl Output {
                     let name = path.file_name().unwrap_or_default().to_string_lossy();
                     if super::store::valid_time_of(&name) >= Some(from) {
                         let stamp = super::recheck_ledger::file_stamp(&path)?;
-                        out.push((path.display().to_string(), stamp));
+                        // Relative, so that the same folder named otherwise
+                        // (`out`, `./out`, its absolute path) lists the same.
+                        let relative = path.strip_prefix(&store.root).unwrap_or(&path);
+                        out.push((relative.display().to_string(), stamp));
                     }
                 }
                 Ok(out)

@@ -1,5 +1,6 @@
 //! What the last recheck vouched for, so that a run whose input files and
-//! forecast files are as it left them need not read its window again.
+//! forecast files are as it left them need not read its window again, and
+//! one where some input files changed reads only their steps.
 //!
 //! The recheck ([`super::revisions`]) reads the input of every forecast
 //! step within its window and compares it with the copy each forecast file
@@ -8,9 +9,12 @@
 //! source's location and query, each input file's identity (local: size,
 //! modification and change times, inode; S3: size, ETag, last-modified),
 //! a digest of the identities of the forecast files from the oldest step it
-//! vouches for on, and that step. The next run skips the read when all of
-//! these are unchanged and its window starts no earlier: the input then
-//! holds the bytes that run read, and the forecast files the ones it left.
+//! vouches for on, and that step. Where the source, the query and the
+//! forecast files are unchanged and the window starts no earlier, the next
+//! run reads nothing if no input file changed, and else, for a step-local
+//! query ([`super::step_local`]) over NetCDF, only the steps the new and
+//! changed files hold: every other step's input is in a file that holds
+//! the bytes the ledger's run saw.
 //!
 //! Identities are taken before the input is opened, so a file changed while
 //! a run reads it has another identity at the next run, which reads again.
@@ -21,10 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::sha256_hex;
-
-use datafusion::prelude::SessionContext;
 use uqcast_netcdf::Era5TableProvider;
 
 use super::output::Output;

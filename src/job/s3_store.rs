@@ -198,9 +198,14 @@ impl S3ForecastStore {
     /// object is stored again: size, ETag and last-modified time.
     pub async fn forecast_identities(&self, from: i64) -> Result<Vec<(String, String)>> {
         let prefix = ObjectPath::from(join(&self.prefix, "forecast"));
+        // Keys sort by time (`year=YYYY/month=MM/t2m_YYYYMMDDTHHMM`): the
+        // listing starts at `from`'s month, so a long table's older months
+        // cost no requests.
+        let (_, month) = step_name(from)?;
+        let offset = ObjectPath::from(join(&self.prefix, &format!("forecast/{month}")));
         let objects: Vec<_> = self
             .store
-            .list(Some(&prefix))
+            .list_with_offset(Some(&prefix), &offset)
             .try_collect()
             .await
             .with_context(|| format!("listing {}", self.url(prefix.as_ref())))?;

@@ -485,13 +485,19 @@ fn s3_tables_and_runs_read_as_local_files_do() {
             .filter(|l| l.starts_with("downloading s3://") && l.contains("/era5/daily/"))
             .map(str::to_string)
             .collect();
-        (stdout(&o), fetched)
+        // Objects read in part (a step's records, by range).
+        let ranged: Vec<String> = stderr(&o)
+            .lines()
+            .filter(|l| l.starts_with("reading ") && l.contains("/era5/daily/"))
+            .map(str::to_string)
+            .collect();
+        (stdout(&o), fetched, ranged)
     };
-    let (first, fetched) = scheduled("cache-day-1", &["--until", "2020-01-01T18:00Z"]);
+    let (first, fetched, _) = scheduled("cache-day-1", &["--until", "2020-01-01T18:00Z"]);
     assert!(first.contains("new_steps=4 existing_steps=0"), "{first}");
     assert_eq!(fetched.len(), 1, "{fetched:?}");
     assert!(fetched[0].contains("era5_t2m_20200101.nc"), "{fetched:?}");
-    let (rest, fetched) = scheduled("cache-day-2", &[]);
+    let (rest, fetched, _) = scheduled("cache-day-2", &[]);
     assert!(rest.contains("existing_steps=4"), "{rest}");
     assert!(!rest.contains("new_steps=0"), "{rest}");
     assert_eq!(fetched.len(), 2, "{fetched:?}");
@@ -499,7 +505,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         fetched.iter().all(|l| !l.contains("era5_t2m_20200101.nc")),
         "{fetched:?}"
     );
-    let (again, fetched) = scheduled("cache-day-3", &[]);
+    let (again, fetched, _) = scheduled("cache-day-3", &[]);
     assert!(again.contains("new_steps=0"), "{again}");
     assert!(fetched.is_empty(), "{fetched:?}");
 
@@ -514,7 +520,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         server.path("era5/daily/era5_t2m_20200103.nc"),
     )
     .unwrap();
-    let (rechecked, fetched) = scheduled("cache-day-4", &["--recheck-days", "1"]);
+    let (rechecked, fetched, _) = scheduled("cache-day-4", &["--recheck-days", "1"]);
     assert!(
         rechecked.contains("new_steps=0 existing_steps=8 revised_steps=4"),
         "{rechecked}"
@@ -526,7 +532,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     // Nothing changed since: the objects and the forecast objects are as
     // that run left them (its ledger in the bucket says so), and the next
     // recheck downloads nothing, even into an empty cache.
-    let (vouched, fetched) = scheduled("cache-day-4-again", &["--recheck-days", "1"]);
+    let (vouched, fetched, _) = scheduled("cache-day-4-again", &["--recheck-days", "1"]);
     assert!(
         vouched.contains("new_steps=0 existing_steps=12 revised_steps=0"),
         "{vouched}"
@@ -541,13 +547,28 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         server.path("era5/daily/era5_t2m_20200103.nc"),
     )
     .unwrap();
-    let (back, fetched) = scheduled("cache-day-4-back", &["--recheck-days", "1"]);
+    let (back, fetched, ranged) = scheduled("cache-day-4-back", &["--recheck-days", "1"]);
     assert!(
         back.contains("new_steps=0 existing_steps=8 revised_steps=4"),
         "{back}"
     );
     assert_eq!(fetched.len(), 1, "{fetched:?}");
     assert!(fetched[0].contains("era5_t2m_20200103.nc"), "{fetched:?}");
+    assert!(ranged.is_empty(), "{ranged:?}");
+    // A forecast object stored again (by hand, the same bytes) is not
+    // vouched for: the window's objects are downloaded again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let step = server.path("runs/c/forecast/year=2020/month=01/t2m_20200103T1200.parquet");
+    std::fs::write(&step, std::fs::read(&step).unwrap()).unwrap();
+    let (stored_again, fetched, ranged) = scheduled("cache-day-4-stored", &["--recheck-days", "1"]);
+    assert!(stored_again.contains("revised_steps=0"), "{stored_again}");
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert!(
+        ranged.len() == 1
+            && ranged[0]
+                .contains("1 of 4 steps of s3://era5-bucket/era5/daily/era5_t2m_20200102.nc"),
+        "{ranged:?}"
+    );
 
     // The flags object cut short: the next run, with nothing new, makes
     // the flags again from the bucket's forecast table (its footer said
@@ -555,7 +576,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     let flags_object = server.path("runs/c/flags/year=2020/month=01/flags_202001.parquet");
     let bytes = std::fs::read(&flags_object).unwrap();
     std::fs::write(&flags_object, &bytes[..bytes.len() / 2]).unwrap();
-    let (healed, _) = scheduled("cache-day-5", &[]);
+    let (healed, _, _) = scheduled("cache-day-5", &[]);
     let tiles = |summary: &str| summary.split_once(" tiles=").map(|(_, t)| t.to_string());
     assert!(healed.contains("new_steps=0"), "{healed}");
     assert_eq!(tiles(&healed), tiles(&back), "{healed}");
@@ -565,7 +586,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     // again, the old object deleted.
     let legacy = server.path("runs/c/flags/flags.parquet");
     std::fs::rename(&flags_object, &legacy).unwrap();
-    let (migrated, _) = scheduled("cache-day-6", &[]);
+    let (migrated, _, _) = scheduled("cache-day-6", &[]);
     assert_eq!(tiles(&migrated), tiles(&back), "{migrated}");
     assert!(!legacy.exists());
     assert!(std::fs::read(&flags_object).unwrap().ends_with(b"PAR1"));
