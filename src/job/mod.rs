@@ -22,6 +22,7 @@ pub mod recheck_ledger;
 pub mod revisions;
 pub mod s3_lock;
 pub mod s3_store;
+pub mod source_steps;
 pub mod step_local;
 pub mod steps;
 pub mod store;
@@ -107,19 +108,6 @@ pub(crate) fn timestamps_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> St
         .map(|&t| timestamp_sql(t))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// `sql` without the rows of initial times in `skip`: a NetCDF scan
-/// leaves those steps unread (the filter is pushed down), so a run over
-/// `s3://` objects downloads only objects holding steps still to forecast.
-fn without_steps(sql: &str, skip: &BTreeSet<i64>) -> String {
-    if skip.is_empty() {
-        return sql.to_string();
-    }
-    format!(
-        "SELECT * FROM ({sql}) AS unforecast WHERE valid_time NOT IN ({})",
-        timestamps_sql(skip)
-    )
 }
 
 pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
@@ -252,7 +240,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let skip: BTreeSet<i64> = forecast.difference(&revised).copied().collect();
         let cells = model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
-        let sql = without_steps(&sql, &skip);
+        let query = source_sql(pipeline, None, None)?;
+        let sql = source_steps::narrowed(&ctx, &query, &sql, &skip, ballista.is_some()).await;
         let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
         let sink = Written {
             output: &output,

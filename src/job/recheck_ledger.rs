@@ -28,10 +28,9 @@ use anyhow::{Context, Result};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::sha256_hex;
-use uqcast_netcdf::Era5TableProvider;
 
 use super::output::Output;
-use super::step_local;
+use super::{source_steps, step_local};
 use crate::session::s3::S3Location;
 
 /// The ledger's name in the output folder (or prefix).
@@ -216,7 +215,7 @@ impl Recheck {
         // held that another file holds now is that file's.
         let held: Vec<&String> = changed.iter().filter(|n| inputs.contains_key(*n)).collect();
         let steps = if step_local::is_step_local(ctx, &self.query, "era5").await {
-            steps_of(ctx, &held).await
+            source_steps::held_by(ctx, &held).await
         } else {
             None
         };
@@ -229,11 +228,19 @@ impl Recheck {
             return window.clone();
         };
         let read: BTreeSet<i64> = window.intersection(&steps).copied().collect();
-        eprintln!(
-            "recheck: {files}: reading the input of the {} of {} steps they hold",
-            read.len(),
-            window.len()
-        );
+        if read.is_empty() {
+            eprintln!(
+                "recheck: {files}: they hold none of the {} steps in the window, whose input \
+                 is not read again",
+                window.len()
+            );
+        } else {
+            eprintln!(
+                "recheck: {files}: reading the input of the {} of {} steps they hold",
+                read.len(),
+                window.len()
+            );
+        }
         self.vouched_from = Some(oldest);
         read
     }
@@ -284,31 +291,6 @@ impl Recheck {
             );
         }
     }
-}
-
-/// The initial times the files `names` hold, by the table `era5` of `ctx`
-/// (a NetCDF table: its catalog read each file's times); `None` where that
-/// table is not NetCDF or a file is not in it.
-async fn steps_of(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet<i64>> {
-    let provider = ctx.table_provider("era5").await.ok()?;
-    let table = provider.downcast_ref::<Era5TableProvider>()?;
-    let held: BTreeMap<String, &Vec<i64>> = table
-        .catalog()
-        .files
-        .iter()
-        .map(|f| {
-            let name = match crate::session::s3::origin(&f.path) {
-                Some(object) => object.url,
-                None => f.path.display().to_string(),
-            };
-            (name, &f.times)
-        })
-        .collect();
-    let mut steps = BTreeSet::new();
-    for name in names {
-        steps.extend(held.get(*name)?.iter().copied());
-    }
-    Some(steps)
 }
 
 /// The oldest initial time from which on every forecast step (`forecast`

@@ -1,0 +1,162 @@
+//! The steps the source table holds, from its NetCDF catalog (each file's
+//! times, read when the table was registered): which steps a changed file
+//! holds ([`super::recheck_ledger`]), and which steps are still to forecast
+//! ([`narrowed`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::prelude::SessionContext;
+use uqcast_netcdf::{Catalog, Era5TableProvider};
+
+use super::step_local;
+
+/// The catalog of the table `era5` of `ctx`, if it is a NetCDF table.
+async fn catalog(ctx: &SessionContext) -> Option<Catalog> {
+    let provider = ctx.table_provider("era5").await.ok()?;
+    let table = provider.downcast_ref::<Era5TableProvider>()?;
+    Some(table.catalog().clone())
+}
+
+/// The initial times the files `names` (paths, or `s3://` URLs) hold;
+/// `None` where the table is not NetCDF or a file is not in it.
+pub async fn held_by(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet<i64>> {
+    let catalog = catalog(ctx).await?;
+    let held: BTreeMap<String, &Vec<i64>> = catalog
+        .files
+        .iter()
+        .map(|f| {
+            let name = match crate::session::s3::origin(&f.path) {
+                Some(object) => object.url,
+                None => f.path.display().to_string(),
+            };
+            (name, &f.times)
+        })
+        .collect();
+    let mut steps = BTreeSet::new();
+    for name in names {
+        steps.extend(held.get(*name)?.iter().copied());
+    }
+    Some(steps)
+}
+
+/// `sql` (the source query `query`, perhaps limited by time) narrowed to
+/// the steps not in `skip`. Where `query` is step-local over a NetCDF
+/// table, its steps are the table's, so the steps to forecast are known
+/// before any is read: none (`WHERE false`, which still plans the query, so
+/// a query that no longer fits the model is said on a run with nothing
+/// new, but reads nothing; not on a `cluster`, whose scheduler loops on a
+/// plan without partitions), or a list of them where it is shorter than
+/// `skip` (a long history's `NOT IN` list costs about a second to plan).
+/// Else `valid_time NOT IN (skip)`. Either way a NetCDF scan leaves the
+/// other steps unread (the filter is pushed down), so a run over `s3://`
+/// objects downloads only objects holding steps still to forecast.
+pub async fn narrowed(
+    ctx: &SessionContext,
+    query: &str,
+    sql: &str,
+    skip: &BTreeSet<i64>,
+    cluster: bool,
+) -> String {
+    let times = super::timestamps_sql;
+    let keep = |condition: String| format!("SELECT * FROM ({sql}) AS unforecast WHERE {condition}");
+    if skip.is_empty() {
+        return sql.to_string();
+    }
+    let not_in = || keep(format!("valid_time NOT IN ({})", times(skip)));
+    if !step_local::is_step_local(ctx, query, "era5").await {
+        return not_in();
+    }
+    let Some(catalog) = catalog(ctx).await else {
+        return not_in();
+    };
+    let to_do: BTreeSet<i64> = catalog
+        .steps
+        .iter()
+        .map(|s| s.time)
+        .filter(|t| !skip.contains(t))
+        .collect();
+    if to_do.is_empty() && !cluster {
+        keep("false".into())
+    } else if to_do.is_empty() {
+        not_in()
+    } else if to_do.len() < skip.len() {
+        keep(format!("valid_time IN ({})", times(&to_do)))
+    } else {
+        not_in()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use uqcast_netcdf::{Encoding, Grid, GridVariable, write_era5};
+
+    use super::*;
+
+    const HOUR: i64 = 3_600_000_000;
+    /// 2021-01-01T00:00Z in microseconds.
+    const START: i64 = 1_609_459_200_000_000;
+
+    /// Steps `first`, `first + 1`, … (`n` of them) of a 2 × 3 grid.
+    fn write_steps(path: &Path, first: i64, n: i64) {
+        let times: Vec<i64> = (first..first + n).map(|k| START + k * 6 * HOUR).collect();
+        let values = (0..n * 6).map(|i| 270.0 + i as f32).collect();
+        let grid = Grid {
+            latitude: vec![45.0, 44.0],
+            longitude: vec![260.0, 261.0, 262.0],
+            times,
+            era5t_from: None,
+        };
+        let t2m = GridVariable::new("t2m", "K", "2 metre temperature", values);
+        write_era5(path, Encoding::Nc3, grid, vec![t2m]).unwrap();
+    }
+
+    fn steps(ks: &[i64]) -> BTreeSet<i64> {
+        ks.iter().map(|k| START + k * 6 * HOUR).collect()
+    }
+
+    #[tokio::test]
+    async fn the_steps_to_forecast_come_from_the_catalog_for_a_step_local_query() {
+        let dir = tempfile::tempdir().unwrap();
+        write_steps(&dir.path().join("a.nc"), 0, 4);
+        write_steps(&dir.path().join("b.nc"), 4, 2);
+        let location = dir.path().display().to_string();
+        let ctx = crate::session::context_with_table("era5", location)
+            .await
+            .unwrap();
+        let query = "SELECT * FROM era5 WHERE latitude > 44.5";
+        // Four of six forecast: the two left are listed, not the four.
+        let listed = narrowed(&ctx, query, query, &steps(&[0, 1, 2, 3]), false).await;
+        assert!(listed.contains("valid_time IN ("), "{listed}");
+        assert_eq!(listed.matches("to_timestamp_micros").count(), 2, "{listed}");
+        // The query keeps those steps' rows, and only theirs.
+        let rows = ctx.sql(&listed).await.unwrap().count().await.unwrap();
+        assert_eq!(rows, 2 * 3);
+
+        // Two of six forecast: the shorter list is the two to leave out.
+        let listed = narrowed(&ctx, query, query, &steps(&[0, 1]), false).await;
+        assert!(listed.contains("valid_time NOT IN ("), "{listed}");
+        // All forecast (and steps the source no longer holds): nothing to do.
+        let all = steps(&[0, 1, 2, 3, 4, 5, 9]);
+        let none = narrowed(&ctx, query, query, &all, false).await;
+        assert!(none.ends_with("WHERE false"), "{none}");
+        assert_eq!(ctx.sql(&none).await.unwrap().count().await.unwrap(), 0);
+        let on_a_cluster = narrowed(&ctx, query, query, &all, true).await;
+        assert!(
+            on_a_cluster.contains("valid_time NOT IN ("),
+            "{on_a_cluster}"
+        );
+        // A query that moves steps in time: its steps are not the table's.
+        let moved = "SELECT valid_time + INTERVAL '6 hours' AS valid_time, latitude, \
+                     longitude, t2m FROM era5";
+        let listed = narrowed(&ctx, moved, moved, &all, false).await;
+        assert!(listed.contains("valid_time NOT IN ("), "{listed}");
+
+        // Which steps a file holds, by its path.
+        let b = dir.path().join("b.nc").display().to_string();
+        assert_eq!(held_by(&ctx, &[&b]).await, Some(steps(&[4, 5])));
+        let gone = dir.path().join("c.nc").display().to_string();
+        assert_eq!(held_by(&ctx, &[&b, &gone]).await, None);
+    }
+}
