@@ -154,17 +154,20 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     run(&config, &input, &fresh, &[]);
     assert_eq!(forecast_csv(&out), forecast_csv(&fresh));
 
+    // A run with a two-day window (every step), its summary's counts
+    // checked; its stderr.
+    let two_day_run = |counts: &str| {
+        let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+        let expected = format!("uqcast run: ok new_steps=0 {counts}");
+        assert!(stdout(&o).starts_with(&expected), "{}", stdout(&o));
+        stderr(&o)
+    };
     // Nothing changed since: nothing is rewritten, and the input is not
     // read again (the ledger the last recheck left beside the table).
     let before = written_at(&out);
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
-        "{}",
-        stdout(&o)
-    );
+    let err = two_day_run("existing_steps=8 revised_steps=0");
     let skipped = "the input of 8 steps is not read again";
-    assert!(stderr(&o).contains(skipped), "{}", stderr(&o));
+    assert!(err.contains(skipped), "{err}");
     assert!(rewritten(&before, &written_at(&out)).is_empty());
     assert!(out.join(".uqcast-recheck.json").is_file());
 
@@ -184,47 +187,31 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     std::io::Write::write_all(&mut &file, &first_values).unwrap();
     file.set_modified(kept).unwrap();
     drop(file);
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=4 revised_steps=4"),
-        "{}",
-        stdout(&o)
-    );
+    let err = two_day_run("existing_steps=4 revised_steps=4");
     // The query is step-local: only the changed file's steps are read.
     let d2_changed = format!(
         "1 of 2 input files new, changed or gone since the last recheck ({}): \
          reading the input of the 4 of 8 steps they hold",
         d2.display()
     );
-    assert!(stderr(&o).contains(&d2_changed), "{}", stderr(&o));
+    assert!(err.contains(&d2_changed), "{err}");
 
     // A forecast file put back by hand (here the one from before, made from
     // the input as it no longer is) is not vouched for: the window is read.
     std::fs::write(&day_2_step, revised_copy).unwrap();
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=7 revised_steps=1"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(!stderr(&o).contains(skipped), "{}", stderr(&o));
+    let err = two_day_run("existing_steps=7 revised_steps=1");
+    assert!(!err.contains(skipped), "{err}");
 
     // A ledger damaged by hand is said and read around, and written again.
     let ledger = out.join(".uqcast-recheck.json");
     std::fs::write(&ledger, b"{\"format\": 1, \"sou").unwrap();
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
+    let err = two_day_run("existing_steps=8 revised_steps=0");
     assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=8 revised_steps=0"),
-        "{}",
-        stdout(&o)
+        err.contains(".uqcast-recheck.json: not a recheck ledger"),
+        "{err}"
     );
-    assert!(
-        stderr(&o).contains(".uqcast-recheck.json: not a recheck ledger"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(stderr(&o).contains(skipped), "{}", stderr(&o));
+    let err = two_day_run("existing_steps=8 revised_steps=0");
+    assert!(err.contains(skipped), "{err}");
 
     // A query whose every step depends on every file (each value less the
     // mean over all steps): a changed file changes every step's input, and
@@ -233,26 +220,13 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
                  e.t2m - m.mean + 280 AS t2m \
                  FROM era5 e CROSS JOIN (SELECT avg(t2m) AS mean FROM era5) m";
     std::fs::write(dir.path().join("source.sql"), query).unwrap();
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=0 revised_steps=8"),
-        "{}",
-        stdout(&o)
-    );
+    two_day_run("existing_steps=0 revised_steps=8");
     let d1 = input.join("d1.nc");
     let first_values = std::fs::read(day_file(dir.path(), 7, 1)).unwrap();
     std::fs::write(&d1, first_values).unwrap();
-    let o = run_over(&config, &input, &out, &["--recheck-days", "2"]);
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=0 revised_steps=8"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(
-        stderr(&o).contains("the source query is not step-local: reading the input of 8 steps"),
-        "{}",
-        stderr(&o)
-    );
+    let err = two_day_run("existing_steps=0 revised_steps=8");
+    let whole = "the source query is not step-local: reading the input of 8 steps";
+    assert!(err.contains(whole), "{err}");
 }
 
 #[test]
