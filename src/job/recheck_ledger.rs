@@ -187,8 +187,9 @@ impl Recheck {
             Ok(digest) if digest == ledger.forecast_sha256 => {}
             _ => {
                 eprintln!(
-                    "recheck: forecast files were written since the last recheck by a run \
-                     that did not recheck: reading the input of {} steps again",
+                    "recheck: forecast files changed since the last recheck (by a run \
+                     without a recheck, one that failed, or by hand): reading the input of {} \
+                     steps again",
                     window.len()
                 );
                 return window.clone();
