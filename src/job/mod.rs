@@ -175,8 +175,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     // The input files' identities are taken before they are opened (see
     // `recheck_ledger`).
     let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
-    let mut recheck =
-        recheck_ledger::Recheck::start(&location, &source_sql(pipeline, None, None)?, days).await;
+    let query = source_sql(pipeline, None, None)?;
+    let mut recheck = recheck_ledger::Recheck::start(&location, &query, days).await;
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
     let ctx = match &options.ballista {
@@ -195,6 +195,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
     };
     let sql = source_sql(pipeline, options.since, options.until)?;
+    let step_local = step_local::is_step_local(&ctx, &query, "era5").await;
     let flags_query = flags::render(pipeline)?;
     flags::check(&flags_query).await?;
     if pipeline.flags.per_step {
@@ -224,7 +225,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let lead = model.lead_micros();
         let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
         let window = revisions::window(&forecast, days);
-        let rechecked = recheck.steps_to_read(&ctx, &output, &window, lead).await;
+        let rechecked = recheck
+            .steps_to_read(&ctx, step_local, &output, &window, lead)
+            .await;
         let revised = revisions::revised(&ctx, &sql, &output, &rechecked, lead).await?;
         revisions::announce(&revised, rechecked.len());
         summary.existing_steps = existing.len() - revised.len();
@@ -240,8 +243,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let skip: BTreeSet<i64> = forecast.difference(&revised).copied().collect();
         let cells = model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
-        let query = source_sql(pipeline, None, None)?;
-        let sql = source_steps::narrowed(&ctx, &query, &sql, &skip, ballista.is_some()).await;
+        let cluster = ballista.is_some();
+        let sql = source_steps::narrowed(&ctx, &sql, &skip, step_local, cluster).await;
         let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
         let sink = Written {
             output: &output,
@@ -256,7 +259,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         if summary.new_steps == 0
             && summary.existing_steps == 0
             && summary.revised_steps == 0
-            && empty_source::is_empty(&ctx, &source_sql(pipeline, None, None)?).await?
+            && empty_source::is_empty(&ctx, &query).await?
         {
             return Err(empty_source::error(&ctx, pipeline, &location).await);
         }

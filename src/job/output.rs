@@ -247,25 +247,15 @@ impl Output {
         }
     }
 
-    /// Writes the output's file `name` whole (renamed into place on disk).
+    /// Writes the output's file `name` whole (renamed into place on disk;
+    /// a killed run's temporary is removed when the next opens the output).
     pub async fn write_note(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         match self {
             Self::Local { dir, .. } => {
                 let path = dir.join(name);
-                // A killed run's temporary (this run holds the output's lock).
-                let stale = format!("{name}.tmp-");
-                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                    if entry.file_name().to_string_lossy().starts_with(&stale) {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
-                }
-                let tmp = dir.join(format!("{stale}{}", std::process::id()));
-                std::fs::write(&tmp, bytes)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .inspect_err(|_| {
-                        let _ = std::fs::remove_file(&tmp);
-                    })
-                    .with_context(|| path.display().to_string())
+                let file = crate::cli::output::WrittenBeside::create(&path, "file")?;
+                let written = std::fs::write(&file.tmp, bytes).map_err(Into::into);
+                file.finish(written)
             }
             Self::S3(store) => store.write_note(name, bytes).await.map(drop),
         }

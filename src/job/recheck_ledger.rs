@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::sha256_hex;
 
 use super::output::Output;
-use super::{source_steps, step_local};
+use super::source_steps;
 use crate::session::s3::S3Location;
 
 /// The ledger's name in the output folder (or prefix).
@@ -132,7 +132,6 @@ async fn forecast_digest(output: &Output, from: i64) -> Result<String> {
 /// which initial time on that ledger vouches for the steps it did not read.
 pub struct Recheck {
     source: String,
-    query: String,
     query_sha256: String,
     inputs: Option<Inputs>,
     found: Option<Ledger>,
@@ -145,7 +144,6 @@ impl Recheck {
     pub async fn start(location: &str, query: &str, days: u32) -> Self {
         Self {
             source: location.to_string(),
-            query: query.to_string(),
             query_sha256: sha256_hex(query.as_bytes()),
             inputs: if days > 0 {
                 inputs(location).await
@@ -159,12 +157,13 @@ impl Recheck {
 
     /// The steps of `window` (initial times) whose input must be read
     /// again: none where the ledger vouches for them all; where files
-    /// changed, the steps those files hold if the source query is
-    /// step-local (`ctx` has its table `era5`), else the whole window. Says
+    /// changed, the steps those files hold (by the table `era5` of `ctx`)
+    /// if the source query is `step_local`, else the whole window. Says
     /// which it is when a ledger was found.
     pub async fn steps_to_read(
         &mut self,
         ctx: &SessionContext,
+        step_local: bool,
         output: &Output,
         window: &BTreeSet<i64>,
         lead: i64,
@@ -215,7 +214,7 @@ impl Recheck {
         // A file gone leaves its steps' forecasts as they are; a step it
         // held that another file holds now is that file's.
         let held: Vec<&String> = changed.iter().filter(|n| inputs.contains_key(*n)).collect();
-        let steps = if step_local::is_step_local(ctx, &self.query, "era5").await {
+        let steps = if step_local {
             source_steps::held_by(ctx, &held).await
         } else {
             None

@@ -14,7 +14,7 @@ use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::SerializedFileReader;
@@ -98,14 +98,24 @@ impl S3ForecastStore {
             .collect())
     }
 
-    async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
+    /// The objects below `folder`, after the key `PREFIX/{after}` if given.
+    async fn objects_below(&self, folder: &str, after: Option<&str>) -> Result<Vec<ObjectMeta>> {
         let prefix = ObjectPath::from(join(&self.prefix, folder));
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&prefix))
+        let listing = match after {
+            None => self.store.list(Some(&prefix)),
+            Some(after) => {
+                let offset = ObjectPath::from(join(&self.prefix, after));
+                self.store.list_with_offset(Some(&prefix), &offset)
+            }
+        };
+        listing
             .try_collect()
             .await
-            .with_context(|| format!("listing {}", self.url(prefix.as_ref())))?;
+            .with_context(|| format!("listing {}", self.url(prefix.as_ref())))
+    }
+
+    async fn keys_below(&self, folder: &str) -> Result<Vec<ObjectPath>> {
+        let objects = self.objects_below(folder, None).await?;
         let mut keys: Vec<ObjectPath> = objects.into_iter().map(|o| o.location).collect();
         keys.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
         Ok(keys)
@@ -197,18 +207,12 @@ impl S3ForecastStore {
     /// µs), by its path below the prefix, with what changes when the
     /// object is stored again: size, ETag and last-modified time.
     pub async fn forecast_identities(&self, from: i64) -> Result<Vec<(String, String)>> {
-        let prefix = ObjectPath::from(join(&self.prefix, "forecast"));
         // Keys sort by time (`year=YYYY/month=MM/t2m_YYYYMMDDTHHMM`): the
         // listing starts at `from`'s month, so a long table's older months
         // cost no requests.
         let (_, month) = step_name(from)?;
-        let offset = ObjectPath::from(join(&self.prefix, &format!("forecast/{month}")));
-        let objects: Vec<_> = self
-            .store
-            .list_with_offset(Some(&prefix), &offset)
-            .try_collect()
-            .await
-            .with_context(|| format!("listing {}", self.url(prefix.as_ref())))?;
+        let after = format!("forecast/{month}");
+        let objects = self.objects_below("forecast", Some(&after)).await?;
         Ok(objects
             .into_iter()
             .filter(|o| o.location.filename().and_then(valid_time_of) >= Some(from))

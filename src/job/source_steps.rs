@@ -8,78 +8,77 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::prelude::SessionContext;
 use uqcast_netcdf::{Catalog, Era5TableProvider};
 
-use super::step_local;
-
-/// The catalog of the table `era5` of `ctx`, if it is a NetCDF table.
-async fn catalog(ctx: &SessionContext) -> Option<Catalog> {
+/// `f` of the catalog of the table `era5` of `ctx`, if it is a NetCDF table.
+async fn with_catalog<T>(ctx: &SessionContext, f: impl FnOnce(&Catalog) -> T) -> Option<T> {
     let provider = ctx.table_provider("era5").await.ok()?;
     let table = provider.downcast_ref::<Era5TableProvider>()?;
-    Some(table.catalog().clone())
+    Some(f(table.catalog()))
 }
 
 /// The initial times the files `names` (paths, or `s3://` URLs) hold;
 /// `None` where the table is not NetCDF or a file is not in it.
 pub async fn held_by(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet<i64>> {
-    let catalog = catalog(ctx).await?;
-    let held: BTreeMap<String, &Vec<i64>> = catalog
-        .files
-        .iter()
-        .map(|f| {
-            let name = match crate::session::s3::origin(&f.path) {
-                Some(object) => object.url,
-                None => f.path.display().to_string(),
-            };
-            (name, &f.times)
-        })
-        .collect();
-    let mut steps = BTreeSet::new();
-    for name in names {
-        steps.extend(held.get(*name)?.iter().copied());
-    }
-    Some(steps)
+    with_catalog(ctx, |catalog| {
+        let held: BTreeMap<String, &Vec<i64>> = catalog
+            .files
+            .iter()
+            .map(|f| {
+                let name = match crate::session::s3::origin(&f.path) {
+                    Some(object) => object.url,
+                    None => f.path.display().to_string(),
+                };
+                (name, &f.times)
+            })
+            .collect();
+        let mut steps = BTreeSet::new();
+        for name in names {
+            steps.extend(held.get(*name)?.iter().copied());
+        }
+        Some(steps)
+    })
+    .await
+    .flatten()
 }
 
-/// `sql` (the source query `query`, perhaps limited by time) narrowed to
-/// the steps not in `skip`. Where `query` is step-local over a NetCDF
-/// table, its steps are the table's, so the steps to forecast are known
-/// before any is read: none (`WHERE false`, which still plans the query, so
-/// a query that no longer fits the model is said on a run with nothing
-/// new, but reads nothing; not on a `cluster`, whose scheduler loops on a
-/// plan without partitions), or a list of them where it is shorter than
-/// `skip` (a long history's `NOT IN` list costs about a second to plan).
-/// Else `valid_time NOT IN (skip)`. Either way a NetCDF scan leaves the
-/// other steps unread (the filter is pushed down), so a run over `s3://`
-/// objects downloads only objects holding steps still to forecast.
+/// `sql` (the source query, perhaps limited by time) narrowed to the steps
+/// not in `skip`. Where the query is `step_local` over a NetCDF table, its
+/// steps are the table's, so the steps to forecast are known before any is
+/// read: none (`WHERE false`, which still plans the query, so a query that
+/// no longer fits the model is said on a run with nothing new, but reads
+/// nothing; not on a `cluster`, whose scheduler loops on a plan without
+/// partitions), or a list of them where it is shorter than `skip` (a long
+/// history's `NOT IN` list costs about a second to plan). Else
+/// `valid_time NOT IN (skip)`. Either way a NetCDF scan leaves the other
+/// steps unread (the filter is pushed down), so a run over `s3://` objects
+/// downloads only objects holding steps still to forecast.
 pub async fn narrowed(
     ctx: &SessionContext,
-    query: &str,
     sql: &str,
     skip: &BTreeSet<i64>,
+    step_local: bool,
     cluster: bool,
 ) -> String {
     let times = super::timestamps_sql;
     let keep = |condition: String| format!("SELECT * FROM ({sql}) AS unforecast WHERE {condition}");
+    let not_in = || keep(format!("valid_time NOT IN ({})", times(skip)));
     if skip.is_empty() {
         return sql.to_string();
     }
-    let not_in = || keep(format!("valid_time NOT IN ({})", times(skip)));
-    if !step_local::is_step_local(ctx, query, "era5").await {
-        return not_in();
-    }
-    let Some(catalog) = catalog(ctx).await else {
+    let unforecast = |c: &Catalog| -> BTreeSet<i64> {
+        let steps = c.steps.iter().map(|s| s.time);
+        steps.filter(|t| !skip.contains(t)).collect()
+    };
+    let to_do = if step_local {
+        with_catalog(ctx, unforecast).await
+    } else {
+        None
+    };
+    let Some(to_do) = to_do else {
         return not_in();
     };
-    let to_do: BTreeSet<i64> = catalog
-        .steps
-        .iter()
-        .map(|s| s.time)
-        .filter(|t| !skip.contains(t))
-        .collect();
     if to_do.is_empty() && !cluster {
         keep("false".into())
-    } else if to_do.is_empty() {
-        not_in()
-    } else if to_do.len() < skip.len() {
+    } else if !to_do.is_empty() && to_do.len() < skip.len() {
         keep(format!("valid_time IN ({})", times(&to_do)))
     } else {
         not_in()
@@ -126,8 +125,9 @@ mod tests {
             .await
             .unwrap();
         let query = "SELECT * FROM era5 WHERE latitude > 44.5";
+        let local = crate::job::step_local::is_step_local(&ctx, query, "era5").await;
         // Four of six forecast: the two left are listed, not the four.
-        let listed = narrowed(&ctx, query, query, &steps(&[0, 1, 2, 3]), false).await;
+        let listed = narrowed(&ctx, query, &steps(&[0, 1, 2, 3]), local, false).await;
         assert!(listed.contains("valid_time IN ("), "{listed}");
         assert_eq!(listed.matches("to_timestamp_micros").count(), 2, "{listed}");
         // The query keeps those steps' rows, and only theirs.
@@ -135,14 +135,14 @@ mod tests {
         assert_eq!(rows, 2 * 3);
 
         // Two of six forecast: the shorter list is the two to leave out.
-        let listed = narrowed(&ctx, query, query, &steps(&[0, 1]), false).await;
+        let listed = narrowed(&ctx, query, &steps(&[0, 1]), local, false).await;
         assert!(listed.contains("valid_time NOT IN ("), "{listed}");
         // All forecast (and steps the source no longer holds): nothing to do.
         let all = steps(&[0, 1, 2, 3, 4, 5, 9]);
-        let none = narrowed(&ctx, query, query, &all, false).await;
+        let none = narrowed(&ctx, query, &all, local, false).await;
         assert!(none.ends_with("WHERE false"), "{none}");
         assert_eq!(ctx.sql(&none).await.unwrap().count().await.unwrap(), 0);
-        let on_a_cluster = narrowed(&ctx, query, query, &all, true).await;
+        let on_a_cluster = narrowed(&ctx, query, &all, local, true).await;
         assert!(
             on_a_cluster.contains("valid_time NOT IN ("),
             "{on_a_cluster}"
@@ -150,7 +150,8 @@ mod tests {
         // A query that moves steps in time: its steps are not the table's.
         let moved = "SELECT valid_time + INTERVAL '6 hours' AS valid_time, latitude, \
                      longitude, t2m FROM era5";
-        let listed = narrowed(&ctx, moved, moved, &all, false).await;
+        let moved_local = crate::job::step_local::is_step_local(&ctx, moved, "era5").await;
+        let listed = narrowed(&ctx, moved, &all, moved_local, false).await;
         assert!(listed.contains("valid_time NOT IN ("), "{listed}");
 
         // Which steps a file holds, by its path.

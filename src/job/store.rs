@@ -128,16 +128,21 @@ impl ForecastStore {
     }
 
     /// Removes temporaries a killed run left behind, in the forecast and
-    /// flags tables.
+    /// flags tables and beside them (the recheck's ledger).
     pub fn clean_temporaries(&self) -> Result<usize> {
         let mut removed = 0;
-        let flags = super::flags::local_folder(self.root.parent().unwrap_or(&self.root));
+        let dir = self.root.parent().unwrap_or(&self.root);
+        let flags = super::flags::local_folder(dir);
         let flags_files = if flags.is_dir() {
             crate::session::files_below(&flags)?
         } else {
             Vec::new()
         };
-        for path in self.files()?.into_iter().chain(flags_files) {
+        let beside = std::fs::read_dir(dir)
+            .with_context(|| format!("{}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file());
+        for path in self.files()?.into_iter().chain(flags_files).chain(beside) {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             if name.starts_with('.') && name.contains(".tmp") {
                 std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;
@@ -452,6 +457,29 @@ mod tests {
             months_select("f", "a, b", &[]).unwrap(),
             "SELECT a, b FROM f WHERE FALSE"
         );
+    }
+
+    #[test]
+    fn a_killed_runs_temporaries_are_removed_from_the_tables_and_beside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ForecastStore::open(dir.path()).unwrap();
+        let month = dir.path().join("forecast/year=2020/month=01");
+        std::fs::create_dir_all(&month).unwrap();
+        let left = [
+            month.join(".t2m_20200103T1200.parquet.tmp-7"),
+            dir.path().join("..uqcast-recheck.json.7.tmp.json"),
+        ];
+        let kept = [
+            month.join("t2m_20200103T0600.parquet"),
+            dir.path().join(".uqcast-recheck.json"),
+            lock_path(dir.path()),
+        ];
+        for file in left.iter().chain(&kept) {
+            std::fs::write(file, b"x").unwrap();
+        }
+        assert_eq!(store.clean_temporaries().unwrap(), 2);
+        assert!(left.iter().all(|f| !f.exists()));
+        assert!(kept.iter().all(|f| f.exists()));
     }
 
     #[test]

@@ -512,14 +512,20 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     // The last day's object replaced by final data: a run with a one-day
     // recheck window reads that window's objects again (and no older one)
     // and forecasts the changed steps again.
-    std::thread::sleep(Duration::from_millis(1100));
+    // Day 3's object stored again from `data`, a second later (so its
+    // last-modified time differs too).
+    let store_day_3 = |data: &Path| {
+        std::thread::sleep(Duration::from_millis(1100));
+        let day_3 = "era5_t2m_20200103.nc";
+        std::fs::copy(
+            data.join(day_3),
+            server.path(&format!("era5/daily/{day_3}")),
+        )
+        .unwrap();
+    };
     let revised = work.path().join("daily-revised");
     synth_seeded(&revised, 12, "nc3", 1, &["--files-per-day"]);
-    std::fs::copy(
-        revised.join("era5_t2m_20200103.nc"),
-        server.path("era5/daily/era5_t2m_20200103.nc"),
-    )
-    .unwrap();
+    store_day_3(&revised);
     let (rechecked, fetched, _) = scheduled("cache-day-4", &["--recheck-days", "1"]);
     assert!(
         rechecked.contains("new_steps=0 existing_steps=8 revised_steps=4"),
@@ -541,12 +547,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     // Day 3's object put back as it first came: only its steps are read
     // again; day 2's object, whose last step is in the window too, is not
     // downloaded.
-    std::thread::sleep(Duration::from_millis(1100));
-    std::fs::copy(
-        daily.join("era5_t2m_20200103.nc"),
-        server.path("era5/daily/era5_t2m_20200103.nc"),
-    )
-    .unwrap();
+    store_day_3(&daily);
     let (back, fetched, ranged) = scheduled("cache-day-4-back", &["--recheck-days", "1"]);
     assert!(
         back.contains("new_steps=0 existing_steps=8 revised_steps=4"),
@@ -556,7 +557,7 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     assert!(fetched[0].contains("era5_t2m_20200103.nc"), "{fetched:?}");
     assert!(ranged.is_empty(), "{ranged:?}");
     // A forecast object stored again (by hand, the same bytes) is not
-    // vouched for: the window's objects are downloaded again.
+    // vouched for: the window's objects are read again.
     std::thread::sleep(Duration::from_millis(1100));
     let step = server.path("runs/c/forecast/year=2020/month=01/t2m_20200103T1200.parquet");
     std::fs::write(&step, std::fs::read(&step).unwrap()).unwrap();
