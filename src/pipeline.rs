@@ -113,6 +113,11 @@ pub struct TrainSection {
     /// `ensemble` (of `[inference] members` networks).
     #[serde(default = "default_method")]
     pub method: String,
+    /// Train on at most this many (t, t + lead) pairs, drawn evenly over
+    /// the span (seeded by `seed`), so only their steps are read and held
+    /// (default: every pair of the span).
+    #[serde(default)]
+    pub max_pairs: Option<usize>,
 }
 
 fn default_method() -> String {
@@ -290,6 +295,12 @@ impl Pipeline {
                 "must be at least 2 (without the step's embedding a denoiser cannot tell how noisy its input is)",
             )?;
         }
+        if self.train.max_pairs == Some(0) {
+            bad(
+                "train.max_pairs",
+                "must be at least 1 (leave it out to train on every pair)",
+            )?;
+        }
         if self.train.batch_size == 0 || self.train.diffusion_steps < 2 {
             bad("train", "batch_size must be ≥ 1 and diffusion_steps ≥ 2")?;
         }
@@ -417,6 +428,7 @@ impl Pipeline {
             },
             normalisation: Normalisation::default(),
             lead_hours: self.model.lead_hours,
+            sample: None,
         }
     }
 }

@@ -11,6 +11,7 @@ mod sql;
 mod synth;
 mod toy;
 mod train;
+mod train_pairs;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -41,6 +41,10 @@ pub struct TrainArgs {
     /// Only steps at or before this time.
     #[arg(long, value_parser = crate::time::parse_utc_arg)]
     until: Option<i64>,
+    /// Override train.max_pairs: train on at most this many pairs, drawn
+    /// evenly over the span, reading and holding only their steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pairs: Option<u64>,
 }
 
 /// What one source row takes once read: its cell's value in its step
@@ -166,10 +170,21 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     let method = pipeline.method()?;
     pipeline.check_training_fits(&method, crate::session::memory::process_memory())?;
     let sql = source_sql(&pipeline, args.since, args.until)?;
+    let max_pairs = args.max_pairs.map(|n| n as usize);
+    let drawn = match max_pairs.or(pipeline.train.max_pairs) {
+        Some(max) => {
+            super::train_pairs::drawn(&pipeline, &location, args.since, args.until, max).await?
+        }
+        None => None,
+    };
+    let (sample, read) = match drawn {
+        Some((sample, read)) => (Some(sample), read),
+        None => (None, sql.clone()),
+    };
     let (grid, steps) = read_steps(
         location.clone(),
-        &sql,
-        "train on fewer steps (--since, --until)",
+        &read,
+        "train on fewer steps (--since, --until) or pairs (--max-pairs, train.max_pairs)",
     )
     .await?;
     if steps.is_empty() {
@@ -188,8 +203,17 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.iterations {
         settings.train.iterations = n;
     }
+    let drawn = match &sample {
+        Some(s) => format!(
+            " ({} pairs drawn from the span's {})",
+            s.starts.len(),
+            s.in_span
+        ),
+        None => String::new(),
+    };
+    settings.sample = sample;
     eprintln!(
-        "training on {} steps of {} from {location}; {} updates of {} pairs each",
+        "training on {} steps of {} from {location}{drawn}; {} updates of {} cells each",
         steps.len(),
         grid.describe(),
         settings.train.iterations,
@@ -234,9 +258,13 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         None => out.display().to_string(),
     };
     let mut stdout = super::output::stdout();
+    let drawn = match span.pairs_in_span {
+        Some(n) => format!(" drawn from the span's {n}"),
+        None => String::new(),
+    };
     writeln!(
         stdout,
-        "wrote {} ({} pairs from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",
+        "wrote {} ({} pairs{drawn} from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",
         written,
         span.pairs,
         span.first,

@@ -15,6 +15,14 @@ async fn with_catalog<T>(ctx: &SessionContext, f: impl FnOnce(&Catalog) -> T) ->
     Some(f(table.catalog()))
 }
 
+/// Every step the table `era5` of `ctx` holds, if it is a NetCDF table.
+pub async fn table_steps(ctx: &SessionContext) -> Option<BTreeSet<i64>> {
+    with_catalog(ctx, |catalog| {
+        catalog.steps.iter().map(|s| s.time).collect()
+    })
+    .await
+}
+
 /// The initial times the files `names` (paths, or `s3://` URLs) hold;
 /// `None` where the table is not NetCDF or a file is not in it.
 pub async fn held_by(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet<i64>> {

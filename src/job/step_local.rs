@@ -8,6 +8,8 @@
 //! Decided on the query's logical plan, conservatively: only the shapes
 //! below pass; anything else is taken as not step-local.
 
+use std::collections::HashSet;
+
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
@@ -64,6 +66,47 @@ fn node_is_step_local(node: &LogicalPlan, table: &str) -> bool {
     }
 }
 
+/// Whether `sql` is step-local and returns every step of the table (or
+/// none): its rows are dropped only by conditions on the cells' latitude
+/// and longitude, which are the same in every step. Then the steps it
+/// returns are the table's, known from a NetCDF catalog without a read.
+/// Any condition on time or on the values (`WHERE t2m > 200`, `HAVING`),
+/// or a coordinate column made from anything but coordinates, refuses.
+pub async fn keeps_every_step(ctx: &SessionContext, sql: &str, table: &str) -> bool {
+    match ctx.state().create_logical_plan(sql).await {
+        Ok(plan) => plan_is_step_local(&plan, table) && coordinate_columns(&plan).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// The columns of `plan`'s rows made from the cells' coordinates alone,
+/// or `None` where a condition names another (a step-local plan's nodes).
+fn coordinate_columns(plan: &LogicalPlan) -> Option<HashSet<String>> {
+    let inputs = plan.inputs();
+    let below = match inputs.as_slice() {
+        [] => ["latitude", "longitude"].map(String::from).into(),
+        [input] => coordinate_columns(input)?,
+        _ => return None,
+    };
+    let of_coordinates = |e: &Expr| e.column_refs().iter().all(|c| below.contains(&c.name));
+    // Output column i of a projection or an aggregate is made by expr i.
+    let made_of_coordinates = |exprs: Vec<&Expr>| {
+        let names = plan.schema().fields().iter().map(|f| f.name().clone());
+        names
+            .zip(exprs)
+            .filter(|(_, e)| of_coordinates(e))
+            .map(|(name, _)| name)
+            .collect()
+    };
+    match plan {
+        LogicalPlan::Filter(f) => of_coordinates(&f.predicate).then_some(below),
+        LogicalPlan::Projection(p) => Some(made_of_coordinates(p.expr.iter().collect())),
+        // Aggregates are not coordinates, even of coordinates alone.
+        LogicalPlan::Aggregate(a) => Some(made_of_coordinates(a.group_expr.iter().collect())),
+        _ => Some(below),
+    }
+}
+
 fn is_time_column(expr: &Expr) -> bool {
     matches!(expr.clone().unalias(), Expr::Column(c) if c.name == TIME)
 }
@@ -109,6 +152,53 @@ mod tests {
             "SELECT DISTINCT valid_time, latitude, longitude, t2m FROM era5",
         ] {
             assert!(verdict(sql).await, "{sql}");
+        }
+    }
+
+    async fn every_step(sql: &str) -> bool {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                TIME,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("latitude", DataType::Float64, false),
+            Field::new("longitude", DataType::Float64, false),
+            Field::new("t2m", DataType::Float32, true),
+        ]));
+        let table = MemTable::try_new(schema, vec![vec![]]).unwrap();
+        ctx.register_table("era5", Arc::new(table)).unwrap();
+        keeps_every_step(&ctx, sql, "era5").await
+    }
+
+    #[tokio::test]
+    async fn queries_that_drop_cells_by_their_coordinates_alone_keep_every_step() {
+        for sql in [
+            include_str!("../../pipelines/era5_na_1deg.sql"),
+            "SELECT * FROM era5",
+            "SELECT valid_time, round(latitude) AS latitude, round(longitude) AS longitude, \
+             avg(t2m) AS t2m FROM era5 WHERE longitude % 2 = 0 \
+             GROUP BY valid_time, round(latitude), round(longitude)",
+            "SELECT * FROM (SELECT * FROM era5 WHERE latitude > 10) AS north \
+             WHERE longitude < 300",
+        ] {
+            assert!(every_step(sql).await, "{sql}");
+        }
+        for sql in [
+            // A condition on time or on the values may drop a step.
+            "SELECT * FROM era5 WHERE valid_time >= '2020-03-01T00:00:00Z'",
+            "SELECT * FROM era5 WHERE extract(hour FROM valid_time) = 0",
+            "SELECT * FROM era5 WHERE t2m > 200",
+            "SELECT valid_time, latitude, longitude, avg(t2m) AS t2m FROM era5 \
+             GROUP BY valid_time, latitude, longitude HAVING avg(t2m) > 200",
+            // A coordinate column made from the values, then a condition on it.
+            "SELECT * FROM (SELECT valid_time, t2m AS latitude, longitude, t2m FROM era5) \
+             AS moved WHERE latitude > 250",
+            // Not step-local.
+            "SELECT * FROM era5 WHERE latitude > 10 LIMIT 5",
+        ] {
+            assert!(!every_step(sql).await, "{sql}");
         }
     }
 

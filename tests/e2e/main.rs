@@ -13,6 +13,7 @@ mod revisions;
 mod s3;
 mod sql;
 mod toy;
+mod train_pairs;
 
 use std::path::Path;
 use std::process::{Command, Output};

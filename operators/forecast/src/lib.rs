@@ -3,6 +3,7 @@
 //! - [`features`]: what the cell model sees (t2m neighbourhood, position, local
 //!   solar time) and predicts (the 6-hour change);
 //! - [`pairs`]: training pairs exactly one lead apart;
+//! - [`pair_sample`]: the pairs drawn from a span too long to hold;
 //! - [`model`]: training and loading a field checkpoint, sampling a step;
 //! - [`resume`]: the partial checkpoints that make training resumable;
 //! - [`assemble`]: source rows → whole steps on the model grid;
@@ -17,6 +18,7 @@ pub mod features;
 pub mod grid;
 pub mod input_digest;
 pub mod model;
+pub mod pair_sample;
 pub mod pairs;
 pub mod resume;
 pub mod schema;

@@ -16,6 +16,7 @@ use uqcast_hyperdm::{
 use crate::error::{ForecastError, Result, iso};
 use crate::features::{Normalisation, Patch, StepFeatures};
 use crate::grid::ModelGrid;
+use crate::pair_sample::PairSample;
 use crate::pairs::{PairData, StepField};
 use crate::resume;
 
@@ -98,8 +99,13 @@ pub struct TrainingSpan {
     pub last: String,
     pub steps: usize,
     pub pairs: usize,
-    /// Steps without a partner exactly one lead later (skipped).
+    /// Steps without a partner exactly one lead later (skipped; of the
+    /// whole span where the pairs were drawn from it).
     pub unpaired: usize,
+    /// The pairs of the span the `pairs` were drawn from (`[train]
+    /// max_pairs`); absent where every pair of the span was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs_in_span: Option<usize>,
     pub source: String,
     pub seconds: f64,
 }
@@ -134,6 +140,9 @@ pub struct FieldTraining {
     pub train: TrainConfig,
     pub normalisation: Normalisation,
     pub lead_hours: u32,
+    /// The pairs drawn from a longer span, whose steps are the ones given
+    /// to [`train`]; `None`: every pair of those steps.
+    pub sample: Option<PairSample>,
 }
 
 /// How many predictions to draw per step.
@@ -431,7 +440,15 @@ pub fn train(
 ) -> Result<TrainingSpan> {
     let started = Instant::now();
     let lead = i64::from(settings.lead_hours) * 3_600_000_000;
-    let data = PairData::build(steps, grid, &settings.normalisation, settings.patch, lead);
+    let sample = settings.sample.as_ref();
+    let data = PairData::build(
+        steps,
+        grid,
+        &settings.normalisation,
+        settings.patch,
+        lead,
+        sample.map(|s| &s.starts),
+    );
     if data.pairs() == 0 {
         return Err(ForecastError::Training(format!(
             "no two of the {} steps are exactly {} h apart",
@@ -459,7 +476,8 @@ pub fn train(
         last,
         steps: steps.len(),
         pairs: data.pairs(),
-        unpaired: data.unpaired,
+        unpaired: sample.map_or(data.unpaired, |s| s.unpaired),
+        pairs_in_span: sample.map(|s| s.in_span),
         source: source.to_string(),
         seconds: 0.0,
     };
@@ -598,6 +616,7 @@ mod tests {
             },
             normalisation: Normalisation::default(),
             lead_hours: 6,
+            sample: None,
         };
         let path = dir.join("ens.safetensors");
         train(

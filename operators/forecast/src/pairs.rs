@@ -7,7 +7,7 @@
 //! target per pair as well (a minibatch of 2,048 rows costs microseconds
 //! of that arithmetic).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use candle_core::{Device, Tensor};
 use uqcast_hyperdm::TrainingData;
@@ -47,19 +47,25 @@ struct Pair<'a> {
 }
 
 impl<'a> PairData<'a> {
-    /// Pairs every step with the step exactly `lead_micros` later, if any.
+    /// Pairs every step with the step exactly `lead_micros` later, if any;
+    /// with `only`, just the steps starting at those times (a sample drawn
+    /// from a longer span, whose steps may also pair among themselves).
     pub fn build(
         steps: &'a [StepField],
         grid: &ModelGrid,
         norm: &Normalisation,
         patch: Patch,
         lead_micros: i64,
+        only: Option<&BTreeSet<i64>>,
     ) -> Self {
         let by_time: HashMap<i64, &StepField> = steps.iter().map(|s| (s.time, s)).collect();
         let mut ordered: Vec<&StepField> = steps.iter().collect();
         ordered.sort_by_key(|s| s.time);
         let (mut pairs, mut unpaired) = (Vec::new(), 0);
         for now in ordered {
+            if only.is_some_and(|starts| !starts.contains(&now.time)) {
+                continue;
+            }
             let target_time = now.time + lead_micros;
             match by_time.get(&target_time) {
                 Some(next) => pairs.push(Pair {
@@ -129,8 +135,24 @@ mod tests {
             step(6, 275.15),
             step(24, 290.3),
         ];
-        let data = PairData::build(&steps, &grid, &Normalisation::default(), Patch(1), 6 * h);
+        let build = |only| {
+            PairData::build(
+                &steps,
+                &grid,
+                &Normalisation::default(),
+                Patch(1),
+                6 * h,
+                only,
+            )
+        };
+        let data = build(None);
         assert_eq!((data.pairs(), data.unpaired, data.len()), (2, 2, 4));
+        // Only the pair drawn from 18 h, though 0 → 6 h is there as well.
+        let drawn = build(Some(&BTreeSet::from([18 * h])));
+        assert_eq!((drawn.pairs(), drawn.len()), (1, 2));
+        let (x0, _) = drawn.batch(&[0, 1], &Device::Cpu).unwrap();
+        let x0: Vec<f32> = x0.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(x0.iter().all(|v| (v - 2.0).abs() < 1e-4), "{x0:?}");
         let (x0, y) = data.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
         assert_eq!(x0.dims(), &[4, 1]);
         assert_eq!(y.dims(), &[4, Patch(1).cond_dim()]);

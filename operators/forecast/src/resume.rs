@@ -249,6 +249,7 @@ mod tests {
             },
             normalisation: Normalisation::default(),
             lead_hours: 6,
+            sample: None,
         }
     }
 

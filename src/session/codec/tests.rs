@@ -309,6 +309,7 @@ fn train_model(path: &Path, iterations: u64) {
         },
         normalisation: Normalisation::default(),
         lead_hours: 6,
+        sample: None,
     };
     let grid = ModelGrid::new(LAT.to_vec(), LON.to_vec());
     uqcast_forecast::model::train(

@@ -1,0 +1,81 @@
+//! `[train] max_pairs` (`uqcast train --max-pairs`): the valid times the
+//! source query returns, the pairs drawn from them, and the source query
+//! narrowed to those pairs' steps, so a span of decades is read and held
+//! only for the steps training uses.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use futures::StreamExt;
+use uqcast_forecast::pair_sample::PairSample;
+
+use crate::job::{source_sql, source_steps, step_local, timestamps_sql};
+use crate::pipeline::Pipeline;
+use crate::session::context_with_table;
+
+/// The pairs drawn from the span the pipeline's source query returns
+/// between `since` and `until`, and that query narrowed to their steps;
+/// `None` where the span has no more than `max` pairs.
+pub async fn drawn(
+    pipeline: &Pipeline,
+    location: &str,
+    since: Option<i64>,
+    until: Option<i64>,
+    max: usize,
+) -> Result<Option<(PairSample, String)>> {
+    let sql = source_sql(pipeline, since, until)?;
+    let times = span_times(pipeline, location, &sql, since, until).await?;
+    let lead = i64::from(pipeline.model.lead_hours) * 3_600_000_000;
+    let drawn = PairSample::draw(&times, lead, max, pipeline.train.seed);
+    Ok(drawn.map(|sample| {
+        let steps = timestamps_sql(&sample.steps());
+        let sql = format!("SELECT * FROM ({sql}) AS span WHERE valid_time IN ({steps})");
+        (sample, sql)
+    }))
+}
+
+/// The distinct valid times of the rows of `sql` (the source query between
+/// `since` and `until`). Where the source query keeps every step of a
+/// NetCDF table ([`step_local::keeps_every_step`], as the shipped one
+/// does), they are the table's, from its catalog; else a query of them,
+/// which makes every row's coordinates but does not read `t2m`.
+async fn span_times(
+    pipeline: &Pipeline,
+    location: &str,
+    sql: &str,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<BTreeSet<i64>> {
+    let ctx = context_with_table("era5", location.to_string()).await?;
+    let base = source_sql(pipeline, None, None)?;
+    if step_local::keeps_every_step(&ctx, &base, "era5").await
+        && let Some(steps) = source_steps::table_steps(&ctx).await
+    {
+        let within = |t: &i64| since.is_none_or(|s| *t >= s) && until.is_none_or(|u| *t <= u);
+        return Ok(steps.into_iter().filter(within).collect());
+    }
+    let query = format!("SELECT DISTINCT valid_time FROM ({sql}) AS span");
+    let mut stream = ctx
+        .sql(&query)
+        .await
+        .context("source query")?
+        .execute_stream()
+        .await
+        .context("source query")?;
+    let mut times = BTreeSet::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.context("source query")?;
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let column = cast(batch.column(0), &micros).context("source query: column 'valid_time'")?;
+        times.extend(
+            column
+                .as_primitive::<TimestampMicrosecondType>()
+                .iter()
+                .flatten(),
+        );
+    }
+    Ok(times)
+}
