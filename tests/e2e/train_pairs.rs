@@ -14,6 +14,12 @@ fn training_span(dir: &std::path::Path) -> serde_json::Value {
     meta["data"]["training"].clone()
 }
 
+/// What a training span says was drawn: first and last time, steps read,
+/// pairs trained on and in the span.
+fn drawn(span: &serde_json::Value) -> [serde_json::Value; 5] {
+    ["first", "last", "steps", "pairs", "pairs_in_span"].map(|k| span[k].clone())
+}
+
 #[test]
 fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,9 +78,37 @@ fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
     let model = std::fs::read(dir.path().join("model/m.safetensors")).unwrap();
     let again = train(&[]);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(training_span(dir.path())["first"], span["first"]);
+    assert_eq!(drawn(&training_span(dir.path())), drawn(&span));
     let retrained = std::fs::read(dir.path().join("model/m.safetensors")).unwrap();
     assert!(retrained == model, "the same pairs train the same model");
+
+    // A source query that may drop steps by their values or time: the
+    // span's times are queried rather than taken from the catalog. With
+    // every step kept, the same times, so the same pairs.
+    let source = dir.path().join("source.sql");
+    let shipped = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, format!("{shipped} WHERE t2m > 0")).unwrap();
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(drawn(&training_span(dir.path())), drawn(&span));
+    // Steps from 2020-01-05 on: 24 steps, 23 pairs, of which 6 are drawn.
+    std::fs::write(
+        &source,
+        format!("{shipped} WHERE valid_time >= '2020-01-05T00:00:00Z'"),
+    )
+    .unwrap();
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let late = training_span(dir.path());
+    assert_eq!(
+        (late["pairs"].as_u64(), late["pairs_in_span"].as_u64()),
+        (Some(6), Some(23))
+    );
+    assert!(
+        late["first"].as_str().unwrap() >= "2020-01-05T00:00Z",
+        "{late}"
+    );
+    std::fs::write(&source, shipped).unwrap();
 
     // Every pair: the whole span is read, and does not fit.
     let whole = train(&["--max-pairs", "39"]);
