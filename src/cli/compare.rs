@@ -40,7 +40,7 @@ use super::synth::{SynthArgs, generate};
 use super::train::{SOURCE_ROW_BYTES, read_steps};
 use crate::job::source_sql;
 use crate::pipeline::Pipeline;
-use crate::session::memory;
+use crate::session::{context_with_table, memory};
 use table::table;
 
 /// What to compare and how (the command line of `eval --config`).
@@ -120,18 +120,14 @@ pub async fn run(b: Benchmark) -> Result<()> {
     .await?;
 
     let sql = source_sql(&pipeline, None, None)?;
-    let (grid, train_steps) = read_steps(
-        train_dir.display().to_string(),
-        &sql,
-        "ask for fewer (--train-steps)",
-    )
-    .await?;
-    let (test_grid, test_steps) = read_steps(
-        test_dir.display().to_string(),
-        &sql,
-        "ask for fewer (--test-steps)",
-    )
-    .await?;
+    let location = train_dir.display().to_string();
+    let ctx = context_with_table("era5", location.clone()).await?;
+    let (grid, train_steps) =
+        read_steps(&ctx, &location, &sql, "ask for fewer (--train-steps)").await?;
+    let location = test_dir.display().to_string();
+    let ctx = context_with_table("era5", location.clone()).await?;
+    let (test_grid, test_steps) =
+        read_steps(&ctx, &location, &sql, "ask for fewer (--test-steps)").await?;
     if !grid.same_cells(&test_grid) {
         bail!("the benchmark's training and test grids differ");
     }

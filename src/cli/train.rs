@@ -61,11 +61,11 @@ pub const SOURCE_ROW_BYTES: u64 = STEP_BYTES_PER_CELL;
 /// line saying how far the reading got and how to ask for less (`fewer`),
 /// rather than in the kernel's out-of-memory kill.
 pub async fn read_steps(
-    location: String,
+    ctx: &SessionContext,
+    location: &str,
     sql: &str,
     fewer: &str,
 ) -> Result<(ModelGrid, Vec<StepField>)> {
-    let ctx = context_with_table("era5", location.clone()).await?;
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
     let reservation = MemoryConsumer::new("uqcast: the source steps read for training")
@@ -83,7 +83,7 @@ pub async fn read_steps(
         }
     };
     let (first_time, ..) = SourceColumns::of(&first)?.row(0)?;
-    let grid = grid_of_step(&ctx, sql, first_time).await?;
+    let grid = grid_of_step(ctx, sql, first_time).await?;
     let mut assembler = StepAssembler::with_cells_of(grid.clone(), first_time);
     let mut steps = assembler.push(&first)?;
     let step_bytes = grid.cells() * SOURCE_ROW_BYTES as usize;
@@ -169,11 +169,15 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     };
     let method = pipeline.method()?;
     pipeline.check_training_fits(&method, crate::session::memory::process_memory())?;
+    let ctx = context_with_table("era5", location.clone()).await?;
+    let query = source_sql(&pipeline, None, None)?;
+    crate::job::source_check::check(&ctx, &pipeline, &query).await?;
     let sql = source_sql(&pipeline, args.since, args.until)?;
     let max_pairs = args.max_pairs.map(|n| n as usize);
     let drawn = match max_pairs.or(pipeline.train.max_pairs) {
         Some(max) => {
-            super::train_pairs::drawn(&pipeline, &location, args.since, args.until, max).await?
+            let span = (args.since, args.until);
+            super::train_pairs::drawn(&ctx, &pipeline, &query, span, max).await?
         }
         None => None,
     };
@@ -182,14 +186,14 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         None => (None, sql.clone()),
     };
     let (grid, steps) = read_steps(
-        location.clone(),
+        &ctx,
+        &location,
         &read,
         "train on fewer steps (--since, --until) or pairs (--max-pairs, train.max_pairs)",
     )
     .await?;
     if steps.is_empty() {
-        let ctx = context_with_table("era5", location.clone()).await?;
-        if empty_source::is_empty(&ctx, &source_sql(&pipeline, None, None)?).await? {
+        if empty_source::is_empty(&ctx, &query).await? {
             return Err(empty_source::error(&ctx, &pipeline, &location).await);
         }
         anyhow::bail!("{location}: no step between --since and --until");

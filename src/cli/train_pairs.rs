@@ -9,25 +9,25 @@ use anyhow::{Context, Result};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use uqcast_forecast::pair_sample::PairSample;
 
 use crate::job::{source_sql, source_steps, step_local, timestamps_sql};
 use crate::pipeline::Pipeline;
-use crate::session::context_with_table;
 
 /// The pairs drawn from the span the pipeline's source query returns
 /// between `since` and `until`, and that query narrowed to their steps;
 /// `None` where the span has no more than `max` pairs.
 pub async fn drawn(
+    ctx: &SessionContext,
     pipeline: &Pipeline,
-    location: &str,
-    since: Option<i64>,
-    until: Option<i64>,
+    query: &str,
+    (since, until): (Option<i64>, Option<i64>),
     max: usize,
 ) -> Result<Option<(PairSample, String)>> {
     let sql = source_sql(pipeline, since, until)?;
-    let times = span_times(pipeline, location, &sql, since, until).await?;
+    let times = span_times(ctx, query, &sql, (since, until)).await?;
     let lead = i64::from(pipeline.model.lead_hours) * 3_600_000_000;
     let drawn = PairSample::draw(&times, lead, max, pipeline.train.seed);
     Ok(drawn.map(|sample| {
@@ -37,22 +37,19 @@ pub async fn drawn(
     }))
 }
 
-/// The distinct valid times of the rows of `sql` (the source query between
-/// `since` and `until`). Where the source query keeps every step of a
+/// The distinct valid times of the rows of `sql` (the source `query`
+/// between `since` and `until`). Where the source query keeps every step of a
 /// NetCDF table ([`step_local::keeps_every_step`], as the shipped one
 /// does), they are the table's, from its catalog; else a query of them,
 /// which makes every row's coordinates but does not read `t2m`.
 async fn span_times(
-    pipeline: &Pipeline,
-    location: &str,
+    ctx: &SessionContext,
+    query: &str,
     sql: &str,
-    since: Option<i64>,
-    until: Option<i64>,
+    (since, until): (Option<i64>, Option<i64>),
 ) -> Result<BTreeSet<i64>> {
-    let ctx = context_with_table("era5", location.to_string()).await?;
-    let base = source_sql(pipeline, None, None)?;
-    if step_local::keeps_every_step(&ctx, &base, "era5").await
-        && let Some(steps) = source_steps::table_steps(&ctx).await
+    if step_local::keeps_every_step(ctx, query, "era5").await
+        && let Some(steps) = source_steps::table_steps(ctx).await
     {
         let within = |t: &i64| since.is_none_or(|s| *t >= s) && until.is_none_or(|u| *t <= u);
         return Ok(steps.into_iter().filter(within).collect());

@@ -22,6 +22,7 @@ pub mod recheck_ledger;
 pub mod revisions;
 pub mod s3_lock;
 pub mod s3_store;
+pub mod source_check;
 pub mod source_steps;
 pub mod step_local;
 pub mod steps;
@@ -194,6 +195,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
             ctx
         }
     };
+    source_check::check(&ctx, pipeline, &query).await?;
     let sql = source_sql(pipeline, options.since, options.until)?;
     let step_local = step_local::is_step_local(&ctx, &query, "era5").await;
     let flags_query = flags::render(pipeline)?;

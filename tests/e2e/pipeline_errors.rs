@@ -478,16 +478,37 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     assert!(err.contains(", the first step read"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!model.parent().unwrap().exists());
-    // A source query without t2m.
-    std::fs::write(
-        dir.path().join("source.sql"),
-        "SELECT valid_time, latitude, longitude FROM era5",
-    )
-    .unwrap();
-    fails_with(
-        &["run", "--config", c, "--output", o],
-        &["column 't2m' is missing"],
-    );
+    // A source query without t2m, or that does not parse: train and run
+    // name the pipeline and the query's file before reading anything, and
+    // a parser's position is in the query as written, not in the query
+    // the commands wrap it in (--since, --max-pairs).
+    let query = dir.path().join("source.sql");
+    let named = format!("pipeline.toml: source.query {}: ", query.display());
+    let since = ["--since", "2020-01-01T06:00Z"];
+    for (sql, problem) in [
+        (
+            "SELECT valid_time, latitude, longitude FROM era5",
+            "column 't2m' is missing (the query returns valid_time, latitude, longitude)",
+        ),
+        (
+            "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE",
+            "sql parser error: Expected: an expression, found: EOF",
+        ),
+        (
+            "SELECT valid_time, latitude, longitude, t2m FROM era5 WHERE (latitude > 1",
+            "sql parser error: Expected: ), found: EOF",
+        ),
+    ] {
+        std::fs::write(&query, sql).unwrap();
+        let message = format!("{named}{problem}");
+        fails_with(
+            &[&["run", "--config", c, "--output", o][..], &since].concat(),
+            &[&message],
+        );
+        let train = ["train", "--config", c, "--out", m, "--max-pairs", "3"];
+        fails_with(&[&train[..], &since].concat(), &[&message]);
+    }
+    assert!(!model.parent().unwrap().exists());
     // A copy of the pipeline with one edit must fail, naming the file and field.
     let edited_fails = |name: &str, from: &str, to: &str, field: &str| {
         let text = std::fs::read_to_string(&config).unwrap().replace(from, to);
