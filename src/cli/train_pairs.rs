@@ -41,7 +41,8 @@ pub async fn drawn(
 /// between `since` and `until`). Where the source query keeps every step of a
 /// NetCDF table ([`step_local::keeps_every_step`], as the shipped one
 /// does), they are the table's, from its catalog; else a query of them,
-/// which makes every row's coordinates but does not read `t2m`.
+/// which makes every row's coordinates, and reads `t2m` only where the
+/// query's conditions name it.
 async fn span_times(
     ctx: &SessionContext,
     query: &str,
