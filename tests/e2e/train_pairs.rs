@@ -109,6 +109,10 @@ fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
         "{late}"
     );
     std::fs::write(&source, shipped).unwrap();
+    // The same span by --since, its times from the catalog: the same pairs.
+    let o = train(&["--since", "2020-01-05T00:00Z"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(drawn(&training_span(dir.path())), drawn(&late));
 
     // Every pair: the whole span is read, and does not fit.
     let whole = train(&["--max-pairs", "39"]);
