@@ -91,15 +91,18 @@ pub async fn read_steps(
         steps.extend(assembler.push(&b.context("source query")?)?);
         let needed = steps.len() * step_bytes + assembler.open_bytes();
         if reservation.try_resize(needed).is_err() {
+            let limit = memory::limit_bytes().unwrap_or_default();
             bail!(
                 "{location}: the training span does not fit in the memory a query may hold \
                  here: the {} steps read so far ({} cells each), with those still incomplete, \
-                 take {} of the {} limit ({}, default half of the memory); {fewer}",
+                 take {} of the {} limit ({}, default half of the memory), which holds at most \
+                 {} such steps; {fewer}",
                 steps.len(),
                 grid.cells(),
                 memory::amount(needed as u64),
-                memory::amount(memory::limit_bytes().unwrap_or_default()),
+                memory::amount(limit),
                 memory::LIMIT_VAR,
+                limit.checked_div(step_bytes as u64).unwrap_or_default(),
             );
         }
     }

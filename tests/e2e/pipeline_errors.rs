@@ -413,7 +413,8 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "data: the training span does not fit in the memory a query may hold here",
         "steps read so far (2652 cells each), with those still incomplete, take",
         "of the 50 kB limit (UQCAST_QUERY_MEMORY_GB",
-        "train on fewer steps (--since, --until)",
+        "default half of the memory), which holds at most 4 such steps; \
+         train on fewer steps (--since, --until) or pairs (--max-pairs, train.max_pairs)",
     ] {
         assert!(err.contains(part), "{part} in {err}");
     }
