@@ -348,6 +348,18 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
     Ok(())
 }
 
+/// Where the inspections of the NetCDF files at `location` (a file, folder
+/// or glob) are kept between commands: one file a location, in the cache
+/// folder ([`s3::cache_root`]), named by a digest of its absolute form;
+/// `None` where there is no cache folder (each command then opens every
+/// file's metadata).
+fn kept_inspections(location: &str) -> Option<std::path::PathBuf> {
+    let root = s3::cache_root().ok()?;
+    let absolute = std::path::absolute(location).ok()?;
+    let name = uqcast_hyperdm::checkpoint::sha256_hex(absolute.as_os_str().as_encoded_bytes());
+    Some(root.join("netcdf").join(format!("{name}.cbor")))
+}
+
 /// Registers each table: Parquet locations as Parquet tables (Hive
 /// partitions inferred), everything else as ERA5 NetCDF tables.
 pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Result<()> {
@@ -414,11 +426,14 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
             }
         } else {
             let location = t.location.clone();
-            let provider =
-                tokio::task::spawn_blocking(move || Era5TableProvider::try_new(&[location], None))
-                    .await
-                    .context("NetCDF inspection task failed")?
-                    .with_context(|| format!("table '{}'", t.name))?;
+            let kept = kept_inspections(&location);
+            let provider = tokio::task::spawn_blocking(move || match kept {
+                Some(kept) => Era5TableProvider::try_new_keeping(&[location], None, &kept),
+                None => Era5TableProvider::try_new(&[location], None),
+            })
+            .await
+            .context("NetCDF inspection task failed")?
+            .with_context(|| format!("table '{}'", t.name))?;
             ctx.register_table(&t.name, Arc::new(provider))?;
         }
     }

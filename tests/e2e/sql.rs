@@ -1,7 +1,9 @@
 //! `uqcast sql` and `uqcast synth` through the binary.
 
-use crate::errors::fails_with;
+use std::path::Path;
 use std::process::Command;
+
+use crate::errors::fails_with;
 
 use crate::{sql_csv, stderr, stdout, synth, uqcast};
 
@@ -513,4 +515,43 @@ fn a_query_file_runs_as_the_query_it_holds() {
     let o = uqcast(&["sql", "SELECT 1", "--file", shipped]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+/// A table's files are inspected once and kept (`$UQCAST_CACHE_DIR/netcdf/`);
+/// a file replaced in place under its name is read as it is now.
+#[test]
+fn kept_inspections_follow_a_file_replaced_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (data, later) = (dir.path().join("data"), dir.path().join("later"));
+    crate::synth_from(&data, "2020-01-01T00:00Z", 2, "nc4", 1, &[]);
+    crate::synth_from(&later, "2021-06-01T00:00Z", 2, "nc4", 1, &[]);
+    let query = |table: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+            .env("UQCAST_CACHE_DIR", &cache)
+            .args(["sql", "--format", "csv", "--table"])
+            .arg(format!("era5={}", table.display()))
+            .arg("SELECT min(valid_time) AS first, count(*) AS n FROM era5")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let before = query(&data);
+    assert!(before.contains("2020-01-01T00:00:00Z"), "{before}");
+    let kept: Vec<_> = std::fs::read_dir(cache.join("netcdf")).unwrap().collect();
+    assert_eq!(kept.len(), 1, "one location, one kept file");
+    assert_eq!(query(&data), before, "read from what was kept");
+    // The file's bytes replaced by another's, under its own name.
+    let name = |folder: &Path| {
+        let mut paths = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().path());
+        paths
+            .find(|p| p.extension().is_some_and(|x| x == "nc"))
+            .unwrap()
+    };
+    std::fs::copy(name(&later), name(&data)).unwrap();
+    let after = query(&data);
+    assert!(after.contains("2021-06-01T00:00:00Z"), "{after}");
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::cf::time::format_micros;
 use crate::error::{NetcdfError, Result};
 use crate::inspect::{Axis, FileInfo, VariableInfo};
+use crate::kept_inspections::KeptInspections;
 
 /// The variable every ERA5 table must have.
 pub const T2M: &str = "t2m";
@@ -44,16 +45,37 @@ impl Catalog {
     /// other gridded variable of the first file. Blocking: call off the async
     /// executor.
     pub fn open(locations: &[String], variables: Option<&[String]>) -> Result<Self> {
-        let mut paths = Vec::new();
-        for location in locations {
-            paths.extend(expand(location)?);
-        }
-        paths.sort();
-        paths.dedup();
+        let paths = expand_all(locations)?;
         let files = paths
             .iter()
             .map(|p| FileInfo::inspect(p))
             .collect::<Result<Vec<_>>>()?;
+        Self::of_files(locations, files, variables)
+    }
+
+    /// As [`Catalog::open`], taking each unchanged file's inspection from
+    /// those kept in `kept` and keeping the ones made
+    /// ([`crate::kept_inspections`]).
+    pub fn open_keeping(
+        locations: &[String],
+        variables: Option<&[String]>,
+        kept: &Path,
+    ) -> Result<Self> {
+        let paths = expand_all(locations)?;
+        let mut inspections = KeptInspections::load(kept);
+        let files = paths
+            .iter()
+            .map(|p| inspections.inspect(p))
+            .collect::<Result<Vec<_>>>()?;
+        inspections.save(&paths);
+        Self::of_files(locations, files, variables)
+    }
+
+    fn of_files(
+        locations: &[String],
+        files: Vec<FileInfo>,
+        variables: Option<&[String]>,
+    ) -> Result<Self> {
         if files.is_empty() {
             return Err(NetcdfError::NoFiles {
                 path: locations.join(", "),
@@ -160,6 +182,17 @@ fn describe_or_explain(file: &FileInfo, name: &str) -> Result<VariableInfo> {
         });
     }
     Ok(v)
+}
+
+/// The files of `locations`, in path order, each once.
+fn expand_all(locations: &[String]) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for location in locations {
+        paths.extend(expand(location)?);
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
 }
 
 /// Expands one location into the NetCDF files it names, sorted.

@@ -17,7 +17,7 @@ pub const DIMENSION: &str = "expver";
 pub const MAX_SLICES: usize = 8;
 
 /// How to merge a variable's expver slices.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expver {
     /// Slice indices in the order they are tried: ascending expver, or file
     /// order where the file has no numeric `expver` coordinate.

@@ -15,7 +15,7 @@ const LATITUDE_NAMES: &[&str] = &["latitude", "lat"];
 const LONGITUDE_NAMES: &[&str] = &["longitude", "lon"];
 
 /// The element type a variable is stored as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StoredType {
     I8,
     U8,
@@ -44,7 +44,7 @@ impl StoredType {
 }
 
 /// A gridded data variable and how to decode it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VariableInfo {
     pub name: String,
     pub stored: StoredType,
@@ -64,7 +64,7 @@ pub struct Axis {
 }
 
 /// What uqcast needs to know about one ERA5 file before reading data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FileInfo {
     pub path: PathBuf,
     /// Name of the time dimension/variable (`valid_time` or `time`).

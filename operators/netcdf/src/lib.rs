@@ -33,6 +33,7 @@ pub mod global_heap;
 pub(crate) mod hdf5_ffi;
 pub mod inspect;
 pub mod io_thread;
+pub mod kept_inspections;
 pub mod names;
 pub mod plausible;
 pub mod provider;

@@ -37,6 +37,18 @@ impl Era5TableProvider {
         Ok(Self::from_catalog(Catalog::open(locations, variables)?))
     }
 
+    /// As [`Era5TableProvider::try_new`], with the files' inspections kept
+    /// in the file `kept` between commands ([`crate::kept_inspections`]).
+    pub fn try_new_keeping(
+        locations: &[String],
+        variables: Option<&[String]>,
+        kept: &std::path::Path,
+    ) -> crate::Result<Self> {
+        Ok(Self::from_catalog(Catalog::open_keeping(
+            locations, variables, kept,
+        )?))
+    }
+
     /// The table over files already inspected, in path order. A file need
     /// not be at its path yet if the session makes it present before a scan
     /// opens it ([`crate::LocalCopies`]): an S3 object inspected from its

@@ -13,9 +13,10 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use super::{COPIES, S3Location, prune, remember};
 
-/// Where downloaded objects are kept: `UQCAST_CACHE_DIR`, else the XDG cache
-/// folder, else `~/.cache`, each with `uqcast/` below it.
-pub(super) fn cache_root() -> Result<PathBuf> {
+/// Where downloaded objects (and local NetCDF files' kept inspections) are
+/// kept: `UQCAST_CACHE_DIR`, else the XDG cache folder, else `~/.cache`,
+/// each with `uqcast/` below it.
+pub(crate) fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("UQCAST_CACHE_DIR") {
         return Ok(PathBuf::from(dir));
     }

@@ -25,6 +25,7 @@ use uqcast_netcdf::inspect::FileInfo;
 use uqcast_netcdf::{FileNames, LocalCopies};
 
 mod cache;
+pub(crate) use cache::cache_root;
 mod headers;
 mod kept_plans;
 pub use headers::describe_planned;
@@ -33,7 +34,7 @@ pub use parquet_objects::{bad_footer, first_damaged};
 mod partial;
 mod prune;
 
-use cache::{cache_root, cached_copy, copy_path, fetch_lock, is_fresh, keep_within_limit, stamp};
+use cache::{cached_copy, copy_path, fetch_lock, is_fresh, keep_within_limit, stamp};
 
 /// An `s3://bucket/key` location; `key` may hold a glob (`*`, `?`, `[`).
 #[derive(Debug, Clone, PartialEq, Eq)]

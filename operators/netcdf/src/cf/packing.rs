@@ -70,7 +70,7 @@ impl RawSample for f32 {
 }
 
 /// How to turn one variable's stored values into physical values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Packing {
     scale: f64,
     offset: f64,
