@@ -120,7 +120,8 @@ mod tests {
 
     use super::*;
 
-    async fn verdict(sql: &str) -> bool {
+    /// A session with empty tables `era5` and `other` of the source's columns.
+    fn session() -> SessionContext {
         let schema = Arc::new(Schema::new(vec![
             Field::new(
                 TIME,
@@ -132,11 +133,15 @@ mod tests {
             Field::new("t2m", DataType::Float32, true),
         ]));
         let ctx = SessionContext::new();
-        let table = MemTable::try_new(schema.clone(), vec![vec![]]).unwrap();
-        ctx.register_table("era5", Arc::new(table)).unwrap();
-        let other = MemTable::try_new(schema, vec![vec![]]).unwrap();
-        ctx.register_table("other", Arc::new(other)).unwrap();
-        is_step_local(&ctx, sql, "era5").await
+        for name in ["era5", "other"] {
+            let table = MemTable::try_new(schema.clone(), vec![vec![]]).unwrap();
+            ctx.register_table(name, Arc::new(table)).unwrap();
+        }
+        ctx
+    }
+
+    async fn verdict(sql: &str) -> bool {
+        is_step_local(&session(), sql, "era5").await
     }
 
     #[tokio::test]
@@ -156,20 +161,7 @@ mod tests {
     }
 
     async fn every_step(sql: &str) -> bool {
-        let ctx = SessionContext::new();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                TIME,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("latitude", DataType::Float64, false),
-            Field::new("longitude", DataType::Float64, false),
-            Field::new("t2m", DataType::Float32, true),
-        ]));
-        let table = MemTable::try_new(schema, vec![vec![]]).unwrap();
-        ctx.register_table("era5", Arc::new(table)).unwrap();
-        keeps_every_step(&ctx, sql, "era5").await
+        keeps_every_step(&session(), sql, "era5").await
     }
 
     #[tokio::test]
