@@ -28,6 +28,7 @@ use anyhow::{Context, Result};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use uqcast_hyperdm::checkpoint::sha256_hex;
+use uqcast_netcdf::kept_inspections::Identity;
 
 use super::output::Output;
 use super::source_steps;
@@ -56,19 +57,11 @@ pub struct Ledger {
 }
 
 /// What changes when a local file is written again: its size, modification
-/// and change times (ns) and inode.
+/// and change times (ns), inode and device (the identity a NetCDF table's
+/// kept inspections are judged by).
 pub fn file_stamp(path: &Path) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).with_context(|| path.display().to_string())?;
-    Ok(format!(
-        "{} {}.{:09} {}.{:09} {}",
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-        m.ino()
-    ))
+    let identity = Identity::of(path).with_context(|| path.display().to_string())?;
+    Ok(identity.to_string())
 }
 
 /// The files the source `location` names, as its table reads them, with

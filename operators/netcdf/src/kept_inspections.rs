@@ -40,18 +40,31 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// `path`'s identity; `None` where it cannot be read (the inspection
-    /// then says why).
-    pub fn of(path: &Path) -> Option<Self> {
-        let m = std::fs::metadata(path).ok()?;
+    /// `path`'s identity.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Some(Self {
+        Ok(Self {
             size: m.len(),
             modified_ns: ns(m.mtime(), m.mtime_nsec()),
             changed_ns: ns(m.ctime(), m.ctime_nsec()),
             inode: m.ino(),
             device: m.dev(),
         })
+    }
+}
+
+/// Size, modification and status-change times (ns), inode and device.
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            size,
+            modified_ns,
+            changed_ns,
+            inode,
+            device,
+        } = self;
+        write!(f, "{size} {modified_ns} {changed_ns} {inode} {device}")
     }
 }
 
@@ -167,7 +180,8 @@ impl KeptInspections {
     /// `path`'s inspection: the kept one where its identity is unchanged,
     /// else a fresh one (kept if the file is unchanged by it).
     pub fn inspect(&mut self, path: &Path) -> Result<FileInfo> {
-        let before = Identity::of(path);
+        // Where it cannot be read, the inspection says why.
+        let before = Identity::of(path).ok();
         if let (Some(identity), Some(kept)) = (before, self.kept.get(path))
             && kept.identity == identity
         {
@@ -175,7 +189,7 @@ impl KeptInspections {
         }
         self.changed = true;
         let info = FileInfo::inspect(path)?;
-        match before.filter(|&b| Identity::of(path) == Some(b)) {
+        match before.filter(|&b| Identity::of(path).ok() == Some(b)) {
             Some(identity) => {
                 let kept = Kept {
                     identity,
