@@ -180,7 +180,8 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     let drawn = match max_pairs.or(pipeline.train.max_pairs) {
         Some(max) => {
             let span = (args.since, args.until);
-            super::train_pairs::drawn(&ctx, &pipeline, &query, span, max).await?
+            let queries = (query.as_str(), sql.as_str());
+            super::train_pairs::drawn(&ctx, &pipeline, queries, span, max).await?
         }
         None => None,
     };

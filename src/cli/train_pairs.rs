@@ -10,24 +10,22 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use uqcast_forecast::pair_sample::PairSample;
 
-use crate::job::{source_sql, source_steps, step_local, timestamps_sql};
+use crate::job::{source_steps, step_local, timestamps_sql};
 use crate::pipeline::Pipeline;
 
-/// The pairs drawn from the span the pipeline's source query returns
-/// between `since` and `until`, and that query narrowed to their steps;
+/// The pairs drawn from the span `sql` returns (the pipeline's source
+/// `query` between `since` and `until`), and `sql` narrowed to their steps;
 /// `None` where the span has no more than `max` pairs.
 pub async fn drawn(
     ctx: &SessionContext,
     pipeline: &Pipeline,
-    query: &str,
+    (query, sql): (&str, &str),
     (since, until): (Option<i64>, Option<i64>),
     max: usize,
 ) -> Result<Option<(PairSample, String)>> {
-    let sql = source_sql(pipeline, since, until)?;
-    let times = span_times(ctx, query, &sql, (since, until)).await?;
+    let times = span_times(ctx, query, sql, (since, until)).await?;
     let lead = i64::from(pipeline.model.lead_hours) * 3_600_000_000;
     let drawn = PairSample::draw(&times, lead, max, pipeline.train.seed);
     Ok(drawn.map(|sample| {
@@ -56,16 +54,10 @@ async fn span_times(
         return Ok(steps.into_iter().filter(within).collect());
     }
     let query = format!("SELECT DISTINCT valid_time FROM ({sql}) AS span");
-    let mut stream = ctx
-        .sql(&query)
-        .await
-        .context("source query")?
-        .execute_stream()
-        .await
-        .context("source query")?;
+    // One row a step: small enough to collect.
+    let batches = ctx.sql(&query).await.context("source query")?.collect();
     let mut times = BTreeSet::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.context("source query")?;
+    for batch in batches.await.context("source query")? {
         let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
         let column = cast(batch.column(0), &micros).context("source query: column 'valid_time'")?;
         times.extend(

@@ -64,7 +64,7 @@ pub struct Axis {
 }
 
 /// What uqcast needs to know about one ERA5 file before reading data.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FileInfo {
     pub path: PathBuf,
     /// Name of the time dimension/variable (`valid_time` or `time`).
