@@ -29,6 +29,15 @@ pub fn make_dir(dir: &Path, option: &str) -> Result<()> {
     Ok(())
 }
 
+/// `n` and its noun, singular for one: "1 pair", "6 pairs".
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Set once a write to standard output found its reader gone.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
@@ -166,4 +175,16 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<()> {
         .write_parquet(&file.tmp.display().to_string(), options, None)
         .await;
     file.finish(written.map(drop).map_err(Into::into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn one_is_singular_and_every_other_count_plural() {
+        assert_eq!(counted(1, "pair"), "1 pair");
+        assert_eq!(counted(0, "step"), "0 steps");
+        assert_eq!(counted(39, "pair"), "39 pairs");
+    }
 }

@@ -16,6 +16,7 @@ use uqcast_forecast::assemble::{SourceColumns, StepAssembler, check_source_colum
 use uqcast_forecast::pairs::STEP_BYTES_PER_CELL;
 use uqcast_forecast::{ModelGrid, StepField};
 
+use super::output::counted;
 use crate::job::{empty_source, source_sql, timestamp_sql};
 use crate::pipeline::Pipeline;
 use crate::session::s3::{self, S3Location};
@@ -213,18 +214,18 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     }
     let drawn = match &sample {
         Some(s) => format!(
-            " ({} pairs drawn from the span's {})",
-            s.starts.len(),
+            " ({} drawn from the span's {})",
+            counted(s.starts.len() as u64, "pair"),
             s.in_span
         ),
         None => String::new(),
     };
     settings.sample = sample;
     eprintln!(
-        "training on {} steps of {} from {location}{drawn}; {} updates of {} cells each",
-        steps.len(),
+        "training on {} of {} from {location}{drawn}; {} of {} cells each",
+        counted(steps.len() as u64, "step"),
         grid.describe(),
-        settings.train.iterations,
+        counted(settings.train.iterations, "update"),
         settings.train.batch_size
     );
     let interactive = std::io::stderr().is_terminal();
@@ -272,12 +273,12 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     };
     writeln!(
         stdout,
-        "wrote {} ({} pairs{drawn} from {} to {}, {} steps without a partner {} h later skipped, {:.0} s)",
+        "wrote {} ({}{drawn} from {} to {}, {} without a partner {} h later skipped, {:.0} s)",
         written,
-        span.pairs,
+        counted(span.pairs as u64, "pair"),
         span.first,
         span.last,
-        span.unpaired,
+        counted(span.unpaired as u64, "step"),
         pipeline.model.lead_hours,
         span.seconds
     )?;

@@ -128,7 +128,8 @@ fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
     let o = uqcast(&["train", "--config", c, "--max-pairs", "1000"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("(39 pairs from 2020-01-01T00:00Z"),
+        stdout(&o).contains("(39 pairs from 2020-01-01T00:00Z")
+            && stdout(&o).contains(", 1 step without a partner 6 h later skipped,"),
         "{}",
         stdout(&o)
     );
