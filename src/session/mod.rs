@@ -353,7 +353,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
 /// folder ([`s3::cache_root`]), named by a digest of its absolute form;
 /// `None` where there is no cache folder (each command then opens every
 /// file's metadata).
-fn kept_inspections(location: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn kept_inspections(location: &str) -> Option<std::path::PathBuf> {
     let root = s3::cache_root().ok()?;
     let absolute = std::path::absolute(location).ok()?;
     let name = uqcast_hyperdm::checkpoint::sha256_hex(absolute.as_os_str().as_encoded_bytes());

@@ -285,6 +285,70 @@ fn two_executors_share_the_work_and_answer_as_one_machine() {
     }
 }
 
+/// An executor keeps the inspections of the files its tasks read in its
+/// cache (`$UQCAST_CACHE_DIR/netcdf/`), under their folder, as a table over
+/// that folder keeps them; a file replaced in place under its name, with
+/// other steps, is inspected again, so the task reads the steps planned.
+#[test]
+fn an_executor_keeps_its_files_inspections_and_follows_a_file_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, later) = (dir.path().join("data"), dir.path().join("later"));
+    synth(&data, 8, "nc4", &["--files-per-day"]);
+    super::synth_from(&later, "2021-06-01T00:00Z", 4, "nc4", 7, &[]);
+    let cache = |process: &str| dir.path().join("cache").join(process);
+    let cluster = Cluster::start_with(Path::new("."), Path::new("."), "127.0.0.1", &|name, c| {
+        c.env("UQCAST_CACHE_DIR", cache(name));
+    });
+    let ask = |ballista: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uqcast"));
+        command
+            .env("UQCAST_CACHE_DIR", cache("client"))
+            .args(["sql", "--format", "csv", "--table"])
+            .arg(format!("era5={}", data.display()))
+            .arg("SELECT valid_time, round(avg(t2m), 4) AS t2m FROM era5 GROUP BY valid_time ORDER BY valid_time");
+        if let Some(url) = ballista {
+            command.args(["--ballista", url]);
+        }
+        let o = command.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let before = ask(Some(&cluster.url));
+    assert_eq!(before, ask(None));
+    assert_eq!(before.lines().count(), 1 + 8, "{before}");
+    let kept = |process: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(cache(process).join("netcdf"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(kept("executor").len(), 1, "{}", cluster.executor_log());
+    assert_eq!(
+        kept("executor"),
+        kept("client"),
+        "the folder's, as its table's"
+    );
+
+    let first_day = walk_all(&data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "nc"))
+        .min()
+        .unwrap();
+    let replacement = walk_all(&later)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "nc"))
+        .unwrap();
+    std::fs::copy(replacement, first_day).unwrap();
+    let after = ask(Some(&cluster.url));
+    assert_eq!(after, ask(None));
+    assert!(
+        after.contains("2021-06-01T18:00:00Z") && !after.contains("2020-01-01T00:00:00Z"),
+        "{after}"
+    );
+}
+
 /// `uqcast run --ballista`: executors sample the steps (two at once, whole
 /// steps each); the client writes the same forecast table, step for step,
 /// as a run on one machine, and a rerun writes nothing. A

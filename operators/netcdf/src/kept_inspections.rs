@@ -209,10 +209,22 @@ impl KeptInspections {
     /// dropped) where anything changed, to a temporary beside the file and
     /// renamed over it, so a reader sees the old or the new whole. A
     /// failure only costs the next command the inspections.
-    pub fn save(mut self, paths: &[PathBuf]) {
-        let before = self.kept.len();
+    pub fn save(self, paths: &[PathBuf]) {
         let paths: HashSet<&PathBuf> = paths.iter().collect();
-        self.kept.retain(|path, _| paths.contains(path));
+        self.save_retaining(|path| paths.contains(path));
+    }
+
+    /// Writes the inspections where anything changed, as [`Self::save`],
+    /// keeping those of files not inspected this time while they exist: for
+    /// a reader of a few of a folder's files at a time (a cluster's executor,
+    /// whose other tasks read the rest).
+    pub fn save_adding(self) {
+        self.save_retaining(|path| path.exists());
+    }
+
+    fn save_retaining(mut self, keep: impl Fn(&PathBuf) -> bool) {
+        let before = self.kept.len();
+        self.kept.retain(|path, _| keep(path));
         if !self.changed && self.kept.len() == before {
             return;
         }
@@ -334,6 +346,38 @@ mod tests {
         std::fs::remove_file(&b).unwrap();
         assert_eq!(times(&open()), [0, 6]);
         assert_eq!(KeptInspections::load(&kept).kept.len(), 1);
+    }
+
+    /// Tasks that each read some of a folder's files add to its kept
+    /// inspections; a file gone is dropped.
+    #[test]
+    fn saving_what_one_task_inspected_keeps_the_other_tasks_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.nc"), dir.path().join("b.nc"));
+        write_steps(&a, 0);
+        write_steps(&b, 12);
+        let kept = dir.path().join("kept.cbor");
+        let task = |file: &Path| {
+            let mut inspections = KeptInspections::load(&kept);
+            let info = inspections.inspect(file).unwrap();
+            inspections.save_adding();
+            info
+        };
+        task(&a);
+        task(&b);
+        let both = KeptInspections::load(&kept);
+        let mut paths: Vec<_> = both.kept.keys().cloned().collect();
+        paths.sort();
+        assert_eq!(paths, [a.clone(), b.clone()]);
+        // Unchanged, a file is taken from what was kept: doctored, it shows.
+        let mut doctored = both;
+        doctored.kept.get_mut(&a).unwrap().info.times = vec![100 * HOUR];
+        doctored.changed = true;
+        doctored.save_adding();
+        assert_eq!(task(&a).times, [100 * HOUR]);
+        std::fs::remove_file(&b).unwrap();
+        task(&a);
+        assert_eq!(KeptInspections::load(&kept).kept.len(), 1, "b is gone");
     }
 
     #[test]

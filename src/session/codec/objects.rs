@@ -2,12 +2,13 @@
 //! URLs, each with the stamp it was planned with: a process on another
 //! machine has none of the planner's copies, and fetches its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use datafusion::error::{DataFusionError, Result};
 
 use uqcast_netcdf::inspect::FileInfo;
+use uqcast_netcdf::kept_inspections::KeptInspections;
 
 use super::wait;
 use crate::session::s3::{self, ObjectCopy};
@@ -89,9 +90,11 @@ pub fn inbound(files: &mut [PathBuf], objects: &Objects) -> Result<()> {
 
 /// Describes each of `files` for a scan to be rebuilt over: an object URL
 /// from the object (its header where it can be, fetched only when read;
-/// refused if changed since planning), a local file by opening it.
+/// refused if changed since planning), a local file by opening it, or from
+/// the inspections kept for its folder while the file is unchanged.
 pub fn described(files: &[PathBuf], objects: &Objects) -> Result<Vec<FileInfo>> {
-    files
+    let mut kept = KeptByFolder::default();
+    let described = files
         .iter()
         .map(|file| {
             let url = file.to_string_lossy().into_owned();
@@ -99,7 +102,7 @@ pub fn described(files: &[PathBuf], objects: &Objects) -> Result<Vec<FileInfo>> 
                 // Found as a table finds it (a missing file says so), then opened.
                 return Ok(super::blocking(|| {
                     uqcast_netcdf::catalog::expand(&url)?;
-                    FileInfo::inspect(file)
+                    kept.inspect(file)
                 })?);
             }
             let planned = ObjectCopy {
@@ -109,7 +112,39 @@ pub fn described(files: &[PathBuf], objects: &Objects) -> Result<Vec<FileInfo>> 
             wait(s3::describe_planned(&planned))?
                 .map_err(|e| DataFusionError::Execution(format!("{e:#}")))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    super::blocking(|| kept.save());
+    Ok(described)
+}
+
+/// The kept inspections of the folders a task's local files are in. A task
+/// names only the files of its steps, not the table's location, so each
+/// folder is kept as a table over that folder keeps it (the same file in
+/// the same cache), and what one task inspects the next one finds.
+#[derive(Default)]
+struct KeptByFolder(HashMap<PathBuf, Option<KeptInspections>>);
+
+impl KeptByFolder {
+    fn inspect(&mut self, file: &Path) -> uqcast_netcdf::error::Result<FileInfo> {
+        let folder = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let kept = self.0.entry(folder).or_insert_with_key(|folder| {
+            let location = folder.to_str()?;
+            crate::session::kept_inspections(location).map(|f| KeptInspections::load(&f))
+        });
+        match kept {
+            Some(kept) => kept.inspect(file),
+            None => FileInfo::inspect(file),
+        }
+    }
+
+    fn save(self) {
+        for kept in self.0.into_values().flatten() {
+            kept.save_adding();
+        }
+    }
 }
 
 /// The stamp a plan names `url` with.
