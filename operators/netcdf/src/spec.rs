@@ -221,9 +221,10 @@ impl ScanSpec {
 
 impl NetcdfExec {
     /// The scan as it travels. Its table is the files its steps are in
-    /// (the first file if none, for the grid): a distributed scheduler cuts
-    /// a scan to each task's steps before sending it, so an executor opens,
-    /// or fetches, only the files its tasks read.
+    /// (the first file if none, for the grid), not the whole table's: every
+    /// task of a distributed scan rebuilds it over all of them (each reads
+    /// only its own steps), so an executor describes the files the scan
+    /// reads, and fetches only those its tasks read.
     pub fn spec(&self) -> ScanSpec {
         let (catalog, projection, selection, slab, partitions) = self.parts();
         let mut read: Vec<usize> = partitions.iter().flatten().map(|s| s.file).collect();
