@@ -117,8 +117,8 @@ pub fn described(files: &[PathBuf], objects: &Objects) -> Result<Vec<FileInfo>> 
     Ok(described)
 }
 
-/// The kept inspections of the folders a task's local files are in. A task
-/// names only the files of its steps, not the table's location, so each
+/// The kept inspections of the folders a scan's local files are in. A
+/// travelling scan names its files, not the table's location, so each
 /// folder is kept as a table over that folder keeps it (the same file in
 /// the same cache), and what one task inspects the next one finds.
 #[derive(Default)]
