@@ -155,6 +155,9 @@ impl Written {
 pub struct KeptInspections {
     file: PathBuf,
     kept: HashMap<PathBuf, Kept>,
+    /// Files inspected since the file was read: kept anew, or (changed
+    /// while read) dropped. What [`Self::save_adding`] writes over others'.
+    inspected: HashSet<PathBuf>,
     /// Whether an inspection was made or a kept one went unused.
     changed: bool,
 }
@@ -173,6 +176,7 @@ impl KeptInspections {
         Self {
             file: file.to_path_buf(),
             kept: kept.into_iter().map(|k| (k.info.path.clone(), k)).collect(),
+            inspected: HashSet::new(),
             changed: false,
         }
     }
@@ -188,6 +192,7 @@ impl KeptInspections {
             return Ok(kept.info.clone());
         }
         self.changed = true;
+        self.inspected.insert(path.to_path_buf());
         let info = FileInfo::inspect(path)?;
         match before.filter(|&b| Identity::of(path).ok() == Some(b)) {
             Some(identity) => {
@@ -217,9 +222,30 @@ impl KeptInspections {
     /// Writes the inspections where anything changed, as [`Self::save`],
     /// keeping those of files not inspected this time while they exist: for
     /// a reader of a few of a folder's files at a time (a cluster's executor,
-    /// whose other tasks read the rest).
-    pub fn save_adding(self) {
+    /// whose other tasks read the rest). Tasks save at once: each, holding a
+    /// lock on the cache folder, reads the file again and adds to what the
+    /// others wrote since it was loaded, so no task's additions are lost.
+    pub fn save_adding(mut self) {
+        if !self.changed && self.kept.keys().all(|path| path.exists()) {
+            // Nothing inspected or gone: what was loaded is on disk already.
+            return;
+        }
+        let folder = self.file.parent().unwrap_or(Path::new("."));
+        let locked = std::fs::create_dir_all(folder)
+            .and_then(|()| std::fs::File::open(folder))
+            .and_then(|f| f.lock().map(|()| f));
+        if let Err(e) = &locked {
+            // Unlocked, a task's additions may be lost: a cost, not an error.
+            tracing::debug!("kept inspections {}: lock: {e}", self.file.display());
+        }
+        let on_disk = Self::load(&self.file).kept;
+        for (path, kept) in on_disk {
+            if !self.inspected.contains(&path) {
+                self.kept.insert(path, kept);
+            }
+        }
         self.save_retaining(|path| path.exists());
+        drop(locked);
     }
 
     fn save_retaining(mut self, keep: impl Fn(&PathBuf) -> bool) {
@@ -373,11 +399,50 @@ mod tests {
         let mut doctored = both;
         doctored.kept.get_mut(&a).unwrap().info.times = vec![100 * HOUR];
         doctored.changed = true;
-        doctored.save_adding();
+        doctored.save(&[a.clone(), b.clone()]);
         assert_eq!(task(&a).times, [100 * HOUR]);
         std::fs::remove_file(&b).unwrap();
         task(&a);
         assert_eq!(KeptInspections::load(&kept).kept.len(), 1, "b is gone");
+    }
+
+    /// Two tasks load the kept file before either saves (an executor runs
+    /// tasks side by side): the second to save adds to the first's.
+    #[test]
+    fn tasks_saving_at_once_keep_each_others_inspections() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("{i}.nc"))).collect();
+        for (i, file) in files.iter().enumerate() {
+            write_steps(file, 12 * i as i64);
+        }
+        let kept = dir.path().join("cache").join("kept.cbor");
+        let mut first = KeptInspections::load(&kept);
+        first.inspect(&files[0]).unwrap();
+        first.save_adding();
+        let (mut second, mut third) = (KeptInspections::load(&kept), KeptInspections::load(&kept));
+        second.inspect(&files[1]).unwrap();
+        third.inspect(&files[2]).unwrap();
+        // Side by side on threads: the folder's lock orders their saves.
+        let mut fourth = KeptInspections::load(&kept);
+        fourth.inspect(&files[3]).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| second.save_adding());
+            s.spawn(|| fourth.save_adding());
+        });
+        // While another holds the folder's lock, a save waits for it.
+        let folder = std::fs::File::open(kept.parent().unwrap()).unwrap();
+        folder.lock().unwrap();
+        std::thread::scope(|s| {
+            let saving = s.spawn(|| third.save_adding());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let waiting = KeptInspections::load(&kept);
+            assert!(!waiting.kept.contains_key(&files[2]), "saved under a lock");
+            folder.unlock().unwrap();
+            saving.join().unwrap();
+        });
+        let mut paths: Vec<_> = KeptInspections::load(&kept).kept.into_keys().collect();
+        paths.sort();
+        assert_eq!(paths, files);
     }
 
     #[test]
