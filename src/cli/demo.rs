@@ -13,15 +13,18 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::SessionContext;
 
 use super::eval::{render, science};
 use super::output::{Format, print};
 use super::synth::{SynthArgs, generate};
 use crate::job::{RunOptions, describe, run as run_job};
 use crate::pipeline::Pipeline;
-use crate::session::context_with_table;
+use crate::session::{context_with_table, f64_column};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -59,10 +62,18 @@ SELECT valid_time,
        count(*) FILTER (WHERE flagged)                        AS flagged_tiles,
        count(*)                                               AS tiles,
        round(max(max_eu), 3)                                  AS max_eu_k2,
-       max(CASE WHEN flagged THEN concat(CAST(tile_lat AS VARCHAR), 'N ', CAST(tile_lon AS VARCHAR), 'E') END) AS a_flagged_tile
+       first_value(concat(CAST(tile_lat AS VARCHAR), 'N ', CAST(tile_lon AS VARCHAR), 'E')
+                   ORDER BY max_eu DESC) FILTER (WHERE flagged) AS top_flagged_tile
 FROM flags
 GROUP BY valid_time
 ORDER BY valid_time";
+
+/// The out-of-distribution input: a disk 30 K too hot, 6° in radius
+/// around 45N 260E, pasted into one step's input.
+const OOD_INPUT: &str = "2020-01-03T12:00Z";
+const OOD_DISK: (f64, f64, f64, f64) = (45.0, 260.0, 6.0, 30.0);
+/// The forecast made from it (the input + the shipped model's 6 hours).
+const OOD_FORECAST: &str = "2020-01-03T18:00Z";
 
 fn unpack(root: &Path) -> Result<PathBuf> {
     for (name, bytes) in EMBEDDED {
@@ -78,7 +89,8 @@ fn unpack(root: &Path) -> Result<PathBuf> {
 pub async fn run(args: DemoArgs) -> Result<()> {
     super::output::make_dir(&args.out, "--out")?;
     let data = args.out.join("era5");
-    let ood = vec!["disk:2020-01-03T12:00Z,45,260,6,30".to_string()];
+    let (lat, lon, radius, delta) = OOD_DISK;
+    let ood = vec![format!("disk:{OOD_INPUT},{lat},{lon},{radius},{delta}")];
     let report = generate(&SynthArgs::new(
         data.clone(),
         "2020-01-01T00:00Z",
@@ -132,6 +144,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?;
     let ctx = context_with_table("flags", output.join("flags").display().to_string()).await?;
     print(ctx.sql(FLAGGED_SQL).await?, Format::Table).await?;
+    writeln!(super::output::stdout(), "{}", ood_finding(&ctx).await?)?;
 
     let science_report = science(&output, &data).await?;
     writeln!(
@@ -145,7 +158,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut written = Vec::new();
     for (time, name) in [
         ("2020-01-02T12:00Z", "t2m_20200102T1200.png"),
-        ("2020-01-03T18:00Z", "t2m_20200103T1800_ood.png"),
+        (OOD_FORECAST, "t2m_20200103T1800_ood.png"),
     ] {
         let png = maps.join(name);
         super::plot::draw(&output, crate::time::parse_utc(time).context("time")?, &png).await?;
@@ -171,5 +184,59 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "Query it: uqcast sql \"SELECT valid_time, avg(t2m_eu) FROM f GROUP BY 1 ORDER BY 1\" --table f={}",
         output.join("forecast").display()
     )?;
+    drop(out);
+    let missed = science_report.missed();
+    if !missed.is_empty() {
+        bail!(
+            "the demo's forecast (in {}) missed its targets against the synthetic ground \
+             truth: {}",
+            output.display(),
+            missed.join("; ")
+        );
+    }
     Ok(())
+}
+
+/// Where EU peaks in the forecast made from the OOD input, against the
+/// highest peak of every other step, in words.
+async fn ood_finding(ctx: &SessionContext) -> Result<String> {
+    let forecast = crate::time::parse_utc(OOD_FORECAST).context("OOD_FORECAST")? / 1_000_000;
+    let sql = format!(
+        "SELECT to_unixtime(valid_time) = {forecast} AS ood_step,
+                count(DISTINCT valid_time) AS steps,
+                max(max_eu) AS peak,
+                first_value(concat(CAST(tile_lat AS VARCHAR), 'N ', CAST(tile_lon AS VARCHAR), 'E')
+                            ORDER BY max_eu DESC) AS tile
+         FROM flags GROUP BY 1"
+    );
+    let (mut ood, mut others) = (None, None);
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let is_ood = batch.column(0).as_boolean();
+        let steps = f64_column(&batch, "steps")?;
+        let peak = f64_column(&batch, "peak")?;
+        let tile = datafusion::arrow::compute::cast(batch.column(3), &DataType::Utf8)?;
+        let tile = tile.as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let found = (
+                steps[row].unwrap_or(0.0),
+                peak[row].unwrap_or(f64::NAN),
+                tile.value(row).to_string(),
+            );
+            match is_ood.value(row) {
+                true => ood = Some(found),
+                false => others = Some(found),
+            }
+        }
+    }
+    let (Some((_, peak, tile)), Some((steps, other_peak, _))) = (ood, others) else {
+        bail!("the flags table lacks the step valid at {OOD_FORECAST} or every other");
+    };
+    let (lat, lon, radius, delta) = OOD_DISK;
+    Ok(format!(
+        "The disk {delta} K too hot ({radius}° in radius around {lat}N {lon}E) pasted into the \
+         input of {OOD_INPUT} stands out in the forecast valid at {OOD_FORECAST}: EU peaks at \
+         {peak:.3} K² (tile {tile}), {:.1}× the highest of the other {steps} steps \
+         ({other_peak:.3} K²).",
+        peak / other_peak
+    ))
 }

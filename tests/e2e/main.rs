@@ -4,6 +4,7 @@
 
 mod cluster;
 mod default_pipeline;
+mod demo;
 mod errors;
 mod eval;
 mod flags;

@@ -1,0 +1,88 @@
+//! `uqcast demo`, the README's first command: the embedded pipeline and
+//! shipped model run end to end on synthetic data, find the hot disk pasted
+//! into one input, and meet the science targets; run again, it is a no-op.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::{stderr, stdout};
+
+fn demo(out: &Path, cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .args(["demo", "--out", out.to_str().unwrap()])
+        .env("UQCAST_CACHE_DIR", cache)
+        .output()
+        .expect("run uqcast demo")
+}
+
+/// The tile, EU peak and ratio of the demo's OOD sentence: "EU peaks at
+/// 0.345 K² (tile 45.0N 265.0E), 6.9× the highest …".
+fn ood_peak(said: &str) -> (f64, f64, f64, f64) {
+    let line = said
+        .lines()
+        .find(|l| l.contains("stands out in the forecast valid at 2020-01-03T18:00Z"))
+        .unwrap_or_else(|| panic!("no OOD sentence in {said}"));
+    let after = |key: &str| {
+        line.split(key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key}: {line}"))
+    };
+    let number = |s: &str, end: char| s.split(end).next().unwrap().trim().parse::<f64>().unwrap();
+    let peak = number(after("EU peaks at "), 'K');
+    let tile = after("(tile ");
+    let lat = number(tile, 'N');
+    let lon = number(tile.split("N ").nth(1).unwrap(), 'E');
+    let ratio = number(after("), "), '×');
+    (peak, lat, lon, ratio)
+}
+
+#[test]
+fn demo_runs_the_embedded_job_finds_the_ood_disk_and_meets_its_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("demo"), dir.path().join("cache"));
+    let o = demo(&out, &cache);
+    assert!(o.status.success(), "demo: {}\n{}", stderr(&o), stdout(&o));
+    let said = stdout(&o);
+    assert!(said.contains("uqcast run: ok new_steps=12 "), "{said}");
+    // The disk (6° around 45N 260E) is where EU peaks, far above every other step.
+    let (peak, lat, lon, ratio) = ood_peak(&said);
+    assert!(
+        (40.0..=50.0).contains(&lat) && (250.0..=265.0).contains(&lon),
+        "{said}"
+    );
+    assert!(
+        peak > 0.1 && ratio > 3.0,
+        "EU peak {peak} K², {ratio}× the others: {said}"
+    );
+    for target in [
+        "(target ≥ 0.8: met)",
+        "(target ≥ 0.9: met)",
+        "vs persistence",
+    ] {
+        assert!(said.contains(target), "{target}: {said}");
+    }
+    assert!(!said.contains("not met"), "{said}");
+    for map in ["t2m_20200102T1200.png", "t2m_20200103T1800_ood.png"] {
+        let png = std::fs::read(out.join("maps").join(map)).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{map} is not a PNG");
+    }
+    let rows = crate::sql_csv(
+        &format!("f={}", out.join("output/forecast").display()),
+        "SELECT count(*) AS n, count(DISTINCT valid_time) AS steps FROM f",
+    );
+    assert_eq!(rows.trim(), format!("n,steps\n{},12", 12 * 77 * 135));
+
+    // The README's command twice: the same data, nothing new to forecast.
+    let again = demo(&out, &cache);
+    assert!(again.status.success(), "again: {}", stderr(&again));
+    let said_again = stdout(&again);
+    assert!(
+        said_again.contains("new_steps=0 existing_steps=12 "),
+        "{said_again}"
+    );
+    assert_eq!(
+        ood_peak(&said_again),
+        ood_peak(&said),
+        "the same forecast, read again"
+    );
+}
