@@ -163,14 +163,17 @@ pub struct Flags {
     pub per_step: bool,
 }
 
-/// Which cells count as high-EU.
+/// Which cells count as high-EU: EU above a quantile of the step's cells,
+/// above a fixed number of K², or, both given, above the greater of the two
+/// (high for the step and high in kelvin: a step where the model knows
+/// everything well flags nothing).
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Threshold {
-    /// EU above this many K².
-    Absolute(f64),
-    /// EU above this quantile (0..1) of the step's cells.
-    Percentile(f64),
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// This quantile (0..1) of the step's cells' EU.
+    pub percentile: Option<f64>,
+    /// This many K².
+    pub absolute: Option<f64>,
 }
 
 impl Pipeline {
@@ -253,14 +256,22 @@ impl Pipeline {
         if !(0.0..=1.0).contains(&self.flags.min_fraction) {
             bad("flags.min_fraction", "must be within 0..1")?;
         }
-        match self.flags.eu_threshold {
-            Threshold::Percentile(q) if !(0.0..=1.0).contains(&q) => {
-                bad("flags.eu_threshold.percentile", "must be within 0..1")?
-            }
-            Threshold::Absolute(k) if k.is_nan() || k < 0.0 => {
-                bad("flags.eu_threshold.absolute", "must be ≥ 0 K²")?
-            }
-            _ => {}
+        let Threshold {
+            percentile,
+            absolute,
+        } = self.flags.eu_threshold;
+        if percentile.is_none() && absolute.is_none() {
+            bad(
+                "flags.eu_threshold",
+                "give percentile (a quantile of each step's cells, 0..1), absolute (K²), or \
+                 both (EU above the greater of the two)",
+            )?;
+        }
+        if percentile.is_some_and(|q| !(0.0..=1.0).contains(&q)) {
+            bad("flags.eu_threshold.percentile", "must be within 0..1")?;
+        }
+        if absolute.is_some_and(|k| k.is_nan() || k < 0.0) {
+            bad("flags.eu_threshold.absolute", "must be ≥ 0 K²")?;
         }
         if self.train.iterations == 0 {
             bad("train.iterations", "must be at least 1")?;

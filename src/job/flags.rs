@@ -44,13 +44,8 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
         )
     })?;
     let f = &pipeline.flags;
-    let threshold = match f.eu_threshold {
-        Threshold::Absolute(k) => format!("{k:?}"),
-        // Exact, so a step's threshold does not depend on how its rows
-        // were batched (the t-digest of approx_percentile_cont did, by a few
-        // parts in a thousand), whether it is flagged alone or in a table.
-        Threshold::Percentile(q) => format!("percentile_cont(t2m_eu, {q:?})"),
-    };
+    let threshold = threshold_sql(&f.eu_threshold)
+        .with_context(|| format!("pipeline {}: flags.eu_threshold", pipeline.file.display()))?;
     let sql = template
         .replace("{{tile_degrees}}", &format!("{:?}", f.tile_degrees))
         .replace("{{eu_threshold}}", &threshold)
@@ -63,6 +58,23 @@ pub fn render(pipeline: &Pipeline) -> Result<FlagsQuery> {
         );
     }
     Ok(FlagsQuery { sql, file: path })
+}
+
+/// The SQL expression of a step's EU threshold (`{{eu_threshold}}`): an
+/// aggregate over the step's cells where a percentile is given.
+pub fn threshold_sql(threshold: &Threshold) -> Result<String> {
+    // Exact, so a step's threshold does not depend on how its rows were
+    // batched (the t-digest of approx_percentile_cont did, by a few parts
+    // in a thousand), whether it is flagged alone or in a table.
+    let percentile = threshold
+        .percentile
+        .map(|q| format!("percentile_cont(t2m_eu, {q:?})"));
+    let absolute = threshold.absolute.map(|k| format!("{k:?}"));
+    Ok(match (percentile, absolute) {
+        (Some(p), Some(a)) => format!("greatest({p}, {a})"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => bail!("neither a percentile nor an absolute threshold"),
+    })
 }
 
 /// What identifies the flags a query makes: the SHA-256 of its text with

@@ -110,16 +110,90 @@ mod tests {
 
     /// The shipped template with the shipped pipeline's settings.
     fn shipped() -> FlagsQuery {
+        with_threshold("percentile_cont(t2m_eu, 0.95)")
+    }
+
+    /// The shipped template with the shipped tiles and `threshold`.
+    fn with_threshold(threshold: &str) -> FlagsQuery {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/flag_high_eu.sql");
         let sql = std::fs::read_to_string(path)
             .unwrap()
             .replace("{{tile_degrees}}", "5.0")
-            .replace("{{eu_threshold}}", "percentile_cont(t2m_eu, 0.95)")
+            .replace("{{eu_threshold}}", threshold)
             .replace("{{min_fraction}}", "0.5");
         FlagsQuery {
             sql,
             file: path.into(),
         }
+    }
+
+    /// Per valid time of the probe (EU up to 0.01 K², then up to 1 K²): its
+    /// threshold (one for all its tiles) and its flagged tiles.
+    async fn thresholds_and_flagged(query: &FlagsQuery) -> Vec<(f64, f64)> {
+        let steps = [
+            probe_step(FIRST, 0.01).unwrap(),
+            probe_step(SECOND, 1.0).unwrap(),
+        ];
+        let table = MemTable::try_new(table_schema(), vec![steps.to_vec()]).unwrap();
+        let ctx = crate::session::new_context();
+        ctx.register_table("forecast", Arc::new(table)).unwrap();
+        let sql = format!(
+            "SELECT valid_time, min(eu_threshold) AS low, max(eu_threshold) AS high, \
+             count(*) FILTER (WHERE flagged) AS flagged \
+             FROM ({}) AS flags GROUP BY valid_time ORDER BY valid_time",
+            query.sql.trim().trim_end_matches(';')
+        );
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let column = |name| crate::session::f64_column(b, name).unwrap();
+            let (low, high, flagged) = (column("low"), column("high"), column("flagged"));
+            for row in 0..b.num_rows() {
+                assert_eq!(low[row], high[row], "one threshold a step");
+                rows.push((high[row].unwrap(), flagged[row].unwrap()));
+            }
+        }
+        rows
+    }
+
+    /// Both a percentile and an absolute threshold: the greater of the two,
+    /// so the step whose EU is all small flags nothing, and the other step
+    /// is flagged as by its percentile alone. Still per step.
+    #[tokio::test]
+    async fn a_percentile_with_an_absolute_floor_flags_only_high_eu() {
+        let threshold = |percentile, absolute| {
+            let t = crate::pipeline::Threshold {
+                percentile,
+                absolute,
+            };
+            super::super::flags::threshold_sql(&t).unwrap()
+        };
+        // The median, so that half of a tile's cells above it is common.
+        let both = with_threshold(&threshold(Some(0.5), Some(0.05)));
+        assert!(
+            both.sql
+                .contains("greatest(percentile_cont(t2m_eu, 0.5), 0.05)")
+        );
+        let alone = thresholds_and_flagged(&with_threshold(&threshold(Some(0.5), None))).await;
+        let floored = thresholds_and_flagged(&both).await;
+        // The probe's EU is a permutation of scale × k / 144, k = 0..143 (in
+        // f32): its median interpolates half way along, at k = 71.5.
+        let median = |scale: f64| scale * 71.5 / 144.0;
+        let near = |got: f64, want: f64| (got - want).abs() <= 1e-6 * want;
+        assert!(near(alone[0].0, median(0.01)), "{alone:?}");
+        assert!(
+            alone[0].1 > 0.0 && alone[1].1 > 0.0,
+            "a percentile alone flags every step: {alone:?}"
+        );
+        assert_eq!(floored[0], (0.05, 0.0), "EU below 0.01 K² everywhere");
+        assert!(near(floored[1].0, median(1.0)), "{floored:?}");
+        assert_eq!(
+            floored[1], alone[1],
+            "above the floor, the percentile decides"
+        );
+        check(&both).await.unwrap();
+        let absolute = with_threshold(&threshold(None, Some(0.05)));
+        assert_eq!(thresholds_and_flagged(&absolute).await[0], (0.05, 0.0));
     }
 
     #[tokio::test]

@@ -544,6 +544,19 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "samples = 1000000000",
         "inference.samples",
     );
+    // A flags threshold that names neither kind, or a floor below zero.
+    edited_fails(
+        "no-threshold.toml",
+        "eu_threshold = { percentile = 0.9 }",
+        "eu_threshold = {}",
+        "flags.eu_threshold: give percentile",
+    );
+    edited_fails(
+        "negative-floor.toml",
+        "eu_threshold = { percentile = 0.9 }",
+        "eu_threshold = { percentile = 0.9, absolute = -0.1 }",
+        "flags.eu_threshold.absolute: must be ≥ 0 K²",
+    );
     // More weight draws than a forecast may take (a mistyped count).
     edited_fails(
         "many-members.toml",
