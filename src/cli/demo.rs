@@ -144,7 +144,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?;
     let ctx = context_with_table("flags", output.join("flags").display().to_string()).await?;
     print(ctx.sql(FLAGGED_SQL).await?, Format::Table).await?;
-    writeln!(super::output::stdout(), "{}", ood_finding(&ctx).await?)?;
+    let finding = ood_finding(&ctx)
+        .await
+        .with_context(|| format!("{}", output.join("flags").display()))?;
+    writeln!(super::output::stdout(), "{finding}")?;
 
     let science_report = science(&output, &data).await?;
     writeln!(
@@ -229,7 +232,7 @@ async fn ood_finding(ctx: &SessionContext) -> Result<String> {
         }
     }
     let (Some((_, peak, tile)), Some((steps, other_peak, _))) = (ood, others) else {
-        bail!("the flags table lacks the step valid at {OOD_FORECAST} or every other");
+        bail!("no flags for the step valid at {OOD_FORECAST}, or for no other step");
     };
     let (lat, lon, radius, delta) = OOD_DISK;
     Ok(format!(
