@@ -232,7 +232,7 @@ async fn ood_finding(ctx: &SessionContext) -> Result<String> {
         }
     }
     let (Some((_, peak, tile)), Some((steps, other_peak, _))) = (ood, others) else {
-        bail!("no flags for the step valid at {OOD_FORECAST}, or for no other step");
+        bail!("no flags for the step valid at {OOD_FORECAST}, or none for any other step");
     };
     let (lat, lon, radius, delta) = OOD_DISK;
     Ok(format!(
