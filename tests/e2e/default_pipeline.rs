@@ -163,6 +163,10 @@ fn shipped_queries_answer(out: &Path, data: &Path) {
     );
     assert_eq!(regions[0]["steps"], 2, "{regions:?}");
 
+    // Two steps: neither can peak at three times the median of the two.
+    let outliers = run("eu_outlier_steps.sql", &[("flags", &flags)]);
+    assert!(outliers.is_empty(), "{outliers:?}");
+
     let months = run("uncertainty_by_month.sql", &[("forecast", &forecast)]);
     assert_eq!(months.len(), 1, "{months:?}");
     let month = &months[0];

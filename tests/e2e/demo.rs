@@ -71,6 +71,25 @@ fn demo_runs_the_embedded_job_finds_the_ood_disk_and_meets_its_targets() {
         "SELECT count(*) AS n, count(DISTINCT valid_time) AS steps FROM f",
     );
     assert_eq!(rows.trim(), format!("n,steps\n{},12", 12 * 77 * 135));
+    // The shipped query for steps whose EU peaks far above the usual finds
+    // that one step alone.
+    let o = crate::uqcast(&[
+        "sql",
+        "--file",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/queries/eu_outlier_steps.sql"),
+        "--table",
+        &format!("flags={}", out.join("output/flags").display()),
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "eu_outlier_steps.sql: {}", stderr(&o));
+    let found = stdout(&o);
+    let outliers: Vec<&str> = found.lines().skip(1).collect();
+    assert_eq!(outliers.len(), 1, "{outliers:?}");
+    assert!(
+        outliers[0].starts_with("2020-01-03T18:00:00Z,45.0,265.0,"),
+        "{outliers:?}"
+    );
 
     // The README's command twice: the same data, nothing new to forecast.
     let again = demo(&out, &cache);

@@ -1,0 +1,26 @@
+-- Forecast steps whose epistemic uncertainty peaks far above the usual:
+-- inputs unlike anything the model learned from (a damaged or implausible
+-- field, a regime it never saw), to check before trusting their forecast.
+-- Per valid time, the highest EU of any cell, the tile it is in, and its
+-- ratio to the median step's peak; the steps at 3 times or more, worst first.
+-- Table: flags (a run's flags/ folder).
+--   uqcast sql -f queries/eu_outlier_steps.sql --table flags=out/era5_t2m_6h/flags
+WITH peaks AS (
+    SELECT valid_time,
+           max(max_eu)                                AS peak_eu_k2,
+           first_value(tile_lat ORDER BY max_eu DESC) AS tile_lat,
+           first_value(tile_lon ORDER BY max_eu DESC) AS tile_lon
+    FROM flags
+    GROUP BY valid_time
+),
+usual AS (
+    SELECT median(peak_eu_k2) AS median_peak_eu_k2 FROM peaks
+)
+SELECT valid_time,
+       tile_lat,
+       tile_lon,
+       peak_eu_k2,
+       peak_eu_k2 / median_peak_eu_k2 AS times_median
+FROM peaks CROSS JOIN usual
+WHERE peak_eu_k2 >= 3 * median_peak_eu_k2
+ORDER BY times_median DESC;
