@@ -3,7 +3,8 @@
 -- field, a regime it never saw), to check before trusting their forecast.
 -- Per valid time, the highest EU of any cell, the tile it is in, and its
 -- ratio to the median step's peak; the steps at 3 times or more, worst first.
--- Table: flags (a run's flags/ folder).
+-- `uqcast run` warns of each step it writes that this lists, once the table
+-- holds 8 steps or more. Table: flags (a run's flags/ folder).
 --   uqcast sql -f queries/eu_outlier_steps.sql --table flags=out/era5_t2m_6h/flags
 WITH peaks AS (
     SELECT valid_time,
@@ -14,13 +15,15 @@ WITH peaks AS (
     GROUP BY valid_time
 ),
 usual AS (
-    SELECT median(peak_eu_k2) AS median_peak_eu_k2 FROM peaks
+    SELECT median(peak_eu_k2) AS median_peak_eu_k2, count(*) AS steps FROM peaks
 )
 SELECT valid_time,
        tile_lat,
        tile_lon,
        peak_eu_k2,
-       peak_eu_k2 / median_peak_eu_k2 AS times_median
+       peak_eu_k2 / median_peak_eu_k2 AS times_median,
+       median_peak_eu_k2,
+       steps
 FROM peaks CROSS JOIN usual
 WHERE peak_eu_k2 >= 3 * median_peak_eu_k2
 ORDER BY times_median DESC;

@@ -12,6 +12,7 @@
 //! the flags are made where they need making ([`flags_refresh`]).
 
 pub mod empty_source;
+pub mod eu_outliers;
 pub mod flags;
 pub mod flags_incremental;
 pub mod flags_months;
@@ -54,6 +55,9 @@ pub struct Summary {
     pub revised_steps: usize,
     pub tiles: usize,
     pub flagged: usize,
+    /// Steps written whose EU peaks far above the table's usual peak
+    /// ([`eu_outliers`]); each is also warned of.
+    pub eu_outliers: usize,
     /// Where this process forecast (`cpu`, `cuda:0`): said, so that a
     /// `cuda` build whose GPU is not visible does not fall back to the CPU
     /// unnoticed. None on a cluster, whose executors choose their own.
@@ -267,6 +271,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
         let steps: BTreeSet<i64> = existing.iter().copied().chain(written.clone()).collect();
         flagging.refresh(&steps, &written, &mut summary).await?;
+        warn_of_eu_outliers(&output, &written, &mut summary).await;
         let written_inits = written.iter().map(|t| t - lead).collect();
         let limited = options.since.is_some() || options.until.is_some();
         let steps = (&forecast, &rechecked, &written_inits);
@@ -282,6 +287,21 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .await;
     result?;
     Ok(summary)
+}
+
+/// Warns of each step just written whose EU peaks far above the usual. The
+/// forecasts and flags are written whatever it finds, so a check that
+/// cannot run is a warning too, not a failed run.
+async fn warn_of_eu_outliers(output: &Output, written: &BTreeSet<i64>, summary: &mut Summary) {
+    match eu_outliers::among(output, written).await {
+        Ok(found) => {
+            for outlier in &found {
+                eprintln!("warning: {outlier}");
+            }
+            summary.eu_outliers = found.len();
+        }
+        Err(e) => eprintln!("warning: the steps written were not checked for EU outliers: {e:#}"),
+    }
 }
 
 /// `DIR/TABLE` of the run output `dir` (`forecast` or `flags`), or an error
@@ -417,12 +437,14 @@ pub fn describe(summary: &Summary, out: &Path) -> String {
         .map(|d| format!("device={d} "))
         .unwrap_or_default();
     format!(
-        "new_steps={} existing_steps={} revised_steps={} tiles={} flagged_tiles={} {device}output={}",
+        "new_steps={} existing_steps={} revised_steps={} tiles={} flagged_tiles={} eu_outliers={} \
+         {device}output={}",
         summary.new_steps,
         summary.existing_steps,
         summary.revised_steps,
         summary.tiles,
         summary.flagged,
+        summary.eu_outliers,
         out.display()
     )
 }

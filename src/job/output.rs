@@ -118,6 +118,26 @@ impl Output {
         Ok((ctx, table))
     }
 
+    /// A session whose table `name` is the flags table (the contract's
+    /// columns and the `year`/`month` partitions).
+    pub async fn flags_session(&self, name: &str) -> Result<SessionContext> {
+        let ctx = crate::session::new_context_listing_prefixes()?;
+        let location = self.flags_file_location("");
+        if let Self::S3(store) = self {
+            store.register_in(&ctx)?;
+        }
+        let partitions =
+            ["year", "month"].map(|c| (c.to_string(), crate::session::partition_type()));
+        let schema = flags::flags_schema()?;
+        let options = ParquetReadOptions::default()
+            .schema(&schema)
+            .table_partition_cols(partitions.to_vec());
+        ctx.register_parquet(name, &location, options)
+            .await
+            .with_context(|| format!("table '{name}': {location}"))?;
+        Ok(ctx)
+    }
+
     /// The flags file `file` (a path below the flags folder:
     /// [`flags_months::file_of`] a month), for a query session.
     pub fn flags_file_location(&self, file: &str) -> String {

@@ -44,6 +44,15 @@ fn demo_runs_the_embedded_job_finds_the_ood_disk_and_meets_its_targets() {
     assert!(o.status.success(), "demo: {}\n{}", stderr(&o), stdout(&o));
     let said = stdout(&o);
     assert!(said.contains("uqcast run: ok new_steps=12 "), "{said}");
+    // The run itself warns of that step, as the shipped query finds it.
+    assert!(said.contains(" eu_outliers=1 "), "{said}");
+    let warned = stderr(&o);
+    assert_eq!(warned.matches("warning: ").count(), 1, "{warned}");
+    assert!(
+        warned.contains("warning: forecast valid at 2020-01-03T18:00Z: EU peaks at ")
+            && warned.contains(" K² (tile 45N 265E), "),
+        "{warned}"
+    );
     // The disk (6° around 45N 260E) is where EU peaks, far above every other step.
     let (peak, lat, lon, ratio) = ood_peak(&said);
     assert!(
@@ -98,6 +107,10 @@ fn demo_runs_the_embedded_job_finds_the_ood_disk_and_meets_its_targets() {
     assert!(
         said_again.contains("new_steps=0 existing_steps=12 "),
         "{said_again}"
+    );
+    assert!(
+        said_again.contains(" eu_outliers=0 "),
+        "nothing written, nothing warned of"
     );
     assert_eq!(
         ood_peak(&said_again),

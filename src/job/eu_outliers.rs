@@ -1,0 +1,212 @@
+//! Steps a run wrote whose EU peaks far above the table's usual peak: an
+//! input unlike anything the model learned from (a damaged or implausible
+//! field, a regime it never saw). A scheduled job's log is where its
+//! operator looks, so the run warns of each, as the shipped analysts' query
+//! `queries/eu_outlier_steps.sql` finds them (the same SQL, over the flags
+//! table the run just refreshed).
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
+
+use super::output::Output;
+use crate::session::f64_column;
+
+/// The shipped query: steps whose EU peaks at 3× the median step's or more.
+const QUERY: &str = include_str!("../../queries/eu_outlier_steps.sql");
+
+/// Below this many steps in the table a median peak says too little.
+pub const MIN_STEPS: u64 = 8;
+
+/// One step whose EU peaks far above the usual.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// Valid time, UTC microseconds.
+    pub valid_time: i64,
+    pub tile_lat: f64,
+    pub tile_lon: f64,
+    /// K².
+    pub peak_eu: f64,
+    pub median_peak_eu: f64,
+    pub times_median: f64,
+}
+
+impl std::fmt::Display for Outlier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forecast valid at {}: EU peaks at {:.3} K² (tile {}N {}E), {:.1}× the median \
+             step's peak ({:.3} K²): its input may be damaged, or unlike the data the model \
+             learned from",
+            uqcast_forecast::error::iso(self.valid_time),
+            self.peak_eu,
+            self.tile_lat,
+            self.tile_lon,
+            self.times_median,
+            self.median_peak_eu
+        )
+    }
+}
+
+/// The steps of `written` (valid times) that the shipped query lists over
+/// `output`'s flags table, once it holds [`MIN_STEPS`] steps.
+pub async fn among(output: &Output, written: &BTreeSet<i64>) -> Result<Vec<Outlier>> {
+    if written.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = output.flags_session("flags").await?;
+    let batches = ctx
+        .sql(QUERY)
+        .await?
+        .collect()
+        .await
+        .context("queries/eu_outlier_steps.sql over the flags table")?;
+    let mut found = Vec::new();
+    for batch in &batches {
+        for outlier in outliers(batch)? {
+            if written.contains(&outlier.0.valid_time) && outlier.1 >= MIN_STEPS {
+                found.push(outlier.0);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The query's rows, each with the table's step count.
+fn outliers(batch: &RecordBatch) -> Result<Vec<(Outlier, u64)>> {
+    let times = batch
+        .column_by_name("valid_time")
+        .context("column valid_time")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .context("valid_time is not a timestamp")?;
+    let column = |name| f64_column(batch, name);
+    let (lat, lon, peak) = (
+        column("tile_lat")?,
+        column("tile_lon")?,
+        column("peak_eu_k2")?,
+    );
+    let (median, times_median) = (column("median_peak_eu_k2")?, column("times_median")?);
+    let steps = column("steps")?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let outlier = Outlier {
+                valid_time: times.value(i),
+                tile_lat: lat[i].unwrap_or(f64::NAN),
+                tile_lon: lon[i].unwrap_or(f64::NAN),
+                peak_eu: peak[i].unwrap_or(f64::NAN),
+                median_peak_eu: median[i].unwrap_or(f64::NAN),
+                times_median: times_median[i].unwrap_or(f64::NAN),
+            };
+            (outlier, steps[i].unwrap_or(0.0) as u64)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, TimestampMicrosecondArray,
+    };
+
+    use super::*;
+    use crate::job::flags::{Flags, flags_schema};
+    use crate::job::flags_months::month_of;
+    use crate::job::store::Provenance;
+
+    const HOUR: i64 = 3_600_000_000;
+    /// 2020-01-01T00:00Z.
+    const START: i64 = 1_577_836_800_000_000;
+
+    /// Flags of `peaks.len()` 6-hourly steps, two tiles each, the second
+    /// tile (45N 265E) peaking at the step's EU.
+    fn flags(peaks: &[f64]) -> RecordBatch {
+        let n = peaks.len() * 2;
+        let times: Vec<i64> = (0..n).map(|i| START + 6 * HOUR * (i / 2) as i64).collect();
+        let max_eu: Vec<f64> = (0..n)
+            .map(|i| if i % 2 == 1 { peaks[i / 2] } else { 0.001 })
+            .collect();
+        let lat: Vec<f64> = (0..n)
+            .map(|i| if i % 2 == 1 { 45.0 } else { 10.0 })
+            .collect();
+        let lon: Vec<f64> = (0..n)
+            .map(|i| if i % 2 == 1 { 265.0 } else { 200.0 })
+            .collect();
+        let floats = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+        let columns = vec![
+            Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC")) as ArrayRef,
+            floats(lat),
+            floats(lon),
+            Arc::new(Int64Array::from(vec![25; n])),
+            floats(max_eu.iter().map(|e| e / 2.0).collect()),
+            floats(max_eu),
+            floats(vec![0.0; n]),
+            floats(vec![1.0; n]),
+            Arc::new(BooleanArray::from(vec![false; n])),
+        ];
+        RecordBatch::try_new(flags_schema().unwrap(), columns).unwrap()
+    }
+
+    async fn output_with(peaks: &[f64]) -> (tempfile::TempDir, Output) {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output::open(&dir.path().join("out")).await.unwrap();
+        let batch = flags(peaks);
+        let flags = Flags {
+            tiles: batch.num_rows(),
+            batches: vec![batch],
+            flagged: 0,
+        };
+        let month = month_of(START).unwrap();
+        output
+            .write_flags(&month, &flags, &Provenance::new())
+            .await
+            .unwrap();
+        (dir, output)
+    }
+
+    fn step(k: i64) -> i64 {
+        START + 6 * HOUR * k
+    }
+
+    /// A step at 3× the median peak or more is found if this run wrote it,
+    /// and only once the table holds enough steps to have a usual peak.
+    #[tokio::test]
+    async fn a_written_step_peaking_far_above_the_median_is_found() {
+        // Eight steps peaking at 0.02-0.05 K², the sixth at 0.3 (median 0.03).
+        let peaks = [0.02, 0.03, 0.03, 0.05, 0.03, 0.3, 0.02, 0.04];
+        let (_dir, output) = output_with(&peaks).await;
+        let written: BTreeSet<i64> = (0..8).map(step).collect();
+        let found = among(&output, &written).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let outlier = &found[0];
+        assert_eq!(outlier.valid_time, step(5));
+        assert_eq!((outlier.tile_lat, outlier.tile_lon), (45.0, 265.0));
+        assert!((outlier.median_peak_eu - 0.03).abs() < 1e-12, "{outlier:?}");
+        assert!((outlier.times_median - 10.0).abs() < 1e-9, "{outlier:?}");
+        let said = outlier.to_string();
+        assert!(
+            said.starts_with(
+                "forecast valid at 2020-01-02T06:00Z: EU peaks at 0.300 K² (tile 45N 265E), 10.0×"
+            ),
+            "{said}"
+        );
+        // Not written by this run: not warned of again.
+        let others: BTreeSet<i64> = (0..5).map(step).collect();
+        assert!(among(&output, &others).await.unwrap().is_empty());
+        // Just above 3× counts; 2.9× does not.
+        let mut edge = peaks;
+        edge[5] = 0.0901;
+        let (_dir, output) = output_with(&edge).await;
+        assert_eq!(among(&output, &written).await.unwrap().len(), 1);
+        edge[5] = 0.087;
+        let (_dir, output) = output_with(&edge).await;
+        assert!(among(&output, &written).await.unwrap().is_empty());
+        // Seven steps: too few for a usual peak.
+        let (_dir, output) = output_with(&peaks[..7]).await;
+        let seven: BTreeSet<i64> = (0..7).map(step).collect();
+        assert!(among(&output, &seven).await.unwrap().is_empty());
+    }
+}
