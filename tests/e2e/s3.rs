@@ -371,6 +371,9 @@ fn s3_tables_and_runs_read_as_local_files_do() {
         args.extend_from_slice(extra);
         let o = uq(&args);
         assert!(o.status.success(), "{}", stderr(&o));
+        // The steps written are checked for EU outliers over the bucket's flags.
+        let err = stderr(&o);
+        assert!(!err.contains("not checked for EU outliers"), "{err}");
         stdout(&o)
     };
     let first = to_bucket(&["--until", "2020-01-01T18:00Z"]);
