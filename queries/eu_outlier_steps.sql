@@ -2,7 +2,8 @@
 -- inputs unlike anything the model learned from (a damaged or implausible
 -- field, a regime it never saw), to check before trusting their forecast.
 -- Per valid time, the highest EU of any cell, the tile it is in, and its
--- ratio to the median step's peak; the steps at 3 times or more, worst first.
+-- ratio to the median step's peak; the steps at 3 times or more (and above
+-- zero: a model whose members agree everywhere has no outliers), worst first.
 -- `uqcast run` warns of each step it writes that this lists, once the table
 -- holds 8 steps or more. Table: flags (a run's flags/ folder).
 --   uqcast sql -f queries/eu_outlier_steps.sql --table flags=out/era5_t2m_6h/flags
@@ -25,5 +26,5 @@ SELECT valid_time,
        median_peak_eu_k2,
        steps
 FROM peaks CROSS JOIN usual
-WHERE peak_eu_k2 >= 3 * median_peak_eu_k2
+WHERE peak_eu_k2 > 0 AND peak_eu_k2 >= 3 * median_peak_eu_k2
 ORDER BY times_median DESC;

@@ -35,17 +35,22 @@ pub struct Outlier {
 
 impl std::fmt::Display for Outlier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let against = if self.median_peak_eu > 0.0 {
+            format!(
+                "{:.1}× the median step's peak ({:.3} K²)",
+                self.times_median, self.median_peak_eu
+            )
+        } else {
+            "where the median step's peak is 0".to_string()
+        };
         write!(
             f,
-            "forecast valid at {}: EU peaks at {:.3} K² (tile {}N {}E), {:.1}× the median \
-             step's peak ({:.3} K²): its input may be damaged, or unlike the data the model \
-             learned from",
+            "forecast valid at {}: EU peaks at {:.3} K² (tile {}N {}E), {against}: its input \
+             may be damaged, or unlike the data the model learned from",
             uqcast_forecast::error::iso(self.valid_time),
             self.peak_eu,
             self.tile_lat,
             self.tile_lon,
-            self.times_median,
-            self.median_peak_eu
         )
     }
 }
@@ -127,7 +132,7 @@ mod tests {
         let n = peaks.len() * 2;
         let times: Vec<i64> = (0..n).map(|i| START + 6 * HOUR * (i / 2) as i64).collect();
         let max_eu: Vec<f64> = (0..n)
-            .map(|i| if i % 2 == 1 { peaks[i / 2] } else { 0.001 })
+            .map(|i| peaks[i / 2] / if i % 2 == 1 { 1.0 } else { 10.0 })
             .collect();
         let lat: Vec<f64> = (0..n)
             .map(|i| if i % 2 == 1 { 45.0 } else { 10.0 })
@@ -204,6 +209,22 @@ mod tests {
         edge[5] = 0.087;
         let (_dir, output) = output_with(&edge).await;
         assert!(among(&output, &written).await.unwrap().is_empty());
+        // Members that agree everywhere (EU 0) have no outliers; a peak
+        // where the usual one is 0 is one.
+        let mut zero = [0.0; 8];
+        let (_dir, output) = output_with(&zero).await;
+        assert!(among(&output, &written).await.unwrap().is_empty());
+        zero[2] = 0.01;
+        let (_dir, output) = output_with(&zero).await;
+        let found = among(&output, &written).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .to_string()
+                .contains("(tile 45N 265E), where the median step's peak is 0: "),
+            "{}",
+            found[0]
+        );
         // Seven steps: too few for a usual peak.
         let (_dir, output) = output_with(&peaks[..7]).await;
         let seven: BTreeSet<i64> = (0..7).map(step).collect();
