@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use super::flags::{self, Flags};
@@ -97,20 +98,9 @@ impl Output {
     /// does not grow with the table's history (4,972 steps on local disk:
     /// 2.7 s before the first row, README "Revised input").
     pub async fn forecast_session(&self, name: &str) -> Result<(SessionContext, TableArg)> {
-        let ctx = crate::session::new_context_listing_prefixes()?;
         let location = self.forecast_location();
-        if let Self::S3(store) = self {
-            store.register_in(&ctx)?;
-        }
         let schema = uqcast_forecast::forecast_schema();
-        let partitions =
-            ["year", "month"].map(|c| (c.to_string(), crate::session::partition_type()));
-        let options = ParquetReadOptions::default()
-            .schema(&schema)
-            .table_partition_cols(partitions.to_vec());
-        ctx.register_parquet(name, &location, options)
-            .await
-            .with_context(|| format!("table '{name}': {location}"))?;
+        let ctx = self.session_over(name, &location, &schema).await?;
         let table = TableArg {
             name: name.into(),
             location,
@@ -118,21 +108,33 @@ impl Output {
         Ok((ctx, table))
     }
 
-    /// A session whose table `name` is the flags table (the contract's
-    /// columns and the `year`/`month` partitions).
+    /// A session whose table `name` is the flags table, as
+    /// [`Self::forecast_session`] makes the forecast table's.
     pub async fn flags_session(&self, name: &str) -> Result<SessionContext> {
-        let ctx = crate::session::new_context_listing_prefixes()?;
         let location = self.flags_file_location("");
+        self.session_over(name, &location, flags::flags_schema()?.as_ref())
+            .await
+    }
+
+    /// A session whose table `name` is the partitioned Parquet table at
+    /// `location` (this output's), with `schema` and the `year`/`month`
+    /// partitions.
+    async fn session_over(
+        &self,
+        name: &str,
+        location: &str,
+        schema: &Schema,
+    ) -> Result<SessionContext> {
+        let ctx = crate::session::new_context_listing_prefixes()?;
         if let Self::S3(store) = self {
             store.register_in(&ctx)?;
         }
         let partitions =
             ["year", "month"].map(|c| (c.to_string(), crate::session::partition_type()));
-        let schema = flags::flags_schema()?;
         let options = ParquetReadOptions::default()
-            .schema(&schema)
+            .schema(schema)
             .table_partition_cols(partitions.to_vec());
-        ctx.register_parquet(name, &location, options)
+        ctx.register_parquet(name, location, options)
             .await
             .with_context(|| format!("table '{name}': {location}"))?;
         Ok(ctx)
