@@ -45,14 +45,21 @@ impl std::fmt::Display for Outlier {
         };
         write!(
             f,
-            "forecast valid at {}: EU peaks at {:.3} K² (tile {}N {}E), {against}: its input \
-             may be damaged, or unlike the data the model learned from",
+            "forecast valid at {}: EU peaks at {:.3} K² (tile {}), {against}: its input may be \
+             damaged, or unlike the data the model learned from",
             uqcast_forecast::error::iso(self.valid_time),
             self.peak_eu,
-            self.tile_lat,
-            self.tile_lon,
+            place(self.tile_lat, self.tile_lon),
         )
     }
+}
+
+/// A tile's corner as a forecaster writes it: `45N 265E`, `33.5S 70W`
+/// (longitudes as the grid has them, 0..360 or −180..180).
+fn place(lat: f64, lon: f64) -> String {
+    let north_south = if lat < 0.0 { 'S' } else { 'N' };
+    let east_west = if lon < 0.0 { 'W' } else { 'E' };
+    format!("{}{north_south} {}{east_west}", lat.abs(), lon.abs())
 }
 
 /// The steps of `written` (valid times) that the shipped query lists over
@@ -170,6 +177,13 @@ mod tests {
             .await
             .unwrap();
         (dir, output)
+    }
+
+    #[test]
+    fn places_are_written_with_their_hemispheres() {
+        assert_eq!(place(45.0, 265.0), "45N 265E");
+        assert_eq!(place(-33.5, -70.0), "33.5S 70W");
+        assert_eq!(place(-0.0, 0.0), "0N 0E");
     }
 
     fn step(k: i64) -> i64 {
