@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 
 use super::eval::{render, science};
 use super::output::{Format, print};
 use super::synth::{SynthArgs, generate};
+use crate::job::eu_outliers::place;
 use crate::job::{RunOptions, describe, run as run_job};
 use crate::pipeline::Pipeline;
 use crate::session::{context_with_table, f64_column};
@@ -208,8 +208,8 @@ async fn ood_finding(ctx: &SessionContext) -> Result<String> {
         "SELECT to_unixtime(valid_time) = {forecast} AS ood_step,
                 count(DISTINCT valid_time) AS steps,
                 max(max_eu) AS peak,
-                first_value(concat(CAST(tile_lat AS VARCHAR), 'N ', CAST(tile_lon AS VARCHAR), 'E')
-                            ORDER BY max_eu DESC) AS tile
+                first_value(tile_lat ORDER BY max_eu DESC) AS tile_lat,
+                first_value(tile_lon ORDER BY max_eu DESC) AS tile_lon
          FROM flags GROUP BY 1"
     );
     let (mut ood, mut others) = (None, None);
@@ -217,13 +217,16 @@ async fn ood_finding(ctx: &SessionContext) -> Result<String> {
         let is_ood = batch.column(0).as_boolean();
         let steps = f64_column(&batch, "steps")?;
         let peak = f64_column(&batch, "peak")?;
-        let tile = datafusion::arrow::compute::cast(batch.column(3), &DataType::Utf8)?;
-        let tile = tile.as_string::<i32>();
+        let (lat, lon) = (
+            f64_column(&batch, "tile_lat")?,
+            f64_column(&batch, "tile_lon")?,
+        );
         for row in 0..batch.num_rows() {
+            let corner = (lat[row].unwrap_or(f64::NAN), lon[row].unwrap_or(f64::NAN));
             let found = (
                 steps[row].unwrap_or(0.0),
                 peak[row].unwrap_or(f64::NAN),
-                tile.value(row).to_string(),
+                place(corner.0, corner.1),
             );
             match is_ood.value(row) {
                 true => ood = Some(found),

@@ -56,7 +56,7 @@ impl std::fmt::Display for Outlier {
 
 /// A tile's corner as a forecaster writes it: `45N 265E`, `33.5S 70W`
 /// (longitudes as the grid has them, 0..360 or −180..180).
-fn place(lat: f64, lon: f64) -> String {
+pub fn place(lat: f64, lon: f64) -> String {
     let north_south = if lat < 0.0 { 'S' } else { 'N' };
     let east_west = if lon < 0.0 { 'W' } else { 'E' };
     format!("{}{north_south} {}{east_west}", lat.abs(), lon.abs())

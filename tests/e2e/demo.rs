@@ -16,7 +16,7 @@ fn demo(out: &Path, cache: &Path) -> Output {
 }
 
 /// The tile, EU peak and ratio of the demo's OOD sentence: "EU peaks at
-/// 0.345 K² (tile 45.0N 265.0E), 6.9× the highest …".
+/// 0.345 K² (tile 45N 265E), 6.9× the highest …".
 fn ood_peak(said: &str) -> (f64, f64, f64, f64) {
     let line = said
         .lines()
