@@ -213,21 +213,31 @@ impl KeptInspections {
     /// Writes the inspections of `paths` (the table's files; others are
     /// dropped) where anything changed, to a temporary beside the file and
     /// renamed over it, so a reader sees the old or the new whole. A
-    /// failure only costs the next command the inspections.
+    /// failure only costs the next command the inspections. What another
+    /// process added to the file since it was loaded (an executor on this
+    /// machine reading the same folder) is kept while its file exists.
     pub fn save(self, paths: &[PathBuf]) {
         let paths: HashSet<&PathBuf> = paths.iter().collect();
-        self.save_retaining(|path| paths.contains(path));
+        let known: HashSet<PathBuf> = self.kept.keys().cloned().collect();
+        self.save_merging(|path| paths.contains(path) || (!known.contains(path) && path.exists()));
     }
 
     /// Writes the inspections where anything changed, as [`Self::save`],
     /// keeping those of files not inspected this time while they exist: for
     /// a reader of a few of a folder's files at a time (a cluster's executor,
-    /// whose other tasks read the rest). Tasks save at once: each, holding a
-    /// lock on the cache folder, reads the file again and adds to what the
-    /// others wrote since it was loaded, so no task's additions are lost.
-    pub fn save_adding(mut self) {
-        if !self.changed && self.kept.keys().all(|path| path.exists()) {
-            // Nothing inspected or gone: what was loaded is on disk already.
+    /// whose other tasks read the rest).
+    pub fn save_adding(self) {
+        self.save_merging(|path| path.exists());
+    }
+
+    /// Writes the inspections that `keep` keeps where anything changed.
+    /// Savers at once (an executor's tasks, a command beside them): each,
+    /// holding a lock on the cache folder, reads the file again and adds
+    /// what others wrote since it was loaded, its own fresh inspections
+    /// winning, so no saver's additions are lost.
+    fn save_merging(mut self, keep: impl Fn(&PathBuf) -> bool) {
+        if !self.changed && self.kept.keys().all(&keep) {
+            // Nothing inspected or dropped: what was loaded is on disk already.
             return;
         }
         let folder = self.file.parent().unwrap_or(Path::new("."));
@@ -235,7 +245,7 @@ impl KeptInspections {
             .and_then(|()| std::fs::File::open(folder))
             .and_then(|f| f.lock().map(|()| f));
         if let Err(e) = &locked {
-            // Unlocked, a task's additions may be lost: a cost, not an error.
+            // Unlocked, another saver's additions may be lost: a cost, not an error.
             tracing::debug!("kept inspections {}: lock: {e}", self.file.display());
         }
         let on_disk = Self::load(&self.file).kept;
@@ -244,7 +254,7 @@ impl KeptInspections {
                 self.kept.insert(path, kept);
             }
         }
-        self.save_retaining(|path| path.exists());
+        self.save_retaining(keep);
         drop(locked);
     }
 
@@ -357,6 +367,7 @@ mod tests {
         let entry = inspections.kept.get_mut(&a).unwrap();
         entry.info.times = vec![100 * HOUR, 106 * HOUR];
         inspections.changed = true;
+        inspections.inspected.insert(a.clone());
         inspections.save(&[a.clone(), b.clone()]);
         assert_eq!(times(&open()), [12, 18, 100, 106]);
         // …and once the file is rewritten in place, with the same bytes and
@@ -399,6 +410,7 @@ mod tests {
         let mut doctored = both;
         doctored.kept.get_mut(&a).unwrap().info.times = vec![100 * HOUR];
         doctored.changed = true;
+        doctored.inspected.insert(a.clone());
         doctored.save(&[a.clone(), b.clone()]);
         assert_eq!(task(&a).times, [100 * HOUR]);
         std::fs::remove_file(&b).unwrap();
@@ -443,6 +455,36 @@ mod tests {
         let mut paths: Vec<_> = KeptInspections::load(&kept).kept.into_keys().collect();
         paths.sort();
         assert_eq!(paths, files);
+    }
+
+    /// A command saving a folder's inspections while an executor on this
+    /// machine adds to them keeps the executor's additions, and drops the
+    /// files it knew and no longer lists.
+    #[test]
+    fn a_command_saving_beside_an_executor_keeps_what_the_executor_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("{i}.nc"))).collect();
+        for (i, file) in files.iter().enumerate() {
+            write_steps(file, 12 * i as i64);
+        }
+        let [a, b, c, d] = [0, 1, 2, 3].map(|i| files[i].clone());
+        let kept = dir.path().join("cache").join("kept.cbor");
+        let mut first = KeptInspections::load(&kept);
+        first.inspect(&a).unwrap();
+        first.inspect(&b).unwrap();
+        first.save(&[a.clone(), b.clone()]);
+        // A command loads what the first kept; an executor then adds `c`.
+        let mut command = KeptInspections::load(&kept);
+        command.inspect(&a).unwrap();
+        command.inspect(&d).unwrap();
+        let mut executor = KeptInspections::load(&kept);
+        executor.inspect(&c).unwrap();
+        executor.save_adding();
+        // The command's table is now `a` and `d` (`b` left it).
+        command.save(&[a.clone(), d.clone()]);
+        let mut paths: Vec<_> = KeptInspections::load(&kept).kept.into_keys().collect();
+        paths.sort();
+        assert_eq!(paths, [a, c, d]);
     }
 
     #[test]
