@@ -1,6 +1,8 @@
 //! `uqcast run --config P [...]`: the scheduled forecast job. Prints one
 //! summary line (`uqcast run: ok new_steps=… …`) for schedulers; exits
-//! non-zero on any error, keeping every step already written.
+//! non-zero on any error, keeping every step already written. With
+//! `--dry-run`, says what it would do (`uqcast run --dry-run: ok
+//! would_forecast=… …`) and writes nothing.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ pub struct RunArgs {
     /// the model at the same paths; the output is written from here.
     #[arg(long, value_name = "df://HOST:PORT")]
     ballista: Option<String>,
+    /// Check everything a run checks and say which steps it would
+    /// forecast, forecast again and flag, sampling and writing nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -58,6 +64,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let out = args
         .output
         .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
+    if args.dry_run {
+        let plan = crate::job::dry_run::plan(&pipeline, &options).await?;
+        let said = [
+            ("would forecast", &plan.new),
+            ("would forecast again (input revised)", &plan.revised),
+        ];
+        for (what, steps) in said {
+            for span in crate::job::dry_run::spans(steps, plan.spacing) {
+                eprintln!("{what}: valid {span}");
+            }
+        }
+        let fields = crate::job::dry_run::describe(&plan, &out);
+        writeln!(super::output::stdout(), "uqcast run --dry-run: ok {fields}")?;
+        return Ok(());
+    }
     let summary = run_job(&pipeline, &options).await?;
     writeln!(
         super::output::stdout(),

@@ -43,34 +43,17 @@ impl Flagging<'_> {
         written: &BTreeSet<i64>,
         summary: &mut Summary,
     ) -> Result<()> {
-        let months = by_month(steps)?;
-        let written_months = by_month(written)?;
-        let files = self.output.flags_files().await?;
-        let query_id = flags::query_id(self.query);
-        let kept = self.kept_footers(&months, &files).await;
-        // Months whose files this SQL and these settings made.
-        let current: BTreeSet<&str> = kept
-            .iter()
-            .filter(|(_, p)| p.get(FLAGS_SQL) == Some(&query_id))
-            .map(|(month, _)| *month)
-            .collect();
+        let Needs {
+            months,
+            written_months,
+            files,
+            query_id,
+            kept,
+            current,
+            needed,
+            gone,
+        } = self.needs(steps, written).await?;
         let kept_counts = |month: &str| counts(kept.get(month)?);
-        let needed: Vec<&str> = months
-            .keys()
-            .map(String::as_str)
-            .filter(|&month| {
-                let whole = current.contains(month)
-                    && kept.get(month).and_then(|p| p.get(FLAGS_STEPS))
-                        == Some(&steps_id(&months[month]))
-                    && kept_counts(month).is_some();
-                written_months.contains_key(month) || !whole
-            })
-            .collect();
-        let gone: Vec<&String> = files
-            .months
-            .iter()
-            .filter(|m| !months.contains_key(*m))
-            .collect();
 
         let mut made = BTreeMap::new();
         if self.pipeline.flags.per_step && !needed.is_empty() {
@@ -80,7 +63,7 @@ impl Flagging<'_> {
             } else {
                 BTreeMap::new()
             };
-            for &month in &needed {
+            for month in needed.iter().map(String::as_str) {
                 let kept_rows = if current.contains(month) {
                     flags_incremental::kept_runs(self.output, &file_of(month))
                         .await
@@ -113,7 +96,7 @@ impl Flagging<'_> {
             self.write(month, flags, months.get(month).unwrap_or(&none))
                 .await?;
         }
-        for month in gone {
+        for month in &gone {
             self.output.remove_flags(&file_of(month)).await?;
         }
         if files.legacy {
@@ -132,20 +115,83 @@ impl Flagging<'_> {
         Ok(())
     }
 
+    /// The months (of a table whose valid times are `steps`) whose flags
+    /// a refresh after a run that wrote `written` would write, and those
+    /// whose files it would remove: what `uqcast run --dry-run` says.
+    pub async fn months_to_make(
+        &self,
+        steps: &BTreeSet<i64>,
+        written: &BTreeSet<i64>,
+    ) -> Result<(usize, usize)> {
+        let needs = self.needs(steps, written).await?;
+        let whole_table = !needs.needed.is_empty() || !needs.gone.is_empty() || needs.files.legacy;
+        let made = match self.pipeline.flags.per_step {
+            true => needs.needed.len(),
+            false if whole_table => needs.months.len(),
+            false => 0,
+        };
+        Ok((made, needs.gone.len()))
+    }
+
+    /// What making the flags of `steps` after `written` needs: the months
+    /// whose flags must be made (each month's flags need making where the
+    /// run wrote steps in it, or its file is not whole and current), and
+    /// the files of months the table no longer has.
+    async fn needs(&self, steps: &BTreeSet<i64>, written: &BTreeSet<i64>) -> Result<Needs> {
+        let months = by_month(steps)?;
+        let written_months = by_month(written)?;
+        let files = self.output.flags_files().await?;
+        let query_id = flags::query_id(self.query);
+        let kept = self.kept_footers(&months, &files).await;
+        // Months whose files this SQL and these settings made.
+        let current: BTreeSet<String> = kept
+            .iter()
+            .filter(|(_, p)| p.get(FLAGS_SQL) == Some(&query_id))
+            .map(|(month, _)| month.clone())
+            .collect();
+        let needed = months
+            .iter()
+            .filter(|(month, steps)| {
+                let footer = kept.get(*month);
+                let whole = current.contains(*month)
+                    && footer.and_then(|p| p.get(FLAGS_STEPS)) == Some(&steps_id(steps))
+                    && footer.and_then(counts).is_some();
+                written_months.contains_key(*month) || !whole
+            })
+            .map(|(month, _)| month.clone())
+            .collect();
+        let gone = files
+            .months
+            .iter()
+            .filter(|m| !months.contains_key(*m))
+            .cloned()
+            .collect();
+        Ok(Needs {
+            months,
+            written_months,
+            files,
+            query_id,
+            kept,
+            current,
+            needed,
+            gone,
+        })
+    }
+
     /// The footers of the months' kept files, where readable (one that is
     /// not is said, and its month made again). Each is its own round trip
     /// on S3, so many are read at a time: a run with nothing new over years
     /// of months waits for a few round trips, not one a month.
-    async fn kept_footers<'m>(
+    async fn kept_footers(
         &self,
-        months: &'m BTreeMap<String, BTreeSet<i64>>,
+        months: &BTreeMap<String, BTreeSet<i64>>,
         files: &flags_months::Files,
-    ) -> BTreeMap<&'m str, Provenance> {
+    ) -> BTreeMap<String, Provenance> {
         let footers: Vec<_> =
             futures::stream::iter(months.keys().filter(|m| files.months.contains(*m)))
                 .map(|month| async move {
                     let footer = self.output.flags_provenance(&file_of(month)).await;
-                    (month.as_str(), footer)
+                    (month.clone(), footer)
                 })
                 .buffered(FOOTERS_AT_ONCE)
                 .collect()
@@ -272,6 +318,22 @@ impl Flagging<'_> {
         self.output.write_flags(month, flags, &provenance).await?;
         Ok(())
     }
+}
+
+/// What [`Flagging::needs`] finds, by month (`YYYYMM`).
+struct Needs {
+    /// The table's valid times, and those written by the run.
+    months: BTreeMap<String, BTreeSet<i64>>,
+    written_months: BTreeMap<String, BTreeSet<i64>>,
+    files: flags_months::Files,
+    query_id: String,
+    /// The footers of the months' files that could be read.
+    kept: BTreeMap<String, Provenance>,
+    /// The months whose files this SQL and these settings made.
+    current: BTreeSet<String>,
+    needed: Vec<String>,
+    /// Months with a file but no step in the table.
+    gone: Vec<String>,
 }
 
 /// Says that the kept flags could not be read (`e` names the file) and

@@ -11,6 +11,7 @@
 //! or forecast files changed since the last recheck ([`recheck_ledger`]);
 //! the flags are made where they need making ([`flags_refresh`]).
 
+pub mod dry_run;
 pub mod empty_source;
 pub mod eu_outliers;
 pub mod flags;
@@ -115,7 +116,50 @@ pub(crate) fn timestamps_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> St
         .join(", ")
 }
 
-pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
+/// What a run and a dry run check and open before the output: the
+/// model, the input and its source query, the flags SQL.
+struct Prepared {
+    location: String,
+    model: Arc<ForecastModel>,
+    settings: uqcast_forecast::InferenceSettings,
+    device_name: String,
+    out_dir: PathBuf,
+    /// Recheck window in days, and the recheck of its input.
+    days: u32,
+    recheck: recheck_ledger::Recheck,
+    ctx: datafusion::prelude::SessionContext,
+    /// The source query, and it limited by `--since`/`--until`.
+    query: String,
+    sql: String,
+    step_local: bool,
+    flags_query: flags::FlagsQuery,
+}
+
+impl Prepared {
+    /// What the forecast files are written with, and checked against.
+    fn provenance(&self, pipeline: &Pipeline) -> Provenance {
+        let (model, settings) = (&self.model, &self.settings);
+        [
+            ("model_id", model.id.clone()),
+            ("method", model.checkpoint.method.to_string()),
+            ("members", settings.members.to_string()),
+            ("samples", settings.samples.to_string()),
+            ("sampler", settings.sampler.to_string()),
+            ("seed", settings.seed.to_string()),
+            ("lead_hours", model.meta.lead_hours.to_string()),
+            ("pipeline", pipeline.name.clone()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Loads the model and checks it against the pipeline, registers the
+/// input and checks the source and flags SQL: all a run does before it
+/// opens its output, each failure naming its file and field.
+async fn prepare(pipeline: &Pipeline, options: &RunOptions) -> Result<Prepared> {
     let location = options
         .input
         .clone()
@@ -181,7 +225,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     // `recheck_ledger`).
     let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
     let query = source_sql(pipeline, None, None)?;
-    let mut recheck = recheck_ledger::Recheck::start(&location, &query, days).await;
+    let recheck = recheck_ledger::Recheck::start(&location, &query, days).await;
     // The input is opened before the output, so a run that cannot read its
     // input leaves no empty forecast directory behind.
     let ctx = match &options.ballista {
@@ -207,55 +251,57 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     if pipeline.flags.per_step {
         flags_per_step::check(&flags_query).await?;
     }
-    let output = Output::open(&out_dir).await?;
-    let provenance: Provenance = [
-        ("model_id", model.id.clone()),
-        ("method", model.checkpoint.method.to_string()),
-        ("members", settings.members.to_string()),
-        ("samples", settings.samples.to_string()),
-        ("sampler", settings.sampler.to_string()),
-        ("seed", settings.seed.to_string()),
-        ("lead_hours", model.meta.lead_hours.to_string()),
-        ("pipeline", pipeline.name.clone()),
-        ("version", env!("CARGO_PKG_VERSION").to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    Ok(Prepared {
+        location,
+        model: Arc::new(model),
+        settings,
+        device_name,
+        out_dir,
+        days,
+        recheck,
+        ctx,
+        query,
+        sql,
+        step_local,
+        flags_query,
+    })
+}
+
+pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
+    let mut p = prepare(pipeline, options).await?;
+    let provenance = p.provenance(pipeline);
+    let output = Output::open(&p.out_dir).await?;
     let mut summary = Summary {
-        device: options.ballista.is_none().then_some(device_name),
+        device: options.ballista.is_none().then_some(p.device_name.clone()),
         ..Summary::default()
     };
     let result = async {
         let existing = output.existing(&provenance).await?;
-        let lead = model.lead_micros();
-        let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
-        let window = revisions::window(&forecast, days);
-        let rechecked = recheck
-            .steps_to_read(&ctx, step_local, &output, &window, lead)
-            .await;
-        let revised = revisions::revised(&ctx, &sql, &output, &rechecked, lead).await?;
-        revisions::announce(&revised, rechecked.len());
+        let lead = p.model.lead_micros();
+        let before = Before::find(&mut p, &output, &existing).await?;
+        let revised = &before.revised;
+        revisions::announce(revised, before.rechecked.len());
         summary.existing_steps = existing.len() - revised.len();
         let flagging = flags_refresh::Flagging {
             pipeline,
             output: &output,
-            query: &flags_query,
+            query: &p.flags_query,
             provenance: &provenance,
         };
         let table_steps: BTreeSet<i64> = existing.iter().copied().collect();
         let withdrawn: BTreeSet<i64> = revised.iter().map(|t| t + lead).collect();
         flagging.withdraw(&table_steps, &withdrawn).await?;
-        let skip: BTreeSet<i64> = forecast.difference(&revised).copied().collect();
-        let cells = model.meta.grid.cells();
+        let skip = before.skip();
+        let cells = p.model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
         let cluster = ballista.is_some();
-        let sql = source_steps::narrowed(&ctx, &sql, &skip, step_local, cluster).await;
-        let steps = forecast_stream(&ctx, model, sql, settings, skip, ballista).await?;
+        let sql = source_steps::narrowed(&p.ctx, &p.sql, &skip, p.step_local, cluster).await;
+        let model = p.model.clone();
+        let steps = forecast_stream(&p.ctx, model, sql, p.settings, skip, ballista).await?;
         let sink = Written {
             output: &output,
             provenance: &provenance,
-            revised: &revised,
+            revised,
             lead,
         };
         let written = write_new_steps(steps, cells, ballista, &sink, &mut summary).await?;
@@ -265,17 +311,17 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         if summary.new_steps == 0
             && summary.existing_steps == 0
             && summary.revised_steps == 0
-            && empty_source::is_empty(&ctx, &query).await?
+            && empty_source::is_empty(&p.ctx, &p.query).await?
         {
-            return Err(empty_source::error(&ctx, pipeline, &location).await);
+            return Err(empty_source::error(&p.ctx, pipeline, &p.location).await);
         }
         let steps: BTreeSet<i64> = existing.iter().copied().chain(written.clone()).collect();
         flagging.refresh(&steps, &written, &mut summary).await?;
         warn_of_eu_outliers(&output, &written, &mut summary).await;
         let written_inits = written.iter().map(|t| t - lead).collect();
         let limited = options.since.is_some() || options.until.is_some();
-        let steps = (&forecast, &rechecked, &written_inits);
-        recheck.finish(&output, steps, lead, limited).await;
+        let steps = (&before.forecast, &before.rechecked, &written_inits);
+        p.recheck.finish(&output, steps, lead, limited).await;
         Ok(())
     }
     .await;
@@ -287,6 +333,40 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .await;
     result?;
     Ok(summary)
+}
+
+/// What the output held before a run: the steps forecast (initial times),
+/// those of the recheck window whose input is read again, and those of
+/// them whose input changed (forecast again).
+struct Before {
+    forecast: BTreeSet<i64>,
+    rechecked: BTreeSet<i64>,
+    revised: BTreeSet<i64>,
+}
+
+impl Before {
+    /// Reads `output`, whose steps are `existing` (valid times), and the
+    /// input of the window's steps where the recheck needs it.
+    async fn find(p: &mut Prepared, output: &Output, existing: &[i64]) -> Result<Self> {
+        let lead = p.model.lead_micros();
+        let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
+        let window = revisions::window(&forecast, p.days);
+        let rechecked = p
+            .recheck
+            .steps_to_read(&p.ctx, p.step_local, output, &window, lead)
+            .await;
+        let revised = revisions::revised(&p.ctx, &p.sql, output, &rechecked, lead).await?;
+        Ok(Self {
+            forecast,
+            rechecked,
+            revised,
+        })
+    }
+
+    /// The initial times the run leaves as they are.
+    fn skip(&self) -> BTreeSet<i64> {
+        self.forecast.difference(&self.revised).copied().collect()
+    }
 }
 
 /// Warns of each step just written whose EU peaks far above the usual. The
@@ -357,14 +437,14 @@ pub fn output_table(dir: &Path, table: &str, flag: &str) -> Result<PathBuf> {
 /// client's tables).
 async fn forecast_stream(
     ctx: &datafusion::prelude::SessionContext,
-    model: ForecastModel,
+    model: Arc<ForecastModel>,
     sql: String,
     settings: uqcast_forecast::InferenceSettings,
     skip: BTreeSet<i64>,
     ballista: Option<&str>,
 ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
     let Some(url) = ballista else {
-        let table = ForecastTable::new(Arc::new(model), sql, settings, skip);
+        let table = ForecastTable::new(model, sql, settings, skip);
         let plan = table.scan(&ctx.state(), None, &[], None).await?;
         return Ok(execute_stream(plan, ctx.task_ctx())?);
     };
@@ -373,7 +453,7 @@ async fn forecast_stream(
         .create_logical_plan(&sql)
         .await
         .with_context(|| format!("source query: {sql}"))?;
-    let table = ForecastTable::with_source(Arc::new(model), Source::Plan(source), settings, skip);
+    let table = ForecastTable::with_source(model, Source::Plan(source), settings, skip);
     ctx.read_table(Arc::new(table))?
         .execute_stream()
         .await

@@ -44,6 +44,21 @@ impl Output {
         })
     }
 
+    /// Opens the output at `location` to read only (`uqcast run
+    /// --dry-run`): no lock, nothing made or cleaned; an output not made
+    /// yet holds no steps. Writing to it is an error.
+    pub fn open_to_read(location: &Path) -> Result<Self> {
+        let text = location.to_string_lossy();
+        if let Some(remote) = S3Location::parse(&text)? {
+            return Ok(Self::S3(S3ForecastStore::open_to_read(&remote)?));
+        }
+        Ok(Self::Local {
+            dir: location.to_path_buf(),
+            store: ForecastStore::open_to_read(location),
+            created: false,
+        })
+    }
+
     /// Valid times already in the table, after checking that the table was
     /// written with `expected` provenance (one file speaks for the table).
     pub async fn existing(&self, expected: &Provenance) -> Result<Vec<i64>> {
@@ -191,9 +206,12 @@ impl Output {
         provenance: &Provenance,
     ) -> Result<String> {
         match self {
-            Self::Local { dir, .. } => Ok(flags::write_local(flags, dir, month, provenance)?
-                .display()
-                .to_string()),
+            Self::Local { dir, store, .. } => {
+                store.writable()?;
+                Ok(flags::write_local(flags, dir, month, provenance)?
+                    .display()
+                    .to_string())
+            }
             Self::S3(store) => {
                 let file = flags_months::file_of(month);
                 store.write_flags(&file, flags, provenance).await
@@ -205,7 +223,8 @@ impl Output {
     /// not there is no error.
     pub async fn remove_flags(&self, file: &str) -> Result<()> {
         match self {
-            Self::Local { dir, .. } => {
+            Self::Local { dir, store, .. } => {
+                store.writable()?;
                 let folder = flags::local_folder(dir);
                 let path = folder.join(file);
                 match std::fs::remove_file(&path) {
@@ -273,7 +292,8 @@ impl Output {
     /// a killed run's temporary is removed when the next opens the output).
     pub async fn write_note(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         match self {
-            Self::Local { dir, .. } => {
+            Self::Local { dir, store, .. } => {
+                store.writable()?;
                 let path = dir.join(name);
                 let file = crate::cli::output::WrittenBeside::create(&path, "file")?;
                 let written = std::fs::write(&file.tmp, bytes).map_err(Into::into);

@@ -37,7 +37,8 @@ pub struct S3ForecastStore {
     bucket: String,
     /// The output's key prefix, without a trailing slash ("" for the bucket).
     prefix: String,
-    lock: S3Lock,
+    /// None for a store opened to read only ([`Self::open_to_read`]).
+    lock: Option<S3Lock>,
 }
 
 impl S3ForecastStore {
@@ -46,19 +47,40 @@ impl S3ForecastStore {
         if location.is_glob() {
             bail!("{location}: an output is a prefix, not a glob");
         }
-        let store = connect(location).with_context(|| format!("output {location}"))?;
-        let prefix = location.key.trim_end_matches('/').to_string();
-        let lock_key = join(&prefix, ".uqcast-run.lock");
+        let mut output = Self::open_to_read(location)?;
+        let lock_key = join(&output.prefix, ".uqcast-run.lock");
         let lock_url = format!("s3://{}/{lock_key}", location.bucket);
-        let lock = S3Lock::acquire(store.clone(), ObjectPath::from(lock_key), lock_url)
+        let lock = S3Lock::acquire(output.store.clone(), ObjectPath::from(lock_key), lock_url)
             .await
             .with_context(|| format!("output {location}"))?;
+        output.lock = Some(lock);
+        Ok(output)
+    }
+
+    /// Connects to read only: no lock is taken (a run may be writing).
+    pub fn open_to_read(location: &S3Location) -> Result<Self> {
+        if location.is_glob() {
+            bail!("{location}: an output is a prefix, not a glob");
+        }
+        let store = connect(location).with_context(|| format!("output {location}"))?;
         Ok(Self {
             store,
             bucket: location.bucket.clone(),
-            prefix,
-            lock,
+            prefix: location.key.trim_end_matches('/').to_string(),
+            lock: None,
         })
+    }
+
+    /// An error where this store must not write: opened to read only, or
+    /// its lock lost.
+    fn writable(&self) -> Result<()> {
+        match &self.lock {
+            Some(lock) => lock.check(),
+            None => bail!(
+                "output {}: opened to read only (a dry run), not to write",
+                self.url(&self.prefix)
+            ),
+        }
     }
 
     fn url(&self, key: &str) -> String {
@@ -160,7 +182,7 @@ impl S3ForecastStore {
         batch: &RecordBatch,
         provenance: &Provenance,
     ) -> Result<String> {
-        self.lock.check()?;
+        self.writable()?;
         let (name, partition) = step_name(valid_time)?;
         let key = join(&self.prefix, &format!("forecast/{partition}/{name}"));
         self.put(&key, std::slice::from_ref(batch), provenance)
@@ -175,7 +197,7 @@ impl S3ForecastStore {
         flags: &Flags,
         provenance: &Provenance,
     ) -> Result<String> {
-        self.lock.check()?;
+        self.writable()?;
         let key = self.flags_key(relative);
         self.put(&key, &flags.batches, provenance)
             .await
@@ -184,7 +206,7 @@ impl S3ForecastStore {
 
     /// Removes `PREFIX/flags/{relative}` (S3 deletes of absent keys succeed).
     pub async fn remove_flags(&self, relative: &str) -> Result<()> {
-        self.lock.check()?;
+        self.writable()?;
         let key = self.flags_key(relative);
         self.store
             .delete(&ObjectPath::from(key.as_str()))
@@ -240,7 +262,7 @@ impl S3ForecastStore {
 
     /// Stores `PREFIX/{name}` (one PUT: whole or not at all); returns its URL.
     pub async fn write_note(&self, name: &str, bytes: Vec<u8>) -> Result<String> {
-        self.lock.check()?;
+        self.writable()?;
         let key = join(&self.prefix, name);
         self.store
             .put(&ObjectPath::from(key.as_str()), bytes.into())
@@ -251,7 +273,9 @@ impl S3ForecastStore {
 
     /// Ends the run: stops renewing the lock and removes it.
     pub async fn close(self) {
-        self.lock.release().await;
+        if let Some(lock) = self.lock {
+            lock.release().await;
+        }
     }
 }
 

@@ -40,8 +40,9 @@ const MUST_MATCH: [&str; 5] = ["model_id", "members", "samples", "sampler", "see
 #[derive(Debug)]
 pub struct ForecastStore {
     pub root: PathBuf,
-    /// Held until the store is dropped; the OS releases it if the process dies.
-    _lock: File,
+    /// Held until the store is dropped; the OS releases it if the process
+    /// dies. None for a store opened to read only ([`Self::open_to_read`]).
+    lock: Option<File>,
 }
 
 /// The lock file of the run writing `dir`, beside `forecast/` and `flags/`.
@@ -112,7 +113,31 @@ impl ForecastStore {
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .with_context(|| format!("output {}: not writable", root.display()))?;
-        Ok(Self { root, _lock: lock })
+        Ok(Self {
+            root,
+            lock: Some(lock),
+        })
+    }
+
+    /// The store at `dir` to read only, as it is: nothing is created or
+    /// cleaned and no lock is taken (a run may be writing it), and a
+    /// folder not made yet holds no steps.
+    pub fn open_to_read(dir: &Path) -> Self {
+        Self {
+            root: dir.join("forecast"),
+            lock: None,
+        }
+    }
+
+    /// An error for a store opened to read only, before anything is written.
+    pub fn writable(&self) -> Result<()> {
+        if self.lock.is_none() {
+            bail!(
+                "output {}: opened to read only (a dry run), not to write",
+                self.root.display()
+            );
+        }
+        Ok(())
     }
 
     /// Removes the store's folders and lock, for a run that made them and
@@ -155,6 +180,9 @@ impl ForecastStore {
     /// Valid times (UTC µs) already in the table, with the file to check
     /// provenance on ([`steps_and_newest`]).
     pub fn existing(&self) -> Result<(Vec<i64>, Option<PathBuf>)> {
+        if self.lock.is_none() && !self.root.exists() {
+            return Ok((Vec::new(), None));
+        }
         Ok(steps_and_newest(self.files()?, |path| {
             valid_time_of(&path.file_name()?.to_string_lossy())
         }))
@@ -177,6 +205,7 @@ impl ForecastStore {
         batch: &RecordBatch,
         provenance: &Provenance,
     ) -> Result<PathBuf> {
+        self.writable()?;
         let (name, partition) = step_name(valid_time)?;
         let path = self.root.join(partition).join(&name);
         write_atomically(&path, std::slice::from_ref(batch), provenance)

@@ -5,6 +5,7 @@
 mod cluster;
 mod default_pipeline;
 mod demo;
+mod dry_run;
 mod errors;
 mod eval;
 mod flags;

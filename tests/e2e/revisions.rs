@@ -80,6 +80,27 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     );
     assert!(rewritten(&before, &written_at(&out)).is_empty());
 
+    // A dry run finds the four and leaves them, and the recheck's ledger,
+    // to the run (which then reads them again itself).
+    let o = run_over(&config, &input, &out, &["--dry-run"]);
+    assert!(
+        stdout(&o).starts_with(
+            "uqcast run --dry-run: ok would_forecast=0 would_revise=4 existing_steps=4 \
+             flag_months=1 flag_months_removed=0"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains(
+            "would forecast again (input revised): valid 2020-01-02T06:00Z … \
+             2020-01-03T00:00Z, every 6 h (4 steps)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(rewritten(&before, &written_at(&out)).is_empty());
+
     let o = run_over(&config, &input, &out, &[]);
     assert!(
         stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=4 revised_steps=4"),

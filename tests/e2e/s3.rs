@@ -378,8 +378,20 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     };
     let first = to_bucket(&["--until", "2020-01-01T18:00Z"]);
     assert!(first.contains("new_steps=4 existing_steps=0"), "{first}");
+    // A dry run reads the bucket's table as the run does, and takes no lock.
+    let dry = to_bucket(&["--dry-run"]);
+    let would = dry
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("would_forecast="))
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(dry.contains("existing_steps=4 "), "{dry}");
+    assert!(would.parse::<usize>().unwrap() > 0, "{dry}");
+    assert!(!server.path("runs/a/.uqcast-run.lock").exists());
     let rest = to_bucket(&[]);
-    assert!(rest.contains("existing_steps=4"), "{rest}");
+    assert!(
+        rest.contains(&format!("new_steps={would} existing_steps=4")),
+        "{rest}"
+    );
     assert!(
         !server.path("runs/a/.uqcast-run.lock").exists(),
         "lock left behind"
