@@ -364,6 +364,16 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let cluster = Cluster::start();
     let remote = dir.path().join("remote");
     let remote_run = || run_there(config, &remote, &cluster.url, &[]);
+    // A dry run through the cluster's client says what the run then does.
+    let o = run_there(config, &remote, &cluster.url, &["--dry-run"]);
+    assert!(
+        stdout(&o).starts_with(
+            "uqcast run --dry-run: ok would_forecast=12 would_revise=0 existing_steps=0 \
+             flag_months=1 flag_months_removed=0 output="
+        ),
+        "{}",
+        stderr(&o)
+    );
     let o = remote_run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
