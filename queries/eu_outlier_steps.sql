@@ -5,7 +5,8 @@
 -- ratio to the median step's peak; the steps at 3 times or more (and above
 -- zero: a model whose members agree everywhere has no outliers), worst first.
 -- `uqcast run` warns of each step it writes that this lists, once the table
--- holds 8 steps or more. Table: flags (a run's flags/ folder).
+-- holds 8 steps or more (a pipeline's `flags.eu_outliers` changes the 3 and
+-- the 8). Table: flags (a run's flags/ folder).
 --   uqcast sql -f queries/eu_outlier_steps.sql --table flags=out/era5_t2m_6h/flags
 WITH peaks AS (
     SELECT valid_time,

@@ -161,6 +161,30 @@ pub struct Flags {
     /// (`job::flags_incremental`); false (the default) flags every step.
     #[serde(default)]
     pub per_step: bool,
+    /// When a run warns of a step it wrote as an EU outlier.
+    #[serde(default)]
+    pub eu_outliers: Outliers,
+}
+
+/// A step whose EU peaks at `times_median` times the median step's peak
+/// or more is an outlier, once the flags table holds `min_steps` steps
+/// (`queries/eu_outlier_steps.sql`, `job::eu_outliers`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outliers {
+    pub times_median: f64,
+    pub min_steps: u64,
+}
+
+impl Default for Outliers {
+    /// The shipped query's bounds: on the demo the hot disk's step peaks
+    /// at 12.4× the median step's, and the next-highest at 1.8×.
+    fn default() -> Self {
+        Self {
+            times_median: 3.0,
+            min_steps: 8,
+        }
+    }
 }
 
 /// Which cells count as high-EU: EU above a quantile of the step's cells,
@@ -272,6 +296,19 @@ impl Pipeline {
         }
         if absolute.is_some_and(|k| k.is_nan() || k < 0.0) {
             bad("flags.eu_threshold.absolute", "must be ≥ 0 K²")?;
+        }
+        let outliers = self.flags.eu_outliers;
+        if !(outliers.times_median.is_finite() && outliers.times_median > 1.0) {
+            bad(
+                "flags.eu_outliers.times_median",
+                "must be a number > 1 (at 1, half the steps would be outliers)",
+            )?;
+        }
+        if outliers.min_steps < 3 {
+            bad(
+                "flags.eu_outliers.min_steps",
+                "must be at least 3 (no step of 2 peaks at more than 2× their median)",
+            )?;
         }
         if self.train.iterations == 0 {
             bad("train.iterations", "must be at least 1")?;

@@ -12,13 +12,22 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 
 use super::output::Output;
+use crate::pipeline::Outliers;
 use crate::session::f64_column;
 
 /// The shipped query: steps whose EU peaks at 3× the median step's or more.
 const QUERY: &str = include_str!("../../queries/eu_outlier_steps.sql");
 
-/// Below this many steps in the table a median peak says too little.
-pub const MIN_STEPS: u64 = 8;
+/// The shipped query's condition, whose factor a pipeline may change.
+const CONDITION: &str = "peak_eu_k2 >= 3 * median_peak_eu_k2";
+
+/// The shipped query with the factor `times_median` in its condition.
+fn query(times_median: f64) -> String {
+    QUERY.replace(
+        CONDITION,
+        &format!("peak_eu_k2 >= {times_median:?} * median_peak_eu_k2"),
+    )
+}
 
 /// One step whose EU peaks far above the usual.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,15 +71,21 @@ pub fn place(lat: f64, lon: f64) -> String {
     format!("{}{north_south} {}{east_west}", lat.abs(), lon.abs())
 }
 
-/// The steps of `written` (valid times) that the shipped query lists over
-/// `output`'s flags table, once it holds [`MIN_STEPS`] steps.
-pub async fn among(output: &Output, written: &BTreeSet<i64>) -> Result<Vec<Outlier>> {
+/// The steps of `written` (valid times) that the shipped query, at the
+/// pipeline's factor, lists over `output`'s flags table, once it holds
+/// the pipeline's least number of steps (below it a median peak says too
+/// little).
+pub async fn among(
+    output: &Output,
+    written: &BTreeSet<i64>,
+    bounds: Outliers,
+) -> Result<Vec<Outlier>> {
     if written.is_empty() {
         return Ok(Vec::new());
     }
     let ctx = output.flags_session("flags").await?;
     let batches = ctx
-        .sql(QUERY)
+        .sql(&query(bounds.times_median))
         .await?
         .collect()
         .await
@@ -78,7 +93,7 @@ pub async fn among(output: &Output, written: &BTreeSet<i64>) -> Result<Vec<Outli
     let mut found = Vec::new();
     for batch in &batches {
         for outlier in outliers(batch)? {
-            if written.contains(&outlier.0.valid_time) && outlier.1 >= MIN_STEPS {
+            if written.contains(&outlier.0.valid_time) && outlier.1 >= bounds.min_steps {
                 found.push(outlier.0);
             }
         }
@@ -196,9 +211,10 @@ mod tests {
     async fn a_written_step_peaking_far_above_the_median_is_found() {
         // Eight steps peaking at 0.02-0.05 K², the sixth at 0.3 (median 0.03).
         let peaks = [0.02, 0.03, 0.03, 0.05, 0.03, 0.3, 0.02, 0.04];
+        let shipped = Outliers::default();
         let (_dir, output) = output_with(&peaks).await;
         let written: BTreeSet<i64> = (0..8).map(step).collect();
-        let found = among(&output, &written).await.unwrap();
+        let found = among(&output, &written, shipped).await.unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         let outlier = &found[0];
         assert_eq!(outlier.valid_time, step(5));
@@ -214,23 +230,23 @@ mod tests {
         );
         // Not written by this run: not warned of again.
         let others: BTreeSet<i64> = (0..5).map(step).collect();
-        assert!(among(&output, &others).await.unwrap().is_empty());
+        assert!(among(&output, &others, shipped).await.unwrap().is_empty());
         // Just above 3× counts; 2.9× does not.
         let mut edge = peaks;
         edge[5] = 0.0901;
         let (_dir, output) = output_with(&edge).await;
-        assert_eq!(among(&output, &written).await.unwrap().len(), 1);
+        assert_eq!(among(&output, &written, shipped).await.unwrap().len(), 1);
         edge[5] = 0.087;
         let (_dir, output) = output_with(&edge).await;
-        assert!(among(&output, &written).await.unwrap().is_empty());
+        assert!(among(&output, &written, shipped).await.unwrap().is_empty());
         // Members that agree everywhere (EU 0) have no outliers; a peak
         // where the usual one is 0 is one.
         let mut zero = [0.0; 8];
         let (_dir, output) = output_with(&zero).await;
-        assert!(among(&output, &written).await.unwrap().is_empty());
+        assert!(among(&output, &written, shipped).await.unwrap().is_empty());
         zero[2] = 0.01;
         let (_dir, output) = output_with(&zero).await;
-        let found = among(&output, &written).await.unwrap();
+        let found = among(&output, &written, shipped).await.unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0]
@@ -242,6 +258,51 @@ mod tests {
         // Seven steps: too few for a usual peak.
         let (_dir, output) = output_with(&peaks[..7]).await;
         let seven: BTreeSet<i64> = (0..7).map(step).collect();
-        assert!(among(&output, &seven).await.unwrap().is_empty());
+        assert!(among(&output, &seven, shipped).await.unwrap().is_empty());
+    }
+
+    /// A pipeline's `flags.eu_outliers` moves both bounds.
+    #[tokio::test]
+    async fn the_pipelines_bounds_decide_what_is_an_outlier() {
+        // The condition a pipeline's factor replaces is in the shipped query, once.
+        assert_eq!(QUERY.matches(CONDITION).count(), 1);
+        let peaks = [0.02, 0.03, 0.03, 0.05, 0.03, 0.3, 0.02, 0.04];
+        let written: BTreeSet<i64> = (0..8).map(step).collect();
+        let (_dir, output) = output_with(&peaks).await;
+        let bounds = |times_median, min_steps| Outliers {
+            times_median,
+            min_steps,
+        };
+        // The step at 10× is not one at 12×, and is at 9.5×.
+        assert!(
+            among(&output, &written, bounds(12.0, 8))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            among(&output, &written, bounds(9.5, 8))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // At 1.6×, the 0.05 K² step (1.67×) is one too.
+        let found = among(&output, &written, bounds(1.6, 8)).await.unwrap();
+        let times: Vec<i64> = found.iter().map(|o| o.valid_time).collect();
+        assert_eq!(times, [step(5), step(3)]);
+        // Seven steps are enough where the pipeline says so.
+        let (_dir, output) = output_with(&peaks[..7]).await;
+        let seven: BTreeSet<i64> = (0..7).map(step).collect();
+        assert!(
+            among(&output, &seven, bounds(3.0, 8))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            among(&output, &seven, bounds(3.0, 7)).await.unwrap().len(),
+            1
+        );
     }
 }

@@ -317,7 +317,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         }
         let steps: BTreeSet<i64> = existing.iter().copied().chain(written.clone()).collect();
         flagging.refresh(&steps, &written, &mut summary).await?;
-        warn_of_eu_outliers(&output, &written, &mut summary).await;
+        let bounds = pipeline.flags.eu_outliers;
+        warn_of_eu_outliers(&output, &written, bounds, &mut summary).await;
         let written_inits = written.iter().map(|t| t - lead).collect();
         let limited = options.since.is_some() || options.until.is_some();
         let steps = (&before.forecast, &before.rechecked, &written_inits);
@@ -372,8 +373,13 @@ impl Before {
 /// Warns of each step just written whose EU peaks far above the usual. The
 /// forecasts and flags are written whatever it finds, so a check that
 /// cannot run is a warning too, not a failed run.
-async fn warn_of_eu_outliers(output: &Output, written: &BTreeSet<i64>, summary: &mut Summary) {
-    match eu_outliers::among(output, written).await {
+async fn warn_of_eu_outliers(
+    output: &Output,
+    written: &BTreeSet<i64>,
+    bounds: crate::pipeline::Outliers,
+    summary: &mut Summary,
+) {
+    match eu_outliers::among(output, written, bounds).await {
         Ok(found) => {
             for outlier in &found {
                 eprintln!("warning: {outlier}");

@@ -117,4 +117,68 @@ fn demo_runs_the_embedded_job_finds_the_ood_disk_and_meets_its_targets() {
         ood_peak(&said),
         "the same forecast, read again"
     );
+
+    // The pipeline's `flags.eu_outliers` decides what a run warns of: at
+    // 1.5× the median step's peak, among two steps forecast again after
+    // their files were removed, those the flags table puts at 1.5× or more.
+    let flags = format!("flags={}", out.join("output/flags").display());
+    let peaks = crate::sql_csv(
+        &flags,
+        "SELECT valid_time, max(max_eu) AS peak FROM flags GROUP BY 1 ORDER BY 1",
+    );
+    let peaks: Vec<(String, f64)> = peaks
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (time, peak) = l.split_once(',').unwrap();
+            (time.to_string(), peak.parse().unwrap())
+        })
+        .collect();
+    let mut sorted: Vec<f64> = peaks.iter().map(|p| p.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = (sorted[5] + sorted[6]) / 2.0;
+    // The hot disk's step and the highest of the others.
+    let ood = "2020-01-03T18:00:00Z";
+    let other = peaks
+        .iter()
+        .filter(|p| p.0 != ood)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let other = other.unwrap();
+    let written = [ood, other.0.as_str()];
+    let expected = peaks
+        .iter()
+        .filter(|p| written.contains(&p.0.as_str()) && p.1 >= 1.5 * median)
+        .count();
+    assert_eq!(
+        expected, 2,
+        "the highest other step is below 1.5×: {peaks:?}"
+    );
+    let pipeline = out.join("pipelines/era5_t2m_6h.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let shipped = "eu_outliers = { times_median = 3.0, min_steps = 8 }";
+    assert!(text.contains(shipped));
+    let text = text.replace(shipped, "eu_outliers = { times_median = 1.5 }");
+    std::fs::write(&pipeline, text).unwrap();
+    let month = out.join("output/forecast/year=2020/month=01");
+    for time in written {
+        let name = time.replace(['-', ':'], "").replace("00Z", "");
+        std::fs::remove_file(month.join(format!("t2m_{name}.parquet"))).unwrap();
+    }
+    let o = crate::uqcast(&[
+        "run",
+        "--config",
+        pipeline.to_str().unwrap(),
+        "--input",
+        out.join("era5").to_str().unwrap(),
+        "--output",
+        out.join("output").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("new_steps=2 existing_steps=10 ")
+            && stdout(&o).contains(" eu_outliers=2 "),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(stderr(&o).matches("warning: forecast valid at").count(), 2);
 }

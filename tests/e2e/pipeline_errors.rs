@@ -557,6 +557,25 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "eu_threshold = { percentile = 0.9, absolute = -0.1 }",
         "flags.eu_threshold.absolute: must be ≥ 0 K²",
     );
+    // EU-outlier bounds that would warn of half the steps, or of none.
+    edited_fails(
+        "outliers-at-the-median.toml",
+        "min_fraction = 0.3",
+        "min_fraction = 0.3\neu_outliers = { times_median = 1.0 }",
+        "flags.eu_outliers.times_median: must be a number > 1",
+    );
+    edited_fails(
+        "outliers-of-two-steps.toml",
+        "min_fraction = 0.3",
+        "min_fraction = 0.3\neu_outliers = { min_steps = 2 }",
+        "flags.eu_outliers.min_steps: must be at least 3",
+    );
+    edited_fails(
+        "outliers-unknown-key.toml",
+        "min_fraction = 0.3",
+        "min_fraction = 0.3\neu_outliers = { ratio = 5.0 }",
+        "unknown field `ratio`",
+    );
     // More weight draws than a forecast may take (a mistyped count).
     edited_fails(
         "many-members.toml",
