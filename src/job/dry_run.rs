@@ -19,7 +19,8 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType}
 use futures::StreamExt;
 
 use super::output::Output;
-use super::{Before, RunOptions, empty_source, flags_refresh, prepare, source_steps, step_local};
+use super::prepare::{Before, prepare};
+use super::{RunOptions, empty_source, flags_refresh, source_steps, step_local};
 use crate::pipeline::Pipeline;
 
 /// What a run would do.

@@ -20,6 +20,7 @@ pub mod flags_months;
 pub mod flags_per_step;
 pub mod flags_refresh;
 pub mod output;
+mod prepare;
 pub mod recheck_ledger;
 pub mod revisions;
 pub mod s3_lock;
@@ -41,9 +42,8 @@ use futures::StreamExt;
 use uqcast_forecast::{ForecastModel, ForecastTable, Source};
 
 use crate::pipeline::Pipeline;
-use crate::session::context_with_table;
-use crate::session::s3::S3Location;
 use output::Output;
+use prepare::{Before, prepare};
 use store::Provenance;
 
 /// What a run did, for the summary line.
@@ -116,157 +116,6 @@ pub(crate) fn timestamps_sql<'a>(times: impl IntoIterator<Item = &'a i64>) -> St
         .join(", ")
 }
 
-/// What a run and a dry run check and open before the output: the
-/// model, the input and its source query, the flags SQL.
-struct Prepared {
-    location: String,
-    model: Arc<ForecastModel>,
-    settings: uqcast_forecast::InferenceSettings,
-    device_name: String,
-    out_dir: PathBuf,
-    /// Recheck window in days, and the recheck of its input.
-    days: u32,
-    recheck: recheck_ledger::Recheck,
-    ctx: datafusion::prelude::SessionContext,
-    /// The source query, and it limited by `--since`/`--until`.
-    query: String,
-    sql: String,
-    step_local: bool,
-    flags_query: flags::FlagsQuery,
-}
-
-impl Prepared {
-    /// What the forecast files are written with, and checked against.
-    fn provenance(&self, pipeline: &Pipeline) -> Provenance {
-        let (model, settings) = (&self.model, &self.settings);
-        [
-            ("model_id", model.id.clone()),
-            ("method", model.checkpoint.method.to_string()),
-            ("members", settings.members.to_string()),
-            ("samples", settings.samples.to_string()),
-            ("sampler", settings.sampler.to_string()),
-            ("seed", settings.seed.to_string()),
-            ("lead_hours", model.meta.lead_hours.to_string()),
-            ("pipeline", pipeline.name.clone()),
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-/// Loads the model and checks it against the pipeline, registers the
-/// input and checks the source and flags SQL: all a run does before it
-/// opens its output, each failure naming its file and field.
-async fn prepare(pipeline: &Pipeline, options: &RunOptions) -> Result<Prepared> {
-    let location = options
-        .input
-        .clone()
-        .unwrap_or_else(|| pipeline.source_location());
-    let model_path = options
-        .model
-        .clone()
-        .unwrap_or_else(|| pipeline.resolve(&pipeline.model.checkpoint));
-    let out_dir = options
-        .output
-        .clone()
-        .unwrap_or_else(|| pipeline.resolve(&pipeline.output.dir));
-    let settings = pipeline.inference()?;
-
-    let device = uqcast_hyperdm::default_device()?;
-    let device_name = uqcast_hyperdm::device_name(&device);
-    let model = {
-        // A model in a bucket is read from this process's copy.
-        let path = match S3Location::parse(&model_path.to_string_lossy())? {
-            Some(_) => crate::session::s3::model_copy(&model_path.to_string_lossy()).await,
-            None => Ok(model_path.clone()),
-        };
-        let path = match (path, &options.model) {
-            (Ok(path), _) => path,
-            (Err(e), Some(_)) => return Err(e.context("--model")),
-            (Err(e), None) => {
-                return Err(e.context(format!(
-                    "pipeline {} model.checkpoint",
-                    pipeline.file.display()
-                )));
-            }
-        };
-        let loaded = tokio::task::spawn_blocking(move || {
-            ForecastModel::load(&path, &device).map_err(anyhow::Error::from)
-        })
-        .await
-        .context("model loading task failed")?;
-        // A model the pipeline names: say where it was named.
-        match options.model {
-            None => loaded.with_context(|| {
-                format!("pipeline {} model.checkpoint", pipeline.file.display())
-            })?,
-            Some(_) => loaded?,
-        }
-    };
-    if model.meta.lead_hours != pipeline.model.lead_hours {
-        anyhow::bail!(
-            "{}: the model forecasts {} h ahead, pipeline {} says model.lead_hours = {}",
-            model_path.display(),
-            model.meta.lead_hours,
-            pipeline.file.display(),
-            pipeline.model.lead_hours
-        );
-    }
-    if let Err((field, e)) = model.check_settings(&settings) {
-        anyhow::bail!(
-            "{}: pipeline {} inference.{field}: {e}",
-            model_path.display(),
-            pipeline.file.display()
-        );
-    }
-    // The input files' identities are taken before they are opened (see
-    // `recheck_ledger`).
-    let days = options.recheck_days.unwrap_or(pipeline.source.recheck_days);
-    let query = source_sql(pipeline, None, None)?;
-    let recheck = recheck_ledger::Recheck::start(&location, &query, days).await;
-    // The input is opened before the output, so a run that cannot read its
-    // input leaves no empty forecast directory behind.
-    let ctx = match &options.ballista {
-        None => context_with_table("era5", location.clone()).await?,
-        Some(url) => {
-            let ctx = crate::cluster::client(url).await?;
-            crate::session::register_tables(
-                &ctx,
-                &[crate::session::TableArg {
-                    name: "era5".into(),
-                    location: location.clone(),
-                }],
-            )
-            .await?;
-            ctx
-        }
-    };
-    source_check::check(&ctx, pipeline, &query).await?;
-    let sql = source_sql(pipeline, options.since, options.until)?;
-    let step_local = step_local::is_step_local(&ctx, &query, "era5").await;
-    let flags_query = flags::render(pipeline)?;
-    flags::check(&flags_query).await?;
-    if pipeline.flags.per_step {
-        flags_per_step::check(&flags_query).await?;
-    }
-    Ok(Prepared {
-        location,
-        model: Arc::new(model),
-        settings,
-        device_name,
-        out_dir,
-        days,
-        recheck,
-        ctx,
-        query,
-        sql,
-        step_local,
-        flags_query,
-    })
-}
-
 pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let mut p = prepare(pipeline, options).await?;
     let provenance = p.provenance(pipeline);
@@ -334,40 +183,6 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         .await;
     result?;
     Ok(summary)
-}
-
-/// What the output held before a run: the steps forecast (initial times),
-/// those of the recheck window whose input is read again, and those of
-/// them whose input changed (forecast again).
-struct Before {
-    forecast: BTreeSet<i64>,
-    rechecked: BTreeSet<i64>,
-    revised: BTreeSet<i64>,
-}
-
-impl Before {
-    /// Reads `output`, whose steps are `existing` (valid times), and the
-    /// input of the window's steps where the recheck needs it.
-    async fn find(p: &mut Prepared, output: &Output, existing: &[i64]) -> Result<Self> {
-        let lead = p.model.lead_micros();
-        let forecast: BTreeSet<i64> = existing.iter().map(|t| t - lead).collect();
-        let window = revisions::window(&forecast, p.days);
-        let rechecked = p
-            .recheck
-            .steps_to_read(&p.ctx, p.step_local, output, &window, lead)
-            .await;
-        let revised = revisions::revised(&p.ctx, &p.sql, output, &rechecked, lead).await?;
-        Ok(Self {
-            forecast,
-            rechecked,
-            revised,
-        })
-    }
-
-    /// The initial times the run leaves as they are.
-    fn skip(&self) -> BTreeSet<i64> {
-        self.forecast.difference(&self.revised).copied().collect()
-    }
 }
 
 /// Warns of each step just written whose EU peaks far above the usual. The
