@@ -166,14 +166,17 @@ pub struct Flags {
     pub eu_outliers: Outliers,
 }
 
-/// A step whose EU peaks at `times_median` times the median step's peak
-/// or more is an outlier, once the flags table holds `min_steps` steps
-/// (`queries/eu_outlier_steps.sql`, `job::eu_outliers`).
+/// A step whose EU peaks at `times_median` times the median peak of the
+/// usual steps or more is an outlier, where the usual steps are at least
+/// `min_steps`: the whole flags table's, or with `window_days` those valid
+/// within that many days up to the step (`queries/eu_outlier_steps.sql`,
+/// `job::eu_outliers`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Outliers {
     pub times_median: f64,
     pub min_steps: u64,
+    pub window_days: Option<u32>,
 }
 
 impl Default for Outliers {
@@ -183,6 +186,7 @@ impl Default for Outliers {
         Self {
             times_median: 3.0,
             min_steps: 8,
+            window_days: None,
         }
     }
 }
@@ -302,6 +306,12 @@ impl Pipeline {
             bad(
                 "flags.eu_outliers.times_median",
                 "must be a number > 1 (at 1, half the steps would be outliers)",
+            )?;
+        }
+        if outliers.window_days == Some(0) {
+            bad(
+                "flags.eu_outliers.window_days",
+                "must be at least 1 (or absent: the whole table's steps)",
             )?;
         }
         if outliers.min_steps < 3 {

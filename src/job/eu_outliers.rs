@@ -21,12 +21,24 @@ const QUERY: &str = include_str!("../../queries/eu_outlier_steps.sql");
 /// The shipped query's condition, whose factor a pipeline may change.
 const CONDITION: &str = "peak_eu_k2 >= 3 * median_peak_eu_k2";
 
-/// The shipped query with the factor `times_median` in its condition.
-fn query(times_median: f64) -> String {
-    QUERY.replace(
+/// The shipped query's usual steps, the whole table's, which a pipeline
+/// may make those of the days up to each step.
+const FRAME: &str = "RANGE BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING";
+
+/// The shipped query with the pipeline's bounds in it.
+fn query(bounds: Outliers) -> String {
+    let factor = bounds.times_median;
+    let query = QUERY.replace(
         CONDITION,
-        &format!("peak_eu_k2 >= {times_median:?} * median_peak_eu_k2"),
-    )
+        &format!("peak_eu_k2 >= {factor:?} * median_peak_eu_k2"),
+    );
+    match bounds.window_days {
+        None => query,
+        Some(days) => query.replace(
+            FRAME,
+            &format!("RANGE BETWEEN INTERVAL '{days} days' PRECEDING AND CURRENT ROW"),
+        ),
+    }
 }
 
 /// One step whose EU peaks far above the usual.
@@ -40,17 +52,24 @@ pub struct Outlier {
     pub peak_eu: f64,
     pub median_peak_eu: f64,
     pub times_median: f64,
+    /// The usual steps' span: the whole table's, or these days up to it.
+    pub window_days: Option<u32>,
 }
 
 impl std::fmt::Display for Outlier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let median = match self.window_days {
+            None => "the median step's peak".to_string(),
+            Some(1) => "the median peak of the day up to it".to_string(),
+            Some(days) => format!("the median peak of the {days} days up to it"),
+        };
         let against = if self.median_peak_eu > 0.0 {
             format!(
-                "{:.1}× the median step's peak ({:.3} K²)",
+                "{:.1}× {median} ({:.3} K²)",
                 self.times_median, self.median_peak_eu
             )
         } else {
-            "where the median step's peak is 0".to_string()
+            format!("where {median} is 0")
         };
         write!(
             f,
@@ -71,10 +90,10 @@ pub fn place(lat: f64, lon: f64) -> String {
     format!("{}{north_south} {}{east_west}", lat.abs(), lon.abs())
 }
 
-/// The steps of `written` (valid times) that the shipped query, at the
-/// pipeline's factor, lists over `output`'s flags table, once it holds
-/// the pipeline's least number of steps (below it a median peak says too
-/// little).
+/// The steps of `written` (valid times) that the shipped query, with the
+/// pipeline's factor and usual steps, lists over `output`'s flags table,
+/// where the usual steps are at least the pipeline's least number (below
+/// it a median peak says too little).
 pub async fn among(
     output: &Output,
     written: &BTreeSet<i64>,
@@ -85,14 +104,14 @@ pub async fn among(
     }
     let ctx = output.flags_session("flags").await?;
     let batches = ctx
-        .sql(&query(bounds.times_median))
+        .sql(&query(bounds))
         .await?
         .collect()
         .await
         .context("queries/eu_outlier_steps.sql over the flags table")?;
     let mut found = Vec::new();
     for batch in &batches {
-        for outlier in outliers(batch)? {
+        for outlier in outliers(batch, bounds.window_days)? {
             if written.contains(&outlier.0.valid_time) && outlier.1 >= bounds.min_steps {
                 found.push(outlier.0);
             }
@@ -101,8 +120,8 @@ pub async fn among(
     Ok(found)
 }
 
-/// The query's rows, each with the table's step count.
-fn outliers(batch: &RecordBatch) -> Result<Vec<(Outlier, u64)>> {
+/// The query's rows, each with its usual steps' count.
+fn outliers(batch: &RecordBatch, window_days: Option<u32>) -> Result<Vec<(Outlier, u64)>> {
     let times = batch
         .column_by_name("valid_time")
         .context("column valid_time")?
@@ -125,6 +144,7 @@ fn outliers(batch: &RecordBatch) -> Result<Vec<(Outlier, u64)>> {
                 peak_eu: peak[i].unwrap_or(f64::NAN),
                 median_peak_eu: median[i].unwrap_or(f64::NAN),
                 times_median: times_median[i].unwrap_or(f64::NAN),
+                window_days,
             };
             (outlier, steps[i].unwrap_or(0.0) as u64)
         })
@@ -266,12 +286,14 @@ mod tests {
     async fn the_pipelines_bounds_decide_what_is_an_outlier() {
         // The condition a pipeline's factor replaces is in the shipped query, once.
         assert_eq!(QUERY.matches(CONDITION).count(), 1);
+        assert_eq!(QUERY.matches(FRAME).count(), 1);
         let peaks = [0.02, 0.03, 0.03, 0.05, 0.03, 0.3, 0.02, 0.04];
         let written: BTreeSet<i64> = (0..8).map(step).collect();
         let (_dir, output) = output_with(&peaks).await;
         let bounds = |times_median, min_steps| Outliers {
             times_median,
             min_steps,
+            window_days: None,
         };
         // The step at 10× is not one at 12×, and is at 9.5×.
         assert!(
@@ -304,5 +326,46 @@ mod tests {
             among(&output, &seven, bounds(3.0, 7)).await.unwrap().len(),
             1
         );
+    }
+
+    /// With `window_days` a step is judged against the steps of the days up
+    /// to it: a season whose EU runs high is not all outliers, and a real
+    /// outlier within it still is one.
+    #[tokio::test]
+    async fn a_window_of_days_judges_a_step_against_the_days_up_to_it() {
+        // Four days peaking at 0.02 K², four at 0.08 with one step at 0.5.
+        let mut peaks = [0.02; 32];
+        peaks[16..].fill(0.08);
+        peaks[28] = 0.5;
+        let (_dir, output) = output_with(&peaks).await;
+        let written: BTreeSet<i64> = (24..32).map(step).collect();
+        let whole = Outliers {
+            times_median: 1.5,
+            min_steps: 8,
+            window_days: None,
+        };
+        // Against the whole table (median 0.05) every step written is one.
+        assert_eq!(among(&output, &written, whole).await.unwrap().len(), 8);
+        let recent = Outliers {
+            window_days: Some(2),
+            ..whole
+        };
+        let found = among(&output, &written, recent).await.unwrap();
+        let times: Vec<i64> = found.iter().map(|o| o.valid_time).collect();
+        assert_eq!(times, [step(28)]);
+        assert!((found[0].median_peak_eu - 0.08).abs() < 1e-12, "{found:?}");
+        let said = found[0].to_string();
+        assert!(
+            said.contains("6.2× the median peak of the 2 days up to it (0.080 K²)"),
+            "{said}"
+        );
+        // The first steps of a table have fewer days before them than the
+        // usual steps need: two days hold 9 steps, the fourth step 4.
+        let mut early = [0.02; 12];
+        early[3] = 0.5;
+        let (_dir, output) = output_with(&early).await;
+        let written: BTreeSet<i64> = (0..12).map(step).collect();
+        assert!(among(&output, &written, recent).await.unwrap().is_empty());
+        assert_eq!(among(&output, &written, whole).await.unwrap().len(), 1);
     }
 }

@@ -571,6 +571,12 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "flags.eu_outliers.min_steps: must be at least 3",
     );
     edited_fails(
+        "outliers-no-days.toml",
+        "min_fraction = 0.3",
+        "min_fraction = 0.3\neu_outliers = { window_days = 0 }",
+        "flags.eu_outliers.window_days: must be at least 1",
+    );
+    edited_fails(
         "outliers-unknown-key.toml",
         "min_fraction = 0.3",
         "min_fraction = 0.3\neu_outliers = { ratio = 5.0 }",
