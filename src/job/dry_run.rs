@@ -132,11 +132,7 @@ async fn distinct_steps(
 /// The summary line's fields, as `uqcast run`'s (`would_` where it
 /// would write).
 pub fn describe(plan: &Plan, out: &std::path::Path) -> String {
-    let device = plan
-        .device
-        .as_ref()
-        .map(|d| format!("device={d} "))
-        .unwrap_or_default();
+    let device = super::device_field(plan.device.as_deref());
     format!(
         "would_forecast={} would_revise={} existing_steps={} flag_months={} \
          flag_months_removed={} {device}output={}",

@@ -332,11 +332,7 @@ async fn write_new_steps(
 
 /// Where the output of a run lives, for messages.
 pub fn describe(summary: &Summary, out: &Path) -> String {
-    let device = summary
-        .device
-        .as_ref()
-        .map(|d| format!("device={d} "))
-        .unwrap_or_default();
+    let device = device_field(summary.device.as_deref());
     format!(
         "new_steps={} existing_steps={} revised_steps={} tiles={} flagged_tiles={} eu_outliers={} \
          {device}output={}",
@@ -348,4 +344,10 @@ pub fn describe(summary: &Summary, out: &Path) -> String {
         summary.eu_outliers,
         out.display()
     )
+}
+
+/// The summary line's `device=… ` field, empty on a cluster (whose
+/// executors choose their own).
+pub(crate) fn device_field(device: Option<&str>) -> String {
+    device.map(|d| format!("device={d} ")).unwrap_or_default()
 }
