@@ -135,11 +135,13 @@ fn a_dry_run_says_what_the_run_then_does_and_writes_nothing() {
         "{}",
         stdout(&o)
     );
-    let forecast: Vec<String> = stderr(&o)
+    let mut forecast: Vec<String> = stderr(&o)
         .lines()
         .filter(|l| l.starts_with("forecast "))
         .map(|l| l.rsplit('/').next().unwrap().to_string())
         .collect();
+    // Written as each step's sampling ends, in no fixed order.
+    forecast.sort();
     assert_eq!(
         forecast,
         ["t2m_20200101T1800.parquet", "t2m_20200102T1800.parquet"]
