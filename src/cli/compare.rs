@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use uqcast_forecast::model::mix;
-use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, StepField};
+use uqcast_forecast::{ForecastModel, InferenceSettings, ModelGrid, PackedStep, StepField};
 use uqcast_hyperdm::{Method, PrimaryConfig};
 use uqcast_skill::{
     AreaWeight, CrpsEstimator, auprc, auroc, crps_common_noise, crps_gaussian, crps_member_mean,
@@ -37,7 +37,7 @@ mod table;
 
 use super::eval::{grid_key, true_variance};
 use super::synth::{SynthArgs, generate};
-use super::train::{SOURCE_ROW_BYTES, read_steps};
+use super::train::{HeldStep, read_steps};
 use crate::job::source_sql;
 use crate::pipeline::Pipeline;
 use crate::session::{context_with_table, memory};
@@ -123,11 +123,11 @@ pub async fn run(b: Benchmark) -> Result<()> {
     let location = train_dir.display().to_string();
     let ctx = context_with_table("era5", location.clone()).await?;
     let (grid, train_steps) =
-        read_steps(&ctx, &location, &sql, "ask for fewer (--train-steps)").await?;
+        read_steps::<PackedStep>(&ctx, &location, &sql, "ask for fewer (--train-steps)").await?;
     let location = test_dir.display().to_string();
     let ctx = context_with_table("era5", location.clone()).await?;
     let (test_grid, test_steps) =
-        read_steps(&ctx, &location, &sql, "ask for fewer (--test-steps)").await?;
+        read_steps::<StepField>(&ctx, &location, &sql, "ask for fewer (--test-steps)").await?;
     if !grid.same_cells(&test_grid) {
         bail!("the benchmark's training and test grids differ");
     }
@@ -289,13 +289,11 @@ fn check_memory_fits(b: &Benchmark) -> Result<()> {
     // Both spans are written on the synthetic data's default grid.
     let synth = SynthArgs::new(b.work.clone(), TRAIN_START, b.train_steps, 0, vec![]);
     let cells = synth.config()?.grid.cells() as u64;
-    for (flag, steps) in [
-        ("--train-steps", b.train_steps),
-        ("--test-steps", b.test_steps),
+    for (flag, steps, bytes) in [
+        ("--train-steps", b.train_steps, PackedStep::BYTES_PER_ROW),
+        ("--test-steps", b.test_steps, StepField::BYTES_PER_ROW),
     ] {
-        let needed = (steps as u64)
-            .saturating_mul(cells)
-            .saturating_mul(SOURCE_ROW_BYTES);
+        let needed = (steps as u64).saturating_mul(cells).saturating_mul(bytes);
         if needed > limit {
             return Err(too_much(
                 format!("{flag} {steps}: reading {steps} steps of {cells} cells"),
@@ -342,7 +340,7 @@ async fn ensure_data(
 fn trained_with(
     model: &ForecastModel,
     settings: &uqcast_forecast::FieldTraining,
-    steps: &[StepField],
+    steps: &[PackedStep],
 ) -> bool {
     let c = &model.checkpoint;
     let same_network = match &c.primary {
@@ -369,7 +367,7 @@ async fn trained_model(
     method: Method,
     iterations: u64,
     grid: &ModelGrid,
-    steps: &[StepField],
+    steps: &[PackedStep],
     work: &Path,
     source: &Path,
 ) -> Result<ForecastModel> {

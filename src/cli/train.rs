@@ -13,8 +13,7 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use uqcast_forecast::assemble::{SourceColumns, StepAssembler, check_source_columns};
-use uqcast_forecast::pairs::STEP_BYTES_PER_CELL;
-use uqcast_forecast::{ModelGrid, StepField};
+use uqcast_forecast::{ModelGrid, PackedStep, StepField};
 
 use super::output::counted;
 use crate::job::{empty_source, source_sql, timestamp_sql};
@@ -48,25 +47,52 @@ pub struct TrainArgs {
     max_pairs: Option<u64>,
 }
 
-/// What one source row takes once read: its cell's value in its step
-/// ([`StepField`]), for checks made before anything is read.
-pub const SOURCE_ROW_BYTES: u64 = STEP_BYTES_PER_CELL;
+/// How a step read is held: packed for training ([`PackedStep`], 2 bytes a
+/// cell), or as read to be forecast ([`StepField`], 4).
+pub trait HeldStep: Sized {
+    /// What one source row takes once held, for checks made before
+    /// anything is read.
+    const BYTES_PER_ROW: u64;
+    fn hold(step: StepField) -> Self;
+    fn time(&self) -> i64;
+}
+
+impl HeldStep for PackedStep {
+    const BYTES_PER_ROW: u64 = uqcast_forecast::packed::BYTES_PER_CELL;
+    fn hold(step: StepField) -> Self {
+        PackedStep::pack(&step)
+    }
+    fn time(&self) -> i64 {
+        self.time
+    }
+}
+
+impl HeldStep for StepField {
+    const BYTES_PER_ROW: u64 = size_of::<f32>() as u64;
+    fn hold(step: StepField) -> Self {
+        step
+    }
+    fn time(&self) -> i64 {
+        self.time
+    }
+}
 
 /// Reads every step the source query returns, as whole steps on the grid
-/// of the first step read (every step must have its cells).
+/// of the first step read (every step must have its cells), each held as
+/// `S`.
 ///
 /// Steps are assembled as the rows stream by, so a span takes what its
-/// steps' values take ([`SOURCE_ROW_BYTES`] a row) and the steps still
+/// steps take held (`S::BYTES_PER_ROW` a row) and the steps still
 /// incomplete. That counts against the memory a query may hold
 /// ([`memory::LIMIT_VAR`]): a span too long for the machine ends in one
 /// line saying how far the reading got and how to ask for less (`fewer`),
 /// rather than in the kernel's out-of-memory kill.
-pub async fn read_steps(
+pub async fn read_steps<S: HeldStep>(
     ctx: &SessionContext,
     location: &str,
     sql: &str,
     fewer: &str,
-) -> Result<(ModelGrid, Vec<StepField>)> {
+) -> Result<(ModelGrid, Vec<S>)> {
     let df = ctx.sql(sql).await.context("source query")?;
     check_source_columns(df.schema().as_arrow())?;
     let reservation = MemoryConsumer::new("uqcast: the source steps read for training")
@@ -86,10 +112,11 @@ pub async fn read_steps(
     let (first_time, ..) = SourceColumns::of(&first)?.row(0)?;
     let grid = grid_of_step(ctx, sql, first_time).await?;
     let mut assembler = StepAssembler::with_cells_of(grid.clone(), first_time);
-    let mut steps = assembler.push(&first)?;
-    let step_bytes = grid.cells() * SOURCE_ROW_BYTES as usize;
+    let mut steps: Vec<S> = assembler.push(&first)?.into_iter().map(S::hold).collect();
+    let step_bytes = grid.cells() * S::BYTES_PER_ROW as usize;
     while let Some(b) = stream.next().await {
-        steps.extend(assembler.push(&b.context("source query")?)?);
+        let completed = assembler.push(&b.context("source query")?)?;
+        steps.extend(completed.into_iter().map(S::hold));
         let needed = steps.len() * step_bytes + assembler.open_bytes();
         if reservation.try_resize(needed).is_err() {
             let limit = memory::limit_bytes().unwrap_or_default();
@@ -108,7 +135,7 @@ pub async fn read_steps(
         }
     }
     assembler.finish()?;
-    steps.sort_by_key(|s| s.time);
+    steps.sort_by_key(S::time);
     tracing::debug!(
         "{location}: {} steps of {} cells held in {}",
         steps.len(),
@@ -190,7 +217,7 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         Some((sample, read)) => (Some(sample), read),
         None => (None, sql.clone()),
     };
-    let (grid, steps) = read_steps(
+    let (grid, steps) = read_steps::<PackedStep>(
         &ctx,
         &location,
         &read,

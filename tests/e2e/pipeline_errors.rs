@@ -394,7 +394,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
     }
     assert!(!fresh.exists() && !model.parent().unwrap().exists());
     // A training span whose steps do not fit in the memory a query may hold
-    // (UQCAST_QUERY_MEMORY_GB, here 50 kB; the 12 steps take 0.13 MB)
+    // (UQCAST_QUERY_MEMORY_GB, here 50 kB; the 12 steps take 64 kB packed)
     // stops while reading, in one line that says how far it got and how to
     // ask for less, and the kept model is untouched. Before, the rows were
     // held whole, with two copies of their coordinates, unaccounted, and a
@@ -413,7 +413,7 @@ fn bad_inputs_fail_clearly_and_keep_what_was_written() {
         "data: the training span does not fit in the memory a query may hold here",
         "steps read so far (2652 cells each), with those still incomplete, take",
         "of the 50 kB limit (UQCAST_QUERY_MEMORY_GB",
-        "default half of the memory), which holds at most 4 such steps; \
+        "default half of the memory), which holds at most 9 such steps; \
          train on fewer steps (--since, --until) or pairs (--max-pairs, train.max_pairs)",
     ] {
         assert!(err.contains(part), "{part} in {err}");

@@ -24,18 +24,19 @@ fn drawn(span: &serde_json::Value) -> [serde_json::Value; 5] {
 fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
     let dir = tempfile::tempdir().unwrap();
     // 40 six-hourly steps (one file) of 2,652 cells: 39 pairs, the
-    // last step without a partner; 10.6 kB a step held.
+    // last step without a partner; 5.3 kB a step held (packed).
     synth(&dir.path().join("data"), 40, "nc4", &[]);
     let config = write_pipeline(dir.path(), 2, "");
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace("iterations = 150", "iterations = 20\nmax_pairs = 6");
     std::fs::write(&config, text).unwrap();
     let c = config.to_str().unwrap();
-    // 200 kB for the span: all 40 steps (424 kB) do not fit, the steps of
-    // six pairs (at most 12, 127 kB) do.
+    // 150 kB for the span: all 40 steps (212 kB) do not
+    // fit, the steps of six pairs (at most 12, 64 kB) do, and so does the
+    // query for the span's times.
     let train = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_uqcast"))
-            .env("UQCAST_QUERY_MEMORY_GB", "0.0002")
+            .env("UQCAST_QUERY_MEMORY_GB", "0.00015")
             .args(["train", "--config", c])
             .args(extra)
             .output()
@@ -124,8 +125,13 @@ fn a_span_longer_than_memory_trains_on_the_pairs_drawn_from_it() {
     ] {
         assert!(err.contains(part), "{part} in {err}");
     }
-    // Given the memory, it trains on all 39, none drawn.
-    let o = uqcast(&["train", "--config", c, "--max-pairs", "1000"]);
+    // Given 300 kB, more than the 40 steps take packed (212 kB) but not
+    // as read (424 kB), it trains on all 39, none drawn.
+    let o = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .env("UQCAST_QUERY_MEMORY_GB", "0.0003")
+        .args(["train", "--config", c, "--max-pairs", "1000"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("(39 pairs from 2020-01-01T00:00Z")

@@ -16,6 +16,7 @@ use uqcast_hyperdm::{
 use crate::error::{ForecastError, Result, iso};
 use crate::features::{Normalisation, Patch, StepFeatures};
 use crate::grid::ModelGrid;
+use crate::packed::PackedStep;
 use crate::pair_sample::PairSample;
 use crate::pairs::{PairData, StepField};
 use crate::resume;
@@ -112,7 +113,7 @@ pub struct TrainingSpan {
 
 impl TrainingSpan {
     /// The first and last valid time of `steps`, as the span records them.
-    fn bounds(steps: &[StepField]) -> (String, String) {
+    fn bounds(steps: &[PackedStep]) -> (String, String) {
         let times = steps.iter().map(|s| s.time);
         (
             iso(times.clone().min().unwrap_or_default()),
@@ -122,7 +123,7 @@ impl TrainingSpan {
 
     /// Whether these steps are the span a model was trained on (same count,
     /// first and last valid time); the source path may have moved.
-    pub fn covers_the_same_steps(&self, steps: &[StepField]) -> bool {
+    pub fn covers_the_same_steps(&self, steps: &[PackedStep]) -> bool {
         self.steps == steps.len() && (self.first.clone(), self.last.clone()) == Self::bounds(steps)
     }
 }
@@ -421,7 +422,8 @@ impl ForecastModel {
     }
 }
 
-/// Trains a field model on `steps` (all on `grid`) and writes the checkpoint.
+/// Trains a field model on `steps` (all on `grid`, packed as training holds
+/// them) and writes the checkpoint.
 ///
 /// Resumable (see [`crate::resume`]): a partial checkpoint is kept every
 /// tenth of the updates, and a training started again on the same data with
@@ -429,7 +431,7 @@ impl ForecastModel {
 /// where training starts, when that is not simply the beginning.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
-    steps: &[StepField],
+    steps: &[PackedStep],
     grid: &ModelGrid,
     settings: &FieldTraining,
     source: &str,
@@ -619,8 +621,9 @@ mod tests {
             sample: None,
         };
         let path = dir.join("ens.safetensors");
+        let packed: Vec<PackedStep> = steps.iter().map(PackedStep::pack).collect();
         train(
-            &steps,
+            &packed,
             &grid,
             &settings,
             "test",

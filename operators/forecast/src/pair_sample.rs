@@ -2,7 +2,7 @@
 //! (`[train] max_pairs`).
 //!
 //! Training draws its minibatch rows from every cell of every pair, and
-//! holds each step it pairs whole (4 bytes a cell). Over a long span that
+//! holds each step it pairs whole (2 bytes a cell). Over a long span that
 //! is more steps than memory holds, and more rows than 48,000 updates of
 //! 2,048 ever see. A sample keeps the seasons and years of the span: the
 //! span's pairs, in time order, are cut into `max` runs of (nearly) equal

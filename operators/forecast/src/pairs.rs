@@ -1,11 +1,11 @@
 //! Training pairs (field at t, field at t + lead) from whole steps; a
 //! minibatch row is one cell of one pair.
 //!
-//! The pairs point into the steps read: a row's condition and target are
-//! made from the kelvin values when its minibatch is drawn, so training
-//! holds 4 bytes a cell per step rather than a normalised copy and a
-//! target per pair as well (a minibatch of 2,048 rows costs microseconds
-//! of that arithmetic).
+//! The pairs point into the steps read, packed ([`PackedStep`]): a row's
+//! condition and target are made from the kelvin values when its minibatch
+//! is drawn, so training holds 2 bytes a cell per step rather than a
+//! normalised copy and a target per pair as well (a minibatch of 2,048 rows
+//! costs microseconds of that arithmetic).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -15,6 +15,7 @@ use uqcast_hyperdm::error::CandleContext;
 
 use crate::features::{Normalisation, Patch, change, condition, solar_hours};
 use crate::grid::ModelGrid;
+use crate::packed::PackedStep;
 
 /// One complete step: kelvin values, row-major over the model grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,9 +24,6 @@ pub struct StepField {
     pub time: i64,
     pub values: Vec<f32>,
 }
-
-/// What training holds a cell of a step in: its kelvin value.
-pub const STEP_BYTES_PER_CELL: u64 = 4;
 
 /// The (condition, change) pairs of a set of steps.
 #[derive(Debug)]
@@ -40,8 +38,8 @@ pub struct PairData<'a> {
 
 #[derive(Debug)]
 struct Pair<'a> {
-    now: &'a [f32],
-    next: &'a [f32],
+    now: &'a PackedStep,
+    next: &'a PackedStep,
     /// The local solar hour of each column at the target time.
     solar: Vec<(f32, f32)>,
 }
@@ -51,15 +49,15 @@ impl<'a> PairData<'a> {
     /// with `only`, just the steps starting at those times (a sample drawn
     /// from a longer span, whose steps may also pair among themselves).
     pub fn build(
-        steps: &'a [StepField],
+        steps: &'a [PackedStep],
         grid: &ModelGrid,
         norm: &Normalisation,
         patch: Patch,
         lead_micros: i64,
         only: Option<&BTreeSet<i64>>,
     ) -> Self {
-        let by_time: HashMap<i64, &StepField> = steps.iter().map(|s| (s.time, s)).collect();
-        let mut ordered: Vec<&StepField> = steps.iter().collect();
+        let by_time: HashMap<i64, &PackedStep> = steps.iter().map(|s| (s.time, s)).collect();
+        let mut ordered: Vec<&PackedStep> = steps.iter().collect();
         ordered.sort_by_key(|s| s.time);
         let (mut pairs, mut unpaired) = (Vec::new(), 0);
         for now in ordered {
@@ -69,8 +67,8 @@ impl<'a> PairData<'a> {
             let target_time = now.time + lead_micros;
             match by_time.get(&target_time) {
                 Some(next) => pairs.push(Pair {
-                    now: &now.values,
-                    next: &next.values,
+                    now,
+                    next,
                     solar: solar_hours(grid, target_time),
                 }),
                 None => unpaired += 1,
@@ -104,8 +102,8 @@ impl TrainingData for PairData<'_> {
         for &row in rows {
             let pair = &self.pairs[row / cells];
             let cell = row % cells;
-            x0.push(change(norm, pair.now[cell], pair.next[cell]));
-            let unit = |i: usize| norm.to_unit(pair.now[i]);
+            x0.push(change(norm, pair.now.kelvin(cell), pair.next.kelvin(cell)));
+            let unit = |i: usize| norm.to_unit(pair.now.kelvin(i));
             condition(&self.grid, self.patch, cell, unit, &pair.solar, &mut y);
         }
         let n = rows.len();
@@ -124,9 +122,11 @@ mod tests {
     fn pairs_are_exactly_one_lead_apart_and_gaps_are_counted() {
         let grid = ModelGrid::new(vec![10.0], vec![0.0, 1.0]);
         let h = 3_600_000_000;
-        let step = |hours: i64, k: f32| StepField {
-            time: hours * h,
-            values: vec![k, k + 1.0],
+        let step = |hours: i64, k: f32| {
+            PackedStep::pack(&StepField {
+                time: hours * h,
+                values: vec![k, k + 1.0],
+            })
         };
         // 0→6 pairs, 6→12 missing (gap), 18→24 pairs, 24 has no successor.
         let steps = [

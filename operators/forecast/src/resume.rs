@@ -20,7 +20,7 @@ use uqcast_hyperdm::optim::AdamW;
 use uqcast_hyperdm::{HyperDm, PrimaryMlp, PrimaryNetwork, TrainConfig};
 
 use crate::error::{ForecastError, Result};
-use crate::pairs::StepField;
+use crate::packed::PackedStep;
 
 const FINGERPRINT: &str = "data.fingerprint";
 
@@ -31,10 +31,10 @@ pub fn folder(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// FNV-1a over the steps' times and values: equal for the same data, and
-/// stable across builds (unlike std's hasher), so a partial survives an
-/// upgrade of uqcast.
-pub fn fingerprint(steps: &[StepField]) -> String {
+/// FNV-1a over the steps' times and values as training holds them: equal
+/// for the same data, and stable across builds (unlike std's hasher), so a
+/// partial survives an upgrade of uqcast that packs steps the same way.
+pub fn fingerprint(steps: &[PackedStep]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -42,10 +42,7 @@ pub fn fingerprint(steps: &[StepField]) -> String {
         }
     };
     for step in steps {
-        eat(&step.time.to_le_bytes());
-        for v in &step.values {
-            eat(&v.to_bits().to_le_bytes());
-        }
+        step.feed(&mut eat);
     }
     format!("{hash:016x} {} steps", steps.len())
 }
@@ -215,14 +212,16 @@ mod tests {
     use crate::grid::ModelGrid;
     use crate::model::{FieldTraining, ForecastModel, train};
 
-    fn steps(offset: f32) -> Vec<StepField> {
+    fn steps(offset: f32) -> Vec<PackedStep> {
         let h = 3_600_000_000;
         (0..6)
-            .map(|k| StepField {
-                time: k * 6 * h,
-                values: (0..12)
-                    .map(|c| 270.0 + c as f32 + k as f32 + offset)
-                    .collect(),
+            .map(|k| {
+                PackedStep::pack(&crate::StepField {
+                    time: k * 6 * h,
+                    values: (0..12)
+                        .map(|c| 270.0 + c as f32 + k as f32 + offset)
+                        .collect(),
+                })
             })
             .collect()
     }
@@ -257,7 +256,7 @@ mod tests {
     /// `heard`.
     fn train_to(
         out: &Path,
-        steps: &[StepField],
+        steps: &[PackedStep],
         settings: &FieldTraining,
         progress: impl FnMut(uqcast_hyperdm::Progress),
         heard: &mut Vec<String>,
@@ -276,7 +275,7 @@ mod tests {
     }
 
     /// Trains to `out`; returns what `notes` said.
-    fn trained(out: &Path, steps: &[StepField], settings: &FieldTraining) -> Vec<String> {
+    fn trained(out: &Path, steps: &[PackedStep], settings: &FieldTraining) -> Vec<String> {
         let mut heard = Vec::new();
         train_to(out, steps, settings, |_| {}, &mut heard).unwrap();
         heard
@@ -287,7 +286,7 @@ mod tests {
     /// returns what `notes` said.
     fn interrupted(
         out: &Path,
-        steps: &[StepField],
+        steps: &[PackedStep],
         settings: &FieldTraining,
         stop: u64,
     ) -> Vec<String> {

@@ -285,11 +285,12 @@ async fn a_scheduler_plans_from_headers_without_the_files() {
 }
 
 fn train_model(path: &Path, iterations: u64) {
-    let steps: Vec<StepField> = (0..8)
+    let steps: Vec<uqcast_forecast::PackedStep> = (0..8)
         .map(|k| StepField {
             time: START + k * 6 * HOUR,
             values: (0..12).map(|c| t2m(k, c)).collect(),
         })
+        .map(|step| uqcast_forecast::PackedStep::pack(&step))
         .collect();
     let settings = FieldTraining {
         mlp: MlpConfig {
