@@ -24,6 +24,11 @@ use crate::packed::PackedStep;
 
 const FINGERPRINT: &str = "data.fingerprint";
 
+/// How a fingerprint of packed steps ends. Partials kept by a uqcast that
+/// held its steps unpacked lack it, and are not continued (their data's
+/// values differ from the packed ones by the packing's rounding).
+const PACKED: &str = ", packed";
+
 /// Where the partial checkpoints of a training writing `out` are kept.
 pub fn folder(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
@@ -44,7 +49,7 @@ pub fn fingerprint(steps: &[PackedStep]) -> String {
     for step in steps {
         step.feed(&mut eat);
     }
-    format!("{hash:016x} {} steps", steps.len())
+    format!("{hash:016x} {} steps{PACKED}", steps.len())
 }
 
 fn pair(folder: &Path, update: u64) -> PathBuf {
@@ -151,6 +156,9 @@ pub fn start(
         )))
     };
     let stored = std::fs::read_to_string(folder.join(FINGERPRINT)).unwrap_or_default();
+    if !stored.is_empty() && !stored.ends_with(PACKED) {
+        return afresh("it was kept by an older uqcast, which held its steps unpacked".into());
+    }
     if stored != fingerprint {
         return afresh("it was trained on other data".into());
     }
@@ -352,5 +360,20 @@ mod tests {
             "{heard:?}"
         );
         assert!(!folder(&other).exists() && !folder(&other_data).exists());
+
+        // A partial kept before steps were packed: its fingerprint has the
+        // same form less the packing's mark.
+        let older = dir.path().join("older.safetensors");
+        interrupted(&older, &data, &plain, 24);
+        let mark = folder(&older).join(FINGERPRINT);
+        let kept_mark = std::fs::read_to_string(&mark).unwrap();
+        let unpacked = kept_mark.strip_suffix(PACKED).unwrap().to_string();
+        std::fs::write(&mark, unpacked).unwrap();
+        let heard = trained(&older, &data, &plain);
+        assert!(
+            heard[0].contains("kept by an older uqcast, which held its steps unpacked"),
+            "{heard:?}"
+        );
+        assert_eq!(weights_hash(&older), weights_hash(&straight));
     }
 }
