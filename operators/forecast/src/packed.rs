@@ -35,12 +35,6 @@ impl PackedStep {
     /// Packs a whole step. Its values are finite: the assembler refuses a
     /// step with a NULL or NaN cell before it is whole.
     pub fn pack(step: &StepField) -> Self {
-        let (low, high) = step
-            .values
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
         if step.values.is_empty() {
             return Self {
                 time: step.time,
@@ -49,6 +43,12 @@ impl PackedStep {
                 codes: Vec::new(),
             };
         }
+        let (low, high) = step
+            .values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         // In f64, so the codes round to the nearest of the step's levels;
         // a step of one value has scale 0 and every code 0.
         let scale = (f64::from(high) - f64::from(low)) / TOP_CODE;
@@ -72,11 +72,6 @@ impl PackedStep {
         self.offset + self.scale * f32::from(self.codes[cell])
     }
 
-    /// The cells held.
-    pub fn cells(&self) -> usize {
-        self.codes.len()
-    }
-
     /// Every byte that decides the values, for a fingerprint of the data.
     pub fn feed(&self, eat: &mut impl FnMut(&[u8])) {
         eat(&self.time.to_le_bytes());
@@ -86,17 +81,25 @@ impl PackedStep {
             eat(&code.to_le_bytes());
         }
     }
-
-    /// The most a cell's value can be from the value packed: half a code,
-    /// and the rounding of the decoding's float arithmetic.
-    pub fn resolution(&self) -> f32 {
-        self.scale / 2.0 + (self.offset.abs() + self.scale * TOP_CODE as f32) * f32::EPSILON
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What only the tests need of a packed step.
+    impl PackedStep {
+        /// The cells held.
+        fn cells(&self) -> usize {
+            self.codes.len()
+        }
+
+        /// The most a cell's value can be from the value packed: half a code,
+        /// and the rounding of the decoding's float arithmetic.
+        fn resolution(&self) -> f32 {
+            self.scale / 2.0 + (self.offset.abs() + self.scale * TOP_CODE as f32) * f32::EPSILON
+        }
+    }
 
     fn step(values: Vec<f32>) -> StepField {
         StepField { time: 7, values }
