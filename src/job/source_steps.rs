@@ -6,7 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::prelude::SessionContext;
-use uqcast_netcdf::{Catalog, Era5TableProvider};
+use uqcast_netcdf::{Catalog, Era5TableProvider, TimesLeftOut};
+
+/// The SQL function, true for a step not yet forecast, that [`narrowed`]
+/// registers for a run.
+pub const NOT_FORECAST: &str = "uqcast_not_forecast";
 
 /// `f` of the catalog of the table `era5` of `ctx`, if it is a NetCDF table.
 async fn with_catalog<T>(ctx: &SessionContext, f: impl FnOnce(&Catalog) -> T) -> Option<T> {
@@ -55,10 +59,13 @@ pub async fn held_by(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet
 /// no longer fits the model is said on a run with nothing new, but reads
 /// nothing; not on a `cluster`, whose scheduler loops on a plan without
 /// partitions), or a list of them where it is shorter than `skip` (a long
-/// history's `NOT IN` list costs about a second to plan). Else
-/// `valid_time NOT IN (skip)`. Either way a NetCDF scan leaves the other
-/// steps unread (the filter is pushed down), so a run over `s3://` objects
-/// downloads only objects holding steps still to forecast.
+/// history's `NOT IN` list costs about a second to plan). Else the steps
+/// of `skip` are left out by [`NOT_FORECAST`]`(valid_time)`, registered in
+/// `ctx` holding them, which plans as one node however long the history
+/// (on a `cluster`, whose executors have not the function, `valid_time NOT
+/// IN (skip)`). Either way a NetCDF scan leaves the other steps unread (the
+/// filter is pushed down), so a run over `s3://` objects downloads only
+/// objects holding steps still to forecast.
 pub async fn narrowed(
     ctx: &SessionContext,
     sql: &str,
@@ -68,7 +75,13 @@ pub async fn narrowed(
 ) -> String {
     let times = super::timestamps_sql;
     let keep = |condition: String| format!("SELECT * FROM ({sql}) AS unforecast WHERE {condition}");
-    let not_in = || keep(format!("valid_time NOT IN ({})", times(skip)));
+    let not_in = || {
+        if cluster {
+            return keep(format!("valid_time NOT IN ({})", times(skip)));
+        }
+        ctx.register_udf(TimesLeftOut::udf(NOT_FORECAST, skip.iter().copied()));
+        keep(format!("{NOT_FORECAST}(valid_time)"))
+    };
     if skip.is_empty() {
         return sql.to_string();
     }
@@ -97,6 +110,8 @@ pub async fn narrowed(
 mod tests {
     use std::path::Path;
 
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMicrosecondType;
     use uqcast_netcdf::{Encoding, Grid, GridVariable, write_era5};
 
     use super::*;
@@ -123,6 +138,16 @@ mod tests {
         ks.iter().map(|k| START + k * 6 * HOUR).collect()
     }
 
+    async fn times_kept(ctx: &SessionContext, sql: &str) -> BTreeSet<i64> {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut times = BTreeSet::new();
+        for batch in &batches {
+            let column = batch.column_by_name("valid_time").unwrap();
+            times.extend(column.as_primitive::<TimestampMicrosecondType>().values());
+        }
+        times
+    }
+
     #[tokio::test]
     async fn the_steps_to_forecast_come_from_the_catalog_for_a_step_local_query() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,9 +167,15 @@ mod tests {
         let rows = ctx.sql(&listed).await.unwrap().count().await.unwrap();
         assert_eq!(rows, 2 * 3);
 
-        // Two of six forecast: the shorter list is the two to leave out.
+        // Two of six forecast: the shorter list is the two to leave out,
+        // held by a function rather than listed.
         let listed = narrowed(&ctx, query, &steps(&[0, 1]), local, false).await;
-        assert!(listed.contains("valid_time NOT IN ("), "{listed}");
+        assert!(
+            listed.ends_with("WHERE uqcast_not_forecast(valid_time)"),
+            "{listed}"
+        );
+        let rows = ctx.sql(&listed).await.unwrap().count().await.unwrap();
+        assert_eq!(rows, 4 * 3);
         // All forecast (and steps the source no longer holds): nothing to do.
         let all = steps(&[0, 1, 2, 3, 4, 5, 9]);
         let none = narrowed(&ctx, query, &all, local, false).await;
@@ -160,7 +191,19 @@ mod tests {
                      longitude, t2m FROM era5";
         let moved_local = crate::job::step_local::is_step_local(&ctx, moved, "era5").await;
         let listed = narrowed(&ctx, moved, &all, moved_local, false).await;
-        assert!(listed.contains("valid_time NOT IN ("), "{listed}");
+        assert!(
+            listed.ends_with("WHERE uqcast_not_forecast(valid_time)"),
+            "{listed}"
+        );
+        // Its steps are 1 to 6: only the moved step 5 (at 6) was not
+        // forecast, with the function as with the list.
+        assert_eq!(times_kept(&ctx, &listed).await, steps(&[6]));
+        let on_a_cluster = narrowed(&ctx, moved, &all, moved_local, true).await;
+        assert!(
+            on_a_cluster.contains("valid_time NOT IN ("),
+            "{on_a_cluster}"
+        );
+        assert_eq!(times_kept(&ctx, &on_a_cluster).await, steps(&[6]));
 
         // Which steps a file holds, by its path.
         let b = dir.path().join("b.nc").display().to_string();

@@ -248,6 +248,10 @@ fn revised_input_is_forecast_again_within_the_recheck_window_and_only_there() {
     let err = two_day_run("existing_steps=0 revised_steps=8");
     let whole = "the source query is not step-local: reading the input of 8 steps";
     assert!(err.contains(whole), "{err}");
+    // Nothing changed since: every step is left out of that query too (by
+    // the run's function of valid_time, not a list), and none is forecast.
+    let err = two_day_run("existing_steps=8 revised_steps=0");
+    assert!(err.contains(skipped), "{err}");
 }
 
 #[test]

@@ -47,6 +47,7 @@ pub mod sniff;
 pub mod spec;
 pub mod steps_input;
 pub mod stream;
+pub mod times_left_out;
 pub mod writer;
 
 pub use catalog::Catalog;
@@ -56,4 +57,5 @@ pub use exec::NetcdfExec;
 pub use names::FileNames;
 pub use provider::{Era5TableProvider, StepsAsInput};
 pub use schema::era5_schema;
+pub use times_left_out::TimesLeftOut;
 pub use writer::{Encoding, Grid, GridVariable, write_era5};

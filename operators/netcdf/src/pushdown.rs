@@ -1,8 +1,9 @@
 //! Filter pushdown: comparisons of `valid_time`, `latitude` or `longitude`
 //! with a literal choose which steps are read and which hyperslab of each;
 //! `valid_time IN (…)` (or `=` … `OR` …) picks steps, and `valid_time <> t`
-//! and `valid_time NOT IN (…)` leave steps out (a forecast run leaves out
-//! the steps an earlier run forecast).
+//! and `valid_time NOT IN (…)` leave steps out, as does a
+//! [`TimesLeftOut`] function of `valid_time` (a forecast run leaves out the
+//! steps an earlier run forecast).
 //!
 //! Such filters are applied exactly (the step's time and every coordinate are
 //! known before reading), so they are reported `Exact` and DataFusion drops
@@ -17,6 +18,7 @@ use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{LATITUDE, LONGITUDE, VALID_TIME};
+use crate::times_left_out::TimesLeftOut;
 
 /// A one-sided or two-sided interval; bounds carry their inclusiveness.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -271,6 +273,15 @@ fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
             }
             _ => None,
         },
+        Expr::ScalarFunction(f) => {
+            let left_out = f.func.inner().downcast_ref::<TimesLeftOut>()?;
+            match f.args.as_slice() {
+                [Expr::Column(c)] if c.name == VALID_TIME => {
+                    Some(vec![Constraint::TimesExcluded(left_out.nanos().collect())])
+                }
+                _ => None,
+            }
+        }
         Expr::Between(Between {
             expr,
             negated: false,
@@ -424,6 +435,39 @@ mod tests {
         for not_pushed in [
             col(VALID_TIME).in_list(vec![t(0), col(VALID_TIME)], true),
             col(LATITUDE).in_list(vec![lit(1.0)], true),
+        ] {
+            assert_eq!(
+                support(&not_pushed),
+                TableProviderFilterPushDown::Unsupported,
+                "{not_pushed}"
+            );
+        }
+    }
+
+    /// A `TimesLeftOut` function of valid_time leaves its times out as
+    /// `NOT IN` does, together with a list; of any other column, or another
+    /// function, it is not pushed.
+    #[test]
+    fn times_left_out_by_the_function_are_exact() {
+        let left_out = TimesLeftOut::udf("left_out", [600_000_000, 0]);
+        let t = |s: i64| lit(ScalarValue::TimestampSecond(Some(s), Some("UTC".into())));
+        let filters = vec![
+            left_out.call(vec![col(VALID_TIME)]),
+            col(VALID_TIME).in_list(vec![t(300)], true),
+        ];
+        for f in &filters {
+            assert_eq!(support(f), TableProviderFilterPushDown::Exact, "{f}");
+        }
+        let s = Selection::from_filters(&filters);
+        assert_eq!(s.excluded_times, [0, 300_000_000_000, 600_000_000_000]);
+        let other = TimesLeftOut::udf("other", [0]);
+        let abs = datafusion::functions::math::abs();
+        for not_pushed in [
+            left_out.call(vec![col(LATITUDE)]),
+            other.call(vec![
+                col(VALID_TIME) + lit(ScalarValue::IntervalDayTime(None)),
+            ]),
+            abs.call(vec![col(LATITUDE)]).gt(lit(1.0)),
         ] {
             assert_eq!(
                 support(&not_pushed),

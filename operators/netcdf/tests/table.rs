@@ -456,6 +456,32 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
         );
     }
 
+    // A function holding the times to leave out is pushed as `NOT IN` is,
+    // and filtering the unfiltered rows with it (DataFusion evaluating it)
+    // keeps the same rows.
+    let micros = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_micros()
+    };
+    let left_out = [
+        micros("2020-01-01T06:00:00Z"),
+        micros("2020-01-01T18:00:00Z"),
+    ];
+    ctx.register_udf(uqcast_netcdf::TimesLeftOut::udf("left_out", left_out));
+    let query = "SELECT valid_time, latitude, longitude, t2m FROM era5 \
+                 WHERE left_out(valid_time) ORDER BY valid_time, latitude DESC, longitude";
+    let plan = explain(&ctx, query).await;
+    assert!(plan.contains("steps=2/4"), "{plan}");
+    assert!(plan.contains("valid_time not in 2 times"), "{plan}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    let reference = query.replace("FROM era5", "FROM everything");
+    let reference_plan = explain(&ctx, &reference).await;
+    assert!(reference_plan.contains("FilterExec"), "{reference_plan}");
+    let got = rows(&ctx, query).await;
+    assert_eq!(got.len(), 2 * 4 * 5);
+    assert_eq!(got, rows(&ctx, &reference).await);
+
     // Unsupported predicates stay in DataFusion and still work.
     let plan = explain(&ctx, "SELECT t2m FROM era5 WHERE latitude % 5 = 0").await;
     assert!(plan.contains("FilterExec"), "{plan}");
