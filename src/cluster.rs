@@ -56,6 +56,11 @@ fn physical_codec() -> Arc<PhysicalCodec> {
 /// messages it can read out (`failures`).
 fn session_config() -> SessionConfig {
     SessionConfig::new_with_ballista()
+        // The static distributed planner: Ballista 55's adaptive one, given
+        // a forecast whose input stage its filter emptied (a run with nothing
+        // new and a source query that is not step-local), planned new
+        // one-task stages without end (tests/e2e/cluster.rs).
+        .with_ballista_adaptive_query_planner(false)
         .with_ballista_logical_extension_codec(logical_codec())
         .with_ballista_physical_extension_codec(physical_codec())
         .with_extension(Arc::new(crate::session::s3::file_names().as_messages()))

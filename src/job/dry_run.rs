@@ -69,7 +69,7 @@ pub async fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
     let to_forecast = match to_forecast {
         Some(steps) => steps,
         None => {
-            let sql = source_steps::narrowed(&p.ctx, &p.sql, &skip, p.step_local, false).await;
+            let sql = source_steps::narrowed(&p.ctx, &p.sql, &skip, p.step_local).await;
             distinct_steps(&p.ctx, &sql).await?
         }
     };

@@ -143,8 +143,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
         let skip = before.skip();
         let cells = p.model.meta.grid.cells();
         let ballista = options.ballista.as_deref();
-        let cluster = ballista.is_some();
-        let sql = source_steps::narrowed(&p.ctx, &p.sql, &skip, p.step_local, cluster).await;
+        let sql = source_steps::narrowed(&p.ctx, &p.sql, &skip, p.step_local).await;
         let model = p.model.clone();
         let steps = forecast_stream(&p.ctx, model, sql, p.settings, skip, ballista).await?;
         let sink = Written {

@@ -53,57 +53,33 @@ pub async fn held_by(ctx: &SessionContext, names: &[&String]) -> Option<BTreeSet
 }
 
 /// `sql` (the source query, perhaps limited by time) narrowed to the steps
-/// not in `skip`. Where the query is `step_local` over a NetCDF table, its
-/// steps are the table's, so the steps to forecast are known before any is
-/// read: none (`WHERE false`, which still plans the query, so a query that
-/// no longer fits the model is said on a run with nothing new, but reads
-/// nothing; not on a `cluster`, whose scheduler loops on a plan without
-/// partitions), or a list of them where it is shorter than `skip` (a long
-/// history's `NOT IN` list costs about a second to plan). Else the steps
-/// of `skip` are left out by [`NOT_FORECAST`]`(valid_time)`, registered in
-/// `ctx` holding them, which plans as one node however long the history
-/// (on a `cluster`, whose executors have not the function, `valid_time NOT
-/// IN (skip)`). Either way a NetCDF scan leaves the other steps unread (the
-/// filter is pushed down), so a run over `s3://` objects downloads only
-/// objects holding steps still to forecast.
+/// not in `skip`: they are left out by [`NOT_FORECAST`]`(valid_time)`,
+/// registered in `ctx` holding them, which plans as one node however long
+/// the history (a `NOT IN` list of ten years' steps took about two seconds
+/// to plan) and reaches a cluster with its times. A NetCDF scan leaves
+/// those steps unread (the filter is pushed down), so a run over `s3://`
+/// objects downloads only objects holding steps still to forecast.
+///
+/// Where the query is `step_local` over a NetCDF table, its steps are the
+/// table's, so when the catalog says none is left the query is planned
+/// `WHERE false`, which still plans it, so a query that no longer fits the
+/// model is said on a run with nothing new, but reads nothing.
 pub async fn narrowed(
     ctx: &SessionContext,
     sql: &str,
     skip: &BTreeSet<i64>,
     step_local: bool,
-    cluster: bool,
 ) -> String {
-    let times = super::timestamps_sql;
     let keep = |condition: String| format!("SELECT * FROM ({sql}) AS unforecast WHERE {condition}");
-    let not_in = || {
-        if cluster {
-            return keep(format!("valid_time NOT IN ({})", times(skip)));
-        }
-        ctx.register_udf(TimesLeftOut::udf(NOT_FORECAST, skip.iter().copied()));
-        keep(format!("{NOT_FORECAST}(valid_time)"))
-    };
     if skip.is_empty() {
         return sql.to_string();
     }
-    let unforecast = |c: &Catalog| -> BTreeSet<i64> {
-        let steps = c.steps.iter().map(|s| s.time);
-        steps.filter(|t| !skip.contains(t)).collect()
-    };
-    let to_do = if step_local {
-        with_catalog(ctx, unforecast).await
-    } else {
-        None
-    };
-    let Some(to_do) = to_do else {
-        return not_in();
-    };
-    if to_do.is_empty() && !cluster {
-        keep("false".into())
-    } else if !to_do.is_empty() && to_do.len() < skip.len() {
-        keep(format!("valid_time IN ({})", times(&to_do)))
-    } else {
-        not_in()
+    let none_left = |c: &Catalog| c.steps.iter().all(|s| skip.contains(&s.time));
+    if step_local && with_catalog(ctx, none_left).await == Some(true) {
+        return keep("false".into());
     }
+    ctx.register_udf(TimesLeftOut::udf(NOT_FORECAST, skip.iter().copied()));
+    keep(format!("{NOT_FORECAST}(valid_time)"))
 }
 
 #[cfg(test)]
@@ -149,7 +125,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_steps_to_forecast_come_from_the_catalog_for_a_step_local_query() {
+    async fn the_steps_forecast_are_left_out_of_the_query_and_its_scan() {
         let dir = tempfile::tempdir().unwrap();
         write_steps(&dir.path().join("a.nc"), 0, 4);
         write_steps(&dir.path().join("b.nc"), 4, 2);
@@ -159,51 +135,40 @@ mod tests {
             .unwrap();
         let query = "SELECT * FROM era5 WHERE latitude > 44.5";
         let local = crate::job::step_local::is_step_local(&ctx, query, "era5").await;
-        // Four of six forecast: the two left are listed, not the four.
-        let listed = narrowed(&ctx, query, &steps(&[0, 1, 2, 3]), local, false).await;
-        assert!(listed.contains("valid_time IN ("), "{listed}");
-        assert_eq!(listed.matches("to_timestamp_micros").count(), 2, "{listed}");
-        // The query keeps those steps' rows, and only theirs.
-        let rows = ctx.sql(&listed).await.unwrap().count().await.unwrap();
-        assert_eq!(rows, 2 * 3);
-
-        // Two of six forecast: the shorter list is the two to leave out,
-        // held by a function rather than listed.
-        let listed = narrowed(&ctx, query, &steps(&[0, 1]), local, false).await;
+        // Four of six forecast: the query keeps the other two steps' rows,
+        // and only theirs, and its scan reads only those two.
+        let left = narrowed(&ctx, query, &steps(&[0, 1, 2, 3]), local).await;
         assert!(
-            listed.ends_with("WHERE uqcast_not_forecast(valid_time)"),
-            "{listed}"
+            left.ends_with("WHERE uqcast_not_forecast(valid_time)"),
+            "{left}"
         );
-        let rows = ctx.sql(&listed).await.unwrap().count().await.unwrap();
-        assert_eq!(rows, 4 * 3);
+        assert_eq!(times_kept(&ctx, &left).await, steps(&[4, 5]));
+        assert_eq!(ctx.sql(&left).await.unwrap().count().await.unwrap(), 2 * 3);
+        let plan = ctx.sql(&format!("EXPLAIN {left}")).await.unwrap();
+        let plan = plan.collect().await.unwrap();
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert!(plan.contains("steps=2/6"), "{plan}");
+        assert!(plan.contains("pushed=[valid_time not in 4 times"), "{plan}");
+        assert!(!plan.contains("FilterExec"), "{plan}");
         // All forecast (and steps the source no longer holds): nothing to do.
         let all = steps(&[0, 1, 2, 3, 4, 5, 9]);
-        let none = narrowed(&ctx, query, &all, local, false).await;
+        let none = narrowed(&ctx, query, &all, local).await;
         assert!(none.ends_with("WHERE false"), "{none}");
         assert_eq!(ctx.sql(&none).await.unwrap().count().await.unwrap(), 0);
-        let on_a_cluster = narrowed(&ctx, query, &all, local, true).await;
-        assert!(
-            on_a_cluster.contains("valid_time NOT IN ("),
-            "{on_a_cluster}"
-        );
         // A query that moves steps in time: its steps are not the table's.
         let moved = "SELECT valid_time + INTERVAL '6 hours' AS valid_time, latitude, \
                      longitude, t2m FROM era5";
         let moved_local = crate::job::step_local::is_step_local(&ctx, moved, "era5").await;
-        let listed = narrowed(&ctx, moved, &all, moved_local, false).await;
+        let listed = narrowed(&ctx, moved, &all, moved_local).await;
         assert!(
             listed.ends_with("WHERE uqcast_not_forecast(valid_time)"),
             "{listed}"
         );
         // Its steps are 1 to 6: only the moved step 5 (at 6) was not
-        // forecast, with the function as with the list.
+        // forecast.
         assert_eq!(times_kept(&ctx, &listed).await, steps(&[6]));
-        let on_a_cluster = narrowed(&ctx, moved, &all, moved_local, true).await;
-        assert!(
-            on_a_cluster.contains("valid_time NOT IN ("),
-            "{on_a_cluster}"
-        );
-        assert_eq!(times_kept(&ctx, &on_a_cluster).await, steps(&[6]));
 
         // Which steps a file holds, by its path.
         let b = dir.path().join("b.nc").display().to_string();

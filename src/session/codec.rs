@@ -8,7 +8,8 @@
 //! plan carries names, settings and step times, never data: the decoding
 //! process opens the same files and model (shared storage) and checks they
 //! are the ones planned with. Functions (`crps_gaussian`, …) travel by name
-//! and are found in the decoding session, which must be a uqcast session.
+//! and are found in the decoding session, which must be a uqcast session; the
+//! one function with state, the steps a run leaves out, carries its times.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use uqcast_forecast::{
     ForecastModel, ForecastSpec, ForecastTable, HyperdmExec, ModelFiles, Source, forecast_schema,
 };
 use uqcast_netcdf::spec::{ScanSpec, TableHeaders, TableSpec};
-use uqcast_netcdf::{Era5TableProvider, NetcdfExec};
+use uqcast_netcdf::{Era5TableProvider, NetcdfExec, TimesLeftOut};
 
 use crate::session::s3::file_names;
 use objects::{Objects, described, inbound, model_inbound, model_outbound, outbound, stamped};
@@ -86,6 +87,32 @@ fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
 /// The payload, if `buf` is one of uqcast's.
 fn ours(buf: &[u8]) -> Option<&[u8]> {
     buf.strip_prefix(MAGIC)
+}
+
+/// A function that holds state, as it travels (others travel by name and
+/// are found in the decoding session).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "function", content = "spec", rename_all = "snake_case")]
+enum Function {
+    /// The steps a run leaves out (`uqcast_not_forecast`), registered only
+    /// in the client's session.
+    TimesLeftOut { name: String, micros: Vec<i64> },
+}
+
+/// `node` encoded into `buf`, if it is a function of uqcast's with state.
+fn encode_udf(node: &ScalarUDF, buf: &mut Vec<u8>) -> Option<Result<()>> {
+    let left_out = node.inner().downcast_ref::<TimesLeftOut>()?;
+    let function = Function::TimesLeftOut {
+        name: node.name().to_string(),
+        micros: left_out.micros().to_vec(),
+    };
+    Some(encode(&function, buf))
+}
+
+fn decode_udf(payload: &[u8]) -> Result<Arc<ScalarUDF>> {
+    match decode(payload, "function")? {
+        Function::TimesLeftOut { name, micros } => Ok(Arc::new(TimesLeftOut::udf(&name, micros))),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(buf: &[u8], what: &str) -> Result<T> {
@@ -318,13 +345,20 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         }
     }
 
-    // Functions travel by name; the wrapped codec decides how.
+    // Functions travel by name, the wrapped codec deciding how, but for a
+    // run's steps left out, which travel with their times.
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
+        match ours(buf) {
+            Some(payload) => decode_udf(payload),
+            None => self.inner.try_decode_udf(name, buf),
+        }
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-        self.inner.try_encode_udf(node, buf)
+        match encode_udf(node, buf) {
+            Some(done) => done,
+            None => self.inner.try_encode_udf(node, buf),
+        }
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
@@ -501,11 +535,17 @@ impl LogicalExtensionCodec for LogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
+        match ours(buf) {
+            Some(payload) => decode_udf(payload),
+            None => self.inner.try_decode_udf(name, buf),
+        }
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-        self.inner.try_encode_udf(node, buf)
+        match encode_udf(node, buf) {
+            Some(done) => done,
+            None => self.inner.try_encode_udf(node, buf),
+        }
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::pipeline::{forecast_csv, trained, walk_all};
 use super::s3::{BUCKET, SECRET, Server, copy_tree};
@@ -159,6 +160,30 @@ fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::proc
     args.extend(more);
     args.extend(["--ballista", url]);
     uqcast(&args)
+}
+
+/// `uqcast args`, killed and failed if it has not ended within `limit`: a
+/// job the cluster never finishes fails the test rather than hang the suite.
+fn uqcast_within(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uqcast"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uqcast");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "uqcast {args:?} had not ended after {limit:?}: {}",
+                stderr(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The pipeline `config` run in this process (no cluster) into `output`.
@@ -374,10 +399,25 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
         "{}",
         stderr(&o)
     );
+    // Half the steps, then the rest: the second run's source leaves the
+    // first half out by a function of the client's, which travels to the
+    // cluster with its times.
+    let o = run_there(
+        config,
+        &remote,
+        &cluster.url,
+        &["--until", "2020-01-02T06:00Z"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=6 existing_steps=0"),
+        "{}",
+        stdout(&o)
+    );
     let o = remote_run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=12 existing_steps=0"),
+        stdout(&o).starts_with("uqcast run: ok new_steps=6 existing_steps=6"),
         "{}",
         stdout(&o)
     );
@@ -394,6 +434,31 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
         "{}",
         stdout(&o)
     );
+    // The same with a source query that is not step-local (a limit): the
+    // filter leaving the steps out stays above the limit, in the stage
+    // before the forecast, which it empties. The run ends (Ballista's
+    // adaptive planner made one-task stages after it without end).
+    let source = dir.path().join("source.sql");
+    let query = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, format!("{query} LIMIT 1000000")).unwrap();
+    let output = remote.to_str().unwrap();
+    let args = [
+        "run",
+        "--config",
+        config,
+        "--output",
+        output,
+        "--ballista",
+        &cluster.url,
+    ];
+    let o = uqcast_within(&args, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=12"),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&source, query).unwrap();
     // An analyst's forecast query: the table function's source is planned
     // by the client and travels with it.
     let forecast = format!(

@@ -9,8 +9,8 @@
 //! times it holds, and the NetCDF scan reads it as it reads `NOT IN`
 //! ([`crate::pushdown`]): the steps it leaves out are not read.
 //!
-//! It lives only in the session that registered it: a plan holding it cannot
-//! be sent to a Ballista cluster, whose executors do not have the set.
+//! It lives only in the session that registered it; a plan holding it
+//! carries its times to a Ballista cluster (uqcast's plan codec).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -52,6 +52,11 @@ impl TimesLeftOut {
             // `NOT IN`; a volatile function would stay where it was written.
             signature: Signature::any(1, Volatility::Immutable),
         }
+    }
+
+    /// The times left out, in microseconds, sorted.
+    pub fn micros(&self) -> &[i64] {
+        &self.micros
     }
 
     /// The times left out, in nanoseconds (the pushdown's unit), sorted.

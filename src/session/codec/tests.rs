@@ -256,6 +256,61 @@ async fn an_era5_table_travels_in_a_logical_plan() {
     );
 }
 
+/// The steps a run leaves out travel with their times, in a logical plan
+/// (where the scan takes them) and in a physical one (where a `LIMIT`
+/// keeps them in a filter): a session that never registered the function
+/// runs both as the client's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steps_a_run_leaves_out_travel_with_their_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = era5(dir.path()).await;
+    let done = [0, 1, 2, 5].map(|k| START + k * 6 * HOUR);
+    ctx.register_udf(TimesLeftOut::udf("left_out", done));
+    let pushed = "SELECT valid_time, count(*) AS cells FROM era5 WHERE left_out(valid_time) \
+                  GROUP BY valid_time ORDER BY valid_time";
+    let expected = run(planned(&ctx, pushed).await, &ctx).await;
+    assert_eq!(expected.lines().count(), 4 + 4, "four steps:\n{expected}");
+    let plan = ctx
+        .sql(pushed)
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
+    let other = new_context();
+    assert!(
+        datafusion::execution::FunctionRegistry::udf(&other, "left_out").is_err(),
+        "a fresh session has not the function"
+    );
+    let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
+        .unwrap();
+    let batches = other
+        .execute_logical_plan(again)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        expected
+    );
+
+    let filtered = "SELECT valid_time, latitude, longitude FROM \
+                    (SELECT * FROM era5 LIMIT 1000) AS some WHERE left_out(valid_time) \
+                    ORDER BY valid_time, latitude, longitude";
+    let plan = planned(&ctx, filtered).await;
+    assert!(
+        shown(&plan).contains("FilterExec: left_out(valid_time"),
+        "{}",
+        shown(&plan)
+    );
+    let (_, again) = round_trip(&plan, &physical());
+    let expected = run(plan, &ctx).await;
+    assert_eq!(expected.lines().count(), 4 * 12 + 4, "{expected}");
+    assert_eq!(run(again, &ctx).await, expected);
+}
+
 /// A scheduler's codec plans an ERA5 table from the headers the client
 /// sent: with the files gone it decodes and plans the client's physical
 /// plan, where a codec that opens the files cannot.
