@@ -239,10 +239,16 @@ async fn an_era5_table_travels_in_a_logical_plan() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = era5(dir.path()).await;
     let bytes = scores_sent(&ctx).await;
-    let other = new_context();
-    let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
-        .unwrap();
     let expected = run(planned(&ctx, SCORES).await, &ctx).await;
+    assert_eq!(run_sent(&bytes).await, expected);
+}
+
+/// The logical plan `bytes` decoded and run in a fresh uqcast session, as
+/// a scheduler would, as a table.
+async fn run_sent(bytes: &[u8]) -> String {
+    let other = new_context();
+    let again =
+        logical_plan_from_bytes_with_extension_codec(bytes, &other.task_ctx(), &logical()).unwrap();
     let batches = other
         .execute_logical_plan(again)
         .await
@@ -250,10 +256,7 @@ async fn an_era5_table_travels_in_a_logical_plan() {
         .collect()
         .await
         .unwrap();
-    assert_eq!(
-        pretty_format_batches(&batches).unwrap().to_string(),
-        expected
-    );
+    pretty_format_batches(&batches).unwrap().to_string()
 }
 
 /// The steps a run leaves out travel with their times, in a logical plan
@@ -277,24 +280,11 @@ async fn the_steps_a_run_leaves_out_travel_with_their_times() {
         .into_optimized_plan()
         .unwrap();
     let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical()).unwrap();
-    let other = new_context();
     assert!(
-        datafusion::execution::FunctionRegistry::udf(&other, "left_out").is_err(),
+        datafusion::execution::FunctionRegistry::udf(&new_context(), "left_out").is_err(),
         "a fresh session has not the function"
     );
-    let again = logical_plan_from_bytes_with_extension_codec(&bytes, &other.task_ctx(), &logical())
-        .unwrap();
-    let batches = other
-        .execute_logical_plan(again)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    assert_eq!(
-        pretty_format_batches(&batches).unwrap().to_string(),
-        expected
-    );
+    assert_eq!(run_sent(&bytes).await, expected);
 
     let filtered = "SELECT valid_time, latitude, longitude FROM \
                     (SELECT * FROM era5 LIMIT 1000) AS some WHERE left_out(valid_time) \
