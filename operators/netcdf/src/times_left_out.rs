@@ -15,11 +15,9 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::{
-    DataType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -108,50 +106,33 @@ impl TimesLeftOut {
     /// True where a time is kept, false where left out, null where null
     /// (as `NOT IN` gives).
     fn evaluate(&self, times: &ArrayRef) -> Result<ArrayRef> {
-        // A time finer than a microsecond is none of the set's.
-        let kept = |micros: Option<i64>| micros.is_none_or(|t| !self.left_out(t));
-        let per_unit = |scale: i64, value: i64| -> Option<i64> {
-            match scale {
-                s if s > 0 => value.checked_mul(s),
-                s => (value % -s == 0).then(|| value / -s),
-            }
-        };
-        let scale = match times.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => 1_000_000,
-            DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000,
-            DataType::Timestamp(TimeUnit::Microsecond, _) => 1,
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => -1_000,
+        let nanos_per_unit: i128 = match times.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000_000,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => 1,
             other => return plan_err!("{}: {other} is not a timestamp", self.name),
         };
-        let values: Vec<Option<i64>> = match times.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => {
-                times.as_primitive::<TimestampSecondType>().iter().collect()
-            }
-            DataType::Timestamp(TimeUnit::Millisecond, _) => times
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect(),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => times
-                .as_primitive::<TimestampMicrosecondType>()
-                .iter()
-                .collect(),
-            _ => times
-                .as_primitive::<TimestampNanosecondType>()
-                .iter()
-                .collect(),
+        // A timestamp's values are its count of units.
+        let counts = cast(times, &DataType::Int64)?;
+        // A time between microseconds, or past them, is none of the set's.
+        let kept = |count: i64| {
+            let nanos = i128::from(count) * nanos_per_unit;
+            let micros = i64::try_from(nanos / 1_000).ok();
+            nanos % 1_000 != 0 || micros.is_none_or(|t| !self.left_out(t))
         };
         // Rows arrive a step at a time, so most repeat the row before.
         let mut last: Option<(i64, bool)> = None;
-        let flags = values.into_iter().map(|value| {
-            let value = value?;
-            if let Some((v, k)) = last
-                && v == value
-            {
-                return Some(k);
+        let flags = counts.as_primitive::<Int64Type>().iter().map(|count| {
+            let count = count?;
+            match last {
+                Some((c, k)) if c == count => Some(k),
+                _ => {
+                    let k = kept(count);
+                    last = Some((count, k));
+                    Some(k)
+                }
             }
-            let k = kept(per_unit(scale, value));
-            last = Some((value, k));
-            Some(k)
         });
         Ok(Arc::new(flags.collect::<BooleanArray>()))
     }
