@@ -4,8 +4,8 @@
 //!
 //! A forecast run leaves out every step already forecast; over ten years
 //! that is 14,612 times, and as a `NOT IN` list of literals DataFusion types,
-//! simplifies and checks each one in every optimizer pass (about a second a
-//! run, growing with the history). This function is one node however many
+//! simplifies and checks each one in every optimizer pass (about two seconds
+//! a run in a dev build, growing with the history). This function is one node however many
 //! times it holds, and the NetCDF scan reads it as it reads `NOT IN`
 //! ([`crate::pushdown`]): the steps it leaves out are not read.
 //!
