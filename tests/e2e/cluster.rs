@@ -153,13 +153,13 @@ fn same_answer(query: &str, tables: &[String], url: &str) -> String {
 }
 
 /// `uqcast run` of `config` into `output` on the cluster at `url`, with
-/// `more` arguments.
+/// `more` arguments; failed if it has not ended in two minutes.
 fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::process::Output {
     let output = output.to_str().unwrap();
     let mut args = vec!["run", "--config", config, "--output", output];
     args.extend(more);
     args.extend(["--ballista", url]);
-    uqcast(&args)
+    uqcast_within(&args, Duration::from_secs(120))
 }
 
 /// `uqcast args`, killed and failed if it has not ended within `limit`: a
@@ -441,17 +441,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let source = dir.path().join("source.sql");
     let query = std::fs::read_to_string(&source).unwrap();
     std::fs::write(&source, format!("{query} LIMIT 1000000")).unwrap();
-    let output = remote.to_str().unwrap();
-    let args = [
-        "run",
-        "--config",
-        config,
-        "--output",
-        output,
-        "--ballista",
-        &cluster.url,
-    ];
-    let o = uqcast_within(&args, Duration::from_secs(120));
+    let o = remote_run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=12"),
