@@ -162,6 +162,13 @@ fn run_there(config: &str, output: &Path, url: &str, more: &[&str]) -> std::proc
     uqcast_within(&args, Duration::from_secs(120))
 }
 
+/// Asserts that a `uqcast run` succeeded and its summary line begins with
+/// `summary` (the steps it wrote and found).
+fn ran(o: &std::process::Output, summary: &str) {
+    assert!(o.status.success(), "{}", stderr(o));
+    assert!(stdout(o).starts_with(summary), "{}", stdout(o));
+}
+
 /// `uqcast args`, killed and failed if it has not ended within `limit`: a
 /// job the cluster never finishes fails the test rather than hang the suite.
 fn uqcast_within(args: &[&str], limit: Duration) -> std::process::Output {
@@ -408,19 +415,9 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
         &cluster.url,
         &["--until", "2020-01-02T06:00Z"],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=6 existing_steps=0"),
-        "{}",
-        stdout(&o)
-    );
+    ran(&o, "uqcast run: ok new_steps=6 existing_steps=0");
     let o = remote_run();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=6 existing_steps=6"),
-        "{}",
-        stdout(&o)
-    );
+    ran(&o, "uqcast run: ok new_steps=6 existing_steps=6");
     // The executors chose their devices; the client does not claim one.
     assert!(!stdout(&o).contains("device="), "{}", stdout(&o));
     assert_eq!(forecast_csv(&remote), forecast_csv(&local));
@@ -428,12 +425,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     assert!(shuffled > 0, "the executor wrote no shuffle files");
 
     let o = remote_run();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=12"),
-        "{}",
-        stdout(&o)
-    );
+    ran(&o, "uqcast run: ok new_steps=0 existing_steps=12");
     // The same with a source query that is not step-local (a limit): the
     // filter leaving the steps out stays above the limit, in the stage
     // before the forecast, which it empties. The run ends (Ballista's
@@ -442,12 +434,7 @@ fn a_forecast_run_on_the_cluster_writes_the_same_table() {
     let query = std::fs::read_to_string(&source).unwrap();
     std::fs::write(&source, format!("{query} LIMIT 1000000")).unwrap();
     let o = remote_run();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("uqcast run: ok new_steps=0 existing_steps=12"),
-        "{}",
-        stdout(&o)
-    );
+    ran(&o, "uqcast run: ok new_steps=0 existing_steps=12");
     std::fs::write(&source, query).unwrap();
     // An analyst's forecast query: the table function's source is planned
     // by the client and travels with it.
