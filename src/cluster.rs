@@ -103,6 +103,9 @@ pub async fn client(url: &str) -> Result<SessionContext> {
         .with_context(|| format!("--ballista {url}"))?;
     // Ballista's upgrade resets the functions to its own list.
     register_functions(&ctx);
+    // The scheduler gets the plan this session optimised, its scans'
+    // partition filters with it.
+    crate::session::step_months::enable(&ctx);
     Ok(ctx)
 }
 

@@ -15,6 +15,7 @@ pub mod footers;
 pub mod memory;
 pub mod object_stores;
 pub mod s3;
+pub mod step_months;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
@@ -52,6 +53,7 @@ fn context_with(
         runtime.cache_manager = cache_manager;
     }
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
+    step_months::enable(&ctx);
     register_functions(&ctx);
     ctx
 }
@@ -231,12 +233,24 @@ async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str)
         .into_iter()
         .map(|c| (c, partition_type()))
         .collect();
-    let step_schema = forecast_step_schema(ctx, &probe, &url).await?;
+    let steps = step_files(ctx, &url).await?;
+    let step_schema = match &steps {
+        Some(steps) => forecast_step_schema(ctx, &probe, &url, steps).await?,
+        None => None,
+    };
     let mut options = ParquetReadOptions::default().table_partition_cols(partitions);
     if let Some(schema) = &step_schema {
         options = options.schema(schema);
     }
     ctx.register_parquet(name, location, options).await?;
+    // Only sessions that prune by it hold it (`step_months::enable`).
+    if let Some(tables) = ctx
+        .state()
+        .config()
+        .get_extension::<step_months::StepTables>()
+    {
+        tables.mark(&url, steps.is_some_and(|s| s.in_month_folders));
+    }
     Ok(())
 }
 
@@ -254,12 +268,11 @@ async fn forecast_step_schema(
     ctx: &SessionContext,
     probe: &datafusion::datasource::listing::ListingOptions,
     url: &ListingTableUrl,
+    steps: &StepFiles,
 ) -> Result<Option<datafusion::arrow::datatypes::SchemaRef>> {
-    let Some((_, newest)) = step_files(ctx, url).await? else {
-        return Ok(None);
-    };
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
+    let newest = steps.newest.clone();
     let schema = probe.format.infer_schema(&state, &store, &[newest]).await?;
     let contract = uqcast_forecast::forecast_schema();
     let holds_contract = contract
@@ -269,14 +282,22 @@ async fn forecast_step_schema(
     Ok(holds_contract.then_some(schema))
 }
 
-/// The valid times of a table whose every Parquet file is named as a
-/// forecast step (`t2m_YYYYMMDDTHHMM.parquet`), sorted, and its newest
-/// step's file; `None` for any other table. Read from the listing alone, in
-/// `ctx` (where an `s3://` location's bucket is registered).
-async fn step_files(
-    ctx: &SessionContext,
-    url: &ListingTableUrl,
-) -> Result<Option<(Vec<i64>, object_store::ObjectMeta)>> {
+/// The files of a table whose every Parquet file is named as a forecast
+/// step (`t2m_YYYYMMDDTHHMM.parquet`), as its listing gives them.
+struct StepFiles {
+    /// Their valid times, sorted.
+    times: Vec<i64>,
+    /// The newest step's file.
+    newest: object_store::ObjectMeta,
+    /// Whether each sits in its valid time's `year=YYYY/month=MM/` folder
+    /// right below the table's root, as `uqcast run` writes them.
+    in_month_folders: bool,
+}
+
+/// The [`StepFiles`] of the table at `url`; `None` for a table not of
+/// steps. Read from the listing alone, in `ctx` (where an `s3://`
+/// location's bucket is registered).
+async fn step_files(ctx: &SessionContext, url: &ListingTableUrl) -> Result<Option<StepFiles>> {
     use futures::TryStreamExt;
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
@@ -289,10 +310,18 @@ async fn step_files(
         crate::job::store::valid_time_of(meta.location.filename()?)
     };
     let count = files.len();
-    let (steps, newest) = crate::job::store::steps_and_newest(files, step_time);
+    let in_month_folders = files.iter().all(|meta| {
+        url.strip_prefix(&meta.location)
+            .is_some_and(step_months::in_its_month_folder)
+    });
+    let (times, newest) = crate::job::store::steps_and_newest(files, step_time);
     Ok(newest
-        .filter(|_| steps.len() == count)
-        .map(|newest| (steps, newest)))
+        .filter(|_| times.len() == count)
+        .map(|newest| StepFiles {
+            times,
+            newest,
+            in_month_folders,
+        }))
 }
 
 /// The valid times of the forecast table at `location` registered in
@@ -300,7 +329,7 @@ async fn step_files(
 /// is not named as a step.
 pub async fn forecast_step_times(ctx: &SessionContext, location: &str) -> Result<Option<Vec<i64>>> {
     let url = ListingTableUrl::parse(location)?;
-    Ok(step_files(ctx, &url).await?.map(|(times, _)| times))
+    Ok(step_files(ctx, &url).await?.map(|steps| steps.times))
 }
 
 /// Registers an `s3://` table: Parquet read in place, NetCDF from local copies.

@@ -302,6 +302,29 @@ fn two_executors_share_the_work_and_answer_as_one_machine() {
     let o = run_there(config, &remote, &cluster.url, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(forecast_csv(&remote), forecast_csv(&local));
+    // By valid time, the files of the months named alone are planned
+    // there too: the client sends the plan it optimised
+    // (src/session/step_months.rs). The table holds January 2020.
+    let f = [format!("f={}", local.join("forecast").display())];
+    let planned = || {
+        cluster
+            .log_of("scheduler")
+            .matches("/forecast/year=")
+            .count()
+    };
+    let by_time = |from: &str| {
+        let query = format!(
+            "SELECT valid_time, count(*) AS n FROM f WHERE valid_time >= '{from}' \
+             GROUP BY valid_time ORDER BY valid_time"
+        );
+        let before = planned();
+        let answer = same_answer(&query, &f, &cluster.url);
+        (answer.lines().skip(1).count(), planned() - before)
+    };
+    assert_eq!(by_time("2020-02-01T00:00:00Z"), (0, 0));
+    let (steps, files) = by_time("2020-01-02T00:00:00Z");
+    // (The plan's line names its first files only.)
+    assert!(steps > 0 && files > 0, "{steps} steps, {files} files");
 
     for i in 0..2 {
         let name = executor_name(i);

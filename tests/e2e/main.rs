@@ -16,6 +16,7 @@ mod s3;
 mod sql;
 mod toy;
 mod train_pairs;
+mod valid_time_months;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -409,6 +409,18 @@ fn s3_tables_and_runs_read_as_local_files_do() {
     let summary = "SELECT year, month, count(*) AS n, sum(t2m_eu) AS eu FROM f \
                    GROUP BY year, month ORDER BY year, month";
     assert_eq!(in_bucket("forecast", summary), on_disk("forecast", summary));
+    // By valid time, only the objects of the months named are read: after
+    // the run's last month, none (src/session/step_months.rs).
+    let later = "SELECT valid_time, count(*) AS n, sum(t2m_eu) AS eu FROM f \
+                 WHERE valid_time >= '2020-01-01T12:00:00Z' GROUP BY valid_time ORDER BY valid_time";
+    assert_eq!(in_bucket("forecast", later), on_disk("forecast", later));
+    let after = "EXPLAIN SELECT count(*) FROM f WHERE valid_time >= '2020-02-01T00:00:00Z'";
+    let plan = in_bucket("forecast", after);
+    assert!(!plan.contains("DataSourceExec"), "{plan}");
+    assert_eq!(
+        in_bucket("forecast", &after["EXPLAIN ".len()..]),
+        "count(*)\n0\n"
+    );
     let tiles = "SELECT * FROM f ORDER BY valid_time, tile_lat, tile_lon";
     assert_eq!(in_bucket("flags", tiles), on_disk("flags", tiles));
     let again = to_bucket(&[]);
