@@ -153,10 +153,7 @@ impl OptimizerRule for MonthsFromValidTime {
 /// their earliest `valid_time` and at most that of their latest, each
 /// where they bound it.
 fn month_filters(filters: &[Expr]) -> Vec<Expr> {
-    let mut bounds = Bounds::default();
-    for conjunct in filters.iter().flat_map(split_conjunction) {
-        bounds.narrow(conjunct);
-    }
+    let bounds = Bounds::of(filters.iter().flat_map(split_conjunction));
     let Some(qualifier) = bounds.qualifier.clone() else {
         return Vec::new();
     };
@@ -195,10 +192,36 @@ struct Bounds {
 }
 
 impl Bounds {
+    /// The bounds `conjuncts`, all of which hold, set.
+    fn of<'a>(conjuncts: impl Iterator<Item = &'a Expr>) -> Self {
+        let mut bounds = Self::default();
+        for conjunct in conjuncts {
+            bounds.narrow(conjunct);
+        }
+        bounds
+    }
+
     /// Narrows the bounds by one conjunct, where it compares `valid_time`
     /// with timestamps; anything else bounds nothing.
     fn narrow(&mut self, conjunct: &Expr) {
         match conjunct {
+            // Either side's rows: within the span from the earlier side's
+            // lower bound to the later side's upper bound (this March or
+            // last March: the thirteen months between), where both bound
+            // it that way.
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Or,
+                right,
+            }) => {
+                let [a, b] =
+                    [left, right].map(|side| Self::of(split_conjunction(side).into_iter()));
+                if let (Some(qualifier), Some(_)) = (&a.qualifier, &b.qualifier) {
+                    let lo = a.lo.zip(b.lo).map(|(x, y)| x.min(y));
+                    let hi = a.hi.zip(b.hi).map(|(x, y)| x.max(y));
+                    self.within(qualifier, lo, hi);
+                }
+            }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 let (column, op, value) = match (valid_time(left), valid_time(right)) {
                     (Some(c), None) => (c, *op, right),
@@ -218,11 +241,11 @@ impl Bounds {
                 );
                 let step = i64::from(!rounded);
                 match op {
-                    Operator::Eq => self.within(column, Some(t), Some(t)),
-                    Operator::GtEq => self.within(column, Some(t), None),
-                    Operator::Gt => self.within(column, t.checked_add(step), None),
-                    Operator::LtEq => self.within(column, None, Some(t)),
-                    Operator::Lt => self.within(column, None, t.checked_sub(step)),
+                    Operator::Eq => self.within(&column.relation, Some(t), Some(t)),
+                    Operator::GtEq => self.within(&column.relation, Some(t), None),
+                    Operator::Gt => self.within(&column.relation, t.checked_add(step), None),
+                    Operator::LtEq => self.within(&column.relation, None, Some(t)),
+                    Operator::Lt => self.within(&column.relation, None, t.checked_sub(step)),
                     _ => {}
                 }
             }
@@ -233,7 +256,7 @@ impl Bounds {
                 high,
             }) => {
                 if let Some(column) = valid_time(expr) {
-                    self.within(column, micros(low), micros(high));
+                    self.within(&column.relation, micros(low), micros(high));
                 }
             }
             Expr::InList(InList {
@@ -256,16 +279,20 @@ impl Bounds {
                 let times = times.into_iter().flatten();
                 let (lo, hi) = (times.clone().min(), times.max());
                 if lo.is_some() {
-                    self.within(column, lo, hi);
+                    self.within(&column.relation, lo, hi);
                 }
             }
             _ => {}
         }
     }
 
-    fn within(&mut self, column: &Column, lo: Option<i64>, hi: Option<i64>) {
-        self.qualifier
-            .get_or_insert_with(|| column.relation.clone());
+    fn within(
+        &mut self,
+        qualifier: &Option<datafusion::common::TableReference>,
+        lo: Option<i64>,
+        hi: Option<i64>,
+    ) {
+        self.qualifier.get_or_insert_with(|| qualifier.clone());
         if let Some(lo) = lo {
             self.lo = Some(self.lo.map_or(lo, |l| l.max(lo)));
         }

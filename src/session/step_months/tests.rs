@@ -98,6 +98,27 @@ fn a_list_bounds_by_its_first_and_last_members() {
 }
 
 #[test]
+fn either_of_two_ranges_lies_within_their_span() {
+    let january = vt().between(ts(at(1, 5, 0)), ts(at(1, 9, 0)));
+    let march = vt().gt_eq(ts(at(3, 1, 0))).and(vt().lt(ts(at(3, 2, 0))));
+    let either = [january.clone().or(march.clone())];
+    assert_eq!(keys(&either), (Some(JAN), Some(MAR)));
+    // Nested, with a single time, and narrowed by a bound beside it.
+    let three = january
+        .clone()
+        .or(march.clone().or(vt().eq(ts(at(2, 9, 6)))));
+    assert_eq!(keys(std::slice::from_ref(&three)), (Some(JAN), Some(MAR)));
+    let narrowed = [three, vt().lt_eq(ts(at(2, 20, 0)))];
+    assert_eq!(keys(&narrowed), (Some(JAN), Some(FEB)));
+    // A side unbounded above leaves the span so.
+    let open = [january.clone().or(vt().gt(ts(at(2, 1, 0))))];
+    assert_eq!(keys(&open), (Some(JAN), None));
+    // A side that does not bound valid_time: its rows may be any month.
+    let other = [january.or(col("f.t2m_eu").gt(lit(5.0)))];
+    assert_eq!(keys(&other), (None, None));
+}
+
+#[test]
 fn filters_that_bound_no_valid_time_imply_nothing() {
     let either = vt().lt(ts(at(1, 2, 0))).or(vt().gt(ts(at(3, 2, 0))));
     let other_column = col("f.init_time").gt_eq(ts(at(2, 1, 0)));
