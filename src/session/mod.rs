@@ -243,19 +243,13 @@ async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str)
         options = options.schema(schema);
     }
     ctx.register_parquet(name, location, options).await?;
-    // Only sessions that prune by it hold it (`step_months::enable`).
-    if let Some(tables) = ctx
-        .state()
-        .config()
-        .get_extension::<step_months::StepTables>()
-    {
-        tables.mark(&url, steps.is_some_and(|s| s.in_month_folders));
-    }
+    step_months::mark(ctx, &url, steps.is_some_and(|s| s.in_month_folders));
     Ok(())
 }
 
 /// The schema of a forecast table `uqcast run` wrote, read from its newest
-/// step's file alone; `None` for any other table. DataFusion infers a
+/// step's file alone (`steps`, the table's); `None` where that file lacks
+/// the forecast contract's columns. DataFusion infers a
 /// table's schema from every file's footer before the first row, which
 /// over years of steps is most of a query's time (4,972 steps: 2.6 s on
 /// local disk, 6 s on a loopback S3 server), and most queries read a few

@@ -45,17 +45,27 @@ pub fn enable(ctx: &SessionContext) {
     ctx.add_optimizer_rule(Arc::new(MonthsFromValidTime::new(tables)));
 }
 
+/// Records in `ctx` whether the table registered at `url` is laid out as
+/// steps (a table registered again at the same location is judged
+/// again); nothing in a session [`enable`] was not called on.
+pub fn mark(ctx: &SessionContext, url: &ListingTableUrl, laid_out_as_steps: bool) {
+    let state = ctx.state_ref();
+    let state = state.read();
+    if let Some(tables) = state.config().get_extension::<StepTables>() {
+        tables.mark(url, laid_out_as_steps);
+    }
+}
+
 /// The locations of the tables registered in a session whose files are
 /// laid out as `uqcast run` writes steps; shared by the registration,
-/// which fills it, and [`MonthsFromValidTime`], which reads it. Held as
-/// URLs: a registered table's [`ListingTableUrl`] also carries its name.
+/// which fills it ([`mark`]), and [`MonthsFromValidTime`], which reads it.
+/// Held as URLs: a registered table's [`ListingTableUrl`] also carries its
+/// name.
 #[derive(Debug, Default)]
-pub struct StepTables(Mutex<HashSet<String>>);
+struct StepTables(Mutex<HashSet<String>>);
 
 impl StepTables {
-    /// Records whether the table at `url` is laid out as steps (a table
-    /// registered again at the same location is judged again).
-    pub fn mark(&self, url: &ListingTableUrl, laid_out_as_steps: bool) {
+    fn mark(&self, url: &ListingTableUrl, laid_out_as_steps: bool) {
         let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if laid_out_as_steps {
             tables.insert(url.as_str().to_string());
@@ -90,7 +100,7 @@ pub struct MonthsFromValidTime {
 }
 
 impl MonthsFromValidTime {
-    pub fn new(tables: Arc<StepTables>) -> Self {
+    fn new(tables: Arc<StepTables>) -> Self {
         Self { tables }
     }
 
