@@ -8,7 +8,11 @@
 //! which DataFusion evaluates on folder names before it opens a file. A
 //! query naming only `valid_time` would otherwise read every file's footer
 //! over the table's years (a month of ten years' steps: 10–16 s in the
-//! `dev` build; with the partition filter 1.1–1.3 s). [`MonthsFromValidTime`] adds that filter to the scans of
+//! `dev` build; with the partition filter 1.1–1.3 s). The same holds of
+//! `date_trunc(unit, valid_time)` compared with a time ([`truncation`]),
+//! and a filter on `date_part('year' | 'quarter' | 'month', valid_time)`
+//! reads the same on the folder's names ([`parts`]).
+//! [`MonthsFromValidTime`] adds those filters to the scans of
 //! the tables [`StepTables`] holds: those whose every file is named as a
 //! step and sits in its step's folder, as found when the table was
 //! registered (`session::register_parquet_here`). Any other table is left
@@ -32,6 +36,11 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, LogicalPlan, Operator, TableScan, lit};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::prelude::SessionContext;
+
+use truncation::Unit;
+
+mod parts;
+mod truncation;
 
 /// Makes `ctx`'s scans of step tables read only the months their
 /// `valid_time` filters name: an empty [`StepTables`] for the tables
@@ -146,7 +155,7 @@ impl OptimizerRule for MonthsFromValidTime {
         if !self.reads_steps(&scan) {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         }
-        let implied: Vec<Expr> = month_filters(&scan.filters)
+        let implied: Vec<Expr> = folder_filters(&scan.filters)
             .into_iter()
             .filter(|f| !scan.filters.contains(f))
             .collect();
@@ -159,6 +168,20 @@ impl OptimizerRule for MonthsFromValidTime {
 }
 
 /// The partition filters `filters` (a scan's, all of which hold) imply:
+/// the months their bounds on `valid_time` span ([`month_filters`]), and
+/// each filter on the year, quarter or month of `valid_time` read on
+/// folder names ([`parts::on_folders`]).
+fn folder_filters(filters: &[Expr]) -> Vec<Expr> {
+    let mut implied = month_filters(filters);
+    implied.extend(
+        filters
+            .iter()
+            .flat_map(split_conjunction)
+            .filter_map(parts::on_folders),
+    );
+    implied
+}
+
 /// `CAST(year AS INT) * 12 + CAST(month AS INT)` at least the month of
 /// their earliest `valid_time` and at most that of their latest, each
 /// where they bound it.
@@ -229,11 +252,11 @@ impl Bounds {
                 if let (Some(qualifier), Some(_)) = (&a.qualifier, &b.qualifier) {
                     let lo = a.lo.zip(b.lo).map(|(x, y)| x.min(y));
                     let hi = a.hi.zip(b.hi).map(|(x, y)| x.max(y));
-                    self.within(qualifier, lo, hi);
+                    self.within_times(qualifier, lo, hi);
                 }
             }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (column, op, value) = match (valid_time(left), valid_time(right)) {
+                let ((column, unit), op, value) = match (time_of(left), time_of(right)) {
                     (Some(c), None) => (c, *op, right),
                     (None, Some(c)) => match op.swap() {
                         Some(op) => (c, op, left),
@@ -250,14 +273,15 @@ impl Bounds {
                     Expr::Literal(ScalarValue::TimestampNanosecond(Some(ns), _), _) if ns % 1_000 != 0
                 );
                 let step = i64::from(!rounded);
-                match op {
-                    Operator::Eq => self.within(&column.relation, Some(t), Some(t)),
-                    Operator::GtEq => self.within(&column.relation, Some(t), None),
-                    Operator::Gt => self.within(&column.relation, t.checked_add(step), None),
-                    Operator::LtEq => self.within(&column.relation, None, Some(t)),
-                    Operator::Lt => self.within(&column.relation, None, t.checked_sub(step)),
-                    _ => {}
-                }
+                let (lo, hi) = match op {
+                    Operator::Eq => (Some(t), Some(t)),
+                    Operator::GtEq => (Some(t), None),
+                    Operator::Gt => (t.checked_add(step), None),
+                    Operator::LtEq => (None, Some(t)),
+                    Operator::Lt => (None, t.checked_sub(step)),
+                    _ => return,
+                };
+                self.within(column, unit, lo, hi);
             }
             Expr::Between(Between {
                 expr,
@@ -265,8 +289,8 @@ impl Bounds {
                 low,
                 high,
             }) => {
-                if let Some(column) = valid_time(expr) {
-                    self.within(&column.relation, micros(low), micros(high));
+                if let Some((column, unit)) = time_of(expr) {
+                    self.within(column, unit, micros(low), micros(high));
                 }
             }
             Expr::InList(InList {
@@ -274,7 +298,7 @@ impl Bounds {
                 list,
                 negated: false,
             }) => {
-                let Some(column) = valid_time(expr) else {
+                let Some((column, unit)) = time_of(expr) else {
                     return;
                 };
                 // Null members match no row.
@@ -289,14 +313,21 @@ impl Bounds {
                 let times = times.into_iter().flatten();
                 let (lo, hi) = (times.clone().min(), times.max());
                 if lo.is_some() {
-                    self.within(&column.relation, lo, hi);
+                    self.within(column, unit, lo, hi);
                 }
             }
             _ => {}
         }
     }
 
-    fn within(
+    /// Narrows the bounds to the `valid_time`s where `column`, truncated
+    /// to `unit` if one is given, lies within `lo..=hi`.
+    fn within(&mut self, column: &Column, unit: Option<Unit>, lo: Option<i64>, hi: Option<i64>) {
+        let (lo, hi) = truncation::untruncated(unit, lo, hi);
+        self.within_times(&column.relation, lo, hi);
+    }
+
+    fn within_times(
         &mut self,
         qualifier: &Option<datafusion::common::TableReference>,
         lo: Option<i64>,
@@ -316,6 +347,23 @@ impl Bounds {
 fn valid_time(expr: &Expr) -> Option<&Column> {
     match expr {
         Expr::Column(c) if c.name == uqcast_forecast::schema::VALID_TIME => Some(c),
+        _ => None,
+    }
+}
+
+/// `expr` as `valid_time` or `date_trunc(unit, valid_time)`: the column
+/// and the unit it is truncated to (`None`: not truncated).
+fn time_of(expr: &Expr) -> Option<(&Column, Option<Unit>)> {
+    if let Some(column) = valid_time(expr) {
+        return Some((column, None));
+    }
+    let Expr::ScalarFunction(f) = expr else {
+        return None;
+    };
+    match f.args.as_slice() {
+        [unit, time] if f.func.name() == "date_trunc" => {
+            Some((valid_time(time)?, Some(Unit::named_by(unit)?)))
+        }
         _ => None,
     }
 }

@@ -21,6 +21,24 @@ const JANUARY: &str = "SELECT valid_time, count(*) AS n, min(t2m) AS lo, max(t2m
      WHERE valid_time < TIMESTAMP '2020-02-01T00:00:00Z' \
      GROUP BY valid_time ORDER BY valid_time";
 
+/// Filters on a function of `valid_time` that name a month, each with
+/// the month's number.
+const BY_FUNCTIONS: [(&str, &str); 4] = [
+    (
+        "date_trunc('month', valid_time) = TIMESTAMP '2020-02-01T00:00:00Z'",
+        "02",
+    ),
+    (
+        "date_trunc('day', valid_time) < TIMESTAMP '2020-02-01T00:00:00Z'",
+        "01",
+    ),
+    ("EXTRACT(MONTH FROM valid_time) = 1", "01"),
+    (
+        "date_part('year', valid_time) = 2020 AND date_part('month', valid_time) IN (2, 3)",
+        "02",
+    ),
+];
+
 /// Writes each step of the `era5` table at `data` to its file below
 /// `table`, in its month's folder, as `uqcast run` lays a forecast out.
 fn write_steps(data: &Path, table: &Path) {
@@ -71,7 +89,16 @@ fn a_query_by_valid_time_opens_only_its_months_files() {
     let f = format!("f={}", table.display());
 
     // The rows are the source's, and only the month's files are opened.
-    for (query, month) in [(FEBRUARY, "02"), (JANUARY, "01")] {
+    let by_functions = BY_FUNCTIONS.map(|(filter, month)| {
+        let query = format!(
+            "SELECT valid_time, count(*) AS n, min(t2m) AS lo, max(t2m) AS hi FROM f \
+             WHERE {filter} GROUP BY valid_time ORDER BY valid_time"
+        );
+        (query, month)
+    });
+    let by_range = [(FEBRUARY, "02"), (JANUARY, "01")].map(|(q, m)| (q.to_string(), m));
+    for (query, month) in by_range.iter().chain(&by_functions) {
+        let (query, month) = (query.as_str(), *month);
         let expected = sql_csv(&era5, query);
         assert_eq!(expected.lines().count(), 3, "{expected}");
         assert_eq!(sql_csv(&f, query), expected, "{query}");

@@ -3,6 +3,9 @@ use datafusion::logical_expr::{col, lit};
 
 use super::*;
 
+/// Filters on `date_trunc` and `date_part` of `valid_time`.
+mod functions;
+
 /// `2020-MM-DDTHH:00Z` in microseconds.
 fn at(month: u32, day: u32, hour: u32) -> i64 {
     chrono::NaiveDate::from_ymd_opt(2020, month, day)
