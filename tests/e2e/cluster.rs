@@ -260,12 +260,16 @@ fn queries_on_the_cluster_answer_as_on_one_machine() {
          ORDER BY valid_time",
         "SELECT date_trunc('day', valid_time) AS day, count(*) AS cells FROM era5 GROUP BY day \
          ORDER BY day DESC",
+        // Evaluated on the steps' times where the scheduler plans the scan.
+        "SELECT valid_time, round(avg(t2m), 3) AS t2m FROM era5 \
+         WHERE EXTRACT(HOUR FROM valid_time) = 12 GROUP BY valid_time ORDER BY valid_time",
     ] {
         same_answer(query, &era5, &cluster.url);
     }
     // The scan is spread over tasks, one per step here (6 steps from
     // 12:00, target partitions 16): Ballista cuts its steps input per task.
     let plans = cluster.log_of("scheduler");
+    assert!(plans.contains("steps=10/40"), "{plans}");
     assert!(
         plans.contains("NetcdfExec: files=1, steps=6/8")
             && plans.contains("DataSourceExec: partitions=6, partition_sizes=[1, 1, 1, 1, 1, 1]"),

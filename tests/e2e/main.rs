@@ -14,6 +14,7 @@ mod pipeline_errors;
 mod revisions;
 mod s3;
 mod sql;
+mod step_filters;
 mod toy;
 mod train_pairs;
 mod valid_time_months;

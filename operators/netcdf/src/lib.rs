@@ -45,6 +45,7 @@ pub mod schema;
 pub mod scratch;
 pub mod sniff;
 pub mod spec;
+pub mod step_filters;
 pub mod steps_input;
 pub mod stream;
 pub mod times_left_out;

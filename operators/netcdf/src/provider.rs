@@ -12,8 +12,9 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::Catalog;
 use crate::exec::NetcdfExec;
-use crate::pushdown::{Selection, support};
-use crate::schema::era5_schema;
+use crate::pushdown::{Selection, read_as_bounds, support};
+use crate::schema::{VALID_TIME, era5_schema};
+use crate::step_filters;
 
 /// A session configuration extension: every NetCDF scan carries its steps
 /// as an in-memory input, so a distributed scheduler can give each task its
@@ -94,11 +95,20 @@ impl TableProvider for Era5TableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut selection = Selection::from_filters(filters);
+        let on_step_time = filters
+            .iter()
+            .filter(|f| !read_as_bounds(f) && step_filters::on_step_time(f));
+        for filter in on_step_time {
+            let time_type = self.schema.field_with_name(VALID_TIME)?.data_type();
+            let times: Vec<i64> = self.catalog.steps.iter().map(|s| s.time).collect();
+            selection.keep_only(step_filters::times_kept(state, filter, time_type, &times)?);
+        }
         let exec = NetcdfExec::new(
             self.catalog.clone(),
             self.schema.clone(),
             projection,
-            Selection::from_filters(filters),
+            selection,
             limit,
             state.config().target_partitions(),
         )?;

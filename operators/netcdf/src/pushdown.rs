@@ -149,17 +149,7 @@ impl Selection {
             match constraint {
                 Constraint::Time(op, v) => selection.time.tighten(op, v),
                 Constraint::TimesExcluded(times) => selection.excluded_times.extend(times),
-                Constraint::TimesOnly(mut times) => {
-                    times.sort_unstable();
-                    times.dedup();
-                    selection.only_times = Some(match selection.only_times.take() {
-                        None => times,
-                        Some(kept) => kept
-                            .into_iter()
-                            .filter(|t| times.binary_search(t).is_ok())
-                            .collect(),
-                    });
-                }
+                Constraint::TimesOnly(times) => selection.keep_only(times),
                 Constraint::Latitude(op, v) => selection.latitude.tighten(op, v),
                 Constraint::Longitude(op, v) => selection.longitude.tighten(op, v),
             }
@@ -167,6 +157,19 @@ impl Selection {
         selection.excluded_times.sort_unstable();
         selection.excluded_times.dedup();
         selection
+    }
+
+    /// Keeps only `times` (nanoseconds) of the times kept so far.
+    pub fn keep_only(&mut self, mut times: Vec<i128>) {
+        times.sort_unstable();
+        times.dedup();
+        self.only_times = Some(match self.only_times.take() {
+            None => times,
+            Some(kept) => kept
+                .into_iter()
+                .filter(|t| times.binary_search(t).is_ok())
+                .collect(),
+        });
     }
 
     pub fn time_contains_micros(&self, micros: i64) -> bool {
@@ -224,13 +227,20 @@ impl fmt::Display for Selection {
     }
 }
 
-/// Whether a filter can be applied exactly by the scan.
+/// Whether a filter can be applied exactly by the scan: read as bounds
+/// and lists here, or evaluated on each step's time
+/// (`crate::step_filters`).
 pub fn support(expr: &Expr) -> TableProviderFilterPushDown {
-    if constraints(expr).is_some() {
+    if read_as_bounds(expr) || crate::step_filters::on_step_time(expr) {
         TableProviderFilterPushDown::Exact
     } else {
         TableProviderFilterPushDown::Unsupported
     }
+}
+
+/// Whether [`Selection::from_filters`] reads `expr`.
+pub fn read_as_bounds(expr: &Expr) -> bool {
+    constraints(expr).is_some()
 }
 
 fn constraints(expr: &Expr) -> Option<Vec<Constraint>> {
