@@ -96,13 +96,16 @@ impl TableProvider for Era5TableProvider {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut selection = Selection::from_filters(filters);
-        let on_step_time = filters
+        let on_step_time: Vec<&Expr> = filters
             .iter()
-            .filter(|f| !read_as_bounds(f) && step_filters::on_step_time(f));
-        for filter in on_step_time {
+            .filter(|f| !read_as_bounds(f) && step_filters::on_step_time(f))
+            .collect();
+        if !on_step_time.is_empty() {
             let time_type = self.schema.field_with_name(VALID_TIME)?.data_type();
             let times: Vec<i64> = self.catalog.steps.iter().map(|s| s.time).collect();
-            selection.keep_only(step_filters::times_kept(state, filter, time_type, &times)?);
+            for filter in on_step_time {
+                selection.keep_only(step_filters::times_kept(state, filter, time_type, &times)?);
+            }
         }
         let exec = NetcdfExec::new(
             self.catalog.clone(),

@@ -442,21 +442,21 @@ mod tests {
             "the bound still holds"
         );
         assert!(s.to_string().contains("valid_time not in 3 times"), "{s}");
-        for not_pushed in [
-            col(VALID_TIME).in_list(vec![t(0), col(VALID_TIME)], true),
-            col(LATITUDE).in_list(vec![lit(1.0)], true),
-        ] {
-            assert_eq!(
-                support(&not_pushed),
-                TableProviderFilterPushDown::Unsupported,
-                "{not_pushed}"
-            );
-        }
+        let not_a_list = col(VALID_TIME).in_list(vec![t(0), col(VALID_TIME)], true);
+        assert!(!read_as_bounds(&not_a_list));
+        // Still on valid_time alone: evaluated on each step's time.
+        assert_eq!(support(&not_a_list), TableProviderFilterPushDown::Exact);
+        let not_pushed = col(LATITUDE).in_list(vec![lit(1.0)], true);
+        assert_eq!(
+            support(&not_pushed),
+            TableProviderFilterPushDown::Unsupported
+        );
     }
 
     /// A `TimesLeftOut` function of valid_time leaves its times out as
-    /// `NOT IN` does, together with a list; of any other column, or another
-    /// function, it is not pushed.
+    /// `NOT IN` does, together with a list; of another expression of
+    /// valid_time it is evaluated on each step's time instead, and of any
+    /// other column it is not pushed.
     #[test]
     fn times_left_out_by_the_function_are_exact() {
         let left_out = TimesLeftOut::udf("left_out", [600_000_000, 0]);
@@ -471,12 +471,15 @@ mod tests {
         let s = Selection::from_filters(&filters);
         assert_eq!(s.excluded_times, [0, 300_000_000_000, 600_000_000_000]);
         let other = TimesLeftOut::udf("other", [0]);
+        let of_a_sum = other.call(vec![
+            col(VALID_TIME) + lit(ScalarValue::IntervalDayTime(None)),
+        ]);
+        assert!(!read_as_bounds(&of_a_sum));
+        // Still on valid_time alone: evaluated on each step's time.
+        assert_eq!(support(&of_a_sum), TableProviderFilterPushDown::Exact);
         let abs = datafusion::functions::math::abs();
         for not_pushed in [
             left_out.call(vec![col(LATITUDE)]),
-            other.call(vec![
-                col(VALID_TIME) + lit(ScalarValue::IntervalDayTime(None)),
-            ]),
             abs.call(vec![col(LATITUDE)]).gt(lit(1.0)),
         ] {
             assert_eq!(
@@ -546,9 +549,8 @@ mod tests {
             support(&col(LATITUDE).not_eq(lit(1.0))),
             TableProviderFilterPushDown::Unsupported
         );
-        assert_eq!(
-            support(&col(VALID_TIME).gt(lit(1.0))),
-            TableProviderFilterPushDown::Unsupported
-        );
+        // Not a bound (not a time), but on valid_time alone: evaluated on
+        // each step's time (`crate::step_filters`).
+        assert!(!read_as_bounds(&col(VALID_TIME).gt(lit(1.0))));
     }
 }
