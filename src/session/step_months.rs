@@ -190,14 +190,7 @@ fn month_filters(filters: &[Expr]) -> Vec<Expr> {
     let Some(qualifier) = bounds.qualifier.clone() else {
         return Vec::new();
     };
-    let part = |name: &str| {
-        let column = Expr::Column(Column::new(qualifier.clone(), name));
-        Expr::Cast(datafusion::logical_expr::Cast::new(
-            Box::new(column),
-            DataType::Int32,
-        ))
-    };
-    let key = part("year") * lit(12i32) + part("month");
+    let key = folder_number(&qualifier, "year") * lit(12i32) + folder_number(&qualifier, "month");
     let mut implied = Vec::new();
     if let Some(lo) = bounds.lo.and_then(month_key) {
         implied.push(key.clone().gt_eq(lit(lo)));
@@ -206,6 +199,16 @@ fn month_filters(filters: &[Expr]) -> Vec<Expr> {
         implied.push(key.lt_eq(lit(hi)));
     }
     implied
+}
+
+/// The number a scan's `year=` or `month=` folder (`name`) holds, as an
+/// `Int32` (`date_part`'s type); `qualifier` names the scan's table.
+fn folder_number(qualifier: &Option<datafusion::common::TableReference>, name: &str) -> Expr {
+    let column = Expr::Column(Column::new(qualifier.clone(), name));
+    Expr::Cast(datafusion::logical_expr::Cast::new(
+        Box::new(column),
+        DataType::Int32,
+    ))
 }
 
 /// `year * 12 + month` of the UTC month holding `micros`.

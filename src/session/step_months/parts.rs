@@ -6,12 +6,11 @@
 //! becomes `CAST(month AS INT) IN (12, 1, 2)`, which is not a range of
 //! `valid_time` a bound could imply.
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Cast, Expr, lit};
+use datafusion::logical_expr::{Expr, lit};
 
-use super::valid_time;
+use super::{folder_number, valid_time};
 
 /// The parts of a time a folder names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +82,7 @@ fn part_of_valid_time(expr: &Expr) -> Option<(&Column, Part)> {
 /// `part` of the folder holding `column`'s table's file, typed as
 /// `date_part` gives it (`Int32`).
 fn of_folder(column: &Column, part: Part) -> Expr {
-    let folder = |name: &str| {
-        Expr::Cast(Cast::new(
-            Box::new(Expr::Column(Column::new(column.relation.clone(), name))),
-            DataType::Int32,
-        ))
-    };
+    let folder = |name: &str| folder_number(&column.relation, name);
     match part {
         Part::Year => folder("year"),
         Part::Month => folder("month"),
