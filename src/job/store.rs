@@ -437,10 +437,25 @@ pub fn steps_and_newest<T>(
     (times, newest.map(|(_, file)| file))
 }
 
-/// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`).
+/// The valid time a step file's name carries (`t2m_YYYYMMDDTHHMM.parquet`,
+/// as [`step_name`] writes it). Read digit by digit: a table's registration
+/// reads every file's name (14,612 over ten years of steps), where
+/// chrono's format parser took a third of a second in the `dev` build.
 pub fn valid_time_of(name: &str) -> Option<i64> {
     let stem = name.strip_prefix("t2m_")?.strip_suffix(".parquet")?;
-    let t = chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M").ok()?;
+    let (date, time) = stem.split_once('T')?;
+    let digits = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(date, 8) || !digits(time, 4) {
+        return None;
+    }
+    // ASCII digits only from here: slicing stays on characters.
+    let number = |digits: &str| digits.parse::<u32>().ok();
+    let day = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(number(&date[..4])?).ok()?,
+        number(&date[4..6])?,
+        number(&date[6..])?,
+    )?;
+    let t = day.and_hms_opt(number(&time[..2])?, number(&time[2..])?, 0)?;
     Some(t.and_utc().timestamp_micros())
 }
 
@@ -456,6 +471,40 @@ mod tests {
         );
         assert_eq!(valid_time_of(".t2m_20200103T1200.parquet.tmp-7"), None);
         assert_eq!(valid_time_of("t2m_2020.parquet"), None);
+        // What a run writes reads back, over centuries and a leap day.
+        for t in [
+            "1850-01-01T00:00:00Z",
+            "1999-12-31T18:00:00Z",
+            "2020-02-29T06:00:00Z",
+            "2100-03-01T12:30:00Z",
+            "9999-12-31T23:59:00Z",
+        ] {
+            let micros = chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_micros();
+            let (name, _) = step_name(micros).unwrap();
+            assert_eq!(valid_time_of(&name), Some(micros), "{name}");
+        }
+        // Not a time, or not written so.
+        for stem in [
+            "20201303T1200", // month 13
+            "20200230T1200", // February 30
+            "20200103T2400", // hour 24
+            "20200103T1260", // minute 60
+            "2020013T12000", // the T misplaced
+            "20200103T120",
+            "+2020103T1200",
+            "2020 103T1200",
+            "20200103t1200",
+            "20200103T1200Z",
+            "202é003T1200", // 8 bytes, not 8 digits
+        ] {
+            assert_eq!(
+                valid_time_of(&format!("t2m_{stem}.parquet")),
+                None,
+                "{stem}"
+            );
+        }
     }
 
     #[test]

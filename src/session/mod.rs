@@ -130,8 +130,16 @@ pub fn files_below(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-            let path = entry.with_context(|| format!("{}", dir.display()))?.path();
-            if path.is_dir() {
+            let entry = entry.with_context(|| format!("{}", dir.display()))?;
+            let path = entry.path();
+            // The listing's own type where it gives one (no call per file:
+            // a forecast table over ten years has 14,612); a link is
+            // followed, as `is_dir` does.
+            let is_dir = match entry.file_type() {
+                Ok(kind) if !kind.is_symlink() => kind.is_dir(),
+                _ => path.is_dir(),
+            };
+            if is_dir {
                 stack.push(path);
             } else {
                 out.push(path);
@@ -227,13 +235,18 @@ async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str)
     let probe = ParquetReadOptions::default()
         .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
     let url = ListingTableUrl::parse(location)?;
-    let partitions = probe
-        .infer_partitions(&ctx.state(), &url)
-        .await?
+    let steps = step_files(ctx, &url).await?;
+    // A table of steps in their month folders is partitioned by those, as
+    // its listing just showed: DataFusion's inference would list every
+    // file again (0.2 s over ten years of steps on local disk).
+    let partitions = match &steps {
+        Some(steps) if steps.in_month_folders => vec!["year".to_string(), "month".to_string()],
+        _ => probe.infer_partitions(&ctx.state(), &url).await?,
+    };
+    let partitions = partitions
         .into_iter()
         .map(|c| (c, partition_type()))
         .collect();
-    let steps = step_files(ctx, &url).await?;
     let step_schema = match &steps {
         Some(steps) => forecast_step_schema(ctx, &probe, &url, steps).await?,
         None => None,
