@@ -91,15 +91,21 @@ impl StepTables {
 
 /// Whether a file at `segments` below a table's root (its folders, then
 /// its name) is a step file in its valid time's month folder.
-pub fn in_its_month_folder<'a>(segments: impl Iterator<Item = &'a str>) -> bool {
-    let segments: Vec<&str> = segments.collect();
-    let [year, month, name] = segments.as_slice() else {
+pub fn in_its_month_folder<'a>(mut segments: impl Iterator<Item = &'a str>) -> bool {
+    let (Some(year), Some(month), Some(name), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
         return false;
     };
-    let Some(t) = crate::job::store::valid_time_of(name) else {
-        return false;
-    };
-    crate::job::store::step_name(t).is_ok_and(|(_, folder)| folder == format!("{year}/{month}"))
+    // A step's name starts with its time's digits (`t2m_YYYYMM…`, as
+    // `job::store::step_name` writes both): compared as text, as every
+    // file of a table is at its registration.
+    crate::job::store::valid_time_of(name).is_some()
+        && year.strip_prefix("year=") == name.get(4..8)
+        && month.strip_prefix("month=") == name.get(8..10)
 }
 
 /// The optimizer rule: see the module's documentation.
@@ -122,14 +128,19 @@ impl MonthsFromValidTime {
         let Some(table) = source.table_provider.downcast_ref::<ListingTable>() else {
             return false;
         };
-        let partitions: Vec<&str> = table
+        // As `session::register_parquet_here` registers a table of steps,
+        // whose folders' text the equalities of [`folder_equalities`] are.
+        let folder = crate::session::partition_type();
+        let partitions: Vec<(&str, &DataType)> = table
             .options()
             .table_partition_cols
             .iter()
-            .map(|(name, _)| name.as_str())
+            .map(|(name, kind)| (name.as_str(), kind))
             .collect();
         match table.table_paths().as_slice() {
-            [url] => partitions == ["year", "month"] && self.tables.contains(url),
+            [url] => {
+                partitions == [("year", &folder), ("month", &folder)] && self.tables.contains(url)
+            }
             _ => false,
         }
     }
@@ -168,11 +179,13 @@ impl OptimizerRule for MonthsFromValidTime {
 }
 
 /// The partition filters `filters` (a scan's, all of which hold) imply:
-/// the months their bounds on `valid_time` span ([`month_filters`]), and
-/// each filter on the year, quarter or month of `valid_time` read on
-/// folder names ([`parts::on_folders`]).
+/// the months their bounds on `valid_time` span ([`month_filters`]), the
+/// one year or month they lie in ([`folder_equalities`]), and each filter
+/// on the year, quarter or month of `valid_time` read on folder names
+/// ([`parts::on_folders`]).
 fn folder_filters(filters: &[Expr]) -> Vec<Expr> {
     let mut implied = month_filters(filters);
+    implied.extend(folder_equalities(filters));
     implied.extend(
         filters
             .iter()
@@ -199,6 +212,40 @@ fn month_filters(filters: &[Expr]) -> Vec<Expr> {
         implied.push(key.lt_eq(lit(hi)));
     }
     implied
+}
+
+/// `year = 'YYYY'` where the bounds of `filters` on `valid_time` lie in
+/// one year, and `month = 'MM'` too where they lie in one month: the
+/// spelling DataFusion lists as a prefix (`year=2015/month=03/`), so that
+/// a query of a month lists that folder alone, not every file of the table
+/// to keep a month's (ten years of steps: 14,612 files on disk, or 15
+/// requests to an S3 store). The folders' text is the step's, as
+/// `job::store::step_name` writes it and a table of steps was checked to
+/// hold at its registration.
+fn folder_equalities(filters: &[Expr]) -> Vec<Expr> {
+    let bounds = Bounds::of(filters.iter().flat_map(split_conjunction));
+    let (Some(qualifier), Some(lo), Some(hi)) = (&bounds.qualifier, bounds.lo, bounds.hi) else {
+        return Vec::new();
+    };
+    let (Some(lo), Some(hi)) = (month_key(lo), month_key(hi)) else {
+        return Vec::new();
+    };
+    // Month keys count months from year 0: January is 12·year + 1.
+    let year_month = |key: i32| ((key - 1).div_euclid(12), (key - 1).rem_euclid(12) + 1);
+    let ((lo_year, lo_month), (hi_year, hi_month)) = (year_month(lo), year_month(hi));
+    let folder = |name: &str, text: String| {
+        ScalarValue::try_from_string(text, &crate::session::partition_type())
+            .ok()
+            .map(|value| Expr::Column(Column::new(qualifier.clone(), name)).eq(lit(value)))
+    };
+    let mut equalities = Vec::new();
+    if lo_year == hi_year && (0..=9999).contains(&lo_year) {
+        equalities.extend(folder("year", format!("{lo_year:04}")));
+        if lo_month == hi_month {
+            equalities.extend(folder("month", format!("{lo_month:02}")));
+        }
+    }
+    equalities
 }
 
 /// The number a scan's `year=` or `month=` folder (`name`) holds, as an

@@ -25,6 +25,11 @@ fn vt() -> Expr {
     col("f.valid_time")
 }
 
+/// `date_trunc(unit, f.valid_time)`.
+fn trunc(unit: &str) -> Expr {
+    datafusion::functions::expr_fn::date_trunc(lit(unit), vt())
+}
+
 /// The filters `month_filters` adds, as the month keys each bounds.
 fn keys(filters: &[Expr]) -> (Option<i32>, Option<i32>) {
     let mut found = (None, None);
@@ -189,4 +194,57 @@ fn a_step_file_belongs_in_its_valid_times_month() {
     assert!(!placed("year=2020/t2m_20200201T0000.parquet"));
     assert!(!placed("x/year=2020/month=02/t2m_20200201T0000.parquet"));
     assert!(!placed("year=2020/month=02/part-0.parquet"));
+    assert!(!placed("year=2020/month=02/t2m_20200230T0000.parquet"));
+    assert!(!placed("year=2020/month=02/t2m_20200201T0000.parquet/x"));
+    assert!(!placed("year=2020/month=02"));
+    // Each folder as `job::store::step_name` writes it, over the years.
+    for t in [at(1, 1, 0), at(12, 31, 18), at(2, 29, 6)] {
+        for years in [-170, 0, 80] {
+            let t = t + years * 365 * 86_400_000_000;
+            let (name, folder) = crate::job::store::step_name(t).unwrap();
+            assert!(placed(&format!("{folder}/{name}")), "{folder}/{name}");
+        }
+    }
+}
+
+/// The folder prefix DataFusion lists for a scan holding `filters` and the
+/// partition filters they imply (`None`: the whole table).
+fn listed_prefix(filters: &[Expr]) -> Option<String> {
+    use datafusion::datasource::listing::helpers::evaluate_partition_prefix;
+    let folders = ["year", "month"].map(|c| (c.to_string(), crate::session::partition_type()));
+    let mut scan = filters.to_vec();
+    scan.extend(folder_filters(filters));
+    evaluate_partition_prefix(&folders, &scan).map(|p| p.to_string())
+}
+
+#[test]
+fn times_within_one_month_or_year_list_only_its_folder() {
+    let february = [vt().gt_eq(ts(at(2, 1, 0))), vt().lt(ts(at(3, 1, 0)))];
+    assert_eq!(
+        listed_prefix(&february).as_deref(),
+        Some("year=2020/month=02")
+    );
+    let one_step = [vt().eq(ts(at(3, 1, 6)))];
+    assert_eq!(
+        listed_prefix(&one_step).as_deref(),
+        Some("year=2020/month=03")
+    );
+    let a_day = [trunc("day").eq(ts(at(1, 31, 0)))];
+    assert_eq!(listed_prefix(&a_day).as_deref(), Some("year=2020/month=01"));
+    let list = [vt().in_list(vec![ts(at(3, 1, 0)), ts(at(1, 9, 6))], false)];
+    assert_eq!(listed_prefix(&list).as_deref(), Some("year=2020"));
+    let december = vt().gt_eq(ts(at(12, 1, 0)));
+    let year = [december.clone(), vt().lt_eq(ts(at(12, 31, 18)))];
+    assert_eq!(listed_prefix(&year).as_deref(), Some("year=2020/month=12"));
+    // Across the new year, or unbounded on one side: every folder.
+    let new_year = [december, vt().lt(ts(at(12, 31, 18) + 86_400_000_000))];
+    assert_eq!(listed_prefix(&new_year), None);
+    assert_eq!(listed_prefix(&[vt().gt_eq(ts(at(2, 1, 0)))]), None);
+    // Years before 1000 keep their four digits, as their folders.
+    let early = ts(at(2, 1, 0) - 1_100 * 365 * 86_400_000_000);
+    let prefix = listed_prefix(&[vt().eq(early)]).unwrap();
+    assert!(prefix.starts_with("year=09"), "{prefix}");
+    // A prefix names the scan's own columns, and is what a step's folder is.
+    let (_, folder) = crate::job::store::step_name(at(3, 1, 6)).unwrap();
+    assert_eq!(listed_prefix(&one_step).unwrap(), folder);
 }

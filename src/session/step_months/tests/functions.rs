@@ -2,10 +2,6 @@ use datafusion::logical_expr::{col, lit};
 
 use super::*;
 
-fn trunc(unit: &str) -> Expr {
-    datafusion::functions::expr_fn::date_trunc(lit(unit), vt())
-}
-
 const DEC: i32 = 2020 * 12 + 12;
 
 #[test]
