@@ -11,7 +11,9 @@
 //! `dev` build; with the partition filter 1.1–1.3 s). The same holds of
 //! `date_trunc(unit, valid_time)` compared with a time ([`truncation`]),
 //! and a filter on `date_part('year' | 'quarter' | 'month', valid_time)`
-//! reads the same on the folder's names ([`parts`]).
+//! reads the same on the folder's names ([`parts`]). Bounds within one
+//! year or month also name its folder by equality ([`folder_equalities`]),
+//! which DataFusion reads as the prefix to list.
 //! [`MonthsFromValidTime`] adds those filters to the scans of
 //! the tables [`StepTables`] holds: those whose every file is named as a
 //! step and sits in its step's folder, as found when the table was
