@@ -244,7 +244,7 @@ fn times_within_one_month_or_year_list_only_its_folder() {
     let early = ts(at(2, 1, 0) - 1_100 * 365 * 86_400_000_000);
     let prefix = listed_prefix(&[vt().eq(early)]).unwrap();
     assert!(prefix.starts_with("year=09"), "{prefix}");
-    // A prefix names the scan's own columns, and is what a step's folder is.
+    // The prefix is the folder a run writes the step to.
     let (_, folder) = crate::job::store::step_name(at(3, 1, 6)).unwrap();
     assert_eq!(listed_prefix(&one_step).unwrap(), folder);
 }
