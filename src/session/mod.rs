@@ -209,10 +209,18 @@ fn parquet_only_in_plain_subfolders(dir: &Path) -> Vec<std::path::PathBuf> {
 /// on some damaged schemas: it runs as a task, so that such a panic becomes
 /// an error like the parquet crate's own, which the callers trace to its
 /// file.
-async fn register_parquet(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
+///
+/// `listed`: the objects below the table's folder where they were just
+/// listed (an `s3://` folder, [`s3::S3Table::Parquet`]), else `None`.
+async fn register_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    listed: Option<Vec<object_store::ObjectMeta>>,
+) -> Result<()> {
     let (ctx, name, location) = (ctx.clone(), name.to_string(), location.to_string());
     let registering =
-        tokio::spawn(async move { register_parquet_here(&ctx, &name, &location).await });
+        tokio::spawn(async move { register_parquet_here(&ctx, &name, &location, listed).await });
     match registering.await {
         Ok(registered) => registered,
         Err(e) if e.is_panic() => bail!(
@@ -231,11 +239,16 @@ pub fn partition_type() -> datafusion::arrow::datatypes::DataType {
     DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
 }
 
-async fn register_parquet_here(ctx: &SessionContext, name: &str, location: &str) -> Result<()> {
+async fn register_parquet_here(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    listed: Option<Vec<object_store::ObjectMeta>>,
+) -> Result<()> {
     let probe = ParquetReadOptions::default()
         .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
     let url = ListingTableUrl::parse(location)?;
-    let steps = step_files(ctx, &url).await?;
+    let steps = step_files(ctx, &url, listed).await?;
     // A table of steps in their month folders is partitioned by those, as
     // its listing just showed: DataFusion's inference would list every
     // file again (0.2 s over ten years of steps on local disk).
@@ -303,16 +316,37 @@ struct StepFiles {
 
 /// The [`StepFiles`] of the table at `url`; `None` for a table not of
 /// steps. Read from the listing alone, in `ctx` (where an `s3://`
-/// location's bucket is registered).
-async fn step_files(ctx: &SessionContext, url: &ListingTableUrl) -> Result<Option<StepFiles>> {
+/// location's bucket is registered): `listed`, the objects below `url`'s
+/// folder where the caller has just listed them (on S3 a listing is a
+/// request per 1,000 keys), else a listing of its own.
+async fn step_files(
+    ctx: &SessionContext,
+    url: &ListingTableUrl,
+    listed: Option<Vec<object_store::ObjectMeta>>,
+) -> Result<Option<StepFiles>> {
     use futures::TryStreamExt;
     let state = ctx.state();
-    let store = state.runtime_env().object_store(url)?;
-    let files: Vec<object_store::ObjectMeta> = url
-        .list_all_files(&state, store.as_ref(), ".parquet")
-        .await?
-        .try_collect()
-        .await?;
+    let files: Vec<object_store::ObjectMeta> = match listed {
+        // The files DataFusion's listing of the table keeps.
+        Some(objects) => {
+            let ignore = state
+                .config_options()
+                .execution
+                .listing_table_ignore_subdirectory;
+            objects
+                .into_iter()
+                .filter(|o| o.location.as_ref().ends_with(".parquet"))
+                .filter(|o| url.contains(&o.location, ignore))
+                .collect()
+        }
+        None => {
+            let store = state.runtime_env().object_store(url)?;
+            url.list_all_files(&state, store.as_ref(), ".parquet")
+                .await?
+                .try_collect()
+                .await?
+        }
+    };
     let step_time = |meta: &object_store::ObjectMeta| {
         crate::job::store::valid_time_of(meta.location.filename()?)
     };
@@ -336,7 +370,7 @@ async fn step_files(ctx: &SessionContext, url: &ListingTableUrl) -> Result<Optio
 /// is not named as a step.
 pub async fn forecast_step_times(ctx: &SessionContext, location: &str) -> Result<Option<Vec<i64>>> {
     let url = ListingTableUrl::parse(location)?;
-    Ok(step_files(ctx, &url).await?.map(|steps| steps.times))
+    Ok(step_files(ctx, &url, None).await?.map(|steps| steps.times))
 }
 
 /// Registers an `s3://` table: Parquet read in place, NetCDF from local copies.
@@ -346,7 +380,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
         .await
         .with_context(|| format!("table '{}': {}", t.name, t.location))?;
     match prepared {
-        s3::S3Table::Parquet => {
+        s3::S3Table::Parquet(listed) => {
             // DataFusion lists a location as a folder only with a trailing slash.
             let is_file = remote.key.ends_with(".parquet") || remote.is_glob();
             let location = if is_file || t.location.ends_with('/') {
@@ -354,7 +388,7 @@ async fn register_s3(ctx: &SessionContext, t: &TableArg, remote: &s3::S3Location
             } else {
                 format!("{}/", t.location)
             };
-            if let Err(e) = register_parquet(ctx, &t.name, &location).await {
+            if let Err(e) = register_parquet(ctx, &t.name, &location, listed).await {
                 // Checking footers costs a request an object, and reading
                 // every object again downloads them: only after a failure,
                 // and the downloads only for an error a damaged object gives.
@@ -437,7 +471,7 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
             }
             footers::check(Path::new(&t.location))
                 .with_context(|| format!("table '{}'", t.name))?;
-            let registered = register_parquet(ctx, &t.name, &t.location).await;
+            let registered = register_parquet(ctx, &t.name, &t.location, None).await;
             if let Err(e) = registered {
                 let location = Path::new(&t.location);
                 // A folder's error names no file: find it, off the main

@@ -192,8 +192,10 @@ fn extension(key: &str) -> String {
 /// What an `s3://` table location is, after one listing.
 #[derive(Debug)]
 pub enum S3Table {
-    /// Read in place: the store is registered with the session.
-    Parquet,
+    /// Read in place: the store is registered with the session. With the
+    /// objects listed below a folder (`None` for an object or a glob), for
+    /// the registration to read rather than list them again.
+    Parquet(Option<Vec<ObjectMeta>>),
     /// NetCDF, described file by file (see [`headers`]); a file is where a
     /// scan finds it once [`local_copies`] has made it present.
     Netcdf(Vec<FileInfo>),
@@ -462,7 +464,9 @@ pub async fn prepare(ctx: &SessionContext, location: &S3Location) -> Result<S3Ta
         .all(|o| extension(o.location.as_ref()) == "parquet")
     {
         register_bucket(ctx, &location.bucket, store)?;
-        return Ok(S3Table::Parquet);
+        let folder =
+            !location.is_glob() && !objects.iter().any(|o| o.location.as_ref() == location.key);
+        return Ok(S3Table::Parquet(folder.then_some(objects)));
     }
     let cache = cache_root()?;
     let files = futures::stream::iter(named.into_iter().map(|meta| {
