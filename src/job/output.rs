@@ -140,7 +140,7 @@ impl Output {
         location: &str,
         schema: &Schema,
     ) -> Result<SessionContext> {
-        let ctx = crate::session::new_context_listing_prefixes()?;
+        let ctx = crate::session::new_context();
         if let Self::S3(store) = self {
             store.register_in(&ctx)?;
         }

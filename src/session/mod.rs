@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
 use uqcast_netcdf::Era5TableProvider;
@@ -22,25 +23,15 @@ pub mod step_months;
 /// `weighted_rmse`, `spread_skill`); its scans fetch the S3 objects they
 /// read, and name them by URL. Its sorts, aggregations and joins hold at
 /// most [`memory::limit_bytes`], spilling to temporary files beyond it.
+///
+/// Each scan lists only the key prefix its filters name
+/// (`year=2020/month=01/`, as [`step_months`] adds for a span of
+/// `valid_time`): DataFusion's list cache, left out, would list a table
+/// whole on its first scan to serve later prefixes from memory, and holds
+/// at most 1 MiB of keys, less than a long forecast table's (ten years of
+/// steps: 14,612 keys), so it would list every key for each month asked
+/// (on S3 a request per 1,000 keys) and keep none.
 pub fn new_context() -> SessionContext {
-    context_with(None)
-}
-
-/// As [`new_context`], but each scan lists only the key prefix its
-/// filters name (`year=2020/month=01/`). DataFusion's list cache lists a
-/// table whole on its first scan, to serve later prefixes from memory;
-/// a run that reads a few months of its long forecast table needs only
-/// those folders' keys (on S3 a listing is a request per 1,000 keys).
-pub fn new_context_listing_prefixes() -> Result<SessionContext> {
-    use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
-    let config = CacheManagerConfig::default().with_list_files_cache_limit(0);
-    Ok(context_with(Some(CacheManager::try_new(&config)?)))
-}
-
-/// [`new_context`], with `cache_manager` in place of DataFusion's default.
-fn context_with(
-    cache_manager: Option<Arc<datafusion::execution::cache::cache_manager::CacheManager>>,
-) -> SessionContext {
     let config = datafusion::prelude::SessionConfig::new()
         .with_extension(Arc::new(codec::model_files()))
         .with_extension(Arc::new(s3::file_names()))
@@ -49,7 +40,10 @@ fn context_with(
         memory_pool: memory::pool(),
         ..Default::default()
     };
-    if let Some(cache_manager) = cache_manager {
+    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    // It cannot fail for these settings; were it to, DataFusion's default
+    // caches answer the same, listing more.
+    if let Ok(cache_manager) = CacheManager::try_new(&caches) {
         runtime.cache_manager = cache_manager;
     }
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
