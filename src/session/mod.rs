@@ -503,3 +503,6 @@ pub async fn register_tables(ctx: &SessionContext, tables: &[TableArg]) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
