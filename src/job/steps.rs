@@ -78,7 +78,7 @@ impl Pending {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float32Array, TimestampMicrosecondArray};
@@ -86,7 +86,9 @@ mod tests {
 
     use super::*;
 
-    fn batch(rows: &[(i64, f32)]) -> RecordBatch {
+    /// Rows of `valid_time` (UTC µs) and `t2m_mean`, a forecast's first
+    /// columns; the session's tests write step files of them too.
+    pub(crate) fn batch(rows: &[(i64, f32)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new(
                 "valid_time",

@@ -1,36 +1,20 @@
 use std::fs::File;
-use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, Float64Array, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
 use parquet::arrow::ArrowWriter;
 
 use super::*;
 
 /// Writes a step file valid at `micros` where `uqcast run` would, below
-/// `table`: one row of `valid_time` and a value.
+/// `table`: one row of `valid_time` and `t2m_mean`.
 fn write_step(table: &Path, micros: i64) {
     let (name, folder) = crate::job::store::step_name(micros).unwrap();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(
-            "valid_time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("t2m_eu", DataType::Float64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(TimestampMicrosecondArray::from(vec![micros]).with_timezone("UTC")),
-            Arc::new(Float64Array::from(vec![0.5])),
-        ],
-    )
-    .unwrap();
+    let batch = crate::job::steps::tests::batch(&[(micros, 0.5)]);
     let dir = table.join(folder);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut writer =
-        ArrowWriter::try_new(File::create(dir.join(name)).unwrap(), schema, None).unwrap();
+    let file = File::create(dir.join(name)).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
