@@ -148,11 +148,12 @@ impl TableProvider for ForecastTable {
             ForecastError::Source(format!("{described}: {e}")).into()
         };
         let logical = match &self.source {
-            Source::Sql(sql) => session.create_logical_plan(sql).await.map_err(source)?,
+            Source::Sql(sql) => uqcast_boxed::logical_plan(session, sql)
+                .await
+                .map_err(source)?,
             Source::Plan(plan) => plan.clone(),
         };
-        let input = session
-            .create_physical_plan(&logical)
+        let input = uqcast_boxed::physical_plan(session, &logical)
             .await
             .map_err(source)?;
         let partitions = session
@@ -193,7 +194,7 @@ fn plan_now(session: &dyn Session, sql: &str) -> Result<LogicalPlan> {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => h,
         _ => return plan_err!("hyperdm_forecast plans its source on a multi-threaded runtime"),
     };
-    tokio::task::block_in_place(|| handle.block_on(state.create_logical_plan(sql)))
+    tokio::task::block_in_place(|| handle.block_on(uqcast_boxed::logical_plan(state, sql)))
         .map_err(|e| ForecastError::Source(format!("{}: {e}", one_line(sql))).into())
 }
 

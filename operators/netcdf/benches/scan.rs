@@ -97,13 +97,7 @@ fn scan(c: &mut Criterion) {
                 group.bench_function(format!("{file}/{label}/partitions={partitions}"), |b| {
                     b.iter(|| {
                         runtime.block_on(async {
-                            let batches = ctx
-                                .sql(sql)
-                                .await
-                                .expect("plan")
-                                .collect()
-                                .await
-                                .expect("scan");
+                            let batches = uqcast_boxed::collect(&ctx, sql).await.expect("scan");
                             assert_eq!(
                                 batches.iter().map(|b| b.num_rows()).sum::<usize>(),
                                 STEPS * ROWS * COLS

@@ -89,13 +89,7 @@ fn context(partitions: usize) -> SessionContext {
 }
 
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64, f64, Option<f32>)> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
+    let batches = uqcast_boxed::collect(ctx, sql).await.expect("query");
     let mut out = Vec::new();
     for b in &batches {
         let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
@@ -115,11 +109,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64, f64, Option<f32
 }
 
 async fn explain(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .expect("plan")
-        .collect()
+    let batches = uqcast_boxed::collect(ctx, &format!("EXPLAIN {sql}"))
         .await
         .expect("explain");
     datafusion::arrow::util::pretty::pretty_format_batches(&batches)
@@ -255,13 +245,12 @@ async fn multi_file_tables_order_steps_across_files() {
     Fixture::new(2, 0).write(&dir.path().join("b_day1.nc"), Encoding::Nc3);
     let ctx = context(3);
     table(&ctx, "era5", &[dir.path().to_path_buf()]);
-    let batches = ctx
-        .sql("SELECT valid_time, count(*) AS n FROM era5 GROUP BY valid_time ORDER BY valid_time")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = uqcast_boxed::collect(
+        &ctx,
+        "SELECT valid_time, count(*) AS n FROM era5 GROUP BY valid_time ORDER BY valid_time",
+    )
+    .await
+    .unwrap();
     let times: Vec<i64> = batches
         .iter()
         .flat_map(|b| {
@@ -276,11 +265,7 @@ async fn multi_file_tables_order_steps_across_files() {
     // A glob works the same; the unordered stream never mixes steps in one batch.
     let ctx = context(2);
     table(&ctx, "era5", &[dir.path().join("*.nc")]);
-    let batches = ctx
-        .sql("SELECT valid_time, t2m FROM era5")
-        .await
-        .unwrap()
-        .collect()
+    let batches = uqcast_boxed::collect(&ctx, "SELECT valid_time, t2m FROM era5")
         .await
         .unwrap();
     assert_eq!(batches.len(), 4, "one batch per step");
@@ -318,7 +303,7 @@ async fn a_table_planned_from_headers_plans_as_its_files_and_reads_nothing() {
     here.register_table("era5", Arc::new(opened)).unwrap();
     there.register_table("era5", Arc::new(planned)).unwrap();
     assert_eq!(explain(&there, query).await, explain(&here, query).await);
-    let err = there.sql(query).await.unwrap().collect().await.unwrap_err();
+    let err = uqcast_boxed::collect(&there, query).await.unwrap_err();
     assert!(
         err.to_string().contains("planned from the table's headers"),
         "{err}"
@@ -343,20 +328,16 @@ async fn a_table_planned_from_headers_plans_as_its_files_and_reads_nothing() {
 /// and the compute time it took, of which reading is a part.
 #[tokio::test]
 async fn scan_metrics_count_batches_bytes_and_compute_time() {
+    use datafusion::physical_plan::ExecutionPlan;
     use datafusion::physical_plan::metrics::MetricValue;
-    use datafusion::physical_plan::{ExecutionPlan, collect};
     let dir = tempfile::tempdir().unwrap();
     Fixture::new(3, 0).write(&dir.path().join("f.nc"), Encoding::Nc4);
     let ctx = context(2);
     table(&ctx, "era5", &[dir.path().join("f.nc")]);
-    let plan = ctx
-        .sql("SELECT valid_time, t2m FROM era5")
-        .await
-        .unwrap()
-        .create_physical_plan()
+    let plan = uqcast_boxed::plan_of(&ctx, "SELECT valid_time, t2m FROM era5")
         .await
         .unwrap();
-    collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    uqcast_boxed::execute(plan.clone(), &ctx).await.unwrap();
     fn scan_of(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
         if plan.name() == "NetcdfExec" {
             return Some(plan.clone());
@@ -408,13 +389,10 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
     );
 
     // The same rows as filtering an unfiltered scan (the filter hidden behind arithmetic).
-    let all = ctx.sql("SELECT * FROM era5").await.unwrap();
-    let schema = all.schema().as_arrow().clone();
-    let mem = datafusion::datasource::MemTable::try_new(
-        Arc::new(schema),
-        vec![all.collect().await.unwrap()],
-    )
-    .unwrap();
+    let all = uqcast_boxed::collect(&ctx, "SELECT * FROM era5")
+        .await
+        .unwrap();
+    let mem = datafusion::datasource::MemTable::try_new(all[0].schema(), vec![all]).unwrap();
     ctx.register_table("everything", Arc::new(mem)).unwrap();
     let reference = filtered.replace("FROM era5", "FROM everything");
     let (got, want) = (rows(&ctx, filtered).await, rows(&ctx, &reference).await);
@@ -485,11 +463,7 @@ async fn filters_are_pushed_down_and_match_filtering_afterwards() {
     // Unsupported predicates stay in DataFusion and still work.
     let plan = explain(&ctx, "SELECT t2m FROM era5 WHERE latitude % 5 = 0").await;
     assert!(plan.contains("FilterExec"), "{plan}");
-    let n = ctx
-        .sql("SELECT count(*) FROM era5 WHERE latitude % 5 = 0")
-        .await
-        .unwrap()
-        .collect()
+    let n = uqcast_boxed::collect(&ctx, "SELECT count(*) FROM era5 WHERE latitude % 5 = 0")
         .await
         .unwrap();
     assert_eq!(
@@ -514,11 +488,7 @@ async fn projection_and_statistics() {
         !plan.contains("NetcdfExec"),
         "count(*) should come from statistics: {plan}"
     );
-    let batches: Vec<RecordBatch> = ctx
-        .sql("SELECT count(*) FROM era5")
-        .await
-        .unwrap()
-        .collect()
+    let batches: Vec<RecordBatch> = uqcast_boxed::collect(&ctx, "SELECT count(*) FROM era5")
         .await
         .unwrap();
     assert_eq!(
@@ -534,11 +504,7 @@ async fn projection_and_statistics() {
         schema.field_with_name("u10").unwrap().metadata()["units"],
         "m s**-1"
     );
-    let u10 = ctx
-        .sql("SELECT sum(u10) FROM era5")
-        .await
-        .unwrap()
-        .collect()
+    let u10 = uqcast_boxed::collect(&ctx, "SELECT sum(u10) FROM era5")
         .await
         .unwrap();
     assert!(u10[0].column(0).as_primitive::<Float64Type>().value(0) > 0.0);
@@ -670,7 +636,7 @@ async fn scan_errors_name_files_as_the_session_knows_them() {
 
     let ctx = context(2);
     table(&ctx, "era5", std::slice::from_ref(&copy));
-    let err = ctx.sql(query).await.unwrap().collect().await.unwrap_err();
+    let err = uqcast_boxed::collect(&ctx, query).await.unwrap_err();
     assert!(
         err.to_string()
             .contains(&format!("{}: {cell}", copy.display())),
@@ -685,7 +651,7 @@ async fn scan_errors_name_files_as_the_session_knows_them() {
             .with_extension(Arc::new(names)),
     );
     table(&ctx, "era5", std::slice::from_ref(&copy));
-    let err = ctx.sql(query).await.unwrap().collect().await.unwrap_err();
+    let err = uqcast_boxed::collect(&ctx, query).await.unwrap_err();
     assert!(
         err.to_string()
             .contains(&format!("s3://bucket/era5.nc: {cell}")),
@@ -780,11 +746,7 @@ async fn scans_make_only_the_files_they_read_present_first() {
 
     let refusing =
         LocalCopies::new(|path, _, _| Err(format!("{}: gone from the bucket", path.display())));
-    let err = with(refusing)
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
+    let err = uqcast_boxed::collect(&with(refusing), query)
         .await
         .unwrap_err();
     assert!(

@@ -218,7 +218,7 @@ mod tests {
         )
         .unwrap();
         ctx.register_batch("cells", batch).unwrap();
-        let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let out = uqcast_boxed::collect(&ctx, sql).await.unwrap();
         out.iter()
             .flat_map(|b| {
                 cast(b.column(0), &DataType::Float64)
@@ -280,10 +280,7 @@ mod tests {
                 "weighted_rmse: weight must be finite and non-negative, got inf",
             ),
         ] {
-            let result = match ctx.sql(sql).await {
-                Ok(frame) => frame.collect().await.map(|_| ()),
-                Err(e) => Err(e),
-            };
+            let result = uqcast_boxed::collect(&ctx, sql).await;
             let err = result.expect_err(sql).to_string();
             assert!(err.contains(needle), "{sql}: {err}");
         }

@@ -112,7 +112,7 @@ mod tests {
     async fn values(sql: &str, column: usize) -> Result<Vec<Option<f64>>, String> {
         let ctx = SessionContext::new();
         register(&ctx);
-        let batches = async { ctx.sql(sql).await?.collect().await }
+        let batches = uqcast_boxed::collect(&ctx, sql)
             .await
             .map_err(|e| e.to_string())?;
         Ok(batches
