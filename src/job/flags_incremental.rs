@@ -2,11 +2,11 @@
 //! the flags earlier runs kept, a month ([`super::flags_months`]) at a
 //! time. Computing the flags again over the whole forecast table costs a
 //! run time and memory in proportion to the table's history (5.4 s and
-//! 1.1 GB for 40 months of 6-hourly steps at 1°, README "Flags"); a flags
-//! SQL that derives each valid time's rows from that valid time's cells
-//! alone (the shipped one does) gives the same rows when shown only the
-//! steps written, so a run reads those steps and the kept rows of their
-//! months instead.
+//! 1.1 GB for 40 months of 6-hourly steps at 1°; see
+//! docs/forecast-job-measurements.md); a flags SQL that derives each valid
+//! time's rows from that valid time's cells alone (the shipped one does)
+//! gives the same rows when shown only the steps written, so a run reads
+//! those steps and the kept rows of their months instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 

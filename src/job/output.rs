@@ -111,7 +111,7 @@ impl Output {
     /// reads none, and each scan lists only the folders its filters name
     /// ([`super::store::months_select`]): what a run reads of its own table
     /// does not grow with the table's history (4,972 steps on local disk:
-    /// 2.7 s before the first row, README "Revised input").
+    /// 2.7 s before the first row; docs/forecast-job-measurements.md).
     pub async fn forecast_session(&self, name: &str) -> Result<(SessionContext, TableArg)> {
         let location = self.forecast_location();
         let schema = uqcast_forecast::forecast_schema();

@@ -7,7 +7,7 @@
 //! crate, to be optimised again there. `uqcast-forecast` awaited SQL planning
 //! this way: without that one call its LLVM IR was 76 MB instead of 198, and
 //! its clean build took 244 s of CPU at opt-level 3 against 23 s at opt-level
-//! 1, which shares generic code (README, Build profiles).
+//! 1, which shares generic code (docs/build-profiles.md).
 //!
 //! This crate stays at opt-level 0 (which shares generic code), so each body
 //! is compiled here once, and an optimised crate only polls a
