@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cold-cache reads of s3:// NetCDF tables through an S3-compatible server on
-# loopback (s3s-fs, from .ci/s3-server): how long a query takes, how many
-# bytes its announced downloads and step reads fetched, and how many bytes
+# loopback (s3s-fs, optimised: `.ci/s3-server --release`): how long a query
+# takes, how many bytes its announced downloads and step reads fetched, and how many bytes
 # its cache holds afterwards (the metadata planning fetched is kept in the
 # partial copies and the kept plans), for each uqcast binary given, runs
 # alternated; then how long the same query takes again in a new process on
@@ -25,9 +25,9 @@ BINS=("$@")
 ENCODING=${ENCODING:-nc3}
 WORK=${WORK:-/tmp/uqcast-s3-bench-$ENCODING}
 ROUNDS=${ROUNDS:-3}
-SERVER=${UQCAST_S3S_FS:-target/tools/bin/s3s-fs}
+SERVER=${UQCAST_S3S_FS:-target/tools/release/bin/s3s-fs}
 PORT=${PORT:-9557}
-[ -x "$SERVER" ] || { echo "no s3s-fs at $SERVER: run .ci/s3-server" >&2; exit 1; }
+[ -x "$SERVER" ] || { echo "no s3s-fs at $SERVER: run .ci/s3-server --release" >&2; exit 1; }
 
 grid=(--grid 721x1440 --bbox=-90,90,0,359.75 --encoding "$ENCODING")
 if [ ! -d "$WORK/daily" ]; then
