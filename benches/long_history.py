@@ -3,7 +3,8 @@
 its oldest, each a copy of that oldest step's file with its times moved
 (values, provenance and compression kept), named and partitioned as
 `uqcast run` names them. For measuring what a scheduled run over years of
-steps costs (docs/forecast-job-measurements.md); needs pyarrow (pip install pyarrow).
+steps costs (docs/forecast-job-measurements.md); needs pyarrow (pip install
+pyarrow).
 
     python3 benches/long_history.py OUTPUT_DIR N
 """

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Cold-cache reads of s3:// NetCDF tables through an S3-compatible server on
 # loopback (s3s-fs, optimised: `.ci/s3-server --release`): how long a query
-# takes, how many bytes its announced downloads and step reads fetched, and how many bytes
-# its cache holds afterwards (the metadata planning fetched is kept in the
-# partial copies and the kept plans), for each uqcast binary given, runs
-# alternated; then how long the same query takes again in a new process on
-# that cache ("again": its steps are held, so what is left is planning).
+# takes, how many bytes its announced downloads and step reads fetched, and
+# how many bytes its cache holds afterwards (the metadata planning fetched
+# is kept in the partial copies and the kept plans), for each uqcast binary
+# given, runs alternated; then how long the same query takes again in a new
+# process on that cache ("again": its steps are held, so what is left is
+# planning).
 #
 #   [ENCODING=nc3|nc4] [LATENCY_MS=20] benches/s3_reads.sh [BINARY ...]
 #                                         (default: nc3, no latency, target/debug/uqcast)
