@@ -13,7 +13,8 @@
 //! and a filter on `date_part('year' | 'quarter' | 'month', valid_time)`
 //! reads the same on the folder's names ([`parts`]). Bounds within one
 //! year or month also name its folder by equality ([`folder_equalities`]),
-//! which DataFusion reads as the prefix to list.
+//! which DataFusion reads as the prefix to list, as does a folder compared
+//! with a number (`year = 2015`, [`numbered`]).
 //! [`MonthsFromValidTime`] adds those filters to the scans of
 //! the tables [`StepTables`] holds: those whose every file is named as a
 //! step and sits in its step's folder, as found when the table was
@@ -41,6 +42,7 @@ use datafusion::prelude::SessionContext;
 
 use truncation::Unit;
 
+mod numbered;
 mod parts;
 mod truncation;
 
@@ -182,18 +184,23 @@ impl OptimizerRule for MonthsFromValidTime {
 
 /// The partition filters `filters` (a scan's, all of which hold) imply:
 /// the months their bounds on `valid_time` span ([`month_filters`]), the
-/// one year or month they lie in ([`folder_equalities`]), and each filter
+/// one year or month they lie in ([`folder_equalities`]), each filter
 /// on the year, quarter or month of `valid_time` read on folder names
-/// ([`parts::on_folders`]).
+/// ([`parts::on_folders`]), and each folder compared with a number, the
+/// scan's or one those give, read as the folder's text
+/// ([`numbered::folder_text`]).
 fn folder_filters(filters: &[Expr]) -> Vec<Expr> {
     let mut implied = month_filters(filters);
     implied.extend(folder_equalities(filters));
-    implied.extend(
-        filters
-            .iter()
-            .flat_map(split_conjunction)
-            .filter_map(parts::on_folders),
-    );
+    let conjuncts: Vec<&Expr> = filters.iter().flat_map(split_conjunction).collect();
+    let on_folders: Vec<Expr> = conjuncts
+        .iter()
+        .filter_map(|c| parts::on_folders(c))
+        .collect();
+    let compared = conjuncts.into_iter().chain(&on_folders);
+    let texts: Vec<Expr> = compared.filter_map(numbered::folder_text).collect();
+    implied.extend(on_folders);
+    implied.extend(texts);
     implied
 }
 

@@ -248,3 +248,43 @@ fn times_within_one_month_or_year_list_only_its_folder() {
     let (_, folder) = crate::job::store::step_name(at(3, 1, 6)).unwrap();
     assert_eq!(listed_prefix(&one_step).unwrap(), folder);
 }
+
+#[test]
+fn a_folder_compared_with_a_number_lists_only_that_folder() {
+    use datafusion::logical_expr::{cast, try_cast};
+    let number = |c: &str, n: i64| cast(col(format!("f.{c}")), DataType::Int64).eq(lit(n));
+    let march = [number("year", 2015), number("month", 3)];
+    assert_eq!(listed_prefix(&march).as_deref(), Some("year=2015/month=03"));
+    // The literal first, other integer widths, TRY_CAST.
+    let reversed = [
+        lit(2015i32).eq(cast(col("f.year"), DataType::Int32)),
+        try_cast(col("f.month"), DataType::UInt8).eq(lit(12u8)),
+    ];
+    assert_eq!(
+        listed_prefix(&reversed).as_deref(),
+        Some("year=2015/month=12")
+    );
+    assert_eq!(
+        listed_prefix(&[number("year", 987)]).as_deref(),
+        Some("year=0987")
+    );
+    // The month of `valid_time` read on the folders, with its year.
+    let parts = [
+        datafusion::functions::expr_fn::date_part(lit("year"), vt()).eq(lit(2015i32)),
+        datafusion::functions::expr_fn::date_part(lit("month"), vt()).eq(lit(3i32)),
+    ];
+    assert_eq!(listed_prefix(&parts).as_deref(), Some("year=2015/month=03"));
+    // A month alone is no prefix; numbers no folder spells, a comparison
+    // other than equality, a cast to text or a fraction imply no folder.
+    for filters in [
+        vec![number("month", 3)],
+        vec![number("year", -1)],
+        vec![number("year", 10_000)],
+        vec![cast(col("f.year"), DataType::Int64).gt(lit(2015i64))],
+        vec![cast(col("f.year"), DataType::Utf8).eq(lit("2015"))],
+        vec![cast(col("f.year"), DataType::Float64).eq(lit(2015.0))],
+        vec![cast(col("f.latitude"), DataType::Int64).eq(lit(2015i64))],
+    ] {
+        assert_eq!(listed_prefix(&filters), None, "{filters:?}");
+    }
+}
