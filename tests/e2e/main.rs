@@ -9,6 +9,7 @@ mod dry_run;
 mod errors;
 mod eval;
 mod flags;
+mod parquet_readers;
 mod pipeline;
 mod pipeline_errors;
 mod revisions;

@@ -325,6 +325,7 @@ fn forecast_flags_sql_function_plot_and_eval() {
     assert_eq!(row["lead_ok"], true, "{row}");
     assert_eq!(row["variances_ok"], true, "{row}");
     assert_eq!(row["mean_plausible"], true, "{row}");
+    crate::parquet_readers::assert_readable_elsewhere(&out);
 
     // The flags contract.
     let flags = format!("g={}", out.join("flags").display());
