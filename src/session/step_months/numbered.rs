@@ -5,8 +5,9 @@
 //! each folder is its step's digits (`year=2015`, `month=03`, checked when
 //! the table was registered), so that filter holds exactly where the folder
 //! reads `'2015'` or `'03'`, the equality DataFusion lists as a prefix. Over
-//! ten years of steps a month by number took 1.5 s in the `dev` build
-//! against 0.75 s by text, the listing of 14,612 files being the difference.
+//! ten years of steps a month by number took 1.2–1.6 s in the `dev` build
+//! against 0.74–0.75 s by text, and 16–17 s against 10 s on a loopback S3
+//! server (docs/forecast-table-reads.md).
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, ScalarValue};
