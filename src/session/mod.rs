@@ -17,10 +17,12 @@ pub mod memory;
 pub mod object_stores;
 pub mod s3;
 pub mod step_months;
+pub mod utc_date_trunc;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
-/// `weighted_rmse`, `spread_skill`); its scans fetch the S3 objects they
+/// `weighted_rmse`, `spread_skill`), and `date_trunc` with a fast path
+/// for UTC ([`utc_date_trunc`]); its scans fetch the S3 objects they
 /// read, and name them by URL. Its sorts, aggregations and joins hold at
 /// most [`memory::limit_bytes`], spilling to temporary files beyond it.
 ///
@@ -59,6 +61,7 @@ pub fn register_functions(ctx: &SessionContext) {
         Arc::new(HyperdmForecastFunction),
     );
     uqcast_skill::sql::register(ctx);
+    ctx.register_udf(utc_date_trunc::UtcDateTrunc::udf());
 }
 
 /// A session (as [`new_context`]) with one table registered.
