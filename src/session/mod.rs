@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::FunctionRegistry as _;
 use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use uqcast_forecast::HyperdmForecastFunction;
@@ -17,12 +18,12 @@ pub mod memory;
 pub mod object_stores;
 pub mod s3;
 pub mod step_months;
-pub mod utc_date_trunc;
+pub mod utc_time_functions;
 
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
-/// `weighted_rmse`, `spread_skill`), and `date_trunc` with a fast path
-/// for UTC ([`utc_date_trunc`]); its scans fetch the S3 objects they
+/// `weighted_rmse`, `spread_skill`), and `date_trunc` and `date_part` with
+/// a fast path for UTC ([`utc_time_functions`]); its scans fetch the S3 objects they
 /// read, and name them by URL. Its sorts, aggregations and joins hold at
 /// most [`memory::limit_bytes`], spilling to temporary files beyond it.
 ///
@@ -61,7 +62,15 @@ pub fn register_functions(ctx: &SessionContext) {
         Arc::new(HyperdmForecastFunction),
     );
     uqcast_skill::sql::register(ctx);
-    ctx.register_udf(utc_date_trunc::UtcDateTrunc::udf());
+    for udf in utc_time_functions::UtcTimeFunction::udfs() {
+        ctx.register_udf(udf);
+    }
+    let rewrite = Arc::new(utc_time_functions::UseUtcTimeFunctions::default());
+    // DataFusion 55 cannot fail to add a rewrite; were it to, `EXTRACT`
+    // would take DataFusion's `date_part`: the same answers, slower.
+    if let Err(error) = ctx.state_ref().write().register_function_rewrite(rewrite) {
+        tracing::warn!("EXTRACT keeps DataFusion's date_part: {error}");
+    }
 }
 
 /// A session (as [`new_context`]) with one table registered.

@@ -1,17 +1,42 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, TimestampMillisecondArray,
-    TimestampNanosecondArray, TimestampSecondArray,
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
 };
 use datafusion::arrow::compute::concat;
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
 use datafusion::prelude::SessionContext;
 
-use super::UtcDateTrunc;
+use super::UtcTimeFunction;
 use crate::session::new_context;
+
+/// What `date_part` (and `EXTRACT`) take from a timestamp.
+const PARTS: [&str; 16] = [
+    "year",
+    "isoyear",
+    "quarter",
+    "month",
+    "week",
+    "day",
+    "doy",
+    "dow",
+    "isodow",
+    "hour",
+    "minute",
+    "second",
+    "millisecond",
+    "microsecond",
+    "nanosecond",
+    "epoch",
+];
 
 const GRANULARITIES: [&str; 10] = [
     "microsecond",
@@ -96,23 +121,28 @@ async fn answer(ctx: &SessionContext, query: &str) -> Result<ArrayRef, String> {
 }
 
 #[test]
-fn every_uqcast_session_truncates_with_this_function() {
+fn every_uqcast_session_has_these_functions() {
     let ctx = new_context();
-    for name in ["date_trunc", "datetrunc"] {
+    for name in ["date_trunc", "datetrunc", "date_part", "datepart"] {
         let udf = ctx.udf(name).expect("registered");
-        assert!(udf.inner().is::<UtcDateTrunc>(), "{name}");
+        assert!(udf.inner().is::<UtcTimeFunction>(), "{name}");
     }
 }
 
 #[tokio::test]
-async fn utc_timestamps_truncate_as_datafusion_truncates_them() {
+async fn utc_timestamps_truncate_and_part_as_datafusion_does_it() {
+    let queries = || {
+        let truncations = GRANULARITIES.map(|g| format!("date_trunc('{g}', COLUMN)"));
+        let parts = PARTS.map(|p| format!("date_part('{p}', COLUMN)"));
+        truncations.into_iter().chain(parts)
+    };
     for zone in ["UTC", "+00:00"] {
         let batch = table(zone);
         let ours = with_table(new_context(), &batch);
         let datafusions = with_table(SessionContext::new(), &batch);
         for column in ["s", "ms", "us", "ns"] {
-            for granularity in GRANULARITIES {
-                let query = format!("SELECT date_trunc('{granularity}', {column}) FROM t");
+            for function in queries() {
+                let query = format!("SELECT {} FROM t", function.replace("COLUMN", column));
                 let expected = answer(&datafusions, &query).await.expect("DataFusion's");
                 let got = answer(&ours, &query).await.expect("ours");
                 assert_eq!(got.data_type(), expected.data_type(), "{zone} {query}");
@@ -121,6 +151,62 @@ async fn utc_timestamps_truncate_as_datafusion_truncates_them() {
             }
         }
     }
+}
+
+/// A function of a unit and a timestamp that answers with the type its
+/// timestamp argument reached it in.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TypeSeen {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TypeSeen {
+    fn name(&self) -> &str {
+        "type_seen"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let seen = args.args[1].data_type().to_string();
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(vec![
+            seen;
+            args.number_rows
+        ]))))
+    }
+}
+
+#[tokio::test]
+async fn only_utc_arrays_reach_datafusion_without_their_zone() {
+    let probe = ScalarUDF::new_from_impl(TypeSeen {
+        signature: Signature::any(2, Volatility::Immutable),
+    });
+    let function = ScalarUDF::new_from_impl(UtcTimeFunction::new(Arc::new(probe)));
+    let seen = |zone: &str, query: &str| {
+        let ctx = with_table(SessionContext::new(), &table(zone));
+        ctx.register_udf(function.clone());
+        let query = query.to_string();
+        async move {
+            let column = answer(&ctx, &query).await.expect("answered");
+            column.as_string::<i32>().value(0).to_string()
+        }
+    };
+    let of_column = "SELECT type_seen('x', ns) FROM t";
+    assert_eq!(seen("UTC", of_column).await, "Timestamp(ns)");
+    assert_eq!(seen("+00:00", of_column).await, "Timestamp(ns)");
+    assert_eq!(
+        seen("Europe/Berlin", of_column).await,
+        "Timestamp(ns, \"Europe/Berlin\")"
+    );
+    // A literal is a scalar, which keeps its zone.
+    let of_literal = "SELECT type_seen('x', arrow_cast(0, 'Timestamp(Second, Some(\"UTC\"))'))";
+    assert_eq!(seen("UTC", of_literal).await, "Timestamp(s, \"UTC\")");
 }
 
 #[tokio::test]
@@ -134,6 +220,9 @@ async fn other_zones_literals_times_and_errors_are_datafusions() {
         "SELECT date_trunc('day', TIMESTAMP '2020-02-29T23:30:00Z') FROM t",
         "SELECT date_trunc('day', arrow_cast(us, 'Timestamp(Microsecond, None)')) FROM t",
         "SELECT date_trunc('hour', arrow_cast(ns, 'Time64(Nanosecond)')) FROM t",
+        "SELECT date_part('hour', ns) FROM t",
+        "SELECT EXTRACT(DAY FROM s) FROM t",
+        "SELECT date_part('hour', TIMESTAMP '2020-02-29T23:30:00Z') FROM t",
     ];
     for query in queries {
         let expected = answer(&datafusions, query).await.expect("DataFusion's");
@@ -157,6 +246,7 @@ async fn other_zones_literals_times_and_errors_are_datafusions() {
     for query in [
         "SELECT date_trunc('fortnight', ns) FROM t",
         "SELECT date_trunc(NULL, ns) FROM t",
+        "SELECT date_part('century', ns) FROM t",
     ] {
         let expected = answer(&datafusions, query).await.expect_err("an error");
         assert_eq!(answer(&ours, query).await.expect_err("an error"), expected);
@@ -189,4 +279,52 @@ async fn utc_days_past_the_nanosecond_range_truncate_without_it() {
     let expected: ArrayRef =
         Arc::new(TimestampSecondArray::from(vec![at(0, 0, 0)]).with_timezone("UTC"));
     assert_eq!(&got, &expected);
+}
+
+/// The functions named `name` in `plan`, by whether they are these.
+fn calls_by_kind(plan: &LogicalPlan, name: &str) -> (usize, usize) {
+    let (mut ours, mut others) = (0, 0);
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(call) = e
+                    && call.func.name() == name
+                {
+                    if call.func.inner().is::<UtcTimeFunction>() {
+                        ours += 1;
+                    } else {
+                        others += 1;
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })
+    .expect("a plan to walk");
+    (ours, others)
+}
+
+#[tokio::test]
+async fn extract_and_functions_built_in_rust_are_these_too() {
+    use datafusion::functions::expr_fn::{date_part, date_trunc};
+    use datafusion::prelude::{col, lit};
+    let ctx = with_table(new_context(), &table("UTC"));
+    let extract = ctx
+        .sql("SELECT EXTRACT(HOUR FROM ns) FROM t WHERE EXTRACT(DAY FROM ns) = 1")
+        .await
+        .expect("planned");
+    let plan = extract.into_optimized_plan().expect("optimised");
+    assert_eq!(calls_by_kind(&plan, "date_part"), (2, 0), "{plan}");
+    let built = ctx
+        .table("t")
+        .await
+        .expect("table")
+        .select(vec![
+            date_trunc(lit("day"), col("ns")),
+            date_part(lit("hour"), col("us")),
+        ])
+        .expect("selected");
+    let plan = built.into_optimized_plan().expect("optimised");
+    assert_eq!(calls_by_kind(&plan, "date_trunc"), (1, 0), "{plan}");
+    assert_eq!(calls_by_kind(&plan, "date_part"), (1, 0), "{plan}");
 }
