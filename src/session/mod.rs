@@ -23,9 +23,10 @@ pub mod utc_time_functions;
 /// A session with uqcast's functions registered: the `hyperdm_forecast`
 /// table function and the skill scores (`crps_gaussian`, `lat_weight`,
 /// `weighted_rmse`, `spread_skill`), and `date_trunc` and `date_part` with
-/// a fast path for UTC ([`utc_time_functions`]); its scans fetch the S3 objects they
-/// read, and name them by URL. Its sorts, aggregations and joins hold at
-/// most [`memory::limit_bytes`], spilling to temporary files beyond it.
+/// a fast path for UTC ([`utc_time_functions`]); its scans fetch the S3
+/// objects they read, and name them by URL. Its sorts, aggregations and
+/// joins hold at most [`memory::limit_bytes`], spilling to temporary files
+/// beyond it.
 ///
 /// Each scan lists only the key prefix its filters name
 /// (`year=2020/month=01/`, as [`step_months`] adds for a span of
