@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, FieldRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
+    ArrowTimestampType, DataType, FieldRef, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
@@ -126,31 +126,14 @@ fn is_utc(zone: &str) -> bool {
 /// `array` (a timestamp array of `unit`) with the zone `zone`; the values,
 /// instants counted from the epoch in UTC, are shared, not converted.
 fn with_zone(array: &ArrayRef, unit: TimeUnit, zone: Option<Arc<str>>) -> ArrayRef {
+    fn zoned<T: ArrowTimestampType>(array: &ArrayRef, zone: Option<Arc<str>>) -> ArrayRef {
+        Arc::new(array.as_primitive::<T>().clone().with_timezone_opt(zone))
+    }
     match unit {
-        TimeUnit::Second => Arc::new(
-            array
-                .as_primitive::<TimestampSecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Millisecond => Arc::new(
-            array
-                .as_primitive::<TimestampMillisecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Microsecond => Arc::new(
-            array
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Nanosecond => Arc::new(
-            array
-                .as_primitive::<TimestampNanosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
+        TimeUnit::Second => zoned::<TimestampSecondType>(array, zone),
+        TimeUnit::Millisecond => zoned::<TimestampMillisecondType>(array, zone),
+        TimeUnit::Microsecond => zoned::<TimestampMicrosecondType>(array, zone),
+        TimeUnit::Nanosecond => zoned::<TimestampNanosecondType>(array, zone),
     }
 }
 
